@@ -1,0 +1,3 @@
+from harvester_cli.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""The one small interface every backend implements, and the typed results it returns per worker."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend needs from the instance, beyond its queue."""
+
+    harvester_id: str
+    work_root: Path
+    panda_url: str | None = None
+    proxy: Path | None = None
+    ca: Path | None = None
+
+
+@dataclass
+class WorkerSpec:
+    """One worker to submit. `job` is the PanDA job dict in push mode (shipped as pandaJobData.out)."""
+
+    worker_id: int
+    queue: str
+    resource_type: str
+    n_core: int
+    memory_mb: int
+    walltime: int
+    log_dir: Path
+    pilot_command: str
+    environment: dict[str, str] = field(default_factory=dict)
+    job: dict | None = None
+
+
+@dataclass
+class WorkerRef:
+    """A worker as the store knows it, for monitoring, killing, adopting and cleaning."""
+
+    worker_id: int
+    queue: str
+    batch_id: str | None
+    submission_host: str | None
+    computing_element: str | None
+    status: str
+    log_dir: Path | None
+    submit_time: float | None = None
+    kill_reason: str | None = None
+
+
+@dataclass
+class SubmitResult:
+    worker_id: int
+    batch_id: str | None = None
+    error: str | None = None
+    submission_host: str | None = None
+    computing_element: str | None = None
+    # Where PanDA users find the worker's output, relative to the log tree or absolute URLs.
+    stdout: str | None = None
+    stderr: str | None = None
+    batch_log: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.batch_id is not None
+
+
+@dataclass
+class Observation:
+    """What the backend saw of one worker. `status` is a worker state, or HELD / MISSING (model.py)."""
+
+    worker_id: int
+    status: str
+    native_status: str | None = None
+    exit_code: int | None = None
+    diag: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+@dataclass
+class KillResult:
+    worker_id: int
+    ok: bool
+    error: str | None = None
+
+
+class Backend(ABC):
+    """Submit many workers, check many workers, kill many workers: per-worker results, never None."""
+
+    name: ClassVar[str]
+
+    @dataclass(frozen=True)
+    class Options:
+        """Backend options from the queue's `backend_options` table; subclasses extend."""
+
+    def __init__(self, queue: Any, context: BackendContext):
+        self.queue = queue
+        self.context = context
+        self.options = queue.backend_options if queue.backend_options is not None else self.Options()
+
+    @abstractmethod
+    def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
+        """Start the workers; one result per spec, same order. Tag each batch job with harvester and worker id."""
+
+    @abstractmethod
+    def check(self, workers: list[WorkerRef]) -> list[Observation]:
+        """Current state of each worker, same order."""
+
+    @abstractmethod
+    def kill(self, workers: list[WorkerRef], reason: str) -> list[KillResult]:
+        """Ask the backend to stop each worker; a worker it no longer knows counts as killed."""
+
+    @abstractmethod
+    def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
+        """Crash repair: look each (pending) worker up by its tag; a result if it exists, else None."""
+
+    def fetch_outputs(self, worker: WorkerRef, names: list[str]) -> dict[str, Path]:
+        """Push mode: bring the pilot's named output files into the worker's log directory.
+
+        Returns the files that are there. Backends whose workers write into the log directory need no override.
+        """
+        if worker.log_dir is None:
+            return {}
+        return {n: worker.log_dir / n for n in names if (worker.log_dir / n).is_file()}
+
+    def clean(self, workers: list[WorkerRef]) -> None:
+        """Remove what the backend keeps for final workers (work directories, CE sessions)."""
+
+
+def options_fields(cls: type[Backend]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls.Options)]

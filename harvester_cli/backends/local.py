@@ -1,0 +1,249 @@
+"""Local backend: each worker is a detached process group on this host, in its own work directory.
+
+A small shell wrapper runs the pilot and writes the exit code to `.exitcode` when it ends, so a later
+`poll` (a different process than the one that submitted) can tell finished from failed from vanished.
+The process carries HARVESTER_ID and HARVESTER_WORKER_ID in its environment: that is the tag `find`
+uses to adopt a worker whose submission was interrupted before the store recorded it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from harvester_cli import model
+from harvester_cli.backends.base import (
+    Backend, KillResult, Observation, SubmitResult, WorkerRef, WorkerSpec,
+)
+
+EXIT_FILE = ".exitcode"
+PID_FILE = ".pid"
+KILLED_FILE = ".killed"
+# A killed worker that ignores SIGTERM this long gets SIGKILL at the next kill request.
+KILL_ESCALATION_SECONDS = 30
+
+WRAPPER = """\
+#!/bin/sh
+# harvester-cli local worker {worker_id} of harvester {harvester_id}
+cd {work_dir}
+echo "start $(date -u +%FT%TZ) pid $$" >> {batch_log}
+{command} > {stdout} 2> {stderr} < /dev/null
+rc=$?
+echo $rc > {exit_file}.tmp && mv {exit_file}.tmp {exit_file}
+echo "end $(date -u +%FT%TZ) exit $rc" >> {batch_log}
+exit $rc
+"""
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of a live process, or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[19])
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the worker is our own child (tests and `cycle` submit in-process)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _process_tag(pid: int) -> tuple[str | None, str | None]:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None, None
+    values = dict(item.split(b"=", 1) for item in env if b"=" in item)
+    harvester = values.get(b"HARVESTER_ID")
+    worker = values.get(b"HARVESTER_WORKER_ID")
+    return (harvester.decode() if harvester else None, worker.decode() if worker else None)
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    @dataclass(frozen=True)
+    class Options:
+        # Where worker work directories go; default: the instance's work_dir.
+        work_dir: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        return (self.options.work_dir or self.context.work_root) / self.queue.name
+
+    def work_dir(self, worker_id: int) -> Path:
+        return self.root / str(worker_id)
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
+        return [self._start(spec) for spec in specs]
+
+    def _start(self, spec: WorkerSpec) -> SubmitResult:
+        work = self.work_dir(spec.worker_id)
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+            spec.log_dir.mkdir(parents=True, exist_ok=True)
+            if spec.job is not None:
+                import json
+
+                (work / "pandaJobData.out").write_text(json.dumps(spec.job))
+            script = work / "run.sh"
+            script.write_text(WRAPPER.format(
+                worker_id=spec.worker_id, harvester_id=self.context.harvester_id,
+                work_dir=shlex.quote(str(work)), command=spec.pilot_command,
+                stdout=shlex.quote(str(spec.log_dir / "pilot.out")),
+                stderr=shlex.quote(str(spec.log_dir / "pilot.err")),
+                batch_log=shlex.quote(str(spec.log_dir / "batch.log")),
+                exit_file=EXIT_FILE,
+            ))
+            env = {**os.environ, **spec.environment,
+                   "HARVESTER_ID": self.context.harvester_id, "HARVESTER_WORKER_ID": str(spec.worker_id)}
+            process = subprocess.Popen(
+                ["/bin/sh", str(script)], cwd=work, env=env, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            return SubmitResult(spec.worker_id, error=f"cannot start local worker: {exc}")
+        self._record_pid(work, process.pid)
+        return self._result(spec.worker_id, process.pid)
+
+    def _record_pid(self, work: Path, pid: int) -> None:
+        stat = _proc_stat(pid)
+        (work / PID_FILE).write_text(f"{pid} {stat[1] if stat else 0}\n")
+
+    def _result(self, worker_id: int, pid: int) -> SubmitResult:
+        return SubmitResult(worker_id, batch_id=str(pid), submission_host=socket.gethostname(),
+                            computing_element="localhost", stdout="pilot.out", stderr="pilot.err",
+                            batch_log="batch.log")
+
+    # -- check -------------------------------------------------------------------------------
+
+    def _pid(self, work: Path) -> tuple[int, int] | None:
+        try:
+            pid, ticks = (work / PID_FILE).read_text().split()
+            return int(pid), int(ticks)
+        except (OSError, ValueError):
+            return None
+
+    def _alive(self, pid: int, ticks: int) -> bool:
+        stat = _proc_stat(pid)
+        if stat is None:
+            return False
+        state, started = stat
+        if state == "Z":
+            _reap(pid)
+            return False
+        return ticks == 0 or started == ticks
+
+    def check(self, workers: list[WorkerRef]) -> list[Observation]:
+        return [self._observe(w) for w in workers]
+
+    def _observe(self, worker: WorkerRef) -> Observation:
+        work = self.work_dir(worker.worker_id)
+        exit_file = work / EXIT_FILE
+        if exit_file.exists():
+            try:
+                code = int(exit_file.read_text().strip())
+            except ValueError:
+                code = -1
+            end = exit_file.stat().st_mtime
+            start = (work / PID_FILE).stat().st_mtime if (work / PID_FILE).exists() else None
+            if code == 0:
+                return Observation(worker.worker_id, model.FINISHED, "exited", 0, None, start, end)
+            return Observation(worker.worker_id, model.FAILED, "exited", code,
+                               f"pilot exited with code {code}", start, end)
+        pid = self._pid(work)
+        if pid and self._alive(*pid):
+            start = (work / PID_FILE).stat().st_mtime
+            return Observation(worker.worker_id, model.RUNNING, "running", start_time=start)
+        if (work / KILLED_FILE).exists():
+            reason = (work / KILLED_FILE).read_text().strip()
+            return Observation(worker.worker_id, model.CANCELLED, "killed", diag=f"killed: {reason}",
+                               end_time=(work / KILLED_FILE).stat().st_mtime)
+        where = f"process {pid[0]}" if pid else f"work directory {work}"
+        return Observation(worker.worker_id, model.MISSING, "gone",
+                           diag=f"{where} ended without an exit code (killed outside harvester-cli or host rebooted)")
+
+    # -- kill --------------------------------------------------------------------------------
+
+    def kill(self, workers: list[WorkerRef], reason: str) -> list[KillResult]:
+        return [self._kill(w, reason) for w in workers]
+
+    def _kill(self, worker: WorkerRef, reason: str) -> KillResult:
+        work = self.work_dir(worker.worker_id)
+        marker = work / KILLED_FILE
+        pid = self._pid(work)
+        if not pid or not self._alive(*pid):
+            return KillResult(worker.worker_id, True)
+        try:
+            escalate = marker.exists() and model.now() - marker.stat().st_mtime > KILL_ESCALATION_SECONDS
+            if not marker.exists():
+                marker.write_text(reason + "\n")
+            os.killpg(pid[0], signal.SIGKILL if escalate else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        except OSError as exc:
+            return KillResult(worker.worker_id, False, f"cannot signal process group {pid[0]}: {exc}")
+        return KillResult(worker.worker_id, True)
+
+    # -- crash repair ------------------------------------------------------------------------
+
+    def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
+        wanted = {w.worker_id for w in workers}
+        found: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                harvester, worker = _process_tag(int(entry.name))
+                if harvester == self.context.harvester_id and worker and int(worker) in wanted:
+                    # The wrapper shell is the group leader; its children carry the same tag.
+                    pid = int(entry.name)
+                    try:
+                        if os.getpgid(pid) == pid:
+                            found[int(worker)] = pid
+                    except ProcessLookupError:
+                        pass
+        results: list[SubmitResult | None] = []
+        for worker in workers:
+            work = self.work_dir(worker.worker_id)
+            if worker.worker_id in found:
+                if self._pid(work) is None:
+                    self._record_pid(work, found[worker.worker_id])
+                results.append(self._result(worker.worker_id, found[worker.worker_id]))
+            elif (work / EXIT_FILE).exists() and self._pid(work):
+                results.append(self._result(worker.worker_id, self._pid(work)[0]))
+            else:
+                results.append(None)
+        return results
+
+    # -- outputs and cleaning ----------------------------------------------------------------
+
+    def fetch_outputs(self, worker: WorkerRef, names: list[str]) -> dict[str, Path]:
+        work = self.work_dir(worker.worker_id)
+        if worker.log_dir is None:
+            return {}
+        worker.log_dir.mkdir(parents=True, exist_ok=True)
+        fetched = {}
+        for name in names:
+            if (work / name).is_file():
+                shutil.copyfile(work / name, worker.log_dir / name)
+                fetched[name] = worker.log_dir / name
+        return fetched
+
+    def clean(self, workers: list[WorkerRef]) -> None:
+        for worker in workers:
+            shutil.rmtree(self.work_dir(worker.worker_id), ignore_errors=True)
+
+
+BACKEND = LocalBackend

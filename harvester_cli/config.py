@@ -1,0 +1,343 @@
+"""Instance configuration: one TOML file, validated into frozen dataclasses.
+
+Every section is a dataclass; `_build` checks keys and types against the dataclass fields, so a new
+setting is one annotated field with a default, and every error names the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import string
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harvester_cli.errors import ConfigError
+
+REQUIRED = dataclasses.MISSING
+
+# Placeholders a pilot command may use; filled per worker by the submitter.
+PILOT_PLACEHOLDERS = frozenset(
+    {
+        "queue", "worker_id", "harvester_id", "resource_type", "n_core", "memory_mb", "walltime",
+        "panda_url", "prod_source_label", "job_type", "python", "ca", "proxy",
+    }
+)
+
+
+def xdg_dir(variable: str, fallback: str) -> Path:
+    base = os.environ.get(variable) or str(Path.home() / fallback)
+    return Path(base) / "harvester-cli"
+
+
+def default_config_path() -> Path:
+    return xdg_dir("XDG_CONFIG_HOME", ".config") / "config.toml"
+
+
+def default_state_dir() -> Path:
+    return xdg_dir("XDG_STATE_HOME", ".local/state")
+
+
+def state_url_from(value: str) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
+
+
+@dataclass(frozen=True)
+class PandaConfig:
+    url: str = REQUIRED
+    # X.509: a proxy file (cert + key); or a bearer token file plus the VO as Origin.
+    proxy: Path | None = None
+    token_file: Path | None = None
+    token_origin: str | None = None
+    # CA directory (hashed, like /etc/grid-security/certificates) or a CA bundle file.
+    ca: Path | None = None
+    timeout: float = 60.0
+    retries: int = 3
+    # Calls in one bulk request (Harvester's default is 100).
+    bulk_size: int = 100
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    name: str
+    mode: str = REQUIRED
+    backend: str = REQUIRED
+    backend_options: Any = None
+    prod_source_label: str = "managed"
+    job_type: str = "managed"
+    resource_types: list[str] = field(default_factory=lambda: ["SCORE"])
+    # Pilot command template; placeholders from PILOT_PLACEHOLDERS, e.g. "{python} -m mypilot --queue {queue}".
+    pilot: str = "{python} -m harvester_cli.testpilot"
+    # Worker size when the resource type does not say more.
+    core_count: int = 1
+    memory_mb_per_core: int = 2000
+    walltime: int = 48 * 3600
+    # Local gate: "online" submits, anything else ("offline", "test", "brokeroff") submits nothing.
+    status: str = "online"
+    # Limits (docs/domain.md "How many workers").
+    n_queue_limit_worker: int = 10
+    max_workers: int = 100
+    max_new_workers_per_cycle: int = 10
+    # Pull: queued pilots <= activated jobs x factor, and never below the floor (0 or 1).
+    activated_factor: float = 1.0
+    empty_pilot_floor: int = 1
+    # Push: how many fetched jobs may wait for a worker; attempts before a job is failed.
+    n_queue_limit_job: int | None = None
+    max_submit_attempts: int = 3
+    # Monitoring: kill workers queued longer than this; a worker the backend lost is failed after grace.
+    max_queued_seconds: int = 48 * 3600
+    lost_grace_seconds: int = 600
+
+    def queued_job_limit(self) -> int:
+        return self.n_queue_limit_job if self.n_queue_limit_job is not None else self.n_queue_limit_worker
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    # Final workers and done jobs are deleted after this many seconds.
+    worker_retention: int = 2 * 24 * 3600
+    job_retention: int = 2 * 24 * 3600
+    # A guard against mass accidents: more kills than this in one run need --force.
+    max_kills_per_run: int = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    harvester_id: str = REQUIRED
+    panda: PandaConfig = REQUIRED
+    state: str | None = None
+    log_dir: Path | None = None
+    log_url: str | None = None
+    work_dir: Path | None = None
+    # Seconds a claim on a row (job, worker, queue) stays valid before another run may take it over.
+    lease_seconds: int = 600
+    # Global cap on new workers per submit run over all queues.
+    max_new_workers_per_run: int = 1000
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    queues: dict[str, QueueConfig] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def state_url(self) -> str:
+        return state_url_from(self.state) if self.state else state_url_from(str(default_state_dir() / "state.db"))
+
+    @property
+    def logs(self) -> Path:
+        return self.log_dir or default_state_dir() / "logs"
+
+    @property
+    def work_root(self) -> Path:
+        return self.work_dir or default_state_dir() / "work"
+
+    def select_queues(self, names: tuple[str, ...] | list[str] = ()) -> list[QueueConfig]:
+        unknown = [n for n in names if n not in self.queues]
+        if unknown:
+            known = ", ".join(sorted(self.queues)) or "none"
+            raise ConfigError(f"unknown queue {unknown[0]!r} (configured: {known})")
+        return [self.queues[n] for n in names] if names else list(self.queues.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               Path: "a path string", list: "a list", dict: "a table"}
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, dict) else "a table"
+
+
+class _Builder:
+    def __init__(self, source: str, base_dir: Path):
+        self.source = source
+        self.base_dir = base_dir
+
+    def fail(self, where: str, message: str) -> typing.NoReturn:
+        location = f"{self.source}: [{where}]" if where else self.source
+        raise ConfigError(f"{location} {message}")
+
+    def value(self, annotation: Any, value: Any, where: str, key: str) -> Any:
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            options = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if value is None:
+                return None
+            return self.value(options[0], value, where, key)
+        if annotation is Any:
+            return value
+        if origin is list:
+            (item,) = typing.get_args(annotation)
+            if not isinstance(value, list):
+                self.fail(where, f"{key}: expected a list, got {_describe(value)}")
+            return [self.value(item, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is dict:
+            _, item = typing.get_args(annotation)
+            if not isinstance(value, dict):
+                self.fail(where, f"{key}: expected a table, got {_describe(value)}")
+            return {k: self.value(item, v, where, f"{key}.{k}") for k, v in value.items()}
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                self.fail(where, f"{key}: expected a table, got {_describe(value)}")
+            return self.build(annotation, value, f"{where}.{key}" if where else key)
+        if annotation is Path:
+            if not isinstance(value, str) or not value:
+                self.fail(where, f"{key}: expected a path string, got {_describe(value)}")
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else (self.base_dir / path)
+        if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
+            self.fail(where, f"{key}: expected {_TYPE_NAMES.get(annotation, annotation.__name__)}, got {_describe(value)}")
+        return value
+
+    def build(self, cls: type, table: dict, where: str, **given: Any) -> Any:
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in given and f.name != "path"]
+        for key in table:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
+                self.fail(where, f"unknown key {key!r}{hint}")
+        kwargs = dict(given)
+        for f in dataclasses.fields(cls):
+            if f.name in given or f.name == "path":
+                continue
+            if f.name in table:
+                kwargs[f.name] = self.value(hints[f.name], table[f.name], where, f.name)
+            elif f.default is REQUIRED and f.default_factory is REQUIRED:
+                self.fail(where, f"missing required key {f.name!r}")
+        return cls(**kwargs)
+
+
+def _check_queue(builder: _Builder, queue: QueueConfig) -> None:
+    where = f"queues.{queue.name}"
+    if queue.mode not in ("pull", "push"):
+        builder.fail(where, f"mode: expected 'pull' or 'push', got {queue.mode!r}")
+    from harvester_cli import backends
+
+    if queue.backend not in backends.NAMES:
+        builder.fail(where, f"backend: unknown backend {queue.backend!r} (known: {', '.join(backends.NAMES)})")
+    for key in ("n_queue_limit_worker", "max_workers", "max_new_workers_per_cycle", "core_count",
+                "memory_mb_per_core", "walltime", "max_submit_attempts"):
+        if getattr(queue, key) < 0:
+            builder.fail(where, f"{key}: must not be negative, got {getattr(queue, key)}")
+    if queue.empty_pilot_floor not in (0, 1):
+        builder.fail(where, f"empty_pilot_floor: expected 0 or 1, got {queue.empty_pilot_floor}")
+    if not queue.resource_types:
+        builder.fail(where, "resource_types: list at least one resource type, e.g. [\"SCORE\"]")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(queue.pilot) if name is not None}
+    except ValueError as exc:
+        builder.fail(where, f"pilot: bad template ({exc}); write literal braces as {{{{ and }}}}")
+    unknown = sorted(fields - PILOT_PLACEHOLDERS)
+    if unknown:
+        builder.fail(where, f"pilot: unknown placeholder {{{unknown[0]}}} (known: {', '.join(sorted(PILOT_PLACEHOLDERS))})")
+
+
+def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    builder = _Builder(source, base_dir or Path.cwd())
+    data = dict(data)
+    raw_queues = data.pop("queues", {})
+    defaults = data.pop("queue_defaults", {})
+    if not isinstance(raw_queues, dict) or not isinstance(defaults, dict):
+        builder.fail("", "'queues' and 'queue_defaults' must be tables, e.g. [queues.MY_QUEUE]")
+    config = builder.build(Config, data, "")
+    queues = {}
+    for name, table in raw_queues.items():
+        if not isinstance(table, dict):
+            builder.fail(f"queues.{name}", f"expected a table, got {_describe(table)}")
+        merged = {**defaults, **table}
+        queue = builder.build(QueueConfig, merged, f"queues.{name}", name=name)
+        _check_queue(builder, queue)
+        from harvester_cli import backends
+
+        raw_options = merged.get("backend_options") or {}
+        if not isinstance(raw_options, dict):
+            builder.fail(f"queues.{name}", f"backend_options: expected a table, got {_describe(raw_options)}")
+        options_class = backends.backend_class(queue.backend).Options
+        options = builder.build(options_class, raw_options, f"queues.{name}.backend_options")
+        queues[name] = dataclasses.replace(queue, backend_options=options)
+    if not config.harvester_id.strip():
+        builder.fail("", "harvester_id: must not be empty")
+    if config.panda.proxy and config.panda.token_file:
+        builder.fail("panda", "set either proxy or token_file, not both")
+    if config.panda.token_file and not config.panda.token_origin:
+        builder.fail("panda", "token_file needs token_origin (the VO, sent as the Origin header)")
+    return dataclasses.replace(config, queues=queues)
+
+
+def load(path: Path | None) -> Config:
+    explicit = path is not None
+    path = path or default_config_path()
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"{path}: no such configuration file")
+        raise ConfigError(
+            f"no configuration at {path}: create it (`harvester-cli config example > {path}`) or pass --config"
+        )
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    config = parse(data, str(path), path.parent.resolve())
+    return dataclasses.replace(config, path=path)
+
+
+def as_dict(config: Config) -> dict:
+    """The resolved configuration as plain JSON-able data (for `config check`)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    data = plain(config)
+    data["state"] = config.state_url
+    data["log_dir"] = str(config.logs)
+    data["work_dir"] = str(config.work_root)
+    return data
+
+
+EXAMPLE = """\
+# harvester-cli instance configuration
+harvester_id = "my-site-harvester"
+# state = "postgresql://harvester@dbhost/harvester"   # default: SQLite under $XDG_STATE_HOME
+log_dir = "/var/log/harvester-cli"
+log_url = "https://my-host.example.org:8080"           # public base URL of log_dir (serve-logs)
+
+[panda]
+url = "https://pandaserver.example.org:25443/api/v1"
+proxy = "/var/lib/harvester-cli/proxy.pem"
+ca = "/etc/grid-security/certificates"
+
+[sweep]
+worker_retention = 172800
+
+[queue_defaults]
+max_workers = 200
+n_queue_limit_worker = 20
+
+[queues.MY_SITE_PULL]
+mode = "pull"
+backend = "local"
+resource_types = ["SCORE"]
+pilot = "{python} -m harvester_cli.testpilot"
+"""

@@ -1,0 +1,31 @@
+"""Errors that reach the operator as one line and a meaningful exit code."""
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+
+
+class HarvesterError(Exception):
+    """An error the operator can act on; its text is printed as is, without a traceback."""
+
+    exit_code = EXIT_PARTIAL
+
+
+class ConfigError(HarvesterError):
+    """The configuration (file, key or value) is wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class StateError(HarvesterError):
+    """The state database cannot be used as it is (wrong schema version, unreadable)."""
+
+    exit_code = EXIT_USAGE
+
+
+class PandaError(HarvesterError):
+    """PanDA answered, but not with success, or could not be reached."""
+
+
+class BackendError(HarvesterError):
+    """A batch system or CE call failed as a whole."""

@@ -1,0 +1,66 @@
+"""Job and worker states and the transitions between them (pure, no I/O)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+# Worker states (docs/domain.md). `pending` is local only: recorded before the batch call.
+PENDING = "pending"
+SUBMITTED = "submitted"
+RUNNING = "running"
+IDLE = "idle"
+FINISHED = "finished"
+FAILED = "failed"
+CANCELLED = "cancelled"
+MISSED = "missed"
+
+WORKER_ACTIVE = (SUBMITTED, RUNNING, IDLE)
+WORKER_QUEUED = (PENDING, SUBMITTED, IDLE)
+WORKER_FINAL = (FINISHED, FAILED, CANCELLED, MISSED)
+WORKER_STATES = (PENDING, *WORKER_ACTIVE, *WORKER_FINAL)
+
+# What a backend may report about a worker, beyond the worker states: held (the monitor decides),
+# and missing (the backend has no trace of it; failed after a grace period).
+HELD = "held"
+MISSING = "missing"
+
+# Job states as PanDA sees them, and our pipeline step (sub_status).
+JOB_STARTING = "starting"
+JOB_RUNNING = "running"
+JOB_TRANSFERRING = "transferring"
+JOB_FINISHED = "finished"
+JOB_FAILED = "failed"
+JOB_FINAL = (JOB_FINISHED, JOB_FAILED)
+
+SUB_FETCHED = "fetched"        # stored, waiting for a worker
+SUB_SUBMITTED = "submitted"    # bound to a submitted worker
+SUB_RUNNING = "running"        # its worker runs
+SUB_REPORTING = "reporting"    # final state known, final update not yet acknowledged by PanDA
+SUB_DONE = "done"              # PanDA acknowledged the final update
+
+
+def allowed_worker_transition(old: str, new: str) -> bool:
+    """Final states never change; everything else may move forward or between running and idle."""
+    if old in WORKER_FINAL:
+        return False
+    if new == PENDING:
+        return old == PENDING
+    return new in WORKER_STATES
+
+
+def now() -> float:
+    return time.time()
+
+
+def panda_time(epoch: float | None) -> str | None:
+    """PanDA's timestamp format ("YYYY-MM-DD HH:MM:SS", UTC)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso_time(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,216 @@
+"""The PanDA server v1 API (docs/panda-api.md) over one keep-alive HTTPS session.
+
+Idempotent calls are retried with backoff on network errors and 5xx answers. `acquire_jobs` is retried
+only when the request cannot have reached the server (connection refused, connect timeout): after a read
+timeout the server may already have marked the jobs sent, and a blind retry would lose them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from harvester_cli import __version__
+from harvester_cli.config import PandaConfig
+from harvester_cli.errors import PandaError
+
+log = logging.getLogger(__name__)
+
+NO_JOBS = "No jobs in PanDA"
+CONNECT_TIMEOUT = 10.0
+
+
+class PandaRefused(PandaError):
+    """PanDA answered success:false; `message` is its text."""
+
+    def __init__(self, call: str, message: str):
+        super().__init__(f"PanDA {call}: {message}")
+        self.message = message
+
+
+class _Transient(Exception):
+    """An HTTP 5xx answer: worth retrying an idempotent call."""
+
+
+def _decode_datetimes(obj: dict) -> Any:
+    if set(obj) == {"__datetime__"}:
+        return obj["__datetime__"]
+    return obj
+
+
+def _connect_failure(exc: BaseException) -> bool:
+    """True only if the request certainly did not reach the server."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = repr(exc)
+        return any(s in text for s in ("NewConnectionError", "Connection refused", "NameResolutionError",
+                                       "Failed to resolve", "No route to host"))
+    return False
+
+
+def _network_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, _Transient))
+
+
+class PandaClient:
+    def __init__(self, config: PandaConfig, harvester_id: str, *, retry_wait: float = 1.0):
+        self.config = config
+        self.harvester_id = harvester_id
+        self.base = config.url.rstrip("/")
+        self.retry_wait = retry_wait
+        self.session = requests.Session()
+        self.session.headers.update({
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"harvester-cli/{__version__}",
+        })
+        if config.proxy:
+            self.session.cert = str(config.proxy)
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override Session.verify.
+        self.verify: str | bool = str(config.ca) if config.ca else True
+        self._token_stamp: tuple[float, int] | None = None
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _refresh_token(self) -> None:
+        """Token files are rewritten by another process: re-read when the file changes."""
+        path = self.config.token_file
+        if not path:
+            return
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise PandaError(f"token file {path}: {exc.strerror}") from None
+        stamp = (stat.st_mtime, stat.st_size)
+        if stamp != self._token_stamp:
+            token = path.read_text().strip()
+            self.session.headers["Authorization"] = f"Bearer {token}"
+            self.session.headers["Origin"] = self.config.token_origin or ""
+            self._token_stamp = stamp
+
+    def _send(self, method: str, path: str, body: dict | None, params: dict | None) -> Any:
+        self._refresh_token()
+        url = f"{self.base}/{path}"
+        timeout = (CONNECT_TIMEOUT, self.config.timeout)
+        if method == "POST":
+            response = self.session.post(url, data=json.dumps(body or {}), timeout=timeout, verify=self.verify)
+        else:
+            response = self.session.get(url, params=params, timeout=timeout, verify=self.verify)
+        if response.status_code >= 500:
+            raise _Transient(f"HTTP {response.status_code}: {response.text[:200]}")
+        if response.status_code != 200:
+            raise PandaError(f"PanDA {path}: HTTP {response.status_code}: {response.text[:200].strip()}")
+        try:
+            return json.loads(response.text, object_hook=_decode_datetimes)
+        except ValueError:
+            raise PandaError(f"PanDA {path}: answer is not JSON: {response.text[:200]!r}") from None
+
+    def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
+             retry_if: Callable[[BaseException], bool] = _network_failure) -> Any:
+        """One API call; returns `data` on success, raises PandaRefused on success:false."""
+        retrying = Retrying(
+            stop=stop_after_attempt(max(1, self.config.retries)),
+            wait=wait_exponential(multiplier=self.retry_wait, max=30),
+            retry=retry_if_exception(retry_if),
+            reraise=True,
+        )
+        try:
+            answer = retrying(self._send, method, path, body, params)
+        except (requests.exceptions.RequestException, _Transient) as exc:
+            raise PandaError(f"PanDA {path}: {_short(exc)}") from None
+        if not isinstance(answer, dict) or "success" not in answer:
+            raise PandaError(f"PanDA {path}: unexpected answer {str(answer)[:200]!r}")
+        if not answer["success"]:
+            raise PandaRefused(path, str(answer.get("message", "")))
+        return answer.get("data")
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def is_alive(self) -> bool:
+        self.call("GET", "system/is_alive")
+        return True
+
+    def heartbeat(self, data: dict) -> str | None:
+        """Returns None, or PanDA's message when it answered success:false (the first heartbeat registers)."""
+        try:
+            self.call("POST", "harvester/heartbeat", {"harvester_id": self.harvester_id, "data": data})
+        except PandaRefused as exc:
+            return exc.message
+        return None
+
+    def acquire_jobs(self, site_name: str, n_jobs: int, **fields: Any) -> list[dict]:
+        body = {"site_name": site_name, "n_jobs": int(n_jobs), "harvester_id": self.harvester_id,
+                **{k: v for k, v in fields.items() if v is not None}}
+        try:
+            data = self.call("POST", "pilot/acquire_jobs", body, retry_if=_connect_failure)
+        except PandaRefused as exc:
+            if NO_JOBS in exc.message:
+                return []
+            raise
+        if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+            raise PandaError(f"PanDA pilot/acquire_jobs: unexpected data {str(data)[:200]!r}")
+        return data["jobs"]
+
+    def update_job(self, update: dict) -> dict:
+        return self.call("POST", "pilot/update_job", update)
+
+    def update_jobs_bulk(self, updates: list[dict]) -> list[dict]:
+        """One answer per update, same order: {"success", "message", "data"}."""
+        data = self.call("POST", "pilot/update_jobs_bulk", {"job_list": updates, "harvester_id": self.harvester_id})
+        if not isinstance(data, list) or len(data) != len(updates):
+            raise PandaError(f"PanDA pilot/update_jobs_bulk: expected {len(updates)} answers, got {str(data)[:200]!r}")
+        return data
+
+    def get_job_status(self, job_ids: list[int]) -> list[dict]:
+        return self.call("GET", "pilot/get_job_status", params={"job_ids": [int(i) for i in job_ids]})
+
+    def update_workers(self, workers: list[dict]) -> list[bool]:
+        data = self.call("POST", "harvester/update_workers", {"harvester_id": self.harvester_id, "workers": workers})
+        if not isinstance(data, list) or len(data) != len(workers):
+            raise PandaError(f"PanDA harvester/update_workers: expected {len(workers)} answers, got {str(data)[:200]!r}")
+        return [bool(x) for x in data]
+
+    def report_worker_statistics(self, queue: str, statistics: dict) -> None:
+        self.call("POST", "harvester/report_worker_statistics", {
+            "harvester_id": self.harvester_id, "panda_queue": queue, "statistics": json.dumps(statistics)})
+
+    def acquire_commands(self, n_commands: int = 100) -> list[dict]:
+        return self.call("POST", "harvester/acquire_commands",
+                         {"harvester_id": self.harvester_id, "n_commands": int(n_commands)}) or []
+
+    def acknowledge_commands(self, command_ids: list[int]) -> None:
+        if not command_ids:  # PanDA answers success:false to an empty list
+            return
+        self.call("POST", "harvester/acknowledge_commands", {"command_ids": [int(i) for i in command_ids]})
+
+    def get_current_worker_id(self) -> int:
+        data = self.call("GET", "harvester/get_current_worker_id", params={"harvester_id": self.harvester_id})
+        return int(data) if data is not None else 0
+
+    def get_resource_types(self) -> list[dict]:
+        return self.call("GET", "metaconfig/get_resource_types") or []
+
+    def active_job_stats_by_site(self) -> dict:
+        return self.call("GET", "statistics/active_job_stats_by_site") or {}
+
+    def kill_jobs(self, job_ids: list[int]) -> Any:
+        return self.call("POST", "job/kill", {"job_ids": [int(i) for i in job_ids]})
+
+
+def _short(exc: BaseException) -> str:
+    """A network error in one line, without the URL's query or nested reprs."""
+    text = str(exc)
+    for marker in ("Caused by ", "(Caused by"):
+        if marker in text:
+            text = text.split(marker, 1)[1].strip("() ")
+    return f"{type(exc).__name__}: {text[:240]}"

@@ -1,0 +1,3 @@
+from harvester_cli.sim.server import main
+
+main()
