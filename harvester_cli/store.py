@@ -124,6 +124,7 @@ reports = Table(
     "pending_reports", metadata,
     Column("kind", String(8), primary_key=True),        # job | worker
     Column("key", BigInteger, primary_key=True, autoincrement=False),
+    Column("queue", String(128), nullable=False),
     Column("version", Integer, nullable=False, default=1),
     Column("payload", Text),                             # jobs: the update; workers: built when sent
     Column("final", Boolean, nullable=False, default=False),
@@ -327,13 +328,15 @@ class Store:
 
     # -- outbox ------------------------------------------------------------------------------
 
-    def enqueue_reports(self, conn: Connection, kind: str, items: Sequence[tuple[int, dict | None, bool]]) -> None:
-        """Queue (key, payload, final) updates for PanDA; a newer one replaces an unsent older one."""
+    def enqueue_reports(self, conn: Connection, kind: str,
+                        items: Sequence[tuple[int, str, dict | None, bool]]) -> None:
+        """Queue (key, queue, payload, final) updates for PanDA; a newer one replaces an unsent older one."""
         if not items:
             return
         at = now()
-        rows = [{"kind": kind, "key": key, "version": 1, "payload": None if payload is None else json.dumps(payload),
-                 "final": final, "created": at, "attempts": 0} for key, payload, final in items]
+        rows = [{"kind": kind, "key": key, "queue": queue, "version": 1,
+                 "payload": None if payload is None else json.dumps(payload), "final": final, "created": at,
+                 "attempts": 0} for key, queue, payload, final in items]
         for chunk in chunks(rows, 500):
             conn.execute(self._upsert_reports(conn), chunk)
 

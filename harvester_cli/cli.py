@@ -1,0 +1,126 @@
+"""The root command: global options and a lazy command table.
+
+`harvester-cli --help` reads only the table below; a command's module (and whatever it imports:
+SQLAlchemy, requests, htcondor2, pyarcrest) is imported only when that command runs. cron starts
+this program many times a minute.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from harvester_cli import __version__
+from harvester_cli.errors import HarvesterError
+
+# name -> (module, one-line summary)
+COMMANDS = {
+    "fetch-jobs": ("harvester_cli.commands.fetch_jobs", "Get jobs from PanDA for push-mode queues."),
+    "submit": ("harvester_cli.commands.submit", "Decide how many workers each queue needs and submit them."),
+    "poll": ("harvester_cli.commands.poll", "Check workers at their backend and record what changed."),
+    "propagate": ("harvester_cli.commands.propagate", "Send job/worker updates and statistics to PanDA; take its commands."),
+    "sweep": ("harvester_cli.commands.sweep", "Kill workers marked for killing; forget old final workers and jobs."),
+    "cycle": ("harvester_cli.commands.cycle", "Run fetch-jobs, submit, poll, propagate and sweep in order."),
+    "status": ("harvester_cli.commands.status", "Jobs and workers by state, per queue."),
+    "workers": ("harvester_cli.commands.workers", "List workers, one row each."),
+    "jobs": ("harvester_cli.commands.jobs", "List jobs, one row each."),
+    "config": ("harvester_cli.commands.config", "Check the configuration and print it resolved."),
+    "db": ("harvester_cli.commands.db", "State database maintenance (schema upgrade)."),
+    "demo": ("harvester_cli.commands.demo", "Run a complete local demo: PanDA simulator, local workers, SQLite."),
+}
+
+
+@dataclass
+class Globals:
+    """Global options, shared by every command through the click context."""
+
+    config_path: Path | None = None
+    state: str | None = None
+    queues: tuple[str, ...] = ()
+    json: bool = False
+    verbosity: int = 0
+    _instance: object = field(default=None, repr=False)
+
+    def config(self):
+        from harvester_cli import config
+
+        return config.load(self.config_path)
+
+    def instance(self):
+        """The configured instance (config loaded and validated; store and PanDA made on first use)."""
+        if self._instance is None:
+            from harvester_cli.config import state_url_from
+            from harvester_cli.instance import Instance
+
+            self._instance = Instance(self.config(), state_url_from(self.state) if self.state else None)
+        return self._instance
+
+    def output(self):
+        from harvester_cli.output import Output
+
+        return Output(json_mode=self.json, quiet=self.verbosity < 0)
+
+    def selected(self, extra: tuple[str, ...] = ()):
+        return self.instance().config.select_queues(tuple(dict.fromkeys(self.queues + tuple(extra))))
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(COMMANDS[name][0]).command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, summary) for name, (_, summary) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog="Example: harvester-cli --config /etc/harvester-cli/config.toml cycle")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="HARVESTER_CLI_CONFIG",
+              help="Instance configuration (TOML). Default: $XDG_CONFIG_HOME/harvester-cli/config.toml.")
+@click.option("--state", metavar="URL", envvar="HARVESTER_CLI_STATE",
+              help="State database URL or SQLite file path (overrides the configuration).")
+@click.option("--queue", "queues", multiple=True, metavar="NAME", help="Only this queue (repeatable).")
+@click.option("--json", "json_", is_flag=True, help="Print one JSON object for scripts.")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.version_option(__version__, prog_name="harvester-cli")
+@click.pass_context
+def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet) -> None:
+    """PanDA Harvester as composable one-shot commands.
+
+    Exit codes: 0 ok, 1 partial failure (some items failed, all recorded), 2 bad usage or configuration.
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose)
+
+
+def main() -> None:
+    try:
+        code = cli.main(standalone_mode=False, prog_name="harvester-cli")
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HarvesterError as exc:
+        click.echo(f"harvester-cli: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+

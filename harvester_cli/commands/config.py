@@ -1,0 +1,36 @@
+import click
+
+from harvester_cli.commands import pass_globals
+
+
+@click.group("config")
+def command():
+    """Check the configuration, or print an example."""
+
+
+@command.command("check", epilog="Example: harvester-cli --config /etc/harvester-cli/config.toml config check")
+@pass_globals
+def check(g):
+    """Validate the configuration file and print it resolved (defaults filled in, paths absolute)."""
+    from harvester_cli.config import as_dict
+
+    config = g.config()
+    data = as_dict(config)
+    out = g.output()
+    out.table(f"configuration {config.path}: ok", ["setting", "value"],
+              [(k, v) for k, v in data.items() if k not in ("queues", "panda", "sweep")]
+              + [(f"panda.{k}", v) for k, v in data["panda"].items()]
+              + [(f"sweep.{k}", v) for k, v in data["sweep"].items()])
+    for name, queue in data["queues"].items():
+        out.table(f"queue {name}", ["setting", "value"], list(queue.items()))
+    out.emit(data)
+    return 0
+
+
+@command.command("example", epilog="Example: harvester-cli config example > ~/.config/harvester-cli/config.toml")
+def example():
+    """Print an example configuration file."""
+    from harvester_cli.config import EXAMPLE
+
+    click.echo(EXAMPLE, nl=False)
+    return 0

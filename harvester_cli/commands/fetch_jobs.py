@@ -1,0 +1,20 @@
+import click
+
+from harvester_cli.commands import exit_code, pass_globals, queue_option
+
+
+@click.command("fetch-jobs", epilog="Example: harvester-cli fetch-jobs --queue MY_PUSH_QUEUE")
+@queue_option
+@pass_globals
+def command(g, queues):
+    """Get jobs from PanDA for push-mode queues and store them (pull queues are skipped)."""
+    from dataclasses import asdict
+
+    from harvester_cli.fetching import fetch_jobs
+
+    result = fetch_jobs(g.instance(), g.selected(queues))
+    out = g.output()
+    out.table("fetch-jobs", ["queue", "requested", "stored", "invalid", "duplicate", "note"],
+              [(q.queue, q.requested, q.stored, q.invalid, q.duplicate, q.error or q.skipped) for q in result.queues])
+    out.emit({"queues": [asdict(q) for q in result.queues]})
+    return exit_code(result.failed)

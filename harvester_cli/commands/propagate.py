@@ -1,0 +1,33 @@
+import click
+
+from harvester_cli.commands import exit_code, pass_globals, queue_option
+
+
+@click.command("propagate", epilog="Example: harvester-cli propagate -v")
+@queue_option
+@pass_globals
+def command(g, queues):
+    """Heartbeat, job updates, worker updates and statistics to PanDA; take and apply PanDA's commands.
+
+    Updates PanDA did not accept stay queued and are sent by the next run.
+    """
+    from dataclasses import asdict
+
+    from harvester_cli.propagation import propagate
+
+    instance = g.instance()
+    out = g.output()
+    with out.progress("propagating") as advance:
+        run = propagate(instance, g.selected(queues), advance)
+    pending = instance.store.count_pending_reports()
+    out.table("propagate", ["item", "sent", "refused", "still pending"], [
+        ("job updates", run.jobs_sent, run.jobs_refused, pending.get("job", 0)),
+        ("worker updates", run.workers_sent, run.workers_refused, pending.get("worker", 0)),
+        ("statistics (queues)", run.stats_queues, "-", "-"),
+        ("commands", run.commands_applied, run.commands_received - run.commands_applied, "-"),
+    ])
+    out.line(f"heartbeat: {run.heartbeat}; workers to kill from PanDA: {run.kills_from_panda}")
+    for error in run.errors:
+        out.line(f"error: {error}")
+    out.emit({**asdict(run), "pending": pending})
+    return exit_code(run.partial)

@@ -1,0 +1,23 @@
+import click
+
+from harvester_cli.commands import pass_globals, queue_option
+
+
+@click.command("status", epilog="Example: harvester-cli status --json | jq '.queues.MY_QUEUE.workers'")
+@queue_option
+@pass_globals
+def command(g, queues):
+    """Jobs and workers by state, per queue."""
+    from harvester_cli.views import status_counts
+
+    instance = g.instance()
+    names = [q.name for q in g.selected(queues)]
+    counts = status_counts(instance, names)
+    pending = instance.store.count_pending_reports()
+    out = g.output()
+    out.table("status", ["queue", "workers", "jobs"], [
+        (q, ", ".join(f"{k}={v}" for k, v in sorted(c["workers"].items())) or "-",
+         ", ".join(f"{k}={v}" for k, v in sorted(c["jobs"].items())) or "-") for q, c in counts.items()])
+    out.line(f"updates waiting for PanDA: jobs={pending.get('job', 0)}, workers={pending.get('worker', 0)}")
+    out.emit({"queues": counts, "pending_reports": pending})
+    return 0

@@ -1,0 +1,24 @@
+import click
+
+from harvester_cli.commands import exit_code, pass_globals, queue_option
+
+
+@click.command("sweep", epilog="Example: harvester-cli sweep --queue MY_QUEUE --force")
+@queue_option
+@click.option("--force", is_flag=True, help="Kill even when more workers are marked than sweep.max_kills_per_run.")
+@click.option("--retention", type=click.IntRange(min=0), metavar="SECONDS",
+              help="Forget final workers and done jobs older than this (default: from the configuration).")
+@pass_globals
+def command(g, queues, force, retention):
+    """Kill workers marked for killing (by PanDA, poll or an operator); forget old final workers and done jobs."""
+    from dataclasses import asdict
+
+    from harvester_cli.sweeping import sweep
+
+    run = sweep(g.instance(), g.selected(queues), force=force, retention=retention)
+    out = g.output()
+    out.table("sweep", ["queue", "to kill", "killed", "kill failed", "cleaned workers", "deleted jobs", "note"],
+              [(q.queue, q.to_kill, q.killed, len(q.kill_failed), q.cleaned, q.jobs_deleted,
+                q.refused or "; ".join(f"{w}: {e}" for w, e in q.kill_failed[:3])) for q in run.queues])
+    out.emit({"queues": [asdict(q) for q in run.queues]})
+    return exit_code(run.partial)

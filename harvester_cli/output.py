@@ -1,0 +1,101 @@
+"""What a command prints: rich tables on a terminal, aligned plain text when piped or under cron,
+the same data as one JSON object with --json. rich is imported only when a terminal will show it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Table:
+    title: str
+    columns: Sequence[str]
+    rows: list[Sequence[Any]]
+
+
+@dataclass
+class Output:
+    json_mode: bool = False
+    quiet: bool = False
+    tables: list[Table] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return sys.stdout.isatty() and not self.json_mode
+
+    def table(self, title: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> None:
+        self.tables.append(Table(title, columns, rows))
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def emit(self, data: Any) -> None:
+        """Print everything collected (or `data` as JSON)."""
+        if self.json_mode:
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+            return
+        if self.quiet:
+            return
+        if self.terminal:
+            self._rich()
+        else:
+            self._plain()
+
+    def _plain(self) -> None:
+        out = sys.stdout
+        for table in self.tables:
+            if table.title:
+                out.write(f"{table.title}\n")
+            cells = [[_cell(v) for v in row] for row in table.rows]
+            widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(table.columns)]
+            out.write("  ".join(c.ljust(w) for c, w in zip(table.columns, widths)).rstrip() + "\n")
+            for row in cells:
+                out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+            if not table.rows:
+                out.write("(none)\n")
+            out.write("\n")
+        for line in self.lines:
+            out.write(line + "\n")
+
+    def _rich(self) -> None:
+        from rich.console import Console
+        from rich.table import Table as RichTable
+
+        console = Console()
+        for table in self.tables:
+            rich_table = RichTable(title=table.title or None, title_justify="left")
+            for column in table.columns:
+                rich_table.add_column(column, overflow="fold")
+            for row in table.rows:
+                rich_table.add_row(*[_cell(v) for v in row])
+            console.print(rich_table)
+        for line in self.lines:
+            console.print(line, highlight=False)
+
+    @contextmanager
+    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        """A progress bar on a terminal (stderr), nothing otherwise; yields advance(n)."""
+        if not sys.stderr.isatty() or self.json_mode or self.quiet:
+            yield lambda n: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
