@@ -310,11 +310,15 @@ class Store:
         """A named lease (e.g. "submit:QUEUE"): yields False if another live run holds it."""
         at = now()
         with self.write() as conn:
+            holder = conn.execute(select(locks.c.lock_owner).where(locks.c.name == name)).first()
+            free = self._free(locks, at)
+            if holder is not None and owner_is_dead(holder[0]):
+                free = free | (locks.c.lock_owner == holder[0])
             got = conn.execute(
-                update(locks).where(locks.c.name == name, self._free(locks, at))
+                update(locks).where(locks.c.name == name, free)
                 .values(lock_owner=self.owner, lock_expires=at + self.lease_seconds)
             ).rowcount
-            if not got and conn.execute(select(locks.c.name).where(locks.c.name == name)).first() is None:
+            if holder is None:
                 conn.execute(locks.insert().values(name=name, lock_owner=self.owner,
                                                    lock_expires=at + self.lease_seconds))
                 got = 1
@@ -371,6 +375,23 @@ class Store:
         with self.read() as conn:
             return {kind: n for kind, n in conn.execute(
                 select(reports.c.kind, func.count()).group_by(reports.c.kind))}
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """A claim owned by a process of this host that no longer exists can be taken over at once."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _key_match(columns: list[Column], keys: Sequence[tuple]):

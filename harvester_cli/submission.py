@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError
 from harvester_cli.instance import Instance, fault_point, worker_ref
 from harvester_cli.panda import PandaRefused
-from harvester_cli.store import chunks, job_workers, jobs, workers
+from harvester_cli.store import chunks, job_workers, jobs, owner_is_dead, workers
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +53,13 @@ class SubmitRun:
 
 # -- crash repair ---------------------------------------------------------------------------
 
-def _owner_dead(owner: str | None) -> bool:
-    """A claim owned by a process on this host that no longer exists can be taken at once."""
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
     """Adopt or miss workers left `pending` by an interrupted submit; returns (adopted, missed)."""
     store = instance.store
     with store.write() as conn:
         owners = set(conn.scalars(select(workers.c.lock_owner).distinct().where(
             workers.c.queue == queue.name, workers.c.status == model.PENDING, workers.c.lock_owner.is_not(None))))
-        for owner in filter(_owner_dead, owners):
+        for owner in filter(owner_is_dead, owners):
             conn.execute(update(workers).where(workers.c.lock_owner == owner).values(lock_owner=None, lock_expires=None))
         rows = store.claim(conn, workers, (workers.c.queue == queue.name) & (workers.c.status == model.PENDING), 1000)
     if not rows:
@@ -290,6 +271,7 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
                  progress: Callable[[int], None] | None = None) -> None:
     backend = instance.backend(queue)
     for batch in chunks(specs, BACKEND_BATCH):
+        fault_point("before_backend_submit")
         try:
             results = backend.submit(list(batch))
         except Exception as exc:  # a backend failing as a whole must not leave workers pending forever

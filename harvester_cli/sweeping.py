@@ -62,8 +62,8 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
         failed = [(r, o) for r, o in zip(rows, outcomes) if not o.ok]
         with store.write() as conn:
             if killed:
-                conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"), store.owned(workers),
-                                                   workers.c.status.not_in(model.WORKER_FINAL))
+                # Still ours (claimed as killable), so poll cannot have moved it to a final state meanwhile.
+                conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"), store.owned(workers))
                              .values(status=model.CANCELLED, diag=bindparam("d"), end_time=at, modified=at),
                              [{"w": r.worker_id, "d": f"killed: {r.kill_reason}"} for r, _ in killed])
                 store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r, _ in killed])

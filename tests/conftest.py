@@ -1,0 +1,133 @@
+"""Shared fixtures: a test PKI, a PanDA simulator on loopback, and instances/configs pointing at it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harvester_cli import config as config_module
+from harvester_cli.instance import Instance
+from harvester_cli.sim import certs
+from harvester_cli.sim.server import PandaSimulator
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> certs.TestPKI:
+    return certs.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def sim(pki):
+    with PandaSimulator(pki, finish_delay=0.0) as simulator:
+        yield simulator
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def to_toml(data: dict, prefix: str = "") -> str:
+    """Enough TOML for test configurations (scalars, lists, nested tables)."""
+    lines, tables = [], []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((f"{prefix}{key}", value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    text = "\n".join(lines) + "\n"
+    for name, table in tables:
+        text += f"\n[{name}]\n" + to_toml(table, f"{name}.")
+    return text
+
+
+class Harness:
+    """Builds configurations for the simulator and runs the CLI against them."""
+
+    def __init__(self, tmp_path: Path, sim: PandaSimulator, pki: certs.TestPKI, harvester_id: str):
+        self.tmp_path = tmp_path
+        self.sim = sim
+        self.pki = pki
+        self.harvester_id = harvester_id
+
+    def config_data(self, queues: dict, **overrides) -> dict:
+        data = {
+            "harvester_id": self.harvester_id, "state": str(self.tmp_path / "state.db"),
+            "log_dir": str(self.tmp_path / "logs"), "work_dir": str(self.tmp_path / "work"),
+            "log_url": "http://127.0.0.1:8080/logs",
+            "panda": {"url": self.sim.url, "proxy": str(self.pki.proxy), "ca": str(self.pki.ca_file),
+                      "retries": 2, "timeout": 20},
+            "queues": {name: {"backend": "local", **q} for name, q in queues.items()},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return data
+
+    def instance(self, queues: dict, **overrides) -> Instance:
+        return Instance(config_module.parse(self.config_data(queues, **overrides), "<test>", self.tmp_path))
+
+    def write_config(self, queues: dict, **overrides) -> Path:
+        path = self.tmp_path / "config.toml"
+        path.write_text(to_toml(self.config_data(queues, **overrides)))
+        return path
+
+    def cli(self, *args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "XDG_CONFIG_HOME": str(self.tmp_path / "xdg-config"),
+                    "XDG_STATE_HOME": str(self.tmp_path / "xdg-state"), **(env or {})}
+        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(self.tmp_path / "config.toml"),
+                                 *args], capture_output=True, text=True, env=full_env, timeout=120)
+        if check and result.returncode != 0:
+            raise AssertionError(f"harvester-cli {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+    def cli_json(self, *args: str, **kwargs) -> dict:
+        result = self.cli("--json", *args, **kwargs)
+        assert result.returncode in (0, 1), result.stderr
+        return json.loads(result.stdout)
+
+    def kill_workers(self) -> None:
+        """Stop every local worker process this test's harvester started."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if f"HARVESTER_ID={self.harvester_id}\0".encode() in environ:
+                try:
+                    os.killpg(int(entry.name), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+@pytest.fixture
+def harness(tmp_path, sim, pki, request):
+    h = Harness(tmp_path, sim, pki, f"test-{request.node.name[:40]}-{os.getpid()}")
+    yield h
+    h.kill_workers()
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

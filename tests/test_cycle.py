@@ -1,0 +1,236 @@
+"""The working cycle end to end: PanDA simulator over HTTPS, real local worker processes, SQLite state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from harvester_cli import fetching, monitoring, propagation, submission, sweeping
+from harvester_cli.cycle import run_cycle
+from harvester_cli.store import job_workers, jobs, reports, workers
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+PULL = {"PULL_Q": {"mode": "pull", "empty_pilot_floor": 0}}
+PUSH = {"PUSH_Q": {"mode": "push"}}
+
+
+def cycle_until(instance, predicate, timeout=40.0, what="cycle goal"):
+    queues = list(instance.config.queues.values())
+
+    def step():
+        run_cycle(instance, queues)
+        return predicate()
+
+    return wait_until(step, timeout, 0.3, what)
+
+
+def rows(instance, table, *where):
+    with instance.store.read() as conn:
+        return conn.execute(select(table).where(*where)).all()
+
+
+def test_pull_pilots_take_jobs_to_finished_and_workers_reach_panda(harness, sim):
+    ids = sim.add_jobs("PULL_Q", 2, jobPars="echo hello")
+    instance = harness.instance(PULL)
+    cycle_until(instance, lambda: all(sim.job_status(i) == "finished" for i in ids)
+                and all(w.status == "finished" for w in rows(instance, workers)), what="pull jobs finished")
+    reported = sim.workers(harness.harvester_id)
+    local = rows(instance, workers)
+    assert len(local) == 2   # two activated jobs: two pilots (floor 0: no empty pilot afterwards)
+    assert {w.worker_id for w in local} <= set(reported)
+    assert all(reported[w.worker_id]["status"] == "finished" for w in local)
+    assert all(reported[w.worker_id]["stdOut"].startswith("http://127.0.0.1:8080/logs/workers/") for w in local)
+    stats = sim.harvesters[harness.harvester_id]["stats"]["PULL_Q"]
+    assert stats == {}   # nothing live any more
+
+
+def test_push_job_final_update_comes_from_heartbeat_with_slim_job_report(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="echo payload; exit 0")
+    instance = harness.instance(PUSH)
+    cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", what="push job finished")
+    statuses = [u["job_status"] for u in sim.jobs[panda_id].updates]
+    # An unsent "starting" is replaced by the newer "running" in the outbox: PanDA gets the latest state.
+    assert statuses[0] in ("starting", "running") and statuses[-1] == "finished"
+    assert statuses.count("finished") == 1
+    final = sim.jobs[panda_id].updates[-1]
+    report = json.loads(final["meta_data"])
+    assert report["executor"][0]["logfileReport"] == {}   # slimmed
+    assert final["exe_error_code"] == 0 and final["attempt_nr"] == 1
+    assert final["pilot_log"].endswith("/pilot.out")
+    (job,) = rows(instance, jobs)
+    assert job.sub_status == "done"
+    log_dir = Path(rows(instance, workers)[0].log_dir)
+    assert (log_dir / "heartbeat.json").exists() and "payload" in (log_dir / "pilot.out").read_text()
+
+
+def test_push_payload_failure_is_reported_failed_with_exit_code(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="exit 3")
+    instance = harness.instance(PUSH)
+    cycle_until(instance, lambda: sim.job_status(panda_id) == "failed", what="push job failed")
+    final = sim.jobs[panda_id].updates[-1]
+    assert final["job_status"] == "failed" and final["exe_error_code"] == 3
+
+
+def test_push_worker_without_heartbeat_gives_failed_update_with_backend_error(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1)
+    instance = harness.instance({"PUSH_Q": {"mode": "push", "pilot": "/bin/sh -c 'exit 7'"}})
+    cycle_until(instance, lambda: sim.job_status(panda_id) == "failed", what="failed update")
+    final = sim.jobs[panda_id].updates[-1]
+    assert final["pilot_error_code"] == 9000
+    assert "no heartbeat.json" in final["pilot_error_diag"] and "exited with code 7" in final["pilot_error_diag"]
+
+
+def test_invalid_job_from_panda_is_stored_and_reported_failed(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, coreCount="many")
+    instance = harness.instance(PUSH)
+    result = fetching.fetch_jobs(instance, list(instance.config.queues.values()))
+    assert result.queues[0].invalid == 1
+    propagation.propagate(instance, list(instance.config.queues.values()))
+    assert sim.job_status(panda_id) == "failed"
+    assert "coreCount='many'" in sim.jobs[panda_id].updates[-1]["pilot_error_diag"]
+    assert not rows(instance, workers)   # never submitted
+
+
+def test_panda_outage_keeps_every_update_and_the_next_run_sends_them(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1)
+    instance = harness.instance(PUSH)
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    submission.submit(instance, queues)
+    wait_until(lambda: monitoring.poll(instance, queues) and rows(instance, workers)[0].status == "finished",
+               what="worker finished")
+    sim.fail_next = [503] * 50
+    run = propagation.propagate(instance, queues)
+    assert run.partial and run.jobs_sent == 0
+    pending = rows(instance, reports)
+    assert {r.kind for r in pending} == {"job", "worker"} and all(r.attempts >= 1 for r in pending)
+    assert sim.job_status(panda_id) == "sent"   # PanDA saw nothing
+    sim.fail_next = []
+    run = propagation.propagate(instance, queues)
+    assert not run.partial, run.errors
+    assert not rows(instance, reports)
+    assert sim.job_status(panda_id) == "finished"
+
+
+def test_tobekilled_answer_kills_the_worker_and_fails_the_job(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="sleep 60")
+    instance = harness.instance(PUSH)
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    submission.submit(instance, queues)
+    wait_until(lambda: monitoring.poll(instance, queues) and rows(instance, workers)[0].status == "running",
+               what="worker running")
+    sim.kill_jobs(None, [panda_id], None, False, [])
+    run = propagation.propagate(instance, queues)
+    assert run.kills_from_panda == 1
+    result = sweeping.sweep(instance, queues)
+    assert result.queues[0].killed == 1
+    (worker,) = rows(instance, workers)
+    assert worker.status == "cancelled"
+    propagation.propagate(instance, queues)
+    assert sim.jobs[panda_id].updates[-1]["job_status"] == "failed"
+    assert "cancelled" == sim.jobs[panda_id].updates[-1]["job_sub_status"]
+    wait_until(lambda: not Path(f"/proc/{worker.batch_id}").exists()
+               or Path(f"/proc/{worker.batch_id}/stat").read_text().split()[2] == "Z", what="process gone")
+
+
+def test_sweep_refuses_mass_kills_above_the_cap_unless_forced(harness, sim):
+    sim.add_jobs("PUSH_Q", 3, jobPars="sleep 60")
+    instance = harness.instance(PUSH, sweep={"max_kills_per_run": 2})
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    submission.submit(instance, queues)
+    with instance.store.write() as conn:
+        conn.execute(workers.update().values(kill_reason="operator"))
+    refused = sweeping.sweep(instance, queues)
+    assert refused.partial and "exceed the cap of 2" in refused.queues[0].refused
+    assert all(w.status == "submitted" for w in rows(instance, workers))
+    forced = sweeping.sweep(instance, queues, force=True)
+    assert forced.queues[0].killed == 3
+    assert all(w.status == "cancelled" for w in rows(instance, workers))
+
+
+def test_sweep_forgets_final_workers_and_done_jobs_after_retention(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1)
+    instance = harness.instance(PUSH)
+    cycle_until(instance, lambda: rows(instance, jobs) and rows(instance, jobs)[0].sub_status == "done"
+                and not rows(instance, reports), what="job done")
+    work_dir = Path(harness.tmp_path / "work" / "PUSH_Q")
+    assert any(work_dir.iterdir())
+    queues = list(instance.config.queues.values())
+    kept = sweeping.sweep(instance, queues)   # default retention: two days
+    assert kept.queues[0].cleaned == 0 and rows(instance, workers)
+    swept = sweeping.sweep(instance, queues, retention=0)
+    assert swept.queues[0].cleaned == 1 and swept.queues[0].jobs_deleted == 1
+    assert not rows(instance, workers) and not rows(instance, jobs) and not rows(instance, job_workers)
+    assert not any(work_dir.iterdir())
+
+
+def test_new_state_database_numbers_workers_above_pandas_highest_id(harness, sim):
+    sim.update_workers(None, harness.harvester_id, [{"workerID": 41, "status": "finished"}])
+    sim.add_jobs("PUSH_Q", 1)
+    instance = harness.instance(PUSH)
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    run = submission.submit(instance, queues)
+    assert run.queues[0].submitted == [42]
+
+
+def test_pull_queue_without_activated_jobs_keeps_at_most_one_queued_pilot(harness, sim):
+    instance = harness.instance({"PULL_Q": {"mode": "pull", "pilot": "sleep 30"}})
+    queues = list(instance.config.queues.values())
+    for _ in range(3):
+        submission.submit(instance, queues)
+    assert len(rows(instance, workers)) == 1
+
+
+# -- crash safety (the process is killed at the worst moment) -----------------------------------
+
+def test_crash_after_backend_submit_is_adopted_not_resubmitted(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="sleep 3")
+    harness.write_config(PUSH)
+    harness.cli("fetch-jobs", check=True)
+    crashed = harness.cli("submit", env={"HARVESTER_CLI_CRASH_AT": "after_backend_submit"})
+    assert crashed.returncode == 99
+    instance = harness.instance(PUSH)
+    (pending,) = rows(instance, workers)
+    assert pending.status == "pending"
+    again = harness.cli_json("submit")
+    assert again["queues"][0]["adopted"] == 1 and again["queues"][0]["submitted"] == []
+    (worker,) = rows(instance, workers)
+    assert worker.status == "submitted" and worker.batch_id
+    tagged = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _tagged(p, harness.harvester_id, worker.worker_id)]
+    assert len({_pgid(p) for p in tagged}) == 1   # one worker process group, not two
+    cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", what="adopted job finished")
+
+
+def test_crash_before_backend_submit_marks_missed_and_resubmits_the_job(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1)
+    harness.write_config(PUSH)
+    harness.cli("fetch-jobs", check=True)
+    assert harness.cli("submit", env={"HARVESTER_CLI_CRASH_AT": "before_backend_submit"}).returncode == 99
+    again = harness.cli_json("submit")
+    assert again["queues"][0]["missed"] == 1 and len(again["queues"][0]["submitted"]) == 1
+    instance = harness.instance(PUSH)
+    statuses = sorted(w.status for w in rows(instance, workers))
+    assert statuses == ["missed", "submitted"]
+    cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", what="job finished after repair")
+
+
+def _tagged(proc: Path, harvester_id: str, worker_id: int) -> bool:
+    try:
+        environ = (proc / "environ").read_bytes()
+    except OSError:
+        return False
+    return (f"HARVESTER_ID={harvester_id}\0".encode() in environ
+            and f"HARVESTER_WORKER_ID={worker_id}\0".encode() in environ)
+
+
+def _pgid(proc: Path) -> int:
+    text = (proc / "stat").read_text()
+    return int(text[text.rindex(")") + 2:].split()[2])
