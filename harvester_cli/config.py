@@ -194,9 +194,11 @@ class _Builder:
             path = Path(value).expanduser()
             return path if path.is_absolute() else (self.base_dir / path)
         if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+            value = float(value)
         if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
             self.fail(where, f"{key}: expected {_TYPE_NAMES.get(annotation, annotation.__name__)}, got {_describe(value)}")
+        if annotation in (int, float) and value < 0:   # limits, sizes, times: none of them can be negative
+            self.fail(where, f"{key}: must not be negative, got {value}")
         return value
 
     def build(self, cls: type, table: dict, where: str, **given: Any) -> Any:
@@ -226,10 +228,6 @@ def _check_queue(builder: _Builder, queue: QueueConfig) -> None:
 
     if queue.backend not in backends.NAMES:
         builder.fail(where, f"backend: unknown backend {queue.backend!r} (known: {', '.join(backends.NAMES)})")
-    for key in ("n_queue_limit_worker", "max_workers", "max_new_workers_per_cycle", "core_count",
-                "memory_mb_per_core", "walltime", "max_submit_attempts"):
-        if getattr(queue, key) < 0:
-            builder.fail(where, f"{key}: must not be negative, got {getattr(queue, key)}")
     if queue.empty_pilot_floor not in (0, 1):
         builder.fail(where, f"empty_pilot_floor: expected 0 or 1, got {queue.empty_pilot_floor}")
     if not queue.resource_types:
@@ -272,7 +270,10 @@ def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) ->
         builder.fail("panda", "set either proxy or token_file, not both")
     if config.panda.token_file and not config.panda.token_origin:
         builder.fail("panda", "token_file needs token_origin (the VO, sent as the Origin header)")
-    return dataclasses.replace(config, queues=queues)
+    state = config.state
+    if state and "://" not in state and not Path(state).expanduser().is_absolute():
+        state = str(builder.base_dir / state)   # like every other path: relative to the config file
+    return dataclasses.replace(config, queues=queues, state=state)
 
 
 def load(path: Path | None) -> Config:

@@ -21,7 +21,7 @@ from sqlalchemy import (
     create_engine, delete, event, func, inspect, or_, select, update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, SQLAlchemyError
 
 from harvester_cli.errors import StateError
 from harvester_cli.model import now
@@ -209,7 +209,7 @@ class Store:
                     return None
                 row = conn.execute(select(meta.c.ivalue).where(meta.c.key == "schema_version")).first()
                 return int(row[0]) if row else 0
-        except OperationalError as exc:
+        except DatabaseError as exc:   # not a database, unreadable, server refused
             raise StateError(f"state database {self.display_url}: cannot read: {exc.orig}") from None
 
     def _check_schema(self) -> None:
@@ -231,6 +231,12 @@ class Store:
 
     def upgrade(self) -> tuple[int, int]:
         """Migrate to SCHEMA_VERSION; returns (from, to). Safe to run twice at once."""
+        try:
+            return self._upgrade()
+        except DatabaseError as exc:
+            raise StateError(f"state database {self.display_url}: cannot upgrade: {exc.orig}") from None
+
+    def _upgrade(self) -> tuple[int, int]:
         with self.write() as conn:
             has_meta = inspect(conn).has_table("meta")
             row = conn.execute(select(meta.c.ivalue).where(meta.c.key == "schema_version")).first() if has_meta else None

@@ -3,7 +3,7 @@ import click
 from harvester_cli.commands import pass_globals
 
 
-@click.group("config")
+@click.group("config", epilog="Example: harvester-cli --config /etc/harvester-cli/config.toml config check")
 def command():
     """Check the configuration, or print an example."""
 
@@ -12,10 +12,12 @@ def command():
 @pass_globals
 def check(g):
     """Validate the configuration file and print it resolved (defaults filled in, paths absolute)."""
-    from harvester_cli.config import as_dict
+    from harvester_cli.config import as_dict, state_url_from
 
     config = g.config()
     data = as_dict(config)
+    if g.state:   # what every other command would use
+        data["state"] = state_url_from(g.state)
     out = g.output()
     out.table(f"configuration {config.path}: ok", ["setting", "value"],
               [(k, v) for k, v in data.items() if k not in ("queues", "panda", "sweep")]

@@ -3,7 +3,7 @@ import click
 from harvester_cli.commands import pass_globals
 
 
-@click.group("db")
+@click.group("db", epilog="Example: harvester-cli --state /var/lib/harvester-cli/state.db db upgrade")
 def command():
     """State database maintenance."""
 
