@@ -91,18 +91,18 @@ def store_jobs(instance: Instance, queue: QueueConfig, received: list[dict]) -> 
     """Insert new jobs in bulk; a PandaID already stored is skipped. Returns the counts."""
     store = instance.store
     result = QueueFetch(queue.name)
-    rows, failed, result.invalid = job_rows(queue, received, model.now())
-    result.invalid += len(failed)
-    for chunk in chunks(rows, 1000):
+    for received_chunk in chunks(received, 1000):   # rows (and their JSON) per chunk: memory flat in batch size
+        rows, failed, unusable = job_rows(queue, received_chunk, model.now())
+        result.invalid += unusable + len(failed)
         with store.write() as conn:
-            existing = set(conn.scalars(select(jobs.c.panda_id).where(jobs.c.panda_id.in_([r["panda_id"] for r in chunk]))))
-            new = [r for r in chunk if r["panda_id"] not in existing]
+            existing = set(conn.scalars(select(jobs.c.panda_id).where(jobs.c.panda_id.in_([r["panda_id"] for r in rows]))))
+            new = [r for r in rows if r["panda_id"] not in existing]
             if new:
                 conn.execute(jobs.insert(), new)
             new_ids = {r["panda_id"] for r in new}
             store.enqueue_reports(conn, "job", [f for f in failed if f[0] in new_ids])
-            result.duplicate += len(chunk) - len(new)
-            result.stored += len(new)
+        result.duplicate += len(rows) - len(new)
+        result.stored += len(new)
     return result
 
 

@@ -94,6 +94,8 @@ workers = Table(
     Column("lock_owner", String(128)),
     Column("lock_expires", Float),
     Index("ix_workers_queue_status", "queue", "status"),
+    # poll and sweep page through a queue's workers by id: without it every page rescans the queue
+    Index("ix_workers_queue_id", "queue", "worker_id"),
 )
 
 job_workers = Table(

@@ -1,6 +1,6 @@
 """Local backend: each worker is a detached process group on this host, in its own work directory.
 
-A small shell wrapper runs the pilot and writes the exit code to `.exitcode` when it ends, so a later
+A small shell wrapper runs the pilot (in a subshell, so an `exit` in the command ends only the pilot) and writes the exit code to `.exitcode` when it ends, so a later
 `poll` (a different process than the one that submitted) can tell finished from failed from vanished.
 The process carries HARVESTER_ID and HARVESTER_WORKER_ID in its environment: that is the tag `find`
 uses to adopt a worker whose submission was interrupted before the store recorded it.
@@ -33,7 +33,7 @@ WRAPPER = """\
 # harvester-cli local worker {worker_id} of harvester {harvester_id}
 cd {work_dir}
 echo "start $(date -u +%FT%TZ) pid $$" >> {batch_log}
-{command} > {stdout} 2> {stderr} < /dev/null
+( {command} ) > {stdout} 2> {stderr} < /dev/null
 rc=$?
 echo $rc > {exit_file}.tmp && mv {exit_file}.tmp {exit_file}
 echo "end $(date -u +%FT%TZ) exit $rc" >> {batch_log}

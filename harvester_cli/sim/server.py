@@ -151,13 +151,13 @@ ROUTES: dict[str, Route] = {
 
 
 def _bind(route: Route, args: dict) -> dict:
-    """inspect.signature().bind() as the server does it: the first problem, in its words."""
-    for name in args:
-        if name not in route.params:
-            raise ArgumentError(f"Argument error: got an unexpected keyword argument '{name}'")
+    """inspect.signature().bind() as the server does it: a missing argument first, then an unknown one."""
     for name, (_, default) in route.params.items():
         if default is REQ and name not in args:
             raise ArgumentError(f"Argument error: missing a required argument: '{name}'")
+    for name in args:
+        if name not in route.params:
+            raise ArgumentError(f"Argument error: got an unexpected keyword argument '{name}'")
     return {name: args.get(name, default) for name, (_, default) in route.params.items()}
 
 
@@ -184,28 +184,42 @@ def _type_check(route: Route, args: dict) -> None:
             raise ArgumentError(f"Type error: '{name}' must be of type {annotation.__name__}, got {type(value).__name__}.")
 
 
-def _cast_get(route: Route, query: str) -> dict:
-    """GET: query strings become typed values before the check (repeated keys are lists)."""
+def _cast_get(route: Route, query: str) -> tuple[dict, str | None]:
+    """GET: query strings become typed values before the type check (repeated keys are lists).
+    Returns the arguments and the server's type error for a value that cannot be cast, if any."""
     pairs: dict[str, Any] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
         pairs[name] = [*pairs[name], value] if isinstance(pairs.get(name), list) else (
             [pairs[name], value] if name in pairs else value)
-    out = {}
+    out, error = {}, None
     for name, value in pairs.items():
         annotation, default = route.params.get(name, (str, None))
-        if value == "None" and default is None:
-            out[name] = None
-        elif annotation is int:
-            out[name] = int(float(value))
-        elif annotation is bool:
-            out[name] = str(value).lower() in ("true", "1")
-        elif typing.get_origin(annotation) is list:
-            (item,) = typing.get_args(annotation)
-            items = value if isinstance(value, list) else [value]
-            out[name] = [int(float(v)) for v in items] if item is int else items
-        else:
+        try:
+            if value == "None" and default is None:
+                out[name] = None
+            elif annotation is int:
+                out[name] = int(float(value))
+            elif annotation is bool:
+                out[name] = str(value).lower() in ("true", "1")
+            elif typing.get_origin(annotation) is list:
+                (item,) = typing.get_args(annotation)
+                items = value if isinstance(value, list) else [value]
+                out[name] = [int(float(v)) for v in items] if item is int else items
+            else:
+                out[name] = value
+        except ValueError:
+            is_list = typing.get_origin(annotation) is list
+            shown = value if isinstance(value, list) or not is_list else [value]
+            target = "List" if is_list else annotation.__name__
+            error = error or (f"Type error: '{name}' with value '{shown}' could not be casted to type {target} "
+                              f"from {type(shown).__name__}.")
             out[name] = value
-    return out
+    return out, error
+
+
+# OpenSSL's short names, as Apache's SSL_CLIENT_S_DN (legacy format) writes them.
+_DN_NAMES = {"domainComponent": "DC", "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+             "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST", "emailAddress": "emailAddress"}
 
 
 class PandaSimulator:
@@ -308,8 +322,9 @@ class PandaSimulator:
         with self.lock:
             command_id = next(self._command_ids)
             self.commands[command_id] = {
-                "command_id": command_id, "command": command, "params": params, "ack_requested": ack_requested,
-                "creation_date": {"__datetime__": datetime.now(timezone.utc).replace(tzinfo=None).isoformat()},
+                # The server sends the database's number for ack_requested and creation_date.isoformat().
+                "command_id": command_id, "command": command, "params": params, "ack_requested": int(ack_requested),
+                "creation_date": datetime.now(timezone.utc).replace(tzinfo=None).isoformat(),
                 "harvester_id": harvester_id, "status": "new",
             }
         return command_id
@@ -574,7 +589,7 @@ class _Handler(BaseHTTPRequestHandler):
         """The client DN (certificate), or the token's subject; None if neither."""
         cert = self.request.getpeercert()
         if cert:
-            dn = "/" + "/".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+            dn = "/" + "/".join(f"{_DN_NAMES.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
             return None if "/CN=limited proxy" in dn else dn
         header = self.headers.get("Authorization", "")
         if header.startswith("Bearer ") and header[7:].strip() in self.sim.tokens and self.headers.get("Origin"):
@@ -625,6 +640,7 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type", "")
         json_app = content_type == "application/json" or self.headers.get("Accept", "") == "application/json"
         record: dict[str, Any] = {"method": method, "path": path, "dn": identity, "time": time.time()}
+        cast_error = None
         try:
             if method == "POST" and content_type == "application/json":
                 try:
@@ -633,10 +649,12 @@ class _Handler(BaseHTTPRequestHandler):
                     raise ServerFault(f"ERROR : received invalid JSON : {exc}") from None
                 if not isinstance(args, dict):
                     raise ServerFault(f"tmp_method() argument after ** must be a mapping, not {type(args).__name__}")
-            elif method == "POST":
+            elif method == "POST" and content_type.startswith("application/x-www-form-urlencoded"):
                 args = {k: v[0] for k, v in parse_qs(raw.decode(errors="replace")).items()}
+            elif method == "POST":
+                args = {}   # werkzeug reads no parameters from any other body (e.g. "application/json; charset=utf-8")
             else:
-                args = _cast_get(route, url.query)
+                args, cast_error = _cast_get(route, url.query)
             record["args"] = args
             with sim.lock:
                 if route.secure and identity is None:
@@ -645,6 +663,12 @@ class _Handler(BaseHTTPRequestHandler):
                     answer = (False, MSG_PROD_ROLE, None)
                 elif method != route.method:
                     answer = (False, f"expecting {route.method}, received {method}", None)
+                elif cast_error:   # the server binds arguments before it type-checks them
+                    try:
+                        _bind(route, dict(args))
+                        answer = (False, cast_error, None)
+                    except ArgumentError as exc:
+                        answer = (False, str(exc), None)
                 else:
                     answer = sim._call(route, identity, dict(args))
                 record["answer"] = _as_answer(*answer)

@@ -1,0 +1,68 @@
+"""The local backend as its own interface promises: submit, check, kill, find by tag, outputs, clean."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from harvester_cli.backends.base import BackendContext, WorkerRef, WorkerSpec
+from harvester_cli.backends.local import LocalBackend
+from harvester_cli.config import QueueConfig
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def backend(tmp_path):
+    queue = QueueConfig(name="Q", mode="push", backend="local")
+    b = LocalBackend(queue, BackendContext(harvester_id=f"local-test-{id(tmp_path)}", work_root=tmp_path / "work"))
+    yield b
+    b.kill([ref(tmp_path, i) for i in range(1, 6)], "test teardown")
+
+
+def spec(tmp_path, worker_id, command, job=None):
+    return WorkerSpec(worker_id, "Q", "SCORE", 1, 2000, 60, tmp_path / "logs" / str(worker_id), command, job=job)
+
+
+def ref(tmp_path, worker_id):
+    return WorkerRef(worker_id, "Q", None, None, None, "submitted", tmp_path / "logs" / str(worker_id))
+
+
+def test_exit_codes_map_to_finished_and_failed(tmp_path, backend):
+    results = backend.submit([spec(tmp_path, 1, "echo hi"), spec(tmp_path, 2, "exit 4")])
+    assert all(r.ok for r in results)
+    seen = wait_until(lambda: (o := backend.check([ref(tmp_path, 1), ref(tmp_path, 2)]))
+                      and all(x.status in ("finished", "failed") for x in o) and o)
+    assert [(o.status, o.exit_code) for o in seen] == [("finished", 0), ("failed", 4)]
+    assert (tmp_path / "logs" / "1" / "pilot.out").read_text() == "hi\n"
+
+
+def test_kill_stops_the_process_group_and_reports_cancelled(tmp_path, backend):
+    (result,) = backend.submit([spec(tmp_path, 3, "sleep 60 & sleep 60")])
+    assert backend.check([ref(tmp_path, 3)])[0].status == "running"
+    assert backend.kill([ref(tmp_path, 3)], "operator")[0].ok
+    seen = wait_until(lambda: (o := backend.check([ref(tmp_path, 3)])[0]).status == "cancelled" and o)
+    assert "operator" in seen.diag
+    assert not Path(f"/proc/{result.batch_id}").exists() or \
+        Path(f"/proc/{result.batch_id}/stat").read_text().split()[2] == "Z"
+
+
+def test_find_adopts_a_running_tagged_process_and_ignores_unknown_ids(tmp_path, backend):
+    (result,) = backend.submit([spec(tmp_path, 4, "sleep 30")])
+    (tmp_path / "work" / "Q" / "4" / ".pid").unlink()   # as if the submitter died before recording it
+    found, missing = backend.find([ref(tmp_path, 4), ref(tmp_path, 5)])
+    assert found.batch_id == result.batch_id and missing is None
+
+
+def test_push_outputs_are_copied_to_the_log_dir_and_clean_removes_the_work_dir(tmp_path, backend):
+    backend.submit([spec(tmp_path, 5, "echo '{}' > heartbeat.json", job={"PandaID": 1})])
+    wait_until(lambda: backend.check([ref(tmp_path, 5)])[0].status == "finished")
+    assert (tmp_path / "work" / "Q" / "5" / "pandaJobData.out").exists()
+    files = backend.fetch_outputs(ref(tmp_path, 5), ["heartbeat.json", "jobReport.json"])
+    assert list(files) == ["heartbeat.json"] and files["heartbeat.json"].parent == tmp_path / "logs" / "5"
+    backend.clean([ref(tmp_path, 5)])
+    assert not (tmp_path / "work" / "Q" / "5").exists()
+    time.sleep(0)

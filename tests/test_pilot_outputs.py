@@ -1,0 +1,41 @@
+"""heartbeat.json / jobReport.json -> the final update, typed as PanDA's v1 API demands."""
+
+from __future__ import annotations
+
+import json
+
+from harvester_cli import pilot_outputs
+
+JOB = {"PandaID": 123, "attemptNr": 2}
+
+
+def test_heartbeat_fields_become_typed_snake_case_update_fields():
+    update, problems = pilot_outputs.from_heartbeat(JOB, {
+        "jobId": 123, "state": "finished", "exeErrorCode": "0", "cpuConsumptionTime": 12.0, "coreCount": "8",
+        "maxRSS": "2048", "node": "wn1", "startTime": "2026-01-01 00:00:00", "unknownKey": 1})
+    assert problems == []
+    assert update == {"job_id": 123, "job_status": "finished", "attempt_nr": 2, "exe_error_code": 0,
+                      "cpu_consumption_time": 12, "core_count": 8, "max_rss": 2048, "node": "wn1",
+                      "start_time": "2026-01-01 00:00:00"}
+
+
+def test_a_value_that_does_not_convert_is_dropped_and_named():
+    update, problems = pilot_outputs.from_heartbeat(JOB, {"state": "failed", "exeErrorCode": "boom"})
+    assert "exe_error_code" not in update and problems == ["exeErrorCode='boom' is not int"]
+
+
+def test_a_non_final_last_state_is_reported_failed():
+    update, problems = pilot_outputs.from_heartbeat(JOB, {"state": "running"})
+    assert update["job_status"] == "failed" and update["pilot_error_code"] == pilot_outputs.ERR_BAD_HEARTBEAT
+    assert "not finished or failed" in problems[0]
+
+
+def test_job_report_is_slimmed_and_missing_heartbeat_synthesises_a_failure(tmp_path):
+    report = {"executor": [{"name": "x", "logfileReport": {"details": ["line"] * 10000}}], "exitCode": 0}
+    (tmp_path / "jobReport.json").write_text(json.dumps(report))
+    update, note = pilot_outputs.final_update(JOB, {"jobReport.json": tmp_path / "jobReport.json"},
+                                              "LRMS error: (3)", {"stdout": "http://logs/1/pilot.out"})
+    assert update["job_status"] == "failed" and update["pilot_error_code"] == pilot_outputs.ERR_NO_HEARTBEAT
+    assert "LRMS error: (3)" in update["pilot_error_diag"] and "no heartbeat.json" in note
+    assert json.loads(update["meta_data"])["executor"][0]["logfileReport"] == {}
+    assert len(update["meta_data"]) < 200 and update["pilot_log"] == "http://logs/1/pilot.out"

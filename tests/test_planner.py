@@ -1,0 +1,53 @@
+"""Worker planning rules, table-driven: every rule can be the one that decides."""
+
+from __future__ import annotations
+
+import pytest
+
+from harvester_cli.config import QueueConfig
+from harvester_cli.planner import QueueState, plan, split
+
+pytestmark = pytest.mark.planner
+
+
+def queue(**kw):
+    base = {"name": "Q", "mode": "pull", "backend": "local", "n_queue_limit_worker": 10, "max_workers": 100,
+            "max_new_workers_per_cycle": 50}
+    return QueueConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("config,state,remaining,expected,deciding_rule", [
+    ({"status": "offline"}, QueueState(activated=100), 100, 0, "queue status"),
+    ({}, QueueState(queued={"SCORE": 4}, activated=100), 100, 6, "n_queue_limit_worker"),
+    ({"max_workers": 12}, QueueState(queued={"SCORE": 2}, running={"SCORE": 7}, activated=100), 100, 3, "max_workers"),
+    ({"max_new_workers_per_cycle": 2}, QueueState(activated=100), 100, 2, "max_new_workers_per_cycle"),
+    ({}, QueueState(activated=100), 4, 4, "max_new_workers_per_run"),
+    ({}, QueueState(activated=3), 100, 3, "activated jobs"),
+    ({}, QueueState(activated=0), 100, 1, "activated jobs"),                       # empty-pilot floor 1
+    ({"empty_pilot_floor": 0}, QueueState(activated=0), 100, 0, "activated jobs"),  # floor 0
+    ({}, QueueState(queued={"SCORE": 1}, activated=0), 100, 0, "activated jobs"),   # one queued is enough
+    ({}, QueueState(activated=None), 100, 1, "activated jobs"),                     # PanDA silent: floor only
+    ({"mode": "push"}, QueueState(waiting_jobs={"SCORE": 3}), 100, 3, "waiting jobs"),
+])
+def test_each_rule_bounds_the_plan(config, state, remaining, expected, deciding_rule):
+    result = plan(queue(**config), state, remaining)
+    assert result.total == expected
+    assert any(step.rule == deciding_rule and step.result == expected for step in result.trace), \
+        [str(s) for s in result.trace]
+
+
+def test_push_never_plans_more_workers_of_a_type_than_jobs_of_that_type_wait():
+    result = plan(queue(mode="push", resource_types=["SCORE", "MCORE"]),
+                  QueueState(waiting_jobs={"SCORE": 1, "MCORE": 5}), 100)
+    assert result.per_resource_type == {"SCORE": 1, "MCORE": 5}
+
+
+def test_split_uses_largest_remainder():
+    assert split(10, {"A": 1, "B": 1, "C": 1}) == {"A": 4, "B": 3, "C": 3}
+    assert split(5, {"A": 0.5, "B": 0.3, "C": 0.2}) == {"A": 3, "B": 1, "C": 1}
+    assert split(0, {"A": 1}) == {"A": 0}
+
+
+def test_the_trace_reads_like_apf():
+    result = plan(queue(n_queue_limit_worker=12), QueueState(activated=40), 100)
+    assert "n_queue_limit_worker: limit=12, queued=0 -> 12" in [str(s) for s in result.trace]

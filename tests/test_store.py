@@ -1,0 +1,85 @@
+"""State store: exclusive claims with expiring leases, the outbox's versions, worker ids, schema checks."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from sqlalchemy import select
+
+from harvester_cli.errors import StateError
+from harvester_cli.store import SCHEMA_VERSION, Store, reports, workers
+
+
+def worker_rows(n):
+    return [{"worker_id": i, "queue": "Q", "backend": "local", "mode": "pull", "status": "submitted",
+             "created": 0.0, "modified": 0.0} for i in range(1, n + 1)]
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+def test_two_stores_never_claim_the_same_rows(url):
+    first, second = Store(url), Store(url)
+    with first.write() as conn:
+        conn.execute(workers.insert(), worker_rows(10))
+    with first.write() as conn:
+        a = {r.worker_id for r in first.claim(conn, workers, workers.c.queue == "Q", 6)}
+    with second.write() as conn:
+        b = {r.worker_id for r in second.claim(conn, workers, workers.c.queue == "Q", 6)}
+    assert len(a) == 6 and len(b) == 4 and not a & b
+
+
+def test_an_expired_lease_is_taken_over_and_a_released_row_is_free_again(url):
+    first, second = Store(url, lease_seconds=0), Store(url)
+    with first.write() as conn:
+        conn.execute(workers.insert(), worker_rows(3))
+        claimed = first.claim(conn, workers, workers.c.queue == "Q", 3)
+    time.sleep(0.01)
+    with second.write() as conn:
+        taken = second.claim(conn, workers, workers.c.queue == "Q", 3)
+    assert len(claimed) == 3 and len(taken) == 3
+    with second.write() as conn:
+        second.release(conn, workers, [r.worker_id for r in taken])
+    holder = Store(url)
+    with holder.write() as conn:
+        assert len(holder.claim(conn, workers, workers.c.queue == "Q", 3)) == 3
+
+
+def test_a_newer_update_survives_the_acknowledgement_of_an_older_one(url):
+    store = Store(url)
+    with store.write() as conn:
+        store.enqueue_reports(conn, "job", [(7, "Q", {"job_status": "running"}, False)])
+        (row,) = store.claim(conn, reports, reports.c.kind == "job", 10)
+        store.enqueue_reports(conn, "job", [(7, "Q", {"job_status": "finished"}, True)])   # while row 1 is in flight
+        store.reports_sent(conn, "job", [(7, row.version)])
+        (left,) = conn.execute(select(reports)).all()
+    assert left.version == 2 and left.final and "finished" in left.payload
+
+
+def test_worker_ids_are_never_reused_and_respect_pandas_floor(url):
+    store = Store(url)
+    assert store.allocate_worker_ids(3, floor=41) == [42, 43, 44]
+    assert Store(url).allocate_worker_ids(2) == [45, 46]
+
+
+@pytest.mark.parametrize("version,needle", [(SCHEMA_VERSION + 1, "newer than this harvester-cli"),
+                                            (0, "run `harvester-cli db upgrade`")])
+def test_wrong_schema_version_is_refused_with_what_to_do(tmp_path, version, needle):
+    path = tmp_path / "state.db"
+    Store(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET ivalue = ? WHERE key = 'schema_version'", (version,))
+    with pytest.raises(StateError, match=needle.replace("`", ".")):
+        Store(f"sqlite:///{path}")
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(url):
+    store = Store(url)
+    with store.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10000
