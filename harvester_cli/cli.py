@@ -69,6 +69,46 @@ class Globals:
         return self.instance().config.select_queues(tuple(dict.fromkeys(self.queues + tuple(extra))))
 
 
+def _log_level(verbosity: int) -> int:
+    return logging.ERROR if verbosity < 0 else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+
+
+def _after_json(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        ctx.find_object(Globals).json = True
+
+
+def _after_verbose(ctx: click.Context, _param, value: int) -> None:
+    if value:
+        g = ctx.find_object(Globals)
+        g.verbosity = max(g.verbosity, 0) + value
+        logging.getLogger().setLevel(_log_level(g.verbosity))
+
+
+def _after_quiet(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        ctx.find_object(Globals).verbosity = -1
+        logging.getLogger().setLevel(_log_level(-1))
+
+
+# The output options are global, and accepted after the command name too (`harvester-cli status --json`).
+_AFTER_COMMAND = (
+    (["--json", "json_after"], {"is_flag": True, "callback": _after_json, "help": "Print one JSON object for scripts."}),
+    (["-v", "--verbose", "verbose_after"], {"count": True, "callback": _after_verbose, "help": "More log output."}),
+    (["-q", "--quiet", "quiet_after"], {"is_flag": True, "callback": _after_quiet, "help": "Print nothing but errors."}),
+)
+
+
+def _with_output_options(command: click.Command) -> click.Command:
+    names = {p.name for p in command.params}
+    for decls, attrs in _AFTER_COMMAND:
+        if decls[-1] not in names:
+            command.params.append(click.Option(decls, expose_value=False, **attrs))
+    for sub in getattr(command, "commands", {}).values():
+        _with_output_options(sub)
+    return command
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -76,7 +116,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        return importlib.import_module(COMMANDS[name][0]).command
+        return _with_output_options(importlib.import_module(COMMANDS[name][0]).command)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
@@ -100,7 +140,7 @@ def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet) -
 
     Exit codes: 0 ok, 1 partial failure (some items failed, all recorded), 2 bad usage or configuration.
     """
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    level = _log_level(-1 if quiet else verbose)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose)
 

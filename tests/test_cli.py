@@ -529,3 +529,17 @@ def test_cli_runner_config_example():
     result = CliRunner().invoke(cli.cli, ["config", "example"])
     assert result.exit_code == 0
     assert result.output == config.EXAMPLE
+
+
+@pytest.mark.parametrize("args", [("status", "--json"), ("config", "check", "--json"), ("workers", "--json")])
+def test_json_is_accepted_after_the_command_name(instance, args):
+    _, _, run_instance = instance
+    result = run_instance(*args)
+    assert result.returncode == 0, result.stderr
+    assert isinstance(json.loads(result.stdout), dict)
+
+
+def test_quiet_after_the_command_name_prints_nothing(instance):
+    _, _, run_instance = instance
+    result = run_instance("status", "-q")
+    assert result.returncode == 0 and result.stdout == ""
