@@ -10,7 +10,7 @@ import json
 import logging
 import socket
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, func, select, update
@@ -55,12 +55,19 @@ def send_heartbeat(instance: Instance, run: PropagateRun) -> None:
     run.heartbeat = "ok" if refused is None else f"refused ({refused}); retried next run"
 
 
-def _claim_reports(instance: Instance, kind: str, queues: list[str], limit: int, after: int):
-    """The next reports by key (keyset pagination, so items refused in this run are not taken again)."""
+def _report_pages(instance: Instance, kind: str, queues: list[str]) -> Iterator[list]:
+    """Claimed pages of pending reports, by key (keyset pagination: items refused in this run are not
+    taken again), `bulk_size` per page."""
     store = instance.store
-    with store.write() as conn:
-        return store.claim(conn, reports, (reports.c.kind == kind) & reports.c.queue.in_(queues)
-                           & (reports.c.key > after), limit, order_by=reports.c.key)
+    after = -1
+    while True:
+        with store.write() as conn:
+            rows = store.claim(conn, reports, (reports.c.kind == kind) & reports.c.queue.in_(queues)
+                               & (reports.c.key > after), instance.config.panda.bulk_size, order_by=reports.c.key)
+        if not rows:
+            return
+        after = max(r.key for r in rows)
+        yield rows
 
 
 def _failed(instance: Instance, kind: str, failures: list[tuple[int, str]]) -> None:
@@ -78,13 +85,7 @@ def _failed(instance: Instance, kind: str, failures: list[tuple[int, str]]) -> N
 def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
                      progress: Callable[[int], None] | None = None) -> None:
     store = instance.store
-    size = instance.config.panda.bulk_size
-    after = -1
-    while True:
-        rows = _claim_reports(instance, "job", queues, size, after)
-        if not rows:
-            return
-        after = max(r.key for r in rows)
+    for rows in _report_pages(instance, "job", queues):
         try:
             answers = instance.panda.update_jobs_bulk([json.loads(r.payload) for r in rows])
         except PandaError as exc:
@@ -141,13 +142,7 @@ def worker_dict(row, panda_ids: list[int]) -> dict:
 def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun,
                         progress: Callable[[int], None] | None = None) -> None:
     store = instance.store
-    size = instance.config.panda.bulk_size
-    after = -1
-    while True:
-        rows = _claim_reports(instance, "worker", queues, size, after)
-        if not rows:
-            return
-        after = max(r.key for r in rows)
+    for rows in _report_pages(instance, "worker", queues):
         ids = [r.key for r in rows]
         with store.read() as conn:
             current = {w.worker_id: w for w in conn.execute(select(workers).where(workers.c.worker_id.in_(ids)))}
