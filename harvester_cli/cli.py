@@ -159,6 +159,16 @@ def main() -> None:
     except HarvesterError as exc:
         click.echo(f"harvester-cli: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        # A database that is locked or gone, a full disk: one line for cron, not a traceback (-vv shows it).
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(exc, (SQLAlchemyError, OSError)):
+            raise
+        logging.getLogger("harvester_cli").debug("details", exc_info=True)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        click.echo(f"harvester-cli: error: {type(exc).__name__}: {first}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

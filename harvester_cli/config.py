@@ -43,6 +43,16 @@ def default_state_dir() -> Path:
     return xdg_dir("XDG_STATE_HOME", ".local/state")
 
 
+def display_url(url: str) -> str:
+    """A database URL without its password, for output."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show it as given (it has no password to hide then)
+        return url
+
+
 def state_url_from(value: str) -> str:
     """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
     if "://" in value:
@@ -311,7 +321,7 @@ def as_dict(config: Config) -> dict:
         return value
 
     data = plain(config)
-    data["state"] = config.state_url
+    data["state"] = display_url(config.state_url)
     data["log_dir"] = str(config.logs)
     data["work_dir"] = str(config.work_root)
     return data

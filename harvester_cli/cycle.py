@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import HarvesterError
 from harvester_cli.instance import Instance
@@ -26,8 +28,8 @@ def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention:
     def step(name: str, action) -> None:
         try:
             summary, partial = action()
-        except HarvesterError as exc:   # one failing step must not stop the others
-            summary, partial = f"error: {exc}", True
+        except (HarvesterError, SQLAlchemyError, OSError) as exc:   # one failing step must not stop the others
+            summary, partial = f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", True
         results.append(StepResult(name, summary, partial))
 
     def fetch():

@@ -27,5 +27,13 @@ class PandaError(HarvesterError):
     """PanDA answered, but not with success, or could not be reached."""
 
 
+class PandaRefused(PandaError):
+    """PanDA answered success:false; `message` is its text."""
+
+    def __init__(self, call: str, message: str):
+        super().__init__(f"PanDA {call}: {message}")
+        self.message = message
+
+
 class BackendError(HarvesterError):
     """A batch system or CE call failed as a whole."""

@@ -47,8 +47,8 @@ def _int(value) -> int | None:
         return None
 
 
-def job_problem(job: dict) -> str | None:
-    """Why a job dict from PanDA cannot be run, or None."""
+def job_problem(job: dict, queue: QueueConfig) -> str | None:
+    """Why a job dict from PanDA cannot be run on this queue, or None."""
     if not isinstance(job.get("jobPars"), str):
         return "jobPars is missing or not a string"
     for key in ("attemptNr",):
@@ -57,6 +57,9 @@ def job_problem(job: dict) -> str | None:
     core = job.get("coreCount")
     if core not in (None, "NULL") and (_int(core) is None or _int(core) < 0):
         return f"coreCount={core!r} is not a non-negative integer"
+    resource_type = job.get("resource_type")
+    if resource_type not in (None, "NULL") and resource_type not in queue.resource_types:
+        return f"resource_type={resource_type!r} is not served by this queue (resource_types={queue.resource_types})"
     return None
 
 
@@ -70,10 +73,11 @@ def job_rows(queue: QueueConfig, received: list[dict], at: float) -> tuple[list[
             log.error("queue %s: PanDA sent a job without a usable PandaID (%.120r); it cannot be reported back",
                       queue.name, job)
             continue
-        problem = job_problem(job)
+        problem = job_problem(job, queue)
         row = {
             "panda_id": panda_id, "queue": queue.name, "status": model.JOB_STARTING, "sub_status": model.SUB_FETCHED,
-            "attempt_nr": _int(job.get("attemptNr")), "resource_type": str(job.get("resource_type") or queue.resource_types[0]),
+            "attempt_nr": _int(job.get("attemptNr")), "resource_type": (job.get("resource_type") if job.get("resource_type") not in (None, "NULL")
+                              else queue.resource_types[0]),
             "core_count": _int(job.get("coreCount")) or queue.core_count, "submit_attempts": 0,
             "job_json": json.dumps(job), "diag": None, "created": at, "modified": at,
         }

@@ -18,20 +18,12 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from harvester_cli import __version__
 from harvester_cli.config import PandaConfig
-from harvester_cli.errors import PandaError
+from harvester_cli.errors import PandaError, PandaRefused
 
 log = logging.getLogger(__name__)
 
 NO_JOBS = "No jobs in PanDA"
 CONNECT_TIMEOUT = 10.0
-
-
-class PandaRefused(PandaError):
-    """PanDA answered success:false; `message` is its text."""
-
-    def __init__(self, call: str, message: str):
-        super().__init__(f"PanDA {call}: {message}")
-        self.message = message
 
 
 class _Transient(Exception):
@@ -128,6 +120,8 @@ class PandaClient:
             answer = retrying(self._send, method, path, body, params)
         except (requests.exceptions.RequestException, _Transient) as exc:
             raise PandaError(f"PanDA {path}: {_short(exc)}") from None
+        except OSError as exc:   # e.g. the proxy or CA file is missing: requests raises a bare OSError
+            raise PandaError(f"PanDA {path}: {exc}") from None
         if not isinstance(answer, dict) or "success" not in answer:
             raise PandaError(f"PanDA {path}: unexpected answer {str(answer)[:200]!r}")
         if not answer["success"]:
@@ -185,8 +179,10 @@ class PandaClient:
             "harvester_id": self.harvester_id, "panda_queue": queue, "statistics": json.dumps(statistics)})
 
     def acquire_commands(self, n_commands: int = 100) -> list[dict]:
+        # PanDA marks returned commands retrieved: a retry after the request was sent would lose them.
         return self.call("POST", "harvester/acquire_commands",
-                         {"harvester_id": self.harvester_id, "n_commands": int(n_commands)}) or []
+                         {"harvester_id": self.harvester_id, "n_commands": int(n_commands)},
+                         retry_if=_connect_failure) or []
 
     def acknowledge_commands(self, command_ids: list[int]) -> None:
         if not command_ids:  # PanDA answers success:false to an empty list

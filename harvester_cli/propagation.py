@@ -195,7 +195,6 @@ def send_statistics(instance: Instance, queues: list[QueueConfig], run: Propagat
             run.stats_queues += 1
         except PandaError as exc:
             run.errors.append(f"worker statistics for {queue.name}: {exc}")
-            return
 
 
 def _match(value, wanted) -> bool:
@@ -208,7 +207,7 @@ def apply_command(instance: Instance, conn, command: str, params, configured: se
     if name == "SET_N_WORKERS_JOBTYPE":
         if target not in configured:
             return "rejected", f"queue {target!r} is not configured here", 0
-        return "applied", None, 0   # the planner reads the newest applied command of the queue
+        return "rejected", "pilot streaming (slave mode) is not supported yet by this harvester-cli", 0
     if name in ("KILL_WORKERS", "SYNC_WORKERS_KILL"):
         candidates = conn.execute(select(workers).where(workers.c.status.not_in(model.WORKER_FINAL),
                                                         workers.c.kill_reason.is_(None))).all()

@@ -17,16 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    BigInteger, Boolean, Column, Double, ForeignKey, Index, Integer, MetaData, String, Table, Text,
     create_engine, delete, event, func, inspect, or_, select, update,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, IntegrityError, SQLAlchemyError
 
 from harvester_cli.errors import StateError
 from harvester_cli.model import now
 
 SCHEMA_VERSION = 1
+
+# Epoch seconds need double precision (MariaDB's FLOAT is single: ~2 minutes of resolution today), and
+# job dicts and updates outgrow MariaDB's 64 kB TEXT.
+Epoch = Double
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 metadata = MetaData()
 
@@ -41,7 +47,7 @@ locks = Table(
     "locks", metadata,
     Column("name", String(255), primary_key=True),
     Column("lock_owner", String(128)),
-    Column("lock_expires", Float),
+    Column("lock_expires", Epoch),
 )
 
 jobs = Table(
@@ -54,12 +60,12 @@ jobs = Table(
     Column("resource_type", String(64)),
     Column("core_count", Integer),
     Column("submit_attempts", Integer, nullable=False, default=0),
-    Column("job_json", Text, nullable=False),   # the PanDA job dict, verbatim
+    Column("job_json", LongText, nullable=False),   # the PanDA job dict, verbatim
     Column("diag", Text),
-    Column("created", Float, nullable=False),
-    Column("modified", Float, nullable=False),
+    Column("created", Epoch, nullable=False),
+    Column("modified", Epoch, nullable=False),
     Column("lock_owner", String(128)),
-    Column("lock_expires", Float),
+    Column("lock_expires", Epoch),
     Index("ix_jobs_queue_sub", "queue", "sub_status"),
 )
 
@@ -85,14 +91,14 @@ workers = Table(
     Column("stdout_url", Text),
     Column("stderr_url", Text),
     Column("batch_log_url", Text),
-    Column("submit_time", Float),
-    Column("start_time", Float),
-    Column("end_time", Float),
+    Column("submit_time", Epoch),
+    Column("start_time", Epoch),
+    Column("end_time", Epoch),
     Column("kill_reason", Text),
-    Column("created", Float, nullable=False),
-    Column("modified", Float, nullable=False),
+    Column("created", Epoch, nullable=False),
+    Column("modified", Epoch, nullable=False),
     Column("lock_owner", String(128)),
-    Column("lock_expires", Float),
+    Column("lock_expires", Epoch),
     Index("ix_workers_queue_status", "queue", "status"),
     # poll and sweep page through a queue's workers by id: without it every page rescans the queue
     Index("ix_workers_queue_id", "queue", "worker_id"),
@@ -114,10 +120,10 @@ commands = Table(
     Column("queue", String(128)),
     Column("status", String(16), nullable=False),   # new, applied, acked, rejected
     Column("diag", Text),
-    Column("received", Float, nullable=False),
-    Column("applied", Float),
+    Column("received", Epoch, nullable=False),
+    Column("applied", Epoch),
     Column("lock_owner", String(128)),
-    Column("lock_expires", Float),
+    Column("lock_expires", Epoch),
 )
 
 # What still has to reach PanDA: one row per job or worker. A newer update of the same item bumps the
@@ -128,13 +134,13 @@ reports = Table(
     Column("key", BigInteger, primary_key=True, autoincrement=False),
     Column("queue", String(128), nullable=False),
     Column("version", Integer, nullable=False, default=1),
-    Column("payload", Text),                             # jobs: the update; workers: built when sent
+    Column("payload", LongText),                             # jobs: the update; workers: built when sent
     Column("final", Boolean, nullable=False, default=False),
-    Column("created", Float, nullable=False),
+    Column("created", Epoch, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text),
     Column("lock_owner", String(128)),
-    Column("lock_expires", Float),
+    Column("lock_expires", Epoch),
 )
 
 
@@ -173,17 +179,14 @@ class Store:
         if self.is_sqlite:
             _sqlite_setup(self.engine)
         if check_schema:
-            self._check_schema()
+            self._check_schema_when_unlocked()
 
     @property
     def display_url(self) -> str:
         """The URL without a password, for messages."""
-        try:
-            from sqlalchemy.engine import make_url
+        from harvester_cli.config import display_url
 
-            return make_url(self.url).render_as_string(hide_password=True)
-        except Exception:  # a URL SQLAlchemy cannot parse is shown as given
-            return self.url
+        return display_url(self.url)
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -213,6 +216,15 @@ class Store:
                 return int(row[0]) if row else 0
         except DatabaseError as exc:   # not a database, unreadable, server refused
             raise StateError(f"state database {self.display_url}: cannot read: {exc.orig}") from None
+
+    def _check_schema_when_unlocked(self) -> None:
+        """Two runs opening a brand-new SQLite file at once: switching it to WAL can answer "database is
+        locked" without waiting for the busy timeout. Try again shortly; anything else is an error at once."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random
+
+        retrying = Retrying(retry=retry_if_exception(lambda e: "database is locked" in str(e)),
+                            stop=stop_after_attempt(30), wait=wait_random(0.05, 0.3), reraise=True)
+        retrying(self._check_schema)
 
     def _check_schema(self) -> None:
         """A new database is created; an older or newer one is refused with what to do."""
@@ -271,7 +283,8 @@ class Store:
         if count <= 0:
             return []
         with self.write() as conn:
-            row = conn.execute(select(meta.c.ivalue).where(meta.c.key == "last_worker_id")).first()
+            # FOR UPDATE: two submits for different queues on PostgreSQL/MariaDB must not read the same value.
+            row = conn.execute(select(meta.c.ivalue).where(meta.c.key == "last_worker_id").with_for_update()).first()
             last = max(int(row[0]) if row else 0, floor)
             self._set_meta(conn, "last_worker_id", last + count)
         return list(range(last + 1, last + count + 1))
@@ -327,9 +340,13 @@ class Store:
                 .values(lock_owner=self.owner, lock_expires=at + self.lease_seconds)
             ).rowcount
             if holder is None:
-                conn.execute(locks.insert().values(name=name, lock_owner=self.owner,
-                                                   lock_expires=at + self.lease_seconds))
-                got = 1
+                try:
+                    with conn.begin_nested():   # another host may create the same lock at this moment
+                        conn.execute(locks.insert().values(name=name, lock_owner=self.owner,
+                                                           lock_expires=at + self.lease_seconds))
+                    got = 1
+                except IntegrityError:
+                    got = 0
         try:
             yield bool(got)
         finally:
@@ -372,12 +389,13 @@ class Store:
         )
 
     def reports_sent(self, conn: Connection, kind: str, sent: Sequence[tuple[int, int]]) -> None:
-        """Forget (key, version) pairs PanDA accepted; a row with a newer version stays."""
+        """Forget (key, version) pairs PanDA accepted; a row with a newer version stays, released for the next run."""
         for chunk in chunks(list(sent), 500):
             conn.execute(
                 delete(reports).where(reports.c.kind == kind, reports.c.lock_owner == self.owner,
                                       or_(*[(reports.c.key == k) & (reports.c.version == v) for k, v in chunk]))
             )
+        self.release(conn, reports, [(kind, k) for k, _ in sent])
 
     def count_pending_reports(self) -> dict[str, int]:
         with self.read() as conn:

@@ -20,9 +20,8 @@ from sqlalchemy import bindparam, delete, func, select, update
 from harvester_cli import model, pilot_outputs, planner
 from harvester_cli.backends.base import SubmitResult, WorkerSpec
 from harvester_cli.config import QueueConfig
-from harvester_cli.errors import PandaError
+from harvester_cli.errors import PandaError, PandaRefused
 from harvester_cli.instance import Instance, fault_point, worker_ref
-from harvester_cli.panda import PandaRefused
 from harvester_cli.store import chunks, job_workers, jobs, owner_is_dead, workers
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,13 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
         rows = store.claim(conn, workers, (workers.c.queue == queue.name) & (workers.c.status == model.PENDING), 1000)
     if not rows:
         return 0, 0
-    found = instance.backend(queue).find([worker_ref(r) for r in rows])
+    try:
+        found = instance.backend(queue).find([worker_ref(r) for r in rows])
+    except Exception:   # cannot tell: keep them pending (released) and ask again next run
+        log.exception("queue %s: backend lookup of interrupted submissions failed", queue.name)
+        with store.write() as conn:
+            store.release(conn, workers, [r.worker_id for r in rows])
+        return 0, 0
     results = [f if f is not None else SubmitResult(r.worker_id, error="submission was interrupted and the "
                                                     "backend has no trace of this worker")
                for r, f in zip(rows, found)]
@@ -274,9 +279,14 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
         fault_point("before_backend_submit")
         try:
             results = backend.submit(list(batch))
-        except Exception as exc:  # a backend failing as a whole must not leave workers pending forever
-            log.exception("queue %s: backend %s failed", queue.name, queue.backend)
-            results = [SubmitResult(s.worker_id, error=f"backend error: {exc}") for s in batch]
+        except Exception as exc:
+            # Some workers of the batch may have started: release them as pending, so the next submit's
+            # repair asks the backend (find) instead of guessing, and no job runs twice.
+            log.exception("queue %s: backend %s failed during submission", queue.name, queue.backend)
+            with instance.store.write() as conn:
+                instance.store.release(conn, workers, [s.worker_id for s in batch])
+            result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
+            return
         fault_point("after_backend_submit")
         record_results(instance, queue, results)
         result.submitted += [r.worker_id for r in results if r.ok]

@@ -56,7 +56,14 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
         if not rows:
             return
         refs = [worker_ref(r) for r in rows]
-        outcomes = instance.backend(queue).kill(refs, "killed by harvester-cli sweep")
+        try:
+            outcomes = instance.backend(queue).kill(refs, "killed by harvester-cli sweep")
+        except Exception as exc:   # release at once, or these workers stay claimed for a whole lease
+            log.exception("queue %s: backend kill failed", queue.name)
+            with store.write() as conn:
+                store.release(conn, workers, [r.worker_id for r in rows])
+            result.kill_failed += [(r.worker_id, f"backend error: {exc}") for r in rows]
+            return
         at = model.now()
         killed = [(r, o) for r, o in zip(rows, outcomes) if o.ok]
         failed = [(r, o) for r, o in zip(rows, outcomes) if not o.ok]
@@ -104,7 +111,13 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
                                & ~unreported, 500)
         if not rows:
             return
-        instance.backend(queue).clean([worker_ref(r) for r in rows])
+        try:
+            instance.backend(queue).clean([worker_ref(r) for r in rows])
+        except Exception:   # keep the rows (released) so the next sweep cleans again
+            log.exception("queue %s: backend clean failed", queue.name)
+            with store.write() as conn:
+                store.release(conn, workers, [r.worker_id for r in rows])
+            return
         with store.write() as conn:
             result.cleaned += conn.execute(delete(workers).where(
                 workers.c.worker_id.in_([r.worker_id for r in rows]), store.owned(workers))).rowcount

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +128,3 @@ class Backend(ABC):
 
     def clean(self, workers: list[WorkerRef]) -> None:
         """Remove what the backend keeps for final workers (work directories, CE sessions)."""
-
-
-def options_fields(cls: type[Backend]) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls.Options)]

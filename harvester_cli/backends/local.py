@@ -8,6 +8,7 @@ uses to adopt a worker whose submission was interrupted before the store recorde
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -21,6 +22,8 @@ from harvester_cli import model
 from harvester_cli.backends.base import (
     Backend, KillResult, Observation, SubmitResult, WorkerRef, WorkerSpec,
 )
+
+log = logging.getLogger(__name__)
 
 EXIT_FILE = ".exitcode"
 PID_FILE = ".pid"
@@ -98,7 +101,10 @@ class LocalBackend(Backend):
             if spec.job is not None:
                 import json
 
-                (work / "pandaJobData.out").write_text(json.dumps(spec.job))
+                # The job dict may carry secrets (pilotSecrets): readable by the worker's user only.
+                fd = os.open(work / "pandaJobData.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(spec.job, f)
             script = work / "run.sh"
             script.write_text(WRAPPER.format(
                 worker_id=spec.worker_id, harvester_id=self.context.harvester_id,
@@ -116,7 +122,10 @@ class LocalBackend(Backend):
             )
         except OSError as exc:
             return SubmitResult(spec.worker_id, error=f"cannot start local worker: {exc}")
-        self._record_pid(work, process.pid)
+        try:
+            self._record_pid(work, process.pid)
+        except OSError as exc:   # it runs: report it started; find() and the wrapper's files still work
+            log.warning("worker %s: cannot record pid %s: %s", spec.worker_id, process.pid, exc)
         return self._result(spec.worker_id, process.pid)
 
     def _record_pid(self, work: Path, pid: int) -> None:

@@ -12,12 +12,12 @@ def command():
 @pass_globals
 def check(g):
     """Validate the configuration file and print it resolved (defaults filled in, paths absolute)."""
-    from harvester_cli.config import as_dict, state_url_from
+    from harvester_cli.config import as_dict, display_url, state_url_from
 
     config = g.config()
     data = as_dict(config)
     if g.state:   # what every other command would use
-        data["state"] = state_url_from(g.state)
+        data["state"] = display_url(state_url_from(g.state))
     out = g.output()
     out.table(f"configuration {config.path}: ok", ["setting", "value"],
               [(k, v) for k, v in data.items() if k not in ("queues", "panda", "sweep")]
