@@ -26,4 +26,3 @@ _harvester_cli_completion_setup() {
 }
 
 _harvester_cli_completion_setup;
-
