@@ -25,6 +25,7 @@ COMMANDS = {
     "poll": ("harvester_cli.commands.poll", "Check workers at their backend and record what changed."),
     "propagate": ("harvester_cli.commands.propagate", "Send job/worker updates and statistics to PanDA; take its commands."),
     "sweep": ("harvester_cli.commands.sweep", "Kill workers marked for killing; forget old final workers and jobs."),
+    "plan": ("harvester_cli.commands.plan", "Print how many workers each queue would get, and why (no submission)."),
     "cycle": ("harvester_cli.commands.cycle", "Run fetch-jobs, submit, poll, propagate and sweep in order."),
     "status": ("harvester_cli.commands.status", "Jobs and workers by state, per queue."),
     "workers": ("harvester_cli.commands.workers", "List workers, one row each."),

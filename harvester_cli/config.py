@@ -94,8 +94,19 @@ class QueueConfig:
     status: str = "online"
     # Limits (docs/domain.md "How many workers").
     n_queue_limit_worker: int = 10
+    # Queued limit as a percentage of running workers instead (never below n_queue_limit_worker_min).
+    n_queue_limit_worker_ratio: float | None = None
+    n_queue_limit_worker_min: int = 1
     max_workers: int = 100
     max_new_workers_per_cycle: int = 10
+    # Caps on what waits in the batch queue, in cores and in memory.
+    max_queued_cores: int | None = None
+    max_queued_memory_mb: int | None = None
+    # Throttle: no new worker while more than this many were missed in the window (per queue and per CE).
+    throttle_missed: int | None = None
+    throttle_window: int = 3600
+    # Pilot streaming ("slave" mode): PanDA's SET_N_WORKERS_JOBTYPE numbers decide, within the limits.
+    pilot_streaming: bool = False
     # Pull: queued pilots <= activated jobs x factor, and never below the floor (0 or 1).
     activated_factor: float = 1.0
     empty_pilot_floor: int = 1

@@ -30,6 +30,7 @@ class QueuePoll:
     changes: Counter = field(default_factory=Counter)   # new status -> count
     jobs_final: int = 0
     kill_requested: int = 0
+    resubmitted: int = 0
     error: str | None = None
 
 
@@ -91,11 +92,12 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
                        result: QueuePoll) -> None:
     store = instance.store
     at = model.now()
-    changed, kills, ended, started = [], [], [], []
+    changed, kills, ended, started, resubmit = [], [], [], [], {}
     for row, seen in zip(rows, observations):
         status, diag, kill = _decide(queue, row, seen, at)
         if not model.allowed_worker_transition(row.status, status):
             status = row.status
+        kill = kill or seen.kill_reason
         if kill and not row.kill_reason:
             kills.append({"w": row.worker_id, "k": kill})
         is_change = (status != row.status or diag != row.diag or seen.native_status != row.native_status
@@ -109,7 +111,9 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
         })
         if status != row.status:
             result.changes[status] += 1
-            if status in model.WORKER_FINAL:
+            if status in model.WORKER_FINAL and seen.resubmit and queue.mode == "push":
+                resubmit[row.worker_id] = f"transient backend error: {diag or seen.native_status}"
+            elif status in model.WORKER_FINAL:
                 ended.append((row, status, diag))
             elif status == model.RUNNING:
                 started.append(row)
@@ -130,6 +134,11 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
             result.kill_requested += len(kills)
         if started and queue.mode == "push":
             _jobs_running(instance, conn, queue, started, at)
+        if resubmit:
+            from harvester_cli.submission import requeue_jobs
+
+            requeue_jobs(instance, conn, queue, resubmit, at)
+            result.resubmitted += len(resubmit)
         for panda_id, update_, diag in final_jobs:
             conn.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status != model.SUB_DONE)
                          .values(status=update_["job_status"], sub_status=model.SUB_REPORTING, diag=diag,

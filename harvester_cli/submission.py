@@ -251,25 +251,34 @@ def _jobs_after_submit(instance: Instance, conn, queue: QueueConfig, ok: list[Su
                          .values(status=model.JOB_STARTING, sub_status=model.SUB_SUBMITTED, modified=at))
         store.enqueue_reports(conn, "job", updates)
     if bad:
-        reasons = {r.worker_id: r.error or "submission failed" for r in bad}
-        bound = conn.execute(select(jobs.c.panda_id, jobs.c.job_json, jobs.c.submit_attempts, job_workers.c.worker_id)
-                             .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
-                             .where(job_workers.c.worker_id.in_(list(reasons)))).all()
-        failed_updates = []
-        for panda_id, job_json, attempts, worker_id in bound:
-            attempts = (attempts or 0) + 1
-            if attempts >= queue.max_submit_attempts:
-                diag = f"setup failure: {attempts} submission attempts failed, last: {reasons[worker_id]}"
-                conn.execute(update(jobs).where(jobs.c.panda_id == panda_id).values(
-                    status=model.JOB_FAILED, sub_status=model.SUB_REPORTING, submit_attempts=attempts, diag=diag,
-                    modified=at))
-                failed_updates.append((panda_id, queue.name, pilot_outputs.failed_update(
-                    json.loads(job_json), pilot_outputs.ERR_SUBMISSION, diag), True))
-            else:
-                conn.execute(update(jobs).where(jobs.c.panda_id == panda_id).values(
-                    sub_status=model.SUB_FETCHED, submit_attempts=attempts, diag=reasons[worker_id], modified=at))
-        conn.execute(delete(job_workers).where(job_workers.c.worker_id.in_(list(reasons))))
-        store.enqueue_reports(conn, "job", failed_updates)
+        requeue_jobs(instance, conn, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
+
+
+def requeue_jobs(instance: Instance, conn, queue: QueueConfig, reasons: dict[int, str], at: float) -> None:
+    """The jobs of these workers (that never ran, or hit a transient error) wait for a new worker, or
+    are reported failed once the queue's max_submit_attempts are used up."""
+    store = instance.store
+    bound = conn.execute(select(jobs.c.panda_id, jobs.c.job_json, jobs.c.submit_attempts, job_workers.c.worker_id)
+                         .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
+                         .where(job_workers.c.worker_id.in_(list(reasons)),
+                                jobs.c.sub_status.in_([model.SUB_FETCHED, model.SUB_SUBMITTED, model.SUB_RUNNING]))
+                         ).all()
+    failed_updates = []
+    for panda_id, job_json, attempts, worker_id in bound:
+        attempts = (attempts or 0) + 1
+        if attempts >= queue.max_submit_attempts:
+            diag = f"setup failure: {attempts} attempts failed, last: {reasons[worker_id]}"
+            conn.execute(update(jobs).where(jobs.c.panda_id == panda_id).values(
+                status=model.JOB_FAILED, sub_status=model.SUB_REPORTING, submit_attempts=attempts, diag=diag,
+                modified=at))
+            failed_updates.append((panda_id, queue.name, pilot_outputs.failed_update(
+                json.loads(job_json), pilot_outputs.ERR_SUBMISSION, diag), True))
+        else:
+            conn.execute(update(jobs).where(jobs.c.panda_id == panda_id).values(
+                status=model.JOB_STARTING, sub_status=model.SUB_FETCHED, submit_attempts=attempts,
+                diag=reasons[worker_id], modified=at))
+    conn.execute(delete(job_workers).where(job_workers.c.worker_id.in_(list(reasons))))
+    store.enqueue_reports(conn, "job", failed_updates)
 
 
 def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], result: QueueSubmit,

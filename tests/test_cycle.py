@@ -234,3 +234,28 @@ def _tagged(proc: Path, harvester_id: str, worker_id: int) -> bool:
 def _pgid(proc: Path) -> int:
     text = (proc / "stat").read_text()
     return int(text[text.rindex(")") + 2:].split()[2])
+
+
+def test_backend_can_ask_for_a_kill_and_for_a_resubmission(harness, sim):
+    """The seam HTCondor (held too long) and ARC (transient errors) use: Observation.kill_reason/resubmit."""
+    from harvester_cli.backends.base import Observation
+
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="sleep 30")
+    instance = harness.instance({"PUSH_Q": {"mode": "push", "max_submit_attempts": 2}})
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    (first,) = submission.submit(instance, queues).queues[0].submitted
+    backend = instance.backend(queues[0])
+    backend.check = lambda refs: [Observation(r.worker_id, "running", "held", kill_reason="held for 2 h") for r in refs]
+    assert monitoring.poll(instance, queues).queues[0].kill_requested == 1
+    assert rows(instance, workers)[0].kill_reason == "held for 2 h"
+    backend.check = lambda refs: [Observation(r.worker_id, "failed", "FAILED", diag="LRMS error: node died",
+                                              resubmit=True) for r in refs]
+    assert monitoring.poll(instance, queues).queues[0].resubmitted == 1
+    (job,) = rows(instance, jobs)
+    assert job.sub_status == "fetched" and job.submit_attempts == 1 and "node died" in job.diag
+    (second,) = submission.submit(instance, queues).queues[0].submitted
+    assert second != first and rows(instance, job_workers)[0].worker_id == second
+    monitoring.poll(instance, queues)   # attempts used up: now the job is failed for good
+    propagation.propagate(instance, queues)
+    assert sim.job_status(panda_id) == "failed" and "2 attempts failed" in sim.jobs[panda_id].updates[-1]["pilot_error_diag"]

@@ -1,21 +1,23 @@
-"""Backends by name. Modules are imported only when a queue uses them, and import their heavy client
-libraries (htcondor2, pyarcrest) only inside the calls that need them."""
+"""Backends by name: every module in this package except `base` is one backend (its module name).
+
+A module is imported only when a queue uses it, and imports its heavy client library (htcondor2,
+pyarcrest) only inside the calls that need it, so `config check` and `--help` stay light.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from pathlib import Path
 
 from harvester_cli.backends.base import Backend, BackendContext
 
-_MODULES = {
-    "local": "harvester_cli.backends.local",
-}
-
-NAMES = tuple(_MODULES)
+NAMES = tuple(sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+                     if m.name != "base" and not m.name.startswith("_")))
 
 
 def backend_class(name: str) -> type[Backend]:
-    return importlib.import_module(_MODULES[name]).BACKEND
+    return importlib.import_module(f"harvester_cli.backends.{name}").BACKEND
 
 
 def create(name: str, queue, context: BackendContext) -> Backend:

@@ -78,6 +78,11 @@ class Observation:
     diag: str | None = None
     start_time: float | None = None
     end_time: float | None = None
+    # The backend's own policy (held too long, CE unreachable too long): sweep kills the worker.
+    kill_reason: str | None = None
+    # A transient backend error: the worker's push job goes back to wait for a new worker (within
+    # the queue's max_submit_attempts) instead of being reported failed.
+    resubmit: bool = False
 
 
 @dataclass

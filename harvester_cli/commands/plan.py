@@ -1,0 +1,24 @@
+import click
+
+from harvester_cli.commands import pass_globals, queue_option
+
+
+@click.command("plan", epilog="Example: harvester-cli plan --queue MY_QUEUE   # why (no) pilots?")
+@queue_option
+@pass_globals
+def command(g, queues):
+    """Print the worker plan per queue and resource type with every rule's input and result; submit nothing."""
+    from harvester_cli.submission import submit
+
+    run = submit(g.instance(), g.selected(queues), dry_run=True)
+    out = g.output()
+    out.table("plan", ["queue", "resource type", "new workers"],
+              [(q.queue, rt, n) for q in run.queues for rt, n in (q.plan.per_resource_type.items() if q.plan else [])])
+    for q in run.queues:
+        if q.plan:
+            out.line(f"{q.queue}:")
+            out.lines.extend(f"  {step}" for step in q.plan.trace)
+    out.emit({"queues": [{"queue": q.queue, "plan": q.plan.per_resource_type if q.plan else {},
+                          "trace": [{"rule": s.rule, "inputs": s.inputs, "result": s.result} for s in q.plan.trace]
+                          if q.plan else []} for q in run.queues]})
+    return 0
