@@ -107,6 +107,10 @@ class QueueConfig:
     throttle_window: int = 3600
     # Pilot streaming ("slave" mode): PanDA's SET_N_WORKERS_JOBTYPE numbers decide, within the limits.
     pilot_streaming: bool = False
+    # OneBox: several harvester queues may serve one PanDA queue (e.g. a background twin); default: the name.
+    panda_queue: str | None = None
+    # The twin's pilots and fetches ask PanDA for background jobs (acquire_jobs background=true).
+    background: bool = False
     # Pull: queued pilots <= activated jobs x factor, and never below the floor (0 or 1).
     activated_factor: float = 1.0
     empty_pilot_floor: int = 1
@@ -116,6 +120,11 @@ class QueueConfig:
     # Monitoring: kill workers queued longer than this; a worker the backend lost is failed after grace.
     max_queued_seconds: int = 48 * 3600
     lost_grace_seconds: int = 600
+
+    @property
+    def site(self) -> str:
+        """The PanDA queue (computingSite) this harvester queue serves."""
+        return self.panda_queue or self.name
 
     def queued_job_limit(self) -> int:
         return self.n_queue_limit_job if self.n_queue_limit_job is not None else self.n_queue_limit_worker
@@ -157,6 +166,10 @@ class Config:
     @property
     def work_root(self) -> Path:
         return self.work_dir or default_state_dir() / "work"
+
+    def panda_site(self, queue_name: str) -> str:
+        queue = self.queues.get(queue_name)
+        return queue.site if queue else queue_name
 
     def select_queues(self, names: tuple[str, ...] | list[str] = ()) -> list[QueueConfig]:
         unknown = [n for n in names if n not in self.queues]

@@ -127,8 +127,8 @@ def fetch_queue(instance: Instance, queue: QueueConfig) -> QueueFetch:
             return QueueFetch(queue.name, skipped="enough jobs wait for workers")
         try:
             received = instance.panda.acquire_jobs(
-                queue.name, wanted, prod_source_label=queue.prod_source_label, job_type=queue.job_type,
-                node=_hostname(), computing_element=queue.backend,
+                queue.site, wanted, prod_source_label=queue.prod_source_label, job_type=queue.job_type,
+                node=_hostname(), computing_element=queue.backend, background=queue.background or None,
             )
         except PandaError as exc:
             return QueueFetch(queue.name, requested=wanted, error=str(exc))

@@ -39,9 +39,28 @@ class Instance:
             context = BackendContext(
                 harvester_id=self.config.harvester_id, work_root=self.config.work_root,
                 panda_url=self.config.panda.url, proxy=self.config.panda.proxy, ca=self.config.panda.ca,
+                ce_statistics=self.ce_statistics,
             )
             self._backends[queue.name] = backends.create(queue.backend, queue, context)
         return self._backends[queue.name]
+
+    def ce_statistics(self, queue: str, since: float) -> dict[str, dict[str, int]]:
+        """Per CE, this queue's workers submitted since `since`: started (reached running at some point),
+        still queued, and missed. The CE fanout weighs CEs by it."""
+        from sqlalchemy import case, func, select
+
+        from harvester_cli import model
+        from harvester_cli.store import workers
+
+        started = func.sum(case((workers.c.start_time.is_not(None), 1), else_=0))
+        queued = func.sum(case((workers.c.status.in_([model.PENDING, model.SUBMITTED]), 1), else_=0))
+        missed = func.sum(case((workers.c.status == model.MISSED, 1), else_=0))
+        with self.store.read() as conn:
+            rows = conn.execute(select(workers.c.computing_element, started, queued, missed)
+                                .where(workers.c.queue == queue, workers.c.created >= since)
+                                .group_by(workers.c.computing_element)).all()
+        return {ce: {"started": int(s or 0), "queued": int(q or 0), "missed": int(m or 0)}
+                for ce, s, q, m in rows if ce}
 
     def close(self) -> None:
         if "store" in self.__dict__:
@@ -74,10 +93,12 @@ class Instance:
     def pilot_environment(self, queue: QueueConfig, worker_id: int, resource_type: str) -> dict[str, str]:
         panda = self.config.panda
         env = {
-            "HARVESTER_PANDA_URL": panda.url, "PANDA_QUEUE": queue.name, "PANDA_RESOURCE_TYPE": resource_type,
+            "HARVESTER_PANDA_URL": panda.url, "PANDA_QUEUE": queue.site, "PANDA_RESOURCE_TYPE": resource_type,
             "PANDA_PROD_SOURCE_LABEL": queue.prod_source_label, "PANDA_JOB_TYPE": queue.job_type,
             "HARVESTER_ID": self.config.harvester_id, "HARVESTER_WORKER_ID": str(worker_id),
         }
+        if queue.background:
+            env["PANDA_BACKGROUND"] = "1"
         if panda.proxy:
             env["X509_USER_PROXY"] = str(panda.proxy)
         if panda.ca:
@@ -92,7 +113,7 @@ class Instance:
 
         panda = self.config.panda
         values = {
-            "queue": queue.name, "worker_id": worker_id, "harvester_id": self.config.harvester_id,
+            "queue": queue.site, "worker_id": worker_id, "harvester_id": self.config.harvester_id,
             "resource_type": resource_type, "n_core": n_core, "memory_mb": memory_mb, "walltime": queue.walltime,
             "panda_url": panda.url, "prod_source_label": queue.prod_source_label, "job_type": queue.job_type,
             "python": sys.executable, "ca": panda.ca or "", "proxy": panda.proxy or "",

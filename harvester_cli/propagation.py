@@ -122,12 +122,12 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
             progress(len(rows))
 
 
-def worker_dict(row, panda_ids: list[int]) -> dict:
+def worker_dict(row, panda_ids: list[int], site: str) -> dict:
     """A worker as update_workers wants it (None values left out)."""
     status = model.SUBMITTED if row.status == model.PENDING else row.status
     data = {
         "workerID": row.worker_id, "batchID": row.batch_id, "queueName": row.queue, "status": status,
-        "computingSite": row.queue, "computingElement": row.computing_element, "nCore": row.n_core,
+        "computingSite": site, "computingElement": row.computing_element, "nCore": row.n_core,
         "submitTime": model.panda_time(row.submit_time), "startTime": model.panda_time(row.start_time),
         "endTime": model.panda_time(row.end_time), "lastUpdate": model.panda_time(row.modified),
         "stdOut": row.stdout_url, "stdErr": row.stderr_url, "batchLog": row.batch_log_url,
@@ -158,7 +158,9 @@ def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun
         if not rows:
             continue
         try:
-            answers = instance.panda.update_workers([worker_dict(current[r.key], links[r.key]) for r in rows])
+            answers = instance.panda.update_workers([
+                worker_dict(current[r.key], links[r.key], instance.config.panda_site(current[r.key].queue))
+                for r in rows])
         except PandaError as exc:
             run.errors.append(f"worker updates: {exc}")
             _failed(instance, "worker", [(r.key, str(exc)) for r in rows])
@@ -174,13 +176,13 @@ def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun
             progress(len(rows))
 
 
-def worker_statistics(instance: Instance, queue: str) -> dict:
-    """{jobType: {resourceType: {status: n}}} of the queue's live workers (pending counts as submitted)."""
+def worker_statistics(instance: Instance, queues: list[str]) -> dict:
+    """{jobType: {resourceType: {status: n}}} of these queues' live workers (pending counts as submitted)."""
     stats: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     with instance.store.read() as conn:
         for job_type, rt, status, n in conn.execute(
             select(workers.c.job_type, workers.c.resource_type, workers.c.status, func.count())
-            .where(workers.c.queue == queue, workers.c.status.in_([model.PENDING, *model.WORKER_ACTIVE]))
+            .where(workers.c.queue.in_(queues), workers.c.status.in_([model.PENDING, *model.WORKER_ACTIVE]))
             .group_by(workers.c.job_type, workers.c.resource_type, workers.c.status)
         ):
             status = model.SUBMITTED if status == model.PENDING else status
@@ -189,12 +191,16 @@ def worker_statistics(instance: Instance, queue: str) -> dict:
 
 
 def send_statistics(instance: Instance, queues: list[QueueConfig], run: PropagateRun) -> None:
-    for queue in queues:
+    # PanDA replaces the statistics of (harvester, PanDA queue): send one sum per PanDA queue (OneBox twins).
+    by_site: dict[str, list[str]] = defaultdict(list)
+    for queue in instance.config.queues.values():
+        by_site[queue.site].append(queue.name)
+    for site in dict.fromkeys(q.site for q in queues):
         try:
-            instance.panda.report_worker_statistics(queue.name, worker_statistics(instance, queue.name))
+            instance.panda.report_worker_statistics(site, worker_statistics(instance, by_site[site]))
             run.stats_queues += 1
         except PandaError as exc:
-            run.errors.append(f"worker statistics for {queue.name}: {exc}")
+            run.errors.append(f"worker statistics for {site}: {exc}")
 
 
 def _match(value, wanted) -> bool:
@@ -217,7 +223,8 @@ def apply_command(instance: Instance, conn, command: str, params, configured: se
         else:
             params = params or {}
             chosen = [w.worker_id for w in candidates
-                      if _match(w.status, params.get("status")) and _match(w.queue, params.get("computingSite"))
+                      if _match(w.status, params.get("status"))
+                      and _match(instance.config.panda_site(w.queue), params.get("computingSite"))
                       and _match(w.computing_element, params.get("computingElement"))
                       and _match(w.submission_host, params.get("submissionHost"))]
         if chosen:
@@ -237,7 +244,7 @@ def handle_commands(instance: Instance, queues: list[QueueConfig], run: Propagat
         run.errors.append(f"commands: {exc}")
         received = []
     at = model.now()
-    configured = set(instance.config.queues)
+    configured = {q.site for q in instance.config.queues.values()}
     with store.write() as conn:
         known = set(conn.scalars(select(commands.c.command_id).where(
             commands.c.command_id.in_([int(c["command_id"]) for c in received]))))

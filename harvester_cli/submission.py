@@ -314,7 +314,7 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: dict[str, in
         if not got and not dry_run:
             result.skipped = "another run is submitting for this queue"
             return result
-        state = queue_state(instance, queue, None if activated is None else activated.get(queue.name, 0))
+        state = queue_state(instance, queue, None if activated is None else activated.get(queue.site, 0))
         if count is not None:
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
         else:

@@ -76,7 +76,7 @@ def pull() -> int:
     try:
         jobs = client.acquire_jobs(env["PANDA_QUEUE"], 1, prod_source_label=env.get("PANDA_PROD_SOURCE_LABEL"),
                                    resource_type=env.get("PANDA_RESOURCE_TYPE"), worker_id=worker_id,
-                                   node=socket.gethostname())
+                                   node=socket.gethostname(), background=True if env.get("PANDA_BACKGROUND") else None)
     except PandaError as exc:
         print(f"test pilot: cannot get a job: {exc}", file=sys.stderr)
         return 2

@@ -259,3 +259,21 @@ def test_backend_can_ask_for_a_kill_and_for_a_resubmission(harness, sim):
     monitoring.poll(instance, queues)   # attempts used up: now the job is failed for good
     propagation.propagate(instance, queues)
     assert sim.job_status(panda_id) == "failed" and "2 attempts failed" in sim.jobs[panda_id].updates[-1]["pilot_error_diag"]
+
+
+def test_onebox_twin_shares_the_panda_queue_and_asks_for_background_jobs(harness, sim):
+    normal = sim.add_jobs("SITE_X", 1)
+    background = sim.add_jobs("SITE_X", 1, background=True)
+    instance = harness.instance({"X_PUSH": {"mode": "push", "panda_queue": "SITE_X"},
+                                 "X_BACKGROUND": {"mode": "push", "panda_queue": "SITE_X", "background": True}})
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    stored = {j.panda_id: j.queue for j in rows(instance, jobs)}
+    assert stored == {normal[0]: "X_PUSH", background[0]: "X_BACKGROUND"}
+    submission.submit(instance, queues)
+    propagation.propagate(instance, queues)
+    assert {w["computingSite"] for w in sim.workers(harness.harvester_id).values()} == {"SITE_X"}
+    stats = sim.harvesters[harness.harvester_id]["stats"]
+    assert list(stats) == ["SITE_X"] and sum(stats["SITE_X"]["managed"]["SCORE"].values()) == 2
+    assert instance.ce_statistics("X_PUSH", 0) == {"localhost": {"started": 0, "queued": 1, "missed": 0}} or \
+        instance.ce_statistics("X_PUSH", 0)["localhost"]["started"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +18,9 @@ class BackendContext:
     panda_url: str | None = None
     proxy: Path | None = None
     ca: Path | None = None
+    # ce_statistics(queue, since) -> {computing_element: {"started": n, "queued": n, "missed": n}} for
+    # this queue's workers submitted since `since` (epoch): recent throughput for CE fanout.
+    ce_statistics: Callable[[str, float], dict[str, dict[str, int]]] | None = None
 
 
 @dataclass
