@@ -2,6 +2,10 @@
 
 The trace is what an operator reads to answer "why no pilots?": each step names its rule, its inputs
 and the number that came out, as APF printed "Ready=40, MaxPerCycle=20, MaxPending=12 -> 12".
+Rules in order (docs/domain.md): queue status, missed-worker throttle, max_workers, the queued limit
+(absolute, or a percentage of running with a floor), the demand (pull: activated jobs x factor with an
+empty-pilot floor; push: jobs waiting; pilot streaming: PanDA's numbers), per-cycle and per-run caps,
+the split over resource types (largest remainder), then caps on queued cores and memory.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from harvester_cli.config import QueueConfig
 
 @dataclass(frozen=True)
 class QueueState:
-    """Local counts and PanDA's view of one queue, per resource type."""
+    """Local counts and PanDA's view of one queue."""
 
-    queued: dict[str, int] = field(default_factory=dict)     # pending + submitted + idle
+    queued: dict[str, int] = field(default_factory=dict)     # pending + submitted + idle, per resource type
     running: dict[str, int] = field(default_factory=dict)
     activated: int | None = None                             # pull: activated jobs in PanDA (None: unknown)
     waiting_jobs: dict[str, int] = field(default_factory=dict)  # push: fetched jobs without a worker
+    streaming_targets: dict[str, int] | None = None          # pilot streaming: PanDA's numbers still to submit
+    missed_recent: int = 0                                    # workers missed within the throttle window
+    queued_cores: int = 0
+    queued_memory_mb: int = 0
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # resource type -> (cores, memory MB)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,43 @@ def split(total: int, weights: dict[str, float]) -> dict[str, int]:
     return out
 
 
+def queued_limit(queue: QueueConfig, running: int) -> tuple[int, str]:
+    if queue.n_queue_limit_worker_ratio is None:
+        return queue.n_queue_limit_worker, f"limit={queue.n_queue_limit_worker}"
+    limit = max(queue.n_queue_limit_worker_min, int(running * queue.n_queue_limit_worker_ratio / 100))
+    return limit, (f"limit={queue.n_queue_limit_worker_ratio:g}% of running={running}, "
+                   f"min={queue.n_queue_limit_worker_min} -> {limit}")
+
+
+def _cap_resources(queue: QueueConfig, state: QueueState, wanted: dict[str, int], trace: list[Step]) -> dict[str, int]:
+    """Accept workers one by one, in proportion, while queued cores and memory stay within their caps."""
+    if queue.max_queued_cores is None and queue.max_queued_memory_mb is None:
+        return wanted
+    cores_left = None if queue.max_queued_cores is None else queue.max_queued_cores - state.queued_cores
+    memory_left = None if queue.max_queued_memory_mb is None else queue.max_queued_memory_mb - state.queued_memory_mb
+    accepted = {rt: 0 for rt in wanted}
+    blocked: set[str] = set()
+    while True:
+        candidates = [rt for rt, n in wanted.items() if accepted[rt] < n and rt not in blocked]
+        if not candidates:
+            break
+        rt = min(candidates, key=lambda r: (accepted[r] / wanted[r], list(wanted).index(r)))
+        cores, memory = state.sizes.get(rt, (queue.core_count, queue.core_count * queue.memory_mb_per_core))
+        if (cores_left is not None and cores > cores_left) or (memory_left is not None and memory > memory_left):
+            blocked.add(rt)
+            continue
+        accepted[rt] += 1
+        cores_left = None if cores_left is None else cores_left - cores
+        memory_left = None if memory_left is None else memory_left - memory
+    inputs = []
+    if queue.max_queued_cores is not None:
+        inputs.append(f"max_queued_cores={queue.max_queued_cores}, queued cores={state.queued_cores}")
+    if queue.max_queued_memory_mb is not None:
+        inputs.append(f"max_queued_memory_mb={queue.max_queued_memory_mb}, queued MB={state.queued_memory_mb}")
+    trace.append(Step("queued cores/memory", "; ".join(inputs), sum(accepted.values())))
+    return accepted
+
+
 def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     trace: list[Step] = []
     rts = list(queue.resource_types)
@@ -72,14 +118,27 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     if queue.status != "online":
         trace.append(Step("queue status", f"status={queue.status}", 0))
         return done({})
+    if queue.throttle_missed is not None and state.missed_recent > queue.throttle_missed:
+        trace.append(Step("throttle", f"missed={state.missed_recent} in the last {queue.throttle_window} s "
+                                      f"> throttle_missed={queue.throttle_missed}", 0))
+        return done({})
 
     headroom = max(0, queue.max_workers - queued - running)
     trace.append(Step("max_workers", f"max={queue.max_workers}, queued={queued}, running={running}", headroom))
-    limit = max(0, queue.n_queue_limit_worker - queued)
-    headroom = min(headroom, limit)
-    trace.append(Step("n_queue_limit_worker", f"limit={queue.n_queue_limit_worker}, queued={queued}", headroom))
+    limit, described = queued_limit(queue, running)
+    headroom = min(headroom, max(0, limit - queued))
+    trace.append(Step("n_queue_limit_worker", f"{described}, queued={queued}", headroom))
 
-    if queue.mode == "pull":
+    if queue.mode == "pull" and queue.pilot_streaming:
+        if state.streaming_targets is None:
+            trace.append(Step("pilot streaming", "no SET_N_WORKERS_JOBTYPE from PanDA yet", 0))
+            return done({})
+        targets = {rt: state.streaming_targets.get(rt, 0) for rt in rts}
+        headroom = min(headroom, _sum(targets))
+        trace.append(Step("pilot streaming", "PanDA asks " + ", ".join(f"{rt}={n}" for rt, n in targets.items()),
+                          headroom))
+        demand = {rt: float(n) for rt, n in targets.items()}
+    elif queue.mode == "pull":
         if state.activated is None:
             # PanDA could not say: be conservative, as if no job were activated.
             headroom = min(headroom, max(0, queue.empty_pilot_floor - queued))
@@ -96,7 +155,8 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     else:
         waiting = {rt: state.waiting_jobs.get(rt, 0) for rt in rts}
         headroom = min(headroom, _sum(waiting))
-        trace.append(Step("waiting jobs", f"fetched jobs without a worker={_sum(waiting)}", headroom))
+        trace.append(Step("waiting jobs", "fetched jobs without a worker: "
+                          + ", ".join(f"{rt}={n}" for rt, n in waiting.items()), headroom))
         demand = {rt: float(n) for rt, n in waiting.items()}
 
     headroom = min(headroom, queue.max_new_workers_per_cycle)
@@ -105,9 +165,7 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     trace.append(Step("max_new_workers_per_run", f"left this run={run_remaining}", headroom))
 
     result = split(headroom, demand)
-    if queue.mode == "push":   # never more workers of a type than jobs of that type wait
-        result = {rt: min(n, state.waiting_jobs.get(rt, 0)) for rt, n in result.items()}
     if len(rts) > 1:
         trace.append(Step("split over resource types", ", ".join(f"{rt}={result.get(rt, 0)}" for rt in rts),
                           sum(result.values())))
-    return done(result)
+    return done(_cap_resources(queue, state, {rt: result.get(rt, 0) for rt in rts}, trace))

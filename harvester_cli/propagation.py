@@ -13,13 +13,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 
-from harvester_cli import __version__, model
+from harvester_cli import __version__, diagnostics, model
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError
 from harvester_cli.instance import Instance
-from harvester_cli.store import commands, job_workers, jobs, reports, workers
+from harvester_cli.store import commands, job_workers, jobs, reports, worker_targets, workers
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ class PropagateRun:
 def send_heartbeat(instance: Instance, run: PropagateRun) -> None:
     data = {"startTime": model.panda_time(model.now()), "sw_version": f"harvester-cli {__version__}",
             "commit_stamp": __version__}
+    streaming = sorted({q.site for q in instance.config.queues.values() if q.pilot_streaming})
+    if streaming:   # subscribe to PanDA's pilot-streaming commands for these queues
+        data["commands"] = [{"command": command, "computingSite": site, "resourceType": "ANY"}
+                            for site in streaming for command in ("SET_N_WORKERS_JOBTYPE", "REPORT_WORKER_STATS")]
     try:
         refused = instance.panda.heartbeat(data)
     except PandaError as exc:
@@ -125,6 +129,8 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
 def worker_dict(row, panda_ids: list[int], site: str) -> dict:
     """A worker as update_workers wants it (None values left out)."""
     status = model.SUBMITTED if row.status == model.PENDING else row.status
+    code, short = diagnostics.classify(row.status, row.diag, row.native_exit_code)
+    diag = f"{short}: {row.diag}" if short and row.diag else (short or row.diag)
     data = {
         "workerID": row.worker_id, "batchID": row.batch_id, "queueName": row.queue, "status": status,
         "computingSite": site, "computingElement": row.computing_element, "nCore": row.n_core,
@@ -132,8 +138,9 @@ def worker_dict(row, panda_ids: list[int], site: str) -> dict:
         "endTime": model.panda_time(row.end_time), "lastUpdate": model.panda_time(row.modified),
         "stdOut": row.stdout_url, "stdErr": row.stderr_url, "batchLog": row.batch_log_url,
         "resourceType": row.resource_type, "jobType": row.job_type, "nativeExitCode": row.native_exit_code,
-        "nativeStatus": row.native_status, "diagMessage": (row.diag or "")[:500] or None,
-        "submissionHost": row.submission_host, "harvesterHost": socket.gethostname(), "errorCode": row.error_code,
+        "nativeStatus": row.native_status, "diagMessage": (diag or "")[:500] or None,
+        "submissionHost": row.submission_host, "harvesterHost": socket.gethostname(),
+        "errorCode": row.error_code if row.error_code is not None else code,
         "minRamCount": row.memory_mb, "nJobs": len(panda_ids) or None, "pandaid_list": panda_ids or None,
     }
     return {k: v for k, v in data.items() if v is not None}
@@ -207,13 +214,26 @@ def _match(value, wanted) -> bool:
     return wanted in (None, "ALL") or value in (wanted if isinstance(wanted, list) else [wanted])
 
 
-def apply_command(instance: Instance, conn, command: str, params, configured: set[str]) -> tuple[str, str | None, int]:
+def apply_command(instance: Instance, conn, command_id: int, command: str, params,
+                  configured: set[str]) -> tuple[str, str | None, int]:
     """Apply one PanDA command locally; returns (status, diag, workers marked for kill)."""
     name, _, target = command.partition(":")
     if name == "SET_N_WORKERS_JOBTYPE":
+        streaming = {q.site for q in instance.config.queues.values() if q.pilot_streaming}
         if target not in configured:
             return "rejected", f"queue {target!r} is not configured here", 0
-        return "rejected", "pilot streaming (slave mode) is not supported yet by this harvester-cli", 0
+        if target not in streaming:
+            return "rejected", f"queue {target!r} is not in pilot-streaming mode here (pilot_streaming = false)", 0
+        if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+            return "rejected", f"params are not {{jobType: {{resourceType: n}}}}: {str(params)[:200]}", 0
+        # A newer command replaces the queue's numbers; submit consumes them.
+        conn.execute(delete(worker_targets).where(worker_targets.c.site == target))
+        rows = [{"site": target, "job_type": job_type, "resource_type": rt, "remaining": max(0, int(n)),
+                 "command_id": command_id, "updated": model.now()}
+                for job_type, per_type in params.items() for rt, n in per_type.items()]
+        if rows:
+            conn.execute(worker_targets.insert(), rows)
+        return "applied", None, 0
     if name in ("KILL_WORKERS", "SYNC_WORKERS_KILL"):
         candidates = conn.execute(select(workers).where(workers.c.status.not_in(model.WORKER_FINAL),
                                                         workers.c.kill_reason.is_(None))).all()
@@ -257,13 +277,18 @@ def handle_commands(instance: Instance, queues: list[QueueConfig], run: Propagat
         run.commands_received += len(new)
         pending = conn.execute(select(commands).where(commands.c.status == "new")).all()
         for row in pending:
-            status, diag, killed = apply_command(instance, conn, row.command, json.loads(row.params or "null"), configured)
+            try:
+                params = json.loads(row.params or "null")
+                status, diag, killed = apply_command(instance, conn, row.command_id, row.command, params, configured)
+            except (ValueError, TypeError) as exc:   # malformed params from PanDA: keep the reason, do not loop
+                status, diag, killed = "rejected", f"malformed params: {exc}", 0
             conn.execute(update(commands).where(commands.c.command_id == row.command_id)
                          .values(status=status, diag=diag, applied=at))
             run.commands_applied += status == "applied"
             run.kills_from_panda += killed
+        # Acknowledge only what was applied here; a rejected command keeps its reason in the table.
         to_ack = list(conn.scalars(select(commands.c.command_id).where(
-            commands.c.status.in_(["applied", "rejected"]), commands.c.ack_requested.is_(True))))
+            commands.c.status == "applied", commands.c.ack_requested.is_(True))))
     if to_ack:
         try:
             instance.panda.acknowledge_commands(to_ack)

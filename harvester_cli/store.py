@@ -27,7 +27,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, SQLAlchemyError
 from harvester_cli.errors import StateError
 from harvester_cli.model import now
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Epoch seconds need double precision (MariaDB's FLOAT is single: ~2 minutes of resolution today), and
 # job dicts and updates outgrow MariaDB's 64 kB TEXT.
@@ -142,6 +142,21 @@ reports = Table(
     Column("lock_owner", String(128)),
     Column("lock_expires", Epoch),
 )
+
+
+# Pilot streaming: PanDA's SET_N_WORKERS_JOBTYPE numbers still to submit, per PanDA queue, job type and
+# resource type. A newer command replaces a queue's rows; submit consumes them.  (schema version 2)
+worker_targets = Table(
+    "worker_targets", metadata,
+    Column("site", String(128), primary_key=True),
+    Column("job_type", String(64), primary_key=True),
+    Column("resource_type", String(64), primary_key=True),
+    Column("remaining", Integer, nullable=False),
+    Column("command_id", BigInteger),
+    Column("updated", Epoch, nullable=False),
+)
+
+SCHEMA_1_TABLES = (meta, locks, jobs, workers, job_workers, commands, reports)
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -432,7 +447,11 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def _migrate_to_1(conn: Connection) -> None:
-    metadata.create_all(conn, checkfirst=True)
+    metadata.create_all(conn, tables=list(SCHEMA_1_TABLES), checkfirst=True)
 
 
-MIGRATIONS = {1: _migrate_to_1}
+def _migrate_to_2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[worker_targets], checkfirst=True)
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}

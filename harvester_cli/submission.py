@@ -15,14 +15,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 
-from harvester_cli import model, pilot_outputs, planner
+from harvester_cli import model, pilot_outputs, planner, resource_types
 from harvester_cli.backends.base import SubmitResult, WorkerSpec
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError, PandaRefused
 from harvester_cli.instance import Instance, fault_point, worker_ref
-from harvester_cli.store import chunks, job_workers, jobs, owner_is_dead, workers
+from harvester_cli.store import chunks, job_workers, jobs, owner_is_dead, worker_targets, workers
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +80,37 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
 
 # -- planning -------------------------------------------------------------------------------
 
-def queue_state(instance: Instance, queue: QueueConfig, activated: int | None) -> planner.QueueState:
+def queue_state(instance: Instance, queue: QueueConfig, activated: int | None,
+                sizes: dict[str, tuple[int, int]]) -> planner.QueueState:
     queued: dict[str, int] = defaultdict(int)
     running: dict[str, int] = defaultdict(int)
+    queued_cores = queued_memory = 0
     with instance.store.read() as conn:
-        for rt, status, n in conn.execute(
-            select(workers.c.resource_type, workers.c.status, func.count())
+        for rt, status, n, cores, memory in conn.execute(
+            select(workers.c.resource_type, workers.c.status, func.count(), func.sum(workers.c.n_core),
+                   func.sum(workers.c.memory_mb))
             .where(workers.c.queue == queue.name, workers.c.status.in_([*model.WORKER_QUEUED, model.RUNNING]))
             .group_by(workers.c.resource_type, workers.c.status)
         ):
             (running if status == model.RUNNING else queued)[rt] += n
+            if status != model.RUNNING:
+                queued_cores += int(cores or 0)
+                queued_memory += int(memory or 0)
+        missed = conn.scalar(select(func.count()).select_from(workers).where(
+            workers.c.queue == queue.name, workers.c.status == model.MISSED,
+            workers.c.modified >= model.now() - queue.throttle_window)) or 0
+        targets = None
+        if queue.pilot_streaming:
+            found = conn.execute(select(worker_targets.c.resource_type, worker_targets.c.remaining).where(
+                worker_targets.c.site == queue.site, worker_targets.c.job_type == queue.job_type)).all()
+            targets = dict(found) if found else None
         waiting = dict(conn.execute(
             select(jobs.c.resource_type, func.count()).where(jobs.c.queue == queue.name,
                                                              jobs.c.sub_status == model.SUB_FETCHED,
                                                              jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < model.now()))
             .group_by(jobs.c.resource_type)).all())
-    return planner.QueueState(dict(queued), dict(running), activated, waiting)
+    return planner.QueueState(dict(queued), dict(running), activated, waiting, targets, missed, queued_cores,
+                              queued_memory, sizes)
 
 
 def activated_jobs(instance: Instance, queues: list[QueueConfig]) -> dict[str, int] | None:
@@ -129,7 +144,9 @@ def worker_id_floor(instance: Instance) -> int:
         return 0
 
 
-def _size(queue: QueueConfig, resource_type: str, job: dict | None) -> tuple[int, int]:
+def _size(queue: QueueConfig, resource_type: str, job: dict | None,
+          sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Push: the job's cores and memory; pull: the resource type's worker size on this queue."""
     if job is not None:
         cores = int(job["coreCount"]) if str(job.get("coreCount", "")).isdigit() and int(job["coreCount"]) > 0 else 1
         try:
@@ -137,8 +154,7 @@ def _size(queue: QueueConfig, resource_type: str, job: dict | None) -> tuple[int
         except (TypeError, ValueError):
             memory = cores * queue.memory_mb_per_core
         return cores, memory
-    cores = 1 if resource_type.startswith("SCORE") else queue.core_count
-    return cores, cores * queue.memory_mb_per_core
+    return sizes.get(resource_type) or (queue.core_count, queue.core_count * queue.memory_mb_per_core)
 
 
 def _bind_jobs(instance: Instance, conn, queue: QueueConfig, counts: dict[str, int]) -> dict[str, list]:
@@ -152,7 +168,8 @@ def _bind_jobs(instance: Instance, conn, queue: QueueConfig, counts: dict[str, i
     return bound
 
 
-def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int) -> list[WorkerSpec]:
+def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int,
+                   sizes: dict[str, tuple[int, int]]) -> list[WorkerSpec]:
     """Record the new workers as pending (and bind their jobs) in one transaction; returns their specs."""
     store = instance.store
     at = model.now()
@@ -170,7 +187,7 @@ def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
     specs, rows, links, job_ids = [], [], [], []
     for worker_id, (rt, job) in zip(ids, plan_items):
         row = job.pop("_row") if job else None
-        cores, memory = _size(queue, rt, job)
+        cores, memory = _size(queue, rt, job, sizes)
         log_dir = instance.worker_log_dir(queue.name, worker_id, at)
         specs.append(WorkerSpec(
             worker_id=worker_id, queue=queue.name, resource_type=rt, n_core=cores, memory_mb=memory,
@@ -314,7 +331,9 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: dict[str, in
         if not got and not dry_run:
             result.skipped = "another run is submitting for this queue"
             return result
-        state = queue_state(instance, queue, None if activated is None else activated.get(queue.site, 0))
+        sizes = {rt: resource_types.worker_size(queue, rt, resource_types.definitions(instance))
+                 for rt in queue.resource_types}
+        state = queue_state(instance, queue, None if activated is None else activated.get(queue.site, 0), sizes)
         if count is not None:
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
         else:
@@ -326,9 +345,26 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: dict[str, in
         except PandaError as exc:
             result.error = f"cannot learn the highest worker id from PanDA for a new state database: {exc}"
             return result
-        specs = create_pending(instance, queue, result.plan.per_resource_type, floor)
+        specs = create_pending(instance, queue, result.plan.per_resource_type, floor, sizes)
         submit_specs(instance, queue, specs, result, progress)
+        if queue.pilot_streaming and result.submitted:
+            consume_targets(instance, queue, specs, set(result.submitted))
     return result
+
+
+def consume_targets(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], submitted: set[int]) -> None:
+    """Pilot streaming: what was submitted comes off PanDA's numbers."""
+    per_type: dict[str, int] = defaultdict(int)
+    for spec in specs:
+        if spec.worker_id in submitted:
+            per_type[spec.resource_type] += 1
+    with instance.store.write() as conn:
+        for rt, n in per_type.items():
+            conn.execute(update(worker_targets).where(
+                worker_targets.c.site == queue.site, worker_targets.c.job_type == queue.job_type,
+                worker_targets.c.resource_type == rt).values(
+                remaining=case((worker_targets.c.remaining > n, worker_targets.c.remaining - n), else_=0),
+                updated=model.now()))
 
 
 def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, resource_type: str,
@@ -360,3 +396,25 @@ def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = Fal
         remaining -= len(result.submitted)
         run.queues.append(result)
     return run
+
+
+def follow(instance: Instance, queues: list[QueueConfig], worker_ids: list[int], *, timeout: float,
+           interval: float = 5.0, on_round: Callable[[dict[int, str]], None] | None = None) -> dict[int, str]:
+    """`submit --wait`: poll and propagate this queue until these workers are final (or the timeout);
+    returns their last statuses."""
+    import time
+
+    from harvester_cli import monitoring, propagation
+
+    deadline = time.monotonic() + timeout
+    while True:
+        monitoring.poll(instance, queues)
+        propagation.propagate(instance, queues)
+        with instance.store.read() as conn:
+            statuses = dict(conn.execute(select(workers.c.worker_id, workers.c.status)
+                                         .where(workers.c.worker_id.in_(worker_ids))).all())
+        if on_round:
+            on_round(statuses)
+        if all(s in model.WORKER_FINAL for s in statuses.values()) or time.monotonic() >= deadline:
+            return statuses
+        time.sleep(interval)

@@ -51,3 +51,43 @@ def test_split_uses_largest_remainder():
 def test_the_trace_reads_like_apf():
     result = plan(queue(n_queue_limit_worker=12), QueueState(activated=40), 100)
     assert "n_queue_limit_worker: limit=12, queued=0 -> 12" in [str(s) for s in result.trace]
+
+
+@pytest.mark.parametrize("config,state,remaining,expected,deciding_rule", [
+    # missed-worker throttle
+    ({"throttle_missed": 3}, QueueState(activated=100, missed_recent=4), 100, 0, "throttle"),
+    ({"throttle_missed": 3}, QueueState(activated=5, missed_recent=3), 100, 5, "activated jobs"),
+    # queued limit as a percentage of running, with its floor
+    ({"n_queue_limit_worker_ratio": 10, "n_queue_limit_worker_min": 2},
+     QueueState(running={"SCORE": 50}, activated=100), 100, 5, "n_queue_limit_worker"),
+    ({"n_queue_limit_worker_ratio": 10, "n_queue_limit_worker_min": 2},
+     QueueState(running={"SCORE": 5}, activated=100), 100, 2, "n_queue_limit_worker"),
+    # pilot streaming: PanDA's number decides, within the limits
+    ({"pilot_streaming": True}, QueueState(streaming_targets={"SCORE": 3}), 100, 3, "pilot streaming"),
+    ({"pilot_streaming": True}, QueueState(streaming_targets={"SCORE": 40}), 100, 10, "n_queue_limit_worker"),
+    ({"pilot_streaming": True}, QueueState(streaming_targets=None, activated=100), 100, 0, "pilot streaming"),
+    # queued cores and memory caps
+    ({"max_queued_cores": 10, "resource_types": ["MCORE"]},
+     QueueState(activated=100, queued_cores=2, sizes={"MCORE": (4, 8000)}), 100, 2, "queued cores/memory"),
+    ({"max_queued_memory_mb": 5000}, QueueState(activated=100, sizes={"SCORE": (1, 2000)}), 100, 2,
+     "queued cores/memory"),
+])
+def test_each_issue6_rule_bounds_the_plan(config, state, remaining, expected, deciding_rule):
+    result = plan(queue(**config), state, remaining)
+    assert result.total == expected
+    assert any(step.rule == deciding_rule and step.result == expected for step in result.trace), \
+        [str(s) for s in result.trace]
+
+
+def test_unified_split_uses_largest_remainder_and_pilot_streaming_numbers():
+    unified = queue(resource_types=["SCORE", "MCORE", "SCORE_HIMEM"], n_queue_limit_worker=10)
+    assert plan(unified, QueueState(activated=100), 100).per_resource_type == {"SCORE": 4, "MCORE": 3, "SCORE_HIMEM": 3}
+    streaming = queue(resource_types=["SCORE", "MCORE"], pilot_streaming=True, n_queue_limit_worker=5)
+    result = plan(streaming, QueueState(streaming_targets={"SCORE": 6, "MCORE": 2}), 100)
+    assert result.per_resource_type == {"SCORE": 4, "MCORE": 1}   # 5 split 6:2 -> 3.75, 1.25 -> 4, 1
+
+
+def test_core_cap_still_admits_smaller_workers_when_a_big_one_does_not_fit():
+    mixed = queue(resource_types=["MCORE", "SCORE"], max_queued_cores=9)
+    state = QueueState(activated=100, sizes={"MCORE": (8, 16000), "SCORE": (1, 2000)})
+    assert plan(mixed, state, 100).per_resource_type == {"MCORE": 1, "SCORE": 1}

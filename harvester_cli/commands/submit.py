@@ -9,14 +9,22 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option
 
   harvester-cli submit --dry-run --queue Q  # why (no) pilots? print the plan and its trace
 
-  harvester-cli submit --queue Q --count 3  # exactly 3 workers to a test queue""")
+  harvester-cli submit --queue Q --count 3  # exactly 3 workers to a test queue
+
+  harvester-cli submit --queue Q --count 1 --wait --json   # and follow it to the end (scripts)""")
 @queue_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and its trace; submit nothing.")
 @click.option("--count", type=click.IntRange(min=1), help="Submit exactly this many workers (one-off).")
 @click.option("--resource-type", help="Resource type for --count (default: the queue's first).")
 @click.option("--force", is_flag=True, help="With --count: ignore max_workers.")
+@click.option("--wait", is_flag=True, help="Follow the new workers (poll + propagate) until they end; exit 1 if any "
+                                           "did not finish.")
+@click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True, metavar="SECONDS",
+              help="With --wait: give up after this long.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="With --wait: seconds between rounds.")
 @pass_globals
-def command(g, queues, dry_run, count, resource_type, force):
+def command(g, queues, dry_run, count, resource_type, force, wait, timeout, interval):
     """Decide how many workers each queue needs, record them, and submit them to the backend."""
     from harvester_cli.submission import submit
 
@@ -43,5 +51,17 @@ def command(g, queues, dry_run, count, resource_type, force):
             if q.plan:
                 out.line(f"{q.queue}:")
                 out.lines.extend(f"  {step}" for step in q.plan.trace)
-    out.emit({"dry_run": dry_run, "queues": data})
-    return exit_code(run.partial)
+    final = None
+    if wait and not dry_run:
+        from harvester_cli.submission import follow
+
+        ids = [w for q in run.queues for w in q.submitted]
+        if ids:
+            show = (lambda s: click.echo("workers: " + ", ".join(f"{w}={st}" for w, st in sorted(s.items())), err=True)) \
+                if not g.json and g.verbosity >= 0 else None
+            final = follow(g.instance(), selected, ids, timeout=timeout, interval=interval, on_round=show)
+            out.table("workers after --wait", ["worker", "status"], sorted(final.items()))
+    out.emit({"dry_run": dry_run, "queues": data,
+              **({"workers": [{"worker_id": w, "status": s} for w, s in sorted(final.items())]} if final else {})})
+    failed = bool(final) and any(s != "finished" for s in final.values())
+    return exit_code(run.partial or failed)
