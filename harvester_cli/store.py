@@ -337,6 +337,14 @@ class Store:
                 .values(lock_owner=None, lock_expires=None)
             )
 
+    def renew(self, conn: Connection, table: Table, keys: Iterable[Any]) -> None:
+        """Extend this run's claims (a long submission must not let another run take its rows over)."""
+        key = list(table.primary_key.columns)
+        keys = [k if isinstance(k, tuple) else (k,) for k in keys]
+        for chunk in chunks(keys, 500):
+            conn.execute(update(table).where(_key_match(key, chunk), table.c.lock_owner == self.owner)
+                         .values(lock_expires=now() + self.lease_seconds))
+
     def owned(self, table: Table):
         """Condition: the row is still claimed by this run (guards every update of a claimed row)."""
         return table.c.lock_owner == self.owner

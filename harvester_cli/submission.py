@@ -22,7 +22,7 @@ from harvester_cli.backends.base import SubmitResult, WorkerSpec
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError, PandaRefused
 from harvester_cli.instance import Instance, fault_point, worker_ref
-from harvester_cli.store import chunks, job_workers, jobs, owner_is_dead, worker_targets, workers
+from harvester_cli.store import chunks, job_workers, jobs, locks, owner_is_dead, worker_targets, workers
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,12 @@ def requeue_jobs(instance: Instance, conn, queue: QueueConfig, reasons: dict[int
 def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], result: QueueSubmit,
                  progress: Callable[[int], None] | None = None) -> None:
     backend = instance.backend(queue)
-    for batch in chunks(specs, BACKEND_BATCH):
+    store = instance.store
+    for index, batch in enumerate(chunks(specs, BACKEND_BATCH)):
+        if index:   # keep the queue lock and the waiting workers' claims alive through a long submission
+            with store.write() as conn:
+                store.renew(conn, workers, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
+                store.renew(conn, locks, [f"submit:{queue.name}"])
         fault_point("before_backend_submit")
         try:
             results = backend.submit(list(batch))
@@ -325,12 +330,12 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: dict[str, in
                  dry_run: bool = False, count: int | None = None, resource_type: str | None = None,
                  force: bool = False, progress: Callable[[int], None] | None = None) -> QueueSubmit:
     result = QueueSubmit(queue.name)
-    if not dry_run:
-        result.adopted, result.missed = repair_pending(instance, queue)
     with instance.store.lock(f"submit:{queue.name}") as got:
         if not got and not dry_run:
             result.skipped = "another run is submitting for this queue"
             return result
+        if not dry_run:   # under the queue lock: never repair the pending workers of a live submission
+            result.adopted, result.missed = repair_pending(instance, queue)
         sizes = {rt: resource_types.worker_size(queue, rt, resource_types.definitions(instance))
                  for rt in queue.resource_types}
         state = queue_state(instance, queue, None if activated is None else activated.get(queue.site, 0), sizes)
