@@ -63,3 +63,15 @@ def list_jobs(instance: Instance, queues: list[str], statuses: tuple[str, ...] =
         "batch_id": r.batch_id, "computing_element": r.computing_element, "created": model.iso_time(r.created),
         "modified": model.iso_time(r.modified), "diag": r.diag, "log": r.stdout_url,
     } for r in rows]
+
+
+def report_problems(instance: Instance, limit: int = 5) -> list[dict]:
+    """Updates PanDA refused or could not take yet, most retried first (they are retried every run)."""
+    from harvester_cli.store import reports
+
+    with instance.store.read() as conn:
+        rows = conn.execute(select(reports.c.kind, reports.c.key, reports.c.queue, reports.c.attempts,
+                                   reports.c.last_error).where(reports.c.attempts > 0)
+                            .order_by(reports.c.attempts.desc(), reports.c.key).limit(limit)).all()
+    return [{"kind": r.kind, "id": r.key, "queue": r.queue, "attempts": r.attempts, "last_error": r.last_error}
+            for r in rows]

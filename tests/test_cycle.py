@@ -110,6 +110,10 @@ def test_panda_outage_keeps_every_update_and_the_next_run_sends_them(harness, si
     pending = rows(instance, reports)
     assert {r.kind for r in pending} == {"job", "worker"} and all(r.attempts >= 1 for r in pending)
     assert sim.job_status(panda_id) == "sent"   # PanDA saw nothing
+    from harvester_cli.views import report_problems
+
+    problems = report_problems(instance)
+    assert {p["kind"] for p in problems} == {"job", "worker"} and "503" in problems[0]["last_error"]
     sim.fail_next = []
     run = propagation.propagate(instance, queues)
     assert not run.partial, run.errors

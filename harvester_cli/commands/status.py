@@ -8,7 +8,7 @@ from harvester_cli.commands import pass_globals, queue_option
 @pass_globals
 def command(g, queues):
     """Jobs and workers by state, per queue."""
-    from harvester_cli.views import status_counts
+    from harvester_cli.views import report_problems, status_counts
 
     instance = g.instance()
     names = [q.name for q in g.selected(queues)]
@@ -19,5 +19,9 @@ def command(g, queues):
         (q, ", ".join(f"{k}={v}" for k, v in sorted(c["workers"].items())) or "-",
          ", ".join(f"{k}={v}" for k, v in sorted(c["jobs"].items())) or "-") for q, c in counts.items()])
     out.line(f"updates waiting for PanDA: jobs={pending.get('job', 0)}, workers={pending.get('worker', 0)}")
-    out.emit({"queues": counts, "pending_reports": pending})
+    problems = report_problems(instance)
+    if problems:
+        out.table("updates PanDA has not accepted (retried every run)", ["kind", "id", "queue", "attempts", "last error"],
+                  [(p["kind"], p["id"], p["queue"], p["attempts"], (p["last_error"] or "")[:100]) for p in problems])
+    out.emit({"queues": counts, "pending_reports": pending, "report_problems": problems})
     return 0
