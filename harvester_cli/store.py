@@ -186,8 +186,13 @@ class Store:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        options = {}
+        if url.startswith(("mysql", "mariadb")):
+            # InnoDB's default REPEATABLE READ makes a claim's UPDATE take next-key locks on rows it does not
+            # touch, and another run's SKIP LOCKED then finds nothing to claim. (PostgreSQL's default already.)
+            options["isolation_level"] = "READ COMMITTED"
         try:
-            self.engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+            self.engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"), **options)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise StateError(f"state database {self.display_url}: cannot open: {exc}") from None
         self.is_sqlite = self.engine.dialect.name == "sqlite"
