@@ -336,8 +336,8 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: dict[str, in
             return result
         if not dry_run:   # under the queue lock: never repair the pending workers of a live submission
             result.adopted, result.missed = repair_pending(instance, queue)
-        sizes = {rt: resource_types.worker_size(queue, rt, resource_types.definitions(instance))
-                 for rt in queue.resource_types}
+        definitions = resource_types.definitions(instance)
+        sizes = {rt: resource_types.worker_size(queue, rt, definitions) for rt in queue.resource_types}
         state = queue_state(instance, queue, None if activated is None else activated.get(queue.site, 0), sizes)
         if count is not None:
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
