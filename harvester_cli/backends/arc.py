@@ -1,0 +1,564 @@
+"""ARC CE backend over the A-REX REST interface (pyarcrest): submitter, monitor, messenger, sweeper.
+
+Each worker is one ARC job (`_arc_description`: ADL, and why ADL). The job name `<harvester id>:<worker
+id>` is the tag `find` uses to adopt a job whose submission was interrupted. Jobs are grouped per CE
+(`computing_element` = the A-REX endpoint URL) for bulk status, info, kill and clean calls.
+
+Credentials: the instance's X.509 proxy (`[panda] proxy`, read from the context at every call) is the
+client certificate for the CE and the credential delegated to the jobs (`_arc_delegation`). A pull
+pilot finds the delegated proxy in X509_USER_PROXY and the CE's CA directory in X509_CERT_DIR, which
+the wrapper also passes as HARVESTER_PANDA_CA unless the queue sets it.
+
+Where the pilot's Python comes from: `{python}` in the queue's pilot command is the harvester host's
+interpreter, meaningless on a CE; the backend runs `backend_options.python` (default `python3` from the
+job's PATH) instead. Whatever the pilot imports must exist on the CE or be shipped with the job:
+`input_files` (local files uploaded with every job, or URLs the CE fetches) plus `environment` (e.g.
+PYTHONPATH="$PWD/pilot.zip"). The tests ship harvester_cli and its pure-Python dependencies as one zip,
+so the same setup works on a CE that is not this host.
+
+States (REST): ACCEPTING..QUEUING -> submitted; RUNNING, EXITINGLRMS, EXECUTED, FINISHING -> running;
+HELD -> held; FINISHED -> finished (failed if the exit code is not 0); FAILED -> failed (an error on the
+queue's `transient_errors` list asks for the job to be resubmitted); KILLED, WIPED -> cancelled; anything
+else (KILLING, OTHER, a state not seen before) is in progress: the worker keeps its status. States are
+not monotonic, so no order is assumed. A job the CE does not know (404) is missing (failed after the
+queue's grace).
+
+Outputs: when a job is seen ended, its stdout/stderr, heartbeat.json, jobReport.json, the queue's
+`output_files` and A-REX's own log of the job (`arc-errors.log`) are downloaded into the worker's log
+directory before the end is reported; if the CE cannot deliver them now, the worker keeps its status
+and the next poll tries again (for up to an hour after the job ended). The CE session is cleaned only
+by `clean`, i.e. after the retention, when the outputs are long safe.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import socket
+import ssl
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from harvester_cli import model
+from harvester_cli.backends import _arc_description as adl
+from harvester_cli.backends._arc_delegation import Delegations
+from harvester_cli.backends.base import Backend, KillResult, Observation, SubmitResult, WorkerRef, WorkerSpec
+from harvester_cli.errors import BackendError, ConfigError
+
+log = logging.getLogger(__name__)
+
+QUEUED = frozenset({"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING", "QUEUING"})
+RUNNING = frozenset({"RUNNING", "EXITINGLRMS", "EXECUTED", "FINISHING"})
+ENDED = frozenset({"FINISHED", "FAILED", "KILLED", "WIPED"})
+# A job in these states may still wait for the files its submitter uploads (crash repair re-uploads).
+WAITING_FOR_UPLOADS = frozenset({"ACCEPTING", "ACCEPTED", "PREPARING"})
+
+BATCH_LOG = "arc-errors.log"
+CHUNK = 100
+# An ended job whose outputs the CE cannot deliver is reported without them after this long.
+OUTPUT_RETRY_SECONDS = 3600
+# CE fanout: recent history that weighs the CEs of a queue.
+CE_HISTORY_SECONDS = 6 * 3600
+
+DEFAULT_TRANSIENT_ERRORS = [
+    "Job submission to LRMS failed",
+    "Failed in data staging",
+    "Job was lost",
+    "Job disappeared",
+]
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A transport failure (refused, reset, timeout, TLS): the CE said nothing about the jobs."""
+    return isinstance(exc, (OSError, http.client.HTTPException))
+
+
+def _http_status(value) -> int | None:
+    return getattr(value, "status", None)
+
+
+def _chunks(items: list, size: int = CHUNK):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _epoch(value) -> float | None:
+    try:
+        return value.replace(tzinfo=timezone.utc).timestamp()
+    except AttributeError:
+        return None
+
+
+def connect(endpoint: str, proxy: Path, timeout: float, ca: Path | None):
+    """A pyarcrest client for the highest REST version both sides speak.
+
+    pyarcrest does not verify the CE's certificate; with `ca` (a CA file or hashed directory) this
+    connection does, host name included.
+    """
+    from pyarcrest.arc import ARCRest, ARCRest_1_0, ARCRest_1_1
+    from pyarcrest.http import HTTPClient
+
+    parts = urlsplit(endpoint)
+    if parts.scheme != "https" or not parts.hostname:
+        raise BackendError(f"ARC endpoint {endpoint!r} is not an https URL")
+    port = parts.port or 443
+    api_base = parts.path.rstrip("/") or "/arex"
+    client = HTTPClient(host=parts.hostname, port=port, timeout=timeout, proxypath=str(proxy))
+    if ca is not None:
+        context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None,
+                                             capath=str(ca) if ca.is_dir() else None)
+        context.load_cert_chain(str(proxy))
+        client.conn = http.client.HTTPSConnection(parts.hostname, port, context=context, timeout=timeout)
+    versions = ARCRest.getAPIVersionsStatic(client, api_base)
+    for version, implementation in (("1.1", ARCRest_1_1), ("1.0", ARCRest_1_0)):
+        if version in versions:
+            return implementation(client, None, str(proxy), api_base, None, None, timeout)
+    client.close()
+    raise BackendError(f"ARC CE {endpoint} offers REST versions {versions}; pyarcrest speaks 1.0 and 1.1")
+
+
+class ArcBackend(Backend):
+    name = "arc"
+
+    @dataclass(frozen=True)
+    class Options:
+        # A-REX REST endpoints of this queue's CE(s), e.g. ["https://arc.example.org:443/arex"].
+        endpoints: list[str]
+        # The ARC queue (ADL QueueName); none: the CE's default queue.
+        queue: str | None = None
+        # Runtime environments every job asks for, e.g. ["ENV/PROXY", "APPS/HEP/ATLAS-SITE"].
+        runtime_environments: list[str] = field(default_factory=list)
+        # Files shipped with every job: local paths are uploaded, URLs are fetched by the CE.
+        input_files: list[str] = field(default_factory=list)
+        # Push: the job's input files (inFiles/scopeIn) become CE-staged inputs from this URL template
+        # ({scope}, {lfn}), e.g. "rucio://rucio-lb-prod.cern.ch/replicas/{scope}/{lfn}".
+        stage_inputs: str | None = None
+        # Pilot files kept besides stdout/stderr, heartbeat.json and jobReport.json.
+        output_files: list[str] = field(default_factory=lambda: ["pilotlog.txt"])
+        # Extra environment of the pilot; values are expanded by the CE's /bin/sh ("$PWD/pilot.zip").
+        environment: dict[str, str] = field(default_factory=dict)
+        # What {python} in the pilot command runs on the CE.
+        python: str = "python3"
+        # ARC errors (case-insensitive substrings) after which a push job gets a new worker.
+        transient_errors: list[str] = field(default_factory=lambda: list(DEFAULT_TRANSIENT_ERRORS))
+        # CA file or directory to verify the CE's host certificate (pyarcrest alone does not verify).
+        ca: Path | None = None
+        timeout: float = 60.0
+        # Renew the delegation when it has less left than this and the proxy lasts longer.
+        delegation_min_lifetime: int = 6 * 3600
+
+        def __post_init__(self):
+            where = "backend_options"
+            if not self.endpoints:
+                raise ConfigError(f"{where}.endpoints: list at least one A-REX URL, e.g. "
+                                  "\"https://arc.example.org:443/arex\"")
+            for endpoint in self.endpoints:
+                if not endpoint.startswith("https://"):
+                    raise ConfigError(f"{where}.endpoints: {endpoint!r} is not an https URL")
+            for name in self.environment:
+                if not adl._ENV_NAME.match(name):
+                    raise ConfigError(f"{where}.environment: {name!r} is not a shell variable name")
+            if self.stage_inputs is not None and "{lfn}" not in self.stage_inputs:
+                raise ConfigError(f"{where}.stage_inputs: the URL template needs {{lfn}} (and may use {{scope}})")
+
+    def __init__(self, queue, context):
+        super().__init__(queue, context)
+        self._clients: dict[str, tuple[object, tuple]] = {}
+        self._delegations = Delegations(self.state_dir / "delegations.json", self.options.delegation_min_lifetime)
+        self._fetched: set[int] = set()   # workers whose outputs check() brought home in this process
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.context.work_root / "arc"
+
+    def staging_dir(self, worker_id: int) -> Path:
+        """The files uploaded into a worker's session (the wrapper, pandaJobData.out), kept until clean."""
+        return self.state_dir / self.queue.name / str(worker_id)
+
+    def _proxy(self) -> Path:
+        proxy = self.context.proxy
+        if proxy is None:
+            raise BackendError("the arc backend needs an X.509 proxy ([panda] proxy): it authenticates to "
+                               "the CE and is delegated to the jobs")
+        return Path(proxy)
+
+    def _client(self, endpoint: str):
+        proxy = self._proxy()
+        stamp = (str(proxy), proxy.stat().st_mtime_ns)
+        cached = self._clients.get(endpoint)
+        if cached and cached[1] == stamp:
+            return cached[0]
+        if cached:   # the proxy was renewed: the TLS client certificate is part of the connection
+            self._drop(endpoint)
+        client = connect(endpoint, proxy, self.options.timeout, self.options.ca)
+        self._clients[endpoint] = (client, stamp)
+        return client
+
+    def _drop(self, endpoint: str) -> None:
+        cached = self._clients.pop(endpoint, None)
+        if cached:
+            try:
+                cached[0].close()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        for endpoint in list(self._clients):
+            self._drop(endpoint)
+
+    def _by_ce(self, workers: list[WorkerRef]) -> dict[str | None, list[WorkerRef]]:
+        groups: dict[str | None, list[WorkerRef]] = defaultdict(list)
+        for worker in workers:
+            groups[worker.computing_element if worker.batch_id else None].append(worker)
+        return groups
+
+    # -- submit --------------------------------------------------------------------------------
+
+    def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
+        results: dict[int, SubmitResult] = {}
+        for endpoint, group in self._assign(specs).items():
+            for chunk in _chunks(group):
+                results.update(self._submit_to(endpoint, chunk))
+        return [results[s.worker_id] for s in specs]
+
+    def _assign(self, specs: list[WorkerSpec]) -> dict[str, list[WorkerSpec]]:
+        """Spread the workers over the reachable CEs, fewest recently queued first.
+
+        No reachable CE is an error for the whole call: the workers stay pending and the next submit
+        asks the CEs again (find), so a CE outage costs no job a submission attempt per run.
+        """
+        reachable, problems = [], []
+        for endpoint in self.options.endpoints:
+            try:
+                self._client(endpoint)
+                reachable.append(endpoint)
+            except Exception as exc:
+                self._drop(endpoint)
+                problems.append(f"{endpoint}: {exc}")
+                log.warning("queue %s: ARC CE %s unreachable: %s", self.queue.name, endpoint, exc)
+        if not reachable:
+            raise BackendError(f"no ARC CE reachable ({'; '.join(problems)})")
+        load = {endpoint: 0 for endpoint in reachable}
+        if len(reachable) > 1 and self.context.ce_statistics:
+            stats = self.context.ce_statistics(self.queue.name, model.now() - CE_HISTORY_SECONDS)
+            load.update({e: stats.get(e, {}).get("queued", 0) for e in reachable})
+        groups: dict[str, list[WorkerSpec]] = defaultdict(list)
+        for spec in specs:
+            endpoint = min(reachable, key=lambda e: (load[e], reachable.index(e)))
+            load[endpoint] += 1
+            groups[endpoint].append(spec)
+        return groups
+
+    def _activity(self, spec: WorkerSpec, delegation: str) -> adl.Activity:
+        staging = self.staging_dir(spec.worker_id)
+        staging.mkdir(parents=True, exist_ok=True)
+        command = spec.pilot_command.replace(sys.executable, self.options.python)
+        wrapper = staging / adl.WRAPPER
+        wrapper.write_text(adl.wrapper_script(spec.worker_id, self.context.harvester_id, spec.queue, command,
+                                              spec.environment, self.options.environment))
+        uploads = {adl.WRAPPER: str(wrapper)}
+        annotations = []
+        if spec.job is not None:
+            import json
+
+            # The job dict may carry secrets (pilotSecrets): readable by the harvester's user only.
+            job_file = staging / adl.JOB_FILE
+            fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(spec.job, f)
+            uploads[adl.JOB_FILE] = str(job_file)
+            annotations.append(f"PandaID={spec.job.get('PandaID')}")
+        remote = {}
+        for source in self.options.input_files:
+            if "://" in source:
+                remote[adl.input_file_name(source)] = source
+            else:
+                uploads[adl.input_file_name(source)] = source
+        remote.update(adl.staged_inputs(spec.job, self.options.stage_inputs))
+        return adl.activity(
+            name=adl.job_name(self.context.harvester_id, spec.worker_id), n_core=spec.n_core,
+            memory_mb=spec.memory_mb, walltime=adl.walltime_seconds(spec.job, spec.walltime),
+            queue=self.options.queue, runtime_environments=self.options.runtime_environments,
+            delegation_id=delegation, uploads=uploads, remote_inputs=remote,
+            outputs=[*adl.PILOT_OUTPUTS, *self.options.output_files], annotations=annotations,
+        )
+
+    def _result(self, worker_id: int, endpoint: str, job_id: str) -> SubmitResult:
+        return SubmitResult(worker_id, batch_id=job_id, submission_host=socket.gethostname(),
+                            computing_element=endpoint, stdout=adl.STDOUT, stderr=adl.STDERR,
+                            batch_log=BATCH_LOG)
+
+    def _submit_to(self, endpoint: str, specs: list[WorkerSpec]) -> dict[int, SubmitResult]:
+        """Create the jobs in one request, then upload each job's files.
+
+        A transport failure is raised: jobs may exist on the CE, so the workers stay pending and the
+        next submit's repair finds (and completes the uploads of) the ones that do.
+        """
+        client = self._client(endpoint)
+        proxy = self._proxy()
+        delegation = self._delegations.get(client, endpoint, proxy)
+        activities = [self._activity(spec, delegation) for spec in specs]
+        try:
+            created = client.createJobs(adl.bulk(activities))
+        except Exception:
+            self._drop(endpoint)
+            raise
+        if len(created) != len(specs):
+            raise BackendError(f"ARC CE {endpoint} answered {len(created)} results for {len(specs)} jobs")
+        results = {}
+        for spec, activity, outcome in zip(specs, activities, created):
+            if outcome.error:
+                if "delegation" in str(outcome.value).lower():
+                    self._delegations.forget(endpoint, proxy)
+                results[spec.worker_id] = SubmitResult(spec.worker_id, error=f"ARC CE {endpoint} refused the job: "
+                                                       f"{outcome.value}")
+                continue
+            job_id = outcome.value[0]
+            problem = self._upload(client, endpoint, job_id, activity.uploads)
+            if problem:
+                self._discard(client, job_id)
+                results[spec.worker_id] = SubmitResult(spec.worker_id, error=problem)
+            else:
+                results[spec.worker_id] = self._result(spec.worker_id, endpoint, job_id)
+        return results
+
+    def _upload(self, client, endpoint: str, job_id: str, uploads: dict[str, str]) -> str | None:
+        """Upload a job's files; returns a problem of this job, raises on transport failures."""
+        from pyarcrest.errors import ARCHTTPError
+
+        for name, path in uploads.items():
+            try:
+                client.uploadFile(job_id, name, path)
+            except ARCHTTPError as exc:
+                return f"ARC CE {endpoint} refused input {name} of job {job_id}: {exc}"
+            except FileNotFoundError as exc:
+                return f"input file {path} of job {job_id}: {exc.strerror}"
+            except Exception:
+                self._drop(endpoint)
+                raise
+        return None
+
+    def _discard(self, client, job_id: str) -> None:
+        try:
+            client.killJobs([job_id])
+            client.cleanJobs([job_id])
+        except Exception as exc:
+            log.warning("queue %s: cannot remove ARC job %s after a failed upload: %s", self.queue.name, job_id, exc)
+
+    # -- check ---------------------------------------------------------------------------------
+
+    def check(self, workers: list[WorkerRef]) -> list[Observation]:
+        seen: dict[int, Observation] = {}
+        groups = self._by_ce(workers)
+        down = []
+        for endpoint, group in groups.items():
+            if endpoint is None:
+                for w in group:
+                    seen[w.worker_id] = Observation(w.worker_id, model.MISSING, diag="no ARC job id recorded")
+                continue
+            try:
+                seen.update(self._check_ce(endpoint, group))
+            except Exception as exc:
+                if not _unreachable(exc) and _http_status(exc) is None:
+                    raise
+                self._drop(endpoint)
+                down.append(f"{endpoint}: {exc}")
+                for w in group:   # unchanged: nothing is known
+                    seen[w.worker_id] = Observation(w.worker_id, w.status, diag=f"ARC CE unreachable: {exc}")
+        if down and len(down) == len([e for e in groups if e is not None]):
+            raise BackendError(f"ARC CE unreachable ({'; '.join(down)})")
+        return [seen[w.worker_id] for w in workers]
+
+    def _check_ce(self, endpoint: str, workers: list[WorkerRef]) -> dict[int, Observation]:
+        client = self._client(endpoint)
+        seen: dict[int, Observation] = {}
+        ended: list[tuple[WorkerRef, str]] = []
+        for chunk in _chunks(workers):
+            for w, outcome in zip(chunk, client.getJobsStatus([w.batch_id for w in chunk])):
+                if outcome.error:
+                    if _http_status(outcome.value) == 404:
+                        seen[w.worker_id] = Observation(w.worker_id, model.MISSING, diag=f"ARC job {w.batch_id} "
+                                                        f"unknown to {endpoint} (cleaned or expired)")
+                    else:
+                        seen[w.worker_id] = Observation(w.worker_id, w.status, diag=f"ARC status: {outcome.value}")
+                    continue
+                state = str(outcome.value)
+                if state in ENDED:
+                    ended.append((w, state))
+                elif state in QUEUED:
+                    seen[w.worker_id] = Observation(w.worker_id, model.SUBMITTED, state)
+                elif state in RUNNING:
+                    seen[w.worker_id] = Observation(w.worker_id, model.RUNNING, state)
+                elif state == "HELD":
+                    seen[w.worker_id] = Observation(w.worker_id, model.HELD, state, diag="held by the CE")
+                else:   # KILLING, OTHER, anything new: in progress, the worker keeps its status
+                    seen[w.worker_id] = Observation(w.worker_id, w.status, state)
+        for chunk in _chunks(ended):
+            infos = client.getJobsInfo([w.batch_id for w, _ in chunk])
+            for (w, state), info in zip(chunk, infos):
+                seen[w.worker_id] = self._ended(client, endpoint, w, state, {} if info.error else info.value)
+        return seen
+
+    def _ended(self, client, endpoint: str, w: WorkerRef, state: str, info: dict) -> Observation:
+        errors = [str(e) for e in info.get("Error") or []]
+        exit_code = info.get("ExitCode")
+        end = _epoch(info.get("EndTime"))
+        try:
+            self._download(client, w)
+        except Exception as exc:
+            if not _unreachable(exc) and _http_status(exc) is None:
+                raise
+            if _unreachable(exc):
+                self._drop(endpoint)
+            if end is None or model.now() - end < OUTPUT_RETRY_SECONDS:
+                return Observation(w.worker_id, w.status, state, exit_code,
+                                   f"ARC job {state}; outputs not retrieved yet: {exc}")
+            errors.append(f"outputs lost: {exc}")
+        diag = "; ".join(errors) or None
+        if state == "FINISHED":
+            if not exit_code:
+                return Observation(w.worker_id, model.FINISHED, state, exit_code, diag, end_time=end)
+            return Observation(w.worker_id, model.FAILED, state, exit_code, diag or f"exit code {exit_code}",
+                               end_time=end)
+        if state == "FAILED":
+            text = (diag or "").lower()
+            transient = any(t.lower() in text for t in self.options.transient_errors if t)
+            return Observation(w.worker_id, model.FAILED, state, exit_code, diag or "ARC job failed",
+                               end_time=end, resubmit=transient)
+        return Observation(w.worker_id, model.CANCELLED, state, exit_code, diag or f"ARC job {state.lower()}",
+                           end_time=end)
+
+    def _wanted_outputs(self) -> list[str]:
+        return list(dict.fromkeys([adl.STDOUT, adl.STDERR, *adl.PILOT_OUTPUTS, *self.options.output_files]))
+
+    def _download(self, client, w: WorkerRef, names: list[str] | None = None) -> None:
+        """Bring the job's outputs (those that exist) and A-REX's log of it into the worker's log directory."""
+        from pyarcrest.errors import ARCHTTPError, MissingDiagnoseFile, MissingOutputFile
+
+        if w.log_dir is None:
+            return
+        w.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            listing = set(client.downloadListing(w.batch_id, "")["file"])
+        except ARCHTTPError as exc:
+            if exc.status == 404:   # the session is gone (cleaned, expired): nothing to fetch
+                return
+            raise
+        for name in names or self._wanted_outputs():
+            if name in listing:
+                tmp = w.log_dir / f".{name}.part"
+                try:
+                    client.downloadFile(w.batch_id, name, str(tmp))
+                    os.replace(tmp, w.log_dir / name)
+                except MissingOutputFile:
+                    pass
+        if names is None:
+            tmp = w.log_dir / f".{BATCH_LOG}.part"
+            try:
+                client.downloadDiagnoseFile(w.batch_id, "errors", str(tmp))
+                os.replace(tmp, w.log_dir / BATCH_LOG)
+            except MissingDiagnoseFile:
+                pass
+            self._fetched.add(w.worker_id)
+
+    # -- outputs (push messenger) ----------------------------------------------------------------
+
+    def fetch_outputs(self, worker: WorkerRef, names: list[str]) -> dict[str, Path]:
+        if worker.log_dir is None:
+            return {}
+        missing = [n for n in names if not (worker.log_dir / n).is_file()]
+        if missing and worker.worker_id not in self._fetched and worker.batch_id and worker.computing_element:
+            self._download(self._client(worker.computing_element), worker, missing)
+        return {n: worker.log_dir / n for n in names if (worker.log_dir / n).is_file()}
+
+    # -- kill ----------------------------------------------------------------------------------
+
+    def kill(self, workers: list[WorkerRef], reason: str) -> list[KillResult]:
+        done: dict[int, KillResult] = {}
+        for endpoint, group in self._by_ce(workers).items():
+            if endpoint is None:   # never reached a CE
+                done.update({w.worker_id: KillResult(w.worker_id, True) for w in group})
+                continue
+            try:
+                client = self._client(endpoint)
+                for chunk in _chunks(group):
+                    for w, outcome in zip(chunk, client.killJobs([w.batch_id for w in chunk])):
+                        if not outcome.error or _http_status(outcome.value) == 404:   # 404: the CE forgot it
+                            done[w.worker_id] = KillResult(w.worker_id, True)
+                        else:
+                            done[w.worker_id] = KillResult(w.worker_id, False, f"ARC kill: {outcome.value}")
+            except Exception as exc:
+                if not _unreachable(exc) and _http_status(exc) is None:
+                    raise
+                self._drop(endpoint)
+                for w in group:
+                    done.setdefault(w.worker_id, KillResult(w.worker_id, False, f"ARC CE {endpoint} unreachable: {exc}"))
+        if any(r.ok for r in done.values()):
+            log.info("queue %s: asked ARC to kill %d workers (%s)", self.queue.name,
+                     sum(r.ok for r in done.values()), reason)
+        return [done[w.worker_id] for w in workers]
+
+    # -- crash repair --------------------------------------------------------------------------
+
+    def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
+        """Look the workers' job names up on every CE of the queue (all jobs of this proxy's owner)."""
+        wanted = {adl.job_name(self.context.harvester_id, w.worker_id): w.worker_id for w in workers}
+        found: dict[int, SubmitResult] = {}
+        for endpoint in self.options.endpoints:
+            client = self._client(endpoint)   # unreachable: raise, the workers stay pending
+            ids = client.getJobsList()
+            for chunk in _chunks(ids):
+                for job_id, info in zip(chunk, client.getJobsInfo(chunk)):
+                    if info.error or info.value.get("Name") not in wanted:
+                        continue
+                    worker_id = wanted[info.value["Name"]]
+                    if worker_id in found:
+                        continue
+                    found[worker_id] = self._result(worker_id, endpoint, job_id)
+                    if info.value.get("state") in WAITING_FOR_UPLOADS:
+                        self._complete_uploads(client, endpoint, worker_id, job_id)
+        return [found.get(w.worker_id) for w in workers]
+
+    def _complete_uploads(self, client, endpoint: str, worker_id: int, job_id: str) -> None:
+        """An interrupted submission may have created the job but not uploaded its files: upload them again."""
+        staging = self.staging_dir(worker_id)
+        uploads = {name: str(staging / name) for name in (adl.WRAPPER, adl.JOB_FILE) if (staging / name).is_file()}
+        uploads.update({adl.input_file_name(s): s for s in self.options.input_files if "://" not in s})
+        problem = self._upload(client, endpoint, job_id, uploads) if uploads else None
+        if problem:
+            log.warning("queue %s: worker %s: %s", self.queue.name, worker_id, problem)
+
+    # -- clean ---------------------------------------------------------------------------------
+
+    def clean(self, workers: list[WorkerRef]) -> None:
+        """Remove the CE sessions of final workers (their outputs are long in the log directory)."""
+        for endpoint, group in self._by_ce(workers).items():
+            if endpoint is not None:
+                try:
+                    client = self._client(endpoint)
+                    for chunk in _chunks(group):
+                        for w, outcome in zip(chunk, client.cleanJobs([w.batch_id for w in chunk])):
+                            if outcome.error and _http_status(outcome.value) != 404:
+                                log.warning("queue %s: worker %s: ARC clean of %s: %s", self.queue.name,
+                                            w.worker_id, w.batch_id, outcome.value)
+                except Exception as exc:
+                    if _unreachable(exc):
+                        self._drop(endpoint)
+                    raise BackendError(f"ARC CE {endpoint}: cannot clean: {exc}") from exc
+            for w in group:
+                self._remove_staging(w.worker_id)
+
+    def _remove_staging(self, worker_id: int) -> None:
+        import shutil
+
+        shutil.rmtree(self.staging_dir(worker_id), ignore_errors=True)
+
+
+BACKEND = ArcBackend
