@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,9 @@ COMMANDS = {
     "status": ("harvester_cli.commands.status", "Jobs and workers by state, per queue."),
     "workers": ("harvester_cli.commands.workers", "List workers, one row each."),
     "jobs": ("harvester_cli.commands.jobs", "List jobs, one row each."),
+    "renew-proxy": ("harvester_cli.commands.renew_proxy", "Renew proxies and token files; fall back to the next certificate; alert."),
+    "clean-logs": ("harvester_cli.commands.clean_logs", "Delete old logs by age and size per class; never an active worker's."),
+    "serve-logs": ("harvester_cli.commands.serve_logs", "Serve the log directory read-only over HTTP."),
     "config": ("harvester_cli.commands.config", "Check the configuration and print it resolved."),
     "db": ("harvester_cli.commands.db", "State database maintenance (schema upgrade)."),
     "demo": ("harvester_cli.commands.demo", "Run a complete local demo: PanDA simulator, local workers, SQLite."),
@@ -45,12 +50,42 @@ class Globals:
     queues: tuple[str, ...] = ()
     json: bool = False
     verbosity: int = 0
+    command: str | None = None
+    log_memory: bool = False
+    command_log_file: Path | None = None
+    _config: object = field(default=None, repr=False)
     _instance: object = field(default=None, repr=False)
 
     def config(self):
-        from harvester_cli import config
+        """The configuration, loaded and validated once; the command's own log file starts with it."""
+        if self._config is None:
+            from harvester_cli import config
 
-        return config.load(self.config_path)
+            self._config = config.load(self.config_path)
+            self._start_command_log(self._config)
+        return self._config
+
+    def _start_command_log(self, config) -> None:
+        settings = config.command_log
+        if not self.command or not settings.enabled:
+            return
+        from harvester_cli import logs
+
+        root = logging.getLogger()
+        for old in [h for h in root.handlers if h.name == "harvester-cli-command-log"]:
+            root.removeHandler(old)
+            old.close()
+        try:
+            handler = logs.open_command_log(config.logs, self.command, max_bytes=settings.max_bytes,
+                                            backups=settings.backups, memory=settings.memory or self.log_memory,
+                                            level=logging.DEBUG if self.verbosity >= 2 else logging.INFO)
+        except OSError as exc:   # a read-only or full log directory must not stop the work
+            logging.getLogger("harvester_cli").warning("no command log under %s: %s", config.logs, exc.strerror)
+            return
+        root.addHandler(handler)
+        root.setLevel(min(root.level or logging.WARNING, handler.level))
+        self.command_log_file = Path(handler.baseFilename)
+        logging.getLogger("harvester_cli").info("start: harvester-cli %s (pid %d)", " ".join(sys.argv[1:]), os.getpid())
 
     def instance(self):
         """The configured instance (config loaded and validated; store and PanDA made on first use)."""
@@ -74,6 +109,36 @@ def _log_level(verbosity: int) -> int:
     return logging.ERROR if verbosity < 0 else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
 
 
+_STDERR_HANDLER = "harvester-cli-stderr"
+
+
+def _set_stderr_level(level: int) -> None:
+    """-v/-q govern what reaches stderr; the command log file keeps INFO (DEBUG with -vv) either way."""
+    root = logging.getLogger()
+    levels = [level]
+    for handler in root.handlers:
+        if handler.name == _STDERR_HANDLER:
+            handler.setLevel(level)
+        elif handler.name == "harvester-cli-command-log":
+            if level <= logging.DEBUG:
+                handler.setLevel(logging.DEBUG)
+            levels.append(handler.level)
+    root.setLevel(min(levels))
+
+
+def _setup_stderr_logging(level: int) -> None:
+    from harvester_cli.logs import RedactingFilter
+
+    root = logging.getLogger()
+    if not any(h.name == _STDERR_HANDLER for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.name = _STDERR_HANDLER
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RedactingFilter())
+        root.addHandler(handler)
+    _set_stderr_level(level)
+
+
 def _after_json(ctx: click.Context, _param, value: bool) -> None:
     if value:
         ctx.find_object(Globals).json = True
@@ -83,13 +148,13 @@ def _after_verbose(ctx: click.Context, _param, value: int) -> None:
     if value:
         g = ctx.find_object(Globals)
         g.verbosity = max(g.verbosity, 0) + value
-        logging.getLogger().setLevel(_log_level(g.verbosity))
+        _set_stderr_level(_log_level(g.verbosity))
 
 
 def _after_quiet(ctx: click.Context, _param, value: bool) -> None:
     if value:
         ctx.find_object(Globals).verbosity = -1
-        logging.getLogger().setLevel(_log_level(-1))
+        _set_stderr_level(_log_level(-1))
 
 
 # The output options are global, and accepted after the command name too (`harvester-cli status --json`).
@@ -134,19 +199,47 @@ class LazyGroup(click.Group):
 @click.option("--json", "json_", is_flag=True, help="Print one JSON object for scripts.")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--log-memory", is_flag=True,
+              help="Append the process's memory use to every line of the command log (<log_dir>/commands/).")
 @click.version_option(__version__, prog_name="harvester-cli")
 @click.pass_context
-def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet) -> None:
+def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet, log_memory) -> None:
     """PanDA Harvester as composable one-shot commands.
 
     Exit codes: 0 ok, 1 partial failure (some items failed, all recorded), 2 bad usage or configuration.
+    Each command also logs to <log_dir>/commands/<command>.log (rotated by size).
     """
-    level = _log_level(-1 if quiet else verbose)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose)
+    _setup_stderr_logging(_log_level(-1 if quiet else verbose))
+    ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose,
+                      command=ctx.invoked_subcommand, log_memory=log_memory)
+
+
+def _to_command_log(level: int, message: str, exc_info=None) -> None:
+    """A line for the command log file only (stderr already got its own one-line message)."""
+    handlers = [h for h in logging.getLogger().handlers if h.name == "harvester-cli-command-log"]
+    if handlers:
+        record = logging.getLogger("harvester_cli").makeRecord("harvester_cli", level, __file__, 0, message, None,
+                                                              exc_info)
+        for handler in handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 def main() -> None:
+    started = time.monotonic()
+    try:
+        _main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        _to_command_log(logging.INFO, f"end: exit {code} after {time.monotonic() - started:.2f} s")
+        raise
+    except BaseException:
+        _to_command_log(logging.ERROR, "crashed", sys.exc_info())
+        _to_command_log(logging.INFO, f"end: exit 1 after {time.monotonic() - started:.2f} s")
+        raise
+
+
+def _main() -> None:
     try:
         code = cli.main(standalone_mode=False, prog_name="harvester-cli")
     except click.exceptions.Abort:
@@ -158,6 +251,7 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except HarvesterError as exc:
+        _to_command_log(logging.ERROR, f"error: {exc}")
         click.echo(f"harvester-cli: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -168,6 +262,7 @@ def main() -> None:
             raise
         logging.getLogger("harvester_cli").debug("details", exc_info=True)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _to_command_log(logging.ERROR, f"error: {type(exc).__name__}: {first}", sys.exc_info())
         click.echo(f"harvester-cli: error: {type(exc).__name__}: {first}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

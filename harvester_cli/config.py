@@ -67,6 +67,9 @@ class PandaConfig:
     proxy: Path | None = None
     token_file: Path | None = None
     token_origin: str | None = None
+    # Or a profile renew-proxy maintains: [proxies.NAME] (its file is the proxy) or [tokens.NAME].
+    proxy_profile: str | None = None
+    token_profile: str | None = None
     # CA directory (hashed, like /etc/grid-security/certificates) or a CA bundle file.
     ca: Path | None = None
     timeout: float = 60.0
@@ -120,6 +123,8 @@ class QueueConfig:
     # Monitoring: kill workers queued longer than this; a worker the backend lost is failed after grace.
     max_queued_seconds: int = 48 * 3600
     lost_grace_seconds: int = 600
+    # The [proxies.NAME] profile whose proxy this queue's workers get (default: the PanDA client's proxy).
+    proxy_profile: str | None = None
 
     @property
     def site(self) -> str:
@@ -139,6 +144,125 @@ class SweepConfig:
     max_kills_per_run: int = 500
 
 
+# -- credentials (renew-proxy) ------------------------------------------------------------------
+
+PROXY_TOOLS = ("voms-proxy-init", "arcproxy", "builtin")
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    cert: Path = REQUIRED
+    key: Path = REQUIRED
+    # A file holding the key's passphrase (mode 0600); none for an unencrypted key.
+    passphrase_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ProxyProfile:
+    """[proxies.NAME]: one proxy file, made from the first certificate that works (APF's authmanager)."""
+
+    name: str
+    file: Path = REQUIRED
+    certificates: list[CertificateConfig] = REQUIRED
+    # VOMS attribute, e.g. "atlas:/atlas/Role=production"; none: a plain RFC 3820 proxy.
+    voms: str | None = None
+    # voms-proxy-init, arcproxy, or builtin (no VOMS, no external tool).
+    tool: str = "voms-proxy-init"
+    lifetime: int = 96 * 3600
+    # Renew when the proxy (or its VOMS attribute) has less than this left.
+    min_lifetime: int = 72 * 3600
+    # Trusted CA directory (default: $X509_CERT_DIR or /etc/grid-security/certificates); vomses file or
+    # directory and vomsdir for VOMS servers.
+    ca: Path | None = None
+    vomses: Path | None = None
+    vomsdir: Path | None = None
+    bits: int = 2048
+    # Seconds one tool run may take.
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class TokenProfile:
+    """[tokens.NAME]: a bearer token file refreshed by an OAuth2 client-credentials request."""
+
+    name: str
+    file: Path = REQUIRED
+    endpoint: str = REQUIRED
+    client_id: str = REQUIRED
+    # The client secret lives in a file of its own (mode 0600), never in this configuration.
+    client_secret_file: Path = REQUIRED
+    # Audience (the CE endpoint or PanDA) and scope asked for.
+    audience: str | None = None
+    scope: str | None = None
+    min_lifetime: int = 1800
+    # CA bundle or directory for the token endpoint's certificate (default: the system's).
+    ca: Path | None = None
+    timeout: float = 30.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """[smtp]: where renew-proxy sends alerts. No recipients: alerts are only logged."""
+
+    host: str = "localhost"
+    port: int = 25
+    # none, starttls or ssl
+    security: str = "none"
+    username: str | None = None
+    password_file: Path | None = None
+    ca: Path | None = None
+    sender: str = "harvester-cli@localhost"
+    to: list[str] = field(default_factory=list)
+    # The same problem is mailed at most once per this many seconds.
+    throttle: int = 3600
+    timeout: float = 30.0
+    retries: int = 3
+
+
+# -- logs (clean-logs, serve-logs, each command's own log) -----------------------------------------
+
+SUBMIT_FILE_PATTERNS = ["*.sub", "*.jdl", "*.xrsl", "*.adl", "*.sbatch", "submit*"]
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    # Delete files older than this many seconds, then the oldest until the class fits in max_bytes.
+    max_age: int | None = 14 * 24 * 3600
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class LogRetentionConfig:
+    """[log_retention]: per class of files in the log directory."""
+
+    workers: RetentionConfig = field(default_factory=RetentionConfig)
+    submit_files: RetentionConfig = field(default_factory=RetentionConfig)
+    commands: RetentionConfig = field(default_factory=RetentionConfig)
+    # Which files of a worker's log directory are submit files (glob patterns on the file name).
+    submit_patterns: list[str] = field(default_factory=lambda: list(SUBMIT_FILE_PATTERNS))
+
+
+@dataclass(frozen=True)
+class CommandLogConfig:
+    """[command_log]: each command appends to <log_dir>/commands/<command>.log, rotated by size."""
+
+    enabled: bool = True
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+    # Append the process's memory use (resident set size) to every line.
+    memory: bool = False
+
+
+@dataclass(frozen=True)
+class LogServerConfig:
+    """[log_server]: serve-logs defaults (bound to loopback unless told otherwise)."""
+
+    host: str = "127.0.0.1"
+    # Default: the port of log_url, else 8080.
+    port: int | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     harvester_id: str = REQUIRED
@@ -153,6 +277,12 @@ class Config:
     max_new_workers_per_run: int = 1000
     sweep: SweepConfig = field(default_factory=SweepConfig)
     queues: dict[str, QueueConfig] = field(default_factory=dict)
+    proxies: dict[str, ProxyProfile] = field(default_factory=dict)
+    tokens: dict[str, TokenProfile] = field(default_factory=dict)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    log_retention: LogRetentionConfig = field(default_factory=LogRetentionConfig)
+    command_log: CommandLogConfig = field(default_factory=CommandLogConfig)
+    log_server: LogServerConfig = field(default_factory=LogServerConfig)
     path: Path | None = None
 
     @property
@@ -275,6 +405,70 @@ def _check_queue(builder: _Builder, queue: QueueConfig) -> None:
         builder.fail(where, f"pilot: unknown placeholder {{{unknown[0]}}} (known: {', '.join(sorted(PILOT_PLACEHOLDERS))})")
 
 
+def _check_proxy_profile(builder: _Builder, profile: ProxyProfile) -> None:
+    where = f"proxies.{profile.name}"
+    if profile.tool not in PROXY_TOOLS:
+        builder.fail(where, f"tool: expected one of {', '.join(PROXY_TOOLS)}, got {profile.tool!r}")
+    if not profile.certificates:
+        builder.fail(where, "certificates: list at least one, e.g. [{cert = \"usercert.pem\", key = \"userkey.pem\"}]")
+    if profile.voms is not None:
+        vo, _, fqan = profile.voms.partition(":")
+        if not vo or (fqan and not fqan.startswith("/")):
+            builder.fail(where, f"voms: expected 'vo' or 'vo:/vo/Role=...', got {profile.voms!r}")
+        if profile.tool == "builtin":
+            builder.fail(where, "voms: the builtin tool makes proxies without VOMS; use voms-proxy-init or arcproxy")
+    if profile.min_lifetime >= profile.lifetime:
+        builder.fail(where, f"min_lifetime ({profile.min_lifetime}) must be less than lifetime ({profile.lifetime}),"
+                            " or every run renews")
+    if profile.bits not in (1024, 2048, 3072, 4096):
+        builder.fail(where, f"bits: expected 1024, 2048, 3072 or 4096, got {profile.bits}")
+
+
+def _check_token_profile(builder: _Builder, profile: TokenProfile) -> None:
+    if not profile.endpoint.startswith("https://"):
+        builder.fail(f"tokens.{profile.name}", f"endpoint: expected an https:// URL, got {profile.endpoint!r}")
+
+
+def _profiles(builder: _Builder, data: dict, key: str, cls: type, check) -> dict:
+    raw = data.pop(key, {})
+    if not isinstance(raw, dict):
+        builder.fail("", f"'{key}' must be a table of profiles, e.g. [{key}.NAME]")
+    profiles = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            builder.fail(f"{key}.{name}", f"expected a table, got {_describe(table)}")
+        profiles[name] = builder.build(cls, table, f"{key}.{name}", name=name)
+        check(builder, profiles[name])
+    return profiles
+
+
+def _check_credentials(builder: _Builder, config: Config, queues: dict[str, QueueConfig]) -> None:
+    panda = config.panda
+    if panda.proxy_profile is not None and panda.proxy_profile not in config.proxies:
+        builder.fail("panda", f"proxy_profile: no [proxies.{panda.proxy_profile}] "
+                              f"(configured: {', '.join(config.proxies) or 'none'})")
+    if panda.token_profile is not None and panda.token_profile not in config.tokens:
+        builder.fail("panda", f"token_profile: no [tokens.{panda.token_profile}] "
+                              f"(configured: {', '.join(config.tokens) or 'none'})")
+    given = [k for k in ("proxy", "proxy_profile", "token_file", "token_profile") if getattr(panda, k) is not None]
+    if len(given) > 1:
+        builder.fail("panda", f"set one of proxy, proxy_profile, token_file, token_profile, not {' and '.join(given)}")
+    if panda.token_profile and not panda.token_origin:
+        builder.fail("panda", "token_profile needs token_origin (the VO, sent as the Origin header)")
+    for queue in queues.values():
+        if queue.proxy_profile is not None and queue.proxy_profile not in config.proxies:
+            builder.fail(f"queues.{queue.name}", f"proxy_profile: no [proxies.{queue.proxy_profile}] "
+                                                 f"(configured: {', '.join(config.proxies) or 'none'})")
+    files: dict[Path, str] = {}
+    for kind, profiles in (("proxies", config.proxies), ("tokens", config.tokens)):
+        for profile in profiles.values():
+            other = files.setdefault(profile.file, f"{kind}.{profile.name}")
+            if other != f"{kind}.{profile.name}":
+                builder.fail(f"{kind}.{profile.name}", f"file: {profile.file} is also written by [{other}]")
+    if config.smtp.security not in ("none", "starttls", "ssl"):
+        builder.fail("smtp", f"security: expected 'none', 'starttls' or 'ssl', got {config.smtp.security!r}")
+
+
 def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:
     builder = _Builder(source, base_dir or Path.cwd())
     data = dict(data)
@@ -282,7 +476,10 @@ def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) ->
     defaults = data.pop("queue_defaults", {})
     if not isinstance(raw_queues, dict) or not isinstance(defaults, dict):
         builder.fail("", "'queues' and 'queue_defaults' must be tables, e.g. [queues.MY_QUEUE]")
+    proxies = _profiles(builder, data, "proxies", ProxyProfile, _check_proxy_profile)
+    tokens = _profiles(builder, data, "tokens", TokenProfile, _check_token_profile)
     config = builder.build(Config, data, "")
+    config = dataclasses.replace(config, proxies=proxies, tokens=tokens)
     queues = {}
     for name, table in raw_queues.items():
         if not isinstance(table, dict):
@@ -304,6 +501,7 @@ def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) ->
         builder.fail("panda", "set either proxy or token_file, not both")
     if config.panda.token_file and not config.panda.token_origin:
         builder.fail("panda", "token_file needs token_origin (the VO, sent as the Origin header)")
+    _check_credentials(builder, config, queues)
     state = config.state
     if state and "://" not in state and not Path(state).expanduser().is_absolute():
         state = str(builder.base_dir / state)   # like every other path: relative to the config file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from harvester_cli import backends
 from harvester_cli.backends.base import Backend, BackendContext, WorkerRef
-from harvester_cli.config import Config, QueueConfig
+from harvester_cli.config import Config, PandaConfig, QueueConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,43 @@ class Instance:
 
         return Store(self.state_url, lease_seconds=self.config.lease_seconds)
 
+    def store_exists(self) -> bool:
+        """Whether the state database is there already (a SQLite file that exists, or any server URL)."""
+        if self.state_url.startswith("sqlite:///") and self.state_url != "sqlite:///:memory:":
+            return Path(self.state_url.removeprefix("sqlite:///")).exists()
+        return True
+
+    @cached_property
+    def panda_config(self) -> PandaConfig:
+        """[panda] with its credential profiles resolved to the files renew-proxy maintains."""
+        from harvester_cli import credentials
+
+        panda = self.config.panda
+        if panda.proxy_profile:
+            panda = dataclasses.replace(panda, proxy=credentials.proxy_path(self.config.proxies[panda.proxy_profile]))
+        if panda.token_profile:
+            panda = dataclasses.replace(panda, token_file=credentials.token_path(self.config.tokens[panda.token_profile]))
+        return panda
+
+    def proxy_for(self, queue: QueueConfig) -> Path | None:
+        """The proxy a queue's workers get: its proxy_profile's file, else the PanDA client's proxy."""
+        if queue.proxy_profile:
+            from harvester_cli import credentials
+
+            return credentials.proxy_path(self.config.proxies[queue.proxy_profile])
+        return self.panda_config.proxy
+
     @cached_property
     def panda(self):
         from harvester_cli.panda import PandaClient
 
-        return PandaClient(self.config.panda, self.config.harvester_id)
+        return PandaClient(self.panda_config, self.config.harvester_id)
 
     def backend(self, queue: QueueConfig) -> Backend:
         if queue.name not in self._backends:
             context = BackendContext(
                 harvester_id=self.config.harvester_id, work_root=self.config.work_root,
-                panda_url=self.config.panda.url, proxy=self.config.panda.proxy, ca=self.config.panda.ca,
+                panda_url=self.config.panda.url, proxy=self.proxy_for(queue), ca=self.config.panda.ca,
                 ce_statistics=self.ce_statistics,
             )
             self._backends[queue.name] = backends.create(queue.backend, queue, context)
@@ -99,8 +126,9 @@ class Instance:
         }
         if queue.background:
             env["PANDA_BACKGROUND"] = "1"
-        if panda.proxy:
-            env["X509_USER_PROXY"] = str(panda.proxy)
+        proxy = self.proxy_for(queue)
+        if proxy:
+            env["X509_USER_PROXY"] = str(proxy)
         if panda.ca:
             env["HARVESTER_PANDA_CA"] = str(panda.ca)
             if panda.ca.is_dir():
@@ -116,7 +144,7 @@ class Instance:
             "queue": queue.site, "worker_id": worker_id, "harvester_id": self.config.harvester_id,
             "resource_type": resource_type, "n_core": n_core, "memory_mb": memory_mb, "walltime": queue.walltime,
             "panda_url": panda.url, "prod_source_label": queue.prod_source_label, "job_type": queue.job_type,
-            "python": sys.executable, "ca": panda.ca or "", "proxy": panda.proxy or "",
+            "python": sys.executable, "ca": panda.ca or "", "proxy": self.proxy_for(queue) or "",
         }
         return queue.pilot.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
 

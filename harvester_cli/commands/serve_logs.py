@@ -1,0 +1,44 @@
+import click
+
+from harvester_cli.commands import pass_globals
+
+
+@click.command("serve-logs", epilog="Example: harvester-cli serve-logs --host 0.0.0.0 --port 8080")
+@click.option("--host", metavar="ADDRESS", help="Address to listen on (default: [log_server] host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: [log_server] port, else log_url's, else 8080).")
+@click.option("--prefix", metavar="PATH", help="URL path of the log tree (default: the path of log_url, e.g. /logs/).")
+@pass_globals
+def command(g, host, port, prefix):
+    """Serve the log directory read-only over HTTP until interrupted: GET and HEAD only, robots.txt denies
+    crawlers, nothing outside the tree, command logs not served. Worker log URLs sent to PanDA
+    (log_url + path) point here.
+    """
+    import signal
+    import sys
+
+    from harvester_cli.logserver import LogServer, port_from, prefix_from
+
+    config = g.config()
+    settings = config.log_server
+    host = host or settings.host
+    port = port if port is not None else (settings.port or port_from(config.log_url))
+    config.logs.mkdir(parents=True, exist_ok=True)
+    try:
+        server = LogServer(config.logs, host, port, prefix or prefix_from(config.log_url))
+    except OSError as exc:
+        from harvester_cli.errors import ConfigError
+
+        raise ConfigError(f"serve-logs: cannot listen on {host}:{port}: {exc.strerror}") from None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    out = g.output()
+    out.line(f"serving {config.logs} at {server.url} (Ctrl-C to stop)")
+    out.emit({"url": server.url, "root": str(server.root), "prefix": server.prefix,
+              "host": server.address[0], "port": server.address[1]})
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    return 0

@@ -1,0 +1,397 @@
+"""clean-logs on real files with real mtimes and a real state database; serve-logs over real HTTP with
+traversal attempts; each command's own rotating log with memory use and no secret."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harvester_cli import config as config_module
+from harvester_cli import logs
+from harvester_cli.instance import Instance
+from harvester_cli.logserver import LogServer
+from tests.conftest import to_toml
+
+pytestmark = pytest.mark.logs
+
+DAY = 86400
+NOW = time.time()
+
+
+def write(path: Path, size: int, age_days: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    stamp = NOW - age_days * DAY
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def age_dir(path: Path, age_days: float) -> None:
+    stamp = NOW - age_days * DAY
+    os.utime(path, (stamp, stamp))
+
+
+class Tree:
+    def __init__(self, tmp_path: Path, retention: dict | None = None):
+        self.tmp = tmp_path
+        self.root = tmp_path / "logs"
+        self.data = {"harvester_id": "logs-test", "state": str(tmp_path / "state.db"), "log_dir": str(self.root),
+                     "log_url": "http://127.0.0.1:8080/logs",
+                     "panda": {"url": "https://127.0.0.1:9/api/v1", "retries": 0, "timeout": 2},
+                     "queues": {"Q": {"mode": "pull", "backend": "local"}}}
+        if retention:
+            self.data["log_retention"] = retention
+
+    def write_config(self) -> Path:
+        path = self.tmp / "config.toml"
+        path.write_text(to_toml(self.data))
+        return path
+
+    def instance(self) -> Instance:
+        return Instance(config_module.load(self.write_config()))
+
+    def worker_dir(self, day: str, worker_id: int, queue: str = "Q") -> Path:
+        return self.root / "workers" / day / queue / str(worker_id)
+
+    def add_worker(self, worker_id: int, status: str, log_dir: Path, queue: str = "Q") -> None:
+        from harvester_cli.store import workers
+
+        instance = self.instance()
+        with instance.store.write() as conn:
+            conn.execute(workers.insert().values(worker_id=worker_id, queue=queue, backend="local", mode="pull",
+                                                 status=status, log_dir=str(log_dir), created=NOW, modified=NOW))
+        instance.close()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        self.write_config()
+        env = {**os.environ, "XDG_STATE_HOME": str(self.tmp / "xdg-state"), "XDG_CONFIG_HOME": str(self.tmp / "xdg")}
+        return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(self.tmp / "config.toml"), *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture
+def tree(tmp_path) -> Tree:
+    return Tree(tmp_path, {"workers": {"max_age": 7 * DAY}, "submit_files": {"max_age": 3 * DAY},
+                           "commands": {"max_age": 30 * DAY}})
+
+
+# ---------------------------------------------------------------------------------------------
+# clean-logs
+
+
+def populate(tree: Tree) -> dict[str, Path]:
+    old_active = tree.worker_dir("2026-01-01", 1)       # running for a long time: must stay
+    old_done = tree.worker_dir("2026-01-01", 2)         # finished long ago: goes
+    new_done = tree.worker_dir("2026-01-20", 3)         # finished recently: stays
+    unknown = tree.worker_dir("2026-01-01", 4)          # no row any more (swept): goes by age
+    files = {
+        "active_out": write(old_active / "pilot.out", 1000, 20),
+        "active_sub": write(old_active / "worker.sub", 100, 20),
+        "done_out": write(old_done / "pilot.out", 2000, 20),
+        "done_err": write(old_done / "pilot.err", 10, 20),
+        "new_out": write(new_done / "pilot.out", 500, 1),
+        "new_sub": write(new_done / "worker.sub", 50, 5),      # submit files: 3 days
+        "unknown_log": write(unknown / "batch.log", 300, 10),
+        "cmd_old": write(tree.root / "commands" / "submit.log.3", 100, 40),
+        "cmd_new": write(tree.root / "commands" / "submit.log", 100, 0.1),
+    }
+    for directory in (old_active, old_done, unknown, old_active.parent, old_active.parent.parent):
+        age_dir(directory, 20)
+    tree.add_worker(1, "running", old_active)
+    tree.add_worker(2, "finished", old_done)
+    tree.add_worker(3, "finished", new_done)
+    return files
+
+
+def test_clean_logs_by_age_never_an_active_worker(tree):
+    files = populate(tree)
+    dry = tree.cli("--json", "clean-logs", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert {Path(d["path"]) for d in planned["deletions"]} == {
+        files["done_out"], files["done_err"], files["new_sub"], files["unknown_log"], files["cmd_old"]}
+    assert {d["bytes"] for d in planned["deletions"] if Path(d["path"]) == files["done_out"]} == {2000}
+    assert all(p.exists() for p in files.values()), "dry run deleted something"
+    plain = tree.cli("clean-logs", "--dry-run")
+    assert "pilot.out" in plain.stdout and "2000" in plain.stdout and "would delete" in plain.stdout
+
+    result = tree.cli("--json", "clean-logs")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    gone = {k for k, p in files.items() if not p.exists()}
+    assert gone == {"done_out", "done_err", "new_sub", "unknown_log", "cmd_old"}
+    assert files["active_out"].exists() and files["active_sub"].exists()
+    assert data["classes"]["workers"]["kept_active_files"] == 1
+    assert data["classes"]["submit_files"]["kept_active_files"] == 1
+    # empty directories of old days go; the active worker's and today's stay
+    assert not tree.worker_dir("2026-01-01", 2).exists()
+    assert not tree.worker_dir("2026-01-01", 4).exists()
+    assert tree.worker_dir("2026-01-01", 1).is_dir()
+    assert tree.worker_dir("2026-01-20", 3).is_dir()
+    assert str(tree.worker_dir("2026-01-01", 2)) in data["removed_dirs"]
+    # a second run finds nothing to do
+    again = json.loads(tree.cli("--json", "clean-logs").stdout)
+    assert again["deletions"] == []
+
+
+def test_clean_logs_by_size_oldest_first(tree):
+    tree.data["log_retention"] = {"workers": {"max_age": 365 * DAY, "max_bytes": 2500}}
+    active = tree.worker_dir("2026-01-01", 10)
+    write(active / "pilot.out", 2000, 9)                  # oldest, but active: stays and counts
+    a = write(tree.worker_dir("2026-01-02", 11) / "pilot.out", 1000, 8)
+    b = write(tree.worker_dir("2026-01-03", 12) / "pilot.out", 1000, 7)
+    c = write(tree.worker_dir("2026-01-04", 13) / "pilot.out", 400, 6)
+    tree.add_worker(10, "idle", active)
+    data = json.loads(tree.cli("--json", "clean-logs").stdout)
+    # 4400 bytes, budget 2500: delete a (oldest not active) then b; 2400 left
+    assert not a.exists() and not b.exists() and c.exists() and (active / "pilot.out").exists()
+    assert [d["reason"] for d in data["deletions"]] == ["size", "size"]
+    assert data["classes"]["workers"]["over_budget_bytes"] == 0
+    # a budget the active worker alone exceeds: reported, not "fixed" by deleting its logs
+    tree.data["log_retention"] = {"workers": {"max_age": 365 * DAY, "max_bytes": 1000}}
+    data = json.loads(tree.cli("--json", "clean-logs").stdout)
+    assert (active / "pilot.out").exists() and not c.exists()
+    assert data["classes"]["workers"]["over_budget_bytes"] == 1000
+
+
+def test_worker_protected_by_queue_and_id_when_log_dir_moved(tree):
+    """A worker row whose log_dir string differs (log_dir moved, symlinked) is still matched by queue and id."""
+    path = write(tree.worker_dir("2026-01-01", 21) / "pilot.out", 10, 30)
+    tree.add_worker(21, "submitted", Path("/old/location/workers/2026-01-01/Q/21"))
+    tree.cli("clean-logs")
+    assert path.exists()
+
+
+def test_no_state_database_keeps_worker_logs(tree):
+    old = write(tree.worker_dir("2026-01-01", 5) / "pilot.out", 10, 30)
+    cmd = write(tree.root / "commands" / "poll.log.5", 10, 60)
+    result = tree.cli("--json", "clean-logs")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert old.exists() and not cmd.exists()
+    assert "active workers unknown" in data["skipped"][0]
+    assert not (tree.tmp / "state.db").exists()
+
+
+def test_clean_logs_keeps_its_own_log(tree):
+    tree.data["log_retention"] = {"commands": {"max_age": 0}}
+    tree.cli("status")
+    time.sleep(0.05)
+    tree.cli("clean-logs")
+    own = tree.root / "commands" / "clean-logs.log"
+    assert own.exists() and "end: exit 0" in own.read_text()
+    assert not (tree.root / "commands" / "status.log").exists()
+
+
+def test_clean_logs_speed(tree, capsys):
+    """N real files, half of them old: prints the rate (no timed assertion)."""
+    n_workers, files_per_worker = 2000, 5
+    root = tree.root / "workers"
+    for w in range(n_workers):
+        day = "2026-01-01" if w % 2 else "2026-01-25"
+        d = root / day / "Q" / str(w)
+        d.mkdir(parents=True)
+        for i, name in enumerate(("pilot.out", "pilot.err", "batch.log", "worker.sub", "jobReport.json")):
+            p = d / name
+            p.write_bytes(b"y" * 64)
+            stamp = NOW - (20 if w % 2 else 0.5) * DAY
+            os.utime(p, (stamp, stamp))
+    tree.add_worker(1, "running", root / "2026-01-01" / "Q" / "1")
+    instance = tree.instance()
+    active = logs.active_workers(instance.store)
+    instance.close()
+    started = time.monotonic()
+    run = logs.clean(tree.root, instance.config.log_retention, active, now=NOW)
+    elapsed = time.monotonic() - started
+    n = n_workers * files_per_worker
+    assert run.scanned == n
+    assert len(run.deletions) == (n_workers // 2 - 1) * files_per_worker
+    with capsys.disabled():
+        print(f"\nclean-logs: {n} files scanned, {len(run.deletions)} deleted, {len(run.removed_dirs)} dirs removed "
+              f"in {elapsed:.2f} s ({n / elapsed:,.0f} files/s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# serve-logs
+
+
+@pytest.fixture
+def served(tmp_path):
+    root = tmp_path / "logs"
+    (root / "workers" / "2026-01-01" / "Q" / "7").mkdir(parents=True)
+    (root / "workers" / "2026-01-01" / "Q" / "7" / "pilot.out").write_text("pilot says hello\n")
+    (root / "workers" / "2026-01-01" / "Q" / "7" / "pilot.err").write_text("<script>alert(1)</script>\n")
+    (root / "workers" / "2026-01-01" / "Q" / "7" / "odd <name>.log").write_text("escaped\n")
+    (root / "commands").mkdir()
+    (root / "commands" / "submit.log").write_text("internal\n")
+    (root / ".state").mkdir()
+    (root / ".state" / "alerts.json").write_text("{}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("do not serve\n")
+    (root / "workers" / "escape").symlink_to(outside)
+    (root / "workers" / "escape-file.txt").symlink_to(outside / "secret.txt")
+    (root / "workers" / "inside.out").symlink_to(root / "workers" / "2026-01-01" / "Q" / "7" / "pilot.out")
+    # the process under test: the real command, on a free port, reporting its URL as JSON
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "xdg-state")}
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(to_toml({"harvester_id": "h", "log_dir": str(root), "log_url": "http://127.0.0.1:8080/logs",
+                            "panda": {"url": "https://127.0.0.1:9/api/v1"}}))
+    process = subprocess.Popen([sys.executable, "-m", "harvester_cli", "--config", str(cfg), "--json", "serve-logs",
+                                "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    while not lines or lines[-1].rstrip() != "}":   # --json: one indented object, ending with "}"
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"serve-logs ended: {process.stderr.read()}")
+        lines.append(line)
+    info = json.loads("".join(lines))
+    yield info, process
+    process.send_signal(signal.SIGTERM)
+    process.wait(10)
+    process.stdout.close()
+    process.stderr.close()
+
+
+def request(info, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection(info["host"], info["port"], timeout=10)
+    conn.putrequest(method, path, skip_accept_encoding=True)   # the path exactly as given, no normalisation
+    if body is not None:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    response = conn.getresponse()
+    data = response.read()
+    headers = {k.lower(): v for k, v in response.getheaders()}
+    conn.close()
+    return response.status, headers, data
+
+
+def test_serve_logs_serves_the_tree(served):
+    info, _ = served
+    assert info["prefix"] == "/logs/" and info["host"] == "127.0.0.1"
+    status, headers, body = request(info, "GET", "/logs/workers/2026-01-01/Q/7/pilot.out")
+    assert status == 200 and body == b"pilot says hello\n"
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["x-content-type-options"] == "nosniff"
+    status, headers, body = request(info, "GET", "/logs/workers/2026-01-01/Q/7/pilot.err")
+    assert headers["content-type"].startswith("text/plain")   # never rendered as HTML
+    status, headers, body = request(info, "HEAD", "/logs/workers/2026-01-01/Q/7/pilot.out")
+    assert status == 200 and body == b"" and headers["content-length"] == "17"
+    status, _, body = request(info, "GET", "/logs/workers/2026-01-01/Q/7/odd%20%3Cname%3E.log")
+    assert status == 200 and body == b"escaped\n"
+    status, headers, body = request(info, "GET", "/logs/workers/2026-01-01/Q/7/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b'href="pilot.out"' in body and b"odd &lt;name&gt;.log" in body and b"<name>" not in body
+    status, headers, _ = request(info, "GET", "/logs/workers")
+    assert status == 301 and headers["location"] == "/logs/workers/"
+    status, _, body = request(info, "GET", "/logs/")
+    assert b"workers/" in body and b"commands" not in body and b".state" not in body
+    status, _, body = request(info, "GET", "/logs/workers/inside.out")   # a symlink inside the tree is fine
+    assert status == 200 and body == b"pilot says hello\n"
+
+
+def test_serve_logs_robots_txt(served):
+    info, _ = served
+    status, headers, body = request(info, "GET", "/robots.txt")
+    assert status == 200 and body == b"User-agent: *\nDisallow: /\n"
+    assert headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("path", [
+    "/logs/../../../../etc/passwd",
+    "/logs/workers/../../outside/secret.txt",
+    "/logs/%2e%2e/outside/secret.txt",
+    "/logs/%2E%2E/%2e%2e/etc/passwd",
+    "/logs/workers/%2e%2e%2f%2e%2e%2foutside%2fsecret.txt",
+    "/logs/..%2f..%2foutside/secret.txt",
+    "/logs/%252e%252e/outside/secret.txt",
+    "/logs/workers/..%5c..%5coutside%5csecret.txt",
+    "/logs/workers/escape/secret.txt",
+    "/logs/workers/escape-file.txt",
+    "/logs/workers/escape/",
+    "/logs/%00/etc/passwd",
+    "/logs/workers/%ff%fe",
+    "/logs//etc/passwd",
+    "/etc/passwd",
+    "/logs/commands/submit.log",
+    "/logs/.state/alerts.json",
+    "/logs/%2estate/alerts.json",
+])
+def test_serve_logs_refuses_traversal(served, path):
+    info, _ = served
+    status, _, body = request(info, "GET", path)
+    assert status == 404, (path, status, body)
+    assert b"do not serve" not in body and b"root:" not in body and b"internal" not in body
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST", "DELETE", "PATCH", "OPTIONS", "PROPFIND", "MKCOL", "TRACE"])
+def test_serve_logs_has_no_write_methods(served, method, tmp_path):
+    info, _ = served
+    status, headers, _ = request(info, method, "/logs/workers/2026-01-01/Q/7/pilot.out", body=b"overwritten")
+    assert status == 405
+    assert headers["allow"] == "GET, HEAD"
+    assert (tmp_path / "logs" / "workers" / "2026-01-01" / "Q" / "7" / "pilot.out").read_text() == "pilot says hello\n"
+
+
+def test_worker_log_urls_point_at_the_server(tmp_path):
+    """log_url + a worker file's path under log_dir is what the server answers."""
+    root = tmp_path / "logs"
+    cfg = config_module.parse({"harvester_id": "h", "log_dir": str(root), "log_url": "http://127.0.0.1:1/pilots",
+                               "panda": {"url": "https://127.0.0.1:9/api/v1"}}, "<t>", tmp_path)
+    instance = Instance(cfg)
+    directory = instance.worker_log_dir("Q", 42, NOW)
+    write(directory / "pilot.out", 5, 0)
+    url = instance.log_url(directory / "pilot.out")
+    with LogServer(root, "127.0.0.1", 0, "/pilots") as server:
+        path = url.split("/", 3)[3]
+        status, _, body = request({"host": "127.0.0.1", "port": server.address[1]}, "GET", "/" + path)
+    assert status == 200 and body == b"xxxxx"
+
+
+# ---------------------------------------------------------------------------------------------
+# Each command's own log
+
+
+def test_each_command_logs_to_its_rotating_file(tree):
+    tree.data["command_log"] = {"max_bytes": 200, "backups": 2}
+    for _ in range(6):
+        assert tree.cli("status").returncode == 0
+    directory = tree.root / "commands"
+    current = (directory / "status.log").read_text()
+    assert re.search(r"^\S+ \S+ \d+ INFO harvester_cli: start: harvester-cli --config \S+ status", current, re.M)
+    assert "end: exit 0 after" in current
+    names = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    assert names == ["status.log", "status.log.1", "status.log.2"]   # rotated, at most 2 backups
+    assert all((directory / n).stat().st_size < 1000 for n in names)
+
+
+def test_memory_on_every_line(tree):
+    tree.data["command_log"] = {"memory": True}
+    tree.cli("status")
+    lines = (tree.root / "commands" / "status.log").read_text().splitlines()
+    assert lines and all(re.search(r" rss=\d+\.\dMiB$", line) for line in lines), lines
+    tree.data["command_log"] = {}
+    tree.cli("--log-memory", "config", "check")
+    assert re.search(r"rss=\d", (tree.root / "commands" / "config.log").read_text())
+
+
+def test_command_log_has_errors_but_stderr_stays_one_line(tree):
+    tree.data["queues"]["Q"]["mode"] = "pull"
+    result = tree.cli("--queue", "NOPE", "status")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    text = (tree.root / "commands" / "status.log").read_text()
+    assert "error: unknown queue 'NOPE'" in text and "end: exit 2" in text
+
+
+def test_help_writes_no_log(tree):
+    tree.cli("status", "--help")
+    assert not (tree.root / "commands").exists()
