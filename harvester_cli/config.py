@@ -564,6 +564,20 @@ ca = "/etc/grid-security/certificates"
 [sweep]
 worker_retention = 172800
 
+# renew-proxy keeps this proxy alive (then use proxy_profile = "production" in [panda] instead of proxy):
+# [proxies.production]
+# file = "/var/lib/harvester-cli/proxy.pem"
+# voms = "atlas:/atlas/Role=production"
+# certificates = [{cert = "/etc/harvester-cli/usercert.pem", key = "/etc/harvester-cli/userkey.pem"},
+#                 {cert = "/etc/harvester-cli/backup-cert.pem", key = "/etc/harvester-cli/backup-key.pem"}]
+
+# [smtp]                                   # where renew-proxy mails problems (once per hour each)
+# to = ["harvester-admins@example.org"]
+
+# [log_retention.workers]                  # clean-logs: by age, then by size (oldest first)
+# max_age = 1209600
+# max_bytes = 50_000_000_000
+
 [queue_defaults]
 max_workers = 200
 n_queue_limit_worker = 20

@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -156,15 +157,28 @@ def _not_after(cert) -> float:
     return cert.not_valid_after_utc.timestamp()
 
 
-def _tool_message(output: str) -> str:
-    """The tool's last meaningful line (not its key-generation dots), redacted, at most 200 characters."""
-    lines = [l.strip() for l in output.splitlines()]
-    lines = [l for l in lines if l and l.strip(".+*o ") and not l.startswith(("Function:", "Your proxy is valid",
-                                                                               "Creating proxy"))
-             and "Cannot open file" not in l and ".rnd" not in l]
-    errors = [l for l in lines if "rror" in l or "fail" in l.lower() or "expired" in l.lower()]
-    text = (errors or lines or ["no output"])[-1]
+_NOISE = ("Function:", "Your proxy is valid", "Creating proxy", "Your identity:", "Cannot open file", "Proxy path:",
+          "No policy language", "Contacting ")
+_ERROR = re.compile(r"(?i)\b(error|failed|failure|not known|expired|denied|refused|invalid|wrong|bad)\b")
+
+
+def _tool_message(stderr: str, stdout: str = "") -> str:
+    """The tool's most telling line (not its key-generation dots nor its banner), redacted, <= 200 characters:
+    the first line starting with ERROR, else the last line naming an error, else the last line."""
+    def meaningful(text: str) -> list[str]:
+        lines = (l.strip() for l in text.splitlines())
+        return [l for l in lines if l and l.strip(".+*o ") and not l.startswith(_NOISE) and ".rnd" not in l]
+
+    lines = meaningful(stderr) + meaningful(stdout)
+    leading = [l for l in lines if l.upper().startswith("ERROR")]
+    named = [l for l in lines if _ERROR.search(l)]
+    text = leading[0] if leading else named[-1] if named else lines[-1] if lines else "no output"
     return redact(text)[:200]
+
+
+def _tool_failure(tool: str, result: subprocess.CompletedProcess) -> CredentialError:
+    what = f"{tool} exited {result.returncode}" if result.returncode else f"{tool} made no proxy"
+    return CredentialError(f"{what}: {_tool_message(result.stderr, result.stdout)}")
 
 
 def _find_tool(name: str) -> str:
@@ -278,7 +292,7 @@ def voms_attributes(profile: ProxyProfile, path: Path) -> tuple[float | None, li
             + (["-s", str(profile.vomsdir)] if profile.vomsdir else [])
         result = _run(args, profile)
         if result.returncode != 0:
-            raise CredentialError(f"arcproxy -I: {_tool_message(result.stderr + result.stdout)}")
+            raise CredentialError(f"arcproxy -I: {_tool_message(result.stderr, result.stdout)}")
         fqans = [l.split(":", 1)[1].strip() for l in result.stdout.splitlines()
                  if l.strip().startswith("attribute") and ":" in l]
         left = _run([tool, "-i", "vomsACvalidityLeft", "-P", str(path)], profile)
@@ -287,7 +301,7 @@ def voms_attributes(profile: ProxyProfile, path: Path) -> tuple[float | None, li
     tool = _find_tool("voms-proxy-info")
     result = _run([tool, "-file", str(path), "-all"], profile)
     if result.returncode != 0 and "=== VO" not in result.stdout:
-        raise CredentialError(f"voms-proxy-info: {_tool_message(result.stderr + result.stdout)}")
+        raise CredentialError(f"voms-proxy-info: {_tool_message(result.stderr, result.stdout)}")
     fqans: list[str] = []
     lefts: list[float] = []
     in_vo = False
@@ -388,8 +402,7 @@ def _voms_proxy_init(profile: ProxyProfile, certificate: CertificateConfig, out:
         args.append("-pwstdin")
     result = _run(args, profile, stdin=(passphrase + "\n") if passphrase is not None else None)
     if result.returncode != 0 or not out.exists():
-        raise CredentialError(f"voms-proxy-init exited {result.returncode}: "
-                              f"{_tool_message(result.stderr + chr(10) + result.stdout)}")
+        raise _tool_failure("voms-proxy-init", result)
 
 
 def _arcproxy(profile: ProxyProfile, certificate: CertificateConfig, out: Path, passphrase: str | None) -> None:
@@ -408,7 +421,7 @@ def _arcproxy(profile: ProxyProfile, certificate: CertificateConfig, out: Path, 
         args += ["-p", "key=stdin"]
     result = _run(args, profile, stdin=(passphrase + "\n") if passphrase is not None else None)
     if result.returncode != 0 or not out.exists():
-        raise CredentialError(f"arcproxy exited {result.returncode}: {_tool_message(result.stderr + chr(10) + result.stdout)}")
+        raise _tool_failure("arcproxy", result)
 
 
 def _builtin(profile: ProxyProfile, certificate: CertificateConfig, out: Path, passphrase: str | None) -> None:
