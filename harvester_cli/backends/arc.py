@@ -38,6 +38,7 @@ import os
 import socket
 import ssl
 import sys
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timezone
@@ -108,11 +109,15 @@ def connect(endpoint: str, proxy: Path, timeout: float, ca: Path | None):
         raise BackendError(f"ARC endpoint {endpoint!r} is not an https URL")
     port = parts.port or 443
     api_base = parts.path.rstrip("/") or "/arex"
-    client = HTTPClient(host=parts.hostname, port=port, timeout=timeout, proxypath=str(proxy))
-    if ca is not None:
+    if ca is None:
+        with warnings.catch_warnings():   # pyarcrest's unverified context uses the deprecated PROTOCOL_TLS
+            warnings.simplefilter("ignore", DeprecationWarning)
+            client = HTTPClient(host=parts.hostname, port=port, timeout=timeout, proxypath=str(proxy))
+    else:
         context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None,
                                              capath=str(ca) if ca.is_dir() else None)
         context.load_cert_chain(str(proxy))
+        client = HTTPClient(host=parts.hostname, port=port, timeout=timeout)
         client.conn = http.client.HTTPSConnection(parts.hostname, port, context=context, timeout=timeout)
     versions = ARCRest.getAPIVersionsStatic(client, api_base)
     for version, implementation in (("1.1", ARCRest_1_1), ("1.0", ARCRest_1_0)):
@@ -310,6 +315,9 @@ class ArcBackend(Backend):
         except Exception:
             self._drop(endpoint)
             raise
+        from harvester_cli.instance import fault_point
+
+        fault_point("arc_after_create")   # crash tests: the jobs exist, their files are not uploaded
         if len(created) != len(specs):
             raise BackendError(f"ARC CE {endpoint} answered {len(created)} results for {len(specs)} jobs")
         results = {}
