@@ -122,26 +122,67 @@ def _rotate(path: Path, backups: int) -> None:
     os.replace(path, path.with_name(f"{path.name}.1"))
 
 
+class _Locked:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+def _rotate_if_full(path: Path, max_bytes: int, backups: int) -> None:
+    try:
+        if max_bytes and path.stat().st_size >= max_bytes:
+            _rotate(path, backups)
+    except FileNotFoundError:
+        pass
+
+
+class CommandLogHandler(logging.FileHandler):
+    """Appends to one command's log. Rotation happens under an exclusive lock when a run starts, and
+    while it runs once the file passes max_bytes (serve-logs runs for days): two processes never rotate
+    the same file twice, and one that finds the file rotated by another simply reopens it."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int):
+        self.max_bytes, self.backups = max_bytes, backups
+        self.lock_path = path.parent / f".{path.name.removesuffix('.log')}.lock"
+        with _Locked(self.lock_path):
+            _rotate_if_full(path, max_bytes, backups)
+            super().__init__(path, mode="a", encoding="utf-8")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.max_bytes and self.stream is not None:
+            self._rotate_when_full(record)
+        super().emit(record)
+
+    def _rotate_when_full(self, record: logging.LogRecord) -> None:
+        try:
+            if self.stream.tell() < self.max_bytes:
+                return
+            with _Locked(self.lock_path):
+                try:
+                    same = os.stat(self.baseFilename).st_ino == os.fstat(self.stream.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    _rotate_if_full(Path(self.baseFilename), self.max_bytes, self.backups)
+                self.stream.close()
+                self.stream = self._open()
+        except Exception:
+            self.handleError(record)
+
+
 def open_command_log(log_dir: Path, command: str, *, max_bytes: int, backups: int, memory: bool = False,
                      level: int = logging.INFO) -> logging.Handler:
-    """A handler appending to <log_dir>/commands/<command>.log, rotated at start when over max_bytes.
-
-    One-shot commands rotate when they start, under an exclusive lock, so two runs of the same command
-    never rotate twice; lines are appended with O_APPEND, so overlapping runs interleave whole lines.
-    """
+    """A handler appending to <log_dir>/commands/<command>.log, rotated by size (see CommandLogHandler).
+    Lines are appended with O_APPEND, so overlapping runs interleave whole lines."""
     path = command_log_path(log_dir, command)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock_fd = os.open(path.parent / f".{command}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        try:
-            if max_bytes and path.stat().st_size >= max_bytes:
-                _rotate(path, backups)
-        except FileNotFoundError:
-            pass
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    finally:
-        os.close(lock_fd)
+    handler = CommandLogHandler(path, max_bytes, backups)
     try:
         os.chmod(path, 0o640)
     except OSError:

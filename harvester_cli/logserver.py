@@ -14,6 +14,7 @@ import mimetypes
 import os
 import posixpath
 import shutil
+import socket
 import threading
 import time
 from email.utils import formatdate
@@ -189,7 +190,10 @@ class LogServer:
         prefix = "/" + posixpath.normpath("/" + prefix).strip("/")
         prefix = prefix if prefix == "/" else prefix + "/"
         handler = type("BoundLogRequestHandler", (LogRequestHandler,), {"root": root_real, "prefix": prefix})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        server_class = ThreadingHTTPServer
+        if ":" in host:   # an IPv6 address, e.g. :: for every interface
+            server_class = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        self.httpd = server_class((host, port), handler)
         self.httpd.daemon_threads = True
         self.root = Path(root_real)
         self.prefix = prefix
@@ -203,7 +207,7 @@ class LogServer:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://{host}:{port}{self.prefix}"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}{self.prefix}"
 
     def start(self) -> LogServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="serve-logs", daemon=True)

@@ -205,6 +205,9 @@ def test_clean_logs_speed(tree, capsys):
             p.write_bytes(b"y" * 64)
             stamp = NOW - (20 if w % 2 else 0.5) * DAY
             os.utime(p, (stamp, stamp))
+        if w % 2:
+            age_dir(d, 20)
+    age_dir(root / "2026-01-01" / "Q", 20)
     tree.add_worker(1, "running", root / "2026-01-01" / "Q" / "1")
     instance = tree.instance()
     active = logs.active_workers(instance.store)
@@ -215,6 +218,7 @@ def test_clean_logs_speed(tree, capsys):
     n = n_workers * files_per_worker
     assert run.scanned == n
     assert len(run.deletions) == (n_workers // 2 - 1) * files_per_worker
+    assert len(run.removed_dirs) == n_workers // 2 - 1   # the old workers' directories, not the active one's
     with capsys.disabled():
         print(f"\nclean-logs: {n} files scanned, {len(run.deletions)} deleted, {len(run.removed_dirs)} dirs removed "
               f"in {elapsed:.2f} s ({n / elapsed:,.0f} files/s)")
@@ -395,3 +399,27 @@ def test_command_log_has_errors_but_stderr_stays_one_line(tree):
 def test_help_writes_no_log(tree):
     tree.cli("status", "--help")
     assert not (tree.root / "commands").exists()
+
+
+def test_a_long_running_command_rotates_while_it_runs(tmp_path):
+    """serve-logs runs for days: its log is rotated once it passes max_bytes, not only at start."""
+    import logging
+
+    handler = logs.open_command_log(tmp_path, "serve-logs", max_bytes=2000, backups=3)
+    logger = logging.getLogger("test-rotation")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for i in range(200):
+            logger.info("GET /logs/workers/2026-01-01/Q/%d/pilot.out 200 with token Bearer abcdefghijkl", i)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    directory = tmp_path / "commands"
+    names = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    assert names == ["serve-logs.log", "serve-logs.log.1", "serve-logs.log.2", "serve-logs.log.3"]
+    assert all((directory / n).stat().st_size < 2200 for n in names)
+    text = "".join((directory / n).read_text() for n in names)
+    assert "pilot.out 200" in text and "abcdefghijkl" not in text and "Bearer [redacted]" in text
+    assert "Q/199/" in (directory / "serve-logs.log").read_text()
