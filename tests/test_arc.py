@@ -20,7 +20,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -246,35 +245,41 @@ def ce_state(instance, queue: str, job_id: str) -> str:
 
 
 class Turnaround:
-    """Per job: submit (worker submit_time) -> final update propagated (seen in the simulator); the CE's
-    part: submit -> the job's end at the CE (ARC EndTime)."""
+    """Per push job: submit (worker submit_time) -> final update propagated (seen in the simulator), split
+    into the CE's part (submit -> the job's end at the CE, ARC EndTime), the wait until a poll saw the end
+    (the CE publishes states every ARC_CE_INFO_PERIOD s), and the rest (outputs, final update, PanDA)."""
 
     def __init__(self, sim, instance):
-        self.sim, self.instance, self.final_at = sim, instance, {}
+        self.sim, self.instance, self.final_at, self.seen_end = sim, instance, {}, {}
 
     def watch(self, panda_ids) -> bool:
+        now = time.time()
+        for w in rows(self.instance, workers):
+            if w.status in ("finished", "failed", "cancelled") and w.worker_id not in self.seen_end:
+                self.seen_end[w.worker_id] = now
         for panda_id in panda_ids:
             if panda_id not in self.final_at and self.sim.job_status(panda_id) in ("finished", "failed"):
-                self.final_at[panda_id] = time.time()
+                self.final_at[panda_id] = now
         return len(self.final_at) == len(panda_ids)
 
-    def report(self, label: str) -> list[tuple[float, float]]:
-        by_job = {}
-        with self.instance.store.read() as conn:
-            from harvester_cli.store import job_workers
+    def report(self, label: str) -> None:
+        from harvester_cli.store import job_workers
 
-            for panda_id, submit, end in conn.execute(
-                    select(job_workers.c.panda_id, workers.c.submit_time, workers.c.end_time)
-                    .join(workers, workers.c.worker_id == job_workers.c.worker_id)):
-                by_job[panda_id] = (submit, end)
-        out = []
-        for panda_id, final in self.final_at.items():
-            submit, end = by_job.get(panda_id, (None, None))
-            if submit:
-                out.append((final - submit, (end or final) - submit))
-                print(f"{label}: job {panda_id}: submit -> final update propagated {final - submit:.1f} s, "
-                      f"of which at the CE (submit -> ARC end) {(end or final) - submit:.1f} s")
-        return out
+        with self.instance.store.read() as conn:
+            bound = conn.execute(select(job_workers.c.panda_id, workers.c.worker_id, workers.c.submit_time,
+                                        workers.c.end_time)
+                                 .join(workers, workers.c.worker_id == job_workers.c.worker_id)).all()
+        first_submit = min((w.submit_time for w in rows(self.instance, workers) if w.submit_time), default=None)
+        if not bound and first_submit:   # pull: the pilots report their jobs themselves
+            print(f"{label}: first pilot submitted -> all {len(self.final_at)} jobs final in PanDA "
+                  f"{max(self.final_at.values()) - first_submit:.1f} s; -> all pilots seen ended "
+                  f"{max(self.seen_end.values()) - first_submit:.1f} s")
+        for panda_id, worker_id, submit, end in bound:
+            final = self.final_at.get(panda_id)
+            if final and submit and end:
+                print(f"{label}: job {panda_id}: submit -> final update propagated {final - submit:.1f} s, of which "
+                      f"at the CE {end - submit:.1f} s (-> ARC EndTime), then {final - end:.1f} s (the CE publishing "
+                      f"the state, the next poll, outputs, propagate)")
 
 
 # -- the CE itself ---------------------------------------------------------------------------------------
@@ -418,8 +423,7 @@ def test_pull_pilots_fetch_their_jobs_from_panda_with_the_delegated_proxy(harnes
     clock = Turnaround(sim, instance)
     cycle_until(instance, lambda: clock.watch(ids) and all(w.status == "finished" for w in rows(instance, workers)),
                 timeout=150, what="pull jobs finished and pilots ended")
-    for panda_id in ids:
-        print(f"pull: job {panda_id} final in PanDA (the pilot reports it itself)")
+    clock.report("pull")
     local = rows(instance, workers)
     assert len(local) == 2 and all(sim.job_status(i) == "finished" for i in ids)
     reported = sim.workers(harness.harvester_id)

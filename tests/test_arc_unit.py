@@ -18,7 +18,7 @@ from harvester_cli import config as config_module
 from harvester_cli import model
 from harvester_cli.backends import _arc_compat
 from harvester_cli.backends import _arc_description as adl
-from harvester_cli.backends.base import BackendContext, WorkerRef, WorkerSpec
+from harvester_cli.backends.base import BackendContext, WorkerRef
 from harvester_cli.errors import ConfigError
 
 NS = {"a": adl.ADL, "n": adl.NORDUGRID_ADL}

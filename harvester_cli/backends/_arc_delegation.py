@@ -23,6 +23,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# A long-running process (cycle in a loop) asks the CE again after this long whether it still has the
+# delegation: A-REX accepts jobs naming a delegation it does not have, and runs them without a proxy.
+RECHECK_SECONDS = 600
+
 
 @dataclass(frozen=True)
 class ProxyInfo:
@@ -68,8 +72,8 @@ class Delegations:
     def __init__(self, state_file: Path, min_lifetime: int):
         self.state_file = state_file
         self.min_lifetime = min_lifetime
-        # (endpoint, proxy path) -> (delegation id, proxy fingerprint): checked in this process already.
-        self._known: dict[tuple[str, str], tuple[str, str]] = {}
+        # (endpoint, proxy path) -> (delegation id, proxy fingerprint, when checked) in this process.
+        self._known: dict[tuple[str, str], tuple[str, str, float]] = {}
 
     @contextlib.contextmanager
     def _locked(self):
@@ -95,10 +99,6 @@ class Delegations:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, self.state_file)
 
-    def forget(self, endpoint: str, proxy: Path) -> None:
-        """The CE refused a job because of its delegation: check (and recreate) it next time."""
-        self._known.pop((endpoint, str(proxy)), None)
-
     def get(self, client, endpoint: str, proxy: Path) -> str:
         """The delegation id to put into job descriptions for `endpoint`, created or renewed if needed."""
         from harvester_cli.backends import _arc_compat
@@ -106,7 +106,7 @@ class Delegations:
         info = proxy_info(proxy)
         key = (endpoint, str(proxy))
         known = self._known.get(key)
-        if known and known[1] == info.fingerprint:
+        if known and known[1] == info.fingerprint and time.time() - known[2] < RECHECK_SECONDS:
             return known[0]
         _arc_compat.install()
         with self._locked(), _quiet():
@@ -133,5 +133,5 @@ class Delegations:
             data[f"{endpoint} {proxy}"] = {"id": delegation, "fingerprint": info.fingerprint,
                                            "expires": info.not_after, "checked": now}
             self._save(data)
-        self._known[key] = (delegation, info.fingerprint)
+        self._known[key] = (delegation, info.fingerprint, time.time())
         return delegation

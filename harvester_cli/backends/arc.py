@@ -196,7 +196,10 @@ class ArcBackend(Backend):
 
     def _client(self, endpoint: str):
         proxy = self._proxy()
-        stamp = (str(proxy), proxy.stat().st_mtime_ns)
+        try:
+            stamp = (str(proxy), proxy.stat().st_mtime_ns)
+        except FileNotFoundError:
+            raise BackendError(f"proxy {proxy} does not exist (the arc backend authenticates with it)") from None
         cached = self._clients.get(endpoint)
         if cached and cached[1] == stamp:
             return cached[0]
@@ -307,8 +310,7 @@ class ArcBackend(Backend):
         next submit's repair finds (and completes the uploads of) the ones that do.
         """
         client = self._client(endpoint)
-        proxy = self._proxy()
-        delegation = self._delegations.get(client, endpoint, proxy)
+        delegation = self._delegations.get(client, endpoint, self._proxy())
         activities = [self._activity(spec, delegation) for spec in specs]
         try:
             created = client.createJobs(adl.bulk(activities))
@@ -323,8 +325,6 @@ class ArcBackend(Backend):
         results = {}
         for spec, activity, outcome in zip(specs, activities, created):
             if outcome.error:
-                if "delegation" in str(outcome.value).lower():
-                    self._delegations.forget(endpoint, proxy)
                 results[spec.worker_id] = SubmitResult(spec.worker_id, error=f"ARC CE {endpoint} refused the job: "
                                                        f"{outcome.value}")
                 continue
