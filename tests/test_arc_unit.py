@@ -371,3 +371,14 @@ def test_an_unreachable_ce_is_an_error_of_the_whole_check_and_kill_reports_it_pe
     client.down = False
     _install(backend, client)
     assert [r.ok for r in backend.kill([ref, _ref(tmp_path, 2, "forgotten")], "test")] == [True, True]   # 404: gone
+
+
+def test_the_example_queue_in_the_module_docs_is_a_valid_configuration():
+    import tomllib
+
+    from harvester_cli.backends import arc
+
+    example = "\n".join(line[4:] for line in arc.__doc__.split("Example queue (TOML):")[1].splitlines())
+    data = tomllib.loads('harvester_id = "h"\n[panda]\nurl = "https://panda:25443/api/v1"\n' + example)
+    options = config_module.parse(data).queues["SITE_ARC"].backend_options
+    assert len(options.endpoints) == 2 and options.stage_inputs.endswith("{scope}/{lfn}")

@@ -28,6 +28,25 @@ Outputs: when a job is seen ended, its stdout/stderr, heartbeat.json, jobReport.
 directory before the end is reported; if the CE cannot deliver them now, the worker keeps its status
 and the next poll tries again (for up to an hour after the job ended). The CE session is cleaned only
 by `clean`, i.e. after the retention, when the outputs are long safe.
+
+A CE that cannot be reached: submit raises before creating anything (the workers stay pending and the
+next submit's repair asks the CE again, so an outage costs a job at most one attempt, not one per run);
+check keeps every worker's status (an error of the poll when no CE of the batch answers); kill reports
+the workers not killed (sweep retries); clean raises (sweep keeps the workers until the CE answers).
+
+Example queue (TOML):
+
+    [queues.SITE_ARC]
+    mode = "push"
+    backend = "arc"
+    pilot = "/bin/bash runpilot2-wrapper.sh -s {queue} -r {queue} -q {queue} -j {prod_source_label}"
+    [queues.SITE_ARC.backend_options]
+    endpoints = ["https://arc1.example.org:443/arex", "https://arc2.example.org:443/arex"]
+    queue = "grid"
+    runtime_environments = ["ENV/PROXY"]
+    input_files = ["https://pandaserver.cern.ch/cache/pilot/runpilot2-wrapper.sh"]
+    stage_inputs = "rucio://rucio-lb-prod.cern.ch/replicas/{scope}/{lfn}"
+    ca = "/etc/grid-security/certificates"
 """
 
 from __future__ import annotations

@@ -92,7 +92,9 @@ do_setup() {
     fi
     # --- local account the grid user is mapped to ---
     if ! id "$JOBUSER" >/dev/null 2>&1; then
-        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$JOBUSER"
+        # another CE started at the same moment may create it first
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$JOBUSER" \
+            || id "$JOBUSER" >/dev/null
         log "created system user $JOBUSER"
     fi
     # --- arc.conf ---
