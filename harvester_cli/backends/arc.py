@@ -138,6 +138,7 @@ def connect(endpoint: str, proxy: Path, timeout: float, ca: Path | None):
         context.load_cert_chain(str(proxy))
         client = HTTPClient(host=parts.hostname, port=port, timeout=timeout)
         client.conn = http.client.HTTPSConnection(parts.hostname, port, context=context, timeout=timeout)
+    client.conn.set_debuglevel(0)   # pyarcrest turns http.client's header dump on (logged at DEBUG)
     versions = ARCRest.getAPIVersionsStatic(client, api_base)
     for version, implementation in (("1.1", ARCRest_1_1), ("1.0", ARCRest_1_0)):
         if version in versions:
