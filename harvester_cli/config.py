@@ -381,7 +381,10 @@ class _Builder:
                 kwargs[f.name] = self.value(hints[f.name], table[f.name], where, f.name)
             elif f.default is REQUIRED and f.default_factory is REQUIRED:
                 self.fail(where, f"missing required key {f.name!r}")
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (ConfigError, ValueError) as exc:   # a section's own checks (__post_init__): add file and table
+            self.fail(where, str(exc).removeprefix("backend_options").lstrip(": ."))
 
 
 def _check_queue(builder: _Builder, queue: QueueConfig) -> None:

@@ -90,6 +90,10 @@ class Instance:
                 for ce, s, q, m in rows if ce}
 
     def close(self) -> None:
+        for backend in self._backends.values():
+            close = getattr(backend, "close", None)
+            if close:
+                close()
         if "store" in self.__dict__:
             self.store.close()
         if "panda" in self.__dict__:

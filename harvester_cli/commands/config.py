@@ -19,14 +19,22 @@ def check(g):
     if g.state:   # what every other command would use
         data["state"] = display_url(state_url_from(g.state))
     out = g.output()
-    out.table(f"configuration {config.path}: ok", ["setting", "value"],
-              [(k, v) for k, v in data.items() if k not in ("queues", "panda", "sweep")]
-              + [(f"panda.{k}", v) for k, v in data["panda"].items()]
-              + [(f"sweep.{k}", v) for k, v in data["sweep"].items()])
+    settings = []
+    for key, value in data.items():   # sections ([panda], [sweep], [smtp], [proxies.X] ...) as dotted keys
+        if key == "queues":
+            continue
+        settings += _flatten(key, value)
+    out.table(f"configuration {config.path}: ok", ["setting", "value"], settings)
     for name, queue in data["queues"].items():
         out.table(f"queue {name}", ["setting", "value"], list(queue.items()))
     out.emit(data)
     return 0
+
+
+def _flatten(prefix: str, value) -> list[tuple[str, object]]:
+    if isinstance(value, dict) and value:
+        return [row for k, v in value.items() for row in _flatten(f"{prefix}.{k}", v)]
+    return [(prefix, value)]
 
 
 @command.command("example", epilog="Example: harvester-cli config example > ~/.config/harvester-cli/config.toml")
