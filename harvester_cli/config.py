@@ -120,6 +120,8 @@ class QueueConfig:
     # Push: how many fetched jobs may wait for a worker; attempts before a job is failed.
     n_queue_limit_job: int | None = None
     max_submit_attempts: int = 3
+    # Push: re-send "running" for a running job this often, so PanDA can answer "tobekilled" (0: never).
+    job_heartbeat_seconds: int = 1800
     # Monitoring: kill workers queued longer than this; a worker the backend lost is failed after grace.
     max_queued_seconds: int = 48 * 3600
     lost_grace_seconds: int = 600

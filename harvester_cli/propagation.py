@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, delete, func, select, update
 
-from harvester_cli import __version__, diagnostics, model
+from harvester_cli import __version__, diagnostics, model, pilot_outputs
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError
 from harvester_cli.instance import Instance
@@ -35,6 +35,7 @@ class PropagateRun:
     commands_received: int = 0
     commands_applied: int = 0
     kills_from_panda: int = 0
+    job_heartbeats: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -72,6 +73,29 @@ def _report_pages(instance: Instance, kind: str, queues: list[str]) -> Iterator[
             return
         after = max(r.key for r in rows)
         yield rows
+
+
+def refresh_running_jobs(instance: Instance, queues: list[QueueConfig]) -> int:
+    """Push jobs that run long get a periodic "running" update: PanDA can only say "tobekilled" in an
+    answer. Returns how many were queued."""
+    store = instance.store
+    queued = 0
+    at = model.now()
+    for queue in queues:
+        if queue.mode != "push" or not queue.job_heartbeat_seconds:
+            continue
+        with store.write() as conn:
+            due = conn.execute(select(jobs.c.panda_id, jobs.c.job_json).where(
+                jobs.c.queue == queue.name, jobs.c.sub_status == model.SUB_RUNNING,
+                jobs.c.modified < at - queue.job_heartbeat_seconds).limit(5000)).all()
+            if not due:
+                continue
+            store.enqueue_reports(conn, "job", [
+                (panda_id, queue.name, pilot_outputs.base_update(json.loads(job_json), model.JOB_RUNNING), False)
+                for panda_id, job_json in due])
+            conn.execute(update(jobs).where(jobs.c.panda_id.in_([d[0] for d in due])).values(modified=at))
+            queued += len(due)
+    return queued
 
 
 def _failed(instance: Instance, kind: str, failures: list[tuple[int, str]]) -> None:
@@ -305,6 +329,7 @@ def propagate(instance: Instance, queues: list[QueueConfig],
     names = [q.name for q in queues]
     send_heartbeat(instance, run)
     handle_commands(instance, queues, run)
+    run.job_heartbeats = refresh_running_jobs(instance, queues)
     send_job_updates(instance, names, run, progress)
     send_worker_updates(instance, names, run, progress)
     send_statistics(instance, queues, run)

@@ -281,3 +281,21 @@ def test_onebox_twin_shares_the_panda_queue_and_asks_for_background_jobs(harness
     assert list(stats) == ["SITE_X"] and sum(stats["SITE_X"]["managed"]["SCORE"].values()) == 2
     assert instance.ce_statistics("X_PUSH", 0) == {"localhost": {"started": 0, "queued": 1, "missed": 0}} or \
         instance.ce_statistics("X_PUSH", 0)["localhost"]["started"] == 1
+
+
+def test_long_running_push_job_gets_a_heartbeat_and_panda_can_kill_it(harness, sim):
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="sleep 60")
+    instance = harness.instance({"PUSH_Q": {"mode": "push", "job_heartbeat_seconds": 1}})
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    submission.submit(instance, queues)
+    wait_until(lambda: monitoring.poll(instance, queues) and rows(instance, jobs)[0].sub_status == "running",
+               what="job running")
+    propagation.propagate(instance, queues)        # the "running" update goes out; nothing pending now
+    sim.kill_jobs(None, [panda_id], None, False, [])
+    import time
+
+    time.sleep(1.1)
+    run = propagation.propagate(instance, queues)   # heartbeat due: PanDA answers tobekilled
+    assert run.job_heartbeats == 1 and run.kills_from_panda == 1
+    assert rows(instance, workers)[0].kill_reason
