@@ -1,0 +1,119 @@
+"""Building HTCondor submissions: templates, the per-worker wrapper, the per-worker macros (itemdata).
+
+The submit description of a queue and CE is one template (shipped per CE flavour under
+harvester_cli/templates/htcondor/, or the queue's own `template` file). It is plain HTCondor submit
+language; what differs per worker is given as HTCondor macros through `itemdata`, so all workers of one
+queue and CE go to the schedd in one `Schedd.submit` call. Macros (Harvester's placeholder names; HTCondor
+macro names are case-insensitive, so none of them may equal a submit command such as `executable`):
+
+    workerID harvesterID queueName computingSite resourceType jobType prodSourceLabel
+    nCorePerNode requestRam requestRamPerCore requestRamPerCoreBytes requestDisk (KiB)
+    requestWalltime (s) requestWalltimeMinute logDir workDir executableFile inputFiles
+    ceEndpoint ceHostname cePort ceName ceQueueName ceFlavour proxyPath tokenPath
+"""
+
+from __future__ import annotations
+
+import shlex
+from importlib import resources
+from pathlib import Path
+
+from harvester_cli.backends.base import WorkerSpec
+
+FLAVOURS = ("vanilla", "htcondor-ce", "arc-ce")   # templates; CEs are htcondor-ce or arc-ce
+CE_FLAVOURS = ("htcondor-ce", "arc-ce")
+DEFAULT_PORTS = {"htcondor-ce": 9619, "arc-ce": 443}
+OUTPUTS_DIR = "harvester-outputs"
+WRAPPER_NAME = "harvester-worker.sh"
+JOB_FILE = "pandaJobData.out"
+
+MACROS = (
+    "workerID", "harvesterID", "queueName", "computingSite", "resourceType", "jobType", "prodSourceLabel",
+    "nCorePerNode", "requestRam", "requestRamPerCore", "requestRamPerCoreBytes", "requestDisk",
+    "requestWalltime", "requestWalltimeMinute", "logDir", "workDir", "executableFile", "inputFiles",
+    "ceEndpoint", "ceHostname", "cePort", "ceName", "ceQueueName", "ceFlavour", "proxyPath", "tokenPath",
+)
+
+WRAPPER = """\
+#!/bin/sh
+# harvester-cli worker {worker_id} of harvester {harvester_id}, queue {queue}: run the pilot, keep its outputs.
+{exports}
+mkdir -p {outputs}
+( {command} ) < /dev/null
+rc=$?
+for f in {names}; do
+  if [ -f "$f" ]; then cp -p "$f" {outputs}/; fi
+done
+exit $rc
+"""
+
+
+def template_text(flavour: str, override: Path | None) -> str:
+    if override is not None:
+        return override.read_text()
+    return (resources.files("harvester_cli") / "templates" / "htcondor" / f"{flavour}.sub").read_text()
+
+
+def split_endpoint(endpoint: str, flavour: str) -> tuple[str, int | None]:
+    """host and port of a CE endpoint ("host:port", "host", or "https://host:port/path")."""
+    rest = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
+    if port.isdigit():
+        return host, int(port)
+    return rest, DEFAULT_PORTS.get(flavour)
+
+
+def wrapper(spec: WorkerSpec, harvester_id: str, outputs: tuple[str, ...], environment: dict[str, str]) -> str:
+    exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(environment.items())
+                        if k.replace("_", "").isalnum() and not k[0].isdigit())
+    return WRAPPER.format(worker_id=spec.worker_id, harvester_id=harvester_id, queue=spec.queue, exports=exports,
+                          outputs=OUTPUTS_DIR, command=spec.pilot_command,
+                          names=" ".join(shlex.quote(n) for n in outputs))
+
+
+def macros(spec: WorkerSpec, *, harvester_id: str, queue, work_dir: Path, input_files: list[str],
+           ce_endpoint: str, ce_flavour: str, ce_name: str | None, ce_queue: str | None,
+           proxy: Path | None, token: Path | None, disk_mb_per_core: int) -> dict[str, str]:
+    """The per-worker HTCondor macros (all strings; itemdata values cannot hold newlines)."""
+    host, port = split_endpoint(ce_endpoint, ce_flavour)
+    per_core = max(1, spec.memory_mb // max(1, spec.n_core))
+    values = {
+        "workerID": spec.worker_id, "harvesterID": harvester_id, "queueName": spec.queue,
+        "computingSite": queue.site, "resourceType": spec.resource_type, "jobType": queue.job_type,
+        "prodSourceLabel": queue.prod_source_label, "nCorePerNode": spec.n_core, "requestRam": spec.memory_mb,
+        "requestRamPerCore": per_core, "requestRamPerCoreBytes": per_core * 1024 * 1024,
+        "requestDisk": disk_mb_per_core * spec.n_core * 1024, "requestWalltime": spec.walltime,
+        "requestWalltimeMinute": max(1, (spec.walltime + 59) // 60), "logDir": spec.log_dir, "workDir": work_dir,
+        "executableFile": work_dir / WRAPPER_NAME, "inputFiles": ",".join(input_files),
+        "ceEndpoint": ce_endpoint, "ceHostname": host, "cePort": port or "", "ceName": ce_name or host,
+        "ceQueueName": ce_queue or "", "ceFlavour": ce_flavour, "proxyPath": proxy or "", "tokenPath": token or "",
+    }
+    out = {k: str(v) for k, v in values.items()}
+    bad = [k for k, v in out.items() if "\n" in v]
+    if bad:
+        raise ValueError(f"worker {spec.worker_id}: {bad[0]} contains a newline")
+    return out
+
+
+def description(text: str, *, harvester_id: str, queue_name: str, ce: str, extra: dict[str, str]):
+    """The htcondor2.Submit for one queue and CE: the template, harvester-cli's tags, the extra attributes."""
+    import classad2
+    import htcondor2
+
+    submit = htcondor2.Submit(text)
+    if submit.getQArgs():
+        submit.setQArgs("")   # one job per worker comes from itemdata
+    submit["+harvesterID"] = classad2.quote(harvester_id)
+    submit["+harvesterWorkerID"] = "$(workerID)"
+    submit["+harvesterQueue"] = classad2.quote(queue_name)
+    submit["+harvesterCE"] = classad2.quote(ce)
+    for key, value in extra.items():
+        submit[key] = value
+    return submit
+
+
+def rendered(submit, item: dict[str, str]) -> str:
+    """What a human needs to reproduce one worker's submission: the description plus its macros."""
+    lines = [str(submit).rstrip("\n").removesuffix("queue").rstrip("\n"), "", "# this worker's macros (itemdata)"]
+    lines += [f"{k} = {v}" for k, v in item.items()]
+    return "\n".join(lines) + "\nqueue\n"

@@ -1,0 +1,512 @@
+"""HTCondor backend (PyPI `htcondor`, module `htcondor2`): vanilla jobs in a schedd's pool, or grid jobs to
+HTCondor-CEs (condor-C) and ARC-CEs, APF/Harvester style.
+
+Submission: per queue and CE one `Schedd.submit` call with itemdata (one job per worker, at most
+`max_at_once` per call) from a submit description template per CE flavour (templates/htcondor/*.sub, or
+the queue's `template`); the per-worker values are HTCondor macros (list in _htcondor_submit.py). Each job
+carries +harvesterID, +harvesterWorkerID, +harvesterQueue and +harvesterCE. The executable is a small
+per-worker wrapper (in the worker's private directory under work_dir) that exports the pilot environment,
+runs the pilot command and copies the pilot's outputs (heartbeat.json, jobReport.json) into a
+`harvester-outputs` directory that HTCondor always brings back (a missing output file would hold the job).
+The job's initial directory is the worker's log directory: pilot.out, pilot.err, batch.log (the job event
+log), submit.sub (what was submitted) and harvester-outputs/ land there. Push mode ships pandaJobData.out
+(mode 0600, in the private directory) with transfer_input_files.
+
+CE fanout (ce_choice.py): the queue's CEs come from `ces` or a CRIC pandaqueue file; each worker's CE is a
+weighted random choice (recent throughput from the state store mixed with a fair share); CEs that queue the
+queue limit get nothing; CEs that keep failing or cannot be reached (GridResourceUnavailableTime seen by
+poll, remembered in <work_dir>/<queue>/.ce-health.json) are benched for `ce_backoff_seconds`.
+
+Monitoring: one `Schedd.query` per schedd per poll round (projection only, constraint on harvester id and
+the round's worker id range), then `Schedd.history` bounded in age (`history_window`) for those no longer
+in the queue. Held jobs stay idle with the hold reason; the policy asks for removal when held longer than
+`held_timeout`, for a hold reason on `kill_hold_reasons`, or when a grid job's CE has been unreachable for
+`unavailable_timeout`. `kill` removes with `Schedd.act(JobAction.Remove, ids, reason=(text, code))` and
+checks the counts. `find` (crash repair) looks the tags up in the queue and the history.
+
+Identity: the schedd runs jobs as the authenticated user and refuses Owner root. Run harvester-cli as the
+submitting account; if it must run as root (the test suite does), authenticate as another account (e.g.
+SEC_CLAIMTOBE_USER in a test pool's client config, or IDTOKENS for that user) and set `job_owner` to it, so
+that the per-worker directories harvester-cli creates belong to the account the shadow writes them as.
+
+htcondor2 is imported only inside the calls that talk to HTCondor (config check and --help stay light).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harvester_cli import ce_choice, model
+from harvester_cli.backends import _htcondor_status as status_map
+from harvester_cli.backends import _htcondor_submit as build
+from harvester_cli.backends.base import (
+    Backend, KillResult, Observation, SubmitResult, WorkerRef, WorkerSpec,
+)
+from harvester_cli.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HEALTH_FILE = ".ce-health.json"
+# HoldReasonCode-like code sent with our removals (1: by the user).
+REMOVE_CODE = 1
+
+
+@dataclass(frozen=True)
+class CE:
+    """One computing element of a queue (grid submission)."""
+
+    # host:port of an HTCondor-CE (port 9619 if left out), or host[:port] / https URL of an ARC-CE.
+    endpoint: str
+    # htcondor-ce or arc-ce: picks the shipped template.
+    flavour: str = "htcondor-ce"
+    # The CE's batch queue (CRIC ce_queue_name).
+    queue: str | None = None
+    # HTCondor-CE schedd name when it is not the endpoint's host name.
+    name: str | None = None
+    # Only ACTIVE CEs get workers.
+    state: str = "ACTIVE"
+
+
+class HTCondorBackend(Backend):
+    name = "htcondor"
+
+    @dataclass(frozen=True)
+    class Options:
+        # The schedd to submit to, by name; none: this host's schedd.
+        schedd: str | None = None
+        # The pool's collector that locates `schedd` (default: COLLECTOR_HOST of the HTCondor config).
+        collector: str | None = None
+        # Grid CEs; none (and no cric_file): vanilla jobs in the schedd's own pool.
+        ces: list[CE] = field(default_factory=list)
+        # A CRIC pandaqueue JSON file: its ACTIVE queues[] entries are the CEs (instead of `ces`).
+        cric_file: Path | None = None
+        # Your own submit description template (HTCondor macros, see _htcondor_submit.py) for every CE.
+        template: Path | None = None
+        # Jobs per Schedd.submit call.
+        max_at_once: int = 100
+        # CE fanout: part of the weight split evenly; throughput window; back-off of failing CEs.
+        ce_fair_share: float = 0.5
+        ce_stats_window: int = 6 * 3600
+        ce_backoff_seconds: int = 1800
+        ce_backoff_failures: int = 3
+        # Removal policy: held longer than this; hold reasons (substring, or HoldReasonCode number) that
+        # remove at once; a grid job whose CE is unreachable longer than this.
+        held_timeout: int = 3600
+        kill_hold_reasons: list[str] = field(default_factory=list)
+        unavailable_timeout: int = 3600
+        # How far back poll and find look in the schedd's history for jobs that left the queue.
+        history_window: int = 2 * 24 * 3600
+        # Submit commands added to every job, e.g. a OneBox background twin's
+        # {"+HarvesterBackground" = "True", "priority" = "-10"} (the pool's START/RANK may use them).
+        extra_attributes: dict[str, str] = field(default_factory=dict)
+        # Extra files every job carries (transfer_input_files), e.g. a pilot tarball.
+        input_files: list[str] = field(default_factory=list)
+        # Credentials the jobs carry: X.509 proxy (default: [panda] proxy) and/or a token file.
+        proxy: Path | None = None
+        token_file: Path | None = None
+        # Disk requested per core.
+        disk_mb_per_core: int = 2000
+        # The account jobs run as when harvester-cli runs as root: worker directories are given to it.
+        job_owner: str | None = None
+        # Private per-worker files (wrapper, pandaJobData.out); default: the instance's work_dir.
+        work_dir: Path | None = None
+
+        def __post_init__(self):
+            for i, ce in enumerate(self.ces):
+                if ce.flavour not in build.CE_FLAVOURS:
+                    raise ConfigError(f"backend_options.ces[{i}].flavour: expected one of "
+                                      f"{', '.join(build.CE_FLAVOURS)}, got {ce.flavour!r}")
+            if self.ces and self.cric_file:
+                raise ConfigError("backend_options: set either ces or cric_file, not both")
+            if not 0.0 <= self.ce_fair_share <= 1.0:
+                raise ConfigError(f"backend_options.ce_fair_share: expected 0..1, got {self.ce_fair_share}")
+            if self.max_at_once < 1:
+                raise ConfigError("backend_options.max_at_once: must be at least 1")
+
+    def __init__(self, queue, context):
+        super().__init__(queue, context)
+        self._schedds: dict[str, object] = {}
+        self._rng = random.Random()
+        self.policy = status_map.Policy(self.options.held_timeout, tuple(self.options.kill_hold_reasons),
+                                        self.options.unavailable_timeout)
+
+    # -- places ------------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return (self.options.work_dir or self.context.work_root) / self.queue.name
+
+    def work_dir(self, worker_id: int) -> Path:
+        return self.root / str(worker_id)
+
+    @property
+    def proxy(self) -> Path | None:
+        return self.options.proxy or self.context.proxy
+
+    def schedd_name(self) -> str:
+        if self.options.schedd:
+            return self.options.schedd
+        import htcondor2
+
+        return htcondor2.param.get("SCHEDD_NAME") or socket.getfqdn()
+
+    def schedd(self, name: str | None = None):
+        """The schedd of this queue (or the named one a worker was submitted to), located once per process."""
+        import htcondor2
+
+        name = name or self.schedd_name()
+        if name not in self._schedds:
+            if name == self.schedd_name() and not self.options.schedd:
+                self._schedds[name] = htcondor2.Schedd()
+            else:
+                collector = htcondor2.Collector(self.options.collector) if self.options.collector else htcondor2.Collector()
+                ad = collector.locate(htcondor2.DaemonType.Schedd, name)
+                if ad is None:
+                    raise RuntimeError(f"collector {self.options.collector or 'of the HTCondor config'} "
+                                       f"does not know schedd {name!r}")
+                self._schedds[name] = htcondor2.Schedd(ad)
+        return self._schedds[name]
+
+    def computing_elements(self) -> list[ce_choice.CEEntry]:
+        """The queue's ACTIVE CEs (empty: vanilla jobs in the schedd's pool)."""
+        if self.options.cric_file:
+            try:
+                data = json.loads(self.options.cric_file.read_text())
+                entries = ce_choice.from_cric(data, self.queue.site)
+            except (OSError, ValueError) as exc:
+                raise RuntimeError(f"cannot read the CEs of {self.queue.site} from {self.options.cric_file}: {exc}")
+        else:
+            entries = [ce_choice.CEEntry(c.endpoint, c.flavour, c.queue, c.state) for c in self.options.ces]
+        usable = []
+        for entry in entries:
+            if entry.flavour not in build.CE_FLAVOURS:
+                log.warning("queue %s: CE %s: flavour %s is not one this backend submits to (%s); skipped",
+                            self.queue.name, entry.endpoint, entry.flavour, ", ".join(build.CE_FLAVOURS))
+            elif entry.active:
+                usable.append(entry)
+        return usable
+
+    def _ce_names(self) -> dict[str, str | None]:
+        return {c.endpoint: c.name for c in self.options.ces}
+
+    # -- CE health (between poll and submit runs) --------------------------------------------
+
+    def _health_path(self) -> Path:
+        return self.root / HEALTH_FILE
+
+    def load_health(self) -> dict:
+        try:
+            return json.loads(self._health_path().read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def save_health(self, health: dict) -> None:
+        path = self._health_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(health))
+        tmp.replace(path)
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def assign_ces(self, specs: list[WorkerSpec]) -> tuple[list[tuple[WorkerSpec, ce_choice.CEEntry | None]], list[SubmitResult]]:
+        """A CE per worker (None: vanilla), and an error result for workers no CE can take."""
+        ces = self.computing_elements()
+        if not ces:
+            if self.options.ces or self.options.cric_file:
+                return [], [SubmitResult(s.worker_id, error="no ACTIVE CE for this queue") for s in specs]
+            return [(s, None) for s in specs], []
+        at = model.now()
+        names = [c.endpoint for c in ces]
+        stats_of = self.context.ce_statistics or (lambda queue, since: {})
+        stats = stats_of(self.queue.name, at - self.options.ce_stats_window)
+        recent = stats_of(self.queue.name, at - self.options.ce_backoff_seconds)
+        benched = ce_choice.bench_reasons(names, health=self.load_health(), recent=recent, at=at,
+                                          backoff_seconds=self.options.ce_backoff_seconds,
+                                          max_failures=self.options.ce_backoff_failures)
+        usable = [n for n in names if n not in benched]
+        limit = self.queue.n_queue_limit_worker
+        capacity = {n: max(0, limit - stats.get(n, {}).get("queued", 0)) for n in usable}
+        weights = ce_choice.weights(usable, stats, self.options.ce_fair_share)
+        picks = ce_choice.choose(weights, len(specs), capacity, self._rng)
+        by_name = {c.endpoint: c for c in ces}
+        assigned = [(spec, by_name[ce]) for spec, ce in zip(specs, picks)]
+        if len(picks) < len(specs):
+            why = [f"{ce}: {reason}" for ce, reason in benched.items()]
+            why += [f"{ce}: already queues {limit - room} of {limit}" for ce, room in capacity.items() if room <= 0]
+            error = "no CE can take this worker (" + ("; ".join(why) or "no usable CE") + ")"
+            return assigned, [SubmitResult(s.worker_id, error=error) for s in specs[len(picks):]]
+        return assigned, []
+
+    def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
+        assigned, results = self.assign_ces(specs)
+        groups: dict[str, list[tuple[WorkerSpec, ce_choice.CEEntry | None]]] = defaultdict(list)
+        for spec, ce in assigned:
+            groups[ce.endpoint if ce else ""].append((spec, ce))
+        for members in groups.values():
+            for start in range(0, len(members), self.options.max_at_once):
+                results += self._submit_group(members[start:start + self.options.max_at_once])
+        order = {s.worker_id: i for i, s in enumerate(specs)}
+        return sorted(results, key=lambda r: order[r.worker_id])
+
+    def _prepare(self, spec: WorkerSpec, ce: ce_choice.CEEntry | None, schedd_name: str) -> dict[str, str]:
+        """The worker's directories and files; returns its macros."""
+        from harvester_cli import pilot_outputs
+
+        work = self.work_dir(spec.worker_id)
+        for directory in (spec.log_dir, work):
+            directory.mkdir(parents=True, exist_ok=True)
+        inputs = list(self.options.input_files)
+        if spec.job is not None:
+            # The job dict may carry secrets (pilotSecrets): readable by the job's account only.
+            job_file = work / build.JOB_FILE
+            fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(spec.job, f)
+            inputs.insert(0, str(job_file))
+        environment = dict(spec.environment)
+        if self.proxy:
+            environment.pop("X509_USER_PROXY", None)   # HTCondor sets it to the job's copy of x509userproxy
+        script = work / build.WRAPPER_NAME
+        script.write_text(build.wrapper(spec, self.context.harvester_id, pilot_outputs.PILOT_OUTPUTS, environment))
+        script.chmod(0o755)
+        work.chmod(0o700)
+        self._hand_over([spec.log_dir, work, script] + ([work / build.JOB_FILE] if spec.job is not None else []))
+        endpoint = ce.endpoint if ce else schedd_name
+        return build.macros(
+            spec, harvester_id=self.context.harvester_id, queue=self.queue, work_dir=work, input_files=inputs,
+            ce_endpoint=endpoint, ce_flavour=ce.flavour if ce else "vanilla",
+            ce_name=self._ce_names().get(endpoint) if ce else schedd_name, ce_queue=ce.queue if ce else None,
+            proxy=self.proxy, token=self.options.token_file, disk_mb_per_core=self.options.disk_mb_per_core)
+
+    def _hand_over(self, paths: list[Path]) -> None:
+        if not self.options.job_owner or os.geteuid() != 0:
+            return
+        import pwd
+
+        entry = pwd.getpwnam(self.options.job_owner)
+        for path in paths:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _submit_group(self, members: list[tuple[WorkerSpec, ce_choice.CEEntry | None]]) -> list[SubmitResult]:
+        schedd_name = self.schedd_name()
+        ce = members[0][1]
+        endpoint = ce.endpoint if ce else schedd_name
+        items, ready, results = [], [], []
+        for spec, _ in members:
+            try:
+                items.append(self._prepare(spec, ce, schedd_name))
+                ready.append(spec)
+            except (OSError, ValueError, KeyError) as exc:
+                results.append(SubmitResult(spec.worker_id, error=f"cannot prepare the worker's files: {exc}"))
+        if not ready:
+            return results
+        text = build.template_text(ce.flavour if ce else "vanilla", self.options.template)
+        submit = build.description(text, harvester_id=self.context.harvester_id, queue_name=self.queue.name,
+                                   ce=endpoint, extra=self.options.extra_attributes)
+        for spec, item in zip(ready, items):
+            try:
+                (spec.log_dir / "submit.sub").write_text(build.rendered(submit, item))
+            except OSError as exc:
+                log.warning("worker %s: cannot write submit.sub: %s", spec.worker_id, exc)
+        try:
+            outcome = self.schedd(schedd_name).submit(submit, itemdata=iter(items))
+        except Exception as exc:   # the schedd may have taken them before failing: ask it
+            log.warning("queue %s: submission of %d workers to %s failed: %s", self.queue.name, len(ready),
+                        endpoint, exc)
+            found = self.find([WorkerRef(s.worker_id, self.queue.name, None, None, None, model.PENDING, s.log_dir)
+                               for s in ready])
+            return results + [f or SubmitResult(s.worker_id, error=f"schedd {schedd_name} refused the submission: {exc}")
+                              for s, f in zip(ready, found)]
+        cluster, first = outcome.cluster(), outcome.first_proc()
+        if outcome.num_procs() != len(ready):
+            log.warning("queue %s: asked for %d jobs, schedd made %d", self.queue.name, len(ready), outcome.num_procs())
+        for i, spec in enumerate(ready):
+            results.append(self._result(spec.worker_id, f"{cluster}.{first + i}", schedd_name, endpoint))
+        return results
+
+    @staticmethod
+    def _result(worker_id: int, batch_id: str, schedd_name: str, ce: str) -> SubmitResult:
+        return SubmitResult(worker_id, batch_id=batch_id, submission_host=schedd_name, computing_element=ce,
+                            stdout="pilot.out", stderr="pilot.err", batch_log="batch.log")
+
+    # -- check -------------------------------------------------------------------------------
+
+    def _constraint(self, worker_ids: list[int], exact: bool = False) -> str:
+        import classad2
+
+        # Our own jobs only: a condor-C CE that is this very schedd holds copies with the same tags.
+        base = f"harvesterID == {classad2.quote(self.context.harvester_id)} && SubmitterGlobalJobId =?= undefined"
+        if exact:
+            return f"{base} && member(harvesterWorkerID, {{{', '.join(str(i) for i in sorted(worker_ids))}}})"
+        return f"{base} && harvesterWorkerID >= {min(worker_ids)} && harvesterWorkerID <= {max(worker_ids)}"
+
+    def _by_schedd(self, workers: list[WorkerRef]) -> dict[str, list[WorkerRef]]:
+        groups: dict[str, list[WorkerRef]] = defaultdict(list)
+        for worker in workers:
+            groups[worker.submission_host or self.schedd_name()].append(worker)
+        return groups
+
+    def _ads(self, schedd_name: str, workers: list[WorkerRef], *, exact: bool = False) -> dict[int, object]:
+        """Job ads of these workers, queue first, then history (bounded in age) for those not in the queue."""
+        schedd = self.schedd(schedd_name)
+        ids = [w.worker_id for w in workers]
+        wanted_batch = {w.worker_id: w.batch_id for w in workers}
+        found: dict[int, object] = {}
+
+        def take(ads):
+            for ad in ads:
+                worker_id = status_map.value(ad, "harvesterWorkerID")
+                if worker_id not in wanted_batch or worker_id in found:
+                    continue
+                batch = wanted_batch[worker_id]
+                if batch is None or batch == status_map.batch_id(ad):
+                    found[worker_id] = ad
+
+        take(schedd.query(self._constraint(ids, exact), status_map.ATTRIBUTES))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            cutoff = int(model.now() - self.options.history_window)
+            take(schedd.history(self._constraint(missing, exact=True), status_map.ATTRIBUTES,
+                                match=len(missing), since=f"EnteredCurrentStatus < {cutoff}"))
+        return found
+
+    def check(self, workers: list[WorkerRef]) -> list[Observation]:
+        at = model.now()
+        seen: dict[int, Observation] = {}
+        unreachable: dict[str, float] = {}   # CE -> earliest GridResourceUnavailableTime seen now
+        reachable: set[str] = set()          # CEs with a job running now
+        for schedd_name, group in self._by_schedd(workers).items():
+            ads = self._ads(schedd_name, group)
+            for worker in group:
+                ad = ads.get(worker.worker_id)
+                if ad is None:
+                    seen[worker.worker_id] = Observation(
+                        worker.worker_id, model.MISSING, "absent",
+                        diag=f"job {worker.batch_id} is neither in the queue of schedd {schedd_name} nor in its "
+                             f"history of the last {self.options.history_window} s")
+                    continue
+                observation = status_map.observe(worker.worker_id, ad, at, self.policy)
+                seen[worker.worker_id] = observation
+                ce = worker.computing_element
+                unavailable = status_map.value(ad, "GridResourceUnavailableTime")
+                if ce and unavailable:
+                    unreachable[ce] = min(float(unavailable), unreachable.get(ce, float(unavailable)))
+                elif ce and observation.status == model.RUNNING:
+                    reachable.add(ce)
+        if self.options.ces or self.options.cric_file:
+            self._update_health(unreachable, reachable - set(unreachable), at)
+        return [seen[w.worker_id] for w in workers]
+
+    def _update_health(self, unreachable: dict[str, float], reachable: set[str], at: float) -> None:
+        """Remember CEs jobs cannot reach (submit benches them), forget those that run jobs again."""
+        if not unreachable and not reachable:
+            return
+        health = self.load_health()
+        changed = False
+        for ce, since in unreachable.items():
+            changed |= ce_choice.mark_unreachable(health, ce, since, at)
+        for ce in reachable:
+            changed |= ce_choice.mark_reachable(health, ce)
+        if changed:
+            try:
+                self.save_health(health)
+            except OSError as exc:
+                log.warning("queue %s: cannot save CE health: %s", self.queue.name, exc)
+
+    # -- kill --------------------------------------------------------------------------------
+
+    def kill(self, workers: list[WorkerRef], reason: str) -> list[KillResult]:
+        import htcondor2
+
+        results: dict[int, KillResult] = {}
+        for schedd_name, group in self._by_schedd(workers).items():
+            targets = [w for w in group if w.batch_id]
+            for worker in group:
+                if not worker.batch_id:
+                    results[worker.worker_id] = KillResult(worker.worker_id, True)
+            if not targets:
+                continue
+            try:
+                schedd = self.schedd(schedd_name)
+                answer = schedd.act(htcondor2.JobAction.Remove, [w.batch_id for w in targets],
+                                    reason=(f"harvester-cli: {reason}", REMOVE_CODE))
+                done = sum(int(answer.get(k) or 0) for k in ("TotalSuccess", "TotalNotFound", "TotalAlreadyDone"))
+                if done >= len(targets):
+                    results.update({w.worker_id: KillResult(w.worker_id, True) for w in targets})
+                    continue
+                # Some were refused: the ones still in the queue and not removed are the failures.
+                counts = ", ".join(f"{k}={answer.get(k)}" for k in ("TotalSuccess", "TotalNotFound", "TotalAlreadyDone",
+                                                                     "TotalBadStatus", "TotalPermissionDenied", "TotalError"))
+                still = {status_map.batch_id(ad): status_map.value(ad, "JobStatus")
+                         for ad in schedd.query(self._constraint([w.worker_id for w in targets], exact=True),
+                                                ["ClusterId", "ProcId", "JobStatus"])}
+                for worker in targets:
+                    state = still.get(worker.batch_id)
+                    if state is None or state == 3:
+                        results[worker.worker_id] = KillResult(worker.worker_id, True)
+                    else:
+                        results[worker.worker_id] = KillResult(worker.worker_id, False,
+                                                               f"schedd {schedd_name} did not remove {worker.batch_id} ({counts})")
+            except Exception as exc:
+                for worker in targets:
+                    results[worker.worker_id] = KillResult(worker.worker_id, False, f"schedd {schedd_name}: {exc}")
+        return [results[w.worker_id] for w in workers]
+
+    # -- crash repair ------------------------------------------------------------------------
+
+    def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
+        if not workers:
+            return []
+        schedd_name = self.schedd_name()
+        ads = self._ads(schedd_name, [WorkerRef(w.worker_id, w.queue, None, schedd_name, None, w.status, w.log_dir)
+                                      for w in workers], exact=True)
+        out: list[SubmitResult | None] = []
+        for worker in workers:
+            ad = ads.get(worker.worker_id)
+            if ad is None:
+                out.append(None)
+            else:
+                ce = status_map.value(ad, "harvesterCE") or schedd_name
+                out.append(self._result(worker.worker_id, status_map.batch_id(ad), schedd_name, ce))
+        return out
+
+    # -- outputs and cleaning ----------------------------------------------------------------
+
+    def fetch_outputs(self, worker: WorkerRef, names: list[str]) -> dict[str, Path]:
+        if worker.log_dir is None:
+            return {}
+        fetched = {}
+        for name in names:
+            brought = worker.log_dir / build.OUTPUTS_DIR / name
+            target = worker.log_dir / name
+            if brought.is_file():
+                shutil.copyfile(brought, target)
+            if target.is_file():
+                fetched[name] = target
+        return fetched
+
+    def clean(self, workers: list[WorkerRef]) -> None:
+        import htcondor2
+
+        for worker in workers:
+            shutil.rmtree(self.work_dir(worker.worker_id), ignore_errors=True)
+        # Removed grid jobs whose CE never answered linger in the queue: force them out.
+        for schedd_name, group in self._by_schedd(workers).items():
+            constraint = f"{self._constraint([w.worker_id for w in group], exact=True)} && JobStatus == 3"
+            try:
+                self.schedd(schedd_name).act(htcondor2.JobAction.RemoveX, constraint,
+                                             reason=("harvester-cli: worker forgotten", REMOVE_CODE))
+            except Exception as exc:   # best effort: the rows are forgotten anyway
+                log.warning("queue %s: cannot force removal at %s: %s", self.queue.name, schedd_name, exc)
+
+
+BACKEND = HTCondorBackend
