@@ -198,6 +198,18 @@ def test_own_template_with_a_queue_statement_submits_one_job_per_worker(tmp_path
     assert submit.getQArgs() == "" and submit["MY.Site"] == '"$(computingSite)"'
 
 
+def test_a_template_may_run_the_pilot_itself_with_htcondor_arguments(tmp_path):
+    template = tmp_path / "direct.sub"
+    template.write_text('universe = vanilla\nexecutable = $(pilotExecutable)\narguments = "$(pilotArguments)"\n')
+    submit = build.description(build.template_text("vanilla", template), harvester_id="h", queue_name="Q", ce="x", extra={})
+    pilot = "/opt/pilot/run.sh -q SITE --label \"it's\" -w 'a b' --json '{\"k\":1}'"
+    item = build.macros(spec(pilot=pilot), harvester_id="h", queue=Q, work_dir=tmp_path, input_files=[], ce_endpoint="x",
+                        ce_flavour="vanilla", ce_name=None, ce_queue=None, proxy=None, token=None, disk_mb_per_core=1)
+    assert expanded(submit, item, "executable") == "/opt/pilot/run.sh"
+    assert item["pilotArguments"] == "-q SITE --label 'it''s' -w 'a b' --json '{\"\"k\"\":1}'"
+    assert build.pilot_parts("a 'unclosed") == ("", "")
+
+
 def test_endpoints_split_into_host_and_port():
     assert build.split_endpoint("ce.example.org:9619", "htcondor-ce") == ("ce.example.org", 9619)
     assert build.split_endpoint("ce.example.org", "htcondor-ce") == ("ce.example.org", 9619)
@@ -410,6 +422,17 @@ def test_fetch_outputs_takes_what_htcondor_brought_back(tmp_path):
     got = backend.fetch_outputs(WorkerRef(1, "Q", "1.0", None, None, model.FINISHED, log_dir), ["heartbeat.json",
                                                                                                   "jobReport.json"])
     assert got == {"heartbeat.json": log_dir / "heartbeat.json"} and (log_dir / "heartbeat.json").read_text() == "{}"
+
+
+def test_clean_removes_private_files_and_forces_lingering_removed_jobs_out(tmp_path):
+    backend, fake = make_backend(tmp_path)
+    (result,) = backend.submit([spec(1, tmp_path / "1", job={"PandaID": 1})])
+    assert (tmp_path / "work" / "Q" / "1" / "pandaJobData.out").exists()
+    backend.clean([ref(result, status=model.CANCELLED)])
+    assert not (tmp_path / "work" / "Q" / "1").exists()
+    action, constraint, reason = fake.acts[-1]
+    assert action == htcondor2.JobAction.RemoveX and constraint.endswith("&& JobStatus == 3")
+    assert classad2.ExprTree(constraint.replace("JobStatus == 3", "true")).eval(fake.queue[0]) is True
 
 
 # -- configuration ------------------------------------------------------------------------------

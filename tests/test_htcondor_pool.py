@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester_cli import monitoring, submission, sweeping
+from harvester_cli import monitoring, propagation, submission, sweeping
 from harvester_cli.sim import certs
 from harvester_cli.store import workers
 from tests.conftest import wait_until
@@ -180,11 +180,12 @@ class HTC:
         self.harness = harness
         self.overrides = overrides
 
-    def queue(self, mode: str = "pull", pilot: str = PILOT, **options) -> dict:
+    def queue(self, mode: str = "pull", pilot: str = PILOT, local: bool = False, **options) -> dict:
+        """A queue on the pool's schedd: located through the collector, or (local) as this host's own schedd."""
         extra_queue = options.pop("queue", {})
+        where = {} if local else {"schedd": SCHEDD, "collector": COLLECTOR}
         return {"mode": mode, "backend": "htcondor", "pilot": pilot, **extra_queue,
-                "backend_options": {"schedd": SCHEDD, "collector": COLLECTOR, "job_owner": USER,
-                                    "input_files": [str(self.pool.package_zip)], **options}}
+                "backend_options": {**where, "job_owner": USER, "input_files": [str(self.pool.package_zip)], **options}}
 
     def instance(self, queues: dict, **overrides):
         return self.harness.instance(queues, **{**self.overrides, **overrides})
@@ -274,13 +275,14 @@ def test_pull_pilots_run_in_the_pool_and_finish_jobs_in_the_simulator(htc, sim):
 def test_push_job_file_goes_with_the_job_and_the_heartbeat_comes_back(htc, sim):
     (panda_id,) = sim.add_jobs("HTC_PUSH", 1, jobPars="echo payload in the pool; exit 0")
     (failing,) = sim.add_jobs("HTC_PUSH", 1, jobPars="exit 3")
-    instance = htc.instance({"HTC_PUSH": htc.queue("push")})
+    instance = htc.instance({"HTC_PUSH": htc.queue("push", local=True)})   # the default: this host's schedd
     cycle_until(instance, lambda: sim.job_status(panda_id) == "finished" and sim.job_status(failing) == "failed",
                 timeout=120, what="push jobs final")
     final = sim.jobs[panda_id].updates[-1]
     assert final["exe_error_code"] == 0 and final["pilot_log"].endswith("/pilot.out")
     assert sim.jobs[failing].updates[-1]["exe_error_code"] == 3
     for w in worker_rows(instance):
+        assert w.submission_host == SCHEDD   # the local schedd's name (SCHEDD_NAME)
         log_dir = Path(w.log_dir)
         assert (log_dir / "heartbeat.json").is_file() and (log_dir / "jobReport.json").is_file()
         assert not (log_dir / "pandaJobData.out").exists()   # the job file stays private
@@ -389,5 +391,41 @@ def test_fanout_over_two_ces_benches_the_one_that_is_down(htc, sim):
     second = submission.submit(instance, queues, count=4).queues[0].submitted
     assert len(second) == 4
     assert {w.computing_element for w in worker_rows(instance) if w.worker_id in second} == {COLLECTOR}
-    plan = instance.backend(queues[0]).load_health()
-    assert DOWN_CE in plan and COLLECTOR not in plan
+    health = instance.backend(queues[0]).load_health()
+    assert DOWN_CE in health and COLLECTOR not in health
+    # The removed jobs of the down CE linger in the queue (their CE never confirms): cleaning forces them out.
+    lingering = [ad for ad in htc.jobs(projection=["JobStatus", "harvesterWorkerID"]) if ad["harvesterWorkerID"] in down]
+    assert [ad["JobStatus"] for ad in lingering] == [3, 3]
+    propagation.propagate(instance, queues)
+    assert sweeping.sweep(instance, queues, retention=0).queues[0].cleaned == 2
+    wait_until(lambda: not [ad for ad in htc.jobs() if ad["harvesterWorkerID"] in down], timeout=30,
+               what="removed grid jobs forced out of the queue")
+
+
+# -- bulk: rates against the real schedd (printed, not asserted) --------------------------------
+
+def test_bulk_submit_poll_and_remove_many_workers(htc, sim):
+    n = 300
+    instance = htc.instance({"HTC_BULK": htc.queue(pilot="true", max_at_once=100, extra_attributes={"hold": "true"},
+                                                   queue={"max_workers": n})})
+    queues = queues_of(instance)
+    started = time.monotonic()
+    run = submission.submit(instance, queues, count=n, force=True)
+    submit_seconds = time.monotonic() - started
+    assert len(run.queues[0].submitted) == n, run.queues[0].failed[:3]
+    assert len({w.batch_id.split(".")[0] for w in worker_rows(instance)}) == 3   # 100 per Schedd.submit call
+    started = time.monotonic()
+    polled = monitoring.poll(instance, queues).queues[0]
+    poll_seconds = time.monotonic() - started
+    assert polled.checked == n and polled.error is None
+    assert all(w.diag.startswith("held: ") and w.native_status == "HELD" for w in worker_rows(instance))
+    with instance.store.write() as conn:
+        conn.execute(workers.update().values(kill_reason="bulk test"))
+    started = time.monotonic()
+    swept = sweeping.sweep(instance, queues, force=True).queues[0]
+    kill_seconds = time.monotonic() - started
+    assert swept.killed == n and not swept.kill_failed
+    assert not [ad for ad in htc.jobs(projection=["JobStatus"]) if ad["JobStatus"] != 3]   # removed or gone
+    print(f"\n{n} workers against the real schedd: submit {submit_seconds:.2f} s ({n / submit_seconds:.0f}/s, "
+          f"files and store included), poll {poll_seconds:.2f} s ({n / poll_seconds:.0f}/s), "
+          f"remove {kill_seconds:.2f} s ({n / kill_seconds:.0f}/s)")

@@ -10,6 +10,12 @@ macro names are case-insensitive, so none of them may equal a submit command suc
     nCorePerNode requestRam requestRamPerCore requestRamPerCoreBytes requestDisk (KiB)
     requestWalltime (s) requestWalltimeMinute logDir workDir executableFile inputFiles
     ceEndpoint ceHostname cePort ceName ceQueueName ceFlavour proxyPath tokenPath
+    pilotExecutable pilotArguments
+
+The shipped templates run `executableFile`, a per-worker wrapper around the queue's pilot command. A
+template that runs the pilot itself may use `executable = $(pilotExecutable)` and
+`arguments = "$(pilotArguments)"`: the pilot command's first word and the rest, quoted for HTCondor's
+argument syntax (plain commands only: no pipes, redirections or variable assignments).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ MACROS = (
     "nCorePerNode", "requestRam", "requestRamPerCore", "requestRamPerCoreBytes", "requestDisk",
     "requestWalltime", "requestWalltimeMinute", "logDir", "workDir", "executableFile", "inputFiles",
     "ceEndpoint", "ceHostname", "cePort", "ceName", "ceQueueName", "ceFlavour", "proxyPath", "tokenPath",
+    "pilotExecutable", "pilotArguments",
 )
 
 WRAPPER = """\
@@ -71,6 +78,19 @@ def wrapper(spec: WorkerSpec, harvester_id: str, outputs: tuple[str, ...], envir
                           names=" ".join(shlex.quote(n) for n in outputs))
 
 
+def pilot_parts(command: str) -> tuple[str, str]:
+    """(executable, arguments in HTCondor's quoted syntax) of a plain pilot command; empty if it is not one."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return "", ""
+    if not words:
+        return "", ""
+    # HTCondor's new argument syntax: single quotes group, a doubled quote is a literal one.
+    quoted = [w if w and not any(c in w for c in " \t'\"") else "'" + w.replace("'", "''") + "'" for w in words[1:]]
+    return words[0], " ".join(quoted).replace('"', '""')
+
+
 def macros(spec: WorkerSpec, *, harvester_id: str, queue, work_dir: Path, input_files: list[str],
            ce_endpoint: str, ce_flavour: str, ce_name: str | None, ce_queue: str | None,
            proxy: Path | None, token: Path | None, disk_mb_per_core: int) -> dict[str, str]:
@@ -88,6 +108,7 @@ def macros(spec: WorkerSpec, *, harvester_id: str, queue, work_dir: Path, input_
         "ceEndpoint": ce_endpoint, "ceHostname": host, "cePort": port or "", "ceName": ce_name or host,
         "ceQueueName": ce_queue or "", "ceFlavour": ce_flavour, "proxyPath": proxy or "", "tokenPath": token or "",
     }
+    values["pilotExecutable"], values["pilotArguments"] = pilot_parts(spec.pilot_command)
     out = {k: str(v) for k, v in values.items()}
     bad = [k for k, v in out.items() if "\n" in v]
     if bad:

@@ -63,7 +63,8 @@ build() {
   cp /etc/hosts "$ROOT/etc/hosts"
   id "$TEST_USER" >/dev/null 2>&1 || useradd -u "$TEST_UID" -m "$TEST_USER"
   chroot "$ROOT" /bin/sh -c "id $TEST_USER >/dev/null 2>&1 || useradd -u $TEST_UID -m $TEST_USER"
-  cat >"$ROOT/etc/condor/config.d/99-local-test" <<EOF
+  # written whole and renamed: clients of a running pool may read them at any moment
+  cat >"$ROOT/etc/condor/config.d/.99-local-test.tmp" <<EOF
 # loopback-only personal pool reachable from the host
 NETWORK_INTERFACE = 127.0.0.1
 CONDOR_HOST = 127.0.0.1
@@ -90,12 +91,15 @@ NEGOTIATOR_INTERVAL = 1
 NEGOTIATOR_CYCLE_DELAY = 1
 UPDATE_INTERVAL = 2
 STARTER_UPDATE_INTERVAL = 2
-GRIDMANAGER_JOB_PROBE_INTERVAL = 5
-CONDOR_JOB_POLL_INTERVAL = 5
+GRIDMANAGER_JOB_PROBE_INTERVAL = 2
+CONDOR_JOB_POLL_INTERVAL = 2
+GRIDMANAGER_CONTACT_SCHEDD_DELAY = 1
+C_GAHP_CONTACT_SCHEDD_DELAY = 1
 NUM_CPUS = ${CONDOR_CPUS:-8}
 SINGULARITY = /bin/false
 EOF
-  cat >"$CLIENT_CONFIG" <<EOF
+  mv -f "$ROOT/etc/condor/config.d/.99-local-test.tmp" "$ROOT/etc/condor/config.d/99-local-test"
+  cat >"$CLIENT_CONFIG.tmp" <<EOF
 COLLECTOR_HOST = 127.0.0.1:9618
 NETWORK_INTERFACE = 127.0.0.1
 SCHEDD_NAME = $SCHEDD_NAME
@@ -103,8 +107,11 @@ SEC_CLIENT_AUTHENTICATION_METHODS = CLAIMTOBE
 SEC_DEFAULT_AUTHENTICATION_METHODS = CLAIMTOBE
 # TEST-ONLY: a root client (pytest) claims to be the job owner; the schedd refuses Owner root
 SEC_CLAIMTOBE_USER = $TEST_USER
+# the schedd as this host's own (htcondor2.Schedd() without a name finds it)
+SCHEDD_ADDRESS_FILE = $ROOT/var/spool/condor/.schedd_address
 EOF
-  chmod 644 "$CLIENT_CONFIG"
+  chmod 644 "$CLIENT_CONFIG.tmp"
+  mv -f "$CLIENT_CONFIG.tmp" "$CLIENT_CONFIG"
 }
 
 mount_all() {
