@@ -375,6 +375,19 @@ def test_ces_from_a_cric_file(tmp_path):
     assert result.computing_element == "x.example.org:9619"
 
 
+def test_unreadable_cric_file_fails_the_workers_with_the_reason(tmp_path):
+    backend, fake = make_backend(tmp_path, cric_file=str(tmp_path / "missing.json"))
+    (result,) = backend.submit([spec(1, tmp_path / "1")])
+    assert result.error.startswith("cannot read the CEs of Q from ") and "No such file" in result.error
+    assert fake.submits == []
+
+
+def test_poll_constraint_is_a_range_for_dense_ids_and_a_list_for_sparse_ones(tmp_path):
+    backend, _ = make_backend(tmp_path)
+    assert backend._constraint([3, 4, 5, 7]).endswith("harvesterWorkerID >= 3 && harvesterWorkerID <= 7")
+    assert backend._constraint([3, 400]).endswith("member(harvesterWorkerID, {3, 400})")
+
+
 def test_check_reads_the_queue_then_the_history_and_reports_the_rest_missing(tmp_path):
     backend, fake = make_backend(tmp_path, ces=[{"endpoint": "a:9619"}])
     results = backend.submit([spec(i, tmp_path / str(i)) for i in (1, 2, 3)])

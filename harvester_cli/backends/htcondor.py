@@ -219,7 +219,10 @@ class HTCondorBackend(Backend):
 
     def assign_ces(self, specs: list[WorkerSpec]) -> tuple[list[tuple[WorkerSpec, ce_choice.CEEntry | None]], list[SubmitResult]]:
         """A CE per worker (None: vanilla), and an error result for workers no CE can take."""
-        ces = self.computing_elements()
+        try:
+            ces = self.computing_elements()
+        except RuntimeError as exc:   # e.g. an unreadable CRIC file: say so on every worker
+            return [], [SubmitResult(s.worker_id, error=str(exc)) for s in specs]
         if not ces:
             if self.options.ces or self.options.cric_file:
                 return [], [SubmitResult(s.worker_id, error="no ACTIVE CE for this queue") for s in specs]
@@ -327,8 +330,13 @@ class HTCondorBackend(Backend):
             return results + [f or SubmitResult(s.worker_id, error=f"schedd {schedd_name} refused the submission: {exc}")
                               for s, f in zip(ready, found)]
         cluster, first = outcome.cluster(), outcome.first_proc()
-        if outcome.num_procs() != len(ready):
-            log.warning("queue %s: asked for %d jobs, schedd made %d", self.queue.name, len(ready), outcome.num_procs())
+        if outcome.num_procs() != len(ready):   # never seen; do not guess which job is which worker
+            log.warning("queue %s: asked for %d jobs, schedd made %d: looking them up", self.queue.name, len(ready),
+                        outcome.num_procs())
+            found = self.find([WorkerRef(s.worker_id, self.queue.name, None, None, None, model.PENDING, s.log_dir)
+                               for s in ready])
+            return results + [f or SubmitResult(s.worker_id, error=f"schedd {schedd_name} made no job for this worker")
+                              for s, f in zip(ready, found)]
         for i, spec in enumerate(ready):
             results.append(self._result(spec.worker_id, f"{cluster}.{first + i}", schedd_name, endpoint))
         return results
@@ -345,9 +353,10 @@ class HTCondorBackend(Backend):
 
         # Our own jobs only: a condor-C CE that is this very schedd holds copies with the same tags.
         base = f"harvesterID == {classad2.quote(self.context.harvester_id)} && SubmitterGlobalJobId =?= undefined"
-        if exact:
+        low, high = min(worker_ids), max(worker_ids)
+        if exact or high - low >= 4 * len(worker_ids):   # a sparse range would bring other queues' jobs too
             return f"{base} && member(harvesterWorkerID, {{{', '.join(str(i) for i in sorted(worker_ids))}}})"
-        return f"{base} && harvesterWorkerID >= {min(worker_ids)} && harvesterWorkerID <= {max(worker_ids)}"
+        return f"{base} && harvesterWorkerID >= {low} && harvesterWorkerID <= {high}"
 
     def _by_schedd(self, workers: list[WorkerRef]) -> dict[str, list[WorkerRef]]:
         groups: dict[str, list[WorkerRef]] = defaultdict(list)
