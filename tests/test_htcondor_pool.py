@@ -127,6 +127,10 @@ def condor_pool(tmp_path_factory, pki):
 
     htcondor2.reload_config()
     JOBDIR.mkdir(exist_ok=True)
+    for stale in JOBDIR.glob("pytest-*"):   # left by sessions that were killed
+        pid = stale.name.removeprefix("pytest-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
     session_dir = JOBDIR / f"pytest-{os.getpid()}"
     shutil.rmtree(session_dir, ignore_errors=True)
     session_dir.mkdir()
