@@ -72,8 +72,8 @@ class Instance:
         return self._backends[queue.name]
 
     def ce_statistics(self, queue: str, since: float) -> dict[str, dict[str, int]]:
-        """Per CE, this queue's workers submitted since `since`: started (reached running at some point),
-        still queued, and missed. The CE fanout weighs CEs by it."""
+        """Per CE, this queue's workers submitted since `since`: all of them, started (reached running at
+        some point), still queued, and missed. The CE fanout weighs CEs by it."""
         from sqlalchemy import case, func, select
 
         from harvester_cli import model
@@ -83,11 +83,11 @@ class Instance:
         queued = func.sum(case((workers.c.status.in_([model.PENDING, model.SUBMITTED]), 1), else_=0))
         missed = func.sum(case((workers.c.status == model.MISSED, 1), else_=0))
         with self.store.read() as conn:
-            rows = conn.execute(select(workers.c.computing_element, started, queued, missed)
+            rows = conn.execute(select(workers.c.computing_element, func.count(), started, queued, missed)
                                 .where(workers.c.queue == queue, workers.c.created >= since)
                                 .group_by(workers.c.computing_element)).all()
-        return {ce: {"started": int(s or 0), "queued": int(q or 0), "missed": int(m or 0)}
-                for ce, s, q, m in rows if ce}
+        return {ce: {"submitted": int(n), "started": int(s or 0), "queued": int(q or 0), "missed": int(m or 0)}
+                for ce, n, s, q, m in rows if ce}
 
     def close(self) -> None:
         for backend in self._backends.values():

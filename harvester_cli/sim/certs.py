@@ -134,6 +134,8 @@ def create(directory: Path, user: str = "harvester-cli test user") -> TestPKI:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                         x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            # Python 3.13's strict verification refuses a server certificate without one
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     _write(pki.host_cert, host.public_bytes(serialization.Encoding.PEM))
     _write(pki.host_key, _pem_key(host_key), secret=True)
