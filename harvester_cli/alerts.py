@@ -6,18 +6,16 @@ directory's `.state/`, updated under an exclusive lock, so two runs at once send
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harvester_cli.config import SmtpConfig
+from harvester_cli.secretfiles import locked
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +43,6 @@ class AlertOutcome:
 
 def state_file(log_dir: Path) -> Path:
     return log_dir / ".state" / "alerts.json"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _load(path: Path) -> dict[str, float]:
@@ -142,7 +129,7 @@ def alert(smtp: SmtpConfig, log_dir: Path, harvester_id: str, subject: str, prob
         return outcome
     now = time.time() if now is None else now
     path = state_file(log_dir)
-    with _locked(path):
+    with locked(path.with_name(path.name + ".lock")):
         state = {k: v for k, v in _load(path).items() if now - v < FORGET_AFTER}
         fresh: list[Problem] = []
         for p in dict((p.key, p) for p in problems).values():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -26,8 +25,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +32,9 @@ from harvester_cli.alerts import AlertOutcome, Problem
 from harvester_cli.config import CertificateConfig, Config, ProxyProfile, TokenProfile
 from harvester_cli.errors import ConfigError, HarvesterError
 from harvester_cli.logs import redact, register_secret
-from harvester_cli.secretfiles import SecretFileError, check_private, install_private, read_secret_file, write_private
+from harvester_cli.secretfiles import (
+    SecretFileError, check_private, install_private, locked, read_secret_file, write_private,
+)
 
 log = logging.getLogger(__name__)
 
@@ -466,18 +465,6 @@ def _builtin(profile: ProxyProfile, certificate: CertificateConfig, out: Path, p
 TOOLS = {"voms-proxy-init": _voms_proxy_init, "arcproxy": _arcproxy, "builtin": _builtin}
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """One renewal of a profile at a time (two cron runs at once: the second waits, then finds it fresh)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _candidate(profile: ProxyProfile, certificate: CertificateConfig, workdir: Path, user_cert,
                passphrase: str | None) -> tuple[Path, ProxyInfo, str | None]:
     """Make a proxy from one certificate into workdir and verify it. Returns (file, what it holds, why it is
@@ -517,7 +504,8 @@ def renew_proxy(profile: ProxyProfile, *, force: bool = False, check_only: bool 
         result.action = "ok" if reason is None else "would renew"
         result.seconds = time.monotonic() - started
         return result
-    with _lock(profile.file):
+    # One renewal of a profile at a time: a second cron run waits, then finds the proxy fresh.
+    with locked(profile.file.with_name(f".{profile.file.name}.lock")):
         if not force:   # another run may have renewed it while this one waited for the lock
             info = inspect_proxy(profile, now=now)
             if renewal_reason(profile, info) is None:
@@ -697,7 +685,8 @@ def renew_token(profile: TokenProfile, *, force: bool = False, check_only: bool 
         result.action = "ok" if reason is None else "would renew"
         result.seconds = time.monotonic() - started
         return result
-    with _lock(profile.file):
+    # One renewal of a profile at a time: a second cron run waits, then finds the proxy fresh.
+    with locked(profile.file.with_name(f".{profile.file.name}.lock")):
         try:
             secret = read_secret_file(profile.client_secret_file, "client secret file")
             token, expires_in = request_token(profile, secret)

@@ -3,9 +3,12 @@ them, written atomically with mode 0600, and their contents registered so no log
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from harvester_cli.errors import HarvesterError
@@ -61,6 +64,19 @@ def write_private(path: Path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (made 0600 if missing): one process at a time, e.g. two cron
+    runs renewing the same proxy or updating the same state file."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def install_private(source: Path, path: Path) -> None:

@@ -11,15 +11,15 @@ delegation instead of making two.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from harvester_cli.secretfiles import locked, write_private
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,6 @@ class Delegations:
         # (endpoint, proxy path) -> (delegation id, proxy fingerprint, when checked) in this process.
         self._known: dict[tuple[str, str], tuple[str, str, float]] = {}
 
-    @contextlib.contextmanager
-    def _locked(self):
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_file.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     def _load(self) -> dict:
         try:
             data = json.loads(self.state_file.read_text())
@@ -93,11 +83,7 @@ class Delegations:
             return {}
 
     def _save(self, data: dict) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.state_file)
+        write_private(self.state_file, json.dumps(data, indent=1, sort_keys=True).encode())
 
     def get(self, client, endpoint: str, proxy: Path) -> str:
         """The delegation id to put into job descriptions for `endpoint`, created or renewed if needed."""
@@ -109,7 +95,7 @@ class Delegations:
         if known and known[1] == info.fingerprint and time.time() - known[2] < RECHECK_SECONDS:
             return known[0]
         _arc_compat.install()
-        with self._locked(), _quiet():
+        with locked(self.state_file.with_suffix(".lock")), _quiet():
             data = self._load()
             entry = data.get(f"{endpoint} {proxy}")
             now = time.time()
