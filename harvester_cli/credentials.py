@@ -423,12 +423,36 @@ def _arcproxy(profile: ProxyProfile, certificate: CertificateConfig, out: Path, 
         raise _tool_failure("arcproxy", result)
 
 
+def build_proxy(user, user_key, lifetime: float, bits: int = 2048, common_name: str | None = None):
+    """An RFC 3820 impersonation proxy of `user` (subject: user DN + CN=<serial or common_name>), signed by
+    `user_key`, valid for `lifetime` seconds but never past the user certificate. Returns (cert, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    serial = int.from_bytes(os.urandom(4), "big") | 1
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    end = min(start + dt.timedelta(seconds=lifetime + 300), user.not_valid_after_utc)
+    subject = x509.Name(list(user.subject.rdns) + [x509.RelativeDistinguishedName(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name or str(serial))])])
+    algorithm = None if type(user_key).__name__.startswith("Ed") else hashes.SHA256()
+    proxy = (x509.CertificateBuilder().subject_name(subject).issuer_name(user.subject).public_key(key.public_key())
+             .serial_number(serial).not_valid_before(start).not_valid_after(end)
+             .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
+                                          data_encipherment=True, key_agreement=False, key_cert_sign=False,
+                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+             .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(PROXY_CERT_INFO), _INHERIT_ALL),
+                            critical=True)
+             .sign(user_key, algorithm))
+    return proxy, key
+
+
 def _builtin(profile: ProxyProfile, certificate: CertificateConfig, out: Path, passphrase: str | None) -> None:
     """An RFC 3820 impersonation proxy made here (no VOMS): proxy cert, its key, then the user's chain."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import serialization
 
     try:
         chain = x509.load_pem_x509_certificates(certificate.cert.read_bytes())
@@ -440,21 +464,7 @@ def _builtin(profile: ProxyProfile, certificate: CertificateConfig, out: Path, p
     user = chain[0]
     if _public_bytes(user_key.public_key()) != _public_bytes(user.public_key()):
         raise CredentialError(f"key {certificate.key} does not belong to certificate {certificate.cert}")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=profile.bits)
-    serial = int.from_bytes(os.urandom(4), "big") | 1
-    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    end = min(start + dt.timedelta(seconds=profile.lifetime + 300), user.not_valid_after_utc)
-    subject = x509.Name(list(user.subject.rdns) + [x509.RelativeDistinguishedName(
-        [x509.NameAttribute(NameOID.COMMON_NAME, str(serial))])])
-    algorithm = None if type(user_key).__name__.startswith("Ed") else hashes.SHA256()
-    proxy = (x509.CertificateBuilder().subject_name(subject).issuer_name(user.subject).public_key(key.public_key())
-             .serial_number(serial).not_valid_before(start).not_valid_after(end)
-             .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
-                                          data_encipherment=True, key_agreement=False, key_cert_sign=False,
-                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-             .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(PROXY_CERT_INFO), _INHERIT_ALL),
-                            critical=True)
-             .sign(user_key, algorithm))
+    proxy, key = build_proxy(user, user_key, profile.lifetime, profile.bits)
     pem = (proxy.public_bytes(serialization.Encoding.PEM)
            + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                serialization.NoEncryption())

@@ -9,7 +9,6 @@ their own harvester ids and site names.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
 import os
@@ -19,9 +18,7 @@ import time
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 import pytest
 import requests
@@ -29,6 +26,7 @@ import requests
 from harvester_cli.config import PandaConfig
 from harvester_cli.errors import PandaError
 from harvester_cli.panda import PandaClient, PandaRefused
+from harvester_cli.credentials import build_proxy
 from harvester_cli.sim import certs, server
 from harvester_cli.sim.server import PandaSimulator
 
@@ -141,15 +139,7 @@ def _limited_proxy(pki: certs.TestPKI, path) -> None:
     """An RFC 3820 proxy of the test user whose last CN is "limited proxy"."""
     user_cert = x509.load_pem_x509_certificate(pki.user_cert.read_bytes())
     user_key = serialization.load_pem_private_key(pki.user_key.read_bytes(), password=None)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([*user_cert.subject, x509.NameAttribute(NameOID.COMMON_NAME, "limited proxy")])
-    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(user_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + dt.timedelta(hours=2))
-            .add_extension(x509.UnrecognizedExtension(certs._PROXY_CERT_INFO_OID, certs._PROXY_CERT_INFO_INHERIT_ALL),
-                           critical=True)
-            .sign(user_key, hashes.SHA256()))
+    cert, key = build_proxy(user_cert, user_key, 2 * 3600, common_name="limited proxy")
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM)
                      + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                          serialization.NoEncryption())

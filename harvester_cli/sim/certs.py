@@ -14,10 +14,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-# ProxyCertInfo (RFC 3820) with policy id-ppl-inheritAll: SEQUENCE { SEQUENCE { OID 1.3.6.1.5.5.7.21.1 } }
-_PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
-_PROXY_CERT_INFO_INHERIT_ALL = bytes.fromhex("300c300a06082b06010505071501")
-
 
 @dataclass(frozen=True)
 class TestPKI:
@@ -111,17 +107,10 @@ def make_user_cert(ca: x509.Certificate, ca_key, common_name: str, *, days: floa
 
 
 def make_proxy(user_cert: x509.Certificate, user_key, hours: float = 96) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    """An RFC 3820 proxy: subject = user DN + CN=<serial>, signed by the user key."""
-    key = _key()
-    serial = x509.random_serial_number() >> 100
-    subject = x509.Name(list(user_cert.subject) + [x509.NameAttribute(NameOID.COMMON_NAME, str(serial))])
-    cert = (_builder(subject, user_cert.subject, key.public_key(), hours / 24, serial=serial)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
-                                         data_encipherment=True, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.UnrecognizedExtension(_PROXY_CERT_INFO_OID, _PROXY_CERT_INFO_INHERIT_ALL), critical=True)
-            .sign(user_key, hashes.SHA256()))
-    return cert, key
+    """An RFC 3820 proxy of the test user (the same builder renew-proxy uses)."""
+    from harvester_cli.credentials import build_proxy
+
+    return build_proxy(user_cert, user_key, hours * 3600)
 
 
 def create(directory: Path, user: str = "harvester-cli test user") -> TestPKI:
