@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -65,4 +64,3 @@ def test_push_outputs_are_copied_to_the_log_dir_and_clean_removes_the_work_dir(t
     assert list(files) == ["heartbeat.json"] and files["heartbeat.json"].parent == tmp_path / "logs" / "5"
     backend.clean([ref(tmp_path, 5)])
     assert not (tmp_path / "work" / "Q" / "5").exists()
-    time.sleep(0)
