@@ -29,12 +29,15 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from harvester_cli import config as config_module
-from harvester_cli import fetching, model, monitoring
+from harvester_cli import model
 from harvester_cli.backends.base import Observation
-from harvester_cli.instance import Instance
-from harvester_cli.sim.certs import TestPKI
-from harvester_cli.sim.server import PandaSimulator
-from harvester_cli.store import chunks, reports, workers
+from harvester_cli.panda.sim.certs import TestPKI
+from harvester_cli.panda.sim.server import PandaSimulator
+from harvester_cli.state.schema import reports, workers
+from harvester_cli.state.store import chunks
+from harvester_cli.steps import fetch_jobs as fetching
+from harvester_cli.steps import poll as monitoring
+from harvester_cli.steps.instance import Instance
 
 QUEUE = "BENCH_PUSH"
 FILES_PER_JOB = 5

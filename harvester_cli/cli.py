@@ -69,7 +69,7 @@ class Globals:
         settings = config.command_log
         if not self.command or not settings.enabled:
             return
-        from harvester_cli import logs
+        from harvester_cli.site import logs
 
         root = logging.getLogger()
         for old in [h for h in root.handlers if h.name == "harvester-cli-command-log"]:
@@ -91,7 +91,7 @@ class Globals:
         """The configured instance (config loaded and validated; store and PanDA made on first use)."""
         if self._instance is None:
             from harvester_cli.config import state_url_from
-            from harvester_cli.instance import Instance
+            from harvester_cli.steps.instance import Instance
 
             self._instance = Instance(self.config(), state_url_from(self.state) if self.state else None)
         return self._instance
@@ -127,7 +127,7 @@ def _set_stderr_level(level: int) -> None:
 
 
 def _setup_stderr_logging(level: int) -> None:
-    from harvester_cli.logs import RedactingFilter
+    from harvester_cli.site.logs import RedactingFilter
 
     root = logging.getLogger()
     if not any(h.name == _STDERR_HANDLER for h in root.handlers):
@@ -251,8 +251,9 @@ def _main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except HarvesterError as exc:
-        _to_command_log(logging.ERROR, f"error: {exc}")
-        click.echo(f"harvester-cli: error: {exc}", err=True)
+        for line in str(exc).splitlines() or [type(exc).__name__]:   # a configuration may have several problems
+            _to_command_log(logging.ERROR, f"error: {line}")
+            click.echo(f"harvester-cli: error: {line}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:
         # A database that is locked or gone, a full disk: one line for cron, not a traceback (-vv shows it).

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from harvester_cli import config as config_module
-from harvester_cli.instance import Instance
-from harvester_cli.sim import certs
-from harvester_cli.sim.server import PandaSimulator
+from harvester_cli.panda.sim import certs
+from harvester_cli.panda.sim.server import PandaSimulator
+from harvester_cli.steps.instance import Instance
+
+pytest_plugins = ["tests.databases"]
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +55,15 @@ def to_toml(data: dict, prefix: str = "") -> str:
     return text
 
 
+def new_state(url_or_path) -> str:
+    """Create a state database as `harvester-cli db upgrade` does (no other command creates one)."""
+    from harvester_cli.state import upgrade
+
+    url = config_module.state_url_from(str(url_or_path))
+    upgrade.create(url).close()
+    return url
+
+
 class Harness:
     """Builds configurations for the simulator and runs the CLI against them."""
 
@@ -79,11 +90,16 @@ class Harness:
         return data
 
     def instance(self, queues: dict, **overrides) -> Instance:
-        return Instance(config_module.parse(self.config_data(queues, **overrides), "<test>", self.tmp_path))
+        instance = Instance(config_module.parse(self.config_data(queues, **overrides), "<test>", self.tmp_path))
+        new_state(instance.state_url)
+        return instance
 
     def write_config(self, queues: dict, **overrides) -> Path:
+        """The configuration file, and its state database created (as an operator's `db upgrade` would)."""
+        data = self.config_data(queues, **overrides)
         path = self.tmp_path / "config.toml"
-        path.write_text(to_toml(self.config_data(queues, **overrides)))
+        path.write_text(to_toml(data))
+        new_state(data["state"])
         return path
 
     def cli(self, *args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:

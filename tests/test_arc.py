@@ -31,9 +31,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from harvester_cli import fetching, monitoring, propagation, submission, sweeping
-from harvester_cli.cycle import run_cycle
-from harvester_cli.store import jobs, workers
+from harvester_cli.state.schema import jobs, workers
+from harvester_cli.steps import fetch_jobs as fetching
+from harvester_cli.steps import poll as monitoring
+from harvester_cli.steps import propagate as propagation
+from harvester_cli.steps import submit as submission
+from harvester_cli.steps import sweep as sweeping
+from harvester_cli.steps.cycle import run_cycle
 from tests.conftest import wait_until
 from tests.test_cycle import cycle_until
 
@@ -263,7 +267,7 @@ class Turnaround:
         return len(self.final_at) == len(panda_ids)
 
     def report(self, label: str) -> None:
-        from harvester_cli.store import job_workers
+        from harvester_cli.state.schema import job_workers
 
         with self.instance.store.read() as conn:
             bound = conn.execute(select(job_workers.c.panda_id, workers.c.worker_id, workers.c.submit_time,
@@ -338,7 +342,7 @@ print(json.dumps({"name": j.Identification.JobName, "memory": r.IndividualPhysic
 def test_delegation_is_created_once_reused_and_renewed_when_the_proxy_changes(tmp_path, harness, arc_ce, pki,
                                                                               pilot_zip):
     from harvester_cli.backends._arc_delegation import Delegations, listed_ids
-    from harvester_cli.sim import certs
+    from harvester_cli.panda.sim import certs
 
     proxy = tmp_path / "proxy.pem"
     shutil.copy(pki.proxy, proxy)
@@ -394,7 +398,7 @@ def test_push_heartbeat_becomes_the_final_state_and_clean_removes_the_session(ha
 
     by_job = {j.panda_id: j for j in rows(instance, jobs)}
     with instance.store.read() as conn:
-        from harvester_cli.store import job_workers
+        from harvester_cli.state.schema import job_workers
 
         worker_of = dict(conn.execute(select(job_workers.c.panda_id, job_workers.c.worker_id)).all())
     ws = {w.worker_id: w for w in rows(instance, workers)}
@@ -457,7 +461,7 @@ def test_sweep_kills_on_the_ce_and_the_job_is_reported_cancelled(harness, sim, a
                what="CE state KILLING or KILLED")
     # Killing again (a retried sweep) is harmless, and a job the CE forgot counts as killed.
     backend = instance.backend(queues[0])
-    from harvester_cli.instance import worker_ref
+    from harvester_cli.steps.instance import worker_ref
 
     ref = worker_ref(worker)
     forgotten = type(ref)(**{**ref.__dict__, "worker_id": ref.worker_id + 1000, "batch_id": "nosuchjob0000"})

@@ -178,7 +178,7 @@ def test_lenient_csr_verifies_the_original_signature_and_is_enough_for_pyarcrest
     from cryptography import x509
     from pyarcrest.x509 import signProxyCSR
 
-    from harvester_cli.sim import certs
+    from harvester_cli.panda.sim import certs
 
     key, pem = _csr_with_version(2)
     csr = _arc_compat.load_csr(pem)
@@ -225,7 +225,7 @@ def test_options_are_validated():
     assert "Failed in data staging" in options.transient_errors
     with pytest.raises(ConfigError, match="missing required key 'endpoints'"):
         config_module.parse(_config({}))
-    with pytest.raises(ConfigError, match="not an https URL"):
+    with pytest.raises(ConfigError, match="expected an https:// URL"):
         config_module.parse(_config({"endpoints": ["http://ce/arex"]}))
     with pytest.raises(ConfigError, match="not a shell variable name"):
         config_module.parse(_config({"endpoints": ["https://ce/arex"], "environment": {"A B": "x"}}))
@@ -234,7 +234,7 @@ def test_options_are_validated():
 
 
 def test_config_check_with_an_arc_queue_does_not_import_pyarcrest():
-    code = ("import sys, json; from harvester_cli import config, instance; "
+    code = ("import sys, json; from harvester_cli import config; from harvester_cli.steps import instance; "
             f"c = config.parse(json.loads({json.dumps(json.dumps(_config({'endpoints': ['https://ce/arex']})))})); "
             "from harvester_cli.backends import arc; "
             "print(sorted(m for m in sys.modules if m.startswith(('pyarcrest', 'cryptography'))))")

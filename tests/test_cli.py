@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from harvester_cli import cli, config
+from harvester_cli.state.schema import HEAD
+from tests.conftest import new_state
 
 HEAVY = ("sqlalchemy", "requests", "htcondor2", "pyarcrest", "rich")
 ANSI = re.compile(r"\x1b\[")
@@ -26,7 +28,11 @@ def queue_toml(name: str, mode: str = "pull") -> str:
 
 
 def write_config(tmp_path: Path, queues: tuple[str, ...] = ("Q",), extra: str = "", name: str = "config.toml") -> Path:
-    text = f'harvester_id = "test-harvester"\n{extra}\n[panda]\nurl = "{PANDA_URL}"\nretries = 0\ntimeout = 2\n'
+    proxy = tmp_path / "proxy.pem"   # config check wants credentials for PanDA, readable by us only
+    proxy.write_text("not a real proxy: nothing here talks to PanDA")
+    proxy.chmod(0o600)
+    text = (f'harvester_id = "test-harvester"\n{extra}\n[panda]\nurl = "{PANDA_URL}"\nretries = 0\ntimeout = 2\n'
+            f'proxy = "{proxy}"\n')
     for queue in queues:
         text += queue_toml(queue)
     path = tmp_path / name
@@ -62,6 +68,7 @@ def instance(tmp_path, run):
     """(config path, state file, run with --config/--state prepended)."""
     cfg = write_config(tmp_path)
     state = tmp_path / "state.db"
+    new_state(state)
 
     def run_instance(*args: str, **kwargs) -> subprocess.CompletedProcess:
         return run("--config", str(cfg), "--state", str(state), *args, **kwargs)
@@ -166,7 +173,7 @@ def test_command_help_imports_nothing_heavy(env, tmp_path, name):
 
 def _help_targets() -> list[tuple[str, ...]]:
     targets = [(name,) for name in cli.COMMANDS]
-    targets += [("config", "check"), ("config", "example"), ("db", "upgrade")]
+    targets += [("config", "check"), ("config", "example"), ("config", "keys"), ("db", "upgrade"), ("db", "current"), ("db", "history")]
     return targets
 
 
@@ -212,7 +219,7 @@ def test_bad_config_in_queue_names_table(tmp_path, run):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'harvester_id = "h"\n[panda]\nurl = "{PANDA_URL}"\n[queues.Q]\nmode = "pull"\nbackend = "nope"\n')
     result = run("--config", str(cfg), "config", "check")
-    assert_usage_error(result, str(cfg), "[queues.Q]", "unknown backend 'nope'")
+    assert_usage_error(result, str(cfg), "[queues.Q]", "backend: expected one of", "got 'nope'")
 
 
 def test_invalid_toml_exit_2(tmp_path, run):
@@ -235,6 +242,7 @@ def test_missing_default_config_points_to_config_example(tmp_path, run):
 
 def test_config_from_environment_variable(tmp_path, run):
     cfg = write_config(tmp_path)
+    new_state(tmp_path / "s.db")
     result = run("--state", str(tmp_path / "s.db"), "--json", "status", extra_env={"HARVESTER_CLI_CONFIG": str(cfg)})
     assert result.returncode == 0, result.stderr
     assert list(json.loads(result.stdout)["queues"]) == ["Q"]
@@ -267,6 +275,7 @@ def test_unknown_option_message(instance):
 def test_submit_count_needs_exactly_one_queue(tmp_path, run):
     cfg = write_config(tmp_path, queues=("A", "B"))
     state = tmp_path / "s.db"
+    new_state(state)
     result = run("--config", str(cfg), "--state", str(state), "submit", "--count", "2")
     assert_click_usage_error(result, "--count", "--queue")
     assert "Traceback" not in result.stderr
@@ -351,10 +360,21 @@ def test_config_example_parses(run, tmp_path):
 
 
 def test_config_example_is_checkable(run, tmp_path):
+    """The example is valid; on a host without its proxy and CA directory, check names exactly those."""
     example = run("config", "example").stdout
     path = tmp_path / "example.toml"
     path.write_text(example)
     result = run("--config", str(path), "--json", "config", "check")
+    lines = result.stderr.strip().splitlines()
+    if result.returncode == 2:
+        assert lines and all("No such file or directory; create it or fix the path" in line for line in lines), lines
+        assert {line.split("] ")[1].split(":")[0] for line in lines} <= {"proxy", "ca"}
+        example = example.replace("/var/lib/harvester-cli/proxy.pem", str(tmp_path / "proxy.pem"))
+        example = example.replace("/etc/grid-security/certificates", str(tmp_path))
+        (tmp_path / "proxy.pem").write_text("x")
+        (tmp_path / "proxy.pem").chmod(0o600)
+        path.write_text(example)
+        result = run("--config", str(path), "--json", "config", "check")
     assert result.returncode == 0, result.stderr
     assert "MY_SITE_PULL" in json.loads(result.stdout)["queues"]
 
@@ -371,15 +391,16 @@ def test_config_example_needs_no_config(run):
 
 def test_db_upgrade_fresh_sqlite(instance):
     cfg, state, run = instance
+    state.unlink()
     result = run("db", "upgrade")
     assert result.returncode == 0, result.stderr
-    assert "version" in result.stdout
-    assert re.search(r"schema version 0 -> \d+", result.stdout), result.stdout
+    assert re.search(r"schema revision \(new database\) -> \d{4}_", result.stdout), result.stdout
     assert state.exists()
     with sqlite3.connect(state) as conn:
         (version,) = conn.execute("SELECT ivalue FROM meta WHERE key = 'schema_version'").fetchone()
+        (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     conn.close()
-    assert version >= 1
+    assert version == 3 and revision == HEAD
     again = run("db", "upgrade")
     assert again.returncode == 0, again.stderr
     assert "nothing to do" in again.stdout
@@ -387,10 +408,11 @@ def test_db_upgrade_fresh_sqlite(instance):
 
 def test_db_upgrade_json(instance):
     cfg, state, run = instance
+    state.unlink()
     result = run("--json", "db", "upgrade")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["from"] == 0 and data["to"] >= 1
+    assert data["from"] is None and data["to"] == HEAD
     assert str(state) in data["url"]
 
 
@@ -402,29 +424,37 @@ def test_db_upgrade_uses_config_state(tmp_path, run):
     assert state.exists()
 
 
-def test_status_creates_fresh_database(instance):
-    cfg, state, run = instance
-    result = run("--json", "status")
-    assert result.returncode == 0, result.stderr
-    assert state.exists()
+@pytest.mark.parametrize("name", ["missing.db", "no/such/dir/state.db", "config.toml/state.db"])
+def test_only_db_upgrade_creates_a_state_database(tmp_path, run, name):
+    """A typo in the state path is an error with the fix, never a new empty instance."""
+    cfg = write_config(tmp_path)
+    state = tmp_path / name
+    for args in (("status",), ("cycle",), ("submit", "--dry-run"), ("workers",)):
+        result = run("--config", str(cfg), "--state", str(state), *args)
+        line = assert_usage_error(result, str(state))
+        assert "db upgrade" in line or "not a directory" in line, line
+    assert not state.exists() and not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("args", [("status",), ("workers",), ("jobs",), ("sweep",), ("poll",), ("db", "upgrade")])
 def test_newer_schema_refused(instance, args):
     cfg, state, run = instance
-    set_schema_version(state, 999)
+    with sqlite3.connect(state) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999_future'")
+    conn.close()
     result = run(*args)
-    assert_usage_error(result, "999", "newer", "upgrade harvester-cli")
+    assert_usage_error(result, "9999_future", "newer", "upgrade harvester-cli")
 
 
 def test_older_schema_needs_db_upgrade(instance):
     cfg, state, run = instance
+    state.unlink()
     set_schema_version(state, 0)
     result = run("status")
     assert_usage_error(result, "harvester-cli db upgrade")
     upgrade = run("db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "version" in upgrade.stdout
+    assert "revision base -> " in upgrade.stdout
     status = run("--json", "status")
     assert status.returncode == 0, status.stderr
     assert "Q" in json.loads(status.stdout)["queues"]
@@ -432,6 +462,7 @@ def test_older_schema_needs_db_upgrade(instance):
 
 def test_meta_without_version_row_needs_db_upgrade(instance):
     cfg, state, run = instance
+    state.unlink()
     with sqlite3.connect(state) as conn:
         conn.execute("CREATE TABLE meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(255), ivalue BIGINT)")
     conn.close()
@@ -500,6 +531,7 @@ def test_quiet_prints_nothing(instance):
 def test_status_queue_selection(tmp_path, run):
     cfg = write_config(tmp_path, queues=("A", "B"))
     state = tmp_path / "s.db"
+    new_state(state)
     both = json.loads(run("--config", str(cfg), "--state", str(state), "--json", "status").stdout)
     assert set(both["queues"]) == {"A", "B"}
     one = run("--config", str(cfg), "--state", str(state), "--json", "status", "--queue", "B")

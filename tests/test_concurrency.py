@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from harvester_cli.store import job_workers, jobs, workers
+from harvester_cli.state.schema import job_workers, jobs, workers
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

@@ -281,7 +281,7 @@ def test_no_queues_is_allowed():
 def test_unknown_backend():
     message = error(with_queue(backend="slurmx"))
     assert "[queues.Q]" in message
-    assert "unknown backend 'slurmx'" in message
+    assert "backend: expected one of" in message and "got 'slurmx'" in message
     assert "local" in message  # the known backends are listed
 
 
@@ -295,13 +295,13 @@ def test_bad_mode():
                                  "memory_mb_per_core", "walltime", "max_submit_attempts"])
 def test_negative_queue_limit_rejected(key):
     message = error(with_queue(**{key: -1}))
-    assert "[queues.Q]" in message and key in message and "negative" in message
+    assert "[queues.Q]" in message and key in message and re.search("must not be negative|must be at least", message)
 
 
 @pytest.mark.parametrize("key", ["n_queue_limit_job", "max_queued_seconds", "lost_grace_seconds"])
 def test_negative_queue_limit_rejected_for_optional_limits(key):
     message = error(with_queue(**{key: -1}))
-    assert "[queues.Q]" in message and key in message and "negative" in message
+    assert "[queues.Q]" in message and key in message and re.search("must not be negative|must be at least", message)
 
 
 @pytest.mark.parametrize("key", ["lease_seconds", "max_new_workers_per_run"])
@@ -309,7 +309,7 @@ def test_negative_global_limit_rejected(key):
     data = minimal()
     data[key] = -1
     message = error(data)
-    assert key in message and "negative" in message
+    assert key in message and re.search("must not be negative|must be at least", message)
 
 
 @pytest.mark.parametrize("key", ["worker_retention", "job_retention", "max_kills_per_run"])
@@ -610,3 +610,112 @@ def test_as_dict_is_resolved_and_plain(tmp_path):
     assert resolved["queues"]["Q"]["max_workers"] == 100
     assert resolved["queues"]["Q"]["backend_options"] == {"work_dir": None}
     assert re.match(r"https://", resolved["panda"]["url"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Values that make no sense: refused when the file is read, one line each, every problem at once
+
+
+@pytest.mark.parametrize("section,key,value,needle", [
+    ("panda", "timeout", 0, "timeout: must be more than 0"),
+    ("panda", "timeout", float("inf"), "timeout: must be a finite number"),
+    ("panda", "bulk_size", 0, "bulk_size: must be at least 1"),
+    ("panda", "url", "http://panda.example.org/api/v1", "url: expected an https:// URL"),
+    ("panda", "url", "panda.example.org/api/v1", "url: expected an https:// URL"),
+    ("queue", "status", "Online", "did you mean 'online'"),
+    ("queue", "status", "ofline", "did you mean 'offline'"),
+    ("queue", "max_workers", 2**40, "max_workers: must be at most"),
+    ("queue", "core_count", 0, "core_count: must be at least 1"),
+    ("top", "lease_seconds", 0, "lease_seconds: must be at least 10"),
+])
+def test_values_that_make_no_sense_are_refused(section, key, value, needle):
+    data = minimal()
+    target = {"panda": data["panda"], "queue": data["queues"]["Q"], "top": data}[section]
+    target[key] = value
+    message = error(data)
+    assert needle in message and len(message.splitlines()) == 1, message
+
+
+def test_every_problem_is_reported_at_once_one_line_each():
+    data = minimal()
+    data["panda"]["timeout"] = 0
+    data["panda"]["bulk_size"] = 0
+    data["queues"]["Q"]["status"] = "Online"
+    data["queues"]["R"] = {"mode": "pul", "backend": "local", "max_workers": -1}
+    data["lease_seconds"] = "600"
+    lines = error(data).splitlines()
+    assert len(lines) == 6, lines
+    assert all(line.startswith(SOURCE + ": ") for line in lines)
+    for needle in ("[panda] timeout", "[panda] bulk_size", "[queues.Q] status", "[queues.R] mode",
+                   "[queues.R] max_workers", "lease_seconds: expected an integer"):
+        assert any(needle in line for line in lines), (needle, lines)
+
+
+@pytest.mark.parametrize("queues", [[1, 2], "Q", 3])
+def test_queues_that_is_not_a_table(queues):
+    data = minimal()
+    data["queues"] = queues
+    assert "queues: must be a table" in error(data)
+
+
+def test_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'harvester_id = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert "not UTF-8" in str(info.value) and str(path) in str(info.value)
+
+
+def test_environment_problems_name_missing_files_loose_secrets_and_missing_credentials(tmp_path):
+    secret = tmp_path / "client.secret"
+    secret.write_text("s3cret")
+    secret.chmod(0o644)
+    data = minimal()
+    data["panda"]["ca"] = str(tmp_path / "no-such-ca")
+    data["tokens"] = {"ce": {"file": "t", "endpoint": "https://iam.example.org/token", "client_id": "c",
+                             "client_secret_file": str(secret)}}
+    cfg = config.parse(data, SOURCE, tmp_path)
+    problems = config.environment_problems(cfg)
+    assert any("[panda] ca:" in p and "no-such-ca" in p and "No such file" in p for p in problems), problems
+    assert any("[tokens.ce] client_secret_file:" in p and "chmod 600" in p for p in problems), problems
+    assert any("[panda] no credentials" in p for p in problems), problems
+    data = minimal()
+    data["queues"] = {}
+    data["panda"]["proxy"] = str(secret)
+    secret.chmod(0o600)
+    problems = config.environment_problems(config.parse(data, SOURCE, tmp_path))
+    assert len(problems) == 1 and problems[0].endswith(": no queues: add one, e.g. [queues.MY_QUEUE] with mode and "
+                                                       "backend (`harvester-cli config example` shows one)")
+
+
+def test_reference_document_is_generated_from_the_schema():
+    from harvester_cli.config import reference
+
+    assert reference.REFERENCE_FILE.read_text() == reference.markdown(), \
+        "docs/configuration.md is stale: harvester-cli config keys --markdown > docs/configuration.md"
+
+
+def test_readme_tables_name_only_keys_the_schema_knows_with_their_defaults():
+    """Every key a README table row names exists in the schema, and a single default it shows is the schema's."""
+    from harvester_cli.config import reference
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = readme[readme.index("## Configuration"):readme.index("## How many workers")]
+    known = {k.key: k.default for k in reference.keys()}
+    rows = re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)*) \| ([^|]+) \|", readme, re.M)
+    assert len(rows) > 30, "the README lost its configuration tables"
+    for names, default in rows:
+        names = re.findall(r"`([a-z_]+)`", names)
+        for name in names:
+            assert name in known, f"README names {name!r}, which the configuration schema does not know"
+        if len(names) == 1 and re.fullmatch(r"-?\d+(\.\d+)?", default.strip()):
+            assert float(default) == float(known[names[0]].strip("'")), (names[0], default, known[names[0]])
+
+
+def test_every_queue_key_is_in_the_readme_queue_table():
+    from harvester_cli.config import reference
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for key in reference.keys():
+        if key.table == "[queues.NAME] and [queue_defaults]":
+            assert f"`{key.key}`" in readme, key.key

@@ -27,8 +27,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from harvester_cli import config as config_module
-from harvester_cli import credentials
 from harvester_cli.errors import ConfigError
+from harvester_cli.site import credentials, proxies
 from tests.conftest import to_toml
 
 pytestmark = pytest.mark.credentials
@@ -287,7 +287,7 @@ def test_the_tool_itself_refuses_an_expired_certificate(tmp_path, ca, tool):
                                          certificates=[config_module.CertificateConfig(ca.expired.cert, ca.expired.key)])
     out = tmp_path / "candidate.pem"
     try:
-        credentials.TOOLS[tool](profile, profile.certificates[0], out, None)
+        proxies.TOOLS[tool](profile, profile.certificates[0], out, None)
     except credentials.CredentialError as exc:
         # "ERROR: Your certificate expired <date>" / "Proxy generation failed: Certificate has expired."
         assert "expired" in str(exc).lower() and "your identity" not in str(exc).lower(), exc
@@ -569,7 +569,7 @@ def test_panda_client_uses_the_token_profile(site, token_endpoint, pki, sim):
     token, _ = token_site(site, token_endpoint, pki)
     site.data["panda"] = {"url": sim.url, "token_profile": "ce1", "token_origin": "atlas", "ca": str(pki.ca_file)}
     site.renew()
-    from harvester_cli.instance import Instance
+    from harvester_cli.steps.instance import Instance
 
     instance = Instance(site.config())
     assert instance.panda_config.token_file == token
@@ -593,11 +593,11 @@ def test_proxy_profile_drives_panda_client_backends_and_pilots(site, pki, sim):
     site.data["queues"]["R"] = {"mode": "pull", "backend": "local"}
     _, data = site.renew()
     assert [p["action"] for p in data["profiles"]] == ["renewed", "renewed"]
-    from harvester_cli.instance import Instance
+    from harvester_cli.steps.instance import Instance
 
     config = site.config()
     instance = Instance(config)
-    assert credentials.proxy_path(config.proxies["panda"]) == panda_proxy
+    assert config.proxies["panda"].file == panda_proxy
     assert instance.panda_config.proxy == panda_proxy
     assert instance.proxy_for(config.queues["Q"]) == pilots_proxy
     assert instance.proxy_for(config.queues["R"]) == panda_proxy
@@ -607,7 +607,7 @@ def test_proxy_profile_drives_panda_client_backends_and_pilots(site, pki, sim):
     assert instance.panda.acquire_commands(1) == []
     # ... and without any, the simulator refuses it
     from harvester_cli.errors import PandaError
-    from harvester_cli.panda import PandaClient
+    from harvester_cli.panda.client import PandaClient
 
     bare = PandaClient(replace(config.panda, proxy_profile=None), config.harvester_id)
     with pytest.raises(PandaError):
@@ -629,13 +629,13 @@ PROFILE = {"file": "/var/lib/h/proxy.pem", "certificates": [{"cert": "/c.pem", "
 
 
 @pytest.mark.parametrize("settings,fragment", [
-    ({"tool": "grid-proxy-init"}, "tool: expected one of voms-proxy-init, arcproxy, builtin"),
+    ({"tool": "grid-proxy-init"}, "tool: expected one of 'voms-proxy-init', 'arcproxy', 'builtin'"),
     ({"tool": "builtin", "voms": "atlas"}, "builtin tool makes proxies without VOMS"),
     ({"voms": "atlas:atlas/Role=production"}, "voms: expected 'vo' or 'vo:/vo/Role=...'"),
-    ({"min_lifetime": 400000}, "min_lifetime (400000) must be less than lifetime (345600)"),
+    ({"min_lifetime": 400000}, "min_lifetime: (400000) must be less than lifetime (345600)"),
     ({"certificates": []}, "certificates: list at least one"),
     ({"certificates": [{"cert": "/c.pem"}]}, "[proxies.p.certificates[0]] missing required key 'key'"),
-    ({"lifetime": -1}, "lifetime: must not be negative"),
+    ({"lifetime": -1}, "lifetime: must be at least 600"),
 ])
 def test_bad_proxy_profiles(settings, fragment):
     with pytest.raises(ConfigError) as info:
@@ -648,7 +648,7 @@ def test_bad_proxy_profiles(settings, fragment):
     (lambda d: d["queues"]["Q"].update(proxy_profile="nope"), "[queues.Q] proxy_profile: no [proxies.nope]"),
     (lambda d: d["panda"].update(proxy_profile="nope"), "[panda] proxy_profile: no [proxies.nope]"),
     (lambda d: d["panda"].update(proxy_profile="p", proxy="/x.pem"), "set one of proxy, proxy_profile"),
-    (lambda d: d.update(smtp={"security": "tls"}), "[smtp] security: expected 'none', 'starttls' or 'ssl'"),
+    (lambda d: d.update(smtp={"security": "tls"}), "[smtp] security: expected one of 'none', 'starttls', 'ssl'"),
     (lambda d: d.update(tokens={"t": {"file": "/t", "endpoint": "http://x/token", "client_id": "c",
                                       "client_secret_file": "/s"}}), "endpoint: expected an https:// URL"),
     (lambda d: d["proxies"].update(q=dict(PROFILE)), "file: /var/lib/h/proxy.pem is also written by [proxies.p]"),
@@ -684,7 +684,7 @@ def test_no_profiles_configured(site):
 
 
 def test_redaction_of_secrets_in_log_lines():
-    from harvester_cli import logs
+    from harvester_cli.site import logs
 
     logs.register_secret("a-very-secret-passphrase")
     assert logs.redact("key with a-very-secret-passphrase inside") == "key with [redacted] inside"

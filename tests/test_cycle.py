@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from harvester_cli import fetching, monitoring, propagation, submission, sweeping
-from harvester_cli.cycle import run_cycle
-from harvester_cli.store import job_workers, jobs, reports, workers
+from harvester_cli.state.schema import job_workers, jobs, reports, workers
+from harvester_cli.steps import fetch_jobs as fetching
+from harvester_cli.steps import poll as monitoring
+from harvester_cli.steps import propagate as propagation
+from harvester_cli.steps import submit as submission
+from harvester_cli.steps import sweep as sweeping
+from harvester_cli.steps.cycle import run_cycle
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -110,9 +114,9 @@ def test_panda_outage_keeps_every_update_and_the_next_run_sends_them(harness, si
     pending = rows(instance, reports)
     assert {r.kind for r in pending} == {"job", "worker"} and all(r.attempts >= 1 for r in pending)
     assert sim.job_status(panda_id) == "sent"   # PanDA saw nothing
-    from harvester_cli.views import report_problems
+    from harvester_cli.state.views import report_problems
 
-    problems = report_problems(instance)
+    problems = report_problems(instance.store)
     assert {p["kind"] for p in problems} == {"job", "worker"} and "503" in problems[0]["last_error"]
     sim.fail_next = []
     run = propagation.propagate(instance, queues)

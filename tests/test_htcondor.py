@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harvester_cli import ce_choice, config, model
+from harvester_cli import config, model
 from harvester_cli.backends import _htcondor_status as status_map
 from harvester_cli.backends import _htcondor_submit as build
+from harvester_cli.backends import ce_choice
 from harvester_cli.backends.base import BackendContext, WorkerRef, WorkerSpec
 from harvester_cli.errors import ConfigError
 
@@ -451,10 +452,10 @@ def test_clean_removes_private_files_and_forces_lingering_removed_jobs_out(tmp_p
 # -- configuration ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options,message", [
-    ({"ces": [{"endpoint": "a", "flavour": "cream-ce"}]}, "ces[0].flavour: expected one of htcondor-ce, arc-ce"),
+    ({"ces": [{"endpoint": "a", "flavour": "cream-ce"}]}, "ces[0]] flavour: expected one of 'htcondor-ce', 'arc-ce'"),
     ({"ces": [{"flavour": "arc-ce"}]}, "missing required key 'endpoint'"),
     ({"ces": [{"endpoint": "a"}], "cric_file": "x.json"}, "either ces or cric_file"),
-    ({"ce_fair_share": 1.5}, "ce_fair_share: expected 0..1"),
+    ({"ce_fair_share": 1.5}, "ce_fair_share: must be at most 1"),
     ({"held_timout": 5}, "did you mean 'held_timeout'"),
     ({"extra_attributes": {"+A": 1}}, "extra_attributes.+A: expected a string"),
 ])

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from harvester_cli import monitoring, propagation, submission, sweeping
-from harvester_cli.sim import certs
-from harvester_cli.store import workers
+from harvester_cli.panda.sim import certs
+from harvester_cli.state.schema import workers
+from harvester_cli.steps import poll as monitoring
+from harvester_cli.steps import propagate as propagation
+from harvester_cli.steps import submit as submission
+from harvester_cli.steps import sweep as sweeping
 from tests.conftest import wait_until
 from tests.test_cycle import cycle_until as _cycle_until
 from tests.test_cycle import rows
@@ -39,7 +42,7 @@ SCHEDD = f"ce@{socket.gethostname().split('.')[0]}"
 COLLECTOR = "127.0.0.1:9618"
 # A CE that is down: nothing listens on the discard port.
 DOWN_CE = "127.0.0.1:9"
-PILOT = "PYTHONPATH=$PWD/harvester_cli.zip python3 -m harvester_cli.testpilot"
+PILOT = "PYTHONPATH=$PWD/harvester_cli.zip python3 -m harvester_cli.panda.sim.pilot"
 
 
 class Pool:
@@ -339,7 +342,7 @@ def test_sweep_kills_running_workers_with_the_cap(htc, sim):
     assert all(w.status == "cancelled" for w in worker_rows(instance))
     # killing again (e.g. a retried sweep): the schedd no longer knows them, which counts as killed
     backend = instance.backend(queues[0])
-    from harvester_cli.instance import worker_ref
+    from harvester_cli.steps.instance import worker_ref
 
     assert all(r.ok for r in backend.kill([worker_ref(w) for w in worker_rows(instance)], "again"))
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from harvester_cli import config as config_module
-from harvester_cli import logs
-from harvester_cli.instance import Instance
-from harvester_cli.logserver import LogServer
-from tests.conftest import to_toml
+from harvester_cli.site import logs, retention
+from harvester_cli.site.logserver import LogServer
+from harvester_cli.state.views import active_worker_logs
+from harvester_cli.steps.instance import Instance
+from tests.conftest import new_state, to_toml
 
 pytestmark = pytest.mark.logs
 
@@ -57,13 +58,15 @@ class Tree:
         return path
 
     def instance(self) -> Instance:
-        return Instance(config_module.load(self.write_config()))
+        instance = Instance(config_module.load(self.write_config()))
+        new_state(instance.state_url)
+        return instance
 
     def worker_dir(self, day: str, worker_id: int, queue: str = "Q") -> Path:
         return self.root / "workers" / day / queue / str(worker_id)
 
     def add_worker(self, worker_id: int, status: str, log_dir: Path, queue: str = "Q") -> None:
-        from harvester_cli.store import workers
+        from harvester_cli.state.schema import workers
 
         instance = self.instance()
         with instance.store.write() as conn:
@@ -71,8 +74,10 @@ class Tree:
                                                  status=status, log_dir=str(log_dir), created=NOW, modified=NOW))
         instance.close()
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, create_state: bool = True) -> subprocess.CompletedProcess:
         self.write_config()
+        if create_state:
+            new_state(self.data["state"])
         env = {**os.environ, "XDG_STATE_HOME": str(self.tmp / "xdg-state"), "XDG_CONFIG_HOME": str(self.tmp / "xdg")}
         return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(self.tmp / "config.toml"), *args],
                               capture_output=True, text=True, env=env, timeout=300)
@@ -174,7 +179,7 @@ def test_worker_protected_by_queue_and_id_when_log_dir_moved(tree):
 def test_no_state_database_keeps_worker_logs(tree):
     old = write(tree.worker_dir("2026-01-01", 5) / "pilot.out", 10, 30)
     cmd = write(tree.root / "commands" / "poll.log.5", 10, 60)
-    result = tree.cli("--json", "clean-logs")
+    result = tree.cli("--json", "clean-logs", create_state=False)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert old.exists() and not cmd.exists()
@@ -210,10 +215,10 @@ def test_clean_logs_speed(tree, capsys):
     age_dir(root / "2026-01-01" / "Q", 20)
     tree.add_worker(1, "running", root / "2026-01-01" / "Q" / "1")
     instance = tree.instance()
-    active = logs.active_workers(instance.store)
+    active = retention.active_workers(active_worker_logs(instance.store))
     instance.close()
     started = time.monotonic()
-    run = logs.clean(tree.root, instance.config.log_retention, active, now=NOW)
+    run = retention.clean(tree.root, instance.config.log_retention, active, now=NOW)
     elapsed = time.monotonic() - started
     n = n_workers * files_per_worker
     assert run.scanned == n

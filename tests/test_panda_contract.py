@@ -17,18 +17,17 @@ import socket
 import time
 from datetime import datetime
 
+import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-import pytest
-import requests
-
 from harvester_cli.config import PandaConfig
 from harvester_cli.errors import PandaError
-from harvester_cli.panda import PandaClient, PandaRefused
-from harvester_cli.credentials import build_proxy
-from harvester_cli.sim import certs, server
-from harvester_cli.sim.server import PandaSimulator
+from harvester_cli.panda.client import PandaClient, PandaRefused
+from harvester_cli.panda.sim import certs, server
+from harvester_cli.panda.sim.server import PandaSimulator
+from harvester_cli.site.proxies import build_proxy
 
 pytestmark = pytest.mark.integration
 

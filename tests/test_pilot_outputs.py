@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harvester_cli import pilot_outputs
+from harvester_cli.panda import pilot_outputs
 
 JOB = {"PandaID": 123, "attemptNr": 2}
 

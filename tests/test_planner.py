@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harvester_cli.config import QueueConfig
-from harvester_cli.planner import QueueState, plan, split
+from harvester_cli.steps.planner import QueueState, plan, split
 
 pytestmark = pytest.mark.planner
 

@@ -2,48 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import uuid
-from pathlib import Path
-
 import pytest
 
-from harvester_cli.store import Store, workers
+from harvester_cli.state.schema import workers
+from harvester_cli.state.store import Store
+from tests.conftest import new_state
 from tests.test_cycle import cycle_until, rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 
-ROLE, PASSWORD = "harvester_cli_test", "harvester_cli_test"
-
-
-def _psql(sql: str) -> None:
-    subprocess.run(["su", "postgres", "-c", f'psql -qc "{sql}"'], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres")) if Path("/usr/lib/postgresql").exists() else []
-    if not versions or not shutil.which("pg_ctlcluster"):
-        pytest.fail("PostgreSQL is not installed: run scripts/test as root (it installs scripts/apt-packages.txt)")
-    version = versions[-1].parent.parent.name
-    subprocess.run(["pg_ctlcluster", version, "main", "start"], capture_output=True)   # already running is fine
-    subprocess.run(["pg_ctlcluster", version, "main", "status"], check=True, capture_output=True)
-    subprocess.run(["su", "postgres", "-c", f"psql -qc \"DROP ROLE IF EXISTS {ROLE}\""], capture_output=True)
-    _psql(f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'")
-    return version
-
-
-@pytest.fixture
-def pg_url(postgres_server):
-    name = f"hcli_{uuid.uuid4().hex[:10]}"
-    _psql(f"CREATE DATABASE {name} OWNER {ROLE}")
-    yield f"postgresql+psycopg2://{ROLE}:{PASSWORD}@127.0.0.1/{name}"
-    subprocess.run(["su", "postgres", "-c", f"psql -qc \"DROP DATABASE IF EXISTS {name} WITH (FORCE)\""],
-                   capture_output=True)
-
-
 def test_claims_are_exclusive_on_postgresql(pg_url):
+    new_state(pg_url)
     first, second = Store(pg_url), Store(pg_url)
     with first.write() as conn:
         conn.execute(workers.insert(), [{"worker_id": i, "queue": "Q", "backend": "local", "mode": "pull",

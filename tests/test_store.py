@@ -9,7 +9,9 @@ import pytest
 from sqlalchemy import select
 
 from harvester_cli.errors import StateError
-from harvester_cli.store import SCHEMA_VERSION, Store, reports, workers
+from harvester_cli.state.schema import reports, workers
+from harvester_cli.state.store import Store
+from tests.conftest import new_state
 
 
 def worker_rows(n):
@@ -19,7 +21,7 @@ def worker_rows(n):
 
 @pytest.fixture
 def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'state.db'}"
+    return new_state(tmp_path / "state.db")
 
 
 def test_two_stores_never_claim_the_same_rows(url):
@@ -66,13 +68,13 @@ def test_worker_ids_are_never_reused_and_respect_pandas_floor(url):
     assert Store(url).allocate_worker_ids(2) == [45, 46]
 
 
-@pytest.mark.parametrize("version,needle", [(SCHEMA_VERSION + 1, "newer than this harvester-cli"),
-                                            (0, "run `harvester-cli db upgrade`")])
-def test_wrong_schema_version_is_refused_with_what_to_do(tmp_path, version, needle):
+@pytest.mark.parametrize("revision,needle", [("9999_from_the_future", "newer than this harvester-cli"),
+                                             ("0001_base", "run `harvester-cli db upgrade`")])
+def test_wrong_schema_revision_is_refused_with_what_to_do(tmp_path, revision, needle):
     path = tmp_path / "state.db"
-    Store(f"sqlite:///{path}")
+    new_state(path)
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET ivalue = ? WHERE key = 'schema_version'", (version,))
+        db.execute("UPDATE alembic_version SET version_num = ?", (revision,))
     with pytest.raises(StateError, match=needle.replace("`", ".")):
         Store(f"sqlite:///{path}")
 

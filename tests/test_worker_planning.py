@@ -7,9 +7,11 @@ import json
 
 import pytest
 
-from harvester_cli import monitoring, propagation, submission
-from harvester_cli.diagnostics import classify
-from harvester_cli.store import commands, worker_targets, workers
+from harvester_cli.panda.diagnostics import classify
+from harvester_cli.state.schema import commands, worker_targets, workers
+from harvester_cli.steps import poll as monitoring
+from harvester_cli.steps import propagate as propagation
+from harvester_cli.steps import submit as submission
 from tests.test_cycle import rows
 
 pytestmark = [pytest.mark.planner, pytest.mark.integration]

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from harvester_cli.secretfiles import locked, write_private
+from harvester_cli.site.secretfiles import locked, write_private
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,6 @@ import ssl
 import sys
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -67,8 +66,16 @@ from urllib.parse import urlsplit
 from harvester_cli import model
 from harvester_cli.backends import _arc_description as adl
 from harvester_cli.backends._arc_delegation import Delegations
-from harvester_cli.backends.base import Backend, KillResult, Observation, SubmitResult, WorkerRef, WorkerSpec
-from harvester_cli.errors import BackendError, ConfigError
+from harvester_cli.backends.base import (
+    Backend,
+    KillResult,
+    Observation,
+    SubmitResult,
+    WorkerRef,
+    WorkerSpec,
+)
+from harvester_cli.config.backend_options import ArcOptions
+from harvester_cli.errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +92,6 @@ OUTPUT_RETRY_SECONDS = 3600
 # CE fanout: recent history that weighs the CEs of a queue.
 CE_HISTORY_SECONDS = 6 * 3600
 
-DEFAULT_TRANSIENT_ERRORS = [
-    "Job submission to LRMS failed",
-    "Failed in data staging",
-    "Job was lost",
-    "Job disappeared",
-]
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -150,46 +151,7 @@ def connect(endpoint: str, proxy: Path, timeout: float, ca: Path | None):
 class ArcBackend(Backend):
     name = "arc"
 
-    @dataclass(frozen=True)
-    class Options:
-        # A-REX REST endpoints of this queue's CE(s), e.g. ["https://arc.example.org:443/arex"].
-        endpoints: list[str]
-        # The ARC queue (ADL QueueName); none: the CE's default queue.
-        queue: str | None = None
-        # Runtime environments every job asks for, e.g. ["ENV/PROXY", "APPS/HEP/ATLAS-SITE"].
-        runtime_environments: list[str] = field(default_factory=list)
-        # Files shipped with every job: local paths are uploaded, URLs are fetched by the CE.
-        input_files: list[str] = field(default_factory=list)
-        # Push: the job's input files (inFiles/scopeIn) become CE-staged inputs from this URL template
-        # ({scope}, {lfn}), e.g. "rucio://rucio-lb-prod.cern.ch/replicas/{scope}/{lfn}".
-        stage_inputs: str | None = None
-        # Pilot files kept besides stdout/stderr, heartbeat.json and jobReport.json.
-        output_files: list[str] = field(default_factory=lambda: ["pilotlog.txt"])
-        # Extra environment of the pilot; values are expanded by the CE's /bin/sh ("$PWD/pilot.zip").
-        environment: dict[str, str] = field(default_factory=dict)
-        # What {python} in the pilot command runs on the CE.
-        python: str = "python3"
-        # ARC errors (case-insensitive substrings) after which a push job gets a new worker.
-        transient_errors: list[str] = field(default_factory=lambda: list(DEFAULT_TRANSIENT_ERRORS))
-        # CA file or directory to verify the CE's host certificate (pyarcrest alone does not verify).
-        ca: Path | None = None
-        timeout: float = 60.0
-        # Renew the delegation when it has less left than this and the proxy lasts longer.
-        delegation_min_lifetime: int = 6 * 3600
-
-        def __post_init__(self):
-            where = "backend_options"
-            if not self.endpoints:
-                raise ConfigError(f"{where}.endpoints: list at least one A-REX URL, e.g. "
-                                  "\"https://arc.example.org:443/arex\"")
-            for endpoint in self.endpoints:
-                if not endpoint.startswith("https://"):
-                    raise ConfigError(f"{where}.endpoints: {endpoint!r} is not an https URL")
-            for name in self.environment:
-                if not adl._ENV_NAME.match(name):
-                    raise ConfigError(f"{where}.environment: {name!r} is not a shell variable name")
-            if self.stage_inputs is not None and "{lfn}" not in self.stage_inputs:
-                raise ConfigError(f"{where}.stage_inputs: the URL template needs {{lfn}} (and may use {{scope}})")
+    Options = ArcOptions
 
     def __init__(self, queue, context):
         super().__init__(queue, context)
@@ -337,7 +299,7 @@ class ArcBackend(Backend):
         except Exception:
             self._drop(endpoint)
             raise
-        from harvester_cli.instance import fault_point
+        from harvester_cli.faults import fault_point
 
         fault_point("arc_after_create")   # crash tests: the jobs exist, their files are not uploaded
         if len(created) != len(specs):
@@ -468,7 +430,11 @@ class ArcBackend(Backend):
 
     def _download(self, client, w: WorkerRef, names: list[str] | None = None) -> None:
         """Bring the job's outputs (those that exist) and A-REX's log of it into the worker's log directory."""
-        from pyarcrest.errors import ARCHTTPError, MissingDiagnoseFile, MissingOutputFile
+        from pyarcrest.errors import (
+            ARCHTTPError,
+            MissingDiagnoseFile,
+            MissingOutputFile,
+        )
 
         if w.log_dir is None:
             return

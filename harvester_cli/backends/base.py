@@ -100,10 +100,8 @@ class Backend(ABC):
     """Submit many workers, check many workers, kill many workers: per-worker results, never None."""
 
     name: ClassVar[str]
-
-    @dataclass(frozen=True)
-    class Options:
-        """Backend options from the queue's `backend_options` table; subclasses extend."""
+    # The queue's `backend_options` table (a section of config.backend_options).
+    Options: ClassVar[type]
 
     def __init__(self, queue: Any, context: BackendContext):
         self.queue = queue

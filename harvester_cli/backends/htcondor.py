@@ -41,16 +41,21 @@ import random
 import shutil
 import socket
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from harvester_cli import ce_choice, model
+from harvester_cli import model
 from harvester_cli.backends import _htcondor_status as status_map
 from harvester_cli.backends import _htcondor_submit as build
+from harvester_cli.backends import ce_choice
 from harvester_cli.backends.base import (
-    Backend, KillResult, Observation, SubmitResult, WorkerRef, WorkerSpec,
+    Backend,
+    KillResult,
+    Observation,
+    SubmitResult,
+    WorkerRef,
+    WorkerSpec,
 )
-from harvester_cli.errors import ConfigError
+from harvester_cli.config.backend_options import HTCondorOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,77 +64,10 @@ HEALTH_FILE = ".ce-health.json"
 REMOVE_CODE = 1
 
 
-@dataclass(frozen=True)
-class CE:
-    """One computing element of a queue (grid submission)."""
-
-    # host:port of an HTCondor-CE (port 9619 if left out), or host[:port] / https URL of an ARC-CE.
-    endpoint: str
-    # htcondor-ce or arc-ce: picks the shipped template.
-    flavour: str = "htcondor-ce"
-    # The CE's batch queue (CRIC ce_queue_name).
-    queue: str | None = None
-    # HTCondor-CE schedd name when it is not the endpoint's host name.
-    name: str | None = None
-    # Only ACTIVE CEs get workers.
-    state: str = "ACTIVE"
-
-
 class HTCondorBackend(Backend):
     name = "htcondor"
 
-    @dataclass(frozen=True)
-    class Options:
-        # The schedd to submit to, by name; none: this host's schedd.
-        schedd: str | None = None
-        # The pool's collector that locates `schedd` (default: COLLECTOR_HOST of the HTCondor config).
-        collector: str | None = None
-        # Grid CEs; none (and no cric_file): vanilla jobs in the schedd's own pool.
-        ces: list[CE] = field(default_factory=list)
-        # A CRIC pandaqueue JSON file: its ACTIVE queues[] entries are the CEs (instead of `ces`).
-        cric_file: Path | None = None
-        # Your own submit description template (HTCondor macros, see _htcondor_submit.py) for every CE.
-        template: Path | None = None
-        # Jobs per Schedd.submit call.
-        max_at_once: int = 100
-        # CE fanout: part of the weight split evenly; throughput window; back-off of failing CEs.
-        ce_fair_share: float = 0.5
-        ce_stats_window: int = 6 * 3600
-        ce_backoff_seconds: int = 1800
-        ce_backoff_failures: int = 3
-        # Removal policy: held longer than this; hold reasons (substring, or HoldReasonCode number) that
-        # remove at once; a grid job whose CE is unreachable longer than this.
-        held_timeout: int = 3600
-        kill_hold_reasons: list[str] = field(default_factory=list)
-        unavailable_timeout: int = 3600
-        # How far back poll and find look in the schedd's history for jobs that left the queue.
-        history_window: int = 2 * 24 * 3600
-        # Submit commands added to every job, e.g. a OneBox background twin's
-        # {"+HarvesterBackground" = "True", "priority" = "-10"} (the pool's START/RANK may use them).
-        extra_attributes: dict[str, str] = field(default_factory=dict)
-        # Extra files every job carries (transfer_input_files), e.g. a pilot tarball.
-        input_files: list[str] = field(default_factory=list)
-        # Credentials the jobs carry: X.509 proxy (default: [panda] proxy) and/or a token file.
-        proxy: Path | None = None
-        token_file: Path | None = None
-        # Disk requested per core.
-        disk_mb_per_core: int = 2000
-        # The account jobs run as when harvester-cli runs as root: worker directories are given to it.
-        job_owner: str | None = None
-        # Private per-worker files (wrapper, pandaJobData.out); default: the instance's work_dir.
-        work_dir: Path | None = None
-
-        def __post_init__(self):
-            for i, ce in enumerate(self.ces):
-                if ce.flavour not in build.CE_FLAVOURS:
-                    raise ConfigError(f"backend_options.ces[{i}].flavour: expected one of "
-                                      f"{', '.join(build.CE_FLAVOURS)}, got {ce.flavour!r}")
-            if self.ces and self.cric_file:
-                raise ConfigError("backend_options: set either ces or cric_file, not both")
-            if not 0.0 <= self.ce_fair_share <= 1.0:
-                raise ConfigError(f"backend_options.ce_fair_share: expected 0..1, got {self.ce_fair_share}")
-            if self.max_at_once < 1:
-                raise ConfigError("backend_options.max_at_once: must be at least 1")
+    Options = HTCondorOptions
 
     def __init__(self, queue, context):
         super().__init__(queue, context)
@@ -262,7 +200,7 @@ class HTCondorBackend(Backend):
 
     def _prepare(self, spec: WorkerSpec, ce: ce_choice.CEEntry | None, schedd_name: str) -> dict[str, str]:
         """The worker's directories and files; returns its macros."""
-        from harvester_cli import pilot_outputs
+        from harvester_cli.panda import pilot_outputs
 
         work = self.work_dir(spec.worker_id)
         for directory in (spec.log_dir, work):

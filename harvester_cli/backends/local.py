@@ -15,13 +15,18 @@ import shutil
 import signal
 import socket
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from harvester_cli import model
 from harvester_cli.backends.base import (
-    Backend, KillResult, Observation, SubmitResult, WorkerRef, WorkerSpec,
+    Backend,
+    KillResult,
+    Observation,
+    SubmitResult,
+    WorkerRef,
+    WorkerSpec,
 )
+from harvester_cli.config.backend_options import LocalOptions
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +81,7 @@ def _process_tag(pid: int) -> tuple[str | None, str | None]:
 class LocalBackend(Backend):
     name = "local"
 
-    @dataclass(frozen=True)
-    class Options:
-        # Where worker work directories go; default: the instance's work_dir.
-        work_dir: Path | None = None
+    Options = LocalOptions
 
     @property
     def root(self) -> Path:

@@ -13,13 +13,14 @@ def command(g, dry_run):
     """
     from dataclasses import asdict
 
-    from harvester_cli.logs import active_workers, clean
+    from harvester_cli.site.retention import active_workers, clean
+    from harvester_cli.state.views import active_worker_logs
 
     instance = g.instance()
     config = instance.config
     active = None
     if instance.store_exists():
-        active = active_workers(instance.store)
+        active = active_workers(active_worker_logs(instance.store))
     keep = [g.command_log_file] if g.command_log_file else []
     run = clean(config.logs, config.log_retention, active, dry_run=dry_run, keep=keep)
     out = g.output()

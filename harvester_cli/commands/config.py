@@ -11,10 +11,19 @@ def command():
 @command.command("check", epilog="Example: harvester-cli --config /etc/harvester-cli/config.toml config check")
 @pass_globals
 def check(g):
-    """Validate the configuration file and print it resolved (defaults filled in, paths absolute)."""
-    from harvester_cli.config import as_dict, display_url, state_url_from
+    """Validate the configuration file and print it resolved (defaults filled in, paths absolute).
+
+    Beyond what every command checks, this looks at the host: files the configuration names must exist,
+    files holding secrets must not be readable by others, and PanDA needs credentials and a queue.
+    Every problem is printed, one line each; exit 2 if there is any.
+    """
+    from harvester_cli.config import as_dict, display_url, environment_problems, state_url_from
+    from harvester_cli.errors import ConfigError
 
     config = g.config()
+    problems = environment_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
     data = as_dict(config)
     if g.state:   # what every other command would use
         data["state"] = display_url(state_url_from(g.state))
@@ -35,6 +44,30 @@ def _flatten(prefix: str, value) -> list[tuple[str, object]]:
     if isinstance(value, dict) and value:
         return [row for k, v in value.items() for row in _flatten(f"{prefix}.{k}", v)]
     return [(prefix, value)]
+
+
+@command.command("keys", epilog="""Examples:
+
+  harvester-cli config keys                 # every key: type, default, range and meaning
+
+  harvester-cli config keys --markdown > docs/configuration.md""")
+@click.option("--markdown", is_flag=True, help="Print the reference as Markdown tables.")
+@pass_globals
+def keys(g, markdown):
+    """List every configuration key with its type, default, allowed values and meaning (from the schema)."""
+    from dataclasses import asdict
+
+    from harvester_cli.config import reference
+
+    if markdown:
+        click.echo(reference.markdown(), nl=False)
+        return 0
+    rows = reference.keys()
+    out = g.output()
+    out.table("configuration keys", ["table", "key", "type", "default", "meaning"],
+              [(k.table, k.key, k.type, k.default, k.meaning) for k in rows])
+    out.emit({"keys": [asdict(k) for k in rows]})
+    return 0
 
 
 @command.command("example", epilog="Example: harvester-cli config example > ~/.config/harvester-cli/config.toml")

@@ -10,7 +10,7 @@ def command(g, queues):
     """Run fetch-jobs, submit, poll, propagate and sweep in order; a failing step does not stop the rest."""
     from dataclasses import asdict
 
-    from harvester_cli.cycle import run_cycle
+    from harvester_cli.steps.cycle import run_cycle
 
     results = run_cycle(g.instance(), g.selected(queues))
     out = g.output()

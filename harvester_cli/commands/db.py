@@ -5,21 +5,79 @@ from harvester_cli.commands import pass_globals
 
 @click.group("db", epilog="Example: harvester-cli --state /var/lib/harvester-cli/state.db db upgrade")
 def command():
-    """State database maintenance."""
+    """State database maintenance: schema migrations (upgrade, current, history)."""
 
 
-@command.command("upgrade", epilog="Example: harvester-cli --state postgresql://harvester@db/harvester db upgrade")
-@pass_globals
-def upgrade(g):
-    """Create or migrate the state database schema to this version of harvester-cli (safe to repeat)."""
+def _store(g):
     from harvester_cli.config import state_url_from
-    from harvester_cli.store import Store
+    from harvester_cli.state.store import Store
 
     url = state_url_from(g.state) if g.state else g.config().state_url
-    store = Store(url, check_schema=False)
-    before, after = store.upgrade()
+    return Store(url, check_schema=False)
+
+
+@command.command("upgrade", epilog="""Examples:
+
+  harvester-cli --state postgresql://harvester@db/harvester db upgrade
+
+  harvester-cli db upgrade --sql > upgrade.sql   # for a DBA who applies schema changes by hand""")
+@click.option("--sql", "as_sql", is_flag=True, help="Print the DDL the upgrade would run; change nothing.")
+@pass_globals
+def upgrade(g, as_sql):
+    """Create or migrate the state database schema to this version of harvester-cli.
+
+    Safe to repeat, and safe on several hosts at once: one migrates, the others wait and find nothing to do.
+    """
+    from harvester_cli.state import upgrade as migrations
+
+    store = _store(g)
     out = g.output()
-    out.line(f"{store.display_url}: schema version {before} -> {after}" if before != after
-             else f"{store.display_url}: schema version {after}, nothing to do")
+    if as_sql:
+        script = migrations.upgrade_sql(store)
+        if g.json:
+            out.emit({"url": store.display_url, "sql": script})
+        else:
+            click.echo(script or f"-- {store.display_url} is at the newest schema revision: nothing to do", nl=False)
+        return 0
+    before, after = migrations.upgrade(store)
+    out.line(f"{store.display_url}: schema revision {before or '(new database)'} -> {after}" if before != after
+             else f"{store.display_url}: schema revision {after}, nothing to do")
     out.emit({"url": store.display_url, "from": before, "to": after})
+    return 0
+
+
+@command.command("current", epilog="Example: harvester-cli db current --json")
+@pass_globals
+def current(g):
+    """Say which schema revision the state database is at, and whether it needs `db upgrade`.
+
+    Exit codes: 0 up to date, 1 needs `db upgrade` (or is empty), 2 newer than this harvester-cli or not its database.
+    """
+    from harvester_cli.state.schema import HEAD, REVISIONS
+    from harvester_cli.state.store import schema_problem
+
+    store = _store(g)
+    revision = store.revision()
+    problem = "is empty: run `harvester-cli db upgrade`" if revision is None else schema_problem(revision)
+    out = g.output()
+    out.line(f"{store.display_url}: revision {revision or '-'}" + (f" ({problem})" if problem else " (up to date)"))
+    out.emit({"url": store.display_url, "revision": revision, "head": HEAD, "problem": problem})
+    if not problem:
+        return 0
+    return 1 if revision is None or revision in REVISIONS else 2
+
+
+@command.command("history", epilog="Example: harvester-cli db history")
+@pass_globals
+def history(g):
+    """List the schema migrations this harvester-cli ships, oldest first."""
+    from dataclasses import asdict
+
+    from harvester_cli.state import upgrade as migrations
+
+    revisions = migrations.history()
+    out = g.output()
+    out.table("schema migrations", ["revision", "after", "what it does"],
+              [(r.revision, r.down_revision, r.description) for r in revisions])
+    out.emit({"revisions": [asdict(r) for r in revisions]})
     return 0

@@ -12,7 +12,7 @@ from harvester_cli.commands import exit_code, pass_globals
 def command(g, jobs_per_queue, keep):
     """Start the PanDA simulator on loopback with jobs in a pull and a push queue, run cycles with the
     local backend and a temporary SQLite state until every job and worker has finished."""
-    from harvester_cli.demo import run_demo
+    from harvester_cli.steps.demo import run_demo
 
     out = g.output()
 

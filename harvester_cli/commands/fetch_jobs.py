@@ -10,7 +10,7 @@ def command(g, queues):
     """Get jobs from PanDA for push-mode queues and store them (pull queues are skipped)."""
     from dataclasses import asdict
 
-    from harvester_cli.fetching import fetch_jobs
+    from harvester_cli.steps.fetch_jobs import fetch_jobs
 
     result = fetch_jobs(g.instance(), g.selected(queues))
     out = g.output()

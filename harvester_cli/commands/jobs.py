@@ -10,9 +10,9 @@ from harvester_cli.commands import pass_globals, queue_option
 @pass_globals
 def command(g, queues, statuses, limit):
     """List push-mode jobs, newest first: state, worker, batch id, CE, times, diag and log URL."""
-    from harvester_cli.views import list_jobs
+    from harvester_cli.state.views import list_jobs
 
-    rows = list_jobs(g.instance(), [q.name for q in g.selected(queues)], statuses, limit)
+    rows = list_jobs(g.instance().store, [q.name for q in g.selected(queues)], statuses, limit)
     out = g.output()
     out.table("jobs", ["PandaID", "queue", "status", "step", "worker", "batch id", "CE", "modified", "diag", "log"],
               [(j["panda_id"], j["queue"], j["status"], j["sub_status"], j["worker_id"], j["batch_id"],

@@ -8,7 +8,7 @@ from harvester_cli.commands import pass_globals, queue_option
 @pass_globals
 def command(g, queues):
     """Print the worker plan per queue and resource type with every rule's input and result; submit nothing."""
-    from harvester_cli.submission import submit
+    from harvester_cli.steps.submit import submit
 
     run = submit(g.instance(), g.selected(queues), dry_run=True)
     out = g.output()

@@ -8,7 +8,7 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option
 @pass_globals
 def command(g, queues):
     """Check active workers at their backend; record state changes and, in push mode, final job states."""
-    from harvester_cli.monitoring import poll
+    from harvester_cli.steps.poll import poll
 
     out = g.output()
     with out.progress("polling") as advance:

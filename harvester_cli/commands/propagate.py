@@ -13,7 +13,7 @@ def command(g, queues):
     """
     from dataclasses import asdict
 
-    from harvester_cli.propagation import propagate
+    from harvester_cli.steps.propagate import propagate
 
     instance = g.instance()
     out = g.output()

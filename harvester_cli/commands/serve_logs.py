@@ -16,7 +16,7 @@ def command(g, host, port, prefix):
     import signal
     import sys
 
-    from harvester_cli.logserver import LogServer, port_from, prefix_from
+    from harvester_cli.site.logserver import LogServer, port_from, prefix_from
 
     config = g.config()
     settings = config.log_server

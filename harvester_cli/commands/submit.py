@@ -26,7 +26,7 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option
 @pass_globals
 def command(g, queues, dry_run, count, resource_type, force, wait, timeout, interval):
     """Decide how many workers each queue needs, record them, and submit them to the backend."""
-    from harvester_cli.submission import submit
+    from harvester_cli.steps.submit import submit
 
     selected = g.selected(queues)
     if count is not None and len(selected) != 1:
@@ -53,7 +53,7 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
                 out.lines.extend(f"  {step}" for step in q.plan.trace)
     final = None
     if wait and not dry_run:
-        from harvester_cli.submission import follow
+        from harvester_cli.steps.cycle import follow
 
         ids = [w for q in run.queues for w in q.submitted]
         if ids:

@@ -13,7 +13,7 @@ def command(g, queues, force, retention):
     """Kill workers marked for killing (by PanDA, poll or an operator); forget old final workers and done jobs."""
     from dataclasses import asdict
 
-    from harvester_cli.sweeping import sweep
+    from harvester_cli.steps.sweep import sweep
 
     run = sweep(g.instance(), g.selected(queues), force=force, retention=retention)
     out = g.output()

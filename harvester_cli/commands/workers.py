@@ -11,9 +11,9 @@ from harvester_cli.model import WORKER_STATES
 @pass_globals
 def command(g, queues, statuses, limit):
     """List workers, newest first: batch id, CE, times, diag and log URLs."""
-    from harvester_cli.views import list_workers
+    from harvester_cli.state.views import list_workers
 
-    rows = list_workers(g.instance(), [q.name for q in g.selected(queues)], statuses, limit)
+    rows = list_workers(g.instance().store, [q.name for q in g.selected(queues)], statuses, limit)
     out = g.output()
     out.table("workers", ["id", "queue", "status", "type", "batch id", "CE", "submitted", "started", "ended", "diag",
                           "stdout"],

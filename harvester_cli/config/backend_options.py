@@ -1,0 +1,114 @@
+"""Each backend's `backend_options` table: what a queue may tell its backend, with meaning and range.
+
+They live with the rest of the configuration (not in the backends) so the whole file is described in one
+place and validating it never imports a backend or its client library.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harvester_cli.config.schema import setting
+
+CE_FLAVOURS = ("htcondor-ce", "arc-ce")
+# ARC errors after which a push job gets a new worker instead of failing.
+ARC_TRANSIENT_ERRORS = ("Job submission to LRMS failed", "Failed in data staging", "Job was lost", "Job disappeared")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """`local`: each worker is a process group on this host."""
+
+    work_dir: Path | None = setting(None, doc="where worker work directories go (default: the instance's "
+                                              "work_dir)")
+
+
+@dataclass(frozen=True)
+class CE:
+    """One computing element of an HTCondor queue (grid submission)."""
+
+    endpoint: str = setting(doc="host:port of an HTCondor-CE (port 9619 if left out), or host[:port] / https URL "
+                                "of an ARC-CE")
+    flavour: str = setting("htcondor-ce", doc="picks the shipped template", choices=CE_FLAVOURS)
+    queue: str | None = setting(None, doc="the CE's batch queue (CRIC ce_queue_name)")
+    name: str | None = setting(None, doc="HTCondor-CE schedd name when it is not the endpoint's host name")
+    state: str = setting("ACTIVE", doc="only ACTIVE CEs get workers")
+
+
+@dataclass(frozen=True)
+class HTCondorOptions:
+    """`htcondor`: a local or remote schedd, vanilla jobs or grid jobs to HTCondor-CEs and ARC-CEs."""
+
+    schedd: str | None = setting(None, doc="the schedd to submit to, by name; none: this host's schedd")
+    collector: str | None = setting(None, doc="the pool's collector that locates schedd (default: COLLECTOR_HOST)")
+    ces: list[CE] = setting(doc="grid CEs; none (and no cric_file): vanilla jobs in the schedd's own pool",
+                            factory=list)
+    cric_file: Path | None = setting(None, doc="a CRIC pandaqueue JSON file whose ACTIVE queues[] are the CEs",
+                                     must_exist="file")
+    template: Path | None = setting(None, doc="your own submit description template for every CE",
+                                    must_exist="file")
+    max_at_once: int = setting(100, doc="jobs per Schedd.submit call", minimum=1)
+    ce_fair_share: float = setting(0.5, doc="CE fanout: part of the weight split evenly (0..1)", maximum=1)
+    ce_stats_window: int = setting(6 * 3600, doc="CE fanout: seconds of throughput history that weigh a CE",
+                                   minimum=60)
+    ce_backoff_seconds: int = setting(1800, doc="a CE that keeps failing is benched this long")
+    ce_backoff_failures: int = setting(3, doc="failures in the back-off window that bench a CE", minimum=1)
+    held_timeout: int = setting(3600, doc="remove workers held longer than this many seconds")
+    kill_hold_reasons: list[str] = setting(doc="hold reasons (substring, or HoldReasonCode) that remove at once",
+                                           factory=list)
+    unavailable_timeout: int = setting(3600, doc="remove a grid worker whose CE is unreachable this long")
+    history_window: int = setting(2 * 24 * 3600, doc="how far back poll and find look in the schedd's history",
+                                  minimum=60)
+    extra_attributes: dict[str, str] = setting(doc="submit commands added to every job, e.g. "
+                                                   "{\"+HarvesterBackground\" = \"True\"}", factory=dict)
+    input_files: list[str] = setting(doc="extra files every job carries (transfer_input_files)", factory=list)
+    proxy: Path | None = setting(None, doc="X.509 proxy the jobs carry (default: the queue's proxy)",
+                                 must_exist="file", secret=True)
+    token_file: Path | None = setting(None, doc="token file the jobs carry", must_exist="file", secret=True)
+    disk_mb_per_core: int = setting(2000, doc="disk (MB) requested per core")
+    job_owner: str | None = setting(None, doc="the account jobs run as when harvester-cli runs as root")
+    work_dir: Path | None = setting(None, doc="private per-worker files (default: the instance's work_dir)")
+
+    def problems(self):
+        if self.ces and self.cric_file:
+            yield "", "set either ces or cric_file, not both"
+
+
+@dataclass(frozen=True)
+class ArcOptions:
+    """`arc`: ARC CEs over the A-REX REST interface."""
+
+    endpoints: list[str] = setting(doc="A-REX REST endpoints of this queue's CE(s), e.g. "
+                                       "[\"https://arc.example.org:443/arex\"]", https=True)
+    queue: str | None = setting(None, doc="the ARC queue (ADL QueueName); none: the CE's default")
+    runtime_environments: list[str] = setting(doc="runtime environments every job asks for", factory=list)
+    input_files: list[str] = setting(doc="files shipped with every job: paths are uploaded, URLs fetched by the CE",
+                                     factory=list)
+    stage_inputs: str | None = setting(None, doc="push: the job's input files are staged by the CE from this URL "
+                                                 "template ({scope}, {lfn})")
+    output_files: list[str] = setting(doc="pilot files kept besides stdout/stderr, heartbeat.json, jobReport.json",
+                                      factory=lambda: ["pilotlog.txt"])
+    environment: dict[str, str] = setting(doc="extra pilot environment, expanded by the CE's /bin/sh",
+                                          factory=dict)
+    python: str = setting("python3", doc="what {python} in the pilot command runs on the CE")
+    transient_errors: list[str] = setting(doc="ARC errors (case-insensitive substrings) after which a push job "
+                                              "gets a new worker", factory=lambda: list(ARC_TRANSIENT_ERRORS))
+    ca: Path | None = setting(None, doc="CA file or directory that signs the CE's host certificate",
+                              must_exist="any")
+    timeout: float = setting(60.0, doc="seconds one REST call may take", above=0, maximum=3600)
+    delegation_min_lifetime: int = setting(6 * 3600, doc="renew the delegation when it has less left than this")
+
+    def problems(self):
+        if not self.endpoints:
+            yield "endpoints", "list at least one A-REX URL, e.g. \"https://arc.example.org:443/arex\""
+        for name in self.environment:
+            if not _ENV_NAME.match(name):
+                yield "environment", f"{name!r} is not a shell variable name"
+        if self.stage_inputs is not None and "{lfn}" not in self.stage_inputs:
+            yield "stage_inputs", "the URL template needs {lfn} (and may use {scope})"
+
+
+BACKEND_OPTIONS = {"local": LocalOptions, "htcondor": HTCondorOptions, "arc": ArcOptions}

@@ -1,0 +1,195 @@
+"""The configuration schema's machinery: a setting is a dataclass field made by `setting()`, carrying its
+meaning, range, choices and URL scheme; `Validator` turns TOML tables into the frozen dataclasses and
+collects every problem at once, each one line naming the file, the table, the key and the fix.
+
+Rules every setting gets without asking: the TOML type must match the annotation (an int is accepted
+where a float is expected), numbers are finite, not negative and fit the database's integers, strings
+that name a choice must be one of the choices (a near miss or a wrong case gets "did you mean").
+A section may add cross-field rules with a `problems()` method returning (key, message) pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harvester_cli.errors import ConfigError
+
+REQUIRED = dataclasses.MISSING
+# What an INTEGER column of the state database holds (PostgreSQL and MariaDB: 32 bits, signed).
+INT_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting means and which values make sense."""
+
+    doc: str
+    minimum: float | None = 0          # inclusive; None: any sign
+    above: float | None = None         # exclusive lower bound (timeouts, sizes that cannot be zero)
+    maximum: float | None = INT_MAX
+    choices: tuple[str, ...] = ()
+    https: bool = False                # a URL that must be https://host...
+    must_exist: str | None = None      # "file", "dir" or "any": checked by `config check`
+    secret: bool = False               # a file holding a secret: must not be readable by others
+
+
+def setting(default: Any = REQUIRED, *, doc: str, factory: Any = REQUIRED, **rule: Any) -> Any:
+    """A configuration key: its default (or `factory` for a mutable one), meaning (`doc`) and rule."""
+    metadata = {"rule": Rule(doc=doc, **rule)}
+    if factory is not REQUIRED:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def rule_of(f: dataclasses.Field) -> Rule | None:
+    return f.metadata.get("rule")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               Path: "a path string", list: "a list", dict: "a table"}
+
+
+def describe(value: Any) -> str:
+    return "a table" if isinstance(value, dict) else f"{type(value).__name__} {value!r}"
+
+
+class _Skip(Exception):
+    """Stop validating the current key; its problem is already recorded."""
+
+
+class Validator:
+    """Builds sections from TOML tables; `problems` collects what is wrong, in file order."""
+
+    def __init__(self, source: str, base_dir: Path):
+        self.source = source
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def problem(self, where: str, message: str) -> None:
+        location = f"{self.source}: [{where}]" if where else f"{self.source}:"
+        self.problems.append(f"{location} {message}")
+
+    def fail(self, where: str, message: str) -> typing.NoReturn:
+        self.problem(where, message)
+        raise _Skip
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise ConfigError("\n".join(dict.fromkeys(self.problems)))
+
+    # -- values ------------------------------------------------------------------------------
+
+    def value(self, annotation: Any, value: Any, where: str, key: str, rule: Rule | None) -> Any:
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            if value is None:
+                return None
+            options = [a for a in typing.get_args(annotation) if a is not type(None)]
+            return self.value(options[0], value, where, key, rule)
+        if annotation is Any:
+            return value
+        if origin is list:
+            (item,) = typing.get_args(annotation)
+            if not isinstance(value, list):
+                self.fail(where, f"{key}: expected a list, got {describe(value)}")
+            return [self.value(item, v, where, f"{key}[{i}]", rule) for i, v in enumerate(value)]
+        if origin is dict:
+            _, item = typing.get_args(annotation)
+            if not isinstance(value, dict):
+                self.fail(where, f"{key}: expected a table, got {describe(value)}")
+            return {k: self.value(item, v, where, f"{key}.{k}", rule) for k, v in value.items()}
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                self.fail(where, f"{key}: expected a table, got {describe(value)}")
+            built = self.build(annotation, value, f"{where}.{key}" if where else key)
+            if built is None:
+                raise _Skip
+            return built
+        if annotation is Path:
+            if not isinstance(value, str) or not value:
+                self.fail(where, f"{key}: expected a path string, got {describe(value)}")
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else (self.base_dir / path)
+        if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if (annotation is int and isinstance(value, bool)) or not isinstance(value, annotation):
+            self.fail(where, f"{key}: expected {_TYPE_NAMES.get(annotation, annotation.__name__)}, got {describe(value)}")
+        if rule is not None:
+            self.check_rule(rule, value, where, key)
+        return value
+
+    def check_rule(self, rule: Rule, value: Any, where: str, key: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(where, f"{key}: must be a finite number, got {value}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if rule.above is not None and value <= rule.above:
+                self.fail(where, f"{key}: must be more than {rule.above:g}, got {value}")
+            if rule.minimum is not None and value < rule.minimum:
+                word = "must not be negative" if rule.minimum == 0 else f"must be at least {rule.minimum:g}"
+                self.fail(where, f"{key}: {word}, got {value}")
+            if rule.maximum is not None and value > rule.maximum:
+                self.fail(where, f"{key}: must be at most {rule.maximum:g}, got {value}")
+        if isinstance(value, str):
+            if rule.choices and value not in rule.choices:
+                close = [c for c in rule.choices if c.lower() == value.lower()] or \
+                    difflib.get_close_matches(value, rule.choices, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.fail(where, f"{key}: expected one of {', '.join(map(repr, rule.choices))}, got {value!r}{hint}")
+            if rule.https:
+                scheme, _, rest = value.partition("://")
+                if scheme != "https" or not rest.split("/")[0]:
+                    self.fail(where, f"{key}: expected an https:// URL with a host, got {value!r}")
+
+    # -- sections ----------------------------------------------------------------------------
+
+    def build(self, cls: type, table: dict, where: str, **given: Any) -> Any:
+        """The section `cls` from `table`, or None when it has problems (recorded)."""
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if f.name not in given and f.init and f.name != "path"]
+        names = [f.name for f in fields]
+        ok = True
+        for key in table:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
+                self.problem(where, f"unknown key {key!r}{hint}")
+                ok = False
+        kwargs = dict(given)
+        for f in fields:
+            if f.name in table:
+                try:
+                    kwargs[f.name] = self.value(hints[f.name], table[f.name], where, f.name, rule_of(f))
+                except _Skip:
+                    ok = False
+            elif f.default is REQUIRED and f.default_factory is REQUIRED:
+                self.problem(where, f"missing required key {f.name!r}")
+                ok = False
+        if not ok:
+            return None
+        section = cls(**kwargs)
+        check = getattr(section, "problems", None)
+        found = list(check()) if check else []
+        for key, message in found:
+            self.problem(where, f"{key}: {message}" if key else message)
+        return None if found else section
+
+
+def keys(cls: type, prefix: str = "") -> list[tuple[str, Rule]]:
+    """Every documented key of a section and its sub-sections, dotted: for the README check and `config`."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        rule = rule_of(f)
+        annotation = hints.get(f.name)
+        if dataclasses.is_dataclass(annotation):
+            out += keys(annotation, f"{prefix}{f.name}.")
+        elif rule is not None:
+            out.append((f"{prefix}{f.name}", rule))
+    return out

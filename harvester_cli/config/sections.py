@@ -1,0 +1,323 @@
+"""Every section of the configuration file, every key with its type, default, range and meaning.
+
+The README's configuration tables and `config example` are checked against these by a test. Sections are
+frozen dataclasses; `schema.Validator` builds them from TOML and reports what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harvester_cli.config.schema import setting
+
+# Placeholders a pilot command may use; filled per worker by the submitter.
+PILOT_PLACEHOLDERS = frozenset(
+    {
+        "queue", "worker_id", "harvester_id", "resource_type", "n_core", "memory_mb", "walltime",
+        "panda_url", "prod_source_label", "job_type", "python", "ca", "proxy",
+    }
+)
+# A PanDA queue's status as CRIC and PanDA write it; only "online" gets new workers here.
+QUEUE_STATUSES = ("online", "offline", "test", "brokeroff", "paused")
+BACKENDS = ("arc", "htcondor", "local")
+PROXY_TOOLS = ("voms-proxy-init", "arcproxy", "builtin")
+SUBMIT_FILE_PATTERNS = ["*.sub", "*.jdl", "*.xrsl", "*.adl", "*.sbatch", "submit*"]
+DAY = 24 * 3600
+
+
+def xdg_dir(variable: str, fallback: str) -> Path:
+    base = os.environ.get(variable) or str(Path.home() / fallback)
+    return Path(base) / "harvester-cli"
+
+
+def default_state_dir() -> Path:
+    return xdg_dir("XDG_STATE_HOME", ".local/state")
+
+
+def state_url_from(value: str) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+    if "://" in value:
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
+
+
+@dataclass(frozen=True)
+class PandaConfig:
+    """[panda]: the PanDA server and how to authenticate to it."""
+
+    url: str = setting(doc="the PanDA server's v1 API, e.g. https://pandaserver.example.org:25443/api/v1",
+                       https=True)
+    proxy: Path | None = setting(None, doc="X.509 proxy file (certificate and key) for the TLS client "
+                                           "certificate", must_exist="file", secret=True)
+    token_file: Path | None = setting(None, doc="bearer token file, re-read when it changes",
+                                      must_exist="file", secret=True)
+    token_origin: str | None = setting(None, doc="the VO, sent as the Origin header with a token")
+    proxy_profile: str | None = setting(None, doc="use the proxy a [proxies.NAME] profile maintains")
+    token_profile: str | None = setting(None, doc="use the token a [tokens.NAME] profile maintains")
+    ca: Path | None = setting(None, doc="CA directory (hashed, like /etc/grid-security/certificates) or bundle "
+                                        "that signs the server's certificate", must_exist="any")
+    timeout: float = setting(60.0, doc="seconds one call may take", above=0, maximum=3600)
+    retries: int = setting(3, doc="tries of an idempotent call on network errors and 5xx, with backoff (0 or 1: "
+                                  "once)", maximum=20)
+    bulk_size: int = setting(100, doc="job or worker updates per bulk call", minimum=1, maximum=10000)
+
+    def problems(self):
+        given = [k for k in ("proxy", "proxy_profile", "token_file", "token_profile") if getattr(self, k) is not None]
+        if len(given) > 1:
+            yield "", f"set one of proxy, proxy_profile, token_file, token_profile, not {' and '.join(given)}"
+        if (self.token_file or self.token_profile) and not self.token_origin:
+            yield "token_origin", "a token needs token_origin (the VO, sent as the Origin header)"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """[queues.NAME] (and [queue_defaults]): one harvester queue, usually one PanDA queue."""
+
+    name: str = setting(doc="the queue's name (the table's name)")
+    mode: str = setting(doc="pull: pilots fetch their own jobs; push: harvester-cli fetches jobs, one per worker",
+                        choices=("pull", "push"))
+    backend: str = setting(doc="where workers run", choices=BACKENDS)
+    backend_options: Any = setting(None, doc="the backend's own table (see the backend)")
+    prod_source_label: str = setting("managed", doc="prodSourceLabel sent to PanDA")
+    job_type: str = setting("managed", doc="job type sent to PanDA and in worker statistics")
+    resource_types: list[str] = setting(doc="resource types this queue serves, the first gets empty pilots",
+                                        factory=lambda: ["SCORE"])
+    pilot: str = setting("{python} -m harvester_cli.panda.sim.pilot",
+                         doc="pilot command template; placeholders: " + " ".join(f"{{{p}}}" for p in
+                                                                                   sorted(PILOT_PLACEHOLDERS)))
+    core_count: int = setting(1, doc="cores of a worker when the job or resource type says nothing", minimum=1,
+                              maximum=100_000)
+    memory_mb_per_core: int = setting(2000, doc="memory (MB) per core of a worker", minimum=1, maximum=10_000_000)
+    walltime: int = setting(2 * DAY, doc="seconds a worker may run", minimum=60)
+    status: str = setting("online", doc="the queue's status: only online submits (a local gate)",
+                          choices=QUEUE_STATUSES)
+    n_queue_limit_worker: int = setting(10, doc="workers that may wait in the batch queue")
+    n_queue_limit_worker_ratio: float | None = setting(None, doc="queued limit as a percentage of running workers "
+                                                                 "instead (never below the minimum)",
+                                                       maximum=100_000)
+    n_queue_limit_worker_min: int = setting(1, doc="floor of the percentage limit")
+    max_workers: int = setting(100, doc="queued + running workers at most")
+    max_new_workers_per_cycle: int = setting(10, doc="new workers per submit run")
+    max_queued_cores: int | None = setting(None, doc="cores that may wait in the batch queue")
+    max_queued_memory_mb: int | None = setting(None, doc="memory (MB) that may wait in the batch queue")
+    throttle_missed: int | None = setting(None, doc="no new worker while more than this many were missed in "
+                                                    "throttle_window")
+    throttle_window: int = setting(3600, doc="seconds over which missed workers count", minimum=1)
+    pilot_streaming: bool = setting(False, doc="pull 'slave' mode: PanDA's SET_N_WORKERS_JOBTYPE numbers decide")
+    panda_queue: str | None = setting(None, doc="the PanDA queue served (OneBox twins), default: the name")
+    background: bool = setting(False, doc="OneBox background twin: asks PanDA for background jobs")
+    activated_factor: float = setting(1.0, doc="pull: queued pilots <= activated jobs x this", maximum=1000)
+    empty_pilot_floor: int = setting(1, doc="pull: queued pilots never below this (0 or 1)", maximum=1)
+    n_queue_limit_job: int | None = setting(None, doc="push: fetched jobs that may wait for a worker "
+                                                      "(default: n_queue_limit_worker)")
+    max_submit_attempts: int = setting(3, doc="push: submissions of a job before it is reported failed", minimum=1)
+    job_heartbeat_seconds: int = setting(1800, doc="push: re-send 'running' this often so PanDA can answer "
+                                                   "tobekilled (0: never)")
+    max_queued_seconds: int = setting(2 * DAY, doc="kill workers queued longer", minimum=60)
+    lost_grace_seconds: int = setting(600, doc="fail workers the backend lost after this long")
+    proxy_profile: str | None = setting(None, doc="the [proxies.NAME] whose proxy this queue's workers get")
+
+    @property
+    def site(self) -> str:
+        """The PanDA queue (computingSite) this harvester queue serves."""
+        return self.panda_queue or self.name
+
+    def queued_job_limit(self) -> int:
+        return self.n_queue_limit_job if self.n_queue_limit_job is not None else self.n_queue_limit_worker
+
+    def problems(self):
+        if not self.resource_types:
+            yield "resource_types", "list at least one resource type, e.g. [\"SCORE\"]"
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(self.pilot) if name is not None}
+        except ValueError as exc:
+            yield "pilot", f"bad template ({exc}); write literal braces as {{{{ and }}}}"
+            return
+        unknown = sorted(fields - PILOT_PLACEHOLDERS)
+        if unknown:
+            yield "pilot", f"unknown placeholder {{{unknown[0]}}} (known: {', '.join(sorted(PILOT_PLACEHOLDERS))})"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """[sweep]: killing and forgetting."""
+
+    worker_retention: int = setting(2 * DAY, doc="seconds final workers are kept before they are forgotten")
+    job_retention: int = setting(2 * DAY, doc="seconds done jobs are kept before they are forgotten")
+    max_kills_per_run: int = setting(500, doc="more kills than this in one run need --force (against mass "
+                                              "accidents)")
+
+
+# -- credentials (renew-proxy) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    cert: Path = setting(doc="user certificate (PEM)", must_exist="file")
+    key: Path = setting(doc="its private key (PEM), mode 0600", must_exist="file", secret=True)
+    passphrase_file: Path | None = setting(None, doc="file holding the key's passphrase, mode 0600",
+                                           must_exist="file", secret=True)
+
+
+@dataclass(frozen=True)
+class ProxyProfile:
+    """[proxies.NAME]: one proxy file, made from the first certificate that works (APF's authmanager)."""
+
+    name: str = setting(doc="the profile's name (the table's name)")
+    file: Path = setting(doc="the proxy file this profile maintains (mode 0600, replaced atomically)")
+    certificates: list[CertificateConfig] = setting(doc="ordered list of {cert, key, passphrase_file}; the first "
+                                                        "that gives a good proxy wins")
+    voms: str | None = setting(None, doc="VOMS attribute, e.g. atlas:/atlas/Role=production; none: a plain proxy")
+    tool: str = setting("voms-proxy-init", doc="what makes the proxy", choices=PROXY_TOOLS)
+    lifetime: int = setting(4 * DAY, doc="proxy (and VOMS attribute) lifetime asked for, seconds", minimum=600)
+    min_lifetime: int = setting(3 * DAY, doc="renew when less than this many seconds are left")
+    ca: Path | None = setting(None, doc="trusted CA directory (default: $X509_CERT_DIR or "
+                                        "/etc/grid-security/certificates)", must_exist="dir")
+    vomses: Path | None = setting(None, doc="VOMS server list (file or directory)", must_exist="any")
+    vomsdir: Path | None = setting(None, doc="VOMS .lsc directory", must_exist="dir")
+    bits: int = setting(2048, doc="key size: 1024, 2048, 3072 or 4096")
+    timeout: float = setting(120.0, doc="seconds one tool run may take", above=0, maximum=3600)
+
+    def problems(self):
+        if self.bits not in (1024, 2048, 3072, 4096):
+            yield "bits", f"expected 1024, 2048, 3072 or 4096, got {self.bits}"
+        if not self.certificates:
+            yield "certificates", "list at least one, e.g. [{cert = \"usercert.pem\", key = \"userkey.pem\"}]"
+        if self.voms is not None:
+            vo, _, fqan = self.voms.partition(":")
+            if not vo or (fqan and not fqan.startswith("/")):
+                yield "voms", f"expected 'vo' or 'vo:/vo/Role=...', got {self.voms!r}"
+            if self.tool == "builtin":
+                yield "voms", "the builtin tool makes proxies without VOMS; use voms-proxy-init or arcproxy"
+        if self.min_lifetime >= self.lifetime:
+            yield "min_lifetime", (f"({self.min_lifetime}) must be less than lifetime ({self.lifetime}), "
+                                   "or every run renews")
+
+
+@dataclass(frozen=True)
+class TokenProfile:
+    """[tokens.NAME]: a bearer token file refreshed by an OAuth2 client-credentials request."""
+
+    name: str = setting(doc="the profile's name (the table's name)")
+    file: Path = setting(doc="the token file (mode 0600)")
+    endpoint: str = setting(doc="the issuer's token endpoint", https=True)
+    client_id: str = setting(doc="the OAuth2 client id")
+    client_secret_file: Path = setting(doc="file holding the client secret, mode 0600", must_exist="file",
+                                       secret=True)
+    audience: str | None = setting(None, doc="audience asked for (the CE endpoint or PanDA)")
+    scope: str | None = setting(None, doc="scopes asked for, space separated")
+    min_lifetime: int = setting(1800, doc="renew when less than this many seconds are left")
+    ca: Path | None = setting(None, doc="CA bundle or directory for the endpoint (default: the system's)",
+                              must_exist="any")
+    timeout: float = setting(30.0, doc="seconds one request may take", above=0, maximum=3600)
+    retries: int = setting(3, doc="retries on connection errors, timeouts, 429 and 5xx", maximum=20)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """[smtp]: where renew-proxy sends alerts. No recipients: alerts are only logged."""
+
+    host: str = setting("localhost", doc="SMTP server")
+    port: int = setting(25, doc="SMTP port", minimum=1, maximum=65535)
+    security: str = setting("none", doc="none, starttls or ssl", choices=("none", "starttls", "ssl"))
+    username: str | None = setting(None, doc="login name")
+    password_file: Path | None = setting(None, doc="file holding the password, mode 0600", must_exist="file",
+                                         secret=True)
+    ca: Path | None = setting(None, doc="CA to verify the server with", must_exist="any")
+    sender: str = setting("harvester-cli@localhost", doc="From address")
+    to: list[str] = setting(doc="recipients", factory=list)
+    throttle: int = setting(3600, doc="the same problem is mailed at most once per this many seconds")
+    timeout: float = setting(30.0, doc="seconds a mail may take", above=0, maximum=3600)
+    retries: int = setting(3, doc="retries of a mail", maximum=20)
+
+
+# -- logs (clean-logs, serve-logs, each command's own log) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    max_age: int | None = setting(14 * DAY, doc="delete files older than this many seconds")
+    max_bytes: int | None = setting(None, doc="then the oldest until the class fits in this many bytes",
+                                    maximum=None)
+
+
+@dataclass(frozen=True)
+class LogRetentionConfig:
+    """[log_retention]: per class of files in the log directory."""
+
+    workers: RetentionConfig = setting(doc="worker logs", factory=RetentionConfig)
+    submit_files: RetentionConfig = setting(doc="submit files", factory=RetentionConfig)
+    commands: RetentionConfig = setting(doc="command logs", factory=RetentionConfig)
+    submit_patterns: list[str] = setting(doc="which files of a worker's log directory are submit files (globs)",
+                                         factory=lambda: list(SUBMIT_FILE_PATTERNS))
+
+
+@dataclass(frozen=True)
+class CommandLogConfig:
+    """[command_log]: each command appends to <log_dir>/commands/<command>.log, rotated by size."""
+
+    enabled: bool = setting(True, doc="write the command logs")
+    max_bytes: int = setting(10 * 1024 * 1024, doc="rotate a command log at this size", above=0, maximum=None)
+    backups: int = setting(5, doc="rotated files kept", maximum=1000)
+    memory: bool = setting(False, doc="append the process's memory use to every line")
+
+
+@dataclass(frozen=True)
+class LogServerConfig:
+    """[log_server]: serve-logs defaults (bound to loopback unless told otherwise)."""
+
+    host: str = setting("127.0.0.1", doc="address to listen on")
+    port: int | None = setting(None, doc="port (default: the port of log_url, else 8080)", maximum=65535)
+
+
+@dataclass(frozen=True)
+class Config:
+    harvester_id: str = setting(doc="this instance's id at PanDA")
+    panda: PandaConfig = setting(doc="[panda]")
+    state: str | None = setting(None, doc="state database: SQLAlchemy URL or SQLite file path")
+    log_dir: Path | None = setting(None, doc="the log tree (default: $XDG_STATE_HOME/harvester-cli/logs)")
+    log_url: str | None = setting(None, doc="the public base URL of log_dir, sent to PanDA in log URLs")
+    work_dir: Path | None = setting(None, doc="work directories of local workers "
+                                              "(default: $XDG_STATE_HOME/harvester-cli/work)")
+    lease_seconds: int = setting(600, doc="how long a claim on a row holds before another run may take it over",
+                                 minimum=10)
+    max_new_workers_per_run: int = setting(1000, doc="cap on new workers per submit run over all queues")
+    sweep: SweepConfig = setting(doc="[sweep]", factory=SweepConfig)
+    queues: dict[str, QueueConfig] = setting(doc="[queues.NAME]", factory=dict)
+    proxies: dict[str, ProxyProfile] = setting(doc="[proxies.NAME]", factory=dict)
+    tokens: dict[str, TokenProfile] = setting(doc="[tokens.NAME]", factory=dict)
+    smtp: SmtpConfig = setting(doc="[smtp]", factory=SmtpConfig)
+    log_retention: LogRetentionConfig = setting(doc="[log_retention]", factory=LogRetentionConfig)
+    command_log: CommandLogConfig = setting(doc="[command_log]", factory=CommandLogConfig)
+    log_server: LogServerConfig = setting(doc="[log_server]", factory=LogServerConfig)
+    path: Path | None = None
+
+    @property
+    def state_url(self) -> str:
+        return state_url_from(self.state) if self.state else state_url_from(str(default_state_dir() / "state.db"))
+
+    @property
+    def logs(self) -> Path:
+        return self.log_dir or default_state_dir() / "logs"
+
+    @property
+    def work_root(self) -> Path:
+        return self.work_dir or default_state_dir() / "work"
+
+    def panda_site(self, queue_name: str) -> str:
+        queue = self.queues.get(queue_name)
+        return queue.site if queue else queue_name
+
+    def select_queues(self, names: tuple[str, ...] | list[str] = ()) -> list[QueueConfig]:
+        from harvester_cli.errors import ConfigError
+
+        unknown = [n for n in names if n not in self.queues]
+        if unknown:
+            known = ", ".join(sorted(self.queues)) or "none"
+            raise ConfigError(f"unknown queue {unknown[0]!r} (configured: {known})")
+        return [self.queues[n] for n in names] if names else list(self.queues.values())
+

@@ -1,0 +1,3 @@
+from harvester_cli.panda.sim.server import main
+
+main()

@@ -1,3 +1,0 @@
-from harvester_cli.sim.server import main
-
-main()

@@ -1,0 +1,53 @@
+"""What every credential profile shares: the result of checking or renewing one, and its errors.
+
+`proxies` keeps X.509 proxy files alive ([proxies.NAME]), `tokens` bearer token files ([tokens.NAME]),
+and `renewal` runs `renew-proxy` over all of them and mails what needs attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harvester_cli.errors import HarvesterError
+from harvester_cli.site.alerts import Problem
+
+
+class CredentialError(HarvesterError):
+    """One renewal attempt failed; the text is one line for the operator (never a secret)."""
+
+
+@dataclass
+class Attempt:
+    certificate: str
+    ok: bool
+    reason: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class ProfileResult:
+    profile: str
+    kind: str                           # "proxy" or "token"
+    file: str
+    action: str = "ok"                  # ok | renewed | would renew | failed
+    reason: str | None = None           # why it was (or would be) renewed
+    time_left: float | None = None
+    identity: str | None = None
+    fqans: list[str] = field(default_factory=list)
+    certificate: str | None = None      # the certificate the proxy now comes from
+    attempts: list[Attempt] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    return f"{sign}{days}d{hours:02d}h{minutes:02d}m" if days else f"{sign}{hours}h{minutes:02d}m"
+
+

@@ -1,0 +1,155 @@
+"""The state database's tables (SQLAlchemy Core). The schema's history lives in `migrations/`: a change
+here comes with a new migration script there, and HEAD names it (a test checks they agree).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+
+# Every migration in migrations/versions, oldest first; HEAD is what this code needs. Read by every command
+# without importing Alembic (only `db upgrade` and friends pay for it).
+REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic")
+HEAD = REVISIONS[-1]
+# Databases from before migrations carry meta.schema_version instead: the revision each one equals
+# ("base": created but never versioned, so every migration runs and creates what is missing).
+LEGACY_VERSIONS = {0: "base", 1: "0001_base", 2: "0002_worker_targets"}
+
+# Epoch seconds need double precision (MariaDB's FLOAT is single: ~2 minutes of resolution today), and
+# job dicts and updates outgrow MariaDB's 64 kB TEXT.
+Epoch = Double
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+metadata = MetaData()
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(255)),
+    Column("ivalue", BigInteger),
+)
+
+locks = Table(
+    "locks", metadata,
+    Column("name", String(255), primary_key=True),
+    Column("lock_owner", String(128)),
+    Column("lock_expires", Epoch),
+)
+
+jobs = Table(
+    "jobs", metadata,
+    Column("panda_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("queue", String(128), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("sub_status", String(32), nullable=False),
+    Column("attempt_nr", Integer),
+    Column("resource_type", String(64)),
+    Column("core_count", Integer),
+    Column("submit_attempts", Integer, nullable=False, default=0),
+    Column("job_json", LongText, nullable=False),   # the PanDA job dict, verbatim
+    Column("diag", Text),
+    Column("created", Epoch, nullable=False),
+    Column("modified", Epoch, nullable=False),
+    Column("lock_owner", String(128)),
+    Column("lock_expires", Epoch),
+    Index("ix_jobs_queue_sub", "queue", "sub_status"),
+)
+
+workers = Table(
+    "workers", metadata,
+    Column("worker_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("queue", String(128), nullable=False),
+    Column("backend", String(32), nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("resource_type", String(64)),
+    Column("job_type", String(64)),
+    Column("n_core", Integer),
+    Column("memory_mb", Integer),
+    Column("status", String(16), nullable=False),
+    Column("batch_id", String(255)),
+    Column("submission_host", String(255)),
+    Column("computing_element", String(255)),
+    Column("native_status", String(64)),
+    Column("native_exit_code", Integer),
+    Column("diag", Text),
+    Column("error_code", Integer),
+    Column("log_dir", Text),
+    Column("stdout_url", Text),
+    Column("stderr_url", Text),
+    Column("batch_log_url", Text),
+    Column("submit_time", Epoch),
+    Column("start_time", Epoch),
+    Column("end_time", Epoch),
+    Column("kill_reason", Text),
+    Column("created", Epoch, nullable=False),
+    Column("modified", Epoch, nullable=False),
+    Column("lock_owner", String(128)),
+    Column("lock_expires", Epoch),
+    Index("ix_workers_queue_status", "queue", "status"),
+    # poll and sweep page through a queue's workers by id: without it every page rescans the queue
+    Index("ix_workers_queue_id", "queue", "worker_id"),
+)
+
+job_workers = Table(
+    "job_workers", metadata,
+    Column("panda_id", BigInteger, ForeignKey("jobs.panda_id", ondelete="CASCADE"), primary_key=True),
+    Column("worker_id", BigInteger, ForeignKey("workers.worker_id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_job_workers_worker", "worker_id"),
+)
+
+commands = Table(
+    "panda_commands", metadata,
+    Column("command_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("command", String(255), nullable=False),
+    Column("params", Text),
+    Column("ack_requested", Boolean, nullable=False, default=False),
+    Column("queue", String(128)),
+    Column("status", String(16), nullable=False),   # new, applied, acked, rejected
+    Column("diag", Text),
+    Column("received", Epoch, nullable=False),
+    Column("applied", Epoch),
+    Column("lock_owner", String(128)),
+    Column("lock_expires", Epoch),
+)
+
+# What still has to reach PanDA: one row per job or worker. A newer update of the same item bumps the
+# version; after PanDA's success only the version that was sent is deleted, so nothing newer is lost.
+reports = Table(
+    "pending_reports", metadata,
+    Column("kind", String(8), primary_key=True),        # job | worker
+    Column("key", BigInteger, primary_key=True, autoincrement=False),
+    Column("queue", String(128), nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("payload", LongText),                             # jobs: the update; workers: built when sent
+    Column("final", Boolean, nullable=False, default=False),
+    Column("created", Epoch, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("lock_owner", String(128)),
+    Column("lock_expires", Epoch),
+)
+
+
+# Pilot streaming: PanDA's SET_N_WORKERS_JOBTYPE numbers still to submit, per PanDA queue, job type and
+# resource type. A newer command replaces a queue's rows; submit consumes them.
+worker_targets = Table(
+    "worker_targets", metadata,
+    Column("site", String(128), primary_key=True),
+    Column("job_type", String(64), primary_key=True),
+    Column("resource_type", String(64), primary_key=True),
+    Column("remaining", Integer, nullable=False),
+    Column("command_id", BigInteger),
+    Column("updated", Epoch, nullable=False),
+)

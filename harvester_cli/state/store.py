@@ -1,0 +1,356 @@
+"""The shared state database: tables, transactions, claims with leases, the report outbox, schema versions.
+
+SQLAlchemy Core only. SQLite (default) runs in WAL mode with a busy timeout, and every write
+transaction starts with BEGIN IMMEDIATE so two commands never deadlock upgrading a read lock.
+PostgreSQL and MariaDB use the same statements; claims there add FOR UPDATE SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError, IntegrityError, SQLAlchemyError
+
+from harvester_cli.errors import StateError
+from harvester_cli.model import now
+from harvester_cli.state.schema import (
+    HEAD,
+    LEGACY_VERSIONS,
+    REVISIONS,
+    locks,
+    meta,
+    reports,
+)
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's implicit BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn):
+        readonly = conn.get_execution_options().get("readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+class Store:
+    """One state database. Thin: tables, transactions, claims, ids, outbox. Domain queries live in the steps."""
+
+    def __init__(self, url: str, *, lease_seconds: int = 600, check_schema: bool = True):
+        self.url = url
+        self.lease_seconds = lease_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        options = {}
+        if url.startswith(("mysql", "mariadb")):
+            # InnoDB's default REPEATABLE READ makes a claim's UPDATE take next-key locks on rows it does not
+            # touch, and another run's SKIP LOCKED then finds nothing to claim. (PostgreSQL's default already.)
+            options["isolation_level"] = "READ COMMITTED"
+        try:
+            self.engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"), **options)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise StateError(f"state database {self.display_url}: cannot open: {exc}") from None
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+        if check_schema:
+            self._check_schema_when_unlocked()
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file, for SQLite (which would create a missing file on first connect)."""
+        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            return Path(self.url.removeprefix("sqlite:///"))
+        return None
+
+    @property
+    def display_url(self) -> str:
+        """The URL without a password, for messages."""
+        from harvester_cli.config import display_url
+
+        return display_url(self.url)
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A short write transaction (BEGIN IMMEDIATE on SQLite)."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(readonly=True) as conn:
+            with conn.begin():
+                yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def revision(self) -> str | None:
+        """The schema revision this database is at: an Alembic revision, the one a pre-migration
+        schema_version equals ("legacy:N" when unknown), "" for a database with no harvester-cli tables,
+        None for an empty database."""
+        path = self.sqlite_path
+        if path is not None and not path.exists():
+            if not path.parent.is_dir():
+                raise StateError(f"state database {path}: {path.parent} is not a directory: fix `state` "
+                                 "(or --state) in the configuration")
+            return None
+        try:
+            with self.read() as conn:
+                return read_revision(conn)
+        except DatabaseError as exc:   # not a database, unreadable, server refused
+            raise StateError(f"state database {self.display_url}: cannot read: {exc.orig}") from None
+
+    def _check_schema_when_unlocked(self) -> None:
+        """Two runs opening a brand-new SQLite file at once: switching it to WAL can answer "database is
+        locked" without waiting for the busy timeout. Try again shortly; anything else is an error at once."""
+        from tenacity import (
+            Retrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_random,
+        )
+
+        retrying = Retrying(retry=retry_if_exception(lambda e: "database is locked" in str(e)),
+                            stop=stop_after_attempt(30), wait=wait_random(0.05, 0.3), reraise=True)
+        retrying(self._check_schema)
+
+    def _check_schema(self) -> None:
+        """A database this code cannot use (missing, empty, older, newer, foreign) is refused with what to do:
+        only `db upgrade` creates one, so a typo in the state path never starts a new, empty instance."""
+        revision = self.revision()
+        if revision is None:
+            where = "does not exist" if self.sqlite_path else "is empty"
+            raise StateError(f"state database {self.display_url} {where}: create it with `harvester-cli db upgrade` "
+                             "(or fix `state` / --state if it should exist)")
+        problem = schema_problem(revision)
+        if problem:
+            raise StateError(f"state database {self.display_url} {problem}")
+
+    def _set_meta(self, conn: Connection, key: str, ivalue: int) -> None:
+        changed = conn.execute(update(meta).where(meta.c.key == key).values(ivalue=ivalue)).rowcount
+        if not changed:
+            conn.execute(meta.insert().values(key=key, ivalue=ivalue))
+
+    def get_meta(self, key: str) -> int | None:
+        with self.read() as conn:
+            row = conn.execute(select(meta.c.ivalue).where(meta.c.key == key)).first()
+            return None if row is None else int(row[0])
+
+    # -- ids ---------------------------------------------------------------------------------
+
+    def allocate_worker_ids(self, count: int, floor: int = 0) -> list[int]:
+        """Reserve `count` new worker ids, never reused; `floor` is the highest id PanDA has seen."""
+        if count <= 0:
+            return []
+        with self.write() as conn:
+            # FOR UPDATE: two submits for different queues on PostgreSQL/MariaDB must not read the same value.
+            row = conn.execute(select(meta.c.ivalue).where(meta.c.key == "last_worker_id").with_for_update()).first()
+            last = max(int(row[0]) if row else 0, floor)
+            self._set_meta(conn, "last_worker_id", last + count)
+        return list(range(last + 1, last + count + 1))
+
+    # -- claims ------------------------------------------------------------------------------
+
+    def _free(self, table: Table, at: float):
+        return or_(table.c.lock_owner.is_(None), table.c.lock_expires < at)
+
+    def claim(self, conn: Connection, table: Table, where, limit: int, order_by=None) -> list[Any]:
+        """Claim up to `limit` unclaimed (or lease-expired) rows matching `where`; returns the rows we own."""
+        key = list(table.primary_key.columns)
+        at = now()
+        query = select(*key).where(where, self._free(table, at)).limit(limit)
+        if order_by is not None:
+            query = query.order_by(order_by)
+        if not self.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        keys = [tuple(r) for r in conn.execute(query)]
+        if not keys:
+            return []
+        match = _key_match(key, keys)
+        conn.execute(
+            update(table).where(match, self._free(table, at))
+            .values(lock_owner=self.owner, lock_expires=at + self.lease_seconds)
+        )
+        return list(conn.execute(select(table).where(match, table.c.lock_owner == self.owner)))
+
+    def release(self, conn: Connection, table: Table, keys: Iterable[Any]) -> None:
+        key = list(table.primary_key.columns)
+        keys = [k if isinstance(k, tuple) else (k,) for k in keys]
+        for chunk in chunks(keys, 500):
+            conn.execute(
+                update(table).where(_key_match(key, chunk), table.c.lock_owner == self.owner)
+                .values(lock_owner=None, lock_expires=None)
+            )
+
+    def renew(self, conn: Connection, table: Table, keys: Iterable[Any]) -> None:
+        """Extend this run's claims (a long submission must not let another run take its rows over)."""
+        key = list(table.primary_key.columns)
+        keys = [k if isinstance(k, tuple) else (k,) for k in keys]
+        for chunk in chunks(keys, 500):
+            conn.execute(update(table).where(_key_match(key, chunk), table.c.lock_owner == self.owner)
+                         .values(lock_expires=now() + self.lease_seconds))
+
+    def owned(self, table: Table):
+        """Condition: the row is still claimed by this run (guards every update of a claimed row)."""
+        return table.c.lock_owner == self.owner
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[bool]:
+        """A named lease (e.g. "submit:QUEUE"): yields False if another live run holds it."""
+        at = now()
+        with self.write() as conn:
+            holder = conn.execute(select(locks.c.lock_owner).where(locks.c.name == name)).first()
+            free = self._free(locks, at)
+            if holder is not None and owner_is_dead(holder[0]):
+                free = free | (locks.c.lock_owner == holder[0])
+            got = conn.execute(
+                update(locks).where(locks.c.name == name, free)
+                .values(lock_owner=self.owner, lock_expires=at + self.lease_seconds)
+            ).rowcount
+            if holder is None:
+                try:
+                    with conn.begin_nested():   # another host may create the same lock at this moment
+                        conn.execute(locks.insert().values(name=name, lock_owner=self.owner,
+                                                           lock_expires=at + self.lease_seconds))
+                    got = 1
+                except IntegrityError:
+                    got = 0
+        try:
+            yield bool(got)
+        finally:
+            if got:
+                with self.write() as conn:
+                    conn.execute(update(locks).where(locks.c.name == name, locks.c.lock_owner == self.owner)
+                                 .values(lock_owner=None, lock_expires=None))
+
+    # -- outbox ------------------------------------------------------------------------------
+
+    def enqueue_reports(self, conn: Connection, kind: str,
+                        items: Sequence[tuple[int, str, dict | None, bool]]) -> None:
+        """Queue (key, queue, payload, final) updates for PanDA; a newer one replaces an unsent older one."""
+        if not items:
+            return
+        at = now()
+        rows = [{"kind": kind, "key": key, "queue": queue, "version": 1,
+                 "payload": None if payload is None else json.dumps(payload), "final": final, "created": at,
+                 "attempts": 0} for key, queue, payload, final in items]
+        for chunk in chunks(rows, 500):
+            conn.execute(self._upsert_reports(conn), chunk)
+
+    def _upsert_reports(self, conn: Connection):
+        dialect = conn.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert
+
+            stmt = insert(reports)
+            return stmt.on_duplicate_key_update(
+                version=reports.c.version + 1, payload=stmt.inserted.payload, final=stmt.inserted.final,
+            )
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(reports)
+        return stmt.on_conflict_do_update(
+            index_elements=[reports.c.kind, reports.c.key],
+            set_={"version": reports.c.version + 1, "payload": stmt.excluded.payload, "final": stmt.excluded.final},
+        )
+
+    def reports_sent(self, conn: Connection, kind: str, sent: Sequence[tuple[int, int]]) -> None:
+        """Forget (key, version) pairs PanDA accepted; a row with a newer version stays, released for the next run."""
+        for chunk in chunks(list(sent), 500):
+            conn.execute(
+                delete(reports).where(reports.c.kind == kind, reports.c.lock_owner == self.owner,
+                                      or_(*[(reports.c.key == k) & (reports.c.version == v) for k, v in chunk]))
+            )
+        self.release(conn, reports, [(kind, k) for k, _ in sent])
+
+    def count_pending_reports(self) -> dict[str, int]:
+        with self.read() as conn:
+            return {kind: n for kind, n in conn.execute(
+                select(reports.c.kind, func.count()).group_by(reports.c.kind))}
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """A claim owned by a process of this host that no longer exists can be taken over at once."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _key_match(columns: list[Column], keys: Sequence[tuple]):
+    if len(columns) == 1:
+        return columns[0].in_([k[0] for k in keys])
+    return or_(*[(columns[0] == k[0]) & (columns[1] == k[1]) for k in keys])
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def read_revision(conn: Connection) -> str | None:
+    """See Store.revision (one connection's view, so an upgrade can re-read under its lock)."""
+    tables = set(inspect(conn).get_table_names())
+    if "alembic_version" in tables:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() or ""
+    if "meta" in tables:
+        row = conn.execute(select(meta.c.ivalue).where(meta.c.key == "schema_version")).first()
+        version = int(row[0]) if row else 0
+        return LEGACY_VERSIONS.get(version, f"legacy:{version}")
+    return "" if tables else None
+
+
+def schema_problem(revision: str) -> str | None:
+    """What is wrong with a database at this revision for this code, as the rest of a one-line error."""
+    if revision == HEAD:
+        return None
+    if revision == "":
+        return "holds tables but is not a harvester-cli database: point `state` at another database"
+    if revision in REVISIONS or revision == "base":
+        return f"has schema revision {revision}, this harvester-cli needs {HEAD}: run `harvester-cli db upgrade`"
+    return (f"has schema revision {revision.removeprefix('legacy:')}, newer than this harvester-cli knows "
+            f"({HEAD}): upgrade harvester-cli")

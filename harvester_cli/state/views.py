@@ -1,0 +1,97 @@
+"""Read-only views of the state database: for `status`, `workers` and `jobs`, the CE fanout's recent
+throughput, and the workers whose logs clean-logs must keep."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import case, func, select
+
+from harvester_cli import model
+from harvester_cli.state.schema import job_workers, jobs, reports, workers
+from harvester_cli.state.store import Store
+
+
+def status_counts(store: Store, queues: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {q: {"jobs": defaultdict(int), "workers": defaultdict(int)} for q in queues}
+    with store.read() as conn:
+        for queue, status, n in conn.execute(select(workers.c.queue, workers.c.status, func.count())
+                                             .where(workers.c.queue.in_(queues))
+                                             .group_by(workers.c.queue, workers.c.status)):
+            out[queue]["workers"][status] = n
+        for queue, status, sub, n in conn.execute(select(jobs.c.queue, jobs.c.status, jobs.c.sub_status, func.count())
+                                                  .where(jobs.c.queue.in_(queues))
+                                                  .group_by(jobs.c.queue, jobs.c.status, jobs.c.sub_status)):
+            out[queue]["jobs"][f"{status}/{sub}"] = n
+    return {q: {"jobs": dict(v["jobs"]), "workers": dict(v["workers"])} for q, v in out.items()}
+
+
+def list_workers(store: Store, queues: list[str], statuses: tuple[str, ...] = (), limit: int = 100) -> list[dict]:
+    query = select(workers).where(workers.c.queue.in_(queues)).order_by(workers.c.worker_id.desc()).limit(limit)
+    if statuses:
+        query = query.where(workers.c.status.in_(statuses))
+    with store.read() as conn:
+        rows = conn.execute(query).all()
+        links = defaultdict(list)
+        for panda_id, worker_id in conn.execute(select(job_workers.c.panda_id, job_workers.c.worker_id).where(
+                job_workers.c.worker_id.in_([r.worker_id for r in rows]))):
+            links[worker_id].append(panda_id)
+    return [{
+        "worker_id": r.worker_id, "queue": r.queue, "status": r.status, "backend": r.backend,
+        "resource_type": r.resource_type, "n_core": r.n_core, "batch_id": r.batch_id,
+        "computing_element": r.computing_element, "submission_host": r.submission_host,
+        "submit_time": model.iso_time(r.submit_time), "start_time": model.iso_time(r.start_time),
+        "end_time": model.iso_time(r.end_time), "native_status": r.native_status, "exit_code": r.native_exit_code,
+        "diag": r.diag, "kill_reason": r.kill_reason, "stdout": r.stdout_url, "stderr": r.stderr_url,
+        "batch_log": r.batch_log_url, "panda_ids": links[r.worker_id],
+    } for r in rows]
+
+
+def list_jobs(store: Store, queues: list[str], statuses: tuple[str, ...] = (), limit: int = 100) -> list[dict]:
+    query = (select(jobs.c.panda_id, jobs.c.queue, jobs.c.status, jobs.c.sub_status, jobs.c.resource_type,
+                    jobs.c.attempt_nr, jobs.c.created, jobs.c.modified, jobs.c.diag, workers.c.worker_id,
+                    workers.c.batch_id, workers.c.computing_element, workers.c.stdout_url)
+             .select_from(jobs.outerjoin(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
+                          .outerjoin(workers, workers.c.worker_id == job_workers.c.worker_id))
+             .where(jobs.c.queue.in_(queues)).order_by(jobs.c.panda_id.desc()).limit(limit))
+    if statuses:
+        query = query.where(jobs.c.status.in_(statuses) | jobs.c.sub_status.in_(statuses))
+    with store.read() as conn:
+        rows = conn.execute(query).all()
+    return [{
+        "panda_id": r.panda_id, "queue": r.queue, "status": r.status, "sub_status": r.sub_status,
+        "resource_type": r.resource_type, "attempt_nr": r.attempt_nr, "worker_id": r.worker_id,
+        "batch_id": r.batch_id, "computing_element": r.computing_element, "created": model.iso_time(r.created),
+        "modified": model.iso_time(r.modified), "diag": r.diag, "log": r.stdout_url,
+    } for r in rows]
+
+
+def report_problems(store: Store, limit: int = 5) -> list[dict]:
+    """Updates PanDA refused or could not take yet, most retried first (they are retried every run)."""
+    with store.read() as conn:
+        rows = conn.execute(select(reports.c.kind, reports.c.key, reports.c.queue, reports.c.attempts,
+                                   reports.c.last_error).where(reports.c.attempts > 0)
+                            .order_by(reports.c.attempts.desc(), reports.c.key).limit(limit)).all()
+    return [{"kind": r.kind, "id": r.key, "queue": r.queue, "attempts": r.attempts, "last_error": r.last_error}
+            for r in rows]
+
+
+def ce_statistics(store: Store, queue: str, since: float) -> dict[str, dict[str, int]]:
+    """Per CE, this queue's workers submitted since `since`: all of them, started (reached running at
+    some point), still queued, and missed. The CE fanout weighs CEs by it."""
+    started = func.sum(case((workers.c.start_time.is_not(None), 1), else_=0))
+    queued = func.sum(case((workers.c.status.in_([model.PENDING, model.SUBMITTED]), 1), else_=0))
+    missed = func.sum(case((workers.c.status == model.MISSED, 1), else_=0))
+    with store.read() as conn:
+        rows = conn.execute(select(workers.c.computing_element, func.count(), started, queued, missed)
+                            .where(workers.c.queue == queue, workers.c.created >= since)
+                            .group_by(workers.c.computing_element)).all()
+    return {ce: {"submitted": int(n), "started": int(s or 0), "queued": int(q or 0), "missed": int(m or 0)}
+            for ce, n, s, q, m in rows if ce}
+
+
+def active_worker_logs(store: Store) -> list[tuple[str, int, str | None]]:
+    """(queue, worker id, log directory) of every worker that is not final: clean-logs keeps their files."""
+    with store.read() as conn:
+        return [tuple(r) for r in conn.execute(select(workers.c.queue, workers.c.worker_id, workers.c.log_dir)
+                                               .where(workers.c.status.not_in(model.WORKER_FINAL)))]

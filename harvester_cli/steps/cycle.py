@@ -1,0 +1,81 @@
+"""One working cycle: fetch-jobs, submit, poll, propagate, sweep, in that order (what cron chains); and
+`follow`, which polls and propagates until given workers end (`submit --wait`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from harvester_cli import model
+from harvester_cli.config import QueueConfig
+from harvester_cli.errors import EXIT_USAGE, HarvesterError
+from harvester_cli.state.schema import workers
+from harvester_cli.steps import fetch_jobs, poll, propagate, submit, sweep
+from harvester_cli.steps.instance import Instance
+
+STEPS = ("fetch-jobs", "submit", "poll", "propagate", "sweep")
+
+
+@dataclass
+class StepResult:
+    step: str
+    summary: str
+    partial: bool
+
+
+def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention: int | None = None) -> list[StepResult]:
+    def fetch_step():
+        r = fetch_jobs.fetch_jobs(instance, queues)
+        return f"stored {sum(q.stored for q in r.queues)} jobs", r.failed
+
+    def submit_step():
+        r = submit.submit(instance, queues)
+        return (f"submitted {sum(len(q.submitted) for q in r.queues)}, failed {sum(len(q.failed) for q in r.queues)}",
+                r.partial)
+
+    def poll_step():
+        r = poll.poll(instance, queues)
+        changes = sum(sum(q.changes.values()) for q in r.queues)
+        return f"checked {sum(q.checked for q in r.queues)}, {changes} changed", r.partial
+
+    def propagate_step():
+        r = propagate.propagate(instance, queues)
+        return f"jobs sent {r.jobs_sent}, workers sent {r.workers_sent}", r.partial
+
+    def sweep_step():
+        r = sweep.sweep(instance, queues, retention=sweep_retention)
+        return f"killed {sum(q.killed for q in r.queues)}, cleaned {sum(q.cleaned for q in r.queues)}", r.partial
+
+    instance.store   # a state database this code cannot use stops the cycle here, with exit 2, not per step
+    results = []
+    for name, action in zip(STEPS, (fetch_step, submit_step, poll_step, propagate_step, sweep_step)):
+        try:
+            summary, partial = action()
+        except (HarvesterError, SQLAlchemyError, OSError) as exc:   # one failing step must not stop the others
+            if isinstance(exc, HarvesterError) and exc.exit_code == EXIT_USAGE:
+                raise
+            summary, partial = f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", True
+        results.append(StepResult(name, summary, partial))
+    return results
+
+
+def follow(instance: Instance, queues: list[QueueConfig], worker_ids: list[int], *, timeout: float,
+           interval: float = 5.0, on_round: Callable[[dict[int, str]], None] | None = None) -> dict[int, str]:
+    """`submit --wait`: poll and propagate these queues until these workers are final (or the timeout);
+    returns their last statuses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        poll.poll(instance, queues)
+        propagate.propagate(instance, queues)
+        with instance.store.read() as conn:
+            statuses = dict(conn.execute(select(workers.c.worker_id, workers.c.status)
+                                         .where(workers.c.worker_id.in_(worker_ids))).all())
+        if on_round:
+            on_round(statuses)
+        if all(s in model.WORKER_FINAL for s in statuses.values()) or time.monotonic() >= deadline:
+            return statuses
+        time.sleep(interval)

@@ -1,0 +1,150 @@
+"""One harvester instance: its configuration, state store, PanDA client and backends, each made on first use."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+
+from harvester_cli import backends
+from harvester_cli.backends.base import Backend, BackendContext, WorkerRef
+from harvester_cli.config import Config, PandaConfig, QueueConfig
+
+log = logging.getLogger(__name__)
+
+
+class Instance:
+    def __init__(self, config: Config, state_url: str | None = None):
+        self.config = config
+        self.state_url = state_url or config.state_url
+        self._backends: dict[str, Backend] = {}
+
+    @cached_property
+    def store(self):
+        from harvester_cli.state.store import Store
+
+        return Store(self.state_url, lease_seconds=self.config.lease_seconds)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Small files worth keeping between runs (PanDA's resource type definitions)."""
+        return Path(self.config.work_root).parent / "cache"
+
+    def store_exists(self) -> bool:
+        """Whether the state database is there already (a SQLite file that exists, or any server URL)."""
+        if self.state_url.startswith("sqlite:///") and self.state_url != "sqlite:///:memory:":
+            return Path(self.state_url.removeprefix("sqlite:///")).exists()
+        return True
+
+    @cached_property
+    def panda_config(self) -> PandaConfig:
+        """[panda] with its credential profiles resolved to the files renew-proxy maintains."""
+        panda = self.config.panda
+        if panda.proxy_profile:
+            panda = dataclasses.replace(panda, proxy=self.config.proxies[panda.proxy_profile].file)
+        if panda.token_profile:
+            panda = dataclasses.replace(panda, token_file=self.config.tokens[panda.token_profile].file)
+        return panda
+
+    def proxy_for(self, queue: QueueConfig) -> Path | None:
+        """The proxy a queue's workers get: its proxy_profile's file, else the PanDA client's proxy."""
+        if queue.proxy_profile:
+            return self.config.proxies[queue.proxy_profile].file
+        return self.panda_config.proxy
+
+    @cached_property
+    def panda(self):
+        from harvester_cli.panda.client import PandaClient
+
+        return PandaClient(self.panda_config, self.config.harvester_id)
+
+    def backend(self, queue: QueueConfig) -> Backend:
+        if queue.name not in self._backends:
+            context = BackendContext(
+                harvester_id=self.config.harvester_id, work_root=self.config.work_root,
+                panda_url=self.config.panda.url, proxy=self.proxy_for(queue), ca=self.config.panda.ca,
+                ce_statistics=self.ce_statistics,
+            )
+            self._backends[queue.name] = backends.create(queue.backend, queue, context)
+        return self._backends[queue.name]
+
+    def ce_statistics(self, queue: str, since: float) -> dict[str, dict[str, int]]:
+        from harvester_cli.state.views import ce_statistics
+
+        return ce_statistics(self.store, queue, since)
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            close = getattr(backend, "close", None)
+            if close:
+                close()
+        if "store" in self.__dict__:
+            self.store.close()
+        if "panda" in self.__dict__:
+            self.panda.close()
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def worker_log_dir(self, queue: str, worker_id: int, when: float) -> Path:
+        """Per day, per queue, per worker: <log_dir>/workers/YYYY-MM-DD/<queue>/<worker_id>/."""
+        day = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d")
+        return self.config.logs / "workers" / day / queue / str(worker_id)
+
+    def log_url(self, path: Path | str | None) -> str | None:
+        """The public URL of a file in the log tree (log_url from config), or the file path without one."""
+        if path is None:
+            return None
+        path = Path(path)
+        if not self.config.log_url:
+            return str(path)
+        try:
+            relative = path.relative_to(self.config.logs)
+        except ValueError:
+            return str(path)
+        return f"{self.config.log_url.rstrip('/')}/{relative.as_posix()}"
+
+    # -- pilots ------------------------------------------------------------------------------
+
+    def pilot_environment(self, queue: QueueConfig, worker_id: int, resource_type: str) -> dict[str, str]:
+        panda = self.config.panda
+        env = {
+            "HARVESTER_PANDA_URL": panda.url, "PANDA_QUEUE": queue.site, "PANDA_RESOURCE_TYPE": resource_type,
+            "PANDA_PROD_SOURCE_LABEL": queue.prod_source_label, "PANDA_JOB_TYPE": queue.job_type,
+            "HARVESTER_ID": self.config.harvester_id, "HARVESTER_WORKER_ID": str(worker_id),
+        }
+        if queue.background:
+            env["PANDA_BACKGROUND"] = "1"
+        proxy = self.proxy_for(queue)
+        if proxy:
+            env["X509_USER_PROXY"] = str(proxy)
+        if panda.ca:
+            env["HARVESTER_PANDA_CA"] = str(panda.ca)
+            if panda.ca.is_dir():
+                env["X509_CERT_DIR"] = str(panda.ca)
+        return env
+
+    def pilot_command(self, queue: QueueConfig, worker_id: int, resource_type: str, n_core: int,
+                      memory_mb: int) -> str:
+        import shlex
+
+        panda = self.config.panda
+        values = {
+            "queue": queue.site, "worker_id": worker_id, "harvester_id": self.config.harvester_id,
+            "resource_type": resource_type, "n_core": n_core, "memory_mb": memory_mb, "walltime": queue.walltime,
+            "panda_url": panda.url, "prod_source_label": queue.prod_source_label, "job_type": queue.job_type,
+            "python": sys.executable, "ca": panda.ca or "", "proxy": self.proxy_for(queue) or "",
+        }
+        return queue.pilot.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
+
+
+def worker_ref(row) -> WorkerRef:
+    """A store row of the workers table as the backends see it."""
+    return WorkerRef(
+        worker_id=row.worker_id, queue=row.queue, batch_id=row.batch_id, submission_host=row.submission_host,
+        computing_element=row.computing_element, status=row.status,
+        log_dir=Path(row.log_dir) if row.log_dir else None, submit_time=row.submit_time,
+        kill_reason=row.kill_reason,
+    )

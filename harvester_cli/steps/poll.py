@@ -1,0 +1,188 @@
+"""poll: check active workers at the backend, record state changes, and in push mode turn the pilot's
+outputs of ended workers into the final job updates."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, select, update
+
+from harvester_cli import model
+from harvester_cli.backends.base import Observation
+from harvester_cli.config import QueueConfig
+from harvester_cli.panda import pilot_outputs
+from harvester_cli.state import transitions
+from harvester_cli.state.schema import job_workers, jobs, workers
+from harvester_cli.steps.instance import Instance, worker_ref
+
+log = logging.getLogger(__name__)
+
+# Harvester's default: at most 500 workers per monitor round.
+CHUNK = 500
+
+
+@dataclass
+class QueuePoll:
+    queue: str
+    checked: int = 0
+    changes: Counter = field(default_factory=Counter)   # new status -> count
+    jobs_final: int = 0
+    kill_requested: int = 0
+    resubmitted: int = 0
+    error: str | None = None
+
+
+@dataclass
+class PollRun:
+    queues: list[QueuePoll] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return any(q.error for q in self.queues)
+
+
+def _decide(queue: QueueConfig, row, seen: Observation, at: float) -> tuple[str, str | None, str | None]:
+    """(new status, diag, kill reason) for one worker from what the backend saw."""
+    status, diag, kill = seen.status, seen.diag, None
+    if status == model.MISSING:
+        since = row.submit_time or row.created
+        if at - since < queue.lost_grace_seconds:
+            return row.status, row.diag, None
+        return model.FAILED, f"lost: {diag or 'the backend has no trace of this worker'}", None
+    if status == model.HELD:
+        return model.IDLE, f"held: {diag or 'no reason given'}", None
+    if status == model.SUBMITTED and row.start_time is not None:
+        status = model.IDLE
+    if status in (model.SUBMITTED, model.IDLE) and row.submit_time and at - row.submit_time > queue.max_queued_seconds:
+        kill = f"queued longer than {queue.max_queued_seconds} s"
+    return status, diag, kill
+
+
+def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int], None] | None = None) -> QueuePoll:
+    store = instance.store
+    backend = instance.backend(queue)
+    result = QueuePoll(queue.name)
+    last_id = -1   # keyset pagination: each round takes the next workers by id, memory stays flat
+    while True:
+        with store.write() as conn:
+            rows = store.claim(conn, workers, (workers.c.queue == queue.name)
+                               & workers.c.status.in_(model.WORKER_ACTIVE) & (workers.c.worker_id > last_id),
+                               CHUNK, order_by=workers.c.worker_id)
+        if not rows:
+            break
+        last_id = max(r.worker_id for r in rows)
+        try:
+            observations = backend.check([worker_ref(r) for r in rows])
+        except Exception as exc:  # one backend failing must not stop the other queues
+            log.exception("queue %s: backend check failed", queue.name)
+            result.error = f"backend check failed: {exc}"
+            with store.write() as conn:
+                store.release(conn, workers, [r.worker_id for r in rows])
+            break
+        apply_observations(instance, queue, rows, observations, result)
+        result.checked += len(rows)
+        if progress:
+            progress(len(rows))
+    return result
+
+
+def apply_observations(instance: Instance, queue: QueueConfig, rows, observations: list[Observation],
+                       result: QueuePoll) -> None:
+    store = instance.store
+    at = model.now()
+    changed, kills, ended, started, resubmit = [], [], [], [], {}
+    for row, seen in zip(rows, observations):
+        status, diag, kill = _decide(queue, row, seen, at)
+        if not model.allowed_worker_transition(row.status, status):
+            status = row.status
+        kill = kill or seen.kill_reason
+        if kill and not row.kill_reason:
+            kills.append({"w": row.worker_id, "k": kill})
+        is_change = (status != row.status or diag != row.diag or seen.native_status != row.native_status
+                     or seen.exit_code != row.native_exit_code)
+        if not is_change:
+            continue
+        changed.append({
+            "w": row.worker_id, "s": status, "d": diag, "n": seen.native_status, "x": seen.exit_code,
+            "st": row.start_time or seen.start_time or (at if status == model.RUNNING else None),
+            "et": (seen.end_time or at) if status in model.WORKER_FINAL else None,
+        })
+        if status != row.status:
+            result.changes[status] += 1
+            if status in model.WORKER_FINAL and seen.resubmit and queue.mode == "push":
+                resubmit[row.worker_id] = f"transient backend error: {diag or seen.native_status}"
+            elif status in model.WORKER_FINAL:
+                ended.append((row, status, diag))
+            elif status == model.RUNNING:
+                started.append(row)
+    final_jobs = _final_job_updates(instance, queue, ended) if queue.mode == "push" else []
+    with store.write() as conn:
+        if changed:
+            conn.execute(
+                update(workers).where(workers.c.worker_id == bindparam("w"), store.owned(workers))
+                .values(status=bindparam("s"), diag=bindparam("d"), native_status=bindparam("n"),
+                        native_exit_code=bindparam("x"), start_time=bindparam("st"), end_time=bindparam("et"),
+                        modified=at),
+                changed,
+            )
+            store.enqueue_reports(conn, "worker", [(c["w"], queue.name, None, False) for c in changed])
+        if kills:
+            conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"))
+                         .values(kill_reason=bindparam("k")), kills)
+            result.kill_requested += len(kills)
+        if started and queue.mode == "push":
+            transitions.jobs_running(store, conn, queue, {r.worker_id: r.batch_id for r in started}, at)
+        if resubmit:
+            transitions.requeue_jobs(store, conn, queue, resubmit, at)
+            result.resubmitted += len(resubmit)
+        for panda_id, update_, diag in final_jobs:
+            conn.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status != model.SUB_DONE)
+                         .values(status=update_["job_status"], sub_status=model.SUB_REPORTING, diag=diag,
+                                 modified=at))
+        store.enqueue_reports(conn, "job", [(p, queue.name, u, True) for p, u, _ in final_jobs])
+        result.jobs_final += len(final_jobs)
+        store.release(conn, workers, [r.worker_id for r in rows])
+
+
+def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tuple[int, dict, str | None]]:
+    """Push mode: for each ended worker, its job's final update from the pilot's files."""
+    if not ended:
+        return []
+    backend = instance.backend(queue)
+    with instance.store.read() as conn:
+        bound = conn.execute(select(jobs.c.panda_id, jobs.c.job_json, job_workers.c.worker_id)
+                             .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
+                             .where(job_workers.c.worker_id.in_([r.worker_id for r, _, _ in ended]),
+                                    jobs.c.sub_status.in_([model.SUB_SUBMITTED, model.SUB_RUNNING]))).all()
+    by_worker = {w: (p, json.loads(j)) for p, j, w in bound}
+    out = []
+    for row, status, diag in ended:
+        if row.worker_id not in by_worker:
+            continue
+        panda_id, job = by_worker[row.worker_id]
+        if status == model.CANCELLED:
+            update_ = pilot_outputs.failed_update(job, pilot_outputs.ERR_WORKER_CANCELLED,
+                                                  f"worker {row.worker_id} cancelled: {diag or row.kill_reason}",
+                                                  sub_status="cancelled")
+            out.append((panda_id, update_, diag))
+            continue
+        try:
+            files = backend.fetch_outputs(worker_ref(row), list(pilot_outputs.PILOT_OUTPUTS))
+        except Exception as exc:  # outputs that cannot be fetched are reported as missing
+            log.warning("queue %s: worker %s: cannot fetch outputs: %s", queue.name, row.worker_id, exc)
+            files, diag = {}, f"{diag + '; ' if diag else ''}cannot fetch outputs: {exc}"
+        update_, note = pilot_outputs.final_update(job, files, diag, {"stdout": row.stdout_url})
+        update_.setdefault("batch_id", row.batch_id)
+        out.append((panda_id, update_, note))
+    return out
+
+
+def poll(instance: Instance, queues: list[QueueConfig], progress: Callable[[int], None] | None = None) -> PollRun:
+    run = PollRun()
+    for queue in queues:
+        run.queues.append(poll_queue(instance, queue, progress))
+    return run

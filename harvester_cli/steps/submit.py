@@ -1,0 +1,364 @@
+"""submit: repair interrupted submissions, plan, record workers as pending, call the backend, record results.
+
+Crash safety: a worker row exists (`pending`, claimed by this run) before the backend is called, and in
+push mode its job is bound to it in the same transaction. If the process dies between the backend call
+and the commit of the result, the next `submit` finds the pending worker (its claim expired, or its owner
+process on this host is gone), asks the backend for the tagged batch job, and adopts it or marks it
+missed. A worker is never submitted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, case, func, select, update
+
+from harvester_cli import model
+from harvester_cli.backends.base import SubmitResult, WorkerSpec
+from harvester_cli.config import QueueConfig
+from harvester_cli.errors import PandaError, PandaRefused
+from harvester_cli.faults import fault_point
+from harvester_cli.panda import resource_types
+from harvester_cli.state import transitions
+from harvester_cli.state.schema import job_workers, jobs, locks, worker_targets, workers
+from harvester_cli.state.store import chunks, owner_is_dead
+from harvester_cli.steps import planner
+from harvester_cli.steps.instance import Instance, worker_ref
+
+log = logging.getLogger(__name__)
+
+BACKEND_BATCH = 100
+
+
+@dataclass
+class QueueSubmit:
+    queue: str
+    plan: planner.Plan | None = None
+    submitted: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    adopted: int = 0
+    missed: int = 0
+    skipped: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SubmitRun:
+    queues: list[QueueSubmit] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return any(q.failed or q.error for q in self.queues)
+
+
+# -- crash repair ---------------------------------------------------------------------------
+
+def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
+    """Adopt or miss workers left `pending` by an interrupted submit; returns (adopted, missed)."""
+    store = instance.store
+    with store.write() as conn:
+        owners = set(conn.scalars(select(workers.c.lock_owner).distinct().where(
+            workers.c.queue == queue.name, workers.c.status == model.PENDING, workers.c.lock_owner.is_not(None))))
+        for owner in filter(owner_is_dead, owners):
+            conn.execute(update(workers).where(workers.c.lock_owner == owner).values(lock_owner=None, lock_expires=None))
+        rows = store.claim(conn, workers, (workers.c.queue == queue.name) & (workers.c.status == model.PENDING), 1000)
+    if not rows:
+        return 0, 0
+    try:
+        found = instance.backend(queue).find([worker_ref(r) for r in rows])
+    except Exception:   # cannot tell: keep them pending (released) and ask again next run
+        log.exception("queue %s: backend lookup of interrupted submissions failed", queue.name)
+        with store.write() as conn:
+            store.release(conn, workers, [r.worker_id for r in rows])
+        return 0, 0
+    results = [f if f is not None else SubmitResult(r.worker_id, error="submission was interrupted and the "
+                                                    "backend has no trace of this worker")
+               for r, f in zip(rows, found)]
+    record_results(instance, queue, results)
+    adopted = sum(1 for f in found if f is not None)
+    return adopted, len(rows) - adopted
+
+
+# -- planning -------------------------------------------------------------------------------
+
+def queue_state(instance: Instance, queue: QueueConfig, activated: int | None,
+                sizes: dict[str, tuple[int, int]]) -> planner.QueueState:
+    queued: dict[str, int] = defaultdict(int)
+    running: dict[str, int] = defaultdict(int)
+    queued_cores = queued_memory = 0
+    with instance.store.read() as conn:
+        for rt, status, n, cores, memory in conn.execute(
+            select(workers.c.resource_type, workers.c.status, func.count(), func.sum(workers.c.n_core),
+                   func.sum(workers.c.memory_mb))
+            .where(workers.c.queue == queue.name, workers.c.status.in_([*model.WORKER_QUEUED, model.RUNNING]))
+            .group_by(workers.c.resource_type, workers.c.status)
+        ):
+            (running if status == model.RUNNING else queued)[rt] += n
+            if status != model.RUNNING:
+                queued_cores += int(cores or 0)
+                queued_memory += int(memory or 0)
+        missed = conn.scalar(select(func.count()).select_from(workers).where(
+            workers.c.queue == queue.name, workers.c.status == model.MISSED,
+            workers.c.modified >= model.now() - queue.throttle_window)) or 0
+        targets = None
+        if queue.pilot_streaming:
+            found = conn.execute(select(worker_targets.c.resource_type, worker_targets.c.remaining).where(
+                worker_targets.c.site == queue.site, worker_targets.c.job_type == queue.job_type)).all()
+            targets = dict(found) if found else None
+        waiting = dict(conn.execute(
+            select(jobs.c.resource_type, func.count()).where(jobs.c.queue == queue.name,
+                                                             jobs.c.sub_status == model.SUB_FETCHED,
+                                                             jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < model.now()))
+            .group_by(jobs.c.resource_type)).all())
+    return planner.QueueState(dict(queued), dict(running), activated, waiting, targets, missed, queued_cores,
+                              queued_memory, sizes)
+
+
+def activated_jobs(instance: Instance, queues: list[QueueConfig]) -> dict[str, int] | None:
+    """Activated jobs per pull queue from PanDA (one call per run); None if PanDA cannot say."""
+    if not any(q.mode == "pull" for q in queues):
+        return {}
+    try:
+        stats = instance.panda.active_job_stats_by_site()
+    except PandaRefused as exc:
+        if "job statistics" in exc.message:   # PanDA's answer when no job is active anywhere
+            return {}
+        log.warning("cannot get activated jobs from PanDA: %s", exc)
+        return None
+    except PandaError as exc:
+        log.warning("cannot get activated jobs from PanDA: %s", exc)
+        return None
+    return {site: int(by_status.get("activated", 0)) for site, by_status in stats.items()}
+
+
+# -- submission -----------------------------------------------------------------------------
+
+def worker_id_floor(instance: Instance) -> int:
+    """The highest worker id PanDA has seen, asked once for a new state database (ids are never reused)."""
+    if instance.store.get_meta("last_worker_id") is not None:
+        return 0
+    try:
+        return instance.panda.get_current_worker_id()
+    except PandaRefused as exc:
+        # PanDA answers "database error" when it has no worker of this harvester: a new instance.
+        log.info("PanDA knows no worker of %s yet (%s): numbering from 1", instance.config.harvester_id, exc.message)
+        return 0
+
+
+def _size(queue: QueueConfig, resource_type: str, job: dict | None,
+          sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Push: the job's cores and memory; pull: the resource type's worker size on this queue."""
+    if job is not None:
+        cores = int(job["coreCount"]) if str(job.get("coreCount", "")).isdigit() and int(job["coreCount"]) > 0 else 1
+        try:
+            memory = int(job.get("minRamCount")) or cores * queue.memory_mb_per_core
+        except (TypeError, ValueError):
+            memory = cores * queue.memory_mb_per_core
+        return cores, memory
+    return sizes.get(resource_type) or (queue.core_count, queue.core_count * queue.memory_mb_per_core)
+
+
+def _bind_jobs(instance: Instance, conn, queue: QueueConfig, counts: dict[str, int]) -> dict[str, list]:
+    """Claim fetched jobs for the new workers, per resource type (push mode)."""
+    bound = {}
+    for rt, n in counts.items():
+        if n > 0:
+            bound[rt] = instance.store.claim(
+                conn, jobs, (jobs.c.queue == queue.name) & (jobs.c.sub_status == model.SUB_FETCHED)
+                & (jobs.c.resource_type == rt), n, order_by=jobs.c.created)
+    return bound
+
+
+def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int,
+                   sizes: dict[str, tuple[int, int]]) -> list[WorkerSpec]:
+    """Record the new workers as pending (and bind their jobs) in one transaction; returns their specs."""
+    store = instance.store
+    at = model.now()
+    with store.write() as conn:
+        bound = _bind_jobs(instance, conn, queue, counts) if queue.mode == "push" else {}
+        plan_items: list[tuple[str, dict | None]] = []
+        for rt, n in counts.items():
+            if queue.mode == "push":
+                plan_items += [(rt, json.loads(row.job_json) | {"_row": row}) for row in bound.get(rt, [])]
+            else:
+                plan_items += [(rt, None)] * n
+        if not plan_items:
+            return []
+    ids = store.allocate_worker_ids(len(plan_items), floor)
+    specs, rows, links, job_ids = [], [], [], []
+    for worker_id, (rt, job) in zip(ids, plan_items):
+        row = job.pop("_row") if job else None
+        cores, memory = _size(queue, rt, job, sizes)
+        log_dir = instance.worker_log_dir(queue.name, worker_id, at)
+        specs.append(WorkerSpec(
+            worker_id=worker_id, queue=queue.name, resource_type=rt, n_core=cores, memory_mb=memory,
+            walltime=queue.walltime, log_dir=log_dir,
+            pilot_command=instance.pilot_command(queue, worker_id, rt, cores, memory),
+            environment=instance.pilot_environment(queue, worker_id, rt), job=job,
+        ))
+        rows.append({
+            "worker_id": worker_id, "queue": queue.name, "backend": queue.backend, "mode": queue.mode,
+            "resource_type": rt, "job_type": queue.job_type, "n_core": cores, "memory_mb": memory,
+            "status": model.PENDING, "log_dir": str(log_dir), "created": at, "modified": at,
+            "lock_owner": store.owner, "lock_expires": at + store.lease_seconds,
+        })
+        if row is not None:
+            links.append({"panda_id": row.panda_id, "worker_id": worker_id})
+            job_ids.append(row.panda_id)
+    with store.write() as conn:
+        conn.execute(workers.insert(), rows)
+        if links:
+            conn.execute(job_workers.insert(), links)
+            conn.execute(update(jobs).where(jobs.c.panda_id.in_(job_ids), store.owned(jobs))
+                         .values(sub_status=model.SUB_SUBMITTED, modified=at, lock_owner=None, lock_expires=None))
+    return specs
+
+
+def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitResult]) -> None:
+    """Store what the backend said per worker; jobs of missed workers go back to wait (or fail)."""
+    store = instance.store
+    at = model.now()
+    ok = [r for r in results if r.ok]
+    bad = [r for r in results if not r.ok]
+    with store.write() as conn:
+        log_dirs = dict(conn.execute(select(workers.c.worker_id, workers.c.log_dir)
+                                     .where(workers.c.worker_id.in_([r.worker_id for r in results]))).all())
+
+        def url(result: SubmitResult, name: str | None) -> str | None:
+            if not name:
+                return None
+            if "://" in name or name.startswith("/"):
+                return name
+            return instance.log_url(f"{log_dirs.get(result.worker_id)}/{name}")
+
+        if ok:
+            conn.execute(
+                update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
+                .values(status=model.SUBMITTED, batch_id=bindparam("b"), submission_host=bindparam("h"),
+                        computing_element=bindparam("ce"), submit_time=at, modified=at, stdout_url=bindparam("o"),
+                        stderr_url=bindparam("e"), batch_log_url=bindparam("l"), lock_owner=None, lock_expires=None),
+                [{"w": r.worker_id, "b": r.batch_id, "h": r.submission_host, "ce": r.computing_element,
+                  "o": url(r, r.stdout), "e": url(r, r.stderr), "l": url(r, r.batch_log)} for r in ok],
+            )
+        if bad:
+            conn.execute(
+                update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
+                .values(status=model.MISSED, diag=bindparam("d"), end_time=at, modified=at, lock_owner=None,
+                        lock_expires=None),
+                [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000]} for r in bad],
+            )
+        store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r in results])
+        if ok:
+            transitions.jobs_submitted(store, conn, queue, {r.worker_id: r.batch_id for r in ok}, at)
+        if bad:
+            transitions.requeue_jobs(store, conn, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
+
+
+def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], result: QueueSubmit,
+                 progress: Callable[[int], None] | None = None) -> None:
+    backend = instance.backend(queue)
+    store = instance.store
+    for index, batch in enumerate(chunks(specs, BACKEND_BATCH)):
+        if index:   # keep the queue lock and the waiting workers' claims alive through a long submission
+            with store.write() as conn:
+                store.renew(conn, workers, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
+                store.renew(conn, locks, [f"submit:{queue.name}"])
+        fault_point("before_backend_submit")
+        try:
+            results = backend.submit(list(batch))
+        except Exception as exc:
+            # Some workers of the batch may have started: release them as pending, so the next submit's
+            # repair asks the backend (find) instead of guessing, and no job runs twice.
+            log.exception("queue %s: backend %s failed during submission", queue.name, queue.backend)
+            with instance.store.write() as conn:
+                instance.store.release(conn, workers, [s.worker_id for s in batch])
+            result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
+            return
+        fault_point("after_backend_submit")
+        record_results(instance, queue, results)
+        result.submitted += [r.worker_id for r in results if r.ok]
+        result.failed += [(r.worker_id, r.error or "submission failed") for r in results if not r.ok]
+        if progress:
+            progress(len(batch))
+
+
+def submit_queue(instance: Instance, queue: QueueConfig, activated: dict[str, int] | None, run_remaining: int, *,
+                 dry_run: bool = False, count: int | None = None, resource_type: str | None = None,
+                 force: bool = False, progress: Callable[[int], None] | None = None) -> QueueSubmit:
+    result = QueueSubmit(queue.name)
+    with instance.store.lock(f"submit:{queue.name}") as got:
+        if not got and not dry_run:
+            result.skipped = "another run is submitting for this queue"
+            return result
+        if not dry_run:   # under the queue lock: never repair the pending workers of a live submission
+            result.adopted, result.missed = repair_pending(instance, queue)
+        definitions = resource_types.definitions(instance.panda, instance.cache_dir / "resource_types.json")
+        sizes = {rt: resource_types.worker_size(queue, rt, definitions) for rt in queue.resource_types}
+        state = queue_state(instance, queue, None if activated is None else activated.get(queue.site, 0), sizes)
+        if count is not None:
+            result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
+        else:
+            result.plan = planner.plan(queue, state, run_remaining)
+        if dry_run or result.plan.total == 0:
+            return result
+        try:
+            floor = worker_id_floor(instance)
+        except PandaError as exc:
+            result.error = f"cannot learn the highest worker id from PanDA for a new state database: {exc}"
+            return result
+        specs = create_pending(instance, queue, result.plan.per_resource_type, floor, sizes)
+        submit_specs(instance, queue, specs, result, progress)
+        if queue.pilot_streaming and result.submitted:
+            consume_targets(instance, queue, specs, set(result.submitted))
+    return result
+
+
+def consume_targets(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], submitted: set[int]) -> None:
+    """Pilot streaming: what was submitted comes off PanDA's numbers."""
+    per_type: dict[str, int] = defaultdict(int)
+    for spec in specs:
+        if spec.worker_id in submitted:
+            per_type[spec.resource_type] += 1
+    with instance.store.write() as conn:
+        for rt, n in per_type.items():
+            conn.execute(update(worker_targets).where(
+                worker_targets.c.site == queue.site, worker_targets.c.job_type == queue.job_type,
+                worker_targets.c.resource_type == rt).values(
+                remaining=case((worker_targets.c.remaining > n, worker_targets.c.remaining - n), else_=0),
+                updated=model.now()))
+
+
+def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, resource_type: str,
+                 force: bool) -> planner.Plan:
+    """`submit --count N`: exactly N, still within max_workers unless forced."""
+    active = sum(state.queued.values()) + sum(state.running.values())
+    trace = [planner.Step("requested", f"--count {count} --resource-type {resource_type}", count)]
+    n = count
+    if not force:
+        n = min(count, max(0, queue.max_workers - active))
+        trace.append(planner.Step("max_workers (hard cap; --force overrides)",
+                                  f"max={queue.max_workers}, active={active}", n))
+    if queue.mode == "push":
+        n = min(n, state.waiting_jobs.get(resource_type, 0))
+        trace.append(planner.Step("waiting jobs", f"{resource_type} jobs without a worker="
+                                  f"{state.waiting_jobs.get(resource_type, 0)}", n))
+    return planner.Plan(queue.name, {resource_type: n}, trace)
+
+
+def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = False, count: int | None = None,
+           resource_type: str | None = None, force: bool = False,
+           progress: Callable[[int], None] | None = None) -> SubmitRun:
+    run = SubmitRun()
+    instance.store   # a state database this code cannot use is an error before PanDA is asked anything
+    activated = activated_jobs(instance, queues)
+    remaining = instance.config.max_new_workers_per_run
+    for queue in queues:
+        result = submit_queue(instance, queue, activated, remaining, dry_run=dry_run, count=count,
+                              resource_type=resource_type, force=force, progress=progress)
+        remaining -= len(result.submitted)
+        run.queues.append(result)
+    return run
