@@ -5,6 +5,21 @@ HTTP 200 on logical failure, a client certificate (or bearer token) for everythi
 first-heartbeat and empty-ack quirks, final job updates stored as `holding`, `tobekilled` after a kill.
 Jobs move from holding to their final state after `finish_delay` seconds, like the server's daemons.
 
+Behaviours of the real server that clients trip over, modelled here and on by default:
+- Registration. The first heartbeat of an unknown harvester id creates its instance row (without the
+  heartbeat's data) and answers success:false; later heartbeats store startTime and friends. A pilot's
+  acquire_jobs carrying harvester_id and worker_id always records the worker (running, nJobs 1), but the
+  job-worker relation (`relations`: what PanDA's monitor shows as "job ran in worker N") only when the
+  instance row exists. update_workers with pandaid_list writes relations without that check and drops
+  the worker's other relations.
+- Pilot logs. pilot_log is stored as a new log record on every update that carries one (`SimJob.pilot_logs`);
+  pilot_id is kept as the job's pilotID, cut to 200 characters, batch_id to 80.
+- Stale job counts. statistics/active_job_stats_by_site and statistics/active_job_detailed_stats_by_site
+  (site -> resource type -> prodSourceLabel -> status) answer from a snapshot refreshed every
+  `stats_refresh` seconds (60, like the materialized view), so counts lag the truth by up to that long.
+  Both answer success:false with data {} when no job is active; `detailed_stats=False` makes the detailed
+  route unknown (HTTP 403), as on servers older than 0.7.0.
+
 Admin calls under /admin/ (client certificate required) let tests and `demo` add activated jobs and
 commands and read the state; every API call is recorded in `calls`.
 """
@@ -38,6 +53,7 @@ MSG_PROD_ROLE = "production or pilot role required"
 MSG_DATABASE = "database error in the PanDA server"
 MSG_NO_PROD_ROLE_JOBS = "no production/pilot role in VOMS FQANs or non pilot owner"
 MSG_NO_JOB_STATS = "Database failure getting the job statistics"
+MSG_NO_DETAILED_JOB_STATS = "Database failure getting the job statistics with resource_type and prodsourcelabel"
 VALID_JOB_STATES = ("running", "failed", "finished", "holding", "starting", "transferring")
 # Columns of Harvester_Instances a heartbeat's `data` may set; any other key is a database error there.
 HEARTBEAT_KEYS = {"startTime", "sw_version", "commit_stamp", "commands", "owner", "hostName", "description",
@@ -86,6 +102,9 @@ class SimJob:
     final_status: str | None = None
     holding_since: float | None = None
     updates: list[dict] = field(default_factory=list)
+    pilot_logs: list[str] = field(default_factory=list)   # one record per update that carried pilot_log
+    pilot_id: str | None = None
+    batch_id: str | None = None
 
 
 REQ = object()    # a parameter without default
@@ -144,6 +163,8 @@ ROUTES: dict[str, Route] = {
     "harvester/get_current_worker_id": Route("get_current_worker_id", "GET", {"harvester_id": (str, REQ)}),
     "metaconfig/get_resource_types": Route("get_resource_types", "GET", {}),
     "statistics/active_job_stats_by_site": Route("active_job_stats_by_site", "GET", {}, secure=False),
+    "statistics/active_job_detailed_stats_by_site": Route("active_job_detailed_stats_by_site", "GET", {},
+                                                          secure=False),
     "job/kill": Route("kill_jobs", "POST", {
         "job_ids": (list[int], REQ), "code": (int, None), "use_email_as_id": (bool, False),
         "kill_options": (list[str], [])}),
@@ -225,7 +246,8 @@ _DN_NAMES = {"domainComponent": "DC", "commonName": "CN", "organizationName": "O
 class PandaSimulator:
     def __init__(self, pki: TestPKI, host: str = "127.0.0.1", port: int = 0, *,
                  tokens: tuple[str, ...] = (), finish_delay: float = 0.0, first_panda_id: int = 4000000000,
-                 production_dns: tuple[str, ...] | None = None):
+                 production_dns: tuple[str, ...] | None = None, stats_refresh: float = 60.0,
+                 detailed_stats: bool = True):
         self.pki = pki
         self.host = host
         self.port = port
@@ -237,10 +259,19 @@ class PandaSimulator:
         self.jobs: dict[int, SimJob] = {}
         self.queue_status: dict[str, str] = {}
         self.harvesters: dict[str, dict] = {}
+        # Harvester_Instances rows: made by the first heartbeat of an id, updated by the later ones.
+        self.instances: dict[str, dict] = {}
+        # (harvester id, worker id, PandaID): Harvester_Rel_Jobs_Workers
+        self.relations: set[tuple[str, int, int]] = set()
+        self.stats_refresh = stats_refresh
+        self.detailed_stats = detailed_stats
+        self._stats_snapshot: tuple[float, dict] | None = None
         self.commands: dict[int, dict] = {}
         self.calls: list[dict] = []
         self.connections = 0
         self.fail_next: list[int] = []   # HTTP status codes to answer the next requests with (outage tests)
+        # path -> how many of its next calls are applied but their reply lost (a 502 from the proxy in front)
+        self.lose_reply: dict[str, int] = {}
         self._ids = itertools.count(first_panda_id)
         self._command_ids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
@@ -357,6 +388,8 @@ class PandaSimulator:
                           "updates": len(j.updates)} for j in self.jobs.values()],
                 "harvesters": {h: {"workers": list(v.get("workers", {}).values()), "stats": v.get("stats", {})}
                                for h, v in self.harvesters.items()},
+                "instances": self.instances,
+                "relations": sorted(self.relations),
                 "commands": list(self.commands.values()),
             }
 
@@ -368,19 +401,24 @@ class PandaSimulator:
     def heartbeat(self, dn, harvester_id, data):
         if not isinstance(data, dict) or set(data) - HEARTBEAT_KEYS:
             return False, MSG_DATABASE, None
-        known = harvester_id in self.harvesters
         entry = self._harvester(harvester_id)
         entry["dn"] = dn
         if data.get("commands"):
             entry["subscriptions"] = data["commands"]
-        if not known:   # the server inserts the instance row, then reports "no instance record"
+        if harvester_id not in self.instances:
+            # The server inserts the instance row without the heartbeat's data, then reports "no instance record".
+            self.instances[harvester_id] = {"registered": time.time(), "owner": dn, "description": "automatic"}
             return False, MSG_DATABASE, None
+        self.instances[harvester_id].update({k: v for k, v in data.items() if k != "commands"},
+                                            lastUpdate=_now_str())
         entry["heartbeats"].append({"time": _now_str(), "data": data})
         return True, "", None
 
-    def acquire_jobs(self, dn, site_name, n_jobs, prod_source_label, resource_type, job_type, background, **_):
+    def acquire_jobs(self, dn, site_name, n_jobs, prod_source_label, resource_type, job_type, background,
+                     harvester_id, worker_id, scheduler_id, **_):
         if not self._production(dn) and prod_source_label != "user":
             return False, MSG_NO_PROD_ROLE_JOBS, None
+        harvester_id = harvester_id or scheduler_id
         picked = []
         for job in self.jobs.values():
             if len(picked) >= n_jobs:
@@ -396,6 +434,12 @@ class PandaSimulator:
             job.status = "sent"
             job.spec["nSent"] = int(job.spec.get("nSent", 0)) + 1
             picked.append({k: v for k, v in job.spec.items() if k != "background"})
+            if harvester_id is not None and worker_id is not None:
+                # The worker row is written whatever happens; the relation only for a known instance.
+                self._harvester(harvester_id)["workers"].setdefault(worker_id, {"workerID": worker_id}).update(
+                    status="running", nJobs=1, lastUpdate=_now_str())
+                if harvester_id in self.instances:
+                    self.relations.add((harvester_id, worker_id, job.panda_id))
         if not picked:
             return False, MSG_NO_JOBS, None
         return True, "", {"StatusCode": 0, "jobs": picked}
@@ -411,6 +455,12 @@ class PandaSimulator:
         update = {"job_id": job_id, "job_status": job_status, "attempt_nr": attempt_nr,
                   **{k: v for k, v in fields.items() if v not in (None, "") and k != "timeout"}}
         job.updates.append(update)
+        if fields.get("pilot_log"):   # a new log record on every call that carries one
+            job.pilot_logs.append(str(fields["pilot_log"])[:4000])
+        if fields.get("pilot_id"):
+            job.pilot_id = str(fields["pilot_id"])[:200]
+        if fields.get("batch_id"):
+            job.batch_id = str(fields["batch_id"])[:80]
         if job.status == "holding" and job_status in ("finished", "failed"):
             return True, "", {"StatusCode": 0, "command": "alreadydone"}
         command = "tobekilled" if job.kill_requested else "NULL"
@@ -461,6 +511,11 @@ class PandaSimulator:
             if old.get("status") in ("finished", "failed", "cancelled", "missed"):
                 worker = {k: v for k, v in worker.items() if k != "status"}
             old.update(worker)
+            panda_ids = worker.get("pandaid_list")
+            if panda_ids:   # written without checking the instance; other relations of the worker go
+                self.relations -= {r for r in self.relations if r[:2] == (harvester_id, worker["workerID"])
+                                   and r[2] not in panda_ids}
+                self.relations |= {(harvester_id, worker["workerID"], int(p)) for p in panda_ids}
         return True, "", [True] * len(workers)
 
     def report_worker_statistics(self, dn, harvester_id, panda_queue, statistics):
@@ -499,17 +554,40 @@ class PandaSimulator:
     def get_resource_types(self, dn):
         return True, "", RESOURCE_TYPES
 
+    def _job_counts(self) -> dict:
+        """{site: {resource_type: {prodSourceLabel: {status: n}}}} of active jobs, as the materialized view
+        held it when last refreshed (up to stats_refresh seconds ago)."""
+        at = time.time()
+        if self._stats_snapshot is None or at - self._stats_snapshot[0] >= self.stats_refresh:
+            self._advance()
+            counts: dict = {}
+            for job in self.jobs.values():
+                if job.status in ("finished", "failed", "cancelled", "closed", "merging"):
+                    continue
+                by_label = counts.setdefault(job.site, {}).setdefault(str(job.spec.get("resource_type")), {})
+                by_status = by_label.setdefault(str(job.spec.get("prodSourceLabel")),
+                                                {"assigned": 0, "activated": 0, "running": 0})
+                by_status[job.status] = by_status.get(job.status, 0) + 1
+            self._stats_snapshot = (at, counts)
+        return self._stats_snapshot[1]
+
     def active_job_stats_by_site(self, dn):
-        self._advance()
         stats: dict[str, dict[str, int]] = {}
-        for job in self.jobs.values():
-            if job.status in ("finished", "failed", "cancelled", "closed"):
-                continue
-            by_status = stats.setdefault(job.site, {"assigned": 0, "activated": 0, "running": 0})
-            by_status[job.status] = by_status.get(job.status, 0) + 1
+        for site, by_type in self._job_counts().items():
+            by_status = stats.setdefault(site, {})
+            for by_label in by_type.values():
+                for counts in by_label.values():
+                    for status, n in counts.items():
+                        by_status[status] = by_status.get(status, 0) + n
         if not stats:
             return False, MSG_NO_JOB_STATS, {}
         return True, "", stats
+
+    def active_job_detailed_stats_by_site(self, dn):
+        counts = self._job_counts()
+        if not counts:
+            return False, MSG_NO_DETAILED_JOB_STATS, {}
+        return True, "", json.loads(json.dumps(counts))
 
     def kill_jobs(self, dn, job_ids, code, use_email_as_id, kill_options):
         if use_email_as_id:
@@ -634,6 +712,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = url.path.removeprefix(API_PREFIX)
         route = ROUTES.get(path) if url.path.startswith(API_PREFIX) else None
+        if route is not None and route.handler == "active_job_detailed_stats_by_site" and not sim.detailed_stats:
+            route = None   # servers before 0.7.0
         if route is None:
             self._reply(403, f"ERROR : method {path.rsplit('/', 1)[-1]} is forbidden".encode())
             return
@@ -683,6 +763,13 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("simulator handler failed")
             self._reply(500, str(exc).encode())
             return
+        with sim.lock:
+            lost = sim.lose_reply.get(path, 0) > 0
+            if lost:
+                sim.lose_reply[path] -= 1
+        if lost:
+            self._reply(502, b"reply lost after the server applied the call")
+            return
         body = _as_answer(*answer)
         text = json.dumps(body, default=_encode_special) if json_app else str(body)
         self._reply(200, text.encode())
@@ -716,9 +803,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=25443)
     parser.add_argument("--jobs", action="append", default=[], help="SITE:N activated jobs to add")
     parser.add_argument("--finish-delay", type=float, default=5.0)
+    parser.add_argument("--stats-refresh", type=float, default=60.0,
+                        help="seconds between refreshes of the job counts (the materialized view)")
     options = parser.parse_args(argv)
     pki = certs.TestPKI(options.dir) if (options.dir / "ca.pem").exists() else certs.create(options.dir)
-    sim = PandaSimulator(pki, port=options.port, finish_delay=options.finish_delay).start()
+    sim = PandaSimulator(pki, port=options.port, finish_delay=options.finish_delay,
+                         stats_refresh=options.stats_refresh).start()
     for item in options.jobs:
         site, _, count = item.partition(":")
         sim.add_jobs(site, int(count or 1))
