@@ -35,5 +35,9 @@ class PandaRefused(PandaError):
         self.message = message
 
 
+class PandaNoSuchCall(PandaError):
+    """The server does not have this API call (HTTP 403 "method ... is forbidden", or 404): an older server."""
+
+
 class BackendError(HarvesterError):
     """A batch system or CE call failed as a whole."""

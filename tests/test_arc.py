@@ -389,7 +389,8 @@ def test_push_heartbeat_becomes_the_final_state_and_clean_removes_the_session(ha
 
     final = sim.jobs[ok].updates[-1]
     assert final["exe_error_code"] == 0 and json.loads(final["meta_data"])["executor"][0]["logfileReport"] == {}
-    assert final["pilot_log"].startswith("http://127.0.0.1:8080/logs/workers/") and final["pilot_log"].endswith("/pilot.out")
+    assert final["pilot_id"].startswith("http://127.0.0.1:8080/logs/workers/") and final["pilot_id"].endswith("/pilot.out")
+    assert len(sim.jobs[ok].pilot_logs) == 1   # the batch log URL, once
     assert final["batch_id"]
     assert sim.jobs[bad].updates[-1]["exe_error_code"] == 3
     missing = sim.jobs[lost].updates[-1]

@@ -286,7 +286,8 @@ def test_push_job_file_goes_with_the_job_and_the_heartbeat_comes_back(htc, sim):
     cycle_until(instance, lambda: sim.job_status(panda_id) == "finished" and sim.job_status(failing) == "failed",
                 timeout=120, what="push jobs final")
     final = sim.jobs[panda_id].updates[-1]
-    assert final["exe_error_code"] == 0 and final["pilot_log"].endswith("/pilot.out")
+    assert final["exe_error_code"] == 0 and final["pilot_id"].endswith("/pilot.out")
+    assert len(sim.jobs[panda_id].pilot_logs) == 1   # the batch log URL, once
     assert sim.jobs[failing].updates[-1]["exe_error_code"] == 3
     for w in worker_rows(instance):
         assert w.submission_host == SCHEDD   # the local schedd's name (SCHEDD_NAME)

@@ -34,8 +34,9 @@ def test_job_report_is_slimmed_and_missing_heartbeat_synthesises_a_failure(tmp_p
     report = {"executor": [{"name": "x", "logfileReport": {"details": ["line"] * 10000}}], "exitCode": 0}
     (tmp_path / "jobReport.json").write_text(json.dumps(report))
     update, note = pilot_outputs.final_update(JOB, {"jobReport.json": tmp_path / "jobReport.json"},
-                                              "LRMS error: (3)", {"stdout": "http://logs/1/pilot.out"})
+                                              "LRMS error: (3)")
     assert update["job_status"] == "failed" and update["pilot_error_code"] == pilot_outputs.ERR_NO_HEARTBEAT
     assert "LRMS error: (3)" in update["pilot_error_diag"] and "no heartbeat.json" in note
     assert json.loads(update["meta_data"])["executor"][0]["logfileReport"] == {}
-    assert len(update["meta_data"]) < 200 and update["pilot_log"] == "http://logs/1/pilot.out"
+    assert len(update["meta_data"]) < 200
+    assert "pilot_log" not in update   # sent once per job, by propagate, not with every final update

@@ -28,6 +28,12 @@ def queue(**kw):
     ({}, QueueState(queued={"SCORE": 1}, activated=0), 100, 0, "activated jobs"),   # one queued is enough
     ({}, QueueState(activated=None), 100, 1, "activated jobs"),                     # PanDA silent: floor only
     ({"mode": "push"}, QueueState(waiting_jobs={"SCORE": 3}), 100, 3, "waiting jobs"),
+    # PanDA's counts are a minute old: pilots started since they were made took some of the jobs counted
+    ({}, QueueState(activated=5, started_recently={"SCORE": 3}, stats_age=20), 100, 2, "activated jobs"),
+    ({"empty_pilot_floor": 0}, QueueState(activated=3, started_recently={"SCORE": 4}, stats_age=20), 100, 0,
+     "activated jobs"),
+    ({}, QueueState(activated=5, registration="PanDA refused the registration heartbeat twice"), 100, 0,
+     "PanDA registration"),
 ])
 def test_each_rule_bounds_the_plan(config, state, remaining, expected, deciding_rule):
     result = plan(queue(**config), state, remaining)
@@ -91,3 +97,20 @@ def test_core_cap_still_admits_smaller_workers_when_a_big_one_does_not_fit():
     mixed = queue(resource_types=["MCORE", "SCORE"], max_queued_cores=9)
     state = QueueState(activated=100, sizes={"MCORE": (8, 16000), "SCORE": (1, 2000)})
     assert plan(mixed, state, 100).per_resource_type == {"MCORE": 1, "SCORE": 1}
+
+
+def test_unified_queue_follows_activated_jobs_per_resource_type():
+    q = queue(resource_types=["SCORE", "MCORE", "SCORE_HIMEM"], n_queue_limit_worker=50)
+    state = QueueState(activated=9, activated_by_type={"SCORE": 6, "MCORE": 3, "SCORE_HIMEM": 0},
+                       activated_source="per resource type", queued={"SCORE": 2},
+                       started_recently={"MCORE": 1}, stats_age=30)
+    result = plan(q, state, 100)
+    # SCORE: 6 activated, 2 pilots already wait -> 4; MCORE: 3 - 1 started since the count -> 2; HIMEM: none
+    assert result.per_resource_type == {"SCORE": 4, "MCORE": 2, "SCORE_HIMEM": 0}, [str(s) for s in result.trace]
+    assert any("by activated jobs per resource type" in s.rule for s in result.trace)
+
+
+def test_site_totals_are_split_evenly_and_say_so():
+    result = plan(queue(resource_types=["SCORE", "MCORE"]), QueueState(activated=4), 100)
+    assert result.per_resource_type == {"SCORE": 2, "MCORE": 2}
+    assert any("evenly: PanDA gave site totals only" in s.rule for s in result.trace)

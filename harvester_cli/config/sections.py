@@ -64,6 +64,10 @@ class PandaConfig:
     retries: int = setting(3, doc="tries of an idempotent call on network errors and 5xx, with backoff (0 or 1: "
                                   "once)", maximum=20)
     bulk_size: int = setting(100, doc="job or worker updates per bulk call", minimum=1, maximum=10000)
+    stats_refresh: int = setting(60, doc="seconds between PanDA's refreshes of its activated-job counts (a view "
+                                         "pg_cron refreshes on every full minute); pilots started since the last "
+                                         "refresh are taken off those counts (0: the counts are live)",
+                                 maximum=3600)
 
     def problems(self):
         given = [k for k in ("proxy", "proxy_profile", "token_file", "token_profile") if getattr(self, k) is not None]

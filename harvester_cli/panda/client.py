@@ -18,7 +18,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from harvester_cli import __version__
 from harvester_cli.config import PandaConfig
-from harvester_cli.errors import PandaError, PandaRefused
+from harvester_cli.errors import PandaError, PandaNoSuchCall, PandaRefused
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ class PandaClient:
             response = self.session.get(url, params=params, timeout=timeout, verify=self.verify)
         if response.status_code >= 500:
             raise _Transient(f"HTTP {response.status_code}: {response.text[:200]}")
+        if response.status_code in (403, 404) and ("forbidden" in response.text or response.status_code == 404):
+            raise PandaNoSuchCall(f"PanDA {path}: HTTP {response.status_code}: {response.text[:200].strip()}")
         if response.status_code != 200:
             raise PandaError(f"PanDA {path}: HTTP {response.status_code}: {response.text[:200].strip()}")
         try:
@@ -198,6 +200,10 @@ class PandaClient:
 
     def active_job_stats_by_site(self) -> dict:
         return self.call("GET", "statistics/active_job_stats_by_site") or {}
+
+    def active_job_detailed_stats_by_site(self) -> dict:
+        """{site: {resource_type: {prodSourceLabel: {status: n}}}} (panda-server 0.7.0 and newer)."""
+        return self.call("GET", "statistics/active_job_detailed_stats_by_site") or {}
 
     def kill_jobs(self, job_ids: list[int]) -> Any:
         return self.call("POST", "job/kill", {"job_ids": [int(i) for i in job_ids]})

@@ -106,7 +106,7 @@ def slim_job_report(data: dict) -> dict:
     return data
 
 
-def final_update(job: dict, files: dict[str, Path], backend_diag: str | None, log_urls: dict[str, str]) -> tuple[dict, str | None]:
+def final_update(job: dict, files: dict[str, Path], backend_diag: str | None) -> tuple[dict, str | None]:
     """The final update of a push-mode job from the pilot's files; returns (update, note for the job's diag)."""
     note = None
     heartbeat_file = files.get(HEARTBEAT)
@@ -134,6 +134,4 @@ def final_update(job: dict, files: dict[str, Path], backend_diag: str | None, lo
                 update["meta_data"] = text
         except (OSError, ValueError) as exc:
             note = ((note + "; ") if note else "") + f"unreadable {JOB_REPORT}: {exc}"
-    if log_urls.get("stdout"):
-        update["pilot_log"] = log_urls["stdout"]
     return update, note

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import mysql
 
 # Every migration in migrations/versions, oldest first; HEAD is what this code needs. Read by every command
 # without importing Alembic (only `db upgrade` and friends pay for it).
-REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic")
+REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -60,6 +60,7 @@ jobs = Table(
     Column("submit_attempts", Integer, nullable=False, default=0),
     Column("job_json", LongText, nullable=False),   # the PanDA job dict, verbatim
     Column("diag", Text),
+    Column("pilot_log_sent", Boolean),              # PanDA stores every pilot_log it gets: send it once
     Column("created", Epoch, nullable=False),
     Column("modified", Epoch, nullable=False),
     Column("lock_owner", String(128)),
@@ -152,4 +153,13 @@ worker_targets = Table(
     Column("remaining", Integer, nullable=False),
     Column("command_id", BigInteger),
     Column("updated", Epoch, nullable=False),
+)
+
+# This instance at each PanDA server: registered by the first heartbeat the server accepted. PanDA records
+# which job ran in which worker only for a registered instance, so nothing reaches pilots before this row.
+panda_registrations = Table(
+    "panda_registrations", metadata,
+    Column("panda_url", String(255), primary_key=True),
+    Column("harvester_id", String(128), primary_key=True),
+    Column("registered", Epoch, nullable=False),   # also the instance's start time in every heartbeat
 )

@@ -14,6 +14,7 @@ from harvester_cli.errors import PandaError
 from harvester_cli.panda import pilot_outputs
 from harvester_cli.state.schema import jobs
 from harvester_cli.state.store import chunks
+from harvester_cli.steps import registration
 from harvester_cli.steps.instance import Instance
 
 log = logging.getLogger(__name__)
@@ -141,10 +142,15 @@ def fetch_queue(instance: Instance, queue: QueueConfig) -> QueueFetch:
 
 def fetch_jobs(instance: Instance, queues: list[QueueConfig]) -> FetchResult:
     result = FetchResult()
-    for queue in queues:
-        if queue.mode != "push":
-            continue
-        result.queues.append(fetch_queue(instance, queue))
+    push = [q for q in queues if q.mode == "push"]
+    if not push:
+        return result
+    known = registration.ensure_registered(instance)
+    for queue in push:
+        if known.registered is None:   # jobs fetched now would run in workers PanDA cannot relate to them
+            result.queues.append(QueueFetch(queue.name, error=f"not registered at PanDA: {known.problem}"))
+        else:
+            result.queues.append(fetch_queue(instance, queue))
     return result
 
 

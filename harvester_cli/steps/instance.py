@@ -21,6 +21,8 @@ class Instance:
         self.config = config
         self.state_url = state_url or config.state_url
         self._backends: dict[str, Backend] = {}
+        # steps.registration.Registration of this run, once known (fetch and submit of one cycle share it)
+        self.registration = None
 
     @cached_property
     def store(self):

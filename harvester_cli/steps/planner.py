@@ -5,7 +5,14 @@ and the number that came out, as APF printed "Ready=40, MaxPerCycle=20, MaxPendi
 Rules in order (docs/domain.md): queue status, missed-worker throttle, max_workers, the queued limit
 (absolute, or a percentage of running with a floor), the demand (pull: activated jobs x factor with an
 empty-pilot floor; push: jobs waiting; pilot streaming: PanDA's numbers), per-cycle and per-run caps,
-the split over resource types (largest remainder), then caps on queued cores and memory.
+the split over resource types (largest remainder), caps on queued cores and memory, and last the PanDA
+registration (no pilot before PanDA knows this instance).
+
+PanDA's activated-job counts lag by up to a minute (a materialized view refreshed on every full minute).
+A pilot that started since the last refresh has probably taken one of the jobs still counted, so those
+pilots are taken off the count: without it, every one-minute cycle sends a pilot for a job that is
+already gone (an empty pilot). With
+counts per resource type (a unified queue), each type's demand is its own activated jobs.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ class QueueState:
     queued: dict[str, int] = field(default_factory=dict)     # pending + submitted + idle, per resource type
     running: dict[str, int] = field(default_factory=dict)
     activated: int | None = None                             # pull: activated jobs in PanDA (None: unknown)
+    activated_by_type: dict[str, int] | None = None          # the same per resource type, when PanDA says
+    activated_source: str = "site totals"
+    started_recently: dict[str, int] = field(default_factory=dict)  # pilots started since the counts were made
+    stats_age: int | None = None                              # seconds since PanDA made them (None: live)
+    registration: str | None = None                           # why PanDA does not know this instance (None: it does)
     waiting_jobs: dict[str, int] = field(default_factory=dict)  # push: fetched jobs without a worker
     streaming_targets: dict[str, int] | None = None          # pilot streaming: PanDA's numbers still to submit
     missed_recent: int = 0                                    # workers missed within the throttle window
@@ -146,12 +158,32 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
                                                 f"queued={queued}", headroom))
             demand = {rts[0]: 1.0}
         else:
-            target = max(int(state.activated * queue.activated_factor), queue.empty_pilot_floor)
+            started = _sum(state.started_recently)
+            by_type = state.activated_by_type
+            if by_type is not None:
+                effective = {rt: max(0, by_type.get(rt, 0) - state.started_recently.get(rt, 0)) for rt in rts}
+                left = _sum(effective)
+            else:
+                left = max(0, state.activated - started)
+            target = max(int(left * queue.activated_factor), queue.empty_pilot_floor)
             headroom = min(headroom, max(0, target - queued))
-            trace.append(Step("activated jobs", f"activated={state.activated} x {queue.activated_factor}, "
+            counted = f"activated={state.activated} ({state.activated_source}"
+            if state.stats_age is not None:
+                counted += f", counted {state.stats_age} s ago) - pilots started since={started}"
+            else:
+                counted += ")"
+            trace.append(Step("activated jobs", f"{counted} -> {left} x {queue.activated_factor}, "
                                                 f"floor={queue.empty_pilot_floor}, queued={queued}", headroom))
-            # Empty pilots go to the cheapest resource type only (the seed: "send empty pilots only to SCORE").
-            demand = {rt: 1.0 for rt in rts} if state.activated else {rts[0]: 1.0}
+            if by_type is not None and left:
+                # Each type's own demand: its activated jobs beyond what already waits for them.
+                demand = {rt: max(0.0, effective[rt] * queue.activated_factor - state.queued.get(rt, 0)) for rt in rts}
+                if not any(demand.values()):
+                    demand = {rt: float(effective[rt]) for rt in rts}
+            elif left:
+                demand = {rt: 1.0 for rt in rts}
+            else:
+                # Empty pilots go to the cheapest resource type only (the seed: "send empty pilots only to SCORE").
+                demand = {rts[0]: 1.0}
     else:
         waiting = {rt: state.waiting_jobs.get(rt, 0) for rt in rts}
         headroom = min(headroom, _sum(waiting))
@@ -166,6 +198,14 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
 
     result = split(headroom, demand)
     if len(rts) > 1:
-        trace.append(Step("split over resource types", ", ".join(f"{rt}={result.get(rt, 0)}" for rt in rts),
+        how = ""
+        if queue.mode == "pull" and not queue.pilot_streaming and state.activated:
+            how = (" (by activated jobs per resource type)" if state.activated_by_type is not None
+                   else " (evenly: PanDA gave site totals only)")
+        trace.append(Step("split over resource types" + how, ", ".join(f"{rt}={result.get(rt, 0)}" for rt in rts),
                           sum(result.values())))
-    return done(_cap_resources(queue, state, {rt: result.get(rt, 0) for rt in rts}, trace))
+    result = _cap_resources(queue, state, {rt: result.get(rt, 0) for rt in rts}, trace)
+    if state.registration is not None:
+        trace.append(Step("PanDA registration", state.registration, 0))
+        return done({})
+    return done(result)

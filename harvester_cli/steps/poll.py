@@ -175,7 +175,7 @@ def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tu
         except Exception as exc:  # outputs that cannot be fetched are reported as missing
             log.warning("queue %s: worker %s: cannot fetch outputs: %s", queue.name, row.worker_id, exc)
             files, diag = {}, f"{diag + '; ' if diag else ''}cannot fetch outputs: {exc}"
-        update_, note = pilot_outputs.final_update(job, files, diag, {"stdout": row.stdout_url})
+        update_, note = pilot_outputs.final_update(job, files, diag)
         update_.setdefault("batch_id", row.batch_id)
         out.append((panda_id, update_, note))
     return out

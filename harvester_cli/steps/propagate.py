@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, delete, func, select, update
 
-from harvester_cli import __version__, model
+from harvester_cli import model
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError
 from harvester_cli.panda import diagnostics, pilot_outputs
@@ -27,6 +27,7 @@ from harvester_cli.state.schema import (
     worker_targets,
     workers,
 )
+from harvester_cli.steps import registration
 from harvester_cli.steps.instance import Instance
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,13 @@ class PropagateRun:
 
 
 def send_heartbeat(instance: Instance, run: PropagateRun) -> None:
-    data = {"startTime": model.panda_time(model.now()), "sw_version": f"harvester-cli {__version__}",
-            "commit_stamp": __version__}
-    streaming = sorted({q.site for q in instance.config.queues.values() if q.pilot_streaming})
-    if streaming:   # subscribe to PanDA's pilot-streaming commands for these queues
-        data["commands"] = [{"command": command, "computingSite": site, "resourceType": "ANY"}
-                            for site in streaming for command in ("SET_N_WORKERS_JOBTYPE", "REPORT_WORKER_STATS")]
-    try:
-        refused = instance.panda.heartbeat(data)
-    except PandaError as exc:
-        run.errors.append(f"heartbeat: {exc}")
-        run.heartbeat = "failed"
-        return
-    # The first heartbeat of a new instance registers it but answers success:false.
-    run.heartbeat = "ok" if refused is None else f"refused ({refused}); retried next run"
+    result = registration.heartbeat(instance)
+    instance.registration = result
+    if result.problem:
+        run.errors.append(result.problem)
+        run.heartbeat = "failed" if result.registered is None else f"refused ({result.problem})"
+    else:
+        run.heartbeat = "ok"
 
 
 def _report_pages(instance: Instance, kind: str, queues: list[str]) -> Iterator[list]:
@@ -118,12 +112,43 @@ def _failed(instance: Instance, kind: str, failures: list[tuple[int, str]]) -> N
         store.release(conn, reports, [(kind, k) for k, _ in failures])
 
 
+def _job_payloads(instance: Instance, rows) -> tuple[list[dict], set[int]]:
+    """The updates of these outbox rows as PanDA gets them, and the jobs whose update carries pilot_log.
+
+    harvester-cli speaks for push-mode pilots, so it names the pilot the way PanDA's monitor links to it:
+    pilot_id is the worker's public stdout URL unless the pilot's own heartbeat gave one, and batch_id the
+    batch job. pilot_log (the batch log URL, as Harvester sends it) goes once per job: PanDA stores a new
+    log record for every call that carries it."""
+    with instance.store.read() as conn:
+        pilot = {r.panda_id: r for r in conn.execute(
+            select(jobs.c.panda_id, jobs.c.pilot_log_sent, workers.c.stdout_url, workers.c.batch_log_url,
+                   workers.c.batch_id)
+            .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
+            .join(workers, workers.c.worker_id == job_workers.c.worker_id)
+            .where(jobs.c.panda_id.in_([r.key for r in rows])))}
+    payloads, with_log = [], set()
+    for row in rows:
+        payload = json.loads(row.payload)
+        worker = pilot.get(row.key)
+        if worker is not None:
+            if worker.stdout_url:
+                payload.setdefault("pilot_id", worker.stdout_url)
+            if worker.batch_id:
+                payload.setdefault("batch_id", worker.batch_id)
+            if worker.batch_log_url and not worker.pilot_log_sent:
+                payload["pilot_log"] = worker.batch_log_url
+                with_log.add(row.key)
+        payloads.append(payload)
+    return payloads, with_log
+
+
 def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
                      progress: Callable[[int], None] | None = None) -> None:
     store = instance.store
     for rows in _report_pages(instance, "job", queues):
+        payloads, with_log = _job_payloads(instance, rows)
         try:
-            answers = instance.panda.update_jobs_bulk([json.loads(r.payload) for r in rows])
+            answers = instance.panda.update_jobs_bulk(payloads)
         except PandaError as exc:
             run.errors.append(f"job updates: {exc}")
             _failed(instance, "job", [(r.key, str(exc)) for r in rows])
@@ -141,6 +166,9 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
         at = model.now()
         with store.write() as conn:
             store.reports_sent(conn, "job", [(r.key, r.version) for r in sent])
+            logged = [r.key for r in sent if r.key in with_log]
+            if logged:
+                conn.execute(update(jobs).where(jobs.c.panda_id.in_(logged)).values(pilot_log_sent=True))
             done = [r.key for r in sent if r.final]
             if done:
                 conn.execute(update(jobs).where(jobs.c.panda_id.in_(done), jobs.c.sub_status == model.SUB_REPORTING)

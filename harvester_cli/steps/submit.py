@@ -22,11 +22,11 @@ from harvester_cli.backends.base import SubmitResult, WorkerSpec
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError, PandaRefused
 from harvester_cli.faults import fault_point
-from harvester_cli.panda import resource_types
+from harvester_cli.panda import job_counts, resource_types
 from harvester_cli.state import transitions
 from harvester_cli.state.schema import job_workers, jobs, locks, worker_targets, workers
 from harvester_cli.state.store import chunks, owner_is_dead
-from harvester_cli.steps import planner
+from harvester_cli.steps import planner, registration
 from harvester_cli.steps.instance import Instance, worker_ref
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,8 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
 
 # -- planning -------------------------------------------------------------------------------
 
-def queue_state(instance: Instance, queue: QueueConfig, activated: int | None,
-                sizes: dict[str, tuple[int, int]]) -> planner.QueueState:
+def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.ActivatedJobs | None,
+                sizes: dict[str, tuple[int, int]], registration_problem: str | None = None) -> planner.QueueState:
     queued: dict[str, int] = defaultdict(int)
     running: dict[str, int] = defaultdict(int)
     queued_cores = queued_memory = 0
@@ -114,25 +114,38 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: int | None,
                                                              jobs.c.sub_status == model.SUB_FETCHED,
                                                              jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < model.now()))
             .group_by(jobs.c.resource_type)).all())
-    return planner.QueueState(dict(queued), dict(running), activated, waiting, targets, missed, queued_cores,
-                              queued_memory, sizes)
+        age = stats_age(instance.config.panda.stats_refresh, model.now())
+        started = {}
+        if queue.mode == "pull" and age is not None:
+            started = dict(conn.execute(
+                select(workers.c.resource_type, func.count()).where(workers.c.queue == queue.name,
+                                                                    workers.c.start_time >= model.now() - age)
+                .group_by(workers.c.resource_type)).all())
+    total, by_type = (activated.for_queue(queue.site, queue.prod_source_label, queue.resource_types)
+                      if activated is not None else (None, None))
+    return planner.QueueState(
+        queued=dict(queued), running=dict(running), activated=total, activated_by_type=by_type,
+        activated_source=activated.source if activated is not None else "", started_recently=started,
+        stats_age=age, waiting_jobs=waiting, streaming_targets=targets, missed_recent=missed,
+        queued_cores=queued_cores, queued_memory_mb=queued_memory, sizes=sizes, registration=registration_problem)
 
 
-def activated_jobs(instance: Instance, queues: list[QueueConfig]) -> dict[str, int] | None:
-    """Activated jobs per pull queue from PanDA (one call per run); None if PanDA cannot say."""
-    if not any(q.mode == "pull" for q in queues):
-        return {}
+def stats_age(refresh: int, now: float) -> int | None:
+    """Seconds since PanDA last refreshed its activated-job counts, or None if they are live. The view is
+    refreshed on multiples of `refresh` seconds (pg_cron's "* * * * *": every full minute); a pilot that
+    started since then may have taken a job the counts still show."""
+    return int(now % refresh) if refresh else None
+
+
+def activated_jobs(instance: Instance, queues: list[QueueConfig]) -> job_counts.ActivatedJobs | None:
+    """Activated jobs from PanDA for the pull queues (one call per run); None if PanDA cannot say."""
+    if not any(q.mode == "pull" and not q.pilot_streaming for q in queues):
+        return job_counts.ActivatedJobs(job_counts.TOTALS, {}, {})
     try:
-        stats = instance.panda.active_job_stats_by_site()
-    except PandaRefused as exc:
-        if "job statistics" in exc.message:   # PanDA's answer when no job is active anywhere
-            return {}
-        log.warning("cannot get activated jobs from PanDA: %s", exc)
-        return None
+        return job_counts.fetch(instance.panda)
     except PandaError as exc:
         log.warning("cannot get activated jobs from PanDA: %s", exc)
         return None
-    return {site: int(by_status.get("activated", 0)) for site, by_status in stats.items()}
 
 
 # -- submission -----------------------------------------------------------------------------
@@ -286,9 +299,10 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
             progress(len(batch))
 
 
-def submit_queue(instance: Instance, queue: QueueConfig, activated: dict[str, int] | None, run_remaining: int, *,
-                 dry_run: bool = False, count: int | None = None, resource_type: str | None = None,
-                 force: bool = False, progress: Callable[[int], None] | None = None) -> QueueSubmit:
+def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.ActivatedJobs | None,
+                 run_remaining: int, *, dry_run: bool = False, count: int | None = None,
+                 resource_type: str | None = None, force: bool = False,
+                 progress: Callable[[int], None] | None = None, registration_problem: str | None = None) -> QueueSubmit:
     result = QueueSubmit(queue.name)
     with instance.store.lock(f"submit:{queue.name}") as got:
         if not got and not dry_run:
@@ -298,11 +312,13 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: dict[str, in
             result.adopted, result.missed = repair_pending(instance, queue)
         definitions = resource_types.definitions(instance.panda, instance.cache_dir / "resource_types.json")
         sizes = {rt: resource_types.worker_size(queue, rt, definitions) for rt in queue.resource_types}
-        state = queue_state(instance, queue, None if activated is None else activated.get(queue.site, 0), sizes)
+        state = queue_state(instance, queue, activated, sizes, registration_problem)
         if count is not None:
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
         else:
             result.plan = planner.plan(queue, state, run_remaining)
+        if registration_problem and not dry_run:
+            result.error = f"not registered at PanDA, nothing submitted: {registration_problem}"
         if dry_run or result.plan.total == 0:
             return result
         try:
@@ -346,6 +362,9 @@ def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, reso
         n = min(n, state.waiting_jobs.get(resource_type, 0))
         trace.append(planner.Step("waiting jobs", f"{resource_type} jobs without a worker="
                                   f"{state.waiting_jobs.get(resource_type, 0)}", n))
+    if state.registration is not None:
+        n = 0
+        trace.append(planner.Step("PanDA registration", state.registration, n))
     return planner.Plan(queue.name, {resource_type: n}, trace)
 
 
@@ -354,11 +373,20 @@ def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = Fal
            progress: Callable[[int], None] | None = None) -> SubmitRun:
     run = SubmitRun()
     instance.store   # a state database this code cannot use is an error before PanDA is asked anything
+    if dry_run:   # a plan sends nothing: it says what submit would do first
+        problem = None if registration.registered_at(instance) is not None else \
+            "not registered yet: submit sends a heartbeat first, and submits only once PanDA accepted one"
+        gate = None
+    else:
+        known = registration.ensure_registered(instance)
+        problem = gate = None if known.registered is not None else known.problem
     activated = activated_jobs(instance, queues)
     remaining = instance.config.max_new_workers_per_run
     for queue in queues:
         result = submit_queue(instance, queue, activated, remaining, dry_run=dry_run, count=count,
-                              resource_type=resource_type, force=force, progress=progress)
+                              resource_type=resource_type, force=force, progress=progress, registration_problem=gate)
+        if problem and not gate and result.plan:
+            result.plan.trace.append(planner.Step("PanDA registration", problem, result.plan.total))
         remaining -= len(result.submitted)
         run.queues.append(result)
     return run

@@ -15,8 +15,9 @@ Behaviours of the real server that clients trip over, modelled here and on by de
 - Pilot logs. pilot_log is stored as a new log record on every update that carries one (`SimJob.pilot_logs`);
   pilot_id is kept as the job's pilotID, cut to 200 characters, batch_id to 80.
 - Stale job counts. statistics/active_job_stats_by_site and statistics/active_job_detailed_stats_by_site
-  (site -> resource type -> prodSourceLabel -> status) answer from a snapshot refreshed every
-  `stats_refresh` seconds (60, like the materialized view), so counts lag the truth by up to that long.
+  (site -> resource type -> prodSourceLabel -> status) answer from a snapshot refreshed on every multiple
+  of `stats_refresh` seconds since the epoch (60: the materialized view pg_cron refreshes every full
+  minute), so counts lag the truth by up to that long. `refresh_job_counts()` refreshes at once.
   Both answer success:false with data {} when no job is active; `detailed_stats=False` makes the detailed
   route unknown (HTTP 403), as on servers older than 0.7.0.
 
@@ -266,6 +267,7 @@ class PandaSimulator:
         self.stats_refresh = stats_refresh
         self.detailed_stats = detailed_stats
         self._stats_snapshot: tuple[float, dict] | None = None
+        self._stop_refresher = threading.Event()
         self.commands: dict[int, dict] = {}
         self.calls: list[dict] = []
         self.connections = 0
@@ -305,9 +307,14 @@ class PandaSimulator:
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="panda-sim", daemon=True)
         self._thread.start()
+        if self.stats_refresh:
+            self.refresh_job_counts()
+            threading.Thread(target=self._refresher, args=(self._stop_refresher,), name="panda-sim-view",
+                             daemon=True).start()
         return self
 
     def stop(self) -> None:
+        self._stop_refresher.set()
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -339,14 +346,18 @@ class PandaSimulator:
         job["PandaID"] = panda_id
         return job
 
-    def add_jobs(self, site: str, count: int = 1, **spec: Any) -> list[int]:
-        """Add `count` activated jobs to `site`; `spec` overrides job dict fields (jobPars, coreCount, ...)."""
+    def add_jobs(self, site: str, count: int = 1, refresh: bool = True, **spec: Any) -> list[int]:
+        """Add `count` activated jobs to `site`; `spec` overrides job dict fields (jobPars, coreCount, ...).
+        With `refresh` the job counts are refreshed at once, as if the view's refresh came just after; without
+        it, the new jobs show in the counts from the next refresh on."""
         ids = []
         with self.lock:
             for _ in range(count):
                 job = self.make_job(site, **spec)
                 self.jobs[job["PandaID"]] = SimJob(job["PandaID"], site, job, attempt_nr=int(job["attemptNr"]))
                 ids.append(job["PandaID"])
+            if refresh and self.stats_refresh:
+                self.refresh_job_counts()
         return ids
 
     def add_command(self, command: str, params: Any, ack_requested: bool = False, harvester_id: str | None = None) -> int:
@@ -554,11 +565,9 @@ class PandaSimulator:
     def get_resource_types(self, dn):
         return True, "", RESOURCE_TYPES
 
-    def _job_counts(self) -> dict:
-        """{site: {resource_type: {prodSourceLabel: {status: n}}}} of active jobs, as the materialized view
-        held it when last refreshed (up to stats_refresh seconds ago)."""
-        at = time.time()
-        if self._stats_snapshot is None or at - self._stats_snapshot[0] >= self.stats_refresh:
+    def refresh_job_counts(self) -> None:
+        """The materialized view's refresh: count active jobs {site: {resource_type: {label: {status: n}}}}."""
+        with self.lock:
             self._advance()
             counts: dict = {}
             for job in self.jobs.values():
@@ -568,7 +577,16 @@ class PandaSimulator:
                 by_status = by_label.setdefault(str(job.spec.get("prodSourceLabel")),
                                                 {"assigned": 0, "activated": 0, "running": 0})
                 by_status[job.status] = by_status.get(job.status, 0) + 1
-            self._stats_snapshot = (at, counts)
+            self._stats_snapshot = (time.time(), counts)
+
+    def _refresher(self, stop: threading.Event) -> None:
+        """Like pg_cron's "* * * * *": a refresh on every multiple of stats_refresh seconds since the epoch."""
+        while not stop.wait(self.stats_refresh - time.time() % self.stats_refresh):
+            self.refresh_job_counts()
+
+    def _job_counts(self) -> dict:
+        if not self.stats_refresh or self._stats_snapshot is None:
+            self.refresh_job_counts()
         return self._stats_snapshot[1]
 
     def active_job_stats_by_site(self, dn):
