@@ -370,11 +370,13 @@ def test_fanout_over_two_partitions_skips_one_that_is_down(slurm, sim):
 def test_multinode_template_renders_and_runs_one_pilot_per_node(slurm, sim):
     pilot = "echo pilot task $SLURM_PROCID of $SLURM_NTASKS on $SLURM_JOB_NUM_NODES nodes"
     instance = slurm.instance({
-        "SLURM_HPC": slurm.queue(pilot=pilot, shipped_template="multinode", queue={"core_count": 4}),
-        "SLURM_HPC2": slurm.queue(pilot=pilot, shipped_template="multinode", nodes=2, queue={"core_count": 8}),
+        "SLURM_HPC": slurm.queue(pilot=pilot, shipped_template="multinode",
+                                 queue={"core_count": 4, "resource_types": ["MCORE"]}),
+        "SLURM_HPC2": slurm.queue(pilot=pilot, shipped_template="multinode", nodes=2,
+                                  queue={"core_count": 8, "resource_types": ["MCORE"]}),
     })
     queues = list(instance.config.queues.values())
-    one = submission.submit(instance, [queues[0]], count=1).queues[0]
+    one = submission.submit(instance, [queues[0]], count=1, resource_type="MCORE").queues[0]
     assert len(one.submitted) == 1
     poll_until(instance, lambda: worker_rows(instance)[0].status == "finished", timeout=60, what="multinode job done")
     (w,) = worker_rows(instance)
@@ -383,13 +385,21 @@ def test_multinode_template_renders_and_runs_one_pilot_per_node(slurm, sim):
     assert "srun --nodes=1 --ntasks-per-node=1" in text and "--per-task" in text
     assert "pilot task 0 of 1 on 1 nodes" in (Path(w.log_dir) / "pilot-0.out").read_text()
     assert w.stdout_url.endswith("/pilot-0.out")
-    # Two nodes of 4 cores and 8000 MB each: rendered and submitted; this one-node cluster refuses it.
-    two = submission.submit(instance, [queues[1]], count=1).queues[0]
+    # Two nodes of 4 cores and 8000 MB each. Slurm takes it (EnforcePartLimits=NO), but it can never start on
+    # this one-node partition (pending reason PartitionConfig): the monitor asks sweep to kill it.
+    two = submission.submit(instance, [queues[1]], count=1, resource_type="MCORE").queues[0]
     (two_worker,) = [r for r in worker_rows(instance) if r.queue == "SLURM_HPC2"]
+    assert two.submitted == [two_worker.worker_id]
     text = (Path(two_worker.log_dir) / "submit.sbatch").read_text()
     assert "#SBATCH --nodes=2" in text and "#SBATCH --cpus-per-task=4" in text and "#SBATCH --mem=8000" in text
-    assert two.failed and "sbatch refused the worker" in two.failed[0][1]
-    assert two_worker.status == "missed" and "node configuration is not available" in two_worker.diag
+    poll_until(instance, lambda: [r for r in worker_rows(instance) if r.queue == "SLURM_HPC2"][0].kill_reason,
+               timeout=30, what="kill requested for a job that cannot start")
+    (two_worker,) = [r for r in worker_rows(instance) if r.queue == "SLURM_HPC2"]
+    assert two_worker.status == "submitted" and two_worker.diag == "pending: PartitionConfig"
+    assert sweeping.sweep(instance, [queues[1]]).queues[0].killed == 1
+    (two_worker,) = [r for r in worker_rows(instance) if r.queue == "SLURM_HPC2"]
+    assert two_worker.status == "cancelled" and two_worker.diag == (
+        "killed: pending in Slurm for a reason that does not clear by itself: PartitionConfig")
 
 
 def test_refused_submission_is_a_missed_worker_with_slurms_reason(slurm, sim):

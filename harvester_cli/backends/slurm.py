@@ -101,7 +101,7 @@ OWN_OPTIONS = {"-J": "--job-name", "--job-name": "--job-name", "--comment": "--c
                "--reservation": "--reservation", "-C": "--constraint", "--constraint": "--constraint",
                "--wrap": "--wrap"}
 # Pending reasons that do not clear by themselves (the job can never start as submitted).
-NEVER_STARTS = ["PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "InvalidAccount", "InvalidQOS",
+NEVER_STARTS = ["PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "InvalidAccount", "InvalidQOS",
                 "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob"]
 
 
