@@ -592,4 +592,20 @@ mode = "pull"
 backend = "local"
 resource_types = ["SCORE"]
 pilot = "{python} -m harvester_cli.testpilot"
+
+# A Slurm cluster (sbatch/squeue/scancel on this host; work_dir and log_dir on a file system the nodes
+# share). Options and placeholders: harvester_cli/backends/slurm.py and _slurm_script.py.
+# [queues.MY_SLURM_SITE]
+# mode = "pull"
+# backend = "slurm"
+# resource_types = ["SCORE", "MCORE"]
+# core_count = 8
+# walltime = 172800
+# pilot = "/bin/bash /opt/pilot/runpilot2-wrapper.sh -s {queue} -r {queue} -q {queue} -j {prod_source_label}"
+# [queues.MY_SLURM_SITE.backend_options]
+# partitions = ["grid", "grid-long"]          # several: the CE fanout picks one per worker
+# account = "atlas"
+# qos = "normal"
+# sbatch_options = ["--exclusive=user"]
+# work_dir = "/shared/harvester-cli/work"
 """
