@@ -162,7 +162,22 @@ stop_pidfile() {
   fi
 }
 
+cancel_jobs() {
+  # Jobs still running when slurmd stops would leave their slurmstepd behind: cancel them first.
+  local ids
+  ids=$(squeue -h -t PENDING,RUNNING,SUSPENDED -o %i 2>/dev/null || true)
+  [ -n "$ids" ] || return 0
+  scancel $ids 2>/dev/null || true
+  for _ in $(seq 100); do
+    [ -z "$(squeue -h -t RUNNING,COMPLETING,SUSPENDED -o %i 2>/dev/null || true)" ] && return 0
+    sleep 0.1
+  done
+}
+
 stop() {
+  if [ -s "$SLURM_BASE/run/slurmctld.pid" ] && kill -0 "$(cat "$SLURM_BASE/run/slurmctld.pid")" 2>/dev/null; then
+    cancel_jobs
+  fi
   stop_pidfile "$SLURM_BASE/run/slurmd.pid"
   stop_pidfile "$SLURM_BASE/run/slurmctld.pid"
   if [ -s "$SLURM_BASE/run/munged.ours" ]; then
