@@ -218,7 +218,11 @@ def harness_work(slurm, queue: str, worker_id: int) -> Path:
 
 
 def test_pilot_exiting_3_fails_the_worker_with_its_exit_code_and_an_error_code(slurm, sim):
-    instance = slurm.instance({"SLURM_EXIT": slurm.queue(pilot="echo giving up; exit 3")})
+    token = slurm.harness.tmp_path / "token"
+    token.write_text("not a real token\n")
+    instance = slurm.instance({"SLURM_EXIT": slurm.queue(
+        pilot="echo proxy=$X509_USER_PROXY token=$BEARER_TOKEN_FILE worker=$HARVESTER_WORKER_ID; exit 3",
+        token_file=str(token))})
     queues = list(instance.config.queues.values())
     assert len(submission.submit(instance, queues, count=1).queues[0].submitted) == 1
     poll_until(instance, lambda: worker_rows(instance)[0].status == "failed", timeout=60, what="worker failed")
@@ -229,7 +233,8 @@ def test_pilot_exiting_3_fails_the_worker_with_its_exit_code_and_an_error_code(s
     propagation.propagate(instance, queues)
     reported = sim.workers(slurm.harness.harvester_id)[w.worker_id]
     assert reported["status"] == "failed" and reported["errorCode"] == 1076
-    assert "giving up" in (Path(w.log_dir) / "pilot.out").read_text()
+    said = (Path(w.log_dir) / "pilot.out").read_text()
+    assert f"proxy={slurm.harness.pki.proxy} token={token} worker={w.worker_id}" in said
 
 
 def test_walltime_that_runs_out_fails_the_worker_as_timeout(slurm, sim):
@@ -426,7 +431,7 @@ def test_bulk_one_squeue_per_poll_and_one_scancel_for_all(slurm, sim):
     calls: list[list[str]] = []
     real_run = backend._run
     backend._run = lambda args: calls.append(args) or real_run(args)
-    backend._listing = None
+    backend.forget_listing()
     polled = monitoring.poll(instance, queues).queues[0]
     assert polled.checked == n and polled.error is None
     assert [c[0] for c in calls] == ["squeue"]
@@ -438,6 +443,12 @@ def test_bulk_one_squeue_per_poll_and_one_scancel_for_all(slurm, sim):
     assert swept.killed == n and not swept.kill_failed
     assert [c[0] for c in calls] == ["scancel"]
     wait_until(lambda: {j["State"] for j in slurm.jobs()} == {"CANCELLED"}, timeout=30, what="all cancelled")
+    # Cleaning after the retention removes the work directories and the array's links and dispatcher.
+    propagation.propagate(instance, queues)
+    arrays = slurm.harness.tmp_path / "work" / "SLURM_BULK" / "arrays"
+    assert len(list(arrays.iterdir())) == 1
+    assert sweeping.sweep(instance, queues, retention=0).queues[0].cleaned == n
+    assert list(arrays.iterdir()) == [] and [p.name for p in arrays.parent.iterdir()] == ["arrays"]
 
     # Without arrays: one sbatch per worker, several at once; each its own job.
     singles = slurm.instance({"SLURM_BULK": slurm.queue(pilot="true", sbatch_options=["--hold"], max_array_size=1,

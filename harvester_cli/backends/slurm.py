@@ -27,7 +27,7 @@ n_queue_limit_worker gets nothing, one that keeps failing is benched for ce_back
 does not show as up is skipped). The partition is the worker's computing_element.
 
 Monitoring: one `squeue -u <user> -t all -r` listing per poll (reused for `squeue_cache_seconds`, so the
-monitor's rounds of 500 workers share it), then `sacct` (slurmdbd, or the job-completion log with -c when
+monitor's rounds of 500 workers and the other queues on the same cluster share it), then `sacct` (slurmdbd, or the job-completion log with -c when
 there is no accounting storage) for jobs that left squeue, then `scontrol show job` for what is left: a
 job none of them knows is missing (the monitor fails it after the queue's lost_grace_seconds). States:
 PENDING, CONFIGURING, REQUEUED -> submitted; RUNNING, COMPLETING -> running; SUSPENDED -> idle; held
@@ -71,6 +71,7 @@ import random
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,11 @@ OWN_OPTIONS = {"-J": "--job-name", "--job-name": "--job-name", "--comment": "--c
 # Pending reasons that do not clear by themselves (the job can never start as submitted).
 NEVER_STARTS = ["PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "InvalidAccount", "InvalidQOS",
                 "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob"]
+
+
+# squeue listings by (SLURM_CONF, user, clusters): the queues of one cluster share one listing per poll.
+_LISTINGS: dict[tuple, tuple[float, dict]] = {}
+_LISTINGS_LOCK = threading.Lock()
 
 
 class _Unreachable(BackendError):
@@ -208,7 +214,6 @@ class SlurmBackend(Backend):
     def __init__(self, queue, context):
         super().__init__(queue, context)
         self._rng = random.Random()
-        self._listing: tuple[float, frozenset, dict] | None = None
 
     # -- places and commands -----------------------------------------------------------------
 
@@ -439,7 +444,7 @@ class SlurmBackend(Backend):
         groups = self._groups(prepared)
         with ThreadPoolExecutor(max_workers=self.options.max_concurrent_sbatch) as pool:
             outcomes = list(pool.map(lambda g: self._sbatch(*g), groups))
-        self._listing = None
+        self.forget_listing()
         unsure = [o[1] for o in outcomes if o[0] == "unsure"]
         if unsure:
             # Some may exist in Slurm (a timeout after slurmctld took the job): leave every worker of this
@@ -476,12 +481,23 @@ class SlurmBackend(Backend):
         named |= {_split_partition(w.computing_element)[1] for w in workers if w.computing_element} - {None}
         return frozenset({None} | named)
 
+    def _listing_key(self, clusters: frozenset) -> tuple:
+        return (str(self.options.slurm_conf or os.environ.get("SLURM_CONF", "")), self.user, clusters)
+
+    def forget_listing(self) -> None:
+        """After a submit or a kill the listing is stale: the next check asks squeue again."""
+        with _LISTINGS_LOCK:
+            for key in [k for k in _LISTINGS if k[:2] == self._listing_key(frozenset())[:2]]:
+                del _LISTINGS[key]
+
     def _squeue(self, clusters: frozenset, *, fresh: bool = False) -> dict[tuple[str | None, str], status.JobRecord]:
-        """Every job of our user that slurmctld still holds, by (cluster, job id); one call per cluster set."""
-        cached = self._listing
-        if (not fresh and cached and cached[1] >= clusters
-                and time.monotonic() - cached[0] < self.options.squeue_cache_seconds):
-            return cached[2]
+        """Every job of our user that slurmctld still holds, by (cluster, job id). One squeue per cluster set,
+        reused for squeue_cache_seconds by every queue of this cluster, so a poll costs one listing."""
+        key = self._listing_key(clusters)
+        with _LISTINGS_LOCK:
+            cached = _LISTINGS.get(key)
+        if not fresh and cached and time.monotonic() - cached[0] < self.options.squeue_cache_seconds:
+            return cached[1]
         records: dict[tuple[str | None, str], status.JobRecord] = {}
         others = sorted(c for c in clusters if c)
         for extra in ([[]] if None in clusters else []) + ([["-M", ",".join(others)]] if others else []):
@@ -491,7 +507,8 @@ class SlurmBackend(Backend):
                 raise _Unreachable(f"squeue failed: {self._message(result)}")
             for record in status.parse_squeue(result.stdout):
                 records[(record.cluster if extra else None, record.job_id)] = record
-        self._listing = (time.monotonic(), clusters, records)
+        with _LISTINGS_LOCK:
+            _LISTINGS[key] = (time.monotonic(), records)
         return records
 
     def _sacct(self, extra: list[str], cluster: str | None) -> list[status.JobRecord]:
@@ -581,7 +598,7 @@ class SlurmBackend(Backend):
                                                                f"scancel {worker.batch_id}: {error}")
                     else:
                         results[worker.worker_id] = KillResult(worker.worker_id, True)
-        self._listing = None
+        self.forget_listing()
         if any(not r.ok for r in results.values()):
             log.warning("queue %s: scancel failed for %d workers (%s)", self.queue.name,
                         sum(not r.ok for r in results.values()), reason)
