@@ -372,6 +372,22 @@ def test_fanout_over_two_partitions_skips_one_that_is_down(slurm, sim):
     assert len(first) == 6
 
 
+def test_a_partition_whose_submissions_keep_failing_is_benched(slurm, sim):
+    instance = slurm.instance({"SLURM_BACKOFF": slurm.queue(
+        pilot="sleep 60", partitions=["debug", "noroot"], sbatch_options=["--hold"], ce_backoff_failures=2,
+        queue={"n_queue_limit_worker": 20, "max_workers": 40})})
+    queues = list(instance.config.queues.values())
+    first = submission.submit(instance, queues, count=4).queues[0]
+    assert len(first.submitted) == 2 and len(first.failed) == 2
+    missed = [w for w in worker_rows(instance) if w.status == "missed"]
+    assert {w.computing_element for w in missed} == {"noroot"}   # sinfo shows it up; sbatch refuses root there
+    assert missed[0].diag == ("sbatch refused the worker to partition noroot: sbatch: error: Batch job submission "
+                              "failed: Invalid user id")
+    second = submission.submit(instance, queues, count=4).queues[0]
+    assert len(second.submitted) == 4 and not second.failed
+    assert {w.computing_element for w in worker_rows(instance) if w.worker_id in second.submitted} == {"debug"}
+
+
 def test_multinode_template_renders_and_runs_one_pilot_per_node(slurm, sim):
     pilot = "echo pilot task $SLURM_PROCID of $SLURM_NTASKS on $SLURM_JOB_NUM_NODES nodes"
     instance = slurm.instance({

@@ -274,7 +274,7 @@ class SlurmBackend(Backend):
         for extra in calls:
             result = self._run(["sinfo", "-h", *extra, "-o", f"%P{status.SEP}%a"])
             if result.returncode != 0:
-                raise BackendError(f"sinfo {' '.join(extra)} failed: {self._message(result)}".replace("  ", " "))
+                raise BackendError(f"{' '.join(['sinfo', *extra])} failed: {self._message(result)}")
             found, found_default = status.parse_sinfo(result.stdout)
             states.update(found)
             if not extra:
@@ -461,8 +461,8 @@ class SlurmBackend(Backend):
                     results.append(self._result(spec.worker_id, batch_id, host, partition))
             else:
                 where = f" to partition {partition}" if partition else ""
-                results += [SubmitResult(spec.worker_id, error=f"sbatch refused the worker{where}: {outcome[1]}")
-                            for spec, _ in members]
+                results += [SubmitResult(spec.worker_id, error=f"sbatch refused the worker{where}: {outcome[1]}",
+                                         computing_element=partition) for spec, _ in members]
                 if array:
                     shutil.rmtree(self.root / ARRAYS_DIR / str(members[0][0].worker_id), ignore_errors=True)
         order = {s.worker_id: i for i, s in enumerate(specs)}

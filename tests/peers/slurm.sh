@@ -2,10 +2,10 @@
 # A throw-away single-node Slurm 22.05 cluster (Debian 12) on loopback, no systemd: munged + slurmctld +
 # slurmd as root, everything under $SLURM_BASE. tests/test_slurm.py starts it in a session fixture; the
 # benchmark (bench/bench_slurm.py) too. Adapted from the team's shared peer script: free ports and a
-# private base per session, two partitions (the CE fanout tests), more CPUs than the machine has
-# (config_overrides: many small test jobs run at once), walltime enforced to the second
-# (OverTimeLimit=0, short KillWait) so a TIMEOUT test takes about 90 s, munged stopped only if
-# this script started it.
+# private base per session; three partitions (debug, the default; second; noroot, which refuses root's
+# jobs: a partition whose submissions keep failing); more CPUs than the machine has (config_overrides:
+# many small test jobs run at once); walltime enforced without grace (OverTimeLimit=0, short KillWait),
+# so a TIMEOUT test takes about 90 s; munged stopped only if this script started it.
 #
 #   slurm.sh install   apt-get the packages (CI installs them from scripts/apt-packages.txt)
 #   slurm.sh start     write slurm.conf, start the daemons, wait until the node is idle
@@ -83,6 +83,8 @@ JobCompLoc=$SLURM_BASE/log/jobcomp.txt
 NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN
 PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
 PartitionName=second Nodes=${NODE} MaxTime=INFINITE State=UP
+# up in sinfo, but sbatch refuses root's jobs there: a partition whose submissions keep failing
+PartitionName=noroot Nodes=${NODE} MaxTime=INFINITE State=UP DisableRootJobs=YES
 EOF
   # slurmd 22.05 reads cgroup.conf even with proctrack/linuxproc; make it harmless
   cat > "$SLURM_BASE/cgroup.conf" <<EOF
