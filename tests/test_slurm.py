@@ -25,7 +25,7 @@ import pytest
 from harvester_cli import diagnostics, fetching, monitoring, propagation, submission, sweeping
 from harvester_cli.backends import _slurm_status as slurm_status
 from harvester_cli.instance import worker_ref
-from harvester_cli.store import jobs, workers
+from harvester_cli.store import workers
 from tests.conftest import wait_until
 from tests.test_cycle import cycle_until as _cycle_until
 from tests.test_cycle import rows
@@ -413,7 +413,7 @@ def test_multinode_template_renders_and_runs_one_pilot_per_node(slurm, sim):
     assert two.submitted == [two_worker.worker_id]
     text = (Path(two_worker.log_dir) / "submit.sbatch").read_text()
     assert "#SBATCH --nodes=2" in text and "#SBATCH --cpus-per-task=4" in text and "#SBATCH --mem=8000" in text
-    poll_until(instance, lambda: [r for r in worker_rows(instance) if r.queue == "SLURM_HPC2"][0].kill_reason,
+    poll_until(instance, lambda: next(r for r in worker_rows(instance) if r.queue == "SLURM_HPC2").kill_reason,
                timeout=30, what="kill requested for a job that cannot start")
     (two_worker,) = [r for r in worker_rows(instance) if r.queue == "SLURM_HPC2"]
     assert two_worker.status == "submitted" and two_worker.diag == "pending: PartitionConfig"

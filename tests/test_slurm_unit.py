@@ -333,7 +333,7 @@ def test_the_commented_slurm_example_in_config_example_parses():
 
     text = config.EXAMPLE
     block = text[text.index("# [queues.MY_SLURM_SITE]"):]
-    uncommented = "\n".join(line[2:] if line.startswith("# ") else line for line in block.splitlines())
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
     parsed = config.parse(tomllib.loads(text[:text.index("# A Slurm cluster")] + uncommented), "<example>")
     options = parsed.queues["MY_SLURM_SITE"].backend_options
     assert options.partitions == ["grid", "grid-long"] and options.account == "atlas"

@@ -289,7 +289,7 @@ def worker_of(name: str | None, job_id: str, harvester_id: str) -> int | None:
     if prefix != harvester_id:
         return None
     if rest.endswith("+"):
-        base, _, task = job_id.partition("_")
+        task = job_id.partition("_")[2]
         if not rest[:-1].isdigit() or not task.isdigit():
             return None
         return int(rest[:-1]) + int(task)

@@ -386,8 +386,8 @@ class SlurmBackend(Backend):
         ids = [s.worker_id for s, _ in members]
         batch_log = links / "%a" / script.BATCH_LOG
         return ["sbatch", "--parsable", f"--job-name={status.array_name(hid, base)}",
-                f"--comment=harvester-cli harvester {hid} queue {self.queue.name} workers {base} + array task id "
-                f"({status.compress(ids)})",
+                (f"--comment=harvester-cli harvester {hid} queue {self.queue.name} workers {base} + array task id "
+                 f"({status.compress(ids)})"),
                 f"--array={status.compress([i - base for i in ids])}", f"--output={batch_log}", f"--error={batch_log}",
                 f"--chdir={self.root}", *self._common(partition), str(dispatcher)]
 
@@ -650,7 +650,7 @@ class SlurmBackend(Backend):
         arrays = set()
         for worker in workers:
             shutil.rmtree(self.work_dir(worker.worker_id), ignore_errors=True)
-            job, _, task = (worker.batch_id or "").partition("_")
+            task = (worker.batch_id or "").partition("_")[2]
             if task.isdigit():
                 links = self.root / ARRAYS_DIR / str(worker.worker_id - int(task))
                 (links / task).unlink(missing_ok=True)
