@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 from collections import deque
 from pathlib import Path
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

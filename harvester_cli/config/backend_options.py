@@ -111,4 +111,86 @@ class ArcOptions:
             yield "stage_inputs", "the URL template needs {lfn} (and may use {scope})"
 
 
-BACKEND_OPTIONS = {"local": LocalOptions, "htcondor": HTCondorOptions, "arc": ArcOptions}
+# sbatch options harvester-cli sets itself (or that have a key of their own): refused in sbatch_options.
+SLURM_OWN_OPTIONS = {
+    "-J": "--job-name", "--job-name": "--job-name", "--comment": "--comment", "-a": "--array", "--array": "--array",
+    "--parsable": "--parsable", "-o": "--output", "--output": "--output", "-e": "--error", "--error": "--error",
+    "-D": "--chdir", "--chdir": "--chdir", "-M": "--clusters", "--clusters": "--clusters", "-p": "--partition",
+    "--partition": "--partition", "-A": "--account", "--account": "--account", "-q": "--qos", "--qos": "--qos",
+    "--reservation": "--reservation", "-C": "--constraint", "--constraint": "--constraint", "--wrap": "--wrap",
+}
+# Pending reasons that do not clear by themselves (the job can never start as submitted).
+SLURM_NEVER_STARTS = ("PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints", "InvalidAccount",
+                      "InvalidQOS", "QOSMaxWallDurationPerJobLimit", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob")
+SLURM_TEMPLATES = ("default", "multinode")
+
+
+def split_partition(entry: str) -> tuple[str, str | None]:
+    """("name", cluster or None) of a partitions entry "name" or "name@cluster"."""
+    name, _, cluster = entry.partition("@")
+    return name, cluster or None
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """`slurm`: a Slurm cluster through sbatch, squeue, sacct, scontrol and scancel on this host."""
+
+    partitions: list[str] = setting(doc="partitions: \"name\" or \"name@cluster\" (--clusters, needs slurmdbd); "
+                                        "several: the CE fanout picks one per worker; none: the default partition",
+                                    factory=list)
+    account: str | None = setting(None, doc="--account of every job")
+    qos: str | None = setting(None, doc="--qos of every job")
+    reservation: str | None = setting(None, doc="--reservation of every job")
+    constraint: str | None = setting(None, doc="--constraint (node features) of every job")
+    nodes: int = setting(1, doc="nodes per worker (HPC): the worker's cores and memory are split over them",
+                         minimum=1, maximum=100_000)
+    sbatch_options: list[str] = setting(doc="further sbatch options of every job, e.g. [\"--gres=gpu:1\"]",
+                                        factory=list)
+    shipped_template: str = setting("default", doc="the shipped batch script: default (one pilot per worker) or "
+                                                   "multinode (one pilot per node, through srun)",
+                                    choices=SLURM_TEMPLATES)
+    template: Path | None = setting(None, doc="your own batch script template instead (placeholders in "
+                                              "backends/_slurm_script.py)", must_exist="file")
+    max_array_size: int = setting(1000, doc="identical workers go as one job array of at most this many tasks "
+                                            "(1: one sbatch per worker)", minimum=1, maximum=1_000_000)
+    max_concurrent_sbatch: int = setting(8, doc="sbatch processes running at once", minimum=1, maximum=256)
+    command_timeout: float = setting(60.0, doc="seconds any Slurm command may take", above=0, maximum=3600)
+    squeue_cache_seconds: float = setting(5.0, doc="poll rounds reuse one squeue listing this long (0: each round "
+                                                   "lists)", maximum=3600)
+    history_window: int = setting(2 * 24 * 3600, doc="how far back crash repair looks in sacct", minimum=60)
+    kill_pending_reasons: list[str] = setting(doc="pending reasons (prefixes) after which a job can never start: "
+                                                  "sweep kills it", factory=lambda: list(SLURM_NEVER_STARTS))
+    ce_fair_share: float = setting(0.5, doc="partition fanout: part of the weight split evenly (0..1)", maximum=1)
+    ce_stats_window: int = setting(6 * 3600, doc="partition fanout: seconds of throughput history", minimum=60)
+    ce_backoff_seconds: int = setting(1800, doc="a partition that keeps failing is benched this long")
+    ce_backoff_failures: int = setting(3, doc="failures in the back-off window that bench a partition", minimum=1)
+    proxy: Path | None = setting(None, doc="X.509 proxy the jobs get as X509_USER_PROXY (default: the queue's); "
+                                           "readable on the compute nodes", must_exist="file", secret=True)
+    token_file: Path | None = setting(None, doc="token file the jobs get as BEARER_TOKEN_FILE", must_exist="file",
+                                      secret=True)
+    slurm_conf: Path | None = setting(None, doc="SLURM_CONF for this queue's commands (default: the system's)",
+                                      must_exist="file")
+    work_dir: Path | None = setting(None, doc="private per-worker files, on a file system the nodes share "
+                                              "(default: the instance's work_dir)")
+
+    def problems(self):
+        for entry in self.partitions:
+            name, _ = split_partition(entry)
+            if not name or any(c in entry for c in " ,\t") or entry.count("@") > 1 or entry.endswith("@"):
+                yield "partitions", f"{entry!r} is not a partition name (\"name\" or \"name@cluster\")"
+        if len(set(self.partitions)) != len(self.partitions):
+            yield "partitions", "a partition is listed twice"
+        for option in self.sbatch_options:
+            flag = option.split("=", 1)[0]
+            if not option.startswith("-"):
+                yield "sbatch_options", f"{option!r} is not an option; write each as one string, e.g. \"--gres=gpu:1\""
+            elif flag in SLURM_OWN_OPTIONS:
+                own = SLURM_OWN_OPTIONS[flag]
+                hint = (f"use backend_options.{own.lstrip('-')}" if own in ("--account", "--qos", "--reservation",
+                                                                           "--constraint") else
+                        "use backend_options.partitions" if own in ("--partition", "--clusters") else
+                        "harvester-cli sets it on every job")
+                yield "sbatch_options", f"{option!r}: {hint}"
+
+
+BACKEND_OPTIONS = {"local": LocalOptions, "htcondor": HTCondorOptions, "arc": ArcOptions, "slurm": SlurmOptions}

@@ -23,7 +23,7 @@ PILOT_PLACEHOLDERS = frozenset(
 )
 # A PanDA queue's status as CRIC and PanDA write it; only "online" gets new workers here.
 QUEUE_STATUSES = ("online", "offline", "test", "brokeroff", "paused")
-BACKENDS = ("arc", "htcondor", "local")
+BACKENDS = ("arc", "htcondor", "local", "slurm")
 PROXY_TOOLS = ("voms-proxy-init", "arcproxy", "builtin")
 SUBMIT_FILE_PATTERNS = ["*.sub", "*.jdl", "*.xrsl", "*.adl", "*.sbatch", "submit*"]
 DAY = 24 * 3600

@@ -18,6 +18,16 @@ RULES: tuple[tuple[str, int, str], ...] = (
     (r"^lost", 1030, "lost: the batch system has no trace of the worker"),
     (r"submission was interrupted", 1040, "submission interrupted, worker not found"),
     (r"^(backend error|cannot start)", 1041, "submission failed"),
+    # Slurm's final job states (backends/_slurm_status.py writes "slurm <STATE>: ..."); before the generic
+    # exit-code rule, so a walltime kill is not reported as a pilot error.
+    (r"^slurm TIMEOUT", 1070, "Slurm: walltime exceeded (TIMEOUT)"),
+    (r"^slurm OUT_OF_MEMORY", 1071, "Slurm: memory limit exceeded (OUT_OF_MEMORY)"),
+    (r"^slurm NODE_FAIL", 1072, "Slurm: node failure (NODE_FAIL)"),
+    (r"^slurm BOOT_FAIL", 1073, "Slurm: node failed to boot (BOOT_FAIL)"),
+    (r"^slurm DEADLINE", 1074, "Slurm: deadline reached before the job ran (DEADLINE)"),
+    (r"^slurm PREEMPTED", 1075, "Slurm: preempted (PREEMPTED)"),
+    (r"^slurm (FAILED|SPECIAL_EXIT)", 1076, "Slurm: batch job failed (FAILED)"),
+    (r"^slurm (CANCELLED|REVOKED)", 1077, "Slurm: cancelled outside the harvester (CANCELLED)"),
     (r"no heartbeat\.json", 1050, "pilot left no heartbeat"),
     (r"exited with code", 1060, "pilot exited with an error"),
 )

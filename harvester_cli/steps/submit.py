@@ -258,11 +258,13 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
                   "o": url(r, r.stdout), "e": url(r, r.stderr), "l": url(r, r.batch_log)} for r in ok],
             )
         if bad:
+            # The CE a failed submission went to (when the backend says) feeds the fanout's back-off.
             conn.execute(
                 update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
-                .values(status=model.MISSED, diag=bindparam("d"), end_time=at, modified=at, lock_owner=None,
-                        lock_expires=None),
-                [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000]} for r in bad],
+                .values(status=model.MISSED, diag=bindparam("d"), computing_element=bindparam("ce"), end_time=at,
+                        modified=at, lock_owner=None, lock_expires=None),
+                [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000], "ce": r.computing_element}
+                 for r in bad],
             )
         store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r in results])
         if ok:

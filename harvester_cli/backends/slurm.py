@@ -1,0 +1,575 @@
+"""Slurm backend: submitter, monitor and sweeper for Slurm clusters (HPC and grid sites), through Slurm's
+own commands (sbatch, squeue, sacct, scontrol, scancel, sinfo) on a host that can submit to the cluster.
+
+Submission: one batch script per worker from a template (templates/slurm/default.sbatch, or multinode,
+or the queue's own file; placeholders in _slurm_script.py) and a per-worker wrapper in the worker's
+private work directory that runs the pilot. Workers whose rendered `#SBATCH` lines are identical (same
+size, same partition: the usual case within one resource type) go as one job array per sbatch call;
+array task i runs worker <base> + i, so tasks stay tied to their workers with no lookup table. Other
+workers go as one sbatch each, `max_concurrent_sbatch` at a time. Every job is tagged with the harvester
+id and worker id: job name `<harvester id>:<worker id>` (an array: `<harvester id>:<base>+`) and a
+`--comment` saying the same in words; `find` (crash repair) looks the names up in squeue, then in sacct.
+
+Credentials and environment: the job inherits the submitting environment (Slurm's default --export=ALL,
+minus SLURM_*/SBATCH_* variables of the calling process); the wrapper exports the pilot environment,
+X509_USER_PROXY (the queue's proxy, or `proxy`) and BEARER_TOKEN_FILE (`token_file`), and the files
+stay where they are: the work and log directories must be on a file system the compute nodes share.
+Push mode: the job dict is pandaJobData.out (mode 0600) in the work directory, where the pilot runs;
+its heartbeat.json and jobReport.json are copied into the log directory when the worker has ended.
+Outputs: pilot.out, pilot.err (written by the wrapper) and batch.log (Slurm's own output of the batch
+script: "CANCELLED DUE TO TIME LIMIT" and the like) in the worker's log directory; submit.sbatch there
+is the script that was submitted.
+
+Partitions as CEs: `partitions` lists one or more partitions ("name", or "name@cluster" for another
+cluster through --clusters, which needs slurmdbd). With several, each worker's partition is picked by the
+CE fanout (ce_choice.py: recent throughput mixed with a fair share, a partition queuing the queue's
+n_queue_limit_worker gets nothing, one that keeps failing is benched for ce_backoff_seconds, one sinfo
+does not show as up is skipped). The partition is the worker's computing_element.
+
+Monitoring: one `squeue -u <user> -t all -r` listing per poll (reused for `squeue_cache_seconds`, so the
+monitor's rounds of 500 workers and the other queues on the same cluster share it), then `sacct` (slurmdbd, or the job-completion log with -c when
+there is no accounting storage) for jobs that left squeue, then `scontrol show job` for what is left: a
+job none of them knows is missing (the monitor fails it after the queue's lost_grace_seconds). States:
+PENDING, CONFIGURING, REQUEUED -> submitted; RUNNING, COMPLETING -> running; SUSPENDED -> idle; held
+(JobHeld*, REQUEUE_HOLD) -> held; COMPLETED -> finished; FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY,
+BOOT_FAIL, DEADLINE, PREEMPTED -> failed with the state and exit code in the diag; CANCELLED -> cancelled.
+A pending reason on `kill_pending_reasons` asks sweep to kill the worker. If Slurm cannot answer (slurmctld
+down or slower than `command_timeout`), check raises: the poll records the error, nothing changes state.
+
+Killing: one `scancel` for many jobs; a job Slurm no longer knows counts as killed.
+
+Without slurmdbd, array tasks that ended more than MinJobAge (300 s by default) ago are only in the
+job-completion log, which Slurm 22.05 writes without the array task id: poll more often than that, or
+set max_array_size = 1 on such a cluster.
+
+Example queue (TOML):
+
+    [queues.SITE_SLURM]
+    mode = "pull"
+    backend = "slurm"
+    resource_types = ["SCORE", "MCORE"]
+    walltime = 172800
+    pilot = "/bin/bash /opt/pilot/runpilot2-wrapper.sh -s {queue} -r {queue} -q {queue} -j {prod_source_label}"
+    [queues.SITE_SLURM.backend_options]
+    partitions = ["grid", "grid-long"]
+    account = "atlas"
+    qos = "normal"
+    sbatch_options = ["--exclusive=user"]
+    work_dir = "/shared/harvester/work"
+
+An HPC queue whose worker is a 4-node job running one pilot per node: `nodes = 4`,
+`shipped_template = "multinode"` and core_count = 4 x the cores of a node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from harvester_cli import model
+from harvester_cli.backends import _slurm_script as script
+from harvester_cli.backends import _slurm_status as status
+from harvester_cli.backends import ce_choice
+from harvester_cli.backends.base import (
+    Backend,
+    KillResult,
+    Observation,
+    SubmitResult,
+    WorkerRef,
+    WorkerSpec,
+)
+from harvester_cli.config.backend_options import SlurmOptions, split_partition
+from harvester_cli.errors import BackendError, ConfigError
+
+log = logging.getLogger(__name__)
+
+ARRAYS_DIR = "arrays"
+# sbatch/scancel messages that mean slurmctld did not take the request (or we cannot tell whether it did).
+UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Zero Bytes were transmitted",
+               "backup controller in standby", "Communication connection failure", "Connection refused",
+               "Transport endpoint is not connected")
+# sbatch options harvester-cli sets itself: a queue must not override the tags or the bookkeeping.
+# squeue listings by (SLURM_CONF, user, clusters): the queues of one cluster share one listing per poll.
+_LISTINGS: dict[tuple, tuple[float, dict]] = {}
+_LISTINGS_LOCK = threading.Lock()
+
+
+class _Unreachable(BackendError):
+    """slurmctld did not answer (refused, down, or slower than the timeout)."""
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    Options = SlurmOptions
+
+    def __init__(self, queue, context):
+        super().__init__(queue, context)
+        self._rng = random.Random()
+        if self.options.template is not None:   # a bad template fails the run at once, not each worker
+            try:
+                text = self.options.template.read_text()
+            except OSError as exc:
+                raise ConfigError(f"[queues.{queue.name}.backend_options] template: cannot read "
+                                  f"{self.options.template}: {exc.strerror}") from None
+            problem = script.check_template(text)
+            if problem:
+                raise ConfigError(f"[queues.{queue.name}.backend_options] template: {self.options.template} {problem}")
+
+    # -- places and commands -----------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return (self.options.work_dir or self.context.work_root) / self.queue.name
+
+    def work_dir(self, worker_id: int) -> Path:
+        return self.root / str(worker_id)
+
+    @property
+    def proxy(self) -> Path | None:
+        return self.options.proxy or self.context.proxy
+
+    @property
+    def user(self) -> str:
+        return pwd.getpwuid(os.geteuid()).pw_name
+
+    def _env(self) -> dict[str, str]:
+        # The caller's own Slurm settings must not leak into our jobs or reshape our listings (a harvester
+        # started inside a Slurm job has SLURM_JOB_ID; SQUEUE_FORMAT would change squeue's output).
+        prefixes = ("SLURM_", "SBATCH_", "SQUEUE_", "SACCT_", "SINFO_", "SCANCEL_", "SCONTROL_", "SALLOC_", "SRUN_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) or k == "SLURM_CONF"}
+        if self.options.slurm_conf:
+            env["SLURM_CONF"] = str(self.options.slurm_conf)
+        return env
+
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess:
+        """Run one Slurm command; raises _Unreachable when it does not finish within command_timeout."""
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=self.options.command_timeout,
+                                  env=self._env(), stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise _Unreachable(f"{args[0]} did not answer within {self.options.command_timeout:g} s "
+                               "(slurmctld down or overloaded?)") from None
+        except FileNotFoundError:
+            raise BackendError(f"{args[0]}: command not found: install Slurm's client commands (Debian: "
+                               "slurm-client) on this host or put them on PATH") from None
+
+    @staticmethod
+    def _message(result: subprocess.CompletedProcess) -> str:
+        lines = [l.strip() for l in (result.stderr or result.stdout or "").splitlines() if l.strip()]
+        return lines[-1] if lines else f"exit code {result.returncode}, no message"
+
+    @staticmethod
+    def _unreachable(text: str) -> bool:
+        return any(marker.lower() in text.lower() for marker in UNREACHABLE)
+
+    # -- partitions (CE fanout) --------------------------------------------------------------
+
+    def _sinfo(self) -> tuple[dict[str, str], str | None]:
+        """Availability per partition ("name" or "name@cluster") and this cluster's default partition."""
+        clusters = sorted({c for _, c in map(split_partition, self.options.partitions) if c})
+        calls = [[]] if not self.options.partitions or any("@" not in p for p in self.options.partitions) else []
+        if clusters:
+            calls.append(["-M", ",".join(clusters)])
+        states, default = {}, None
+        for extra in calls:
+            result = self._run(["sinfo", "-h", *extra, "-o", f"%P{status.SEP}%a"])
+            if result.returncode != 0:
+                raise BackendError(f"{' '.join(['sinfo', *extra])} failed: {self._message(result)}")
+            found, found_default = status.parse_sinfo(result.stdout)
+            states.update(found)
+            if not extra:
+                default = found_default
+        return states, default
+
+    def assign(self, specs: list[WorkerSpec]) -> tuple[list[tuple[WorkerSpec, str | None]], list[SubmitResult]]:
+        """A partition per worker (None: Slurm's default), and an error result for workers none can take."""
+        states, default = self._sinfo()
+        if not self.options.partitions:
+            return [(s, default) for s in specs], []
+        names = list(self.options.partitions)
+        at = model.now()
+        stats_of = self.context.ce_statistics or (lambda queue, since: {})
+        stats = stats_of(self.queue.name, at - self.options.ce_stats_window)
+        recent = stats_of(self.queue.name, at - self.options.ce_backoff_seconds)
+        benched = ce_choice.bench_reasons(names, health={}, recent=recent, at=at,
+                                          backoff_seconds=self.options.ce_backoff_seconds,
+                                          max_failures=self.options.ce_backoff_failures)
+        for name in names:
+            if name not in states:
+                benched.setdefault(name, "sinfo does not list this partition")
+            elif not states[name].startswith("up"):
+                benched.setdefault(name, f"partition is {states[name]} (sinfo)")
+        usable = [n for n in names if n not in benched]
+        limit = self.queue.n_queue_limit_worker
+        capacity = {n: max(0, limit - stats.get(n, {}).get("queued", 0)) for n in usable}
+        picks = ce_choice.choose(ce_choice.weights(usable, stats, self.options.ce_fair_share), len(specs),
+                                 capacity, self._rng)
+        assigned = list(zip(specs, picks))
+        if len(picks) < len(specs):
+            taken = {p: picks.count(p) for p in capacity}
+            why = [f"{p}: {reason}" for p, reason in benched.items()]
+            why += [f"{p}: reaches the queue limit of {limit} (n_queue_limit_worker)" for p, room in capacity.items()
+                    if taken[p] >= room]
+            error = "no partition can take this worker (" + ("; ".join(why) or "none usable") + ")"
+            return assigned, [SubmitResult(s.worker_id, error=error) for s in specs[len(picks):]]
+        return assigned, []
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def _template(self) -> str:
+        return script.template_text(self.options.shipped_template, self.options.template)
+
+    def _prepare(self, spec: WorkerSpec, partition: str | None, template: str) -> str:
+        """The worker's directories and files; returns its rendered batch script."""
+        work = self.work_dir(spec.worker_id)
+        spec.log_dir.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        work.chmod(0o700)   # the job dict may carry secrets (pilotSecrets)
+        if spec.job is not None:
+            fd = os.open(work / script.JOB_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(spec.job, f)
+        environment = dict(spec.environment)
+        if self.proxy:
+            environment["X509_USER_PROXY"] = str(self.proxy)
+        if self.options.token_file:
+            environment["BEARER_TOKEN_FILE"] = str(self.options.token_file)
+        wrapper = work / script.WRAPPER_NAME
+        wrapper.write_text(script.wrapper(spec, self.context.harvester_id, work, environment))
+        wrapper.chmod(0o700)
+        name = split_partition(partition)[0] if partition else None
+        values = script.values(spec, harvester_id=self.context.harvester_id, queue=self.queue, nodes=self.options.nodes,
+                               work_dir=work, partition=name, options=self.options, proxy=self.proxy,
+                               token=self.options.token_file)
+        text = script.render(template, values)
+        job = work / script.SCRIPT_NAME
+        job.write_text(text)
+        job.chmod(0o700)
+        (spec.log_dir / script.SUBMIT_COPY).write_text(text)
+        return text
+
+    def _common(self, partition: str | None) -> list[str]:
+        """sbatch options every job of this queue and partition gets."""
+        options = []
+        if partition:
+            name, cluster = split_partition(partition)
+            options.append(f"--partition={name}")
+            if cluster:
+                options.append(f"--clusters={cluster}")
+        for flag, value in (("--account", self.options.account), ("--qos", self.options.qos),
+                            ("--reservation", self.options.reservation), ("--constraint", self.options.constraint)):
+            if value:
+                options.append(f"{flag}={value}")
+        return options + list(self.options.sbatch_options)
+
+    def _single(self, spec: WorkerSpec, partition: str | None) -> list[str]:
+        batch_log = spec.log_dir / script.BATCH_LOG
+        hid = self.context.harvester_id
+        return ["sbatch", "--parsable", f"--job-name={status.job_name(hid, spec.worker_id)}",
+                f"--comment=harvester-cli harvester {hid} queue {self.queue.name} worker {spec.worker_id}",
+                f"--output={batch_log}", f"--error={batch_log}", f"--chdir={self.work_dir(spec.worker_id)}",
+                *self._common(partition), str(self.work_dir(spec.worker_id) / script.SCRIPT_NAME)]
+
+    def _array(self, members: list[tuple[WorkerSpec, str]], partition: str | None) -> list[str]:
+        """Write the array's links and dispatcher; returns its sbatch command."""
+        base = members[0][0].worker_id
+        links = self.root / ARRAYS_DIR / str(base)
+        if links.exists():   # left by a submission that failed before sbatch: start afresh
+            shutil.rmtree(links)
+        links.mkdir(parents=True)
+        for spec, _ in members:
+            (links / str(spec.worker_id - base)).symlink_to(spec.log_dir, target_is_directory=True)
+        dispatcher = links / "array.sbatch"
+        dispatcher.write_text(script.dispatcher(members[0][1], queue=self.queue.name, base=base, root=self.root,
+                                                links=links))
+        hid = self.context.harvester_id
+        ids = [s.worker_id for s, _ in members]
+        batch_log = links / "%a" / script.BATCH_LOG
+        return ["sbatch", "--parsable", f"--job-name={status.array_name(hid, base)}",
+                (f"--comment=harvester-cli harvester {hid} queue {self.queue.name} workers {base} + array task id "
+                 f"({status.compress(ids)})"),
+                f"--array={status.compress([i - base for i in ids])}", f"--output={batch_log}", f"--error={batch_log}",
+                f"--chdir={self.root}", *self._common(partition), str(dispatcher)]
+
+    def _groups(self, prepared: list[tuple[WorkerSpec, str | None, str]]) -> list[tuple[list, str | None, bool]]:
+        """Submissions: (members, partition, as array). Identical #SBATCH lines and partition -> arrays of
+        at most max_array_size tasks whose task ids (worker id - first worker id) stay below it."""
+        if self.options.max_array_size <= 1:
+            return [([(spec, text)], partition, False) for spec, partition, text in prepared]
+        by_key: dict[tuple, list[tuple[WorkerSpec, str]]] = defaultdict(list)
+        for spec, partition, text in prepared:
+            by_key[(partition, text.splitlines()[0], tuple(script.header(text)))].append((spec, text))
+        out = []
+        for (partition, _, _), members in by_key.items():
+            members.sort(key=lambda m: m[0].worker_id)
+            chunk: list[tuple[WorkerSpec, str]] = []
+            for member in members:
+                if chunk and member[0].worker_id - chunk[0][0].worker_id >= self.options.max_array_size:
+                    out.append((chunk, partition, len(chunk) > 1))
+                    chunk = []
+                chunk.append(member)
+            if chunk:
+                out.append((chunk, partition, len(chunk) > 1))
+        return out
+
+    def _sbatch(self, members: list[tuple[WorkerSpec, str]], partition: str | None, array: bool):
+        """One sbatch: ("ok", job id, cluster) | ("refused", message) | ("unsure", message)."""
+        try:
+            args = self._array(members, partition) if array else self._single(members[0][0], partition)
+        except OSError as exc:
+            return "refused", f"cannot write the job array's files: {exc}"
+        try:
+            result = self._run(args)
+        except _Unreachable as exc:
+            return "unsure", str(exc)
+        except BackendError as exc:
+            return "refused", str(exc)
+        parsed = status.parse_sbatch(result.stdout) if result.returncode == 0 else None
+        if parsed:
+            return "ok", parsed[0], parsed[1]
+        message = self._message(result)
+        return ("unsure" if self._unreachable(message) else "refused"), message
+
+    def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
+        if not specs:
+            return []
+        assigned, results = self.assign(specs)
+        template = self._template()
+        prepared = []
+        for spec, partition in assigned:
+            try:
+                prepared.append((spec, partition, self._prepare(spec, partition, template)))
+            except (OSError, ValueError) as exc:
+                results.append(SubmitResult(spec.worker_id, error=f"cannot prepare the worker's files: {exc}"))
+        groups = self._groups(prepared)
+        with ThreadPoolExecutor(max_workers=self.options.max_concurrent_sbatch) as pool:
+            outcomes = list(pool.map(lambda g: self._sbatch(*g), groups))
+        self.forget_listing()
+        unsure = [o[1] for o in outcomes if o[0] == "unsure"]
+        if unsure:
+            # Some may exist in Slurm (a timeout after slurmctld took the job): leave every worker of this
+            # call pending; the next submit's repair adopts what Slurm has and misses the rest (find).
+            raise BackendError(f"sbatch could not complete {len(unsure)} of {len(groups)} submissions "
+                               f"({unsure[0]}); the workers stay pending and the next submit looks them up")
+        host = socket.gethostname()
+        for (members, partition, array), outcome in zip(groups, outcomes):
+            if outcome[0] == "ok":
+                job_id = outcome[1]
+                base = members[0][0].worker_id
+                for spec, _ in members:
+                    batch_id = f"{job_id}_{spec.worker_id - base}" if array else job_id
+                    results.append(self._result(spec.worker_id, batch_id, host, partition))
+            else:
+                where = f" to partition {partition}" if partition else ""
+                results += [SubmitResult(spec.worker_id, error=f"sbatch refused the worker{where}: {outcome[1]}",
+                                         computing_element=partition) for spec, _ in members]
+                if array:
+                    shutil.rmtree(self.root / ARRAYS_DIR / str(members[0][0].worker_id), ignore_errors=True)
+        order = {s.worker_id: i for i, s in enumerate(specs)}
+        return sorted(results, key=lambda r: order[r.worker_id])
+
+    def _result(self, worker_id: int, batch_id: str, host: str, ce: str | None) -> SubmitResult:
+        first = "pilot-0" if self.options.shipped_template == "multinode" and not self.options.template else "pilot"
+        return SubmitResult(worker_id, batch_id=batch_id, submission_host=host, computing_element=ce,
+                            stdout=f"{first}.out", stderr=f"{first}.err", batch_log=script.BATCH_LOG)
+
+    # -- listings ----------------------------------------------------------------------------
+
+    def _clusters(self, workers: list[WorkerRef] = ()) -> frozenset:
+        """The clusters to ask: None (this one) and those of the configured partitions and the workers."""
+        named = {c for _, c in map(split_partition, self.options.partitions) if c}
+        named |= {split_partition(w.computing_element)[1] for w in workers if w.computing_element} - {None}
+        return frozenset({None} | named)
+
+    def _listing_key(self, clusters: frozenset) -> tuple:
+        return (str(self.options.slurm_conf or os.environ.get("SLURM_CONF", "")), self.user, clusters)
+
+    def forget_listing(self) -> None:
+        """After a submit or a kill the listing is stale: the next check asks squeue again."""
+        with _LISTINGS_LOCK:
+            for key in [k for k in _LISTINGS if k[:2] == self._listing_key(frozenset())[:2]]:
+                del _LISTINGS[key]
+
+    def _squeue(self, clusters: frozenset, *, fresh: bool = False) -> dict[tuple[str | None, str], status.JobRecord]:
+        """Every job of our user that slurmctld still holds, by (cluster, job id). One squeue per cluster set,
+        reused for squeue_cache_seconds by every queue of this cluster, so a poll costs one listing."""
+        key = self._listing_key(clusters)
+        with _LISTINGS_LOCK:
+            cached = _LISTINGS.get(key)
+        if not fresh and cached and time.monotonic() - cached[0] < self.options.squeue_cache_seconds:
+            return cached[1]
+        records: dict[tuple[str | None, str], status.JobRecord] = {}
+        others = sorted(c for c in clusters if c)
+        for extra in ([[]] if None in clusters else []) + ([["-M", ",".join(others)]] if others else []):
+            result = self._run(["squeue", "-h", "-a", "-r", "-t", "all", "-u", self.user, *extra,
+                                "-O", status.SQUEUE_FORMAT])
+            if result.returncode != 0:
+                raise _Unreachable(f"squeue failed: {self._message(result)}")
+            for record in status.parse_squeue(result.stdout):
+                records[(record.cluster if extra else None, record.job_id)] = record
+        with _LISTINGS_LOCK:
+            _LISTINGS[key] = (time.monotonic(), records)
+        return records
+
+    def _sacct(self, extra: list[str], cluster: str | None) -> list[status.JobRecord]:
+        """Jobs from accounting (slurmdbd), or from the job-completion log when there is no accounting."""
+        args = ["sacct", "-X", "-n", "-P", f"--delimiter={status.SEP}", "-o", status.SACCT_FORMAT, *extra]
+        if cluster:
+            args += ["-M", cluster]
+        result = self._run(args)
+        if result.returncode == 0:
+            return status.parse_sacct(result.stdout)
+        message = (result.stderr + result.stdout).strip()
+        if "accounting storage is disabled" not in message:
+            raise BackendError(f"sacct failed: {self._message(result)}")
+        completed = self._run(args[:1] + ["-c"] + args[1:])
+        if completed.returncode != 0:   # no job-completion log either: there is no history to ask
+            log.debug("queue %s: no accounting and no job-completion log: %s", self.queue.name, self._message(completed))
+            return []
+        return status.parse_sacct(completed.stdout, source="jobcomp")
+
+    def _scontrol(self, job_id: str, cluster: str | None) -> status.JobRecord | None:
+        args = ["scontrol", "-o", "show", "job", job_id] + (["-M", cluster] if cluster else [])
+        result = self._run(args)
+        if result.returncode == 0:
+            return status.parse_scontrol(result.stdout)
+        message = self._message(result)
+        if "Invalid job id" in message:
+            return None
+        raise _Unreachable(f"scontrol show job {job_id} failed: {message}")
+
+    # -- check -------------------------------------------------------------------------------
+
+    def check(self, workers: list[WorkerRef]) -> list[Observation]:
+        listing = self._squeue(self._clusters(workers))
+        found: dict[int, status.JobRecord] = {}
+        missing: dict[str | None, list[WorkerRef]] = defaultdict(list)
+        for worker in workers:
+            cluster = split_partition(worker.computing_element)[1] if worker.computing_element else None
+            record = listing.get((cluster, worker.batch_id)) if worker.batch_id else None
+            if record is not None:
+                found[worker.worker_id] = record
+            elif worker.batch_id:
+                missing[cluster].append(worker)
+        for cluster, group in missing.items():
+            history = {r.job_id: r for r in self._sacct(["-j", ",".join(w.batch_id for w in group)], cluster)}
+            for worker in group:
+                record = history.get(worker.batch_id) or self._scontrol(worker.batch_id, cluster)
+                if record is not None:
+                    found[worker.worker_id] = record
+        reasons = tuple(self.options.kill_pending_reasons)
+        out = []
+        for worker in workers:
+            record = found.get(worker.worker_id)
+            if record is None:
+                what = f"job {worker.batch_id}" if worker.batch_id else "no batch id recorded"
+                out.append(Observation(worker.worker_id, model.MISSING, "unknown",
+                                       diag=f"Slurm has no trace of {what} (squeue, sacct and scontrol)"))
+            else:
+                out.append(status.observe(worker.worker_id, worker.status, record, reasons))
+        return out
+
+    # -- kill --------------------------------------------------------------------------------
+
+    def kill(self, workers: list[WorkerRef], reason: str) -> list[KillResult]:
+        results = {w.worker_id: KillResult(w.worker_id, True) for w in workers if not w.batch_id}
+        by_cluster: dict[str | None, list[WorkerRef]] = defaultdict(list)
+        for worker in workers:
+            if worker.batch_id:
+                by_cluster[split_partition(worker.computing_element)[1] if worker.computing_element else None].append(worker)
+        for cluster, group in by_cluster.items():
+            for start in range(0, len(group), 500):
+                chunk = group[start:start + 500]
+                args = ["scancel", *(["-M", cluster] if cluster else []), *[w.batch_id for w in chunk]]
+                try:
+                    result = self._run(args)
+                except BackendError as exc:
+                    results.update({w.worker_id: KillResult(w.worker_id, False, str(exc)) for w in chunk})
+                    continue
+                errors = status.scancel_errors(result.stderr) if result.returncode != 0 else {}
+                whole = result.returncode != 0 and (not errors or self._unreachable(result.stderr))
+                for worker in chunk:
+                    error = errors.get(worker.batch_id)
+                    if whole:
+                        results[worker.worker_id] = KillResult(worker.worker_id, False,
+                                                               f"scancel failed: {self._message(result)}")
+                    elif error and not status.nothing_to_kill(error):
+                        results[worker.worker_id] = KillResult(worker.worker_id, False,
+                                                               f"scancel {worker.batch_id}: {error}")
+                    else:
+                        results[worker.worker_id] = KillResult(worker.worker_id, True)
+        self.forget_listing()
+        if any(not r.ok for r in results.values()):
+            log.warning("queue %s: scancel failed for %d workers (%s)", self.queue.name,
+                        sum(not r.ok for r in results.values()), reason)
+        return [results[w.worker_id] for w in workers]
+
+    # -- crash repair ------------------------------------------------------------------------
+
+    def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
+        if not workers:
+            return []
+        wanted = {w.worker_id for w in workers}
+        hid = self.context.harvester_id
+        found: dict[int, tuple[str, str | None]] = {}
+
+        def take(record: status.JobRecord, cluster: str | None) -> None:
+            worker_id = status.worker_of(record.name, record.job_id, hid)
+            if worker_id in wanted and worker_id not in found:
+                partition = record.partition
+                found[worker_id] = (record.job_id, f"{partition}@{cluster}" if cluster and partition else partition)
+
+        for (cluster, _), record in self._squeue(self._clusters(), fresh=True).items():
+            take(record, cluster)
+        if wanted - set(found):
+            for cluster in sorted(self._clusters(), key=lambda c: c or ""):
+                window = ["-u", self.user, "-S", f"now-{self.options.history_window}"]
+                for record in self._sacct(window, cluster):
+                    take(record, cluster)
+        host = socket.gethostname()
+        return [self._result(w.worker_id, found[w.worker_id][0], host, found[w.worker_id][1])
+                if w.worker_id in found else None for w in workers]
+
+    # -- outputs and cleaning ----------------------------------------------------------------
+
+    def fetch_outputs(self, worker: WorkerRef, names: list[str]) -> dict[str, Path]:
+        if worker.log_dir is None:
+            return {}
+        work = self.work_dir(worker.worker_id)
+        fetched = {}
+        for name in names:
+            target = worker.log_dir / name
+            if (work / name).is_file():
+                worker.log_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(work / name, target)
+            if target.is_file():
+                fetched[name] = target
+        return fetched
+
+    def clean(self, workers: list[WorkerRef]) -> None:
+        arrays = set()
+        for worker in workers:
+            shutil.rmtree(self.work_dir(worker.worker_id), ignore_errors=True)
+            task = (worker.batch_id or "").partition("_")[2]
+            if task.isdigit():
+                links = self.root / ARRAYS_DIR / str(worker.worker_id - int(task))
+                (links / task).unlink(missing_ok=True)
+                arrays.add(links)
+        for links in arrays:
+            if links.is_dir() and not any(p.is_symlink() for p in links.iterdir()):
+                shutil.rmtree(links, ignore_errors=True)
+
+
+BACKEND = SlurmBackend
