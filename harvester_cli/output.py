@@ -1,5 +1,8 @@
 """What a command prints: rich tables on a terminal, aligned plain text when piped or under cron,
-the same data as one JSON object with --json. rich is imported only when a terminal will show it."""
+the same data as one JSON object with --json. rich is imported only when a terminal will show it.
+
+Errors (what made a run partial) go to stderr and the command's own log whatever the output mode, -q
+included: cron mails stderr, and an operator reading the log sees why a run exited 1."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ class Output:
     quiet: bool = False
     tables: list[Table] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -35,9 +39,18 @@ class Output:
     def line(self, text: str) -> None:
         self.lines.append(text)
 
+    def error(self, text: str) -> None:
+        """One thing that went wrong: on stderr and in the command log now, and in the JSON as `errors`."""
+        import logging
+
+        self.errors.append(text)
+        logging.getLogger("harvester_cli").error("%s", text)
+
     def emit(self, data: Any) -> None:
         """Print everything collected (or `data` as JSON)."""
         if self.json_mode:
+            if isinstance(data, dict) and self.errors:
+                data = {**data, "errors": self.errors}
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             return
         if self.quiet:
@@ -79,10 +92,11 @@ class Output:
             console.print(line, highlight=False)
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
-        """A progress bar on a terminal (stderr), nothing otherwise; yields advance(n)."""
+    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        """A progress bar on a terminal (stderr), nothing otherwise; yields advance(n, expected=0): n items
+        done, and `expected` more items known to come (the total grows as the work is planned)."""
         if not sys.stderr.isatty() or self.json_mode or self.quiet:
-            yield lambda n: None
+            yield lambda n, expected=0: None
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -90,7 +104,13 @@ class Output:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda n: bar.advance(task, n)
+
+            def advance(n: int, expected: int = 0) -> None:
+                if expected:
+                    bar.update(task, total=(bar.tasks[task].total or 0) + expected)
+                bar.advance(task, n)
+
+            yield advance
 
 
 def _cell(value: Any) -> str:

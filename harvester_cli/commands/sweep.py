@@ -20,5 +20,7 @@ def command(g, queues, force, retention):
     out.table("sweep", ["queue", "to kill", "killed", "kill failed", "cleaned workers", "deleted jobs", "note"],
               [(q.queue, q.to_kill, q.killed, len(q.kill_failed), q.cleaned, q.jobs_deleted,
                 q.refused or "; ".join(f"{w}: {e}" for w, e in q.kill_failed[:3])) for q in run.queues])
+    for problem in run.problems():
+        out.error(problem)
     out.emit({"queues": [asdict(q) for q in run.queues]})
     return exit_code(run.partial)

@@ -136,7 +136,7 @@ def renew_token(profile: TokenProfile, *, force: bool = False, check_only: bool 
         result.seconds = time.monotonic() - started
         return result
     # One renewal of a profile at a time: a second cron run waits, then finds the proxy fresh.
-    with locked(profile.file.with_name(f".{profile.file.name}.lock")):
+    with locked(profile.file):
         try:
             secret = read_secret_file(profile.client_secret_file, "client secret file")
             token, expires_in = request_token(profile, secret)

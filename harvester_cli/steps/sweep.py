@@ -36,6 +36,14 @@ class SweepRun:
     def partial(self) -> bool:
         return any(q.kill_failed or q.refused for q in self.queues)
 
+    def problems(self) -> list[str]:
+        out = []
+        for q in self.queues:
+            if q.refused:
+                out.append(f"queue {q.queue}: {q.refused}")
+            out += [f"queue {q.queue}: worker {w}: kill failed: {e}" for w, e in q.kill_failed]
+        return out
+
 
 def _kill_condition(queue: str):
     return ((workers.c.queue == queue) & workers.c.kill_reason.is_not(None)
@@ -59,7 +67,7 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
         try:
             outcomes = instance.backend(queue).kill(refs, "killed by harvester-cli sweep")
         except Exception as exc:   # release at once, or these workers stay claimed for a whole lease
-            log.exception("queue %s: backend kill failed", queue.name)
+            log.warning("queue %s: backend kill failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             with store.write() as conn:
                 store.release(conn, workers, [r.worker_id for r in rows])
             result.kill_failed += [(r.worker_id, f"backend error: {exc}") for r in rows]
@@ -96,8 +104,8 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
             return
         try:
             instance.backend(queue).clean([worker_ref(r) for r in rows])
-        except Exception:   # keep the rows (released) so the next sweep cleans again
-            log.exception("queue %s: backend clean failed", queue.name)
+        except Exception as exc:   # keep the rows (released) so the next sweep cleans again
+            log.warning("queue %s: backend clean failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             with store.write() as conn:
                 store.release(conn, workers, [r.worker_id for r in rows])
             return
