@@ -27,6 +27,7 @@ COMMANDS = {
     "poll": ("harvester_cli.commands.poll", "Check workers at their backend and record what changed."),
     "propagate": ("harvester_cli.commands.propagate", "Send job/worker updates and statistics to PanDA; take its commands."),
     "sweep": ("harvester_cli.commands.sweep", "Kill workers marked for killing; forget old final workers and jobs."),
+    "kill-workers": ("harvester_cli.commands.kill_workers", "Mark workers for killing (by id, queue, CE, state, age)."),
     "plan": ("harvester_cli.commands.plan", "Print how many workers each queue would get, and why (no submission)."),
     "cycle": ("harvester_cli.commands.cycle", "Run fetch-jobs, submit, poll, propagate and sweep in order."),
     "status": ("harvester_cli.commands.status", "Jobs and workers by state, per queue."),

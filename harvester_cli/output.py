@@ -19,6 +19,7 @@ class Table:
     title: str
     columns: Sequence[str]
     rows: list[Sequence[Any]]
+    no_wrap: tuple[str, ...] = ()   # URL columns: one line, as terminal hyperlinks
 
 
 @dataclass
@@ -33,8 +34,9 @@ class Output:
     def terminal(self) -> bool:
         return sys.stdout.isatty() and not self.json_mode
 
-    def table(self, title: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> None:
-        self.tables.append(Table(title, columns, rows))
+    def table(self, title: str, columns: Sequence[str], rows: list[Sequence[Any]], *,
+              no_wrap: Sequence[str] = ()) -> None:
+        self.tables.append(Table(title, columns, rows, tuple(no_wrap)))
 
     def line(self, text: str) -> None:
         self.lines.append(text)
@@ -80,13 +82,17 @@ class Output:
         from rich.console import Console
         from rich.table import Table as RichTable
 
-        console = Console()
+        console = Console(force_terminal=True)   # called only when stdout is a terminal
         for table in self.tables:
             rich_table = RichTable(title=table.title or None, title_justify="left")
             for column in table.columns:
-                rich_table.add_column(column, overflow="fold")
+                if column in table.no_wrap:
+                    rich_table.add_column(column, no_wrap=True)
+                else:
+                    rich_table.add_column(column, overflow="fold")
+            linked = {i for i, c in enumerate(table.columns) if c in table.no_wrap}
             for row in table.rows:
-                rich_table.add_row(*[_cell(v) for v in row])
+                rich_table.add_row(*[_link(_cell(v)) if i in linked else _cell(v) for i, v in enumerate(row)])
             console.print(rich_table)
         for line in self.lines:
             console.print(line, highlight=False)
@@ -111,6 +117,16 @@ class Output:
                 bar.advance(task, n)
 
             yield advance
+
+
+def _link(text: str):
+    """A URL as a short terminal hyperlink (its last two path parts; the whole URL is the link target), so a
+    table row stays one line and the log is one click away; plain text and --json keep the full URL."""
+    from rich.text import Text
+
+    if "://" not in text:
+        return text
+    return Text("…/" + "/".join(text.rstrip("/").split("/")[-2:]), style=f"link {text}")
 
 
 def _cell(value: Any) -> str:

@@ -10,7 +10,8 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option
               help="Forget final workers and done jobs older than this (default: from the configuration).")
 @pass_globals
 def command(g, queues, force, retention):
-    """Kill workers marked for killing (by PanDA, poll or an operator); forget old final workers and done jobs."""
+    """Kill workers marked for killing (by PanDA, by poll's policies, or by an operator with kill-workers);
+    forget old final workers and done jobs."""
     from dataclasses import asdict
 
     from harvester_cli.steps.sweep import sweep
