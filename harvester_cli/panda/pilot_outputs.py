@@ -60,7 +60,9 @@ def base_update(job: dict, status: str) -> dict:
     """The fields every update of `job` (a PanDA job dict) carries."""
     update = {"job_id": int(job["PandaID"]), "job_status": status}
     try:
-        update["attempt_nr"] = int(job.get("attemptNr"))
+        attempt = int(job.get("attemptNr"))
+        if 0 <= attempt < 2**31 and not isinstance(job.get("attemptNr"), bool):   # what PanDA's column holds
+            update["attempt_nr"] = attempt
     except (TypeError, ValueError):
         pass
     return update

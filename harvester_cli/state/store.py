@@ -69,6 +69,7 @@ class Store:
         self.url = url
         self.lease_seconds = lease_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._dead_checked: set[str] = set()
         options = {}
         if url.startswith(("mysql", "mariadb")):
             # InnoDB's default REPEATABLE READ makes a claim's UPDATE take next-key locks on rows it does not
@@ -134,7 +135,10 @@ class Store:
             with self.read() as conn:
                 return read_revision(conn)
         except DatabaseError as exc:   # not a database, unreadable, server refused
-            raise StateError(f"state database {self.display_url}: cannot read: {exc.orig}") from None
+            hint = ""
+            if path is not None and not os.access(path.parent, os.W_OK):
+                hint = f" ({path.parent} is read-only: SQLite writes its journal beside the database)"
+            raise StateError(f"state database {self.display_url}: cannot read: {exc.orig}{hint}") from None
 
     def _check_schema_when_unlocked(self) -> None:
         """Two runs opening a brand-new SQLite file at once: switching it to WAL can answer "database is
@@ -190,8 +194,21 @@ class Store:
     def _free(self, table: Table, at: float):
         return or_(table.c.lock_owner.is_(None), table.c.lock_expires < at)
 
+    def _release_dead_claims(self, conn: Connection, table: Table) -> None:
+        """Claims of a process of this host that died (kill -9, a crash) are free at once, not after their
+        lease: the next cron run carries on where it stopped. Looked at once per table and process."""
+        if table.name in self._dead_checked:
+            return
+        self._dead_checked.add(table.name)
+        owners = conn.scalars(select(table.c.lock_owner).distinct().where(table.c.lock_owner.is_not(None),
+                                                                          table.c.lock_owner != self.owner))
+        dead = [o for o in owners if owner_is_dead(o)]
+        for chunk in chunks(dead, 500):
+            conn.execute(update(table).where(table.c.lock_owner.in_(chunk)).values(lock_owner=None, lock_expires=None))
+
     def claim(self, conn: Connection, table: Table, where, limit: int, order_by=None) -> list[Any]:
         """Claim up to `limit` unclaimed (or lease-expired) rows matching `where`; returns the rows we own."""
+        self._release_dead_claims(conn, table)
         key = list(table.primary_key.columns)
         at = now()
         query = select(*key).where(where, self._free(table, at)).limit(limit)

@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, select, update
 from harvester_cli import model
 from harvester_cli.backends.base import Observation
 from harvester_cli.config import QueueConfig
+from harvester_cli.faults import fault_point
 from harvester_cli.panda import pilot_outputs
 from harvester_cli.state import transitions
 from harvester_cli.state.schema import job_workers, jobs, workers
@@ -80,6 +81,7 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
         last_id = max(r.worker_id for r in rows)
         try:
             observations = backend.check([worker_ref(r) for r in rows])
+            fault_point("poll_after_check")
         except Exception as exc:  # one backend failing must not stop the other queues
             log.warning("queue %s: backend check failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             result.error = f"backend check failed: {exc}"
@@ -133,6 +135,7 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
                 changed,
             )
             store.enqueue_reports(conn, "worker", [(c["w"], queue.name, None, False) for c in changed])
+        fault_point("poll_mid_transaction")   # the worker updates are written, not yet committed
         if kills:
             conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"))
                          .values(kill_reason=bindparam("k")), kills)

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError
+from harvester_cli.faults import fault_point
 from harvester_cli.panda import diagnostics, pilot_outputs
 from harvester_cli.state.schema import (
     commands,
@@ -156,11 +157,13 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
     for rows in _report_pages(instance, "job", queues):
         payloads, with_log = _job_payloads(instance, rows)
         try:
+            fault_point("propagate_before_job_updates")
             answers = instance.panda.update_jobs_bulk(payloads)
         except PandaError as exc:
             run.errors.append(f"job updates: {exc}")
             _failed(instance, "job", [(r.key, str(exc)) for r in rows])
             return
+        fault_point("propagate_after_job_updates")   # PanDA has them; the outbox does not know yet
         sent, refused, kill_jobs = [], [], []
         for row, answer in zip(rows, answers):
             data = answer.get("data") if isinstance(answer, dict) else None
@@ -240,6 +243,7 @@ def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun
             run.errors.append(f"worker updates: {exc}")
             _failed(instance, "worker", [(r.key, str(exc)) for r in rows])
             return
+        fault_point("propagate_after_worker_updates")
         sent = [r for r, ok in zip(rows, answers) if ok]
         refused = [(r.key, "PanDA answered false for this worker") for r, ok in zip(rows, answers) if not ok]
         with store.write() as conn:
@@ -358,6 +362,7 @@ def handle_commands(instance: Instance, queues: list[QueueConfig], run: Propagat
         to_ack = list(conn.scalars(select(commands.c.command_id).where(
             commands.c.status == "applied", commands.c.ack_requested.is_(True))))
     if to_ack:
+        fault_point("propagate_before_ack")   # applied and committed here, not yet acknowledged
         try:
             instance.panda.acknowledge_commands(to_ack)
         except PandaError as exc:

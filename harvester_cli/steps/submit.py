@@ -26,7 +26,7 @@ from harvester_cli.panda import job_counts, resource_types
 from harvester_cli.state import transitions
 from harvester_cli.state.schema import job_workers, jobs, locks, worker_targets, workers
 from harvester_cli.state.store import chunks, owner_is_dead
-from harvester_cli.steps import planner, registration
+from harvester_cli.steps import fetch_jobs, planner, registration
 from harvester_cli.steps.instance import Instance, worker_ref
 
 log = logging.getLogger(__name__)
@@ -179,14 +179,12 @@ def worker_id_floor(instance: Instance) -> int:
 def _size(queue: QueueConfig, resource_type: str, job: dict | None,
           sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
     """Push: the job's cores and memory; pull: the resource type's worker size on this queue."""
-    if job is not None:
-        cores = int(job["coreCount"]) if str(job.get("coreCount", "")).isdigit() and int(job["coreCount"]) > 0 else 1
-        try:
-            memory = int(job.get("minRamCount")) or cores * queue.memory_mb_per_core
-        except (TypeError, ValueError):
-            memory = cores * queue.memory_mb_per_core
-        return cores, memory
-    return sizes.get(resource_type) or (queue.core_count, queue.core_count * queue.memory_mb_per_core)
+    if job is not None:   # fetch-jobs checked both are within what a worker row holds
+        cores = fetch_jobs.bounded_int(job.get("coreCount"), 1, fetch_jobs.MAX_CORES) or 1
+        memory = fetch_jobs.bounded_int(job.get("minRamCount"), 1) or cores * queue.memory_mb_per_core
+    else:
+        cores, memory = sizes.get(resource_type) or (queue.core_count, queue.core_count * queue.memory_mb_per_core)
+    return cores, min(memory, fetch_jobs.MAX_INT32)   # cores x MB per core can pass what the column holds
 
 
 def _bind_jobs(instance: Instance, conn, queue: QueueConfig, counts: dict[str, int]) -> dict[str, list]:
@@ -280,6 +278,7 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
                 [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000], "ce": r.computing_element}
                  for r in bad],
             )
+        fault_point("submit_mid_transaction")   # results written, not yet committed
         store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r in results])
         if ok:
             transitions.jobs_submitted(store, conn, queue, {r.worker_id: r.batch_id for r in ok}, at)

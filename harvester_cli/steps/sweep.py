@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, delete, exists, func, select, update
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
+from harvester_cli.faults import fault_point
 from harvester_cli.state import transitions
 from harvester_cli.state.schema import jobs, reports, workers
 from harvester_cli.steps.instance import Instance, worker_ref
@@ -109,6 +110,7 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
                 store.release(conn, workers, [r.worker_id for r in rows])
             result.kill_failed += [(r.worker_id, f"backend error: {exc}") for r in rows]
             return
+        fault_point("sweep_after_backend_kill")
         at = model.now()
         killed = [(r, o) for r, o in zip(rows, outcomes) if o.ok]
         failed = [(r, o) for r, o in zip(rows, outcomes) if not o.ok]

@@ -20,6 +20,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+PILOT_AGENT = "harvester-cli-testpilot"
+
 
 def _stamp(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
@@ -72,6 +74,8 @@ def pull() -> int:
     client = PandaClient(PandaConfig(url=env["HARVESTER_PANDA_URL"], proxy=Path(proxy) if proxy else None,
                                      ca=Path(ca) if ca else None, timeout=30, retries=3),
                          env.get("HARVESTER_ID", "testpilot"))
+    # A pilot of its own name: the simulator's fault injection is for the harvester's calls, not a pilot's.
+    client.session.headers["User-Agent"] = PILOT_AGENT
     worker_id = int(env.get("HARVESTER_WORKER_ID", "0")) or None
     try:
         jobs = client.acquire_jobs(env["PANDA_QUEUE"], 1, prod_source_label=env.get("PANDA_PROD_SOURCE_LABEL"),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import random
 import ssl
 import threading
 import time
@@ -107,6 +108,12 @@ class SimJob:
     pilot_id: str | None = None
     batch_id: str | None = None
 
+
+# How a PanDA server (or what stands in front of it) can fail a call. Before the call is applied: 5xx,
+# hang (no answer within the client's timeout), reset (connection closed), garbage (200, not JSON),
+# truncated (200, the body cut short), refuse (success:false); after it is applied: lost_reply (applied,
+# then a 502), partial_bulk (update_jobs_bulk: some entries refused).
+FAULT_MODES = ("5xx", "hang", "reset", "garbage", "truncated", "refuse", "lost_reply", "partial_bulk")
 
 REQ = object()    # a parameter without default
 UNTYPED = object()  # a parameter without annotation: never type-checked
@@ -274,6 +281,13 @@ class PandaSimulator:
         self.fail_next: list[int] = []   # HTTP status codes to answer the next requests with (outage tests)
         # path -> how many of its next calls are applied but their reply lost (a 502 from the proxy in front)
         self.lose_reply: dict[str, int] = {}
+        # Fault injection for the fault suite: mode -> probability per API call (see FAULT_MODES), drawn
+        # from `fault_random` (seed it for a repeatable run); `faults_seen` counts what was injected.
+        self.faults: dict[str, float] = {}
+        self.fault_random = random.Random()
+        self.faults_seen: dict[str, int] = {}
+        self.hang_seconds = 30.0
+        self._refuse_entries = False
         self._ids = itertools.count(first_panda_id)
         self._command_ids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
@@ -487,6 +501,9 @@ class PandaSimulator:
         route = ROUTES["pilot/update_job"]
         answers = []
         for entry in job_list:
+            if self._refuse_entries and self.fault_random.random() < 0.5:   # not applied, and says so
+                answers.append(_as_answer(False, "failed with OperationalError (simulated)", {"StatusCode": 30}))
+                continue
             if not isinstance(entry, dict):
                 return False, f"failed with TypeError {type(entry).__name__} is not a mapping", []
             entry = dict(entry)
@@ -622,6 +639,19 @@ class PandaSimulator:
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    def draw_fault(self, path: str) -> str | None:
+        """The fault this call gets, if any (is_alive is never failed: it is how clients check the server)."""
+        with self.lock:
+            if not self.faults or path == "system/is_alive":
+                return None
+            for mode, rate in self.faults.items():
+                if mode == "partial_bulk" and path != "pilot/update_jobs_bulk":
+                    continue
+                if self.fault_random.random() < rate:
+                    self.faults_seen[mode] = self.faults_seen.get(mode, 0) + 1
+                    return mode
+        return None
+
     def _harvester(self, harvester_id: str) -> dict:
         return self.harvesters.setdefault(harvester_id, {"workers": {}, "stats": {}, "heartbeats": []})
 
@@ -729,6 +759,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._admin(url.path.removeprefix("/admin/"), identity, raw)
             return
         path = url.path.removeprefix(API_PREFIX)
+        fault = None if self.headers.get("User-Agent", "").startswith("harvester-cli-testpilot") else sim.draw_fault(path)
+        if fault in ("5xx", "hang", "reset", "garbage", "truncated"):
+            self._fail(fault)
+            return
+        if fault == "refuse":
+            self._reply(200, json.dumps(_as_answer(False, "simulated failure: try again later", None)).encode())
+            return
         route = ROUTES.get(path) if url.path.startswith(API_PREFIX) else None
         if route is not None and route.handler == "active_job_detailed_stats_by_site" and not sim.detailed_stats:
             route = None   # servers before 0.7.0
@@ -768,7 +805,9 @@ class _Handler(BaseHTTPRequestHandler):
                     except ArgumentError as exc:
                         answer = (False, str(exc), None)
                 else:
+                    sim._refuse_entries = fault == "partial_bulk"
                     answer = sim._call(route, identity, dict(args))
+                    sim._refuse_entries = False
                 record["answer"] = _as_answer(*answer)
                 sim.calls.append(record)
         except (ServerFault, ValueError) as exc:
@@ -782,8 +821,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, str(exc).encode())
             return
         with sim.lock:
-            lost = sim.lose_reply.get(path, 0) > 0
-            if lost:
+            lost = sim.lose_reply.get(path, 0) > 0 or fault == "lost_reply"
+            if sim.lose_reply.get(path, 0) > 0:
                 sim.lose_reply[path] -= 1
         if lost:
             self._reply(502, b"reply lost after the server applied the call")
@@ -791,6 +830,28 @@ class _Handler(BaseHTTPRequestHandler):
         body = _as_answer(*answer)
         text = json.dumps(body, default=_encode_special) if json_app else str(body)
         self._reply(200, text.encode())
+
+    def _fail(self, mode: str) -> None:
+        """A fault that stops the call before the server applies it."""
+        if mode == "5xx":
+            self._reply(503, b"Service Unavailable (simulated)")
+        elif mode == "hang":
+            time.sleep(self.sim.hang_seconds)
+            self.close_connection = True
+        elif mode == "reset":
+            self.close_connection = True
+            self.request.close()
+        elif mode == "garbage":
+            self._reply(200, b"<html><body>Proxy Error (simulated)</body></html>")
+        elif mode == "truncated":
+            body = json.dumps(_as_answer(True, "", {"StatusCode": 0, "jobs": []})).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body) + 100))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            self.request.close()
 
     def _admin(self, name: str, identity: str | None, raw: bytes) -> None:
         if identity is None:
