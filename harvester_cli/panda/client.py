@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,9 @@ class PandaClient:
         # Passed with every request: requests lets REQUESTS_CA_BUNDLE override Session.verify.
         self.verify: str | bool = str(config.ca) if config.ca else True
         self._token_stamp: tuple[float, int] | None = None
+        # (endpoint, kind) -> failed calls in this process; kind is network, http or refused. The metrics
+        # add them to the counters in the state database after the command.
+        self.errors: Counter[tuple[str, str]] = Counter()
 
     def close(self) -> None:
         self.session.close()
@@ -121,13 +125,22 @@ class PandaClient:
         try:
             answer = retrying(self._send, method, path, body, params)
         except (requests.exceptions.RequestException, _Transient) as exc:
+            self.errors[(path, "network" if not isinstance(exc, _Transient) else "http")] += 1
             raise PandaError(f"PanDA {path}: {_short(exc)}") from None
         except OSError as exc:   # e.g. the proxy or CA file is missing: requests raises a bare OSError
+            self.errors[(path, "network")] += 1
             raise PandaError(f"PanDA {path}: {exc}") from None
+        except PandaError:
+            self.errors[(path, "http")] += 1
+            raise
         if not isinstance(answer, dict) or "success" not in answer:
+            self.errors[(path, "http")] += 1
             raise PandaError(f"PanDA {path}: unexpected answer {str(answer)[:200]!r}")
         if not answer["success"]:
-            raise PandaRefused(path, str(answer.get("message", "")))
+            message = str(answer.get("message", ""))
+            if not (path == "pilot/acquire_jobs" and NO_JOBS in message):   # no jobs is an answer, not an error
+                self.errors[(path, "refused")] += 1
+            raise PandaRefused(path, message)
         return answer.get("data")
 
     # -- calls -------------------------------------------------------------------------------
@@ -179,6 +192,10 @@ class PandaClient:
     def report_worker_statistics(self, queue: str, statistics: dict) -> None:
         self.call("POST", "harvester/report_worker_statistics", {
             "harvester_id": self.harvester_id, "panda_queue": queue, "statistics": json.dumps(statistics)})
+
+    def update_service_metrics(self, entries: list[list]) -> None:
+        """[[creation time "%Y-%m-%d %H:%M:%S.%f", host, metrics JSON text], ...] for PanDA's monitor."""
+        self.call("POST", "harvester/update_service_metrics", {"harvester_id": self.harvester_id, "metrics": entries})
 
     def acquire_commands(self, n_commands: int = 100) -> list[dict]:
         # PanDA marks returned commands retrieved: a retry after the request was sent would lose them.
