@@ -85,7 +85,7 @@ def record_run(store: Store, command: str, host: str, started: float, ended: flo
         changed = conn.execute(update(command_runs).where(command_runs.c.command == command,
                                                           command_runs.c.host == host).values(
             **values, runs=command_runs.c.runs + 1, failed_runs=command_runs.c.failed_runs + (0 if ok else 1),
-            items=command_runs.c.items + (items or 0), **({"last_success": ended} if ok else {}))).rowcount
+            items=command_runs.c["items"] + (items or 0), **({"last_success": ended} if ok else {}))).rowcount
         if changed:
             return
         try:

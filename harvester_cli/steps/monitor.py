@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import statistics
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
@@ -320,3 +321,45 @@ def charts(instance: Instance, queues: list[str], hours: float = 24, points: int
 
 __all__ = ["HISTORY_STATES", "RECORDED", "Credential", "Run", "after_command", "charts", "credentials",
            "metric_samples", "metrics_text", "parse_since", "snapshot", "summary", "write_metrics"]
+
+
+# -- serve-logs: /status and /metrics ----------------------------------------------------------------
+
+class Pages:
+    """What serve-logs answers at /status and /metrics, made from the state database at most every
+    `ttl` seconds (many browsers or scrapers at once cost one set of queries), one at a time."""
+
+    def __init__(self, instance: Instance, prefix: str, ttl: float = 5.0, window: int = 3600):
+        self.instance = instance
+        self.prefix = prefix
+        self.ttl = ttl
+        self.window = window
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, bytes]] = {}
+
+    def _cached(self, name: str, make) -> bytes:
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit and time.monotonic() - hit[0] < self.ttl:
+                return hit[1]
+            body = make()
+            self._cache[name] = (time.monotonic(), body)
+            return body
+
+    def status(self) -> bytes:
+        return self._cached("status", self._status)
+
+    def metrics(self) -> bytes:
+        return self._cached("metrics", lambda: metrics_text(self.instance))
+
+    def _status(self) -> bytes:
+        from datetime import datetime, timezone
+
+        from harvester_cli.site import statuspage
+
+        now = time.time()
+        queues = list(self.instance.config.queues)
+        data = summary(self.instance, queues, self.window, now)
+        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        links = {q: f"workers/{day}/{q}/" for q in queues if (self.instance.config.logs / "workers" / day / q).is_dir()}
+        return statuspage.render(data, charts(self.instance, queues, now=now), self.prefix, now, links)
