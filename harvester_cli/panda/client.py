@@ -114,8 +114,9 @@ class PandaClient:
             raise PandaError(f"PanDA {path}: answer is not JSON: {response.text[:200]!r}") from None
 
     def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
-             retry_if: Callable[[BaseException], bool] = _network_failure) -> Any:
-        """One API call; returns `data` on success, raises PandaRefused on success:false."""
+             retry_if: Callable[[BaseException], bool] = _network_failure, refusal_expected: bool = False) -> Any:
+        """One API call; returns `data` on success, raises PandaRefused on success:false (not counted as an
+        error when `refusal_expected`: a quirk the caller handles, like the first heartbeat's)."""
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.config.retries)),
             wait=wait_exponential(multiplier=self.retry_wait, max=30),
@@ -138,7 +139,8 @@ class PandaClient:
             raise PandaError(f"PanDA {path}: unexpected answer {str(answer)[:200]!r}")
         if not answer["success"]:
             message = str(answer.get("message", ""))
-            if not (path == "pilot/acquire_jobs" and NO_JOBS in message):   # no jobs is an answer, not an error
+            # "No jobs in PanDA" is an answer, not an error
+            if not refusal_expected and not (path == "pilot/acquire_jobs" and NO_JOBS in message):
                 self.errors[(path, "refused")] += 1
             raise PandaRefused(path, message)
         return answer.get("data")
@@ -152,7 +154,8 @@ class PandaClient:
     def heartbeat(self, data: dict) -> str | None:
         """Returns None, or PanDA's message when it answered success:false (the first heartbeat registers)."""
         try:
-            self.call("POST", "harvester/heartbeat", {"harvester_id": self.harvester_id, "data": data})
+            self.call("POST", "harvester/heartbeat", {"harvester_id": self.harvester_id, "data": data},
+                      refusal_expected=True)
         except PandaRefused as exc:
             return exc.message
         return None
@@ -209,7 +212,9 @@ class PandaClient:
         self.call("POST", "harvester/acknowledge_commands", {"command_ids": [int(i) for i in command_ids]})
 
     def get_current_worker_id(self) -> int:
-        data = self.call("GET", "harvester/get_current_worker_id", params={"harvester_id": self.harvester_id})
+        # A harvester id PanDA has no worker of yet answers a database error (MAX() of no rows).
+        data = self.call("GET", "harvester/get_current_worker_id", params={"harvester_id": self.harvester_id},
+                         refusal_expected=True)
         return int(data) if data is not None else 0
 
     def get_resource_types(self) -> list[dict]:
