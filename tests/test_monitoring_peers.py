@@ -63,6 +63,7 @@ class Site:
             "metrics": {"textfile": str(self.textfile_dir / "harvester-cli.prom")},
             "queues": {
                 "GOOD": {"mode": "pull", "backend": "local"},
+                "PUSH": {"mode": "push", "backend": "local"},
                 "FAIL": {"mode": "pull", "backend": "local", "pilot": "/bin/sh -c 'echo pilot fails; exit 3'"},
                 # a work directory below a file: the local backend cannot start the worker (missed)
                 "BROKEN": {"mode": "pull", "backend": "local", "backend_options": {"work_dir": "/dev/null/work"}},
@@ -115,7 +116,9 @@ def site(tmp_path_factory, pki):
         site = Site(base, sim, pki)
         try:
             sim.add_jobs("GOOD", 2)
-            for queue in ("GOOD", "FAIL", "BROKEN"):
+            sim.add_jobs("PUSH", 1)
+            assert site.cli("fetch-jobs").returncode == 0
+            for queue in ("GOOD", "PUSH", "FAIL", "BROKEN"):
                 result = site.cli("submit", "--queue", queue, "--count", "2")
                 assert result.returncode in (0, 1), result.stderr
             store = site.instance().store
@@ -123,7 +126,7 @@ def site(tmp_path_factory, pki):
             def all_final() -> bool:
                 site.cli("poll")
                 return not any(r["state"] in ("pending", "submitted", "running", "idle")
-                               for r in views.worker_counts(store, ["GOOD", "FAIL", "BROKEN"]))
+                               for r in views.worker_counts(store, list(site.config.queues)))
 
             wait_until(all_final, timeout=90, interval=1, what="every worker final")
             sim.fail_next = [503, 503]   # the heartbeat of this propagate fails (both tries)
@@ -247,24 +250,27 @@ def test_worker_counts_in_prometheus_are_the_state_database(site, prometheus):
                                 "queue", "computing_element", "resource_type", "state")
         assert got == expected, job
     totals = prometheus.values('sum by (state) (harvester_cli_workers{job="node"})', "state")
-    assert totals == {("finished",): 2, ("failed",): 2, ("missed",): 2}
+    assert totals == {("finished",): 3, ("failed",): 2, ("missed",): 2}
+    jobs = prometheus.values('harvester_cli_jobs{job="node"}', "queue", "status", "sub_status")
+    assert jobs == {("PUSH", "finished", "done"): 1}
 
 
 @pytest.mark.metrics
 def test_every_command_keeps_its_metrics_after_the_others_ran(site, prometheus):
     """sweep ran last; submit, poll and propagate are still there, with the state database's numbers."""
     runs = {r["command"]: r for r in views.command_runs(site.instance().store)}
-    assert set(runs) == {"submit", "poll", "propagate", "sweep"}
+    assert set(runs) == {"fetch-jobs", "submit", "poll", "propagate", "sweep"}
     success = prometheus.values('harvester_cli_command_last_success_timestamp_seconds{job="node"}', "command")
     assert success == {(c,): pytest.approx(r["last_success"], abs=1e-3) for c, r in runs.items()}
     exits = prometheus.values('harvester_cli_command_last_exit_code{job="node"}', "command")
-    assert exits == {("submit",): 1, ("poll",): 0, ("propagate",): 0, ("sweep",): 0}   # BROKEN's submit failed
+    assert exits == {("fetch-jobs",): 0, ("submit",): 1, ("poll",): 0, ("propagate",): 0, ("sweep",): 0}   # BROKEN's
+    # submit failed
     failed = prometheus.values('harvester_cli_command_failed_runs_total{job="node"}', "command")
     assert failed[("propagate",)] == 1 and failed[("sweep",)] == 0
     items = prometheus.values('harvester_cli_command_items{job="node"}', "command")
     assert items[("poll",)] == runs["poll"]["last_items"]
     total = prometheus.values('harvester_cli_command_items_total{job="node"}', "command")
-    assert total[("propagate",)] == runs["propagate"]["items"] >= 6   # the first run sent the 6 workers' updates
+    assert total[("propagate",)] == runs["propagate"]["items"] >= 8   # every worker's update and the job's
 
 
 @pytest.mark.metrics
