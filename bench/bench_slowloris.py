@@ -53,7 +53,7 @@ def main() -> None:
                 conn.close()
                 waits.append(time.monotonic() - t)
                 assert len(body) == 100_000
-            threads = sum(1 for t in threading.enumerate() if t.name.startswith("serve-logs"))
+            threads = sum(1 for t in threading.enumerate() if t.name.startswith(server.name))
             held = server.open_connections
             print(f"{args.slow} slow clients opened in {opened:.2f} s; max_connections={args.max_connections}, "
                   f"threads={args.threads}, header_timeout={args.header_timeout:g} s")

@@ -107,8 +107,8 @@ def slow_client(address) -> socket.socket:
     return sock
 
 
-def serve_logs_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("serve-logs"))
+def serve_logs_threads(server: LogServer) -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith(server.name))
 
 
 def test_300_slow_clients_cost_sockets_not_threads_and_a_normal_client_gets_its_file(tree):
@@ -120,12 +120,12 @@ def test_300_slow_clients_cost_sockets_not_threads_and_a_normal_client_gets_its_
         try:
             wait_until(lambda: server.stats["accepted"] >= 300, what="300 slow clients accepted")
             assert server.open_connections == 300
-            assert serve_logs_threads() <= 1 + 4   # the loop and the pool: none per slow client
+            assert serve_logs_threads(server) <= 1 + 4   # the loop and the pool: none per slow client
             status, _, body = get(server.address, "GET", "/logs/workers/2026-01-01/Q/7/pilot.out")
             assert status == 200 and body == b"pilot says hello\n"
             answers = [s.recv(200) for s in slow]   # each is closed with 408 after header_timeout
             assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
-            assert server.stats["header_timeout"] == 300 and server.stats["served"] == 1
+            assert server.stats["header_timeout"] == 300 and server.stats["requests"] == 1
         finally:
             for s in slow:
                 s.close()
@@ -144,7 +144,7 @@ def test_past_the_connection_cap_the_longest_waiting_slow_clients_are_shed(tree)
             assert status == 200 and body == b"pilot says hello\n"
             assert server.stats["evicted"] == 201   # the normal client took the slot of the oldest waiter
             assert slow[0].recv(200).startswith(b"HTTP/1.1 503 ")   # the oldest was shed, and told why
-            assert serve_logs_threads() <= 1 + 2
+            assert serve_logs_threads(server) <= 1 + 2
         finally:
             for s in slow:
                 s.close()
@@ -168,7 +168,7 @@ def test_a_trickling_head_does_not_extend_its_deadline(tree):
         sock.close()
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert sent < len(head)
-        assert server.stats["header_timeout"] == 1 and server.stats["served"] == 0
+        assert server.stats["header_timeout"] == 1 and server.stats["requests"] == 0
 
 
 def test_keep_alive_requests_on_one_connection_and_idle_connections_are_closed(tree):
@@ -178,7 +178,7 @@ def test_keep_alive_requests_on_one_connection_and_idle_connections_are_closed(t
             conn.request("GET", "/logs/workers/2026-01-01/Q/7/pilot.out")
             response = conn.getresponse()
             assert response.status == 200 and response.read() == b"pilot says hello\n"
-        assert server.stats["accepted"] == 1 and server.stats["served"] == 3
+        assert server.stats["accepted"] == 1 and server.stats["requests"] == 3
         wait_until(lambda: server.stats["idle_closed"] == 1, what="the idle connection closed")
         conn.close()
 

@@ -14,7 +14,7 @@ def _since(_ctx, _param, value: str) -> int:
 
 @click.command("status", epilog="""Examples:
 
-  harvester-cli status                       # workers per queue, CE and type; the last hour; errors; runs
+  harvester-cli status                       # the last hour, every queue
 
   harvester-cli status --since 2d --queue Q  # two days of one queue
 

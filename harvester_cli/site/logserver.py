@@ -301,8 +301,8 @@ class LogServer:
         self.threads = threads
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
-        # accepted, served, evicted (closed for a newer one at the cap), header_timeout (408), idle_closed,
-        # too_large (431), write_failed
+        # accepted, requests (complete heads handed to a worker), evicted (closed for a newer one at the cap,
+        # 503), refused, header_timeout (408), idle_closed, too_large (431), write_failed
         self.stats: Counter[str] = Counter()
         self._open: set[_Connection] = set()        # owned by the loop (in the selector)
         self._busy = 0                               # connections a worker is answering
@@ -312,7 +312,9 @@ class LogServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._selector = selectors.DefaultSelector()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="serve-logs")
+        # every thread of this server is named after it (tests and py-spy count them)
+        self.name = f"serve-logs-{self.address[1]}"
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=self.name)
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -343,12 +345,18 @@ class LogServer:
                 with self._lock:
                     soonest = min((c.deadline for c in self._open), default=now + 1.0)
                 for key, _ in self._selector.select(max(0.0, min(1.0, soonest - now))):
-                    if key.data == "listen":
-                        self._accept()
-                    elif key.data == "wake":
-                        self._take_back()
-                    else:
-                        self._read(key.data)
+                    try:
+                        if key.data == "listen":
+                            self._accept()
+                        elif key.data == "wake":
+                            self._take_back()
+                        else:
+                            self._read(key.data)
+                    except Exception:   # one connection's trouble must not stop the server for everyone
+                        log.exception("serve-logs: event of %s failed", key.data if isinstance(key.data, str)
+                                      else key.data.address[0])
+                        if isinstance(key.data, _Connection):
+                            self._drop(key.data)
                 self._expire(time.monotonic())
         finally:
             self._stopped.set()
@@ -387,14 +395,14 @@ class LogServer:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
+        if reason:   # counted before the client can see the answer
+            self.stats[reason] += 1
         if answer:
             try:
                 conn.sock.send(answer)   # best effort, never blocks: the socket is non-blocking
             except OSError:
                 pass
         conn.sock.close()
-        if reason:
-            self.stats[reason] += 1
 
     def _evict(self) -> bool:
         """Close the connection that has waited longest for its request head (then the longest idle)."""
@@ -437,6 +445,7 @@ class LogServer:
             self._busy += 1
         self._selector.unregister(conn.sock)
         head, conn.buffer = bytes(conn.buffer[:size]), conn.buffer[size:]
+        self.stats["requests"] += 1
         self._pool.submit(self._answer, conn, head)
 
     def _answer(self, conn: _Connection, head: bytes) -> None:
@@ -446,7 +455,6 @@ class LogServer:
             conn.sock.settimeout(self.idle_timeout)
             handler = self.handler(conn.sock, conn.address, self, head)
             keep = not handler.close_connection
-            self.stats["served"] += 1
         except (OSError, TimeoutError) as exc:
             log.debug("%s: answer not delivered: %s", conn.address[0], exc)
             self.stats["write_failed"] += 1
@@ -500,7 +508,7 @@ class LogServer:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> LogServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="serve-logs", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, name=self.name, daemon=True)
         self._thread.start()
         return self
 
