@@ -54,6 +54,10 @@ class Globals:
     command: str | None = None
     log_memory: bool = False
     command_log_file: Path | None = None
+    # What the command handled (for its run record and metrics), and a cycle's steps as (name, started,
+    # ended, exit code, items).
+    items: int | None = None
+    step_runs: list = field(default_factory=list)
     _config: object = field(default=None, repr=False)
     _instance: object = field(default=None, repr=False)
 

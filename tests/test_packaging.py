@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,38 @@ def test_crontab_uses_the_wrapper_for_known_commands():
     entries = re.findall(r"^#?\s*(?:[\d*/,-]+\s+){5}harvester-cli-cron (\S+)",
                          (ROOT / "cron" / "harvester-cli.crontab").read_text(), re.M)
     assert len(entries) >= 7 and set(entries) <= set(COMMANDS)
+
+
+SYSTEMD = ROOT / "contrib" / "systemd"
+
+
+def test_systemd_timers_start_known_commands_like_the_crontab():
+    from harvester_cli.cli import COMMANDS
+
+    timers = sorted(SYSTEMD.glob("harvester-cli-*.timer"))
+    started = {}
+    for timer in timers:
+        unit = next(l.split("=", 1)[1] for l in timer.read_text().splitlines() if l.startswith("Unit="))
+        assert unit.startswith("harvester-cli@") and unit.endswith(".service"), unit
+        started[timer.name] = unit.removeprefix("harvester-cli@").removesuffix(".service")
+    assert set(started.values()) == {"cycle", "sweep", "renew-proxy", "clean-logs"}
+    assert set(started.values()) <= set(COMMANDS)
+    service = (SYSTEMD / "harvester-cli@.service").read_text()
+    assert "ExecStart=/usr/local/bin/harvester-cli -q %i" in service and "SuccessExitStatus=1" in service
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
+    """The units as shipped, with ExecStart pointing at a program that exists here."""
+    for unit in SYSTEMD.iterdir():
+        text = unit.read_text().replace("/usr/local/bin/harvester-cli", sys.executable)
+        (tmp_path / unit.name).write_text(text)
+    (tmp_path / "harvester-cli@cycle.service").write_text((tmp_path / "harvester-cli@.service").read_text())
+    for unit in sorted(tmp_path.iterdir()):
+        if unit.name == "harvester-cli@.service":
+            continue
+        result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True,
+                                text=True, cwd=tmp_path)
+        problems = [l for l in (result.stdout + result.stderr).splitlines()
+                    if l.strip() and "harvester-cli@" not in l.split(":")[0]]
+        assert result.returncode == 0 and not problems, (unit.name, result.stdout, result.stderr)

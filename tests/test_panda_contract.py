@@ -593,3 +593,68 @@ def test_client_rereads_token_file_when_it_changes(pki, tmp_path):
         sim.tokens.discard("a")
         assert client.acquire_commands() == []
         assert [c["dn"] for c in sim.calls] == ["token:atlas", "token:atlas"]
+
+
+# -- harvester/update_service_metrics (panda-server 1.0.4 harvester_api + DBProxy.updateServiceMetrics) -----
+
+def service_entry(when: str = "2026-05-04 12:13:14.123456", host: str = "harvester.example.org", **metrics) -> list:
+    return [when, host, json.dumps({"rss_mib": 12.5, "memory_pc": 0.1, "cpu_pc": 1.0, "cert_lifetime": {}, **metrics})]
+
+
+def test_service_metrics_are_stored_as_sent(sim):
+    harvester = unique("svc")
+    entry = service_entry(volume_data_pc=20.0)
+    body = answer(post(sim, "harvester/update_service_metrics", {"harvester_id": harvester, "metrics": [entry]}))
+    assert body == {"success": True, "message": "", "data": [True]}
+    (row,) = [r for r in sim.service_metrics if r["harvester_id"] == harvester]
+    assert row["creation_time"] == datetime(2026, 5, 4, 12, 13, 14, 123456)
+    assert row["host"] == "harvester.example.org" and row["metrics"] == entry[2]   # the JSON text, verbatim
+
+
+@pytest.mark.parametrize("metrics, message", [
+    pytest.param(json.dumps([service_entry()]), "Type error: 'metrics' must be of type list, got str.",
+                 id="metrics-as-json-string"),
+    pytest.param({"a": 1}, "Type error: 'metrics' must be of type list, got dict.", id="metrics-as-object"),
+])
+def test_service_metrics_must_be_a_json_array(sim, metrics, message):
+    body = {"harvester_id": unique("svc"), "metrics": metrics}
+    assert answer(post(sim, "harvester/update_service_metrics", body)) == {"success": False, "message": message,
+                                                                           "data": None}
+
+
+@pytest.mark.parametrize("entries", [
+    pytest.param([service_entry(when="2026-05-04 12:13:14")], id="no-microseconds"),
+    pytest.param([service_entry(when="2026-05-04T12:13:14.123456")], id="iso-format"),
+    pytest.param([["harvester.example.org", "2026-05-04 12:13:14.123456", "{}"]], id="host-first-as-the-docstring"),
+    pytest.param([["2026-05-04 12:13:14.123456", "h", {"rss_mib": 1}]], id="metrics-as-object-not-text"),
+    pytest.param([["2026-05-04 12:13:14.123456", "h"]], id="two-elements"),
+    pytest.param([service_entry(), service_entry(when="yesterday")], id="one-bad-entry-fails-them-all"),
+    pytest.param([["2026-05-04 12:13:14.123456", "h", "x" * 4001]], id="longer-than-the-column"),
+])
+def test_bad_service_metrics_are_a_database_error_and_nothing_is_stored(sim, entries):
+    harvester = unique("svc")
+    body = answer(post(sim, "harvester/update_service_metrics", {"harvester_id": harvester, "metrics": entries}))
+    assert body == {"success": False, "message": MSG_DATABASE, "data": None}
+    assert not [r for r in sim.service_metrics if r["harvester_id"] == harvester]
+
+
+def test_service_metrics_need_a_certificate_but_no_production_role(pki):
+    with PandaSimulator(pki, production_dns=("/CN=nobody",)) as restricted:
+        body = {"harvester_id": unique("svc"), "metrics": [service_entry()]}
+        assert answer(post(restricted, "harvester/update_service_metrics", body))["data"] == [True]
+        assert answer(post(restricted, "harvester/update_service_metrics", body, cert=False))["message"] == MSG_SECURE
+        assert answer(get(restricted, "harvester/update_service_metrics"))["message"] == \
+            "expecting POST, received GET"
+
+
+def test_client_sends_service_metrics_as_the_server_takes_them(sim):
+    from harvester_cli.site import hostmetrics
+
+    client = client_for(sim)
+    metrics = hostmetrics.collect({"data": sim.pki.proxy.parent}, {str(sim.pki.proxy): 95.6})
+    client.update_service_metrics([hostmetrics.entry(metrics, "harvester.example.org")])
+    (row,) = [r for r in sim.service_metrics if r["harvester_id"] == client.harvester_id]
+    stored = json.loads(row["metrics"])
+    assert stored["cert_lifetime"] == {str(sim.pki.proxy): 96}
+    assert set(stored) == {"rss_mib", "memory_pc", "cpu_pc", "volume_data_pc", "cert_lifetime"}
+    assert client.errors == {}

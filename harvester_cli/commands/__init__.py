@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import time
+
 import click
 
-from harvester_cli.errors import EXIT_OK, EXIT_PARTIAL
+from harvester_cli.errors import EXIT_OK, EXIT_PARTIAL, HarvesterError
 
 pass_globals = click.pass_obj
 
@@ -34,3 +37,40 @@ class Duration(click.ParamType):
         if not 0 <= seconds <= 10 * 365 * 86400:
             self.fail(f"{value!r} is out of range (0 to 10 years)", param, ctx)
         return int(seconds)
+
+
+def recorded(name: str):
+    """Record each run of this command (start, end, exit code, items) in the state database, add what it
+    counted to the metric counters, and rewrite [metrics] textfile: `status` shows a stale cron, and
+    Prometheus the rest. The command sets g.items (and cycle g.step_runs)."""
+
+    def wrap(function):
+        @functools.wraps(function)
+        def run(g, *args, **kwargs):
+            started = time.time()
+            code = EXIT_PARTIAL
+            try:
+                code = function(g, *args, **kwargs)
+                return code
+            except HarvesterError as exc:
+                code = exc.exit_code
+                raise
+            except click.exceptions.Exit as exc:
+                code = exc.exit_code
+                raise
+            except click.ClickException as exc:
+                code = exc.exit_code
+                raise
+            finally:
+                # A run that could not read its configuration has no record; a dry run or a check is not the cron's.
+                if g._config is not None and not (kwargs.get("dry_run") or kwargs.get("check_only")):
+                    from harvester_cli.steps import monitor
+
+                    ended = time.time()
+                    runs = [monitor.Run(name, started, ended, code if isinstance(code, int) else EXIT_PARTIAL, g.items)]
+                    runs += [monitor.Run(*step) for step in g.step_runs]
+                    monitor.after_command(g.instance(), runs)
+
+        return run
+
+    return wrap

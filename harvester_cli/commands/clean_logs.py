@@ -1,11 +1,12 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals
+from harvester_cli.commands import exit_code, pass_globals, recorded
 
 
 @click.command("clean-logs", epilog="Example: harvester-cli clean-logs --dry-run   # what would go, with sizes")
 @click.option("--dry-run", is_flag=True, help="List what would be deleted, with sizes; delete nothing.")
 @pass_globals
+@recorded("clean-logs")
 def command(g, dry_run):
     """Delete old worker logs, submit files and command logs: per class by age, then the oldest until the
     class fits its size budget ([log_retention]). Logs of workers that are not final are never deleted;
@@ -23,6 +24,7 @@ def command(g, dry_run):
         active = active_workers(active_worker_logs(instance.store))
     keep = [g.command_log_file] if g.command_log_file else []
     run = clean(config.logs, config.log_retention, active, dry_run=dry_run, keep=keep)
+    g.items = sum(c.deleted_files for c in run.classes.values())
     out = g.output()
     if dry_run:
         out.table("would delete", ["file", "class", "bytes", "age (days)", "why"],

@@ -1,11 +1,12 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
 
 
 @click.command("cycle", epilog="Example (crontab): * * * * * harvester-cli --config /etc/harvester-cli/config.toml -q cycle")
 @queue_option
 @pass_globals
+@recorded("cycle")
 def command(g, queues):
     """Run fetch-jobs, submit, poll, propagate and sweep in order; a failing step does not stop the rest."""
     from dataclasses import asdict
@@ -13,6 +14,8 @@ def command(g, queues):
     from harvester_cli.steps.cycle import run_cycle
 
     results = run_cycle(g.instance(), g.selected(queues))
+    g.items = sum(r.items for r in results)
+    g.step_runs = [(r.step, r.started, r.ended, 1 if r.partial else 0, r.items) for r in results]
     out = g.output()
     out.table("cycle", ["step", "summary", "partial", "why"],
               [(r.step, r.summary, "yes" if r.partial else "", "; ".join(r.problems)) for r in results])

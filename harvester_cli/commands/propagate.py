@@ -1,11 +1,12 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
 
 
 @click.command("propagate", epilog="Example: harvester-cli propagate -v")
 @queue_option
 @pass_globals
+@recorded("propagate")
 def command(g, queues):
     """Heartbeat, job updates, worker updates and statistics to PanDA; take and apply PanDA's commands.
 
@@ -19,6 +20,7 @@ def command(g, queues):
     out = g.output()
     with out.progress("propagating") as advance:
         run = propagate(instance, g.selected(queues), advance)
+    g.items = run.jobs_sent + run.workers_sent
     pending = instance.store.count_pending_reports()
     out.table("propagate", ["item", "sent", "refused", "still pending"], [
         ("job updates", run.jobs_sent, run.jobs_refused, pending.get("job", 0)),
@@ -26,7 +28,8 @@ def command(g, queues):
         ("statistics (queues)", run.stats_queues, "-", "-"),
         ("commands", run.commands_applied, run.commands_received - run.commands_applied, "-"),
     ])
-    out.line(f"heartbeat: {run.heartbeat}; workers to kill from PanDA: {run.kills_from_panda}")
+    out.line(f"heartbeat: {run.heartbeat}; workers to kill from PanDA: {run.kills_from_panda}; "
+             f"service metrics: {run.service_metrics}")
     for problem in run.problems():
         out.error(problem)
     out.emit({**asdict(run), "pending": pending})

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals
+from harvester_cli.commands import exit_code, pass_globals, recorded
 
 
 @click.command("renew-proxy", epilog="Example: harvester-cli renew-proxy --profile atlas_production --check")
@@ -10,6 +10,7 @@ from harvester_cli.commands import exit_code, pass_globals
 @click.option("--force", is_flag=True, help="Renew even when enough lifetime is left.")
 @click.option("--no-mail", is_flag=True, help="Do not mail problems (they are still printed and logged).")
 @pass_globals
+@recorded("renew-proxy")
 def command(g, profiles, check_only, force, no_mail):
     """Keep proxies and token files alive: renew below the minimum lifetime, trying each profile's
     certificates in order; verify the result; mail problems (throttled).
@@ -22,6 +23,7 @@ def command(g, profiles, check_only, force, no_mail):
 
     config = g.config()
     run = renew(config, profiles, force=force, check_only=check_only, mail=not no_mail)
+    g.items = sum(1 for r in run.results if r.action == "renewed")
     out = g.output()
     out.table("credentials", ["profile", "kind", "action", "time left", "identity / FQAN", "from", "note"], [
         (r.profile, r.kind, r.action, duration(r.time_left),

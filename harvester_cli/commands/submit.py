@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
 
 
 @click.command("submit", epilog="""Examples:
@@ -24,6 +24,7 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option
 @click.option("--interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="With --wait: seconds between rounds.")
 @pass_globals
+@recorded("submit")
 def command(g, queues, dry_run, count, resource_type, force, wait, timeout, interval):
     """Decide how many workers each queue needs, record them, and submit them to the backend."""
     from harvester_cli.steps.submit import submit
@@ -35,6 +36,7 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
     with out.progress("submitting") as advance:
         run = submit(g.instance(), selected, dry_run=dry_run, count=count, resource_type=resource_type,
                      force=force, progress=advance)
+    g.items = sum(len(q.submitted) for q in run.queues)
     rows, data = [], []
     for q in run.queues:
         plan = q.plan.per_resource_type if q.plan else {}

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
 
 
 @click.command("sweep", epilog="Example: harvester-cli sweep --queue MY_QUEUE --force")
@@ -9,6 +9,7 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option
 @click.option("--retention", type=click.IntRange(min=0), metavar="SECONDS",
               help="Forget final workers and done jobs older than this (default: from the configuration).")
 @pass_globals
+@recorded("sweep")
 def command(g, queues, force, retention):
     """Kill workers marked for killing (by PanDA, by poll's policies, or by an operator with kill-workers);
     forget old final workers and done jobs."""
@@ -17,11 +18,13 @@ def command(g, queues, force, retention):
     from harvester_cli.steps.sweep import sweep
 
     run = sweep(g.instance(), g.selected(queues), force=force, retention=retention)
+    g.items = sum(q.killed + q.cleaned for q in run.queues)
     out = g.output()
     out.table("sweep", ["queue", "to kill", "killed", "kill failed", "cleaned workers", "deleted jobs", "note"],
               [(q.queue, q.to_kill, q.killed, len(q.kill_failed), q.cleaned, q.jobs_deleted,
                 q.refused or "; ".join(f"{w}: {e}" for w, e in q.kill_failed[:3])) for q in run.queues])
+    out.line(f"history: {run.history_trimmed} snapshot rows older than the retention deleted")
     for problem in run.problems():
         out.error(problem)
-    out.emit({"queues": [asdict(q) for q in run.queues]})
+    out.emit({"queues": [asdict(q) for q in run.queues], "history_trimmed": run.history_trimmed})
     return exit_code(run.partial)

@@ -28,6 +28,7 @@ from harvester_cli.config.sections import (
     Config,
     LogRetentionConfig,
     LogServerConfig,
+    MetricsConfig,
     PandaConfig,
     ProxyProfile,
     QueueConfig,
@@ -43,7 +44,7 @@ from harvester_cli.errors import ConfigError
 
 __all__ = [
     "PILOT_PLACEHOLDERS", "PROXY_TOOLS", "QUEUE_STATUSES", "SUBMIT_FILE_PATTERNS", "CertificateConfig",
-    "CommandLogConfig", "Config", "LogRetentionConfig", "LogServerConfig", "PandaConfig", "ProxyProfile",
+    "CommandLogConfig", "Config", "LogRetentionConfig", "LogServerConfig", "MetricsConfig", "PandaConfig", "ProxyProfile",
     "QueueConfig", "RetentionConfig", "SmtpConfig", "SweepConfig", "TokenProfile", "default_state_dir",
     "state_url_from", "EXAMPLE", "load", "parse", "as_dict", "display_url", "default_config_path",
     "environment_problems",

@@ -26,6 +26,7 @@ TABLES: tuple[tuple[str, type], ...] = (
     ("[log_retention.CLASS]", sections.RetentionConfig),
     ("[command_log]", sections.CommandLogConfig),
     ("[log_server]", sections.LogServerConfig),
+    ("[metrics]", sections.MetricsConfig),
     *((f"[queues.NAME.backend_options] of backend = \"{name}\"", cls)
       for name, cls in backend_options.BACKEND_OPTIONS.items()),
     ("[queues.NAME.backend_options] ces = [{...}] (htcondor)", backend_options.CE),

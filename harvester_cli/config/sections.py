@@ -162,6 +162,8 @@ class SweepConfig:
     job_retention: int = setting(2 * DAY, doc="seconds done jobs are kept before they are forgotten")
     max_kills_per_run: int = setting(500, doc="more kills than this in one run need --force (against mass "
                                               "accidents)")
+    history_retention: int = setting(7 * DAY, doc="seconds the worker count snapshots poll takes (status, the "
+                                                  "status page) are kept", minimum=3600)
 
 
 # -- credentials (renew-proxy) ------------------------------------------------------------------
@@ -284,6 +286,32 @@ class LogServerConfig:
 
     host: str = setting("127.0.0.1", doc="address to listen on")
     port: int | None = setting(None, doc="port (default: the port of log_url, else 8080)", maximum=65535)
+    max_connections: int = setting(512, doc="open client connections at most; past it the one that has waited "
+                                            "longest for its request headers is closed", minimum=8, maximum=100_000)
+    threads: int = setting(8, doc="threads answering requests; a connection holds one only while its answer is "
+                                  "written", minimum=1, maximum=256)
+    header_timeout: float = setting(10.0, doc="seconds a client has to send a whole request head (slow clients "
+                                              "get 408)", above=0, maximum=3600)
+    idle_timeout: float = setting(30.0, doc="seconds an idle keep-alive connection stays open, and that one write "
+                                            "to a client may block", above=0, maximum=3600)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: Prometheus metrics after every command, and service metrics for PanDA's monitor."""
+
+    textfile: Path | None = setting(None, doc="a .prom file in node_exporter's textfile directory, rewritten "
+                                              "(atomically) after every command; none: no file")
+    panda_interval: int = setting(300, doc="propagate sends this host's service metrics (memory, CPU, disk, proxy "
+                                           "lifetimes) to PanDA at most this often, seconds (0: never)",
+                                  maximum=86400)
+
+    def problems(self):
+        if self.textfile is not None and self.textfile.suffix != ".prom":
+            yield "textfile", (f"{self.textfile}: node_exporter reads only files ending in .prom; "
+                               f"name it e.g. {self.textfile.with_suffix('.prom').name}")
+        if 0 < self.panda_interval < 300:
+            yield "panda_interval", f"PanDA takes service metrics at most every 300 s, got {self.panda_interval}"
 
 
 @dataclass(frozen=True)
@@ -306,6 +334,7 @@ class Config:
     log_retention: LogRetentionConfig = setting(doc="[log_retention]", factory=LogRetentionConfig)
     command_log: CommandLogConfig = setting(doc="[command_log]", factory=CommandLogConfig)
     log_server: LogServerConfig = setting(doc="[log_server]", factory=LogServerConfig)
+    metrics: MetricsConfig = setting(doc="[metrics]", factory=MetricsConfig)
     path: Path | None = None
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,9 @@ class PandaClient:
         # Passed with every request: requests lets REQUESTS_CA_BUNDLE override Session.verify.
         self.verify: str | bool = str(config.ca) if config.ca else True
         self._token_stamp: tuple[float, int] | None = None
+        # (endpoint, kind) -> failed calls in this process; kind is network, http or refused. The metrics
+        # add them to the counters in the state database after the command.
+        self.errors: Counter[tuple[str, str]] = Counter()
 
     def close(self) -> None:
         self.session.close()
@@ -110,8 +114,9 @@ class PandaClient:
             raise PandaError(f"PanDA {path}: answer is not JSON: {response.text[:200]!r}") from None
 
     def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None,
-             retry_if: Callable[[BaseException], bool] = _network_failure) -> Any:
-        """One API call; returns `data` on success, raises PandaRefused on success:false."""
+             retry_if: Callable[[BaseException], bool] = _network_failure, refusal_expected: bool = False) -> Any:
+        """One API call; returns `data` on success, raises PandaRefused on success:false (not counted as an
+        error when `refusal_expected`: a quirk the caller handles, like the first heartbeat's)."""
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.config.retries)),
             wait=wait_exponential(multiplier=self.retry_wait, max=30),
@@ -121,13 +126,23 @@ class PandaClient:
         try:
             answer = retrying(self._send, method, path, body, params)
         except (requests.exceptions.RequestException, _Transient) as exc:
+            self.errors[(path, "network" if not isinstance(exc, _Transient) else "http")] += 1
             raise PandaError(f"PanDA {path}: {_short(exc)}") from None
         except OSError as exc:   # e.g. the proxy or CA file is missing: requests raises a bare OSError
+            self.errors[(path, "network")] += 1
             raise PandaError(f"PanDA {path}: {exc}") from None
+        except PandaError:
+            self.errors[(path, "http")] += 1
+            raise
         if not isinstance(answer, dict) or "success" not in answer:
+            self.errors[(path, "http")] += 1
             raise PandaError(f"PanDA {path}: unexpected answer {str(answer)[:200]!r}")
         if not answer["success"]:
-            raise PandaRefused(path, str(answer.get("message", "")))
+            message = str(answer.get("message", ""))
+            # "No jobs in PanDA" is an answer, not an error
+            if not refusal_expected and not (path == "pilot/acquire_jobs" and NO_JOBS in message):
+                self.errors[(path, "refused")] += 1
+            raise PandaRefused(path, message)
         return answer.get("data")
 
     # -- calls -------------------------------------------------------------------------------
@@ -139,7 +154,8 @@ class PandaClient:
     def heartbeat(self, data: dict) -> str | None:
         """Returns None, or PanDA's message when it answered success:false (the first heartbeat registers)."""
         try:
-            self.call("POST", "harvester/heartbeat", {"harvester_id": self.harvester_id, "data": data})
+            self.call("POST", "harvester/heartbeat", {"harvester_id": self.harvester_id, "data": data},
+                      refusal_expected=True)
         except PandaRefused as exc:
             return exc.message
         return None
@@ -180,6 +196,10 @@ class PandaClient:
         self.call("POST", "harvester/report_worker_statistics", {
             "harvester_id": self.harvester_id, "panda_queue": queue, "statistics": json.dumps(statistics)})
 
+    def update_service_metrics(self, entries: list[list]) -> None:
+        """[[creation time "%Y-%m-%d %H:%M:%S.%f", host, metrics JSON text], ...] for PanDA's monitor."""
+        self.call("POST", "harvester/update_service_metrics", {"harvester_id": self.harvester_id, "metrics": entries})
+
     def acquire_commands(self, n_commands: int = 100) -> list[dict]:
         # PanDA marks returned commands retrieved: a retry after the request was sent would lose them.
         return self.call("POST", "harvester/acquire_commands",
@@ -192,7 +212,9 @@ class PandaClient:
         self.call("POST", "harvester/acknowledge_commands", {"command_ids": [int(i) for i in command_ids]})
 
     def get_current_worker_id(self) -> int:
-        data = self.call("GET", "harvester/get_current_worker_id", params={"harvester_id": self.harvester_id})
+        # A harvester id PanDA has no worker of yet answers a database error (MAX() of no rows).
+        data = self.call("GET", "harvester/get_current_worker_id", params={"harvester_id": self.harvester_id},
+                         refusal_expected=True)
         return int(data) if data is not None else 0
 
     def get_resource_types(self) -> list[dict]:

@@ -44,3 +44,11 @@ def classify(status: str, diag: str | None, exit_code: int | None) -> tuple[int 
     if status in (model.FAILED, model.CANCELLED):
         return 1099, f"worker {status}" + (f" (exit code {exit_code})" if exit_code else "")
     return None, None
+
+
+def meaning(code: int | None) -> str:
+    """What an error code of ours means (for `status` and the status page)."""
+    for _, rule_code, short in RULES:
+        if rule_code == code:
+            return short
+    return {1099: "worker failed or cancelled, no known cause", None: "no error code"}.get(code, f"error code {code}")

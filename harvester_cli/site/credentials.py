@@ -44,6 +44,8 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     sign = "-" if seconds < 0 else ""
+    if abs(seconds) < 120:   # a queue time or a run of seconds, not of hours
+        return f"{sign}{abs(seconds):.0f}s"
     seconds = abs(int(seconds))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)

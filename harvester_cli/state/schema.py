@@ -16,12 +16,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql
 
 # Every migration in migrations/versions, oldest first; HEAD is what this code needs. Read by every command
 # without importing Alembic (only `db upgrade` and friends pay for it).
-REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration")
+REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -162,4 +163,55 @@ panda_registrations = Table(
     Column("panda_url", String(255), primary_key=True),
     Column("harvester_id", String(128), primary_key=True),
     Column("registered", Epoch, nullable=False),   # also the instance's start time in every heartbeat
+)
+
+
+# -- monitoring (status, metrics, the status page) ------------------------------------------------
+
+# Worker counts over time. A series is one (queue, CE, resource type); its names are stored once here, so
+# a snapshot row is a few small integers. "" stands for an unknown CE or resource type.
+history_series = Table(
+    "history_series", metadata,
+    Column("series_id", Integer, primary_key=True, autoincrement=True),
+    Column("queue", String(128), nullable=False),
+    Column("computing_element", String(255), nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    UniqueConstraint("queue", "computing_element", "resource_type", name="uq_history_series"),
+)
+
+# One row per series and snapshot (every poll run takes one), workers per state; sweep trims it to
+# [sweep] history_retention. Keyed by time first: the status page reads the last day, sweep deletes the
+# oldest. Without a rowid on SQLite the key is the table, not a second index beside it.
+HISTORY_STATES = ("pending", "submitted", "running", "idle", "finished", "failed", "cancelled", "missed")
+status_history = Table(
+    "status_history", metadata,
+    Column("taken", BigInteger, primary_key=True, autoincrement=False),    # epoch seconds
+    Column("series_id", Integer, primary_key=True, autoincrement=False),
+    *(Column(state, Integer, nullable=False, default=0) for state in HISTORY_STATES),
+    sqlite_with_rowid=False,
+)
+
+# The last run of each command on each host (a stale cron shows here), and its totals.
+command_runs = Table(
+    "command_runs", metadata,
+    Column("command", String(32), primary_key=True),
+    Column("host", String(255), primary_key=True),
+    Column("last_start", Epoch, nullable=False),
+    Column("last_end", Epoch, nullable=False),
+    Column("last_exit", Integer, nullable=False),
+    Column("last_items", BigInteger),
+    Column("last_success", Epoch),             # the end of the last run that exited 0
+    Column("runs", BigInteger, nullable=False, default=0),
+    Column("failed_runs", BigInteger, nullable=False, default=0),
+    Column("items", BigInteger, nullable=False, default=0),
+)
+
+# Counters that outlive a process (Prometheus counters must not go back): PanDA call errors per endpoint,
+# submission failures per CE, ... `labels` is a JSON object with sorted keys.
+metric_counters = Table(
+    "metric_counters", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("host", String(255), primary_key=True),
+    Column("labels", String(255), primary_key=True),
+    Column("value", Double, nullable=False),
 )

@@ -101,3 +101,83 @@ def active_worker_logs(store: Store) -> list[tuple[str, int, str | None]]:
     with store.read() as conn:
         return [tuple(r) for r in conn.execute(select(workers.c.queue, workers.c.worker_id, workers.c.log_dir)
                                                .where(workers.c.status.not_in(model.WORKER_FINAL)))]
+
+
+# -- monitoring: `status`, the metrics, the status page ------------------------------------------
+
+def worker_counts(store: Store, queues: list[str]) -> list[dict]:
+    """Workers per queue, CE, resource type and state."""
+    with store.read() as conn:
+        rows = conn.execute(select(workers.c.queue, workers.c.computing_element, workers.c.resource_type,
+                                   workers.c.status, func.count()).where(workers.c.queue.in_(queues))
+                            .group_by(workers.c.queue, workers.c.computing_element, workers.c.resource_type,
+                                      workers.c.status)).all()
+    return [{"queue": q, "computing_element": ce or "", "resource_type": rt or "", "state": s, "count": int(n)}
+            for q, ce, rt, s, n in rows]
+
+
+def job_counts(store: Store, queues: list[str]) -> list[dict]:
+    with store.read() as conn:
+        rows = conn.execute(select(jobs.c.queue, jobs.c.status, jobs.c.sub_status, func.count())
+                            .where(jobs.c.queue.in_(queues))
+                            .group_by(jobs.c.queue, jobs.c.status, jobs.c.sub_status)).all()
+    return [{"queue": q, "status": s, "sub_status": sub, "count": int(n)} for q, s, sub, n in rows]
+
+
+def workers_since(store: Store, queues: list[str], since: float) -> list:
+    """Workers created, started or ended since `since` (for the window's rates, medians and errors)."""
+    columns = (workers.c.worker_id, workers.c.queue, workers.c.computing_element, workers.c.resource_type,
+               workers.c.status, workers.c.submit_time, workers.c.start_time, workers.c.end_time, workers.c.diag,
+               workers.c.native_exit_code, workers.c.error_code, workers.c.log_dir, workers.c.stdout_url,
+               workers.c.created)
+    with store.read() as conn:
+        return conn.execute(select(*columns).where(
+            workers.c.queue.in_(queues),
+            (workers.c.created >= since) | (workers.c.submit_time >= since) | (workers.c.start_time >= since)
+            | (workers.c.end_time >= since)).order_by(workers.c.worker_id)).all()
+
+
+def pending_report_ages(store: Store) -> dict[str, dict]:
+    """Per kind (job, worker): updates waiting for PanDA and when the oldest was queued."""
+    with store.read() as conn:
+        rows = conn.execute(select(reports.c.kind, func.count(), func.min(reports.c.created))
+                            .group_by(reports.c.kind)).all()
+    return {kind: {"count": int(n), "oldest": oldest} for kind, n, oldest in rows}
+
+
+def command_runs(store: Store) -> list[dict]:
+    from harvester_cli.state.schema import command_runs as runs
+
+    with store.read() as conn:
+        rows = conn.execute(select(runs).order_by(runs.c.command, runs.c.host)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def counters(store: Store) -> list[dict]:
+    import json
+
+    from harvester_cli.state.schema import metric_counters
+
+    with store.read() as conn:
+        rows = conn.execute(select(metric_counters)).all()
+    return [{"name": r.name, "host": r.host, "labels": json.loads(r.labels), "value": r.value} for r in rows]
+
+
+def history(store: Store, queues: list[str], since: float) -> dict[str, list[tuple[int, dict[str, int]]]]:
+    """Per queue, [(time, {state: workers})] from the snapshots since `since`, summed over CEs and
+    resource types, oldest first."""
+    from harvester_cli.state.schema import HISTORY_STATES, history_series, status_history
+
+    sums = [func.sum(getattr(status_history.c, s)) for s in HISTORY_STATES]
+    with store.read() as conn:
+        rows = conn.execute(
+            select(history_series.c.queue, status_history.c.taken, *sums)
+            .join(history_series, history_series.c.series_id == status_history.c.series_id)
+            .where(history_series.c.queue.in_(queues), status_history.c.taken >= int(since))
+            .group_by(history_series.c.queue, status_history.c.taken)
+            .order_by(history_series.c.queue, status_history.c.taken)).all()
+    out: dict[str, list] = {q: [] for q in queues}
+    for queue, taken, *counts in rows:
+        out[queue].append((int(taken), {s: int(n or 0) for s, n in zip(HISTORY_STATES, counts)}))
+    return out
+

@@ -26,42 +26,50 @@ class StepResult:
     summary: str
     partial: bool
     problems: list[str] = field(default_factory=list)   # why the step was partial, one line each
+    items: int = 0
+    started: float = 0.0
+    ended: float = 0.0
 
 
 def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention: int | None = None) -> list[StepResult]:
+    # Each step: (summary, why it was partial, items handled); the items go to the step's run record and metrics.
     def fetch_step():
         r = fetch_jobs.fetch_jobs(instance, queues)
-        return f"stored {sum(q.stored for q in r.queues)} jobs", r.problems()
+        stored = sum(q.stored for q in r.queues)
+        return f"stored {stored} jobs", r.problems(), stored
 
     def submit_step():
         r = submit.submit(instance, queues)
-        return (f"submitted {sum(len(q.submitted) for q in r.queues)}, failed {sum(len(q.failed) for q in r.queues)}",
-                r.problems())
+        submitted = sum(len(q.submitted) for q in r.queues)
+        return f"submitted {submitted}, failed {sum(len(q.failed) for q in r.queues)}", r.problems(), submitted
 
     def poll_step():
         r = poll.poll(instance, queues)
         changes = sum(sum(q.changes.values()) for q in r.queues)
-        return f"checked {sum(q.checked for q in r.queues)}, {changes} changed", r.problems()
+        checked = sum(q.checked for q in r.queues)
+        return f"checked {checked}, {changes} changed", r.problems(), checked
 
     def propagate_step():
         r = propagate.propagate(instance, queues)
-        return f"jobs sent {r.jobs_sent}, workers sent {r.workers_sent}", r.problems()
+        return f"jobs sent {r.jobs_sent}, workers sent {r.workers_sent}", r.problems(), r.jobs_sent + r.workers_sent
 
     def sweep_step():
         r = sweep.sweep(instance, queues, retention=sweep_retention)
-        return f"killed {sum(q.killed for q in r.queues)}, cleaned {sum(q.cleaned for q in r.queues)}", r.problems()
+        killed, cleaned = sum(q.killed for q in r.queues), sum(q.cleaned for q in r.queues)
+        return f"killed {killed}, cleaned {cleaned}", r.problems(), killed + cleaned
 
     instance.store   # a state database this code cannot use stops the cycle here, with exit 2, not per step
     results = []
     for name, action in zip(STEPS, (fetch_step, submit_step, poll_step, propagate_step, sweep_step)):
+        started = time.time()
         try:
-            summary, problems = action()
+            summary, problems, items = action()
         except (HarvesterError, SQLAlchemyError, OSError) as exc:   # one failing step must not stop the others
             if isinstance(exc, HarvesterError) and exc.exit_code == EXIT_USAGE:
                 raise
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            summary, problems = f"error: {reason}", [reason]
-        results.append(StepResult(name, summary, bool(problems), problems))
+            summary, problems, items = f"error: {reason}", [reason], 0
+        results.append(StepResult(name, summary, bool(problems), problems, items, started, time.time()))
     return results
 
 

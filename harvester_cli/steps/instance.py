@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,12 @@ class Instance:
         self._backends: dict[str, Backend] = {}
         # steps.registration.Registration of this run, once known (fetch and submit of one cycle share it)
         self.registration = None
+        # What this process counted for the metrics' counters: (family, sorted label pairs) -> amount. Added
+        # to the state database's counters after the command (steps.monitor.after_command).
+        self.tally: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+
+    def count(self, family: str, amount: float = 1, **labels: object) -> None:
+        self.tally[(family, tuple(sorted((k, "" if v is None else str(v)) for k, v in labels.items())))] += amount
 
     @cached_property
     def store(self):

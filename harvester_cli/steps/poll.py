@@ -16,7 +16,7 @@ from harvester_cli.backends.base import Observation
 from harvester_cli.config import QueueConfig
 from harvester_cli.faults import fault_point
 from harvester_cli.panda import pilot_outputs
-from harvester_cli.state import transitions
+from harvester_cli.state import monitoring, transitions
 from harvester_cli.state.schema import job_workers, jobs, workers
 from harvester_cli.steps.instance import Instance, worker_ref
 
@@ -191,4 +191,6 @@ def poll(instance: Instance, queues: list[QueueConfig], progress: Callable[[int]
     run = PollRun()
     for queue in queues:
         run.queues.append(poll_queue(instance, queue, progress))
+    # The history `status` and the status page chart: workers per queue, CE, resource type and state.
+    monitoring.record_snapshot(instance.store, [q.name for q in queues])
     return run

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
-from harvester_cli.errors import PandaError
+from harvester_cli.errors import PandaError, PandaNoSuchCall
 from harvester_cli.faults import fault_point
 from harvester_cli.panda import diagnostics, pilot_outputs
 from harvester_cli.state.schema import (
@@ -46,6 +46,7 @@ class PropagateRun:
     commands_applied: int = 0
     kills_from_panda: int = 0
     job_heartbeats: int = 0
+    service_metrics: str = "not due"
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -372,6 +373,49 @@ def handle_commands(instance: Instance, queues: list[QueueConfig], run: Propagat
             conn.execute(update(commands).where(commands.c.command_id.in_(to_ack)).values(status="acked"))
 
 
+def _service_metrics_key() -> str:
+    return f"service_metrics:{socket.gethostname()}"[:64]
+
+
+def send_service_metrics(instance: Instance, run: PropagateRun) -> None:
+    """This host's memory, CPU, disk and proxy lifetimes for PanDA's monitor, at most every
+    [metrics] panda_interval seconds per host (Harvester's service monitor: every 300 s)."""
+    from harvester_cli.site import hostmetrics
+    from harvester_cli.state.schema import meta
+    from harvester_cli.steps.monitor import credentials
+
+    interval = instance.config.metrics.panda_interval
+    if not interval:
+        run.service_metrics = "off"
+        return
+    at = model.now()
+    last = instance.store.get_meta(_service_metrics_key())
+    if last is not None and at - last < interval:
+        return
+    config = instance.config
+    volumes = {"logs": config.logs}
+    state_file = instance.store.sqlite_path
+    if state_file is not None:
+        volumes["state"] = state_file.parent
+    lifetimes = {c.file: c.seconds_left / 3600 for c in credentials(config, at)
+                 if c.kind == "proxy" and c.seconds_left is not None}
+    metrics = hostmetrics.collect(volumes, lifetimes)
+    try:
+        instance.panda.update_service_metrics([hostmetrics.entry(metrics, socket.getfqdn(), at)])
+    except PandaNoSuchCall:
+        run.service_metrics = "not taken by this PanDA server"
+        return
+    except PandaError as exc:
+        run.errors.append(f"service metrics: {exc}")
+        run.service_metrics = "failed"
+        return
+    with instance.store.write() as conn:
+        key = _service_metrics_key()
+        if not conn.execute(update(meta).where(meta.c.key == key).values(ivalue=int(at))).rowcount:
+            conn.execute(meta.insert().values(key=key, ivalue=int(at)))
+    run.service_metrics = "sent"
+
+
 def propagate(instance: Instance, queues: list[QueueConfig],
               progress: Callable[[int], None] | None = None) -> PropagateRun:
     run = PropagateRun()
@@ -383,4 +427,5 @@ def propagate(instance: Instance, queues: list[QueueConfig],
     send_job_updates(instance, names, run, progress)
     send_worker_updates(instance, names, run, progress)
     send_statistics(instance, queues, run)
+    send_service_metrics(instance, run)
     return run

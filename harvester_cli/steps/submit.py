@@ -284,6 +284,9 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
             transitions.jobs_submitted(store, conn, queue, {r.worker_id: r.batch_id for r in ok}, at)
         if bad:
             transitions.requeue_jobs(store, conn, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
+    for r in bad:
+        instance.count("harvester_cli_submission_failures_total", queue=queue.name,
+                       computing_element=r.computing_element or "")
 
 
 def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], result: QueueSubmit,

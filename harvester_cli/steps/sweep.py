@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, exists, func, select, update
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
 from harvester_cli.faults import fault_point
-from harvester_cli.state import transitions
+from harvester_cli.state import monitoring, transitions
 from harvester_cli.state.schema import jobs, reports, workers
 from harvester_cli.steps.instance import Instance, worker_ref
 
@@ -32,6 +32,7 @@ class QueueSweep:
 @dataclass
 class SweepRun:
     queues: list[QueueSweep] = field(default_factory=list)
+    history_trimmed: int = 0
 
     @property
     def partial(self) -> bool:
@@ -171,4 +172,5 @@ def sweep(instance: Instance, queues: list[QueueConfig], *, force: bool = False,
         clean_workers(instance, queue, result, settings.worker_retention if retention is None else retention)
         delete_done_jobs(instance, queue, result, settings.job_retention if retention is None else retention)
         run.queues.append(result)
+    run.history_trimmed = monitoring.trim_history(instance.store, model.now() - settings.history_retention)
     return run

@@ -169,6 +169,9 @@ ROUTES: dict[str, Route] = {
     "harvester/acknowledge_commands": Route("acknowledge_commands", "POST", {
         "command_ids": (list, REQ), "timeout": (int, 30)}, production=True),
     "harvester/get_current_worker_id": Route("get_current_worker_id", "GET", {"harvester_id": (str, REQ)}),
+    # secure, no production role (harvester_api.update_service_metrics in 0.6.13 .. 1.0.4)
+    "harvester/update_service_metrics": Route("update_service_metrics", "POST", {
+        "harvester_id": (str, REQ), "metrics": (list, REQ)}),
     "metaconfig/get_resource_types": Route("get_resource_types", "GET", {}),
     "statistics/active_job_stats_by_site": Route("active_job_stats_by_site", "GET", {}, secure=False),
     "statistics/active_job_detailed_stats_by_site": Route("active_job_detailed_stats_by_site", "GET", {},
@@ -276,6 +279,8 @@ class PandaSimulator:
         self._stats_snapshot: tuple[float, dict] | None = None
         self._stop_refresher = threading.Event()
         self.commands: dict[int, dict] = {}
+        # HARVESTER_METRICS rows: harvester_id, creation_time (datetime), host, metrics (the JSON text as sent)
+        self.service_metrics: list[dict] = []
         self.calls: list[dict] = []
         self.connections = 0
         self.fail_next: list[int] = []   # HTTP status codes to answer the next requests with (outage tests)
@@ -572,6 +577,28 @@ class PandaSimulator:
             if command_id in self.commands:
                 self.commands[command_id]["status"] = "acknowledged"
         return True, "", None
+
+    def update_service_metrics(self, dn, harvester_id, metrics):
+        """DBProxy.updateServiceMetrics: every entry is [creation_time "%Y-%m-%d %H:%M:%S.%f", host, metrics
+        text] (timestamp first, whatever the docstring says), inserted with one executemany into
+        HARVESTER_METRICS (HOST VARCHAR2(100), METRICS VARCHAR2(4000)) and committed; any exception rolls
+        the whole call back and answers the database error. An empty list is inserted as nothing and
+        answers [True] (UNCONFIRMED on Oracle; harvester-cli never sends one)."""
+        rows = []
+        try:
+            for entry in metrics:
+                created = datetime.strptime(entry[0], "%Y-%m-%d %H:%M:%S.%f")
+                host, text = entry[1], entry[2]
+                # What the Oracle columns take: a string (a JSON object is no bind value), within its size.
+                if not isinstance(host, str) or len(host.encode()) > 100:
+                    raise ValueError("HARVESTER_HOST")
+                if not isinstance(text, str) or len(text.encode()) > 4000:
+                    raise ValueError("METRICS")
+                rows.append({"harvester_id": harvester_id, "creation_time": created, "host": host, "metrics": text})
+        except (TypeError, ValueError, IndexError, KeyError):
+            return False, MSG_DATABASE, None
+        self.service_metrics.extend(rows)
+        return True, "", [True]
 
     def get_current_worker_id(self, dn, harvester_id):
         workers = self.harvesters.get(harvester_id, {}).get("workers", {})

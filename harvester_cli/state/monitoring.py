@@ -1,0 +1,116 @@
+"""What the monitoring keeps in the state database: worker count snapshots (taken by poll, trimmed by
+sweep), each command's last run per host, and counters that outlive a process. Reads are in `views`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from harvester_cli import model
+from harvester_cli.state.schema import (
+    HISTORY_STATES,
+    command_runs,
+    history_series,
+    metric_counters,
+    status_history,
+    workers,
+)
+from harvester_cli.state.store import Store
+
+
+def series_ids(conn: Connection, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
+    """The series id of each (queue, CE, resource type), made on first sight."""
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    queues = {k[0] for k in wanted}
+    found = {(q, ce, rt): i for i, q, ce, rt in conn.execute(
+        select(history_series.c.series_id, history_series.c.queue, history_series.c.computing_element,
+               history_series.c.resource_type).where(history_series.c.queue.in_(queues)))}
+    for key in sorted(wanted - set(found)):
+        try:
+            with conn.begin_nested():   # another host may add the same series at this moment
+                conn.execute(history_series.insert().values(queue=key[0], computing_element=key[1],
+                                                            resource_type=key[2]))
+        except IntegrityError:
+            pass
+        found[key] = conn.execute(select(history_series.c.series_id).where(
+            history_series.c.queue == key[0], history_series.c.computing_element == key[1],
+            history_series.c.resource_type == key[2])).scalar_one()
+    return {k: found[k] for k in wanted}
+
+
+def record_snapshot(store: Store, queues: list[str], at: float | None = None) -> int:
+    """Workers per (queue, CE, resource type) and state, as one snapshot at `at`; returns rows written.
+    A queue without workers gets one all-zero row, so its chart drops to zero instead of ending."""
+    taken = int(model.now() if at is None else at)
+    if not queues:
+        return 0
+    with store.write() as conn:
+        counts: dict[tuple[str, str, str], dict[str, int]] = {}
+        for queue, ce, rt, status, n in conn.execute(
+                select(workers.c.queue, workers.c.computing_element, workers.c.resource_type, workers.c.status,
+                       func.count()).where(workers.c.queue.in_(queues))
+                .group_by(workers.c.queue, workers.c.computing_element, workers.c.resource_type, workers.c.status)):
+            if status in HISTORY_STATES:
+                counts.setdefault((queue, ce or "", rt or ""), {})[status] = n
+        for queue in set(queues) - {k[0] for k in counts}:
+            counts[(queue, "", "")] = {}
+        ids = series_ids(conn, counts)
+        # Two polls of one queue within the same second: the later snapshot replaces the earlier one.
+        conn.execute(delete(status_history).where(status_history.c.taken == taken,
+                                                  status_history.c.series_id.in_(list(ids.values()))))
+        conn.execute(status_history.insert(), [
+            {"taken": taken, "series_id": ids[key], **{s: by_state.get(s, 0) for s in HISTORY_STATES}}
+            for key, by_state in counts.items()])
+    return len(counts)
+
+
+def trim_history(store: Store, before: float) -> int:
+    """Forget snapshots older than `before`; returns rows deleted."""
+    with store.write() as conn:
+        return conn.execute(delete(status_history).where(status_history.c.taken < int(before))).rowcount
+
+
+def record_run(store: Store, command: str, host: str, started: float, ended: float, exit_code: int,
+               items: int | None) -> None:
+    """One run of a command on this host: its last start, end, exit code and items, and the totals."""
+    ok = exit_code == 0
+    values = {"last_start": started, "last_end": ended, "last_exit": exit_code, "last_items": items}
+    with store.write() as conn:
+        changed = conn.execute(update(command_runs).where(command_runs.c.command == command,
+                                                          command_runs.c.host == host).values(
+            **values, runs=command_runs.c.runs + 1, failed_runs=command_runs.c.failed_runs + (0 if ok else 1),
+            items=command_runs.c["items"] + (items or 0), **({"last_success": ended} if ok else {}))).rowcount
+        if changed:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(command_runs.insert().values(
+                    command=command, host=host, **values, last_success=ended if ok else None, runs=1,
+                    failed_runs=0 if ok else 1, items=items or 0))
+        except IntegrityError:   # the same command ended on this host at this moment: count it next time
+            pass
+
+
+def counter_key(labels: Mapping[str, str]) -> str:
+    return json.dumps({k: str(v) for k, v in sorted(labels.items())}, separators=(",", ":"))[:255]
+
+
+def add_counters(store: Store, host: str, increments: Mapping[tuple[str, str], float]) -> None:
+    """Add {(counter name, counter_key(labels)): amount} to this host's counters."""
+    increments = {k: v for k, v in increments.items() if v}
+    if not increments:
+        return
+    with store.write() as conn:
+        for (name, labels), amount in sorted(increments.items()):
+            changed = conn.execute(update(metric_counters).where(
+                metric_counters.c.name == name, metric_counters.c.host == host, metric_counters.c.labels == labels)
+                .values(value=metric_counters.c.value + amount)).rowcount
+            if not changed:
+                with conn.begin_nested():
+                    conn.execute(metric_counters.insert().values(name=name, host=host, labels=labels, value=amount))

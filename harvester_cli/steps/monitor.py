@@ -1,0 +1,365 @@
+"""Monitoring: the worker status summary (`status`, the status page), the Prometheus metrics (after every
+command, and serve-logs' /metrics), each command's runs, and the credentials' lifetimes.
+
+Everything here reads the state database and the credential files; the only writes are a command's run
+record and its counters (`after_command`). Rendering lives in site.metrics (exposition format) and
+site.statuspage (HTML).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import statistics
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harvester_cli import model
+from harvester_cli.config import Config, ProxyProfile
+from harvester_cli.errors import StateError
+from harvester_cli.panda import diagnostics
+from harvester_cli.state import monitoring, views
+from harvester_cli.state.schema import HISTORY_STATES
+from harvester_cli.steps.instance import Instance
+
+log = logging.getLogger(__name__)
+
+# Commands whose runs are recorded (what cron runs); cycle also records each of its steps.
+RECORDED = ("fetch-jobs", "submit", "poll", "propagate", "sweep", "cycle", "renew-proxy", "clean-logs")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str) -> int:
+    """'90m', '1h', '6h', '2d', '1w' (or plain seconds) -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration: write e.g. 30m, 1h, 6h or 2d")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+# -- credentials -----------------------------------------------------------------------------------
+
+@dataclass
+class Credential:
+    kind: str                    # proxy | token
+    profile: str                 # [proxies.NAME] / [tokens.NAME], or "panda" for [panda] proxy / token_file
+    file: str
+    seconds_left: float | None   # None: unknown (missing, unreadable, a token without exp)
+    expires: float | None
+    problem: str | None = None
+
+
+def credentials(config: Config, now: float | None = None) -> list[Credential]:
+    """Every proxy and token file the configuration names, with its time left. The proxy's lifetime is its
+    certificate chain's (what voms-proxy-info -timeleft says); no tool is run."""
+    from harvester_cli.site.proxies import inspect_proxy
+    from harvester_cli.site.tokens import inspect_token, token_expiry
+
+    now = time.time() if now is None else now
+    out: list[Credential] = []
+    proxies = dict(config.proxies)
+    if config.panda.proxy and config.panda.proxy not in {p.file for p in proxies.values()}:
+        proxies["panda"] = ProxyProfile(name="panda", file=config.panda.proxy, certificates=[])
+    for name, profile in proxies.items():
+        info = inspect_proxy(profile, now=now, voms_info=False)
+        out.append(Credential("proxy", name, str(profile.file), info.time_left,
+                              info.not_after if info.time_left is not None else None, info.problem))
+    for name, token in config.tokens.items():
+        exists, left = inspect_token(token, now=now)
+        out.append(Credential("token", name, str(token.file), left, now + left if left is not None else None,
+                              None if exists else "no token file"))
+    token_file = config.panda.token_file
+    if token_file and token_file not in {t.file for t in config.tokens.values()}:
+        try:
+            expires = token_expiry(token_file.read_text().strip())
+            out.append(Credential("token", "panda", str(token_file), expires - now if expires else None, expires))
+        except OSError as exc:
+            out.append(Credential("token", "panda", str(token_file), None, None, exc.strerror))
+    return out
+
+
+# -- the summary -----------------------------------------------------------------------------------
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def log_path(config: Config, log_dir: str | None) -> str | None:
+    """A worker's log directory relative to the log tree (what serve-logs serves under its prefix)."""
+    if not log_dir:
+        return None
+    try:
+        return Path(log_dir).relative_to(config.logs).as_posix() + "/"
+    except ValueError:
+        return None
+
+
+def summary(instance: Instance, queues: list[str], since_seconds: int, now: float | None = None,
+            examples: int = 10) -> dict:
+    """Everything `status` shows, as plain JSON-able data."""
+    config = instance.config
+    store = instance.store
+    now = time.time() if now is None else now
+    since = now - since_seconds
+    hours = since_seconds / 3600
+
+    per_series: dict[tuple, dict] = {}
+    for row in views.worker_counts(store, queues):
+        key = (row["queue"], row["computing_element"], row["resource_type"])
+        per_series.setdefault(key, {})[row["state"]] = row["count"]
+    workers = [{"queue": q, "computing_element": ce, "resource_type": rt, "states": states,
+                "total": sum(states.values())} for (q, ce, rt), states in sorted(per_series.items())]
+
+    window: dict[tuple, dict] = defaultdict(lambda: {"submitted": 0, "started": 0, "finished": 0, "failed": 0,
+                                                     "cancelled": 0, "missed": 0, "queued": [], "running": []})
+    errors: dict[int, dict] = {}
+    lost, missed = [], []
+    for w in views.workers_since(store, queues, since):
+        key = (w.queue, w.computing_element or "", w.resource_type or "")
+        stats = window[key]
+        if (w.submit_time or 0) >= since:
+            stats["submitted"] += 1
+        if (w.start_time or 0) >= since:
+            stats["started"] += 1
+            if w.submit_time:
+                stats["queued"].append(w.start_time - w.submit_time)
+        ended = w.status in model.WORKER_FINAL and (w.end_time or w.created) >= since
+        if not ended:
+            continue
+        stats[w.status] += 1
+        if w.start_time and w.end_time:
+            stats["running"].append(w.end_time - w.start_time)
+        if w.status == model.FINISHED:
+            continue
+        code, meaning = diagnostics.classify(w.status, w.diag, w.native_exit_code)
+        code = w.error_code if w.error_code is not None else code
+        example = {"worker_id": w.worker_id, "queue": w.queue, "computing_element": w.computing_element,
+                   "status": w.status, "diag": (w.diag or "")[:300], "log": w.stdout_url,
+                   "log_path": log_path(config, w.log_dir), "ended": model.iso_time(w.end_time)}
+        entry = errors.setdefault(code if code is not None else 0, {
+            "code": code, "meaning": meaning or diagnostics.meaning(code), "count": 0, "queues": Counter()})
+        entry["count"] += 1
+        entry["queues"][w.queue] += 1
+        entry["example"] = example   # the latest (rows come by worker id)
+        if code == 1030:
+            lost.append(example)
+        if w.status == model.MISSED:
+            missed.append(example)
+    window_rows = []
+    for (q, ce, rt), s in sorted(window.items()):
+        window_rows.append({
+            "queue": q, "computing_element": ce, "resource_type": rt,
+            **{k: s[k] for k in ("submitted", "started", "finished", "failed", "cancelled", "missed")},
+            "per_hour": {k: round(s[k] / hours, 2) for k in ("submitted", "started", "finished", "failed")},
+            "median_queued_seconds": _median(s["queued"]), "median_running_seconds": _median(s["running"]),
+        })
+    top = sorted(errors.values(), key=lambda e: (-e["count"], e["code"] or 0))
+    for e in top:
+        e["queues"] = dict(e["queues"].most_common())
+
+    pending = {}
+    for kind in ("job", "worker"):
+        found = views.pending_report_ages(store).get(kind, {"count": 0, "oldest": None})
+        pending[kind] = {"count": found["count"],
+                         "oldest_age_seconds": round(now - found["oldest"], 1) if found["oldest"] else None}
+
+    runs = []
+    for r in views.command_runs(store):
+        runs.append({"command": r["command"], "host": r["host"], "last_end": model.iso_time(r["last_end"]),
+                     "last_exit": r["last_exit"], "last_seconds": round(r["last_end"] - r["last_start"], 3),
+                     "last_items": r["last_items"], "last_success": model.iso_time(r["last_success"]),
+                     "since_last_success_seconds": round(now - r["last_success"], 1) if r["last_success"] else None,
+                     "since_last_run_seconds": round(now - r["last_end"], 1), "runs": r["runs"],
+                     "failed_runs": r["failed_runs"]})
+    jobs = views.job_counts(store, queues)
+    return {
+        "generated": model.iso_time(now), "harvester_id": config.harvester_id,
+        "window": {"since": model.iso_time(since), "seconds": since_seconds},
+        "workers": workers, "jobs": jobs, "window_stats": window_rows, "errors": top[:examples],
+        "lost": {"count": len(lost), "latest": lost[-examples:][::-1]},
+        "missed": {"count": len(missed), "latest": missed[-examples:][::-1]},
+        "pending_updates": pending, "commands": runs,
+        "credentials": [asdict(c) for c in credentials(config, now)],
+    }
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+def metric_samples(instance: Instance, now: float | None = None):
+    """Every metric family's values, from the state database and the credential files."""
+    from harvester_cli.site.metrics import Samples
+
+    config = instance.config
+    store = instance.store
+    now = time.time() if now is None else now
+    queues = list(config.queues)
+    samples = Samples(config.harvester_id)
+    seen = set()
+    for row in views.worker_counts(store, queues):
+        seen.add((row["queue"], row["computing_element"], row["resource_type"]))
+        samples.add("harvester_cli_workers", row["count"], queue=row["queue"], state=row["state"],
+                    computing_element=row["computing_element"], resource_type=row["resource_type"])
+    for queue in set(queues) - {s[0] for s in seen}:   # a queue without workers still shows, at zero
+        for state in model.WORKER_ACTIVE:
+            samples.add("harvester_cli_workers", 0, queue=queue, state=state, computing_element="",
+                        resource_type=config.queues[queue].resource_types[0])
+    for row in views.job_counts(store, queues):
+        samples.add("harvester_cli_jobs", row["count"], queue=row["queue"], status=row["status"],
+                    sub_status=row["sub_status"])
+    ages = views.pending_report_ages(store)
+    for kind in ("job", "worker"):
+        found = ages.get(kind, {"count": 0, "oldest": None})
+        samples.add("harvester_cli_pending_updates", found["count"], kind=kind)
+        samples.add("harvester_cli_pending_update_oldest_age_seconds",
+                    max(0.0, now - found["oldest"]) if found["oldest"] else 0, kind=kind)
+    for c in credentials(config, now):
+        labels = {"kind": c.kind, "profile": c.profile, "file": c.file}
+        samples.add("harvester_cli_credential_problem", 1 if c.problem and c.seconds_left is None else 0, **labels)
+        if c.expires is not None:
+            samples.add("harvester_cli_credential_expiry_timestamp_seconds", c.expires, **labels)
+        samples.add("harvester_cli_credential_remaining_seconds",
+                    c.seconds_left if c.seconds_left is not None else -1, **labels)
+    for r in views.command_runs(store):
+        labels = {"command": r["command"], "host": r["host"]}
+        samples.add("harvester_cli_command_last_run_timestamp_seconds", r["last_end"], **labels)
+        if r["last_success"]:
+            samples.add("harvester_cli_command_last_success_timestamp_seconds", r["last_success"], **labels)
+        samples.add("harvester_cli_command_last_exit_code", r["last_exit"], **labels)
+        samples.add("harvester_cli_command_duration_seconds", r["last_end"] - r["last_start"], **labels)
+        samples.add("harvester_cli_command_items", r["last_items"] or 0, **labels)
+        samples.add("harvester_cli_command_runs_total", r["runs"], **labels)
+        samples.add("harvester_cli_command_failed_runs_total", r["failed_runs"], **labels)
+        samples.add("harvester_cli_command_items_total", r["items"], **labels)
+    for c in views.counters(store):
+        try:
+            samples.add(c["name"], c["value"], host=c["host"], **c["labels"])
+        except KeyError:   # a counter an older or newer version declared: not ours to show
+            continue
+    return samples
+
+
+def metrics_text(instance: Instance) -> bytes:
+    from harvester_cli.site import metrics
+
+    return metrics.render(metric_samples(instance))
+
+
+def write_metrics(instance: Instance) -> Path | None:
+    """Rewrite [metrics] textfile from the state database, if configured."""
+    path = instance.config.metrics.textfile
+    if path is None:
+        return None
+    from harvester_cli.site import metrics
+
+    metrics.write_textfile(path, metric_samples(instance))
+    return path
+
+
+@dataclass
+class Run:
+    command: str
+    started: float
+    ended: float
+    exit_code: int
+    items: int | None = None
+
+
+def after_command(instance: Instance, runs: list[Run]) -> None:
+    """Record a command's run (and a cycle's steps), add what it counted to the counters, rewrite the
+    metrics file. Never raises: monitoring must not turn a good run into a failed one."""
+    try:
+        if not instance.store_exists():
+            return
+        store = instance.store
+        host = host_name()
+        for run in runs:
+            monitoring.record_run(store, run.command, host, run.started, run.ended, run.exit_code, run.items)
+        increments: Counter = Counter()
+        if "panda" in instance.__dict__:
+            for (endpoint, kind), n in instance.panda.errors.items():
+                increments[("harvester_cli_panda_call_errors_total",
+                            monitoring.counter_key({"endpoint": endpoint, "kind": kind}))] += n
+        for (family, labels), n in instance.tally.items():
+            increments[(family, monitoring.counter_key(dict(labels)))] += n
+        monitoring.add_counters(store, host, increments)
+        write_metrics(instance)
+    except StateError as exc:   # the command itself has said so, in its own line
+        log.debug("monitoring after %s: %s", runs[0].command if runs else "?", exc)
+    except Exception as exc:   # a locked database, a full disk, a read-only metrics directory
+        log.warning("monitoring after %s: %s: %s", runs[0].command if runs else "?", type(exc).__name__, exc)
+        log.debug("details", exc_info=True)
+
+
+# -- history -----------------------------------------------------------------------------------------
+
+def snapshot(instance: Instance, queues: list[str], at: float | None = None) -> int:
+    return monitoring.record_snapshot(instance.store, queues, at)
+
+
+def charts(instance: Instance, queues: list[str], hours: float = 24, points: int = 288,
+           now: float | None = None) -> dict[str, list[tuple[int, dict[str, int]]]]:
+    """Per queue, the workers per state over the last `hours`, at most `points` points (the latest
+    snapshot of each bucket)."""
+    now = time.time() if now is None else now
+    bucket = max(60, int(hours * 3600 / points))
+    out = {}
+    for queue, rows in views.history(instance.store, queues, now - hours * 3600).items():
+        by_bucket: dict[int, tuple[int, dict[str, int]]] = {}
+        for taken, counts in rows:
+            by_bucket[taken // bucket] = (taken, counts)
+        out[queue] = [by_bucket[k] for k in sorted(by_bucket)]
+    return out
+
+
+__all__ = ["HISTORY_STATES", "RECORDED", "Credential", "Run", "after_command", "charts", "credentials",
+           "metric_samples", "metrics_text", "parse_since", "snapshot", "summary", "write_metrics"]
+
+
+# -- serve-logs: /status and /metrics ----------------------------------------------------------------
+
+class Pages:
+    """What serve-logs answers at /status and /metrics, made from the state database at most every
+    `ttl` seconds (many browsers or scrapers at once cost one set of queries), one at a time."""
+
+    def __init__(self, instance: Instance, prefix: str, ttl: float = 5.0, window: int = 3600):
+        self.instance = instance
+        self.prefix = prefix
+        self.ttl = ttl
+        self.window = window
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, bytes]] = {}
+
+    def _cached(self, name: str, make) -> bytes:
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit and time.monotonic() - hit[0] < self.ttl:
+                return hit[1]
+            body = make()
+            self._cache[name] = (time.monotonic(), body)
+            return body
+
+    def status(self) -> bytes:
+        return self._cached("status", self._status)
+
+    def metrics(self) -> bytes:
+        return self._cached("metrics", lambda: metrics_text(self.instance))
+
+    def _status(self) -> bytes:
+        from datetime import datetime, timezone
+
+        from harvester_cli.site import statuspage
+
+        now = time.time()
+        queues = list(self.instance.config.queues)
+        data = summary(self.instance, queues, self.window, now)
+        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        links = {q: f"workers/{day}/{q}/" for q in queues if (self.instance.config.logs / "workers" / day / q).is_dir()}
+        return statuspage.render(data, charts(self.instance, queues, now=now), self.prefix, now, links)
