@@ -7,7 +7,7 @@ from harvester_cli.commands import pass_globals, queue_option
 @queue_option
 @pass_globals
 def command(g, queues):
-    """Jobs and workers by state, per queue."""
+    """Jobs and workers by state, per queue; every token file with its time left."""
     from harvester_cli.state.views import report_problems, status_counts
 
     instance = g.instance()
@@ -23,5 +23,13 @@ def command(g, queues):
     if problems:
         out.table("updates PanDA has not accepted (retried every run)", ["kind", "id", "queue", "attempts", "last error"],
                   [(p["kind"], p["id"], p["queue"], p["attempts"], (p["last_error"] or "")[:100]) for p in problems])
-    out.emit({"queues": counts, "pending_reports": pending, "report_problems": problems})
+    from harvester_cli.site.credentials import duration
+    from harvester_cli.site.tokens import list_tokens
+
+    tokens = list_tokens(g.config())
+    if tokens:
+        out.table("tokens", ["profile", "audience", "time left", "file"], [
+            (t["profile"], t["audience"] or "-",
+             duration(t["seconds_left"]) if t["exists"] else "missing", t["file"]) for t in tokens])
+    out.emit({"queues": counts, "pending_reports": pending, "report_problems": problems, "tokens": tokens})
     return 0
