@@ -86,4 +86,5 @@ def refusal_reason(token: str | None, audience: str | None, scope: str = "comput
         problems.append(f"its scope {' '.join(scopes) or '(none)'} lacks {scope}")
     if problems:
         return "; ".join(problems)
-    return f"the token looks right (iss {payload.get('iss')}, sub {payload.get('sub')}): does the CE trust its issuer?"
+    return (f"the token looks right to harvester-cli (aud {' '.join(map(str, auds)) or '(none)'}, iss "
+            f"{payload.get('iss')}): check that the CE trusts this issuer and expects this audience")

@@ -126,7 +126,7 @@ class HTCondorBackend(Backend):
         import htcondor2
 
         wanted = {"SCITOKENS_FILE": str(self.options.schedd_token_file),
-                  "SEC_CLIENT_AUTHENTICATION_METHODS": "SCITOKENS", "SEC_CLIENT_AUTHENTICATION": "REQUIRED"}
+                  "SEC_CLIENT_AUTHENTICATION_METHODS": "SCITOKENS"}
         saved = {k: htcondor2.param.get(k) for k in wanted}
         for key, value in wanted.items():
             htcondor2.param[key] = value
@@ -316,8 +316,9 @@ class HTCondorBackend(Backend):
             except OSError as exc:
                 log.warning("worker %s: cannot write submit.sub: %s", spec.worker_id, exc)
         try:
+            schedd = self.schedd(schedd_name)   # located through the collector with the usual methods
             with self.schedd_auth():
-                outcome = self.schedd(schedd_name).submit(submit, itemdata=iter(items))
+                outcome = schedd.submit(submit, itemdata=iter(items))
         except Exception as exc:   # the schedd may have taken them before failing: ask it
             log.warning("queue %s: submission of %d workers to %s failed: %s", self.queue.name, len(ready),
                         endpoint, exc)

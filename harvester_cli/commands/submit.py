@@ -46,6 +46,9 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
                      "adopted": q.adopted, "missed": q.missed, "skipped": q.skipped, "error": q.error})
     out.table("submit" + (" (dry run)" if dry_run else ""),
               ["queue", "plan", "submitted", "failed", "adopted", "missed", "note"], rows)
+    for q in run.queues:
+        # one line per failed worker: the reason (e.g. which CE refused which token and why) in full
+        out.lines.extend(f"{q.queue}: worker {w} failed: {e}" for w, e in q.failed)
     if dry_run or g.verbosity > 0:
         for q in run.queues:
             if q.plan:

@@ -77,7 +77,8 @@ class TokenIssuer:
 
     def __init__(self, cert: Path, key: Path, *, alg: str = "RS256", host: str = "localhost", lifetime: int = 3600):
         self.cert, self.key_file, self.host = cert, key, host
-        self.keys = [SigningKey(alg)]
+        # the first key signs what /token issues; the JWKS publishes both kinds, so mint(alg=...) can use either
+        self.keys = [SigningKey(alg), SigningKey("ES256" if alg == "RS256" else "RS256")]
         self.lifetime = lifetime
         # client id -> {"secret": ..., "scopes": the scopes this client may be granted}
         self.clients: dict[str, dict] = {}
@@ -104,9 +105,10 @@ class TokenIssuer:
         return claims
 
     def mint(self, sub: str = "harvester-client", aud: str | list[str] | None = None, scope: str = COMPUTE_SCOPES,
-             lifetime: int | None = None, **extra) -> str:
+             lifetime: int | None = None, alg: str | None = None, **extra) -> str:
         """A signed token with any claims (e.g. lifetime=-600 for one that expired ten minutes ago)."""
-        token = self.keys[0].sign({**self.claims(sub, aud, scope, lifetime), **extra})
+        key = next(k for k in self.keys if alg in (None, k.alg))
+        token = key.sign({**self.claims(sub, aud, scope, lifetime), **extra})
         self.issued.append(token)
         return token
 
