@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from tests.conftest import wait_until
 from tests.peers.token_issuer import COMPUTE_SCOPES, TokenIssuer, decode
 from tests.test_arc import PILOT_ZIP, SCRIPT, ArcCE, _free_port, arc_queue, pilot_zip, rows  # noqa: F401
 from tests.test_cycle import cycle_until
-from tests.test_htcondor_pool import CHROOT, COLLECTOR, JOBDIR, SCHEDD, HTC, _give, _pool_env, condor_pool, htc, pki  # noqa: F401,E501
+from tests.test_htcondor_pool import CHROOT, COLLECTOR, HTC, JOBDIR, SCHEDD, _give, _pool_env, condor_pool, htc, pki  # noqa: F401,E501
 
 pytestmark = [pytest.mark.tokens, pytest.mark.integration]
 
@@ -376,9 +375,11 @@ def test_grid_jobs_carry_the_token_of_their_own_ce(htc, scitokens_schedd, fresh_
     assert [p["action"] for p in again["profiles"]] == ["ok", "ok"] and len(fresh_issuer.requests) == 2
     result = htc.harness.cli("--json", "submit", "--count", "4")
     assert result.returncode == 0, result.stdout + result.stderr
-    ads = wait_until(lambda: (lambda a: a if len(a) == 4 else None)(
-        htc.jobs(projection=["harvesterCE", "ScitokensFile", "x509userproxy", "GridResource"])), timeout=30,
-        what="four grid jobs in the schedd")
+    def four_jobs():
+        ads = htc.jobs(projection=["harvesterCE", "ScitokensFile", "x509userproxy", "GridResource"])
+        return ads if len(ads) == 4 else None
+
+    ads = wait_until(four_jobs, timeout=30, what="four grid jobs in the schedd")
     for ad in ads:
         carried = decode(Path(ad["ScitokensFile"]).read_text().strip())
         expected = "127.0.0.1:9618" if ad["harvesterCE"] == COLLECTOR else "ce2.example.org:9619"

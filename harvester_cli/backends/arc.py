@@ -4,10 +4,29 @@ Each worker is one ARC job (`_arc_description`: ADL, and why ADL). The job name 
 id>` is the tag `find` uses to adopt a job whose submission was interrupted. Jobs are grouped per CE
 (`computing_element` = the A-REX endpoint URL) for bulk status, info, kill and clean calls.
 
-Credentials: the instance's X.509 proxy (`[panda] proxy`, read from the context at every call) is the
-client certificate for the CE and the credential delegated to the jobs (`_arc_delegation`). A pull
-pilot finds the delegated proxy in X509_USER_PROXY and the CE's CA directory in X509_CERT_DIR, which
-the wrapper also passes as HARVESTER_PANDA_CA unless the queue sets it.
+Credentials (the queue's `ce_credentials`): `proxy` (default): the instance's X.509 proxy (`[panda]
+proxy`, read from the context at every call) is the client certificate for the CE and the credential
+delegated to the jobs (`_arc_delegation`). A pull pilot finds the delegated proxy in X509_USER_PROXY and
+the CE's CA directory in X509_CERT_DIR, which the wrapper also passes as HARVESTER_PANDA_CA unless the
+queue sets it. `token`: every REST call carries `Authorization: Bearer` with the CE's own token (the file
+the queue's per-CE token profile keeps for that CE's audience; renew-proxy renews it, a renewed file
+makes a new client); nothing is delegated, and the pilots get a PanDA token of their own
+(`pilot_token_profile`, uploaded with the job). `both`: the token authorizes, the proxy is still the TLS
+client certificate and is delegated for data. A CE that refuses the token fails each worker with one line:
+the CE, the token file, and what in the token it would refuse (bearer.refusal_reason).
+
+What A-REX 6.17 and pyarcrest 0.5 do with tokens (seen against the real CE, tests/test_tokens.py):
+- A-REX answers every refused token with a bare 403 and no body (another audience, expired, no
+  compute.create, untrusted issuer alike): the reason has to come from the token's own claims.
+- A-REX fetches the issuer's JWKS itself (OIDC discovery on `iss`) with a client whose CA directory is
+  always /etc/grid-security/certificates (not x509_cert_dir); the token needs a `kid`; EC keys in the
+  JWKS fail to parse ("JWSE::ExtractPublicKey: key parsing error"), so ES256 tokens are refused: the
+  issuer must sign with RS256. At DEBUG it logs whole bearer tokens.
+- pyarcrest's REST 1.0 class asserts that it has no token; `connect` lifts that (`_Rest10`). pyarcrest
+  writes the Authorization header into a mutable default dict, which would send the token on every later
+  request of the process; `_copying_client` copies headers per request. With a token and a proxy,
+  pyarcrest delegates the token unless createDelegation is given proxypath, and signs with
+  self.proxypath, which it leaves empty for token clients.
 
 Where the pilot's Python comes from: `{python}` in the queue's pilot command is the harvester host's
 interpreter, meaningless on a CE; the backend runs `backend_options.python` (default `python3` from the

@@ -29,6 +29,29 @@ submitting account; if it must run as root (the test suite does), authenticate a
 SEC_CLAIMTOBE_USER in a test pool's client config, or IDTOKENS for that user) and set `job_owner` to it, so
 that the per-worker directories harvester-cli creates belong to the account the shadow writes them as.
 
+Tokens: with `ce_credentials` token or both, each grid job's `scitokens_file` is its own CE's token (the
+file the queue's per-CE token profile keeps for that CE's audience; with token alone there is no
+`x509userproxy`); without a per-CE profile, `token_file` serves every CE. Running as root for a
+`job_owner`, the token is copied into the worker's private directory (the gridmanager reads it as that
+account); otherwise the job points at the live file renew-proxy rewrites. The pilot's PanDA token (and
+key) are copied into the worker's directory and travel with transfer_input_files. With
+`schedd_token_file`, every call to the schedd authenticates with that token (SCITOKENS only).
+
+What HTCondor 25 does with SCITOKENS (seen against the real schedd, tests/test_tokens.py):
+- SCITOKENS runs inside an SSL handshake: the schedd needs a host certificate (AUTH_SSL_SERVER_CERTFILE)
+  whose names include the host alias in its address (the short host name, not only localhost), and the
+  client must trust it (AUTH_SSL_CLIENT_CAFILE in its HTCondor configuration).
+- The schedd verifies the token with scitokens-cpp, which fetches the issuer's JWKS with libcurl and the
+  system CA bundle unless SCITOKEN_CONFIG_TLS_CA_FILE is in the daemon's environment (no HTCondor knob).
+- A wrong audience fails authentication ("'aud' claim verification failed" in the SchedLog; the client
+  only sees "Failed to authenticate using SCITOKENS"); a token whose scopes lack compute.read is
+  authenticated and mapped but DENIED: a submission needs compute.read and compute.create.
+- A /regex/ principal in the map file with the issuer URL's slashes escaped did not match; a quoted
+  literal "ISSUER,SUBJECT" did.
+- htcondor2 keeps the GIL while it authenticates (an issuer thread in the same process cannot answer
+  the schedd's JWKS request), has no SecMan in v2 (security settings are the process-wide `param`,
+  set around each call here), and reuses an authenticated session for later calls of the process.
+
 htcondor2 is imported only inside the calls that talk to HTCondor (config check and --help stay light).
 """
 
