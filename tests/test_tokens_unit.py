@@ -3,6 +3,7 @@ issuer (one call per audience, refusals mailed once), the token listing `status`
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from harvester_cli import config as config_module
 from harvester_cli.errors import ConfigError
 from harvester_cli.site import renewal, tokens
 from tests.peers.token_issuer import COMPUTE_SCOPES, TokenIssuer, decode
-from tests.test_credentials import smtp  # noqa: F401  (the SMTP server fixture)
+from tests.test_credentials import free_port, smtp  # noqa: F401  (smtp: the SMTP server fixture)
 
 pytestmark = pytest.mark.credentials
 
@@ -154,3 +155,27 @@ def test_pilot_token_environment_by_backend(tmp_path):
     assert (local["PANDA_AUTH_TOKEN"], local["PANDA_AUTH_TOKEN_KEY"]) == (str(token), str(key))   # this host's
     assert "X509_USER_PROXY" not in arc and "X509_USER_PROXY" not in local
     assert instance.pilot_files(instance.config.queues["ARC"]) == {"panda_token": token, "panda_token_key": key}
+
+
+def test_missing_ce_token_fails_each_worker_with_the_reason_before_any_ce_is_asked(tmp_path):
+    """No token yet (renew-proxy has not run): ARC and HTCondor say so per worker, naming the CE and the file."""
+    from harvester_cli.backends.base import WorkerSpec
+    from harvester_cli.steps.instance import Instance
+    from tests.conftest import new_state
+
+    data = _config(tmp_path, "https://127.0.0.1:9")
+    data["queues"]["ARC"]["backend_options"]["endpoints"] = [f"https://127.0.0.1:{free_port()}/arex"]
+    data["queues"]["ARC"]["ce_credentials"] = "token"
+    data["queues"]["HTC"]["backend_options"].update(schedd="nowhere@nohost", collector="127.0.0.1:9")
+    instance = Instance(config_module.parse(data, "site.toml", tmp_path))
+    new_state(instance.state_url)   # CE fanout reads recent throughput
+    for name, expected in (("ARC", r"ARC CE https://127\.0\.0\.1:\d+/arex: no token for audience "),
+                           ("HTC", r"CE (ce1|arc1)\.example\.org: no token for audience (ce1|https://arc1)")):
+        queue = instance.config.queues[name]
+        specs = [WorkerSpec(i, name, "SCORE", 1, 2000, 3600, tmp_path / "logs" / name / str(i), "true")
+                 for i in (1, 2)]
+        results = instance.backend(queue).submit(specs)
+        assert [r.ok for r in results] == [False, False]
+        for result in results:
+            assert re.match(expected, result.error), result.error
+            assert "does not exist" in result.error and "renew-proxy" in result.error

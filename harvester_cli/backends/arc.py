@@ -113,6 +113,10 @@ CE_HISTORY_SECONDS = 6 * 3600
 
 
 
+class TokenProblem(BackendError):
+    """One CE refused its token, or renew-proxy has not made it: a reason of the workers, not an outage."""
+
+
 class CredentialsRefused(BackendError):
     """Every CE of the queue refused its token (or has none yet): the workers fail with the reasons."""
 
@@ -251,7 +255,7 @@ class ArcBackend(Backend):
         try:
             text = ce_token.read()
         except BackendError as exc:
-            raise BackendError(f"ARC CE {endpoint}: {exc}") from None
+            raise TokenProblem(f"ARC CE {endpoint}: {exc}") from None
         register_secret(text)
         return ce_token, text
 
@@ -273,7 +277,7 @@ class ArcBackend(Backend):
             client = connect(endpoint, proxy, self.options.timeout, self.options.ca, token[1] if token else None)
         except Exception as exc:
             if token and _refused(exc):
-                raise BackendError(self._refusal(endpoint, exc)) from exc
+                raise TokenProblem(self._refusal(endpoint, exc)) from exc
             raise
         self._clients[endpoint] = (client, stamp)
         return client
@@ -334,7 +338,7 @@ class ArcBackend(Backend):
                 reachable.append(endpoint)
             except Exception as exc:
                 self._drop(endpoint)
-                if self.uses_token and (_refused(exc.__cause__ or exc) or isinstance(exc, BackendError)):
+                if isinstance(exc, TokenProblem):
                     # the CE answered (or there is no token to show it): a reason of the workers, not an outage
                     refusals.append(str(exc))
                     log.warning("queue %s: %s", self.queue.name, exc)
