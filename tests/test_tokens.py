@@ -276,12 +276,18 @@ def scitokens_schedd(condor_pool, issuer, pki):
     # A quoted literal principal: a /regex/ with the issuer URL's slashes escaped did not match here.
     (directory / "mapfile").write_text(f'SCITOKENS "{issuer.url},{CLIENT_ID}" ctest\n')
     config = CHROOT / "etc" / "condor" / "config.d" / "99-zz-harvester-tokens"   # after 99-local-test
+    # The server's list decides which method a client that offers several gets: SCITOKENS first, or a condor-C
+    # job would come in by FS without its token (clients without a token still fall back to FS or CLAIMTOBE).
     config.write_text(f"""# harvester-cli token tests (removed at the end of the session)
-SEC_DEFAULT_AUTHENTICATION_METHODS = FS, CLAIMTOBE, SCITOKENS
+SEC_DEFAULT_AUTHENTICATION_METHODS = SCITOKENS, FS, CLAIMTOBE
 SCITOKENS_SERVER_AUDIENCE = 127.0.0.1:9618
 CERTIFICATE_MAPFILE = {directory}/mapfile
 AUTH_SSL_SERVER_CERTFILE = {directory}/hostcert.pem
 AUTH_SSL_SERVER_KEYFILE = {directory}/hostkey.pem
+AUTH_SSL_CLIENT_CAFILE = {directory}/ca.pem
+# the C-GAHP (condor-C to a CE) offers the job's token first; other grid jobs still get in by FS
+C_GAHP.SEC_CLIENT_AUTHENTICATION_METHODS = SCITOKENS, FS, CLAIMTOBE
+C_GAHP_WORKER_THREAD.SEC_CLIENT_AUTHENTICATION_METHODS = SCITOKENS, FS, CLAIMTOBE
 """)
 
     def reconfig():
@@ -402,3 +408,29 @@ def test_schedd_verifies_es256_tokens(htc, scitokens_schedd, fresh_issuer, pki):
     assert result.returncode == 0, result.stdout + result.stderr
     (ad,) = htc.jobs(projection=["AuthTokenIssuer", "AuthTokenSubject"])
     assert ad["AuthTokenIssuer"] == fresh_issuer.url and ad["AuthTokenSubject"] == CLIENT_ID
+
+
+@pytest_htcondor
+def test_condor_c_job_authenticates_to_its_ce_with_that_ces_token(htc, sim, scitokens_schedd, fresh_issuer, pki):
+    """Grid universe for real: the pool's schedd is the HTCondor-CE, the C-GAHP offers SCITOKENS first, and the
+    job's copy at the CE records the token it came in with (its own CE's, audience 127.0.0.1:9618)."""
+    from harvester_cli.site import renewal
+
+    (panda_id,) = sim.add_jobs("HTC_CE_TOKEN", 1, jobPars="echo through the CE on a token")
+    tokens = token_profiles(htc.harness, fresh_issuer, pki, ce_dir=htc.harness.tmp_path / "ce-tokens")
+    queue = htc.queue("push", ces=[{"endpoint": COLLECTOR, "name": SCHEDD}],
+                      queue={"ce_credentials": "both", "ce_token_profile": "ce"})
+    instance = htc.instance({"HTC_CE_TOKEN": queue}, tokens=tokens)
+    renewed = renewal.renew(instance.config, ["ce"], mail=False)
+    assert [(r.audience, r.action) for r in renewed.results] == [("127.0.0.1:9618", "renewed")]
+    cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", timeout=150,
+                what="push job finished through condor-C with the CE's token")
+    (w,) = rows(instance, workers)
+    assert w.computing_element == COLLECTOR and w.status == "finished"
+    at_ce = f'harvesterID == "{htc.harness.harvester_id}" && SubmitterGlobalJobId =!= undefined'
+    projection = ["AuthTokenSubject", "AuthTokenIssuer", "Owner", "SubmitterGlobalJobId"]
+    schedd = htc.pool.schedd()
+    remote = list(schedd.query(at_ce, projection)) + list(schedd.history(at_ce, projection))
+    assert remote and all(ad.get("AuthTokenSubject") == CLIENT_ID and ad.get("AuthTokenIssuer") == fresh_issuer.url
+                          for ad in remote), [dict(ad) for ad in remote]
+    instance.close()

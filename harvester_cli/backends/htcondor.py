@@ -46,6 +46,9 @@ What HTCondor 25 does with SCITOKENS (seen against the real schedd, tests/test_t
 - A wrong audience fails authentication ("'aud' claim verification failed" in the SchedLog; the client
   only sees "Failed to authenticate using SCITOKENS"); a token whose scopes lack compute.read is
   authenticated and mapped but DENIED: a submission needs compute.read and compute.create.
+- Condor-C: the gridmanager hands the job's scitokens_file to the C-GAHP (UPDATE_TOKEN), but the CE picks
+  the method from its own list: with FS or CLAIMTOBE before SCITOKENS there, the job gets in without its
+  token. The test CE lists SCITOKENS first; its copy of the job then carries AuthTokenSubject/Issuer.
 - A /regex/ principal in the map file with the issuer URL's slashes escaped did not match; a quoted
   literal "ISSUER,SUBJECT" did.
 - htcondor2 keeps the GIL while it authenticates (an issuer thread in the same process cannot answer
