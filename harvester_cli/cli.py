@@ -27,6 +27,7 @@ COMMANDS = {
     "poll": ("harvester_cli.commands.poll", "Check workers at their backend and record what changed."),
     "propagate": ("harvester_cli.commands.propagate", "Send job/worker updates and statistics to PanDA; take its commands."),
     "sweep": ("harvester_cli.commands.sweep", "Kill workers marked for killing; forget old final workers and jobs."),
+    "kill-workers": ("harvester_cli.commands.kill_workers", "Mark workers for killing (by id, queue, CE, state, age)."),
     "plan": ("harvester_cli.commands.plan", "Print how many workers each queue would get, and why (no submission)."),
     "cycle": ("harvester_cli.commands.cycle", "Run fetch-jobs, submit, poll, propagate and sweep in order."),
     "status": ("harvester_cli.commands.status", "Jobs and workers by state, per queue."),
@@ -139,6 +140,23 @@ def _setup_stderr_logging(level: int) -> None:
     _set_stderr_level(level)
 
 
+def _after_config(ctx: click.Context, _param, value: str | None) -> None:
+    if value:
+        g = ctx.find_object(Globals)
+        g.config_path, g._config, g._instance = Path(value), None, None
+
+
+def _after_state(ctx: click.Context, _param, value: str | None) -> None:
+    if value:
+        g = ctx.find_object(Globals)
+        g.state, g._instance = value, None
+
+
+def _after_log_memory(ctx: click.Context, _param, value: bool) -> None:
+    if value:
+        ctx.find_object(Globals).log_memory = True
+
+
 def _after_json(ctx: click.Context, _param, value: bool) -> None:
     if value:
         ctx.find_object(Globals).json = True
@@ -157,11 +175,23 @@ def _after_quiet(ctx: click.Context, _param, value: bool) -> None:
         _set_stderr_level(_log_level(-1))
 
 
-# The output options are global, and accepted after the command name too (`harvester-cli status --json`).
+# The global options, accepted after the command name too (`harvester-cli status --json --config F`), and so
+# listed in every command's help.
+CONFIG_HELP = "Instance configuration (TOML). Default: $XDG_CONFIG_HOME/harvester-cli/config.toml."
+STATE_HELP = "State database URL or SQLite file path (overrides the configuration)."
 _AFTER_COMMAND = (
+    # No envvar here: the root command reads it, and an explicit --config before the command must win.
+    (["--config", "config_after"], {"metavar": "FILE", "callback": _after_config,
+                                    "help": CONFIG_HELP + "  [env var: HARVESTER_CLI_CONFIG]"}),
+    (["--state", "state_after"], {"metavar": "URL", "callback": _after_state,
+                                  "help": STATE_HELP + "  [env var: HARVESTER_CLI_STATE]"}),
     (["--json", "json_after"], {"is_flag": True, "callback": _after_json, "help": "Print one JSON object for scripts."}),
-    (["-v", "--verbose", "verbose_after"], {"count": True, "callback": _after_verbose, "help": "More log output."}),
-    (["-q", "--quiet", "quiet_after"], {"is_flag": True, "callback": _after_quiet, "help": "Print nothing but errors."}),
+    (["-v", "--verbose", "verbose_after"], {"count": True, "callback": _after_verbose,
+                                            "help": "More log output on stderr (-vv: debug, with tracebacks)."}),
+    (["-q", "--quiet", "quiet_after"], {"is_flag": True, "callback": _after_quiet,
+                                        "help": "Print nothing but errors."}),
+    (["--log-memory", "log_memory_after"], {"is_flag": True, "callback": _after_log_memory,
+                                            "help": "Append the process's memory use to every command log line."}),
 )
 
 
@@ -189,12 +219,12 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, summary) for name, (_, summary) in COMMANDS.items()])
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+# Help follows the terminal's width (up to 200 columns): examples and paths stay on one line.
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 200},
              epilog="Example: harvester-cli --config /etc/harvester-cli/config.toml cycle")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="HARVESTER_CLI_CONFIG",
-              help="Instance configuration (TOML). Default: $XDG_CONFIG_HOME/harvester-cli/config.toml.")
-@click.option("--state", metavar="URL", envvar="HARVESTER_CLI_STATE",
-              help="State database URL or SQLite file path (overrides the configuration).")
+              show_envvar=True, metavar="FILE", help=CONFIG_HELP)
+@click.option("--state", metavar="URL", envvar="HARVESTER_CLI_STATE", show_envvar=True, help=STATE_HELP)
 @click.option("--queue", "queues", multiple=True, metavar="NAME", help="Only this queue (repeatable).")
 @click.option("--json", "json_", is_flag=True, help="Print one JSON object for scripts.")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")

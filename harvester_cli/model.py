@@ -38,6 +38,8 @@ SUB_SUBMITTED = "submitted"    # bound to a submitted worker
 SUB_RUNNING = "running"        # its worker runs
 SUB_REPORTING = "reporting"    # final state known, final update not yet acknowledged by PanDA
 SUB_DONE = "done"              # PanDA acknowledged the final update
+JOB_STATES = (JOB_STARTING, JOB_RUNNING, JOB_TRANSFERRING, JOB_FINISHED, JOB_FAILED)
+JOB_SUB_STATES = (SUB_FETCHED, SUB_SUBMITTED, SUB_RUNNING, SUB_REPORTING, SUB_DONE)
 
 
 def allowed_worker_transition(old: str, new: str) -> bool:

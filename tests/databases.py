@@ -35,7 +35,7 @@ def postgres_server():
 def pg_url(postgres_server):
     name = f"hcli_{uuid.uuid4().hex[:10]}"
     _psql(f"CREATE DATABASE {name} OWNER {ROLE}")
-    yield f"postgresql+psycopg2://{ROLE}:{PASSWORD}@127.0.0.1/{name}"
+    yield f"postgresql+psycopg://{ROLE}:{PASSWORD}@127.0.0.1/{name}"
     subprocess.run(["su", "postgres", "-c", f"psql -qc \"DROP DATABASE IF EXISTS {name} WITH (FORCE)\""],
                    capture_output=True)
 

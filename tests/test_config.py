@@ -461,10 +461,18 @@ def test_relative_sqlite_state_resolves_against_config_dir(tmp_path, monkeypatch
     assert cfg.state_url == f"sqlite:///{conf_dir / 'state.db'}"
 
 
-def test_state_url_kept_as_given():
+@pytest.mark.parametrize("written,used", [
+    ("postgresql://harvester@dbhost/harvester", "postgresql+psycopg://harvester@dbhost/harvester"),
+    ("postgres://harvester@dbhost/harvester", "postgresql+psycopg://harvester@dbhost/harvester"),
+    ("postgresql+psycopg2://harvester@dbhost/harvester", "postgresql+psycopg2://harvester@dbhost/harvester"),
+    ("mariadb://harvester:pw@dbhost/harvester", "mariadb+pymysql://harvester:pw@dbhost/harvester"),
+    ("mysql://harvester@dbhost:3306/harvester", "mysql+pymysql://harvester@dbhost:3306/harvester"),
+    ("mysql+pymysql://harvester@dbhost/harvester", "mysql+pymysql://harvester@dbhost/harvester"),
+])
+def test_state_url_gets_the_installed_driver_unless_one_is_named(written, used):
     data = minimal()
-    data["state"] = "postgresql://harvester@dbhost/harvester"
-    assert parse(data).state_url == "postgresql://harvester@dbhost/harvester"
+    data["state"] = written
+    assert parse(data).state_url == used
 
 
 def test_default_state_under_xdg_state_home(tmp_path, monkeypatch):

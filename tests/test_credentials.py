@@ -343,6 +343,8 @@ def test_check_reports_without_renewing(site, ca):
     site.renew()
     result, data = site.renew("--check")
     assert result.returncode == 0, data
+    # A run leaves the proxy and nothing else beside it: no lock file, no temporary directory.
+    assert sorted(p.name for p in proxy.parent.iterdir()) == [proxy.name]
     assert data["profiles"][0]["action"] == "ok"
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from harvester_cli.state.schema import jobs, workers
@@ -36,3 +40,16 @@ def test_push_cycle_with_a_large_job_on_mariadb(harness, sim, maria_url):
     cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", what="job finished on MariaDB")
     (job,) = rows(instance, jobs)
     assert job.sub_status == "done" and len(job.job_json) > 100_000
+
+
+@pytest.mark.parametrize("scheme", ["mariadb", "mysql", "mysql+pymysql", "mariadb+pymysql"])
+def test_the_url_forms_an_operator_writes_work_as_written(maria_url, tmp_path, scheme):
+    url = scheme + "://" + maria_url.split("://", 1)[1]
+    config = tmp_path / "config.toml"
+    config.write_text('harvester_id = "url-test"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+    for args in (("db", "upgrade"), ("--json", "status")):
+        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, *args],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (url, args, result.stderr)
+    assert "Q" in json.loads(result.stdout)["queues"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from harvester_cli.state.schema import workers
@@ -30,3 +34,17 @@ def test_pull_and_push_cycle_on_postgresql(harness, sim, pg_url):
     cycle_until(instance, lambda: all(sim.job_status(i) == "finished" for i in ids)
                 and all(w.status == "finished" for w in rows(instance, workers)), what="jobs finished on PostgreSQL")
     assert len(rows(instance, workers)) == 4
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg"])
+def test_the_url_forms_an_operator_writes_work_as_written(pg_url, tmp_path, scheme):
+    url = scheme + "://" + pg_url.split("://", 1)[1]
+    config = tmp_path / "config.toml"
+    config.write_text('harvester_id = "url-test"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+    for args in (("db", "upgrade"), ("--json", "status")):
+        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, *args],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (url, args, result.stderr)
+    assert "Q" in json.loads(result.stdout)["queues"]
+    assert "harvester_cli_test" not in result.stderr   # the password never shows

@@ -169,10 +169,10 @@ def test_arc_refuses_other_audience_expired_and_scopeless_tokens_one_line_per_wo
                              tokens=token_profiles(harness, fresh_issuer, pki, ce_dir=ce_dir, **ce_settings))
         result = harness.cli("submit", "--count", "2")
         assert result.returncode == 1, result.stdout + result.stderr
-        lines = [line for line in result.stdout.splitlines() if " failed: " in line]
-        assert len(lines) == 2, result.stdout
+        lines = [line for line in result.stderr.splitlines() if "queue ARC_TOKENS: worker " in line]
+        assert len(lines) == 2, result.stderr
         for line in lines:
-            assert re.match(r"ARC_TOKENS: worker \d+ failed: ARC CE https://localhost:\d+/arex refused the token ", line)
+            assert re.search(r"queue ARC_TOKENS: worker \d+: ARC CE https://localhost:\d+/arex refused the token ", line)
             assert token_ce.url in line and "(HTTP 403)" in line and expected in line, line
         print(f"\n{lines[0]}")
         assert_no_secrets(harness, fresh_issuer, result.stdout, result.stderr)
@@ -349,7 +349,7 @@ def test_schedd_refuses_a_token_for_another_audience(htc, scitokens_schedd, fres
     assert htc.harness.cli("renew-proxy", "--no-mail").returncode == 0
     result = htc.harness.cli("submit", "--count", "1", env=schedd_env(scitokens_schedd))
     assert result.returncode == 1, result.stdout + result.stderr
-    (line,) = [line for line in result.stdout.splitlines() if " failed: " in line]
+    (line,) = [line for line in result.stderr.splitlines() if "queue HTC_TOKEN: worker " in line]
     assert f"schedd {SCHEDD} refused the token {token_file}" in line
     assert "its audience elsewhere.example.org:9618 is not this CE's 127.0.0.1:9618" in line
     assert "Failed to authenticate using SCITOKENS" in line

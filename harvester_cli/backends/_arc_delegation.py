@@ -95,7 +95,7 @@ class Delegations:
         if known and known[1] == info.fingerprint and time.time() - known[2] < RECHECK_SECONDS:
             return known[0]
         _arc_compat.install()
-        with locked(self.state_file.with_suffix(".lock")), _quiet():
+        with locked(self.state_file), _quiet():
             data = self._load()
             entry = data.get(f"{endpoint} {proxy}")
             now = time.time()

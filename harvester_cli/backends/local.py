@@ -98,7 +98,7 @@ class LocalBackend(Backend):
     def _start(self, spec: WorkerSpec) -> SubmitResult:
         work = self.work_dir(spec.worker_id)
         try:
-            work.mkdir(parents=True, exist_ok=True)
+            work.mkdir(parents=True, exist_ok=True, mode=0o700)   # the job dict and its secrets live here
             spec.log_dir.mkdir(parents=True, exist_ok=True)
             if spec.job is not None:
                 import json

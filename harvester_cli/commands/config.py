@@ -71,9 +71,16 @@ def keys(g, markdown):
 
 
 @command.command("example", epilog="Example: harvester-cli config example > ~/.config/harvester-cli/config.toml")
-def example():
-    """Print an example configuration file."""
+@pass_globals
+def example(g):
+    """Print an example configuration file (TOML; with --json, the same settings as JSON)."""
     from harvester_cli.config import EXAMPLE
 
-    click.echo(EXAMPLE, nl=False)
+    if g.json:
+        import json
+        import tomllib
+
+        click.echo(json.dumps(tomllib.loads(EXAMPLE), indent=2))
+    else:
+        click.echo(EXAMPLE, nl=False)
     return 0

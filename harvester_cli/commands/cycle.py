@@ -14,6 +14,10 @@ def command(g, queues):
 
     results = run_cycle(g.instance(), g.selected(queues))
     out = g.output()
-    out.table("cycle", ["step", "summary", "partial"], [(r.step, r.summary, "yes" if r.partial else "") for r in results])
+    out.table("cycle", ["step", "summary", "partial", "why"],
+              [(r.step, r.summary, "yes" if r.partial else "", "; ".join(r.problems)) for r in results])
+    for r in results:
+        for problem in r.problems:
+            out.error(f"{r.step}: {problem}")
     out.emit({"steps": [asdict(r) for r in results]})
     return exit_code(any(r.partial for r in results))

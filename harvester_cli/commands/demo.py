@@ -27,7 +27,8 @@ def command(g, jobs_per_queue, keep):
               [(w["worker_id"], w["queue"], w["status"], w["backend"], ",".join(map(str, w["panda_ids"])) or None)
                for w in result.workers])
     out.line(f"demo {'finished' if result.ok else 'did NOT finish'}: {result.cycles} cycles in {result.seconds:.1f} s"
-             + (f"; files kept in {result.directory}" if result.directory else ""))
+             + (f"; files kept in {result.directory}, its configuration in {result.directory}/config.toml"
+                if result.directory else ""))
     out.emit({"ok": result.ok, "seconds": round(result.seconds, 2), "cycles": result.cycles, "jobs": result.jobs,
               "workers": result.workers})
     return exit_code(not result.ok)

@@ -16,5 +16,7 @@ def command(g, queues):
     out = g.output()
     out.table("fetch-jobs", ["queue", "requested", "stored", "invalid", "duplicate", "note"],
               [(q.queue, q.requested, q.stored, q.invalid, q.duplicate, q.error or q.skipped) for q in result.queues])
+    for problem in result.problems():
+        out.error(problem)
     out.emit({"queues": [asdict(q) for q in result.queues]})
     return exit_code(result.failed)

@@ -1,13 +1,17 @@
 import click
 
-from harvester_cli.commands import pass_globals, queue_option
+from harvester_cli.commands import exit_code, pass_globals, queue_option
 
 
 @click.command("plan", epilog="Example: harvester-cli plan --queue MY_QUEUE   # why (no) pilots?")
 @queue_option
 @pass_globals
 def command(g, queues):
-    """Print the worker plan per queue and resource type with every rule's input and result; submit nothing."""
+    """Print the worker plan per queue and resource type with every rule's input and result; submit nothing.
+
+    Exit codes: 0 the plan stands on what PanDA said; 1 part of it could not be learnt (e.g. PanDA unreachable:
+    pull queues then get their empty-pilot floor only, and the reason is printed).
+    """
     from harvester_cli.steps.submit import submit
 
     run = submit(g.instance(), g.selected(queues), dry_run=True)
@@ -18,7 +22,9 @@ def command(g, queues):
         if q.plan:
             out.line(f"{q.queue}:")
             out.lines.extend(f"  {step}" for step in q.plan.trace)
+    for problem in run.problems():
+        out.error(problem)
     out.emit({"queues": [{"queue": q.queue, "plan": q.plan.per_resource_type if q.plan else {},
                           "trace": [{"rule": s.rule, "inputs": s.inputs, "result": s.result} for s in q.plan.trace]
                           if q.plan else []} for q in run.queues]})
-    return 0
+    return exit_code(run.partial)

@@ -27,7 +27,7 @@ def command(g, queues):
         ("commands", run.commands_applied, run.commands_received - run.commands_applied, "-"),
     ])
     out.line(f"heartbeat: {run.heartbeat}; workers to kill from PanDA: {run.kills_from_panda}")
-    for error in run.errors:
-        out.line(f"error: {error}")
+    for problem in run.problems():
+        out.error(problem)
     out.emit({**asdict(run), "pending": pending})
     return exit_code(run.partial)

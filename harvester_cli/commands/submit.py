@@ -14,7 +14,7 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option
   harvester-cli submit --queue Q --count 1 --wait --json   # and follow it to the end (scripts)""")
 @queue_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and its trace; submit nothing.")
-@click.option("--count", type=click.IntRange(min=1), help="Submit exactly this many workers (one-off).")
+@click.option("--count", type=click.IntRange(1, 100_000), help="Submit exactly this many workers (one-off).")
 @click.option("--resource-type", help="Resource type for --count (default: the queue's first).")
 @click.option("--force", is_flag=True, help="With --count: ignore max_workers.")
 @click.option("--wait", is_flag=True, help="Follow the new workers (poll + propagate) until they end; exit 1 if any "
@@ -46,9 +46,6 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
                      "adopted": q.adopted, "missed": q.missed, "skipped": q.skipped, "error": q.error})
     out.table("submit" + (" (dry run)" if dry_run else ""),
               ["queue", "plan", "submitted", "failed", "adopted", "missed", "note"], rows)
-    for q in run.queues:
-        # one line per failed worker: the reason (e.g. which CE refused which token and why) in full
-        out.lines.extend(f"{q.queue}: worker {w} failed: {e}" for w, e in q.failed)
     if dry_run or g.verbosity > 0:
         for q in run.queues:
             if q.plan:
@@ -63,8 +60,15 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
             show = (lambda s: click.echo("workers: " + ", ".join(f"{w}={st}" for w, st in sorted(s.items())), err=True)) \
                 if not g.json and g.verbosity >= 0 else None
             final = follow(g.instance(), selected, ids, timeout=timeout, interval=interval, on_round=show)
-            out.table("workers after --wait", ["worker", "status"], sorted(final.items()))
+            out.table("workers after --wait", ["worker", "status", "diag"],
+                      [(w, s, d) for w, (s, d) in sorted(final.items())])
+            for w, (s, d) in sorted(final.items()):
+                if s != "finished":
+                    out.error(f"worker {w} ended {s}" + (f": {d}" if d else ""))
+    for problem in run.problems():
+        out.error(problem)
     out.emit({"dry_run": dry_run, "queues": data,
-              **({"workers": [{"worker_id": w, "status": s} for w, s in sorted(final.items())]} if final else {})})
-    failed = bool(final) and any(s != "finished" for s in final.values())
+              **({"workers": [{"worker_id": w, "status": s, "diag": d} for w, (s, d) in sorted(final.items())]}
+                 if final else {})})
+    failed = bool(final) and any(s != "finished" for s, _ in final.values())
     return exit_code(run.partial or failed)

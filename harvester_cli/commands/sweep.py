@@ -10,7 +10,8 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option
               help="Forget final workers and done jobs older than this (default: from the configuration).")
 @pass_globals
 def command(g, queues, force, retention):
-    """Kill workers marked for killing (by PanDA, poll or an operator); forget old final workers and done jobs."""
+    """Kill workers marked for killing (by PanDA, by poll's policies, or by an operator with kill-workers);
+    forget old final workers and done jobs."""
     from dataclasses import asdict
 
     from harvester_cli.steps.sweep import sweep
@@ -20,5 +21,7 @@ def command(g, queues, force, retention):
     out.table("sweep", ["queue", "to kill", "killed", "kill failed", "cleaned workers", "deleted jobs", "note"],
               [(q.queue, q.to_kill, q.killed, len(q.kill_failed), q.cleaned, q.jobs_deleted,
                 q.refused or "; ".join(f"{w}: {e}" for w, e in q.kill_failed[:3])) for q in run.queues])
+    for problem in run.problems():
+        out.error(problem)
     out.emit({"queues": [asdict(q) for q in run.queues]})
     return exit_code(run.partial)

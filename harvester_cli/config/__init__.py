@@ -245,6 +245,7 @@ def environment_problems(config: Config) -> list[str]:
             elif rule.secret and info.st_mode & 0o077:
                 problems.append(f"{source}: [{where}] {key}: {value} is readable by others "
                                 f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {value}")
+    problems += _loose_state_files(config, source)
     if not config.queues:
         problems.append(f"{source}: no queues: add one, e.g. [queues.MY_QUEUE] with mode and backend "
                         "(`harvester-cli config example` shows one)")
@@ -253,6 +254,26 @@ def environment_problems(config: Config) -> list[str]:
         problems.append(f"{source}: [panda] no credentials: PanDA needs a client certificate or a token; set proxy "
                         "(or proxy_profile), or token_file (or token_profile) with token_origin")
     return problems
+
+
+def _loose_state_files(config: Config, source: str) -> list[str]:
+    """A SQLite state database holds the job dicts verbatim, secrets included: it and its journals are 0600."""
+    url = config.state_url
+    if not url.startswith("sqlite:///"):
+        return []
+    database = Path(url.removeprefix("sqlite:///"))
+    loose = []
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm"), Path(f"{database}-journal")):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            loose.append(f"{path} (mode {mode:04o})")
+    if not loose:
+        return []
+    return [f"{source}: state: {', '.join(loose)} readable by others, and the state database holds job secrets: "
+            f"chmod 600 {' '.join(p.split(' (')[0] for p in loose)}"]
 
 
 def as_dict(config: Config) -> dict:

@@ -41,11 +41,19 @@ def default_state_dir() -> Path:
     return xdg_dir("XDG_STATE_HOME", ".local/state")
 
 
+# The drivers harvester-cli installs (extras `postgres` and `mariadb`), for URLs that name none.
+_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
+                    "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+
+
 def state_url_from(value: str) -> str:
-    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
-    if "://" in value:
-        return value
-    return f"sqlite:///{Path(value).expanduser().resolve()}"
+    """A SQLAlchemy URL from what an operator writes: a plain file path (SQLite), or a server URL whose
+    bare scheme (`postgresql://`, `postgres://`, `mariadb://`, `mysql://`) gets the driver harvester-cli
+    installs; an explicit `+driver` is kept as written."""
+    if "://" not in value:
+        return f"sqlite:///{Path(value).expanduser().resolve()}"
+    scheme, _, rest = value.partition("://")
+    return f"{_DEFAULT_DRIVERS.get(scheme.lower(), scheme)}://{rest}"
 
 
 @dataclass(frozen=True)

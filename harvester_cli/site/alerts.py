@@ -134,7 +134,7 @@ def alert(smtp: SmtpConfig, log_dir: Path, harvester_id: str, subject: str, prob
         return outcome
     now = time.time() if now is None else now
     path = state_file(log_dir)
-    with locked(path.with_name(path.name + ".lock")):
+    with locked(path):
         state = {k: v for k, v in _load(path).items() if now - v < FORGET_AFTER}
         fresh: list[Problem] = []
         for p in dict((p.key, p) for p in problems).values():

@@ -130,7 +130,8 @@ class _Locked:
         os.close(self.fd)
 
 
-def _rotate_if_full(path: Path, max_bytes: int, backups: int) -> None:
+def rotate_if_full(path: Path, max_bytes: int, backups: int) -> None:
+    """path -> path.1 ... when it has reached max_bytes."""
     try:
         if max_bytes and path.stat().st_size >= max_bytes:
             _rotate(path, backups)
@@ -147,7 +148,7 @@ class CommandLogHandler(logging.FileHandler):
         self.max_bytes, self.backups = max_bytes, backups
         self.lock_path = path.parent / f".{path.name.removesuffix('.log')}.lock"
         with _Locked(self.lock_path):
-            _rotate_if_full(path, max_bytes, backups)
+            rotate_if_full(path, max_bytes, backups)
             super().__init__(path, mode="a", encoding="utf-8")
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -165,7 +166,7 @@ class CommandLogHandler(logging.FileHandler):
                 except FileNotFoundError:
                     same = False
                 if same:
-                    _rotate_if_full(Path(self.baseFilename), self.max_bytes, self.backups)
+                    rotate_if_full(Path(self.baseFilename), self.max_bytes, self.backups)
                 self.stream.close()
                 self.stream = self._open()
         except Exception:

@@ -444,7 +444,7 @@ def renew_proxy(profile: ProxyProfile, *, force: bool = False, check_only: bool 
         result.seconds = time.monotonic() - started
         return result
     # One renewal of a profile at a time: a second cron run waits, then finds the proxy fresh.
-    with locked(profile.file.with_name(f".{profile.file.name}.lock")):
+    with locked(profile.file):
         if not force:   # another run may have renewed it while this one waited for the lock
             info = inspect_proxy(profile, now=now)
             if renewal_reason(profile, info) is None:

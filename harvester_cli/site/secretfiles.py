@@ -67,11 +67,12 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def locked(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_file` (made 0600 if missing): one process at a time, e.g. two cron
-    runs renewing the same proxy or updating the same state file."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for rewriting `path`: one process at a time, e.g. two cron runs renewing the
+    same proxy or updating the same state file. The lock is taken on the file's directory, so no lock file
+    is left beside a proxy (the directory is made 0700 if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -262,8 +262,8 @@ def _renew_target(profile: TokenProfile, target: TokenTarget, *, force: bool, ch
         result.action = "ok" if reason is None else "would renew"
         result.seconds = time.monotonic() - started
         return result
-    # One renewal of a token at a time: a second cron run waits, then finds it fresh.
-    with locked(target.file.with_name(f".{target.file.name}.lock")):
+    # One renewal at a time (the lock is on the token's directory): a second cron run waits, then finds it fresh.
+    with locked(target.file):
         exists, left = inspect_file(target.file)
         if exists and left is not None and left >= profile.min_lifetime and not force:
             result.action, result.reason, result.time_left = "ok", None, left

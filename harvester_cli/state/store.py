@@ -76,7 +76,10 @@ class Store:
             options["isolation_level"] = "READ COMMITTED"
         try:
             self.engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"), **options)
-        except (SQLAlchemyError, ImportError, ValueError) as exc:
+        except ImportError as exc:
+            raise StateError(f"state database {self.display_url}: its driver is not installed ({exc.name or exc}): "
+                             "install harvester-cli[postgres] or [mariadb], or write the URL without +driver") from None
+        except (SQLAlchemyError, ValueError) as exc:
             raise StateError(f"state database {self.display_url}: cannot open: {exc}") from None
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:

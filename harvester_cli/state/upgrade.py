@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,18 @@ def _config(url: str | None = None, buffer: io.StringIO | None = None) -> Config
     return config
 
 
+def _create_private(path: Path) -> None:
+    """The SQLite file, 0600 before SQLite opens it: it holds job dicts with their secrets, and SQLite gives
+    its -wal and -shm files the database file's mode."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StateError(f"state database {path}: cannot create it: {exc.strerror}") from None
+
+
 def history() -> list[Revision]:
     """Every migration, oldest first."""
     script = ScriptDirectory.from_config(_config())
@@ -82,10 +95,7 @@ def _upgrade_lock(conn: Connection) -> Iterator[None]:
 def upgrade(store: Store) -> tuple[str | None, str]:
     """Bring the database to HEAD; returns (revision before, HEAD). Safe to run on several hosts at once."""
     if store.sqlite_path is not None:
-        try:
-            store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(f"state database {store.sqlite_path}: cannot create its directory: {exc.strerror}") from None
+        _create_private(store.sqlite_path)
     try:
         with store.engine.connect() as conn, _upgrade_lock(conn):
             with conn.begin():   # SQLite: BEGIN IMMEDIATE, held until the migrations are committed

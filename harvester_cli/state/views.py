@@ -26,10 +26,16 @@ def status_counts(store: Store, queues: list[str]) -> dict[str, dict]:
     return {q: {"jobs": dict(v["jobs"]), "workers": dict(v["workers"])} for q, v in out.items()}
 
 
-def list_workers(store: Store, queues: list[str], statuses: tuple[str, ...] = (), limit: int = 100) -> list[dict]:
+def list_workers(store: Store, queues: list[str], statuses: tuple[str, ...] = (), limit: int = 100, *,
+                 ces: tuple[str, ...] = (), since: float | None = None) -> list[dict]:
+    """Newest first; `since`: created at or after this epoch."""
     query = select(workers).where(workers.c.queue.in_(queues)).order_by(workers.c.worker_id.desc()).limit(limit)
     if statuses:
         query = query.where(workers.c.status.in_(statuses))
+    if ces:
+        query = query.where(workers.c.computing_element.in_(ces))
+    if since is not None:
+        query = query.where(workers.c.created >= since)
     with store.read() as conn:
         rows = conn.execute(query).all()
         links = defaultdict(list)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,57 +25,60 @@ class StepResult:
     step: str
     summary: str
     partial: bool
+    problems: list[str] = field(default_factory=list)   # why the step was partial, one line each
 
 
 def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention: int | None = None) -> list[StepResult]:
     def fetch_step():
         r = fetch_jobs.fetch_jobs(instance, queues)
-        return f"stored {sum(q.stored for q in r.queues)} jobs", r.failed
+        return f"stored {sum(q.stored for q in r.queues)} jobs", r.problems()
 
     def submit_step():
         r = submit.submit(instance, queues)
         return (f"submitted {sum(len(q.submitted) for q in r.queues)}, failed {sum(len(q.failed) for q in r.queues)}",
-                r.partial)
+                r.problems())
 
     def poll_step():
         r = poll.poll(instance, queues)
         changes = sum(sum(q.changes.values()) for q in r.queues)
-        return f"checked {sum(q.checked for q in r.queues)}, {changes} changed", r.partial
+        return f"checked {sum(q.checked for q in r.queues)}, {changes} changed", r.problems()
 
     def propagate_step():
         r = propagate.propagate(instance, queues)
-        return f"jobs sent {r.jobs_sent}, workers sent {r.workers_sent}", r.partial
+        return f"jobs sent {r.jobs_sent}, workers sent {r.workers_sent}", r.problems()
 
     def sweep_step():
         r = sweep.sweep(instance, queues, retention=sweep_retention)
-        return f"killed {sum(q.killed for q in r.queues)}, cleaned {sum(q.cleaned for q in r.queues)}", r.partial
+        return f"killed {sum(q.killed for q in r.queues)}, cleaned {sum(q.cleaned for q in r.queues)}", r.problems()
 
     instance.store   # a state database this code cannot use stops the cycle here, with exit 2, not per step
     results = []
     for name, action in zip(STEPS, (fetch_step, submit_step, poll_step, propagate_step, sweep_step)):
         try:
-            summary, partial = action()
+            summary, problems = action()
         except (HarvesterError, SQLAlchemyError, OSError) as exc:   # one failing step must not stop the others
             if isinstance(exc, HarvesterError) and exc.exit_code == EXIT_USAGE:
                 raise
-            summary, partial = f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", True
-        results.append(StepResult(name, summary, partial))
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            summary, problems = f"error: {reason}", [reason]
+        results.append(StepResult(name, summary, bool(problems), problems))
     return results
 
 
 def follow(instance: Instance, queues: list[QueueConfig], worker_ids: list[int], *, timeout: float,
-           interval: float = 5.0, on_round: Callable[[dict[int, str]], None] | None = None) -> dict[int, str]:
+           interval: float = 5.0, on_round: Callable[[dict[int, str]], None] | None = None
+           ) -> dict[int, tuple[str, str | None]]:
     """`submit --wait`: poll and propagate these queues until these workers are final (or the timeout);
-    returns their last statuses."""
+    returns their last (status, diag)."""
     deadline = time.monotonic() + timeout
     while True:
         poll.poll(instance, queues)
         propagate.propagate(instance, queues)
         with instance.store.read() as conn:
-            statuses = dict(conn.execute(select(workers.c.worker_id, workers.c.status)
-                                         .where(workers.c.worker_id.in_(worker_ids))).all())
+            seen = {w: (s, d) for w, s, d in conn.execute(select(workers.c.worker_id, workers.c.status, workers.c.diag)
+                                                           .where(workers.c.worker_id.in_(worker_ids)))}
         if on_round:
-            on_round(statuses)
-        if all(s in model.WORKER_FINAL for s in statuses.values()) or time.monotonic() >= deadline:
-            return statuses
+            on_round({w: s for w, (s, _) in seen.items()})
+        if all(s in model.WORKER_FINAL for s, _ in seen.values()) or time.monotonic() >= deadline:
+            return seen
         time.sleep(interval)

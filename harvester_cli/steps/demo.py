@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +32,36 @@ class DemoResult:
     directory: str = ""
 
 
-def demo_config(directory: Path, panda_url: str, pki: certs.TestPKI) -> config_module.Config:
-    data = {
-        "harvester_id": "harvester-cli-demo", "state": str(directory / "state.db"),
-        "log_dir": str(directory / "logs"), "work_dir": str(directory / "work"), "lease_seconds": 60,
-        "panda": {"url": panda_url, "proxy": str(pki.proxy), "ca": str(pki.ca_file), "retries": 2},
-        "queue_defaults": {"backend": "local", "n_queue_limit_worker": 10, "max_workers": 20,
-                           # The demo wants a quiet end: no empty pilot kept waiting once the jobs are gone.
-                           "empty_pilot_floor": 0},
-        "queues": {PULL: {"mode": "pull"}, PUSH: {"mode": "push"}},
-    }
-    return config_module.parse(data, "<demo>", directory)
+def demo_config_text(directory: Path, panda_url: str, pki: certs.TestPKI) -> str:
+    """The demo's configuration file: with --keep it stays beside the state, a starting point for a site."""
+    return f"""\
+# harvester-cli demo configuration (harvester-cli demo --keep). The PanDA simulator it names is gone
+# now: point [panda] at your PanDA server and proxy, and the queues at your backends (see
+# `harvester-cli config example`), then `harvester-cli --config THIS_FILE config check`.
+harvester_id = "harvester-cli-demo"
+state = "{directory / 'state.db'}"
+log_dir = "{directory / 'logs'}"
+work_dir = "{directory / 'work'}"
+lease_seconds = 60
+
+[panda]
+url = "{panda_url}"
+proxy = "{pki.proxy}"
+ca = "{pki.ca_file}"
+retries = 2
+
+[queue_defaults]
+backend = "local"
+n_queue_limit_worker = 10
+max_workers = 20
+empty_pilot_floor = 0          # a quiet end: no empty pilot kept waiting once the jobs are gone
+
+[queues.{PULL}]
+mode = "pull"
+
+[queues.{PUSH}]
+mode = "push"
+"""
 
 
 def run_demo(jobs_per_queue: int = 3, timeout: float = 90.0, keep: Path | None = None,
@@ -54,7 +74,11 @@ def run_demo(jobs_per_queue: int = 3, timeout: float = 90.0, keep: Path | None =
         with PandaSimulator(pki, finish_delay=1.0) as sim:
             ids = sim.add_jobs(PULL, jobs_per_queue, jobPars="echo pull payload; sleep 1")
             ids += sim.add_jobs(PUSH, jobs_per_queue, jobPars="echo push payload; sleep 1")
-            instance = Instance(demo_config(directory, sim.url, pki))
+            text = demo_config_text(directory, sim.url, pki)
+            config_file = directory / "config.toml"
+            if keep:
+                config_file.write_text(text)
+            instance = Instance(config_module.parse(tomllib.loads(text), str(config_file), directory))
             upgrade.create(instance.state_url).close()   # what an operator's `db upgrade` does first
             queues = list(instance.config.queues.values())
             cycles, done = 0, False

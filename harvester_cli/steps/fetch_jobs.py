@@ -42,6 +42,9 @@ class FetchResult:
     def failed(self) -> bool:
         return any(q.error for q in self.queues)
 
+    def problems(self) -> list[str]:
+        return [f"queue {q.queue}: {q.error}" for q in self.queues if q.error]
+
 
 def _int(value) -> int | None:
     try:

@@ -44,6 +44,9 @@ class PollRun:
     def partial(self) -> bool:
         return any(q.error for q in self.queues)
 
+    def problems(self) -> list[str]:
+        return [f"queue {q.queue}: {q.error}" for q in self.queues if q.error]
+
 
 def _decide(queue: QueueConfig, row, seen: Observation, at: float) -> tuple[str, str | None, str | None]:
     """(new status, diag, kill reason) for one worker from what the backend saw."""
@@ -78,7 +81,7 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
         try:
             observations = backend.check([worker_ref(r) for r in rows])
         except Exception as exc:  # one backend failing must not stop the other queues
-            log.exception("queue %s: backend check failed", queue.name)
+            log.warning("queue %s: backend check failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             result.error = f"backend check failed: {exc}"
             with store.write() as conn:
                 store.release(conn, workers, [r.worker_id for r in rows])

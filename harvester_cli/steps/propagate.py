@@ -51,6 +51,14 @@ class PropagateRun:
     def partial(self) -> bool:
         return bool(self.errors or self.jobs_refused or self.workers_refused)
 
+    def problems(self) -> list[str]:
+        out = list(self.errors)
+        if self.jobs_refused:
+            out.append(f"PanDA refused {self.jobs_refused} job update(s); they are retried next run (status shows why)")
+        if self.workers_refused:
+            out.append(f"PanDA refused {self.workers_refused} worker update(s); they are retried next run")
+        return out
+
 
 def send_heartbeat(instance: Instance, run: PropagateRun) -> None:
     result = registration.heartbeat(instance)

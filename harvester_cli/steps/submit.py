@@ -49,10 +49,20 @@ class QueueSubmit:
 @dataclass
 class SubmitRun:
     queues: list[QueueSubmit] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)   # what the whole run could not learn (PanDA unreachable)
 
     @property
     def partial(self) -> bool:
-        return any(q.failed or q.error for q in self.queues)
+        return bool(self.errors) or any(q.failed or q.error for q in self.queues)
+
+    def problems(self) -> list[str]:
+        """Every reason the run was partial, one line each."""
+        out = list(self.errors)
+        for q in self.queues:
+            if q.error:
+                out.append(f"queue {q.queue}: {q.error}")
+            out += [f"queue {q.queue}: worker {w}: {e}" for w, e in q.failed]
+        return out
 
 
 # -- crash repair ---------------------------------------------------------------------------
@@ -70,8 +80,9 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
         return 0, 0
     try:
         found = instance.backend(queue).find([worker_ref(r) for r in rows])
-    except Exception:   # cannot tell: keep them pending (released) and ask again next run
-        log.exception("queue %s: backend lookup of interrupted submissions failed", queue.name)
+    except Exception as exc:   # cannot tell: keep them pending (released) and ask again next run
+        log.warning("queue %s: backend lookup of interrupted submissions failed: %s", queue.name, exc,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
         with store.write() as conn:
             store.release(conn, workers, [r.worker_id for r in rows])
         return 0, 0
@@ -137,14 +148,17 @@ def stats_age(refresh: int, now: float) -> int | None:
     return int(now % refresh) if refresh else None
 
 
-def activated_jobs(instance: Instance, queues: list[QueueConfig]) -> job_counts.ActivatedJobs | None:
-    """Activated jobs from PanDA for the pull queues (one call per run); None if PanDA cannot say."""
+def activated_jobs(instance: Instance, queues: list[QueueConfig],
+                   errors: list[str] | None = None) -> job_counts.ActivatedJobs | None:
+    """Activated jobs from PanDA for the pull queues (one call per run); None if PanDA cannot say (the
+    reason goes to `errors`: pull queues then get only their empty-pilot floor)."""
     if not any(q.mode == "pull" and not q.pilot_streaming for q in queues):
         return job_counts.ActivatedJobs(job_counts.TOTALS, {}, {})
     try:
         return job_counts.fetch(instance.panda)
     except PandaError as exc:
-        log.warning("cannot get activated jobs from PanDA: %s", exc)
+        if errors is not None:
+            errors.append(f"cannot get activated jobs from PanDA ({exc}): pull queues get their empty-pilot floor only")
         return None
 
 
@@ -277,6 +291,8 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
                  progress: Callable[[int], None] | None = None) -> None:
     backend = instance.backend(queue)
     store = instance.store
+    if progress:
+        progress(0, expected=len(specs))
     for index, batch in enumerate(chunks(specs, BACKEND_BATCH)):
         if index:   # keep the queue lock and the waiting workers' claims alive through a long submission
             with store.write() as conn:
@@ -288,7 +304,8 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
         except Exception as exc:
             # Some workers of the batch may have started: release them as pending, so the next submit's
             # repair asks the backend (find) instead of guessing, and no job runs twice.
-            log.exception("queue %s: backend %s failed during submission", queue.name, queue.backend)
+            log.warning("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))   # a traceback with -vv only
             with instance.store.write() as conn:
                 instance.store.release(conn, workers, [s.worker_id for s in batch])
             result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
@@ -382,7 +399,7 @@ def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = Fal
     else:
         known = registration.ensure_registered(instance)
         problem = gate = None if known.registered is not None else known.problem
-    activated = activated_jobs(instance, queues)
+    activated = activated_jobs(instance, queues, run.errors)
     remaining = instance.config.max_new_workers_per_run
     for queue in queues:
         result = submit_queue(instance, queue, activated, remaining, dry_run=dry_run, count=count,

@@ -36,6 +36,51 @@ class SweepRun:
     def partial(self) -> bool:
         return any(q.kill_failed or q.refused for q in self.queues)
 
+    def problems(self) -> list[str]:
+        out = []
+        for q in self.queues:
+            if q.refused:
+                out.append(f"queue {q.queue}: {q.refused}")
+            out += [f"queue {q.queue}: worker {w}: kill failed: {e}" for w, e in q.kill_failed]
+        return out
+
+
+@dataclass
+class KillMarks:
+    """`kill-workers`: the workers an operator's selection matched, and whether they were marked."""
+
+    matched: list[dict] = field(default_factory=list)
+    marked: int = 0
+    refused: str | None = None
+
+
+def mark_for_kill(instance: Instance, queues: list[str], *, worker_ids: tuple[int, ...] = (),
+                  ces: tuple[str, ...] = (), statuses: tuple[str, ...] = (), older_than: int | None = None,
+                  reason: str = "requested by an operator", force: bool = False, dry_run: bool = False) -> KillMarks:
+    """Mark the workers that match every given filter (and are not final, nor marked yet) for the next
+    sweep to kill; more than sweep.max_kills_per_run need `force`, as in sweep."""
+    where = [workers.c.queue.in_(queues), workers.c.status.in_(statuses or model.WORKER_ACTIVE),
+             workers.c.kill_reason.is_(None)]
+    if worker_ids:
+        where.append(workers.c.worker_id.in_(worker_ids))
+    if ces:
+        where.append(workers.c.computing_element.in_(ces))
+    if older_than is not None:
+        where.append(workers.c.created <= model.now() - older_than)
+    result = KillMarks()
+    cap = instance.config.sweep.max_kills_per_run
+    with instance.store.write() as conn:
+        rows = conn.execute(select(workers.c.worker_id, workers.c.queue, workers.c.status,
+                                   workers.c.computing_element).where(*where).order_by(workers.c.worker_id)).all()
+        result.matched = [dict(r._mapping) for r in rows]
+        if len(rows) > cap and not force:
+            result.refused = (f"{len(rows)} workers match, more than sweep.max_kills_per_run={cap}: narrow the "
+                              "selection, or add --force")
+        elif not dry_run and rows:
+            result.marked = conn.execute(update(workers).where(*where)
+                                         .values(kill_reason=f"operator: {reason}")).rowcount
+    return result
+
 
 def _kill_condition(queue: str):
     return ((workers.c.queue == queue) & workers.c.kill_reason.is_not(None)
@@ -59,7 +104,7 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
         try:
             outcomes = instance.backend(queue).kill(refs, "killed by harvester-cli sweep")
         except Exception as exc:   # release at once, or these workers stay claimed for a whole lease
-            log.exception("queue %s: backend kill failed", queue.name)
+            log.warning("queue %s: backend kill failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             with store.write() as conn:
                 store.release(conn, workers, [r.worker_id for r in rows])
             result.kill_failed += [(r.worker_id, f"backend error: {exc}") for r in rows]
@@ -96,8 +141,8 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
             return
         try:
             instance.backend(queue).clean([worker_ref(r) for r in rows])
-        except Exception:   # keep the rows (released) so the next sweep cleans again
-            log.exception("queue %s: backend clean failed", queue.name)
+        except Exception as exc:   # keep the rows (released) so the next sweep cleans again
+            log.warning("queue %s: backend clean failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             with store.write() as conn:
                 store.release(conn, workers, [r.worker_id for r in rows])
             return
