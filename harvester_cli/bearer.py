@@ -65,8 +65,9 @@ def file_name(audience: str) -> str:
 
 
 def refusal_reason(token: str | None, audience: str | None, scope: str = "compute.create",
-                   now: float | None = None) -> str:
-    """What in the token makes a CE expecting `audience` and `scope` refuse it (one line, no secret)."""
+                   now: float | None = None, peer: str = "CE") -> str:
+    """What in the token makes a CE (or schedd: `peer`) expecting `audience` and `scope` refuse it (one line,
+    no secret)."""
     if not token:
         return "the token file is empty"
     payload = claims(token)
@@ -80,11 +81,11 @@ def refusal_reason(token: str | None, audience: str | None, scope: str = "comput
     aud = payload.get("aud")
     auds = aud if isinstance(aud, list) else [aud] if aud else []
     if audience and audience not in auds:
-        problems.append(f"its audience {' '.join(map(str, auds)) or '(none)'} is not this CE's {audience}")
+        problems.append(f"its audience {' '.join(map(str, auds)) or '(none)'} is not this {peer}'s {audience}")
     scopes = str(payload.get("scope") or "").split()
     if scope and scope not in scopes:
         problems.append(f"its scope {' '.join(scopes) or '(none)'} lacks {scope}")
     if problems:
         return "; ".join(problems)
     return (f"the token looks right to harvester-cli (aud {' '.join(map(str, auds)) or '(none)'}, iss "
-            f"{payload.get('iss')}): check that the CE trusts this issuer and expects this audience")
+            f"{payload.get('iss')}): check that the {peer} trusts this issuer and expects this audience")

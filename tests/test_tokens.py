@@ -351,7 +351,7 @@ def test_schedd_refuses_a_token_for_another_audience(htc, scitokens_schedd, fres
     assert result.returncode == 1, result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "queue HTC_TOKEN: worker " in line]
     assert f"schedd {SCHEDD} refused the token {token_file}" in line
-    assert "its audience elsewhere.example.org:9618 is not this CE's 127.0.0.1:9618" in line
+    assert "its audience elsewhere.example.org:9618 is not this schedd's 127.0.0.1:9618" in line
     assert "Failed to authenticate using SCITOKENS" in line
     print(f"\n{line}")
     assert htc.jobs() == []

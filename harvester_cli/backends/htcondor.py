@@ -401,7 +401,8 @@ class HTCondorBackend(Backend):
             return f"cannot read it: {exc.strerror}"
         address = self.options.collector if self.options.schedd else schedd_name
         return bearer.refusal_reason(token, bearer.ce_audience(address or schedd_name, "htcondor-ce",
-                                                               {"htcondor-ce": "{host}:{port}"}), scope="")
+                                                               {"htcondor-ce": "{host}:{port}"}), scope="",
+                                     peer="schedd")
 
     def _ads(self, schedd_name: str, workers: list[WorkerRef], *, exact: bool = False) -> dict[int, object]:
         with self.schedd_auth():
