@@ -106,7 +106,7 @@ class Delegations:
                 ending = entry.get("expires", 0) - now < self.min_lifetime and info.not_after > entry.get("expires", 0)
                 if stale or ending:
                     try:
-                        client.refreshDelegation(delegation)
+                        client.refreshDelegation(delegation, proxypath=str(proxy))
                         log.info("ARC %s: delegation %s renewed with the %s proxy", endpoint, delegation,
                                  "new" if stale else "same")
                     except Exception as exc:   # pyarcrest deleted it on a signing error; make a new one
@@ -114,7 +114,7 @@ class Delegations:
                                     endpoint, delegation, exc)
                         delegation = None
             if delegation is None:
-                delegation = client.createDelegation()
+                delegation = client.createDelegation(proxypath=str(proxy))
                 log.info("ARC %s: new delegation %s", endpoint, delegation)
             data[f"{endpoint} {proxy}"] = {"id": delegation, "fingerprint": info.fingerprint,
                                            "expires": info.not_after, "checked": now}

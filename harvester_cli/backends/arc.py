@@ -4,10 +4,29 @@ Each worker is one ARC job (`_arc_description`: ADL, and why ADL). The job name 
 id>` is the tag `find` uses to adopt a job whose submission was interrupted. Jobs are grouped per CE
 (`computing_element` = the A-REX endpoint URL) for bulk status, info, kill and clean calls.
 
-Credentials: the instance's X.509 proxy (`[panda] proxy`, read from the context at every call) is the
-client certificate for the CE and the credential delegated to the jobs (`_arc_delegation`). A pull
-pilot finds the delegated proxy in X509_USER_PROXY and the CE's CA directory in X509_CERT_DIR, which
-the wrapper also passes as HARVESTER_PANDA_CA unless the queue sets it.
+Credentials (the queue's `ce_credentials`): `proxy` (default): the instance's X.509 proxy (`[panda]
+proxy`, read from the context at every call) is the client certificate for the CE and the credential
+delegated to the jobs (`_arc_delegation`). A pull pilot finds the delegated proxy in X509_USER_PROXY and
+the CE's CA directory in X509_CERT_DIR, which the wrapper also passes as HARVESTER_PANDA_CA unless the
+queue sets it. `token`: every REST call carries `Authorization: Bearer` with the CE's own token (the file
+the queue's per-CE token profile keeps for that CE's audience; renew-proxy renews it, a renewed file
+makes a new client); nothing is delegated, and the pilots get a PanDA token of their own
+(`pilot_token_profile`, uploaded with the job). `both`: the token authorizes, the proxy is still the TLS
+client certificate and is delegated for data. A CE that refuses the token fails each worker with one line:
+the CE, the token file, and what in the token it would refuse (bearer.refusal_reason).
+
+What A-REX 6.17 and pyarcrest 0.5 do with tokens (seen against the real CE, tests/test_tokens.py):
+- A-REX answers every refused token with a bare 403 and no body (another audience, expired, no
+  compute.create, untrusted issuer alike): the reason has to come from the token's own claims.
+- A-REX fetches the issuer's JWKS itself (OIDC discovery on `iss`) with a client whose CA directory is
+  always /etc/grid-security/certificates (not x509_cert_dir); the token needs a `kid`; EC keys in the
+  JWKS fail to parse ("JWSE::ExtractPublicKey: key parsing error"), so ES256 tokens are refused: the
+  issuer must sign with RS256. At DEBUG it logs whole bearer tokens.
+- pyarcrest's REST 1.0 class asserts that it has no token; `connect` lifts that (`_Rest10`). pyarcrest
+  writes the Authorization header into a mutable default dict, which would send the token on every later
+  request of the process; `_copying_client` copies headers per request. With a token and a proxy,
+  pyarcrest delegates the token unless createDelegation is given proxypath, and signs with
+  self.proxypath, which it leaves empty for token clients.
 
 Where the pilot's Python comes from: `{python}` in the queue's pilot command is the harvester host's
 interpreter, meaningless on a CE; the backend runs `backend_options.python` (default `python3` from the
@@ -94,6 +113,14 @@ CE_HISTORY_SECONDS = 6 * 3600
 
 
 
+class TokenProblem(BackendError):
+    """One CE refused its token, or renew-proxy has not made it: a reason of the workers, not an outage."""
+
+
+class CredentialsRefused(BackendError):
+    """Every CE of the queue refused its token (or has none yet): the workers fail with the reasons."""
+
+
 def _unreachable(exc: BaseException) -> bool:
     """A transport failure (refused, reset, timeout, TLS): the CE said nothing about the jobs."""
     return isinstance(exc, (OSError, http.client.HTTPException))
@@ -115,41 +142,76 @@ def _epoch(value) -> float | None:
         return None
 
 
-def connect(endpoint: str, proxy: Path, timeout: float, ca: Path | None):
-    """A pyarcrest client for the highest REST version both sides speak.
-
-    pyarcrest does not verify the CE's certificate; with `ca` (a CA file or hashed directory) this
-    connection does, host name included.
-    """
-    from pyarcrest.arc import ARCRest, ARCRest_1_0, ARCRest_1_1
+def _copying_client(host: str, port: int, timeout: float):
+    """pyarcrest's HTTPClient, except that each request gets its own headers and params: pyarcrest 0.5 writes
+    the Authorization header into a mutable default argument, so without this a bearer token would ride on
+    every later request of the process, other CEs' and proxy-only clients' included."""
     from pyarcrest.http import HTTPClient
 
+    class CopyingHTTPClient(HTTPClient):
+        def request(self, method, endpoint, headers=None, token=None, jsonData=None, data=None, params=None):
+            return super().request(method, endpoint, dict(headers or {}), token, jsonData, data, dict(params or {}))
+
+    return CopyingHTTPClient(host=host, port=port, timeout=timeout)
+
+
+def connect(endpoint: str, proxy: Path | None, timeout: float, ca: Path | None, token: str | None = None):
+    """A pyarcrest client for the highest REST version both sides speak, authenticated by the proxy (TLS
+    client certificate), the bearer token (Authorization header), or both.
+
+    pyarcrest does not verify the CE's certificate; with `ca` (a CA file or hashed directory) this
+    connection does, host name included. pyarcrest 0.5's REST 1.0 class refuses tokens (an assert), though
+    A-REX 6.17 takes them on every REST call; `_Rest10` lifts that.
+    """
+    from pyarcrest.arc import ARCRest, ARCRest_1_0, ARCRest_1_1
+
+    if proxy is None and token is None:
+        raise BackendError(f"ARC CE {endpoint}: neither a proxy nor a token to authenticate with")
     parts = urlsplit(endpoint)
     if parts.scheme != "https" or not parts.hostname:
         raise BackendError(f"ARC endpoint {endpoint!r} is not an https URL")
     port = parts.port or 443
     api_base = parts.path.rstrip("/") or "/arex"
+    client = _copying_client(parts.hostname, port, timeout)
     if ca is None:
         with warnings.catch_warnings():   # pyarcrest's unverified context uses the deprecated PROTOCOL_TLS
             warnings.simplefilter("ignore", DeprecationWarning)
-            client = HTTPClient(host=parts.hostname, port=port, timeout=timeout, proxypath=str(proxy))
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
     else:
         context = ssl.create_default_context(cafile=str(ca) if ca.is_file() else None,
                                              capath=str(ca) if ca.is_dir() else None)
+    if proxy is not None:
         context.load_cert_chain(str(proxy))
-        client = HTTPClient(host=parts.hostname, port=port, timeout=timeout)
-        client.conn = http.client.HTTPSConnection(parts.hostname, port, context=context, timeout=timeout)
+    client.conn = http.client.HTTPSConnection(parts.hostname, port, context=context, timeout=timeout)
     client.conn.set_debuglevel(0)   # pyarcrest turns http.client's header dump on (logged at DEBUG)
-    versions = ARCRest.getAPIVersionsStatic(client, api_base)
-    for version, implementation in (("1.1", ARCRest_1_1), ("1.0", ARCRest_1_0)):
+
+    class _Rest10(ARCRest_1_0):
+        def __init__(self, *args):
+            ARCRest.__init__(self, *args)
+            self.version = "1.0"
+            self.apiPath = f"{self.apiBase}/rest/{self.version}"
+
+    versions = ARCRest.getAPIVersionsStatic(client, api_base, token)
+    for version, implementation in (("1.1", ARCRest_1_1), ("1.0", _Rest10)):
         if version in versions:
-            return implementation(client, None, str(proxy), api_base, None, None, timeout)
+            rest = implementation(client, token, str(proxy) if proxy else None, api_base, None, None, timeout)
+            # pyarcrest keeps one of the two; delegating a proxy over a token connection signs with proxypath
+            rest.proxypath = str(proxy) if proxy else None
+            return rest
     client.close()
     raise BackendError(f"ARC CE {endpoint} offers REST versions {versions}; pyarcrest speaks 1.0 and 1.1")
 
 
+def _refused(exc: BaseException) -> bool:
+    """The CE answered and said no to our credentials (A-REX: a bare 401 or 403)."""
+    return _http_status(exc) in (401, 403)
+
+
 class ArcBackend(Backend):
     name = "arc"
+    delivers_files = True
 
     Options = ArcOptions
 
@@ -172,24 +234,65 @@ class ArcBackend(Backend):
     def _proxy(self) -> Path:
         proxy = self.context.proxy
         if proxy is None:
-            raise BackendError("the arc backend needs an X.509 proxy ([panda] proxy): it authenticates to "
-                               "the CE and is delegated to the jobs")
+            raise BackendError("the arc backend needs an X.509 proxy ([panda] proxy) with ce_credentials "
+                               f"\"{self.context.ce_credentials}\": it authenticates to the CE and is delegated "
+                               "to the jobs")
         return Path(proxy)
 
-    def _client(self, endpoint: str):
-        proxy = self._proxy()
+    @property
+    def uses_proxy(self) -> bool:
+        return self.context.ce_credentials in ("proxy", "both")
+
+    @property
+    def uses_token(self) -> bool:
+        return self.context.ce_credentials in ("token", "both") and self.context.ce_token is not None
+
+    def _token(self, endpoint: str):
+        """This CE's token (CEToken) and its text; BackendError when renew-proxy has not made it."""
+        from harvester_cli.site.secretfiles import register_secret
+
+        ce_token = self.context.ce_token(endpoint, "arc-ce")
         try:
-            stamp = (str(proxy), proxy.stat().st_mtime_ns)
-        except FileNotFoundError:
-            raise BackendError(f"proxy {proxy} does not exist (the arc backend authenticates with it)") from None
+            text = ce_token.read()
+        except BackendError as exc:
+            raise TokenProblem(f"ARC CE {endpoint}: {exc}") from None
+        register_secret(text)
+        return ce_token, text
+
+    def _client(self, endpoint: str):
+        proxy = self._proxy() if self.uses_proxy else None
+        token = self._token(endpoint) if self.uses_token else None
+        stamp: tuple = ()
+        for path in ([proxy] if proxy else []) + ([token[0].file] if token else []):
+            try:
+                stamp += (str(path), path.stat().st_mtime_ns)
+            except FileNotFoundError:
+                raise BackendError(f"{path} does not exist (the arc backend authenticates with it)") from None
         cached = self._clients.get(endpoint)
         if cached and cached[1] == stamp:
             return cached[0]
-        if cached:   # the proxy was renewed: the TLS client certificate is part of the connection
+        if cached:   # renewed: the TLS client certificate is part of the connection, the token of the client
             self._drop(endpoint)
-        client = connect(endpoint, proxy, self.options.timeout, self.options.ca)
+        try:
+            client = connect(endpoint, proxy, self.options.timeout, self.options.ca, token[1] if token else None)
+        except Exception as exc:
+            if token and _refused(exc):
+                raise TokenProblem(self._refusal(endpoint, exc)) from exc
+            raise
         self._clients[endpoint] = (client, stamp)
         return client
+
+    def _refusal(self, endpoint: str, exc: BaseException) -> str:
+        """One line: which CE refused which token, and what in the token a CE would refuse."""
+        from harvester_cli import bearer
+
+        ce_token = self.context.ce_token(endpoint, "arc-ce")
+        try:
+            text = ce_token.file.read_text().strip()
+        except OSError:
+            text = None
+        return (f"ARC CE {endpoint} refused the token {ce_token.file} (HTTP {_http_status(exc)}): "
+                f"{bearer.refusal_reason(text, ce_token.audience)}")
 
     def _drop(self, endpoint: str) -> None:
         cached = self._clients.pop(endpoint, None)
@@ -213,7 +316,11 @@ class ArcBackend(Backend):
 
     def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
         results: dict[int, SubmitResult] = {}
-        for endpoint, group in self._assign(specs).items():
+        try:
+            assigned = self._assign(specs)
+        except CredentialsRefused as exc:   # every CE said no to its token: each worker says why
+            return [SubmitResult(s.worker_id, error=str(exc)) for s in specs]
+        for endpoint, group in assigned.items():
             for chunk in _chunks(group):
                 results.update(self._submit_to(endpoint, chunk))
         return [results[s.worker_id] for s in specs]
@@ -224,17 +331,24 @@ class ArcBackend(Backend):
         No reachable CE is an error for the whole call: the workers stay pending and the next submit
         asks the CEs again (find), so a CE outage costs no job a submission attempt per run.
         """
-        reachable, problems = [], []
+        reachable, problems, refusals = [], [], []
         for endpoint in self.options.endpoints:
             try:
                 self._client(endpoint)
                 reachable.append(endpoint)
             except Exception as exc:
                 self._drop(endpoint)
+                if isinstance(exc, TokenProblem):
+                    # the CE answered (or there is no token to show it): a reason of the workers, not an outage
+                    refusals.append(str(exc))
+                    log.warning("queue %s: %s", self.queue.name, exc)
+                    continue
                 problems.append(f"{endpoint}: {exc}")
                 log.warning("queue %s: ARC CE %s unreachable: %s", self.queue.name, endpoint, exc)
+        if not reachable and refusals and not problems:
+            raise CredentialsRefused("; ".join(refusals))
         if not reachable:
-            raise BackendError(f"no ARC CE reachable ({'; '.join(problems)})")
+            raise BackendError(f"no ARC CE reachable ({'; '.join(problems + refusals)})")
         load = {endpoint: 0 for endpoint in reachable}
         if len(reachable) > 1 and self.context.ce_statistics:
             stats = self.context.ce_statistics(self.queue.name, model.now() - CE_HISTORY_SECONDS)
@@ -246,7 +360,7 @@ class ArcBackend(Backend):
             groups[endpoint].append(spec)
         return groups
 
-    def _activity(self, spec: WorkerSpec, delegation: str) -> adl.Activity:
+    def _activity(self, spec: WorkerSpec, delegation: str | None) -> adl.Activity:
         staging = self.staging_dir(spec.worker_id)
         staging.mkdir(parents=True, exist_ok=True)
         command = spec.pilot_command.replace(sys.executable, self.options.python)
@@ -254,6 +368,7 @@ class ArcBackend(Backend):
         wrapper.write_text(adl.wrapper_script(spec.worker_id, self.context.harvester_id, spec.queue, command,
                                               spec.environment, self.options.environment))
         uploads = {adl.WRAPPER: str(wrapper)}
+        uploads.update({name: str(path) for name, path in self.context.pilot_files.items()})
         annotations = []
         if spec.job is not None:
             import json
@@ -292,12 +407,16 @@ class ArcBackend(Backend):
         next submit's repair finds (and completes the uploads of) the ones that do.
         """
         client = self._client(endpoint)
-        delegation = self._delegations.get(client, endpoint, self._proxy())
+        # token only: nothing to delegate (the job has no proxy; its pilot gets a PanDA token instead)
+        delegation = self._delegations.get(client, endpoint, self._proxy()) if self.uses_proxy else None
         activities = [self._activity(spec, delegation) for spec in specs]
         try:
             created = client.createJobs(adl.bulk(activities))
-        except Exception:
+        except Exception as exc:
             self._drop(endpoint)
+            if self.uses_token and _refused(exc):
+                reason = self._refusal(endpoint, exc)
+                return {s.worker_id: SubmitResult(s.worker_id, error=reason) for s in specs}
             raise
         from harvester_cli.faults import fault_point
 

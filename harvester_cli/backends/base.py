@@ -21,6 +21,36 @@ class BackendContext:
     # ce_statistics(queue, since) -> {computing_element: {"started": n, "queued": n, "missed": n}} for
     # this queue's workers submitted since `since` (epoch): recent throughput for CE fanout.
     ce_statistics: Callable[[str, float], dict[str, dict[str, int]]] | None = None
+    # How the backend authenticates to CEs: "proxy", "token" or "both" (the queue's ce_credentials).
+    ce_credentials: str = "proxy"
+    # ce_token(endpoint, flavour) -> CEToken: where the queue's per-CE token profile keeps that CE's token.
+    ce_token: Callable[[str, str], CEToken] | None = None
+    # Files every job carries into its working directory (the pilot's PanDA token and token key):
+    # the name in the job's directory -> the file on this host.
+    pilot_files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CEToken:
+    """A CE's bearer token: the file renew-proxy keeps and the audience it was asked for."""
+
+    file: Path
+    audience: str
+
+    def read(self) -> str:
+        """The token; raises BackendError naming the CE's token file when there is none."""
+        from harvester_cli.errors import BackendError
+
+        try:
+            token = self.file.read_text().strip()
+        except FileNotFoundError:
+            raise BackendError(f"no token for audience {self.audience}: {self.file} does not exist "
+                               "(run harvester-cli renew-proxy)") from None
+        except OSError as exc:
+            raise BackendError(f"token {self.file}: {exc.strerror}") from None
+        if not token:
+            raise BackendError(f"token {self.file} is empty (run harvester-cli renew-proxy)")
+        return token
 
 
 @dataclass
@@ -100,6 +130,9 @@ class Backend(ABC):
     """Submit many workers, check many workers, kill many workers: per-worker results, never None."""
 
     name: ClassVar[str]
+    # Whether jobs run in a directory of their own on another host (files travel with the job) or see this
+    # host's files (local processes, a shared file system).
+    delivers_files: ClassVar[bool] = False
     # The queue's `backend_options` table (a section of config.backend_options).
     Options: ClassVar[type]
 

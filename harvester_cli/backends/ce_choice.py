@@ -17,44 +17,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class CEEntry:
-    """One CE of a queue, as configured or as CRIC describes it."""
-
-    endpoint: str
-    flavour: str = "htcondor-ce"
-    queue: str | None = None
-    state: str = "ACTIVE"
-
-    @property
-    def active(self) -> bool:
-        return self.state.upper() == "ACTIVE"
-
-
-def from_cric(data: dict, site: str) -> list[CEEntry]:
-    """The CEs of a CRIC pandaqueue description: one pandaqueue object (with `queues`), or a map of
-    pandaqueue name -> object (CRIC's query output) from which `site` is taken."""
-    if "queues" not in data:
-        if site not in data:
-            raise ValueError(f"no pandaqueue {site!r} in the CRIC description (has: {', '.join(sorted(data)) or 'none'})")
-        data = data[site]
-    entries = data.get("queues")
-    if not isinstance(entries, list):
-        raise ValueError("the CRIC pandaqueue has no 'queues' list")
-    out = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not entry.get("ce_endpoint"):
-            raise ValueError(f"queues[{i}] has no ce_endpoint")
-        out.append(CEEntry(
-            endpoint=str(entry["ce_endpoint"]),
-            flavour=str(entry.get("ce_flavour") or "htcondor-ce").lower(),
-            queue=str(entry["ce_queue_name"]) if entry.get("ce_queue_name") else None,
-            state=str(entry.get("ce_state") or "ACTIVE"),
-        ))
-    return out
+from harvester_cli.config.ces import CEEntry, from_cric  # noqa: F401  (shared with the credential side)
 
 
 def weights(ces: list[str], stats: dict[str, dict[str, int]], fair_share: float) -> dict[str, float]:

@@ -29,11 +29,38 @@ submitting account; if it must run as root (the test suite does), authenticate a
 SEC_CLAIMTOBE_USER in a test pool's client config, or IDTOKENS for that user) and set `job_owner` to it, so
 that the per-worker directories harvester-cli creates belong to the account the shadow writes them as.
 
+Tokens: with `ce_credentials` token or both, each grid job's `scitokens_file` is its own CE's token (the
+file the queue's per-CE token profile keeps for that CE's audience; with token alone there is no
+`x509userproxy`); without a per-CE profile, `token_file` serves every CE. Running as root for a
+`job_owner`, the token is copied into the worker's private directory (the gridmanager reads it as that
+account); otherwise the job points at the live file renew-proxy rewrites. The pilot's PanDA token (and
+key) are copied into the worker's directory and travel with transfer_input_files. With
+`schedd_token_file`, every call to the schedd authenticates with that token (SCITOKENS only).
+
+What HTCondor 25 does with SCITOKENS (seen against the real schedd, tests/test_tokens.py):
+- SCITOKENS runs inside an SSL handshake: the schedd needs a host certificate (AUTH_SSL_SERVER_CERTFILE)
+  whose names include the host alias in its address (the short host name, not only localhost), and the
+  client must trust it (AUTH_SSL_CLIENT_CAFILE in its HTCondor configuration).
+- The schedd verifies the token with scitokens-cpp, which fetches the issuer's JWKS with libcurl and the
+  system CA bundle unless SCITOKEN_CONFIG_TLS_CA_FILE is in the daemon's environment (no HTCondor knob).
+- A wrong audience fails authentication ("'aud' claim verification failed" in the SchedLog; the client
+  only sees "Failed to authenticate using SCITOKENS"); a token whose scopes lack compute.read is
+  authenticated and mapped but DENIED: a submission needs compute.read and compute.create.
+- Condor-C: the gridmanager hands the job's scitokens_file to the C-GAHP (UPDATE_TOKEN), but the CE picks
+  the method from its own list: with FS or CLAIMTOBE before SCITOKENS there, the job gets in without its
+  token. The test CE lists SCITOKENS first; its copy of the job then carries AuthTokenSubject/Issuer.
+- A /regex/ principal in the map file with the issuer URL's slashes escaped did not match; a quoted
+  literal "ISSUER,SUBJECT" did.
+- htcondor2 keeps the GIL while it authenticates (an issuer thread in the same process cannot answer
+  the schedd's JWKS request), has no SecMan in v2 (security settings are the process-wide `param`,
+  set around each call here), and reuses an authenticated session for later calls of the process.
+
 htcondor2 is imported only inside the calls that talk to HTCondor (config check and --help stay light).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,6 +93,7 @@ REMOVE_CODE = 1
 
 class HTCondorBackend(Backend):
     name = "htcondor"
+    delivers_files = True
 
     Options = HTCondorOptions
 
@@ -112,6 +140,39 @@ class HTCondorBackend(Backend):
                                        f"does not know schedd {name!r}")
                 self._schedds[name] = htcondor2.Schedd(ad)
         return self._schedds[name]
+
+    @contextlib.contextmanager
+    def schedd_auth(self):
+        """With `schedd_token_file`, every call to the schedd authenticates with that bearer token and nothing
+        else. htcondor2 reads the client's security settings from its process-wide configuration, so they are
+        set around each call and restored after (other queues may talk to other schedds)."""
+        if self.options.schedd_token_file is None:
+            yield
+            return
+        import htcondor2
+
+        wanted = {"SCITOKENS_FILE": str(self.options.schedd_token_file),
+                  "SEC_CLIENT_AUTHENTICATION_METHODS": "SCITOKENS"}
+        saved = {k: htcondor2.param.get(k) for k in wanted}
+        for key, value in wanted.items():
+            htcondor2.param[key] = value
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    htcondor2.param.pop(key, None)
+                else:
+                    htcondor2.param[key] = value
+
+    def ce_token(self, ce: ce_choice.CEEntry | None) -> Path | None:
+        """The bearer token a grid job carries to its CE (scitokens_file): the CE's own from the queue's per-CE
+        profile, else the queue's one token_file; none for proxy-only queues and vanilla jobs."""
+        if ce is None or self.context.ce_credentials == "proxy":
+            return self.options.token_file if ce is not None else None
+        if self.context.ce_token is None:
+            return self.options.token_file
+        return self.context.ce_token(ce.endpoint, ce.flavour).file
 
     def computing_elements(self) -> list[ce_choice.CEEntry]:
         """The queue's ACTIVE CEs (empty: vanilla jobs in the schedd's pool)."""
@@ -213,8 +274,16 @@ class HTCondorBackend(Backend):
             with os.fdopen(fd, "w") as f:
                 json.dump(spec.job, f)
             inputs.insert(0, str(job_file))
+        proxy = self.proxy if ce is None or self.context.ce_credentials != "token" else None
+        token = self.ce_token(ce)
+        if token is not None and self.options.job_owner and os.geteuid() == 0:
+            # Running as root for another account: the gridmanager reads the token as that account.
+            token = self._private_copy(token, work / "ce.token")
+        for name, source in self.context.pilot_files.items():
+            # The pilot's PanDA token travels with the job (transfer_input_files keeps the name).
+            inputs.append(str(self._private_copy(source, work / name)))
         environment = dict(spec.environment)
-        if self.proxy:
+        if proxy:
             environment.pop("X509_USER_PROXY", None)   # HTCondor sets it to the job's copy of x509userproxy
         script = work / build.WRAPPER_NAME
         script.write_text(build.wrapper(spec, self.context.harvester_id, pilot_outputs.PILOT_OUTPUTS, environment))
@@ -226,7 +295,15 @@ class HTCondorBackend(Backend):
             spec, harvester_id=self.context.harvester_id, queue=self.queue, work_dir=work, input_files=inputs,
             ce_endpoint=endpoint, ce_flavour=ce.flavour if ce else "vanilla",
             ce_name=self._ce_names().get(endpoint) if ce else schedd_name, ce_queue=ce.queue if ce else None,
-            proxy=self.proxy, token=self.options.token_file, disk_mb_per_core=self.options.disk_mb_per_core)
+            proxy=proxy, token=token, disk_mb_per_core=self.options.disk_mb_per_core)
+
+    def _private_copy(self, source: Path, target: Path) -> Path:
+        data = source.read_bytes()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        self._hand_over([target])
+        return target
 
     def _hand_over(self, paths: list[Path]) -> None:
         if not self.options.job_owner or os.geteuid() != 0:
@@ -250,6 +327,12 @@ class HTCondorBackend(Backend):
                 results.append(SubmitResult(spec.worker_id, error=f"cannot prepare the worker's files: {exc}"))
         if not ready:
             return results
+        if ce is not None and self.context.ce_credentials != "proxy" and self.context.ce_token is not None:
+            ce_token = self.context.ce_token(ce.endpoint, ce.flavour)
+            if not ce_token.file.is_file():
+                error = (f"CE {ce.endpoint}: no token for audience {ce_token.audience} ({ce_token.file} does not "
+                         "exist: run harvester-cli renew-proxy)")
+                return results + [SubmitResult(s.worker_id, error=error) for s in ready]
         text = build.template_text(ce.flavour if ce else "vanilla", self.options.template)
         submit = build.description(text, harvester_id=self.context.harvester_id, queue_name=self.queue.name,
                                    ce=endpoint, extra=self.options.extra_attributes)
@@ -259,10 +342,17 @@ class HTCondorBackend(Backend):
             except OSError as exc:
                 log.warning("worker %s: cannot write submit.sub: %s", spec.worker_id, exc)
         try:
-            outcome = self.schedd(schedd_name).submit(submit, itemdata=iter(items))
+            schedd = self.schedd(schedd_name)   # located through the collector with the usual methods
+            with self.schedd_auth():
+                outcome = schedd.submit(submit, itemdata=iter(items))
         except Exception as exc:   # the schedd may have taken them before failing: ask it
             log.warning("queue %s: submission of %d workers to %s failed: %s", self.queue.name, len(ready),
                         endpoint, exc)
+            if self.options.schedd_token_file is not None and "SCITOKENS" in str(exc):
+                reason = self._token_refusal(schedd_name)
+                return results + [SubmitResult(s.worker_id, error=f"schedd {schedd_name} refused the token "
+                                                                  f"{self.options.schedd_token_file}: {reason} ({exc})")
+                                  for s in ready]
             found = self.find([WorkerRef(s.worker_id, self.queue.name, None, None, None, model.PENDING, s.log_dir)
                                for s in ready])
             return results + [f or SubmitResult(s.worker_id, error=f"schedd {schedd_name} refused the submission: {exc}")
@@ -302,7 +392,23 @@ class HTCondorBackend(Backend):
             groups[worker.submission_host or self.schedd_name()].append(worker)
         return groups
 
+    def _token_refusal(self, schedd_name: str) -> str:
+        from harvester_cli import bearer
+
+        try:
+            token = self.options.schedd_token_file.read_text().strip()
+        except OSError as exc:
+            return f"cannot read it: {exc.strerror}"
+        address = self.options.collector if self.options.schedd else schedd_name
+        return bearer.refusal_reason(token, bearer.ce_audience(address or schedd_name, "htcondor-ce",
+                                                               {"htcondor-ce": "{host}:{port}"}), scope="",
+                                     peer="schedd")
+
     def _ads(self, schedd_name: str, workers: list[WorkerRef], *, exact: bool = False) -> dict[int, object]:
+        with self.schedd_auth():
+            return self._ads_of(schedd_name, workers, exact=exact)
+
+    def _ads_of(self, schedd_name: str, workers: list[WorkerRef], *, exact: bool = False) -> dict[int, object]:
         """Job ads of these workers, queue first, then history (bounded in age) for those not in the queue."""
         schedd = self.schedd(schedd_name)
         ids = [w.worker_id for w in workers]
@@ -383,9 +489,10 @@ class HTCondorBackend(Backend):
             if not targets:
                 continue
             try:
-                schedd = self.schedd(schedd_name)
-                answer = schedd.act(htcondor2.JobAction.Remove, [w.batch_id for w in targets],
-                                    reason=(f"harvester-cli: {reason}", REMOVE_CODE))
+                with self.schedd_auth():
+                    schedd = self.schedd(schedd_name)
+                    answer = schedd.act(htcondor2.JobAction.Remove, [w.batch_id for w in targets],
+                                        reason=(f"harvester-cli: {reason}", REMOVE_CODE))
                 done = sum(int(answer.get(k) or 0) for k in ("TotalSuccess", "TotalNotFound", "TotalAlreadyDone"))
                 if done >= len(targets):
                     results.update({w.worker_id: KillResult(w.worker_id, True) for w in targets})
@@ -393,9 +500,11 @@ class HTCondorBackend(Backend):
                 # Some were refused: the ones still in the queue and not removed are the failures.
                 counts = ", ".join(f"{k}={answer.get(k)}" for k in ("TotalSuccess", "TotalNotFound", "TotalAlreadyDone",
                                                                      "TotalBadStatus", "TotalPermissionDenied", "TotalError"))
+                with self.schedd_auth():
+                    ads = schedd.query(self._constraint([w.worker_id for w in targets], exact=True),
+                                       ["ClusterId", "ProcId", "JobStatus"])
                 still = {status_map.batch_id(ad): status_map.value(ad, "JobStatus")
-                         for ad in schedd.query(self._constraint([w.worker_id for w in targets], exact=True),
-                                                ["ClusterId", "ProcId", "JobStatus"])}
+                         for ad in ads}
                 for worker in targets:
                     state = still.get(worker.batch_id)
                     if state is None or state == 3:
@@ -450,8 +559,9 @@ class HTCondorBackend(Backend):
         for schedd_name, group in self._by_schedd(workers).items():
             constraint = f"{self._constraint([w.worker_id for w in group], exact=True)} && JobStatus == 3"
             try:
-                self.schedd(schedd_name).act(htcondor2.JobAction.RemoveX, constraint,
-                                             reason=("harvester-cli: worker forgotten", REMOVE_CODE))
+                with self.schedd_auth():
+                    self.schedd(schedd_name).act(htcondor2.JobAction.RemoveX, constraint,
+                                                 reason=("harvester-cli: worker forgotten", REMOVE_CODE))
             except Exception as exc:   # best effort: the rows are forgotten anyway
                 log.warning("queue %s: cannot force removal at %s: %s", self.queue.name, schedd_name, exc)
 

@@ -25,9 +25,10 @@ def command(g, profiles, check_only, force, no_mail):
     run = renew(config, profiles, force=force, check_only=check_only, mail=not no_mail)
     g.items = sum(1 for r in run.results if r.action == "renewed")
     out = g.output()
-    out.table("credentials", ["profile", "kind", "action", "time left", "identity / FQAN", "from", "note"], [
+    out.table("credentials", ["profile", "kind", "action", "time left", "identity / FQAN / audience", "from",
+                              "note"], [
         (r.profile, r.kind, r.action, duration(r.time_left),
-         " ".join(x for x in (r.identity, r.fqans[0] if r.fqans else None) if x) or None,
+         " ".join(x for x in (r.identity, r.fqans[0] if r.fqans else None, r.audience) if x) or None,
          r.certificate, r.reason if r.action != "ok" else None) for r in run.results])
     for r in run.results:
         for a in r.attempts:

@@ -124,12 +124,36 @@ def _references(validator: Validator, config: Config) -> None:
         if queue.proxy_profile is not None and queue.proxy_profile not in config.proxies:
             validator.problem(f"queues.{queue.name}", f"proxy_profile: no [proxies.{queue.proxy_profile}] "
                                                       f"(configured: {', '.join(config.proxies) or 'none'})")
+    tokens = config.tokens
+    known = ", ".join(tokens) or "none"
+    if config.panda.token_profile in tokens and tokens[config.panda.token_profile].per_ce:
+        validator.problem("panda", f"token_profile: [tokens.{config.panda.token_profile}] keeps a token per CE "
+                                   "(directory); PanDA needs a profile with file")
+    for queue in config.queues.values():
+        where = f"queues.{queue.name}"
+        for key, per_ce in (("ce_token_profile", True), ("pilot_token_profile", False)):
+            wanted = getattr(queue, key)
+            if wanted is None:
+                continue
+            if wanted not in tokens:
+                validator.problem(where, f"{key}: no [tokens.{wanted}] (configured: {known})")
+            elif tokens[wanted].per_ce != per_ce:
+                validator.problem(where, f"{key}: [tokens.{wanted}] " + (
+                    "keeps one token (file); the CEs need a per-CE profile with directory" if per_ce else
+                    "keeps a token per CE (directory); the pilots need one token for PanDA (file)"))
+        if queue.pilot_token_profile in tokens and queue.pilot_token_key is not None and \
+                tokens[queue.pilot_token_profile].file and \
+                tokens[queue.pilot_token_profile].file.name == queue.pilot_token_key.name:
+            validator.problem(where, "pilot_token_key: has the same file name as the pilot token; both travel "
+                                     "with the job into one directory: rename one")
     files: dict[Path, str] = {}
     for kind, profiles in (("proxies", config.proxies), ("tokens", config.tokens)):
         for profile in profiles.values():
-            other = files.setdefault(profile.file, f"{kind}.{profile.name}")
+            path = profile.file if profile.file is not None else profile.directory
+            other = files.setdefault(path, f"{kind}.{profile.name}")
             if other != f"{kind}.{profile.name}":
-                validator.problem(f"{kind}.{profile.name}", f"file: {profile.file} is also written by [{other}]")
+                key = "file" if profile.file is not None else "directory"
+                validator.problem(f"{kind}.{profile.name}", f"{key}: {path} is also written by [{other}]")
     if not config.harvester_id.strip():
         validator.problem("", "harvester_id: must not be empty")
 

@@ -67,7 +67,11 @@ class HTCondorOptions:
     input_files: list[str] = setting(doc="extra files every job carries (transfer_input_files)", factory=list)
     proxy: Path | None = setting(None, doc="X.509 proxy the jobs carry (default: the queue's proxy)",
                                  must_exist="file", secret=True)
-    token_file: Path | None = setting(None, doc="token file the jobs carry", must_exist="file", secret=True)
+    token_file: Path | None = setting(None, doc="token file the grid jobs carry (scitokens_file) when the queue has "
+                                                "no ce_token_profile", must_exist="file", secret=True)
+    schedd_token_file: Path | None = setting(None, doc="authenticate to the schedd with this bearer token (SCITOKENS "
+                                                       "only), e.g. the file of a [tokens.NAME] whose audience is "
+                                                       "the schedd's host:port", must_exist="file", secret=True)
     disk_mb_per_core: int = setting(2000, doc="disk (MB) requested per core")
     job_owner: str | None = setting(None, doc="the account jobs run as when harvester-cli runs as root")
     work_dir: Path | None = setting(None, doc="private per-worker files (default: the instance's work_dir)")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harvester_cli.bearer import AUDIENCE_FORMATS, WLCG_COMPUTE_SCOPES
+from harvester_cli.config.backend_options import CE_FLAVOURS
 from harvester_cli.config.schema import setting
 
 # Placeholders a pilot command may use; filled per worker by the submitter.
@@ -25,6 +27,7 @@ PILOT_PLACEHOLDERS = frozenset(
 QUEUE_STATUSES = ("online", "offline", "test", "brokeroff", "paused")
 BACKENDS = ("arc", "htcondor", "local", "slurm")
 PROXY_TOOLS = ("voms-proxy-init", "arcproxy", "builtin")
+CE_CREDENTIALS = ("proxy", "token", "both")
 SUBMIT_FILE_PATTERNS = ["*.sub", "*.jdl", "*.xrsl", "*.adl", "*.sbatch", "submit*"]
 DAY = 24 * 3600
 
@@ -132,6 +135,18 @@ class QueueConfig:
     max_queued_seconds: int = setting(2 * DAY, doc="kill workers queued longer", minimum=60)
     lost_grace_seconds: int = setting(600, doc="fail workers the backend lost after this long")
     proxy_profile: str | None = setting(None, doc="the [proxies.NAME] whose proxy this queue's workers get")
+    ce_credentials: str = setting("proxy", doc="how the backend authenticates to the CEs: proxy (X.509, delegated "
+                                               "to the jobs), token (each CE's bearer token from ce_token_profile), "
+                                               "or both (the token for submission, the proxy still delegated for "
+                                               "data)", choices=CE_CREDENTIALS)
+    ce_token_profile: str | None = setting(None, doc="the per-CE [tokens.NAME] (with directory) whose token each "
+                                                     "CE of this queue gets")
+    pilot_token_profile: str | None = setting(None, doc="the [tokens.NAME] (with file) whose token the pilots get "
+                                                        "for PanDA instead of a proxy (PANDA_AUTH_TOKEN)")
+    pilot_token_key: Path | None = setting(None, doc="a token key file the pilots get as PANDA_AUTH_TOKEN_KEY",
+                                           must_exist="file", secret=True)
+    pilot_token_origin: str | None = setting(None, doc="PANDA_AUTH_ORIGIN of the pilots (default: [panda] "
+                                                       "token_origin)")
 
     @property
     def site(self) -> str:
@@ -152,6 +167,14 @@ class QueueConfig:
         unknown = sorted(fields - PILOT_PLACEHOLDERS)
         if unknown:
             yield "pilot", f"unknown placeholder {{{unknown[0]}}} (known: {', '.join(sorted(PILOT_PLACEHOLDERS))})"
+        if self.ce_credentials != "proxy":
+            if self.backend not in ("htcondor", "arc"):
+                yield "ce_credentials", f"{self.backend} queues have no CE to give a token; use \"proxy\""
+            elif self.ce_token_profile is None:
+                yield "ce_credentials", (f"\"{self.ce_credentials}\" needs ce_token_profile, the per-CE "
+                                         "[tokens.NAME] whose tokens the CEs get")
+        if self.pilot_token_key is not None and self.pilot_token_profile is None:
+            yield "pilot_token_key", "goes with pilot_token_profile (the token the key refreshes)"
 
 
 @dataclass(frozen=True)
@@ -214,21 +237,55 @@ class ProxyProfile:
 
 @dataclass(frozen=True)
 class TokenProfile:
-    """[tokens.NAME]: a bearer token file refreshed by an OAuth2 client-credentials request."""
+    """[tokens.NAME]: a bearer token file refreshed by an OAuth2 client-credentials request; with `directory`
+    instead of `file`, one token per CE of the queues that name this profile (`ce_token_profile`)."""
 
     name: str = setting(doc="the profile's name (the table's name)")
-    file: Path = setting(doc="the token file (mode 0600)")
     endpoint: str = setting(doc="the issuer's token endpoint", https=True)
     client_id: str = setting(doc="the OAuth2 client id")
     client_secret_file: Path = setting(doc="file holding the client secret, mode 0600", must_exist="file",
                                        secret=True)
-    audience: str | None = setting(None, doc="audience asked for (the CE endpoint or PanDA)")
-    scope: str | None = setting(None, doc="scopes asked for, space separated")
+    file: Path | None = setting(None, doc="the token file (mode 0600); or set directory for a token per CE")
+    directory: Path | None = setting(None, doc="per CE: one token file per CE audience in this directory (mode "
+                                               "0700, files 0600), for every CE of the queues whose "
+                                               "ce_token_profile names this profile")
+    audience: str | None = setting(None, doc="audience asked for (PanDA, or one CE); per CE: each CE's own")
+    audience_formats: dict[str, str] = setting(doc="per CE: the audience of a CE by flavour, from its host and "
+                                                   "port (the flavour's default port when the endpoint has none)",
+                                               factory=lambda: dict(AUDIENCE_FORMATS))
+    scope: str | None = setting(None, doc="scopes asked for, space separated (per CE default: "
+                                          + WLCG_COMPUTE_SCOPES + ")")
     min_lifetime: int = setting(1800, doc="renew when less than this many seconds are left")
     ca: Path | None = setting(None, doc="CA bundle or directory for the endpoint (default: the system's)",
                               must_exist="any")
     timeout: float = setting(30.0, doc="seconds one request may take", above=0, maximum=3600)
     retries: int = setting(3, doc="retries on connection errors, timeouts, 429 and 5xx", maximum=20)
+
+    @property
+    def per_ce(self) -> bool:
+        return self.directory is not None
+
+    @property
+    def scopes(self) -> str | None:
+        return self.scope if self.scope is not None or not self.per_ce else WLCG_COMPUTE_SCOPES
+
+    def problems(self):
+        if (self.file is None) == (self.directory is None):
+            yield "", ("set file (one token) or directory (a token per CE), not both" if self.file else
+                       "set file (one token, e.g. for PanDA) or directory (a token per CE)")
+        if self.directory is not None and self.audience is not None:
+            yield "audience", "a per-CE profile (directory) asks each CE's own audience; remove audience"
+        for flavour, template in self.audience_formats.items():
+            if flavour not in CE_FLAVOURS:
+                yield "audience_formats", f"{flavour!r} is not a CE flavour ({', '.join(CE_FLAVOURS)})"
+                continue
+            try:
+                fields = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+            except ValueError as exc:
+                yield "audience_formats", f"{flavour}: bad template ({exc})"
+                continue
+            if not fields <= {"host", "port"} or "host" not in fields:
+                yield "audience_formats", f"{flavour}: use {{host}} and {{port}} only, e.g. \"https://{{host}}:{{port}}\""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ class ProfileResult:
     reason: str | None = None           # why it was (or would be) renewed
     time_left: float | None = None
     identity: str | None = None
+    audience: str | None = None         # a token's audience
+    ces: list[str] = field(default_factory=list)   # the CEs a per-CE token serves
     fqans: list[str] = field(default_factory=list)
     certificate: str | None = None      # the certificate the proxy now comes from
     attempts: list[Attempt] = field(default_factory=list)

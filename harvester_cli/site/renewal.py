@@ -53,7 +53,7 @@ def renew(config: Config, names: tuple[str, ...] | list[str] = (), *, force: boo
         if isinstance(profile, ProxyProfile):
             run.results.append(proxies.renew_proxy(profile, force=force, check_only=check_only))
         else:
-            run.results.append(tokens.renew_token(profile, force=force, check_only=check_only))
+            run.results.extend(tokens.renew_profile(config, profile, force=force, check_only=check_only))
     if not check_only and mail:
         run.alerts = alerts.alert(config.smtp, config.logs, config.harvester_id, "credentials need attention",
                                   run.problems)

@@ -75,10 +75,36 @@ class Instance:
             context = BackendContext(
                 harvester_id=self.config.harvester_id, work_root=self.config.work_root,
                 panda_url=self.config.panda.url, proxy=self.proxy_for(queue), ca=self.config.panda.ca,
-                ce_statistics=self.ce_statistics,
+                ce_statistics=self.ce_statistics, ce_credentials=queue.ce_credentials,
+                ce_token=self.ce_token_finder(queue),
+                pilot_files=self.pilot_files(queue) if backends.backend_class(queue.backend).delivers_files else {},
             )
             self._backends[queue.name] = backends.create(queue.backend, queue, context)
         return self._backends[queue.name]
+
+    def ce_token_finder(self, queue: QueueConfig):
+        """ce_token(endpoint, flavour) -> CEToken of the queue's per-CE token profile, or None without one."""
+        if queue.ce_token_profile is None:
+            return None
+        from harvester_cli.backends.base import CEToken
+        from harvester_cli.site.tokens import ce_token
+
+        profile = self.config.tokens[queue.ce_token_profile]
+
+        def find(endpoint: str, flavour: str) -> CEToken:
+            return CEToken(*ce_token(profile, endpoint, flavour))
+
+        return find
+
+    def pilot_files(self, queue: QueueConfig) -> dict[str, Path]:
+        """The pilot's PanDA token (and token key) by the name they have beside the job."""
+        if queue.pilot_token_profile is None:
+            return {}
+        token = self.config.tokens[queue.pilot_token_profile].file
+        files = {token.name: token}
+        if queue.pilot_token_key is not None:
+            files[queue.pilot_token_key.name] = queue.pilot_token_key
+        return files
 
     def ce_statistics(self, queue: str, since: float) -> dict[str, dict[str, int]]:
         from harvester_cli.state.views import ce_statistics
@@ -127,7 +153,18 @@ class Instance:
         if queue.background:
             env["PANDA_BACKGROUND"] = "1"
         proxy = self.proxy_for(queue)
-        if proxy:
+        if queue.pilot_token_profile:
+            # PanDA pilots read PANDA_AUTH_TOKEN (and the key) relative to their directory when the files
+            # travel with the job, or as absolute paths on this host's (shared) file system.
+            delivered = backends.backend_class(queue.backend).delivers_files
+            for variable, path in (("PANDA_AUTH_TOKEN", self.config.tokens[queue.pilot_token_profile].file),
+                                   ("PANDA_AUTH_TOKEN_KEY", queue.pilot_token_key)):
+                if path is not None:
+                    env[variable] = path.name if delivered else str(path)
+            origin = queue.pilot_token_origin or panda.token_origin
+            if origin:
+                env["PANDA_AUTH_ORIGIN"] = origin
+        elif proxy:
             env["X509_USER_PROXY"] = str(proxy)
         if panda.ca:
             env["HARVESTER_PANDA_CA"] = str(panda.ca)

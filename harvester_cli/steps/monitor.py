@@ -61,7 +61,7 @@ def credentials(config: Config, now: float | None = None) -> list[Credential]:
     """Every proxy and token file the configuration names, with its time left. The proxy's lifetime is its
     certificate chain's (what voms-proxy-info -timeleft says); no tool is run."""
     from harvester_cli.site.proxies import inspect_proxy
-    from harvester_cli.site.tokens import inspect_token, token_expiry
+    from harvester_cli.site.tokens import list_tokens, token_expiry
 
     now = time.time() if now is None else now
     out: list[Credential] = []
@@ -72,12 +72,13 @@ def credentials(config: Config, now: float | None = None) -> list[Credential]:
         info = inspect_proxy(profile, now=now, voms_info=False)
         out.append(Credential("proxy", name, str(profile.file), info.time_left,
                               info.not_after if info.time_left is not None else None, info.problem))
-    for name, token in config.tokens.items():
-        exists, left = inspect_token(token, now=now)
-        out.append(Credential("token", name, str(token.file), left, now + left if left is not None else None,
-                              None if exists else "no token file"))
+    tokens = list_tokens(config, now)   # per CE too: one file per audience
+    for token in tokens:
+        left = token["seconds_left"]
+        out.append(Credential("token", token["profile"], token["file"], left, now + left if left is not None else None,
+                              None if token["exists"] else "no token file"))
     token_file = config.panda.token_file
-    if token_file and token_file not in {t.file for t in config.tokens.values()}:
+    if token_file and str(token_file) not in {t["file"] for t in tokens}:
         try:
             expires = token_expiry(token_file.read_text().strip())
             out.append(Credential("token", "panda", str(token_file), expires - now if expires else None, expires))

@@ -21,6 +21,13 @@
 #   ARC_CE_JOBUSER=arcjob         unix account the test DNs are mapped to (created if missing)
 #   ARC_CE_TRUST_CA=              a further CA certificate (PEM) to trust, e.g. the PanDA simulator's
 #   ARC_CE_TRUST_DN=              a further user DN (/DC=../CN=..) allowed and mapped to the job user
+#   ARC_CE_TOKEN_ISSUER=          accept WLCG bearer tokens of this issuer (https URL = its `iss`): the
+#                                 [authtokens] block, the otokens handler and an authgroup `tokenusers`
+#                                 (iss, aud, the scope below) mapped to the job user. A-REX fetches the
+#                                 issuer's discovery document and JWKS itself, over HTTPS verified with
+#                                 the CA directory ($B/certificates: ARC_CE_TRUST_CA must sign the issuer).
+#   ARC_CE_TOKEN_AUDIENCE=        the `aud` tokens must carry (default: https://localhost:$ARC_CE_PORT)
+#   ARC_CE_TOKEN_SCOPE=compute.create  the scope tokens must carry to be in `tokenusers`
 #   ARC_CE_INFO_PERIOD=5          infoprovider period in seconds; REST job *status* is only
 #                                 refreshed when the infoprovider (CEinfo.pl, ~0.5 s CPU) runs.
 #                                 Package default is 60 s.  NB: the XML element
@@ -45,6 +52,9 @@ LOGLEVEL=${ARC_CE_LOGLEVEL:-INFO}
 DAEMON_USER=${ARC_CE_DAEMON_USER:-root}
 TRUST_CA=${ARC_CE_TRUST_CA:-}
 TRUST_DN=${ARC_CE_TRUST_DN:-}
+TOKEN_ISSUER=${ARC_CE_TOKEN_ISSUER:-}
+TOKEN_AUDIENCE=${ARC_CE_TOKEN_AUDIENCE:-https://localhost:${PORT}}
+TOKEN_SCOPE=${ARC_CE_TOKEN_SCOPE:-compute.create}
 if [ "$DAEMON_USER" != root ]; then JOBUSER=$DAEMON_USER; fi
 CAID=localtest
 USERNAME_CN=tester
@@ -109,8 +119,10 @@ x509_cert_dir = $B/certificates
 subject = $USER_DN
 ${TRUST_DN:+subject = $TRUST_DN}
 
+$(token_groups)
 [mapping]
 map_to_user = testusers $JOBUSER:$JOBUSER
+${TOKEN_ISSUER:+map_to_user = tokenusers $JOBUSER:$JOBUSER}
 
 [lrms]
 lrms = fork
@@ -130,7 +142,7 @@ logfile = $B/log/ws-interface.log
 pidfile = $B/run/arex-ws.pid
 
 [arex/ws/jobs]
-allowaccess = testusers
+allowaccess = testusers${TOKEN_ISSUER:+ tokenusers}
 
 [infosys]
 logfile = $B/log/infoprovider.log
@@ -167,7 +179,22 @@ RTE
     log "config written: $B/arc.conf (REST at $URL, DN '$USER_DN' -> $JOBUSER)"
 }
 
+token_groups() {
+    # A-REX 6.17 matches tokens in authgroups only: `authtokens = subject issuer audience scope group`
+    # ("*" = any). A token outside every group gets 403 like an unknown DN.
+    [ -n "$TOKEN_ISSUER" ] || return 0
+    printf '[authgroup:tokenusers]\nauthtokens = * %s %s %s *\n\n[authtokens]\n' \
+        "$TOKEN_ISSUER" "$TOKEN_AUDIENCE" "$TOKEN_SCOPE"
+}
+
 write_xml() {
+    local tokens_plugin="" tokens_handler=""
+    if [ -n "$TOKEN_ISSUER" ]; then
+        # as /usr/share/arc/arc-arex-ws-start does with an [authtokens] block: the otokens handler reads
+        # the Authorization header and verifies the JWT before arclegacy matches the authgroups
+        tokens_plugin="<Plugins><Name>arcshcotokens</Name></Plugins>"
+        tokens_handler='<SecHandler name="otokens.handler" event="incoming"/>'
+    fi
     # Same content as /usr/share/arc/arc-arex-start and arc-arex-ws-start
     # generate (6.17), plus: listen on 127.0.0.1 only, faster infoprovider.
     cat > "$B/run/arex.xml" <<EOF
@@ -209,6 +236,7 @@ EOF
   <Plugins><Name>identitymap</Name></Plugins>
   <Plugins><Name>arcshc</Name></Plugins>
   <Plugins><Name>arcshclegacy</Name></Plugins>
+  $tokens_plugin
   <Chain>
     <Component name="tcp.service" id="tcp">
       <next id="tls"/>
@@ -229,6 +257,7 @@ EOF
     <Component name="http.service" id="http">
       <next id="soap">POST</next>
       <next id="plexer"/>
+      $tokens_handler
       <SecHandler name="arclegacy.handler" event="incoming">
         <ConfigFile>$B/run/arex-ws.cfg</ConfigFile>
       </SecHandler>
@@ -280,7 +309,17 @@ do_start() {
                X509_CERT_DIR="$B/certificates" MALLOC_ARENA_MAX=2)
           if [ "$DAEMON_USER" = root ]; then run=(); else run=(runuser -u "$DAEMON_USER" --); fi
           "${env[@]}" "${run[@]}" /usr/sbin/arched -c "$B/run/arex.xml"
-          "${env[@]}" "${run[@]}" /usr/sbin/arched -c "$B/run/arex-ws.xml"
+          ns=()
+          if [ -n "$TOKEN_ISSUER" ]; then
+              # A-REX 6.17 fetches the issuer's JWKS with a default client configuration whose CA
+              # directory is always /etc/grid-security/certificates (x509_cert_dir and X509_CERT_DIR
+              # are ignored there): give the REST daemon a private mount namespace in which that
+              # path is this CE's CA directory, instead of touching the host's trust store.
+              mkdir -p /etc/grid-security/certificates
+              ns=(unshare --mount --propagation private sh -c
+                  'mount --bind "$0" /etc/grid-security/certificates && exec "$@"' "$B/certificates")
+          fi
+          "${ns[@]}" "${env[@]}" "${run[@]}" /usr/sbin/arched -c "$B/run/arex-ws.xml"
         )
     fi
     # wait for the REST endpoint (anonymous request -> 403 means it is up)

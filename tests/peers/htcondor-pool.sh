@@ -132,7 +132,11 @@ start() {
   build
   mount_all
   if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then echo "already running"; return 0; fi
-  nohup chroot "$ROOT" /usr/sbin/condor_master -f >"$ROOT.master.out" 2>&1 9>&- &
+  # SciTokens verification in the daemons fetches the issuer's JWKS with libcurl: trust the CA a test token
+  # issuer writes here (scitokens-cpp reads SCITOKEN_CONFIG_TLS_CA_FILE once, at start; HTCondor has no
+  # knob for it). A missing file only matters to a daemon verifying a token.
+  SCITOKEN_CONFIG_TLS_CA_FILE="$JOBDIR/.token-issuer-ca.pem" \
+    nohup chroot "$ROOT" /usr/sbin/condor_master -f >"$ROOT.master.out" 2>&1 9>&- &
   echo $! >"$PIDFILE"          # chroot execs condor_master, so this is the master's pid
   for _ in $(seq 120); do
     if chroot "$ROOT" condor_who -quick 2>/dev/null | grep -q '^IsReady = true' &&

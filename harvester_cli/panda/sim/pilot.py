@@ -3,7 +3,7 @@
 Pull mode (no pandaJobData.out in the work directory): ask PanDA for one job with acquire_jobs, run its
 jobPars as a shell command, report running and then finished/failed with update_job. No job: exit 0
 (an empty pilot). Settings come from the environment the submitter sets (HARVESTER_PANDA_URL,
-X509_USER_PROXY, HARVESTER_PANDA_CA, PANDA_QUEUE, ...).
+X509_USER_PROXY or PANDA_AUTH_TOKEN + PANDA_AUTH_ORIGIN, HARVESTER_PANDA_CA, PANDA_QUEUE, ...).
 
 Push mode (pandaJobData.out present): never talk to PanDA; run jobPars and write heartbeat.json (the
 final job state, with the pilot's camelCase names) and jobReport.json beside it.
@@ -71,8 +71,15 @@ def pull() -> int:
     env = os.environ
     ca = env.get("HARVESTER_PANDA_CA")
     proxy = env.get("X509_USER_PROXY")
-    client = PandaClient(PandaConfig(url=env["HARVESTER_PANDA_URL"], proxy=Path(proxy) if proxy else None,
-                                     ca=Path(ca) if ca else None, timeout=30, retries=3),
+    token = env.get("PANDA_AUTH_TOKEN")
+    if token:   # as PanDA pilots do: a token file name, relative to PANDA_AUTH_DIR or the work directory
+        token_file = Path(env.get("PANDA_AUTH_DIR") or os.getcwd()) / token
+        settings = {"token_file": token_file, "token_origin": env.get("PANDA_AUTH_ORIGIN")}
+        print(f"test pilot: PanDA token {token_file.name}, origin {settings['token_origin']}", flush=True)
+    else:
+        settings = {"proxy": Path(proxy) if proxy else None}
+    client = PandaClient(PandaConfig(url=env["HARVESTER_PANDA_URL"], ca=Path(ca) if ca else None, timeout=30,
+                                     retries=3, **settings),
                          env.get("HARVESTER_ID", "testpilot"))
     # A pilot of its own name: the simulator's fault injection is for the harvester's calls, not a pilot's.
     client.session.headers["User-Agent"] = PILOT_AGENT
