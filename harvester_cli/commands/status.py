@@ -70,15 +70,17 @@ def command(g, queues, since):
                 f'{duration(r["since_last_success_seconds"])} ago' if r["last_success"] else "never",
                 f'{duration(r["since_last_run_seconds"])} ago', r["last_exit"], r["last_items"], r["last_seconds"])
                for r in data["commands"]])
-    out.table("credentials", ["kind", "profile", "file", "time left", "problem"],
-              [(c["kind"], c["profile"], c["file"], duration(c["seconds_left"]), c["problem"])
+    out.table("credentials", ["kind", "profile", "audience", "file", "time left", "problem"],
+              [(c["kind"], c["profile"], c["audience"], c["file"], duration(c["seconds_left"]), c["problem"])
                for c in data["credentials"]])
     problems = report_problems(instance.store)
     if problems:
         out.table("updates PanDA has not accepted (retried every run)", ["kind", "id", "queue", "attempts", "last error"],
                   [(p["kind"], p["id"], p["queue"], p["attempts"], (p["last_error"] or "")[:100]) for p in problems])
     legacy = instance.store.count_pending_reports()
-    out.emit({**data, "queues": counts, "pending_reports": legacy, "report_problems": problems})
+    tokens = [{"profile": c["profile"], "file": c["file"], "audience": c["audience"], "exists": c["problem"] is None,
+               "seconds_left": c["seconds_left"]} for c in data["credentials"] if c["kind"] == "token"]
+    out.emit({**data, "queues": counts, "pending_reports": legacy, "report_problems": problems, "tokens": tokens})
     return 0
 
 

@@ -55,6 +55,7 @@ class Credential:
     seconds_left: float | None   # None: unknown (missing, unreadable, a token without exp)
     expires: float | None
     problem: str | None = None
+    audience: str | None = None  # a token's: the CE (or PanDA) it is for
 
 
 def credentials(config: Config, now: float | None = None) -> list[Credential]:
@@ -76,7 +77,7 @@ def credentials(config: Config, now: float | None = None) -> list[Credential]:
     for token in tokens:
         left = token["seconds_left"]
         out.append(Credential("token", token["profile"], token["file"], left, now + left if left is not None else None,
-                              None if token["exists"] else "no token file"))
+                              None if token["exists"] else "no token file", token["audience"]))
     token_file = config.panda.token_file
     if token_file and str(token_file) not in {t["file"] for t in tokens}:
         try:
