@@ -52,7 +52,9 @@ def test_kill_stops_the_process_group_and_reports_cancelled(tmp_path, backend):
 def test_find_adopts_a_running_tagged_process_and_ignores_unknown_ids(tmp_path, backend):
     (result,) = backend.submit([spec(tmp_path, 4, "sleep 30")])
     (tmp_path / "work" / "Q" / "4" / ".pid").unlink()   # as if the submitter died before recording it
-    found, missing = backend.find([ref(tmp_path, 4), ref(tmp_path, 5)])
+    # Right after the spawn the child may not have exec'd the wrapper yet (no tag in its environment).
+    found, missing = wait_until(lambda: (lambda f: f if f[0] else None)(backend.find([ref(tmp_path, 4), ref(tmp_path, 5)])),
+                                10, 0.1, "the tagged process")
     assert found.batch_id == result.batch_id and missing is None
 
 

@@ -69,19 +69,29 @@ class WorkerSpec:
     job: dict | None = None
 
 
-@dataclass
 class WorkerRef:
-    """A worker as the store knows it, for monitoring, killing, adopting and cleaning."""
+    """A worker as the store knows it, for monitoring, killing, adopting and cleaning. Poll makes one per
+    active worker (hundreds of thousands), so it is a slotted class and log_dir becomes a Path only when
+    a backend asks for it."""
 
-    worker_id: int
-    queue: str
-    batch_id: str | None
-    submission_host: str | None
-    computing_element: str | None
-    status: str
-    log_dir: Path | None
-    submit_time: float | None = None
-    kill_reason: str | None = None
+    __slots__ = ("worker_id", "queue", "batch_id", "submission_host", "computing_element", "status", "_log_dir",
+                 "submit_time", "kill_reason")
+
+    def __init__(self, worker_id: int, queue: str, batch_id: str | None, submission_host: str | None,
+                 computing_element: str | None, status: str, log_dir: Path | str | None,
+                 submit_time: float | None = None, kill_reason: str | None = None):
+        self.worker_id, self.queue, self.batch_id = worker_id, queue, batch_id
+        self.submission_host, self.computing_element, self.status = submission_host, computing_element, status
+        self._log_dir, self.submit_time, self.kill_reason = log_dir, submit_time, kill_reason
+
+    @property
+    def log_dir(self) -> Path | None:
+        if isinstance(self._log_dir, str):
+            self._log_dir = Path(self._log_dir)
+        return self._log_dir
+
+    def __repr__(self) -> str:
+        return f"WorkerRef({self.worker_id}, {self.queue!r}, batch_id={self.batch_id!r}, status={self.status!r})"
 
 
 @dataclass

@@ -141,9 +141,10 @@ class LocalBackend(Backend):
 
     # -- check -------------------------------------------------------------------------------
 
-    def _pid(self, work: Path) -> tuple[int, int] | None:
+    def _pid(self, work: Path | str) -> tuple[int, int] | None:
         try:
-            pid, ticks = (work / PID_FILE).read_text().split()
+            with open(os.path.join(work, PID_FILE)) as f:
+                pid, ticks = f.read().split()
             return int(pid), int(ticks)
         except (OSError, ValueError):
             return None
@@ -159,32 +160,39 @@ class LocalBackend(Backend):
         return ticks == 0 or started == ticks
 
     def check(self, workers: list[WorkerRef]) -> list[Observation]:
-        return [self._observe(w) for w in workers]
+        root = str(self.root)
+        return [self._observe(w.worker_id, f"{root}/{w.worker_id}") for w in workers]
 
-    def _observe(self, worker: WorkerRef) -> Observation:
-        work = self.work_dir(worker.worker_id)
-        exit_file = work / EXIT_FILE
-        if exit_file.exists():
+    def _observe(self, worker_id: int, work: str) -> Observation:
+        # Plain os calls on string paths: poll runs this for every active worker, often 100k and more.
+        try:
+            names = os.listdir(work)   # one look tells what the wrapper left behind
+        except (FileNotFoundError, NotADirectoryError):
+            return Observation(worker_id, model.MISSING, "gone", diag=f"work directory {work} ended without an "
+                               "exit code (killed outside harvester-cli or host rebooted)")
+        if EXIT_FILE in names:
+            exit_file = os.path.join(work, EXIT_FILE)
             try:
-                code = int(exit_file.read_text().strip())
+                with open(exit_file) as f:
+                    code = int(f.read().strip())
             except ValueError:
                 code = -1
-            end = exit_file.stat().st_mtime
-            start = (work / PID_FILE).stat().st_mtime if (work / PID_FILE).exists() else None
+            end = os.stat(exit_file).st_mtime
+            start = os.stat(os.path.join(work, PID_FILE)).st_mtime if PID_FILE in names else None
             if code == 0:
-                return Observation(worker.worker_id, model.FINISHED, "exited", 0, None, start, end)
-            return Observation(worker.worker_id, model.FAILED, "exited", code,
-                               f"pilot exited with code {code}", start, end)
-        pid = self._pid(work)
+                return Observation(worker_id, model.FINISHED, "exited", 0, None, start, end)
+            return Observation(worker_id, model.FAILED, "exited", code, f"pilot exited with code {code}", start, end)
+        pid = self._pid(work) if PID_FILE in names else None
         if pid and self._alive(*pid):
-            start = (work / PID_FILE).stat().st_mtime
-            return Observation(worker.worker_id, model.RUNNING, "running", start_time=start)
-        if (work / KILLED_FILE).exists():
-            reason = (work / KILLED_FILE).read_text().strip()
-            return Observation(worker.worker_id, model.CANCELLED, "killed", diag=f"killed: {reason}",
-                               end_time=(work / KILLED_FILE).stat().st_mtime)
+            return Observation(worker_id, model.RUNNING, "running", start_time=os.stat(os.path.join(work, PID_FILE)).st_mtime)
+        if KILLED_FILE in names:
+            killed = os.path.join(work, KILLED_FILE)
+            with open(killed) as f:
+                reason = f.read().strip()
+            return Observation(worker_id, model.CANCELLED, "killed", diag=f"killed: {reason}",
+                               end_time=os.stat(killed).st_mtime)
         where = f"process {pid[0]}" if pid else f"work directory {work}"
-        return Observation(worker.worker_id, model.MISSING, "gone",
+        return Observation(worker_id, model.MISSING, "gone",
                            diag=f"{where} ended without an exit code (killed outside harvester-cli or host rebooted)")
 
     # -- kill --------------------------------------------------------------------------------

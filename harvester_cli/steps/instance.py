@@ -188,9 +188,5 @@ class Instance:
 
 def worker_ref(row) -> WorkerRef:
     """A store row of the workers table as the backends see it."""
-    return WorkerRef(
-        worker_id=row.worker_id, queue=row.queue, batch_id=row.batch_id, submission_host=row.submission_host,
-        computing_element=row.computing_element, status=row.status,
-        log_dir=Path(row.log_dir) if row.log_dir else None, submit_time=row.submit_time,
-        kill_reason=row.kill_reason,
-    )
+    return WorkerRef(row.worker_id, row.queue, row.batch_id, row.submission_host, row.computing_element, row.status,
+                     row.log_dir or None, row.submit_time, row.kill_reason)

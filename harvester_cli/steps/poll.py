@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,27 +66,39 @@ def _decide(queue: QueueConfig, row, seen: Observation, at: float) -> tuple[str,
     return status, diag, kill
 
 
+# The columns poll reads per worker: what the backend needs (worker_ref) and what a change compares. A
+# named tuple, not SQLAlchemy's Row: its attributes are read a few million times per poll of 200k workers.
+_COLUMNS = ("worker_id", "queue", "batch_id", "submission_host", "computing_element", "status", "log_dir",
+            "submit_time", "kill_reason", "diag", "native_status", "native_exit_code", "start_time", "created",
+            "modified")
+PollRow = namedtuple("PollRow", _COLUMNS)
+_PAGE = (select(*(workers.c[name] for name in _COLUMNS))
+         .where(workers.c.queue == bindparam("queue"), workers.c.status.in_(model.WORKER_ACTIVE),
+                workers.c.worker_id > bindparam("after"))
+         .order_by(workers.c.worker_id).limit(CHUNK))
+
+
 def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int], None] | None = None) -> QueuePoll:
+    """Check the queue's active workers page by page. A page is read without locking anything; what the
+    backend reports as changed is written only for workers nobody changed meanwhile (their status and
+    modification time are compared in the write): overlapping polls may look at the same workers, but
+    each change is recorded, and its job update queued, once. A page where nothing changed writes nothing."""
     store = instance.store
     backend = instance.backend(queue)
     result = QueuePoll(queue.name)
     last_id = -1   # keyset pagination: each round takes the next workers by id, memory stays flat
     while True:
-        with store.write() as conn:
-            rows = store.claim(conn, workers, (workers.c.queue == queue.name)
-                               & workers.c.status.in_(model.WORKER_ACTIVE) & (workers.c.worker_id > last_id),
-                               CHUNK, order_by=workers.c.worker_id)
+        with store.read() as conn:
+            rows = list(map(PollRow._make, conn.execute(_PAGE, {"queue": queue.name, "after": last_id}).fetchall()))
         if not rows:
             break
-        last_id = max(r.worker_id for r in rows)
+        last_id = rows[-1].worker_id
         try:
             observations = backend.check([worker_ref(r) for r in rows])
             fault_point("poll_after_check")
         except Exception as exc:  # one backend failing must not stop the other queues
             log.warning("queue %s: backend check failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             result.error = f"backend check failed: {exc}"
-            with store.write() as conn:
-                store.release(conn, workers, [r.worker_id for r in rows])
             break
         apply_observations(instance, queue, rows, observations, result)
         result.checked += len(rows)
@@ -102,14 +114,13 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
     changed, kills, ended, started, resubmit = [], [], [], [], {}
     for row, seen in zip(rows, observations):
         status, diag, kill = _decide(queue, row, seen, at)
-        if not model.allowed_worker_transition(row.status, status):
+        if status != row.status and not model.allowed_worker_transition(row.status, status):
             status = row.status
         kill = kill or seen.kill_reason
         if kill and not row.kill_reason:
             kills.append({"w": row.worker_id, "k": kill})
-        is_change = (status != row.status or diag != row.diag or seen.native_status != row.native_status
-                     or seen.exit_code != row.native_exit_code)
-        if not is_change:
+        if (status == row.status and diag == row.diag and seen.native_status == row.native_status
+                and seen.exit_code == row.native_exit_code):
             continue
         changed.append({
             "w": row.worker_id, "s": status, "d": diag, "n": seen.native_status, "x": seen.exit_code,
@@ -117,44 +128,59 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
             "et": (seen.end_time or at) if status in model.WORKER_FINAL else None,
         })
         if status != row.status:
-            result.changes[status] += 1
             if status in model.WORKER_FINAL and seen.resubmit and queue.mode == "push":
                 resubmit[row.worker_id] = f"transient backend error: {diag or seen.native_status}"
             elif status in model.WORKER_FINAL:
                 ended.append((row, status, diag))
             elif status == model.RUNNING:
                 started.append(row)
+    if not changed and not kills:
+        return
     final_jobs = _final_job_updates(instance, queue, ended) if queue.mode == "push" else []
     with store.write() as conn:
+        # Only workers that are as this page read them: another poll (or sweep) may have moved them meanwhile.
+        ids = {c["w"] for c in changed} | {k["w"] for k in kills}
+        current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(workers.c.worker_id.in_(ids))
+        if not store.is_sqlite:   # SQLite's write transaction already excludes every other writer
+            current = current.with_for_update()
+        now_seen = {w: (s, m) for w, s, m in conn.execute(current)}
+        fresh = {r.worker_id for r in rows if now_seen.get(r.worker_id) == (r.status, r.modified)}
+        changed = [c for c in changed if c["w"] in fresh]
+        kills = [k for k in kills if k["w"] in fresh]
         if changed:
-            conn.execute(
-                update(workers).where(workers.c.worker_id == bindparam("w"), store.owned(workers))
-                .values(status=bindparam("s"), diag=bindparam("d"), native_status=bindparam("n"),
-                        native_exit_code=bindparam("x"), start_time=bindparam("st"), end_time=bindparam("et"),
-                        modified=at),
-                changed,
-            )
+            conn.execute(_UPDATE_WORKER.values(modified=at), changed)
             store.enqueue_reports(conn, "worker", [(c["w"], queue.name, None, False) for c in changed])
+        statuses = {r.worker_id: r.status for r in rows}
+        for c in changed:
+            if c["s"] != statuses[c["w"]]:
+                result.changes[c["s"]] += 1
         fault_point("poll_mid_transaction")   # the worker updates are written, not yet committed
         if kills:
             conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"))
                          .values(kill_reason=bindparam("k")), kills)
             result.kill_requested += len(kills)
+        started = [r for r in started if r.worker_id in fresh]
         if started and queue.mode == "push":
             transitions.jobs_running(store, conn, queue, {r.worker_id: r.batch_id for r in started}, at)
+        resubmit = {w: why for w, why in resubmit.items() if w in fresh}
         if resubmit:
             transitions.requeue_jobs(store, conn, queue, resubmit, at)
             result.resubmitted += len(resubmit)
+        final_jobs = [(p, u, d) for p, u, d, w in final_jobs if w in fresh]
         for panda_id, update_, diag in final_jobs:
             conn.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status != model.SUB_DONE)
                          .values(status=update_["job_status"], sub_status=model.SUB_REPORTING, diag=diag,
                                  modified=at))
         store.enqueue_reports(conn, "job", [(p, queue.name, u, True) for p, u, _ in final_jobs])
         result.jobs_final += len(final_jobs)
-        store.release(conn, workers, [r.worker_id for r in rows])
 
 
-def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tuple[int, dict, str | None]]:
+_UPDATE_WORKER = (update(workers).where(workers.c.worker_id == bindparam("w"))
+                  .values(status=bindparam("s"), diag=bindparam("d"), native_status=bindparam("n"),
+                          native_exit_code=bindparam("x"), start_time=bindparam("st"), end_time=bindparam("et")))
+
+
+def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tuple[int, dict, str | None, int]]:
     """Push mode: for each ended worker, its job's final update from the pilot's files."""
     if not ended:
         return []
@@ -174,7 +200,7 @@ def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tu
             update_ = pilot_outputs.failed_update(job, pilot_outputs.ERR_WORKER_CANCELLED,
                                                   f"worker {row.worker_id} cancelled: {diag or row.kill_reason}",
                                                   sub_status="cancelled")
-            out.append((panda_id, update_, diag))
+            out.append((panda_id, update_, diag, row.worker_id))
             continue
         try:
             files = backend.fetch_outputs(worker_ref(row), list(pilot_outputs.PILOT_OUTPUTS))
@@ -183,7 +209,7 @@ def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tu
             files, diag = {}, f"{diag + '; ' if diag else ''}cannot fetch outputs: {exc}"
         update_, note = pilot_outputs.final_update(job, files, diag)
         update_.setdefault("batch_id", row.batch_id)
-        out.append((panda_id, update_, note))
+        out.append((panda_id, update_, note, row.worker_id))
     return out
 
 

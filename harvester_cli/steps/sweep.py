@@ -117,7 +117,14 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
         failed = [(r, o) for r, o in zip(rows, outcomes) if not o.ok]
         with store.write() as conn:
             if killed:
-                # Still ours (claimed as killable), so poll cannot have moved it to a final state meanwhile.
+                # poll does not claim: a worker it saw end meanwhile keeps the final state poll recorded.
+                current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(
+                    workers.c.worker_id.in_([r.worker_id for r, _ in killed]))
+                if not store.is_sqlite:
+                    current = current.with_for_update()
+                now_seen = {w: (s, m) for w, s, m in conn.execute(current)}
+                killed = [(r, o) for r, o in killed if now_seen.get(r.worker_id) == (r.status, r.modified)]
+            if killed:
                 conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"), store.owned(workers))
                              .values(status=model.CANCELLED, diag=bindparam("d"), end_time=at, modified=at),
                              [{"w": r.worker_id, "d": f"killed: {r.kill_reason}"} for r, _ in killed])
