@@ -465,7 +465,7 @@ def test_sweep_kills_on_the_ce_and_the_job_is_reported_cancelled(harness, sim, a
     from harvester_cli.steps.instance import worker_ref
 
     ref = worker_ref(worker)
-    forgotten = type(ref)(**{**ref.__dict__, "worker_id": ref.worker_id + 1000, "batch_id": "nosuchjob0000"})
+    forgotten = ref.replace(worker_id=ref.worker_id + 1000, batch_id="nosuchjob0000")
     assert [r.ok for r in backend.kill([ref, forgotten], "again")] == [True, True]
 
 

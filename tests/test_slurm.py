@@ -286,7 +286,7 @@ def test_kills_from_panda_cancel_the_slurm_jobs(slurm, sim):
     # Killing again, and killing a job Slurm never had: both count as killed.
     backend = instance.backend(queues[0])
     ref = worker_ref(local[0])
-    unknown = type(ref)(**{**ref.__dict__, "worker_id": ref.worker_id + 1000, "batch_id": "99999999"})
+    unknown = ref.replace(worker_id=ref.worker_id + 1000, batch_id="99999999")
     assert [r.ok for r in backend.kill([ref, unknown], "again")] == [True, True]
 
 
@@ -495,12 +495,12 @@ def test_jobs_slurmctld_forgot_are_read_from_the_job_completion_log(slurm, sim):
     # Crash repair finds the same jobs by name in the job-completion log.
     backend = instance.backend(queues[0])
     refs = [worker_ref(w) for w in ours]
-    pending = [type(r)(**{**r.__dict__, "batch_id": None, "status": "pending"}) for r in refs]
+    pending = [r.replace(batch_id=None, status="pending") for r in refs]
     assert [f.batch_id for f in backend.find(pending)] == [w.batch_id for w in ours]
     monitoring.poll(instance, queues)
     for w in worker_rows(instance):
         assert w.status == "failed" and w.native_status == "FAILED" and w.native_exit_code == 4
     # A job no part of Slurm knows is missing: lost once the grace (0 here) has passed.
-    ghost = type(refs[0])(**{**refs[0].__dict__, "worker_id": 10**9, "batch_id": "987654"})
+    ghost = refs[0].replace(worker_id=10**9, batch_id="987654")
     (seen,) = backend.check([ghost])
     assert seen.status == "missing" and "no trace of job 987654" in seen.diag

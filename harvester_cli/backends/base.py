@@ -90,6 +90,11 @@ class WorkerRef:
             self._log_dir = Path(self._log_dir)
         return self._log_dir
 
+    def replace(self, **changes) -> "WorkerRef":
+        """A copy with some fields changed (what dataclasses.replace does for a dataclass)."""
+        fields = {name.lstrip("_"): getattr(self, name) for name in self.__slots__}
+        return WorkerRef(**{**fields, **changes})
+
     def __repr__(self) -> str:
         return f"WorkerRef({self.worker_id}, {self.queue!r}, batch_id={self.batch_id!r}, status={self.status!r})"
 
