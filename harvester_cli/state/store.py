@@ -19,11 +19,13 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
     inspect,
+    literal_column,
     or_,
     select,
     text,
@@ -34,6 +36,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, SQLAlchemyError
 
 from harvester_cli.errors import StateError
 from harvester_cli.model import now
+from harvester_cli.state import bulk
 from harvester_cli.state.schema import (
     HEAD,
     LEGACY_VERSIONS,
@@ -143,7 +146,12 @@ class Store:
     def _check_schema_when_unlocked(self) -> None:
         """Two runs opening a brand-new SQLite file at once: switching it to WAL can answer "database is
         locked" without waiting for the busy timeout. Try again shortly; anything else is an error at once."""
-        from tenacity import (
+        try:
+            return self._check_schema()
+        except Exception as exc:   # whatever carries SQLite's message: the retry below looks at the text too
+            if "database is locked" not in str(exc):
+                raise
+        from tenacity import (  # only then: it costs every command's start-up a few ms
             Retrying,
             retry_if_exception,
             stop_after_attempt,
@@ -284,30 +292,10 @@ class Store:
         if not items:
             return
         at = now()
-        rows = [{"kind": kind, "key": key, "queue": queue, "version": 1,
-                 "payload": None if payload is None else json.dumps(payload), "final": final, "created": at,
-                 "attempts": 0} for key, queue, payload, final in items]
+        rows = [(kind, key, queue, None if payload is None else json.dumps(payload), final, at)
+                for key, queue, payload, final in items]
         for chunk in chunks(rows, 500):
-            conn.execute(self._upsert_reports(conn), chunk)
-
-    def _upsert_reports(self, conn: Connection):
-        dialect = conn.dialect.name
-        if dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects.mysql import insert
-
-            stmt = insert(reports)
-            return stmt.on_duplicate_key_update(
-                version=reports.c.version + 1, payload=stmt.inserted.payload, final=stmt.inserted.final,
-            )
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(reports)
-        return stmt.on_conflict_do_update(
-            index_elements=[reports.c.kind, reports.c.key],
-            set_={"version": reports.c.version + 1, "payload": stmt.excluded.payload, "final": stmt.excluded.final},
-        )
+            bulk.execute_many(conn, _upsert_reports(conn.dialect.name), _UPSERT_NAMES, chunk)
 
     def reports_sent(self, conn: Connection, kind: str, sent: Sequence[tuple[int, int]]) -> None:
         """Forget (key, version) pairs PanDA accepted; a row with a newer version stays, released for the next run."""
@@ -322,6 +310,37 @@ class Store:
         with self.read() as conn:
             return {kind: n for kind, n in conn.execute(
                 select(reports.c.kind, func.count()).group_by(reports.c.kind))}
+
+
+_UPSERT_NAMES = ("kind", "key", "queue", "payload", "final", "created")
+_upserts: dict[str, Any] = {}
+
+
+def _upsert_reports(dialect: str):
+    """The outbox's upsert for this database, built once: a newer report replaces the unsent one."""
+    if dialect not in _upserts:
+        # constants as literals: the rows go to the driver as they are (in the table's column order)
+        values = {name: bindparam(name) for name in _UPSERT_NAMES} | {"version": literal_column("1"),
+                                                                      "attempts": literal_column("0")}
+        # `+ 1` as a literal: PyMySQL's executemany formats what follows VALUES (...) without parameters,
+        # so a bound 1 there fails every bulk upsert of two rows or more ("format requires a mapping").
+        newer = reports.c.version + literal_column("1")
+        if dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert
+
+            stmt = insert(reports).values(values)
+            _upserts[dialect] = stmt.on_duplicate_key_update(version=newer, payload=stmt.inserted.payload,
+                                                             final=stmt.inserted.final)
+        else:
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            stmt = insert(reports).values(values)
+            _upserts[dialect] = stmt.on_conflict_do_update(
+                index_elements=[reports.c.kind, reports.c.key],
+                set_={"version": newer, "payload": stmt.excluded.payload, "final": stmt.excluded.final})
+    return _upserts[dialect]
 
 
 def owner_is_dead(owner: str | None) -> bool:

@@ -16,7 +16,7 @@ from harvester_cli.backends.base import Observation
 from harvester_cli.config import QueueConfig
 from harvester_cli.faults import fault_point
 from harvester_cli.panda import pilot_outputs
-from harvester_cli.state import monitoring, transitions
+from harvester_cli.state import bulk, monitoring, transitions
 from harvester_cli.state.schema import job_workers, jobs, workers
 from harvester_cli.steps.instance import Instance, worker_ref
 
@@ -122,11 +122,11 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
         if (status == row.status and diag == row.diag and seen.native_status == row.native_status
                 and seen.exit_code == row.native_exit_code):
             continue
-        changed.append({
-            "w": row.worker_id, "s": status, "d": diag, "n": seen.native_status, "x": seen.exit_code,
-            "st": row.start_time or seen.start_time or (at if status == model.RUNNING else None),
-            "et": (seen.end_time or at) if status in model.WORKER_FINAL else None,
-        })
+        changed.append((   # _UPDATE_NAMES; the worker id last
+            status, diag, seen.native_status, seen.exit_code,
+            row.start_time or seen.start_time or (at if status == model.RUNNING else None),
+            (seen.end_time or at) if status in model.WORKER_FINAL else None, at, row.worker_id,
+        ))
         if status != row.status:
             if status in model.WORKER_FINAL and seen.resubmit and queue.mode == "push":
                 resubmit[row.worker_id] = f"transient backend error: {diag or seen.native_status}"
@@ -139,21 +139,21 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
     final_jobs = _final_job_updates(instance, queue, ended) if queue.mode == "push" else []
     with store.write() as conn:
         # Only workers that are as this page read them: another poll (or sweep) may have moved them meanwhile.
-        ids = {c["w"] for c in changed} | {k["w"] for k in kills}
+        ids = {c[-1] for c in changed} | {k["w"] for k in kills}
         current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(workers.c.worker_id.in_(ids))
         if not store.is_sqlite:   # SQLite's write transaction already excludes every other writer
             current = current.with_for_update()
         now_seen = {w: (s, m) for w, s, m in conn.execute(current)}
         fresh = {r.worker_id for r in rows if now_seen.get(r.worker_id) == (r.status, r.modified)}
-        changed = [c for c in changed if c["w"] in fresh]
+        changed = [c for c in changed if c[-1] in fresh]
         kills = [k for k in kills if k["w"] in fresh]
         if changed:
-            conn.execute(_UPDATE_WORKER.values(modified=at), changed)
-            store.enqueue_reports(conn, "worker", [(c["w"], queue.name, None, False) for c in changed])
+            bulk.execute_many(conn, _UPDATE_WORKER, _UPDATE_NAMES, changed)
+            store.enqueue_reports(conn, "worker", [(c[-1], queue.name, None, False) for c in changed])
         statuses = {r.worker_id: r.status for r in rows}
         for c in changed:
-            if c["s"] != statuses[c["w"]]:
-                result.changes[c["s"]] += 1
+            if c[0] != statuses[c[-1]]:
+                result.changes[c[0]] += 1
         fault_point("poll_mid_transaction")   # the worker updates are written, not yet committed
         if kills:
             conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"))
@@ -175,9 +175,11 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
         result.jobs_final += len(final_jobs)
 
 
+_UPDATE_NAMES = ("s", "d", "n", "x", "st", "et", "m", "w")
 _UPDATE_WORKER = (update(workers).where(workers.c.worker_id == bindparam("w"))
                   .values(status=bindparam("s"), diag=bindparam("d"), native_status=bindparam("n"),
-                          native_exit_code=bindparam("x"), start_time=bindparam("st"), end_time=bindparam("et")))
+                          native_exit_code=bindparam("x"), start_time=bindparam("st"), end_time=bindparam("et"),
+                          modified=bindparam("m")))
 
 
 def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tuple[int, dict, str | None, int]]:
