@@ -26,8 +26,8 @@ def spec(tmp_path, worker_id, command, job=None):
     return WorkerSpec(worker_id, "Q", "SCORE", 1, 2000, 60, tmp_path / "logs" / str(worker_id), command, job=job)
 
 
-def ref(tmp_path, worker_id):
-    return WorkerRef(worker_id, "Q", None, None, None, "submitted", tmp_path / "logs" / str(worker_id))
+def ref(tmp_path, worker_id, batch_id=None):
+    return WorkerRef(worker_id, "Q", batch_id, None, None, "submitted", tmp_path / "logs" / str(worker_id))
 
 
 def test_exit_codes_map_to_finished_and_failed(tmp_path, backend):
@@ -41,9 +41,12 @@ def test_exit_codes_map_to_finished_and_failed(tmp_path, backend):
 
 def test_kill_stops_the_process_group_and_reports_cancelled(tmp_path, backend):
     (result,) = backend.submit([spec(tmp_path, 3, "sleep 60 & sleep 60")])
-    assert backend.check([ref(tmp_path, 3)])[0].status == "running"
-    assert backend.kill([ref(tmp_path, 3)], "operator")[0].ok
-    seen = wait_until(lambda: (o := backend.check([ref(tmp_path, 3)])[0]).status == "cancelled" and o)
+    worker = ref(tmp_path, 3, result.batch_id)
+    # At once, before its wrapper may have written the pid file: the process with the worker's tag runs,
+    # and a kill reaches it.
+    wait_until(lambda: backend.check([worker])[0].status == "running", 10, 0.01, "the worker running")
+    assert backend.kill([worker], "operator")[0].ok
+    seen = wait_until(lambda: (o := backend.check([worker])[0]).status == "cancelled" and o)
     assert "operator" in seen.diag
     assert not Path(f"/proc/{result.batch_id}").exists() or \
         Path(f"/proc/{result.batch_id}/stat").read_text().split()[2] == "Z"
@@ -51,11 +54,15 @@ def test_kill_stops_the_process_group_and_reports_cancelled(tmp_path, backend):
 
 def test_find_adopts_a_running_tagged_process_and_ignores_unknown_ids(tmp_path, backend):
     (result,) = backend.submit([spec(tmp_path, 4, "sleep 30")])
-    (tmp_path / "work" / "Q" / "4" / ".pid").unlink()   # as if the submitter died before recording it
+    pid_file = tmp_path / "work" / "Q" / "4" / ".pid"
+    wait_until(pid_file.exists, 10, 0.05, "the wrapper's pid file")
+    assert pid_file.read_text().split()[0] == result.batch_id
+    pid_file.unlink()   # as if the wrapper could not write it (full disk)
     # Right after the spawn the child may not have exec'd the wrapper yet (no tag in its environment).
     found, missing = wait_until(lambda: (lambda f: f if f[0] else None)(backend.find([ref(tmp_path, 4), ref(tmp_path, 5)])),
                                 10, 0.1, "the tagged process")
     assert found.batch_id == result.batch_id and missing is None
+    assert pid_file.read_text().split()[0] == result.batch_id   # recorded again: poll knows it from now on
 
 
 def test_push_outputs_are_copied_to_the_log_dir_and_clean_removes_the_work_dir(tmp_path, backend):

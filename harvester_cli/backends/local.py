@@ -1,7 +1,8 @@
 """Local backend: each worker is a detached process group on this host, in its own work directory.
 
-A small shell wrapper runs the pilot (in a subshell, so an `exit` in the command ends only the pilot) and writes the exit code to `.exitcode` when it ends, so a later
-`poll` (a different process than the one that submitted) can tell finished from failed from vanished.
+A small shell wrapper (one for all queues) runs the pilot in a subshell, so an `exit` in the command ends only
+the pilot, and writes the exit code to `.exitcode` when it ends, so a later `poll` (a different process
+than the one that submitted) can tell finished from failed from vanished.
 The process carries HARVESTER_ID and HARVESTER_WORKER_ID in its environment: that is the tag `find`
 uses to adopt a worker whose submission was interrupted before the store recorded it.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -36,15 +36,26 @@ KILLED_FILE = ".killed"
 # A killed worker that ignores SIGTERM this long gets SIGKILL at the next kill request.
 KILL_ESCALATION_SECONDS = 30
 
+WRAPPER_NAME = ".harvester-worker.sh"
+# One wrapper for all the workers (each runs it in its own directory; what differs comes in the
+# environment): starting a worker writes no script. It records its own pid and start time (clock ticks,
+# field 22 of /proc/PID/stat) first, so a reused pid is never taken for it, then runs the pilot in a
+# subshell (an `exit` in the command ends only the pilot) and leaves the exit code in .exitcode.
 WRAPPER = """\
 #!/bin/sh
-# harvester-cli local worker {worker_id} of harvester {harvester_id}
-cd {work_dir}
-echo "start $(date -u +%FT%TZ) pid $$" >> {batch_log}
-( {command} ) > {stdout} 2> {stderr} < /dev/null
+# harvester-cli local worker wrapper (HARVESTER_ID and HARVESTER_WORKER_ID name the worker)
+read -r _hc_stat < /proc/$$/stat
+set -- ${_hc_stat##*") "}
+shift 19
+echo "$$ $1" > .pid.tmp && mv .pid.tmp .pid
+_hc_command=$HARVESTER_PILOT_COMMAND _hc_out=$HARVESTER_PILOT_STDOUT _hc_err=$HARVESTER_PILOT_STDERR
+_hc_log=$HARVESTER_BATCH_LOG
+unset HARVESTER_PILOT_COMMAND HARVESTER_PILOT_STDOUT HARVESTER_PILOT_STDERR HARVESTER_BATCH_LOG _hc_stat
+echo "start $(date -u +%FT%TZ) pid $$" >> "$_hc_log"
+( eval "$_hc_command" ) > "$_hc_out" 2> "$_hc_err" < /dev/null
 rc=$?
-echo $rc > {exit_file}.tmp && mv {exit_file}.tmp {exit_file}
-echo "end $(date -u +%FT%TZ) exit $rc" >> {batch_log}
+echo $rc > .exitcode.tmp && mv .exitcode.tmp .exitcode
+echo "end $(date -u +%FT%TZ) exit $rc" >> "$_hc_log"
 exit $rc
 """
 
@@ -93,41 +104,55 @@ class LocalBackend(Backend):
     # -- submit ------------------------------------------------------------------------------
 
     def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
-        return [self._start(spec) for spec in specs]
-
-    def _start(self, spec: WorkerSpec) -> SubmitResult:
-        work = self.work_dir(spec.worker_id)
         try:
-            work.mkdir(parents=True, exist_ok=True, mode=0o700)   # the job dict and its secrets live here
-            spec.log_dir.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            wrapper = self._wrapper()
+        except OSError as exc:
+            return [SubmitResult(s.worker_id, error=f"cannot prepare {self.root} and its worker wrapper: {exc}")
+                    for s in specs]
+        environment = dict(os.environ)   # read once: a submission starts hundreds of workers
+        return [self._start(spec, wrapper, environment) for spec in specs]
+
+    def _wrapper(self) -> str:
+        """The wrapper script, (re)written when missing or different. It lives beside the queues' work
+        directories, not in one, so a swept queue directory ends up empty."""
+        path = self.root.parent / WRAPPER_NAME
+        try:
+            if path.read_text() == WRAPPER:
+                return str(path)
+        except OSError:
+            pass
+        temporary = path.with_name(f"{WRAPPER_NAME}.{os.getpid()}")
+        temporary.write_text(WRAPPER)
+        temporary.replace(path)
+        return str(path)
+
+    def _start(self, spec: WorkerSpec, wrapper: str, environment: dict[str, str]) -> SubmitResult:
+        work = f"{self.root}/{spec.worker_id}"
+        log_dir = str(spec.log_dir)
+        try:
+            try:
+                os.mkdir(work, 0o700)   # the job dict and its secrets live here
+            except FileExistsError:
+                pass
+            os.makedirs(log_dir, exist_ok=True)
             if spec.job is not None:
                 import json
 
                 # The job dict may carry secrets (pilotSecrets): readable by the worker's user only.
-                fd = os.open(work / "pandaJobData.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd = os.open(f"{work}/pandaJobData.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as f:
                     json.dump(spec.job, f)
-            script = work / "run.sh"
-            script.write_text(WRAPPER.format(
-                worker_id=spec.worker_id, harvester_id=self.context.harvester_id,
-                work_dir=shlex.quote(str(work)), command=spec.pilot_command,
-                stdout=shlex.quote(str(spec.log_dir / "pilot.out")),
-                stderr=shlex.quote(str(spec.log_dir / "pilot.err")),
-                batch_log=shlex.quote(str(spec.log_dir / "batch.log")),
-                exit_file=EXIT_FILE,
-            ))
-            env = {**os.environ, **spec.environment,
-                   "HARVESTER_ID": self.context.harvester_id, "HARVESTER_WORKER_ID": str(spec.worker_id)}
+            env = {**environment, **spec.environment,
+                   "HARVESTER_ID": self.context.harvester_id, "HARVESTER_WORKER_ID": str(spec.worker_id),
+                   "HARVESTER_PILOT_COMMAND": spec.pilot_command, "HARVESTER_PILOT_STDOUT": f"{log_dir}/pilot.out",
+                   "HARVESTER_PILOT_STDERR": f"{log_dir}/pilot.err", "HARVESTER_BATCH_LOG": f"{log_dir}/batch.log"}
             process = subprocess.Popen(
-                ["/bin/sh", str(script)], cwd=work, env=env, start_new_session=True,
+                ["/bin/sh", wrapper], cwd=work, env=env, start_new_session=True,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         except OSError as exc:
             return SubmitResult(spec.worker_id, error=f"cannot start local worker: {exc}")
-        try:
-            self._record_pid(work, process.pid)
-        except OSError as exc:   # it runs: report it started; find() and the wrapper's files still work
-            log.warning("worker %s: cannot record pid %s: %s", spec.worker_id, process.pid, exc)
         return self._result(spec.worker_id, process.pid)
 
     def _record_pid(self, work: Path, pid: int) -> None:
@@ -161,9 +186,17 @@ class LocalBackend(Backend):
 
     def check(self, workers: list[WorkerRef]) -> list[Observation]:
         root = str(self.root)
-        return [self._observe(w.worker_id, f"{root}/{w.worker_id}") for w in workers]
+        return [self._observe(w.worker_id, f"{root}/{w.worker_id}", w.batch_id) for w in workers]
 
-    def _observe(self, worker_id: int, work: str) -> Observation:
+    def _starting(self, worker_id: int, batch_id: str | None) -> int | None:
+        """The pid of a worker whose wrapper has not written its pid file yet: the batch id, if that
+        process carries this worker's tag (a reused pid does not)."""
+        if not batch_id or not batch_id.isdigit():
+            return None
+        pid = int(batch_id)
+        return pid if _process_tag(pid) == (self.context.harvester_id, str(worker_id)) else None
+
+    def _observe(self, worker_id: int, work: str, batch_id: str | None = None) -> Observation:
         # Plain os calls on string paths: poll runs this for every active worker, often 100k and more.
         try:
             names = os.listdir(work)   # one look tells what the wrapper left behind
@@ -185,6 +218,8 @@ class LocalBackend(Backend):
         pid = self._pid(work) if PID_FILE in names else None
         if pid and self._alive(*pid):
             return Observation(worker_id, model.RUNNING, "running", start_time=os.stat(os.path.join(work, PID_FILE)).st_mtime)
+        if PID_FILE not in names and self._starting(worker_id, batch_id):
+            return Observation(worker_id, model.RUNNING, "starting")
         if KILLED_FILE in names:
             killed = os.path.join(work, KILLED_FILE)
             with open(killed) as f:
@@ -204,6 +239,8 @@ class LocalBackend(Backend):
         work = self.work_dir(worker.worker_id)
         marker = work / KILLED_FILE
         pid = self._pid(work)
+        if pid is None and self._starting(worker.worker_id, worker.batch_id):
+            pid = (int(worker.batch_id), 0)
         if not pid or not self._alive(*pid):
             return KillResult(worker.worker_id, True)
         try:

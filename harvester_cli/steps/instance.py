@@ -22,6 +22,7 @@ class Instance:
         self.config = config
         self.state_url = state_url or config.state_url
         self._backends: dict[str, Backend] = {}
+        self._pilot_parts: dict[tuple, dict[str, str]] = {}   # what every pilot of a queue shares, quoted
         # steps.registration.Registration of this run, once known (fetch and submit of one cycle share it)
         self.registration = None
         # What this process counted for the metrics' counters: (family, sorted label pairs) -> amount. Added
@@ -125,8 +126,12 @@ class Instance:
 
     def worker_log_dir(self, queue: str, worker_id: int, when: float) -> Path:
         """Per day, per queue, per worker: <log_dir>/workers/YYYY-MM-DD/<queue>/<worker_id>/."""
+        return self.worker_log_root(queue, when) / str(worker_id)
+
+    def worker_log_root(self, queue: str, when: float) -> Path:
+        """The directory of a queue's worker log directories of `when`'s day."""
         day = datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%d")
-        return self.config.logs / "workers" / day / queue / str(worker_id)
+        return self.config.logs / "workers" / day / queue
 
     def log_url(self, path: Path | str | None) -> str | None:
         """The public URL of a file in the log tree (log_url from config), or the file path without one."""
@@ -144,11 +149,18 @@ class Instance:
     # -- pilots ------------------------------------------------------------------------------
 
     def pilot_environment(self, queue: QueueConfig, worker_id: int, resource_type: str) -> dict[str, str]:
+        # The same for every worker of a queue and resource type but its id (submit asks for thousands).
+        key = ("environment", queue.name, resource_type)
+        if key not in self._pilot_parts:
+            self._pilot_parts[key] = self._pilot_environment(queue, resource_type)
+        return {**self._pilot_parts[key], "HARVESTER_WORKER_ID": str(worker_id)}
+
+    def _pilot_environment(self, queue: QueueConfig, resource_type: str) -> dict[str, str]:
         panda = self.config.panda
         env = {
             "HARVESTER_PANDA_URL": panda.url, "PANDA_QUEUE": queue.site, "PANDA_RESOURCE_TYPE": resource_type,
             "PANDA_PROD_SOURCE_LABEL": queue.prod_source_label, "PANDA_JOB_TYPE": queue.job_type,
-            "HARVESTER_ID": self.config.harvester_id, "HARVESTER_WORKER_ID": str(worker_id),
+            "HARVESTER_ID": self.config.harvester_id,
         }
         if queue.background:
             env["PANDA_BACKGROUND"] = "1"
@@ -174,16 +186,19 @@ class Instance:
 
     def pilot_command(self, queue: QueueConfig, worker_id: int, resource_type: str, n_core: int,
                       memory_mb: int) -> str:
-        import shlex
+        key = ("command", queue.name, resource_type, n_core, memory_mb)
+        if key not in self._pilot_parts:
+            import shlex
 
-        panda = self.config.panda
-        values = {
-            "queue": queue.site, "worker_id": worker_id, "harvester_id": self.config.harvester_id,
-            "resource_type": resource_type, "n_core": n_core, "memory_mb": memory_mb, "walltime": queue.walltime,
-            "panda_url": panda.url, "prod_source_label": queue.prod_source_label, "job_type": queue.job_type,
-            "python": sys.executable, "ca": panda.ca or "", "proxy": self.proxy_for(queue) or "",
-        }
-        return queue.pilot.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
+            panda = self.config.panda
+            values = {
+                "queue": queue.site, "harvester_id": self.config.harvester_id, "resource_type": resource_type,
+                "n_core": n_core, "memory_mb": memory_mb, "walltime": queue.walltime, "panda_url": panda.url,
+                "prod_source_label": queue.prod_source_label, "job_type": queue.job_type, "python": sys.executable,
+                "ca": panda.ca or "", "proxy": self.proxy_for(queue) or "",
+            }
+            self._pilot_parts[key] = {k: shlex.quote(str(v)) for k, v in values.items()}
+        return queue.pilot.format(**self._pilot_parts[key], worker_id=int(worker_id))
 
 
 def worker_ref(row) -> WorkerRef:

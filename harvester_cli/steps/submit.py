@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy import bindparam, case, func, literal_column, null, select, update
 
 from harvester_cli import model
 from harvester_cli.backends.base import SubmitResult, WorkerSpec
@@ -23,7 +23,7 @@ from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError, PandaRefused
 from harvester_cli.faults import fault_point
 from harvester_cli.panda import job_counts, resource_types
-from harvester_cli.state import transitions
+from harvester_cli.state import bulk, transitions
 from harvester_cli.state.schema import job_workers, jobs, locks, worker_targets, workers
 from harvester_cli.state.store import chunks, owner_is_dead
 from harvester_cli.steps import fetch_jobs, planner, registration
@@ -32,6 +32,9 @@ from harvester_cli.steps.instance import Instance, worker_ref
 log = logging.getLogger(__name__)
 
 BACKEND_BATCH = 100
+# Workers recorded as pending (and their specs held in memory) at a time: a submission of any size keeps
+# its memory flat, and a crash leaves at most this many to repair.
+SUBMIT_ROUND = 1000
 
 
 @dataclass
@@ -198,6 +201,11 @@ def _bind_jobs(instance: Instance, conn, queue: QueueConfig, counts: dict[str, i
     return bound
 
 
+_PENDING_COLUMNS = ("worker_id", "queue", "backend", "mode", "resource_type", "job_type", "n_core", "memory_mb",
+                    "status", "log_dir", "created", "modified", "lock_owner", "lock_expires")
+_INSERT_PENDING = workers.insert().values({name: bindparam(name) for name in _PENDING_COLUMNS})
+
+
 def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int,
                    sizes: dict[str, tuple[int, int]]) -> list[WorkerSpec]:
     """Record the new workers as pending (and bind their jobs) in one transaction; returns their specs."""
@@ -215,32 +223,39 @@ def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
             return []
     ids = store.allocate_worker_ids(len(plan_items), floor)
     specs, rows, links, job_ids = [], [], [], []
+    log_root = instance.worker_log_root(queue.name, at)
+    lease = at + store.lease_seconds
     for worker_id, (rt, job) in zip(ids, plan_items):
         row = job.pop("_row") if job else None
         cores, memory = _size(queue, rt, job, sizes)
-        log_dir = instance.worker_log_dir(queue.name, worker_id, at)
+        log_dir = log_root / str(worker_id)
         specs.append(WorkerSpec(
             worker_id=worker_id, queue=queue.name, resource_type=rt, n_core=cores, memory_mb=memory,
             walltime=queue.walltime, log_dir=log_dir,
             pilot_command=instance.pilot_command(queue, worker_id, rt, cores, memory),
             environment=instance.pilot_environment(queue, worker_id, rt), job=job,
         ))
-        rows.append({
-            "worker_id": worker_id, "queue": queue.name, "backend": queue.backend, "mode": queue.mode,
-            "resource_type": rt, "job_type": queue.job_type, "n_core": cores, "memory_mb": memory,
-            "status": model.PENDING, "log_dir": str(log_dir), "created": at, "modified": at,
-            "lock_owner": store.owner, "lock_expires": at + store.lease_seconds,
-        })
+        rows.append((worker_id, queue.name, queue.backend, queue.mode, rt, queue.job_type, cores, memory,
+                     model.PENDING, str(log_dir), at, at, store.owner, lease))
         if row is not None:
             links.append({"panda_id": row.panda_id, "worker_id": worker_id})
             job_ids.append(row.panda_id)
     with store.write() as conn:
-        conn.execute(workers.insert(), rows)
+        bulk.execute_many(conn, _INSERT_PENDING, _PENDING_COLUMNS, rows)
         if links:
             conn.execute(job_workers.insert(), links)
             conn.execute(update(jobs).where(jobs.c.panda_id.in_(job_ids), store.owned(jobs))
                          .values(sub_status=model.SUB_SUBMITTED, modified=at, lock_owner=None, lock_expires=None))
     return specs
+
+
+_SUBMITTED_NAMES = ("b", "h", "ce", "at", "o", "e", "l", "w")
+_RECORD_SUBMITTED = (
+    update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == literal_column(f"'{model.PENDING}'"))
+    .values(status=literal_column(f"'{model.SUBMITTED}'"), batch_id=bindparam("b"), submission_host=bindparam("h"),
+            computing_element=bindparam("ce"), submit_time=bindparam("at"), modified=bindparam("at"),
+            stdout_url=bindparam("o"), stderr_url=bindparam("e"), batch_log_url=bindparam("l"),
+            lock_owner=null(), lock_expires=null()))
 
 
 def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitResult]) -> None:
@@ -261,14 +276,9 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
             return instance.log_url(f"{log_dirs.get(result.worker_id)}/{name}")
 
         if ok:
-            conn.execute(
-                update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
-                .values(status=model.SUBMITTED, batch_id=bindparam("b"), submission_host=bindparam("h"),
-                        computing_element=bindparam("ce"), submit_time=at, modified=at, stdout_url=bindparam("o"),
-                        stderr_url=bindparam("e"), batch_log_url=bindparam("l"), lock_owner=None, lock_expires=None),
-                [{"w": r.worker_id, "b": r.batch_id, "h": r.submission_host, "ce": r.computing_element,
-                  "o": url(r, r.stdout), "e": url(r, r.stderr), "l": url(r, r.batch_log)} for r in ok],
-            )
+            bulk.execute_many(conn, _RECORD_SUBMITTED, _SUBMITTED_NAMES, [
+                (r.batch_id, r.submission_host, r.computing_element, at, url(r, r.stdout), url(r, r.stderr),
+                 url(r, r.batch_log), r.worker_id) for r in ok])
         if bad:
             # The CE a failed submission went to (when the backend says) feeds the fanout's back-off.
             conn.execute(
@@ -293,13 +303,15 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
                  progress: Callable[[int], None] | None = None) -> None:
     backend = instance.backend(queue)
     store = instance.store
-    if progress:
-        progress(0, expected=len(specs))
+    renewed = model.now()
     for index, batch in enumerate(chunks(specs, BACKEND_BATCH)):
-        if index:   # keep the queue lock and the waiting workers' claims alive through a long submission
+        if model.now() - renewed > store.lease_seconds / 3:
+            # A slow backend: keep the queue lock and the waiting workers' claims alive, well before their
+            # lease could run out and another run take them over.
             with store.write() as conn:
                 store.renew(conn, workers, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
                 store.renew(conn, locks, [f"submit:{queue.name}"])
+            renewed = model.now()
         fault_point("before_backend_submit")
         try:
             results = backend.submit(list(batch))
@@ -309,7 +321,7 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
             log.warning("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
                       exc_info=log.isEnabledFor(logging.DEBUG))   # a traceback with -vv only
             with instance.store.write() as conn:
-                instance.store.release(conn, workers, [s.worker_id for s in batch])
+                instance.store.release(conn, workers, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
             result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
             return
         fault_point("after_backend_submit")
@@ -318,6 +330,24 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
         result.failed += [(r.worker_id, r.error or "submission failed") for r in results if not r.ok]
         if progress:
             progress(len(batch))
+
+
+def rounds(counts: dict[str, int], size: int) -> Iterator[dict[str, int]]:
+    """The plan's workers per resource type, `size` at a time."""
+    left = {rt: n for rt, n in counts.items() if n > 0}
+    while left:
+        this_round: dict[str, int] = {}
+        room = size
+        for rt in list(left):
+            take = min(left[rt], room)
+            this_round[rt] = take
+            room -= take
+            left[rt] -= take
+            if not left[rt]:
+                del left[rt]
+            if not room:
+                break
+        yield this_round
 
 
 def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.ActivatedJobs | None,
@@ -347,10 +377,18 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
         except PandaError as exc:
             result.error = f"cannot learn the highest worker id from PanDA for a new state database: {exc}"
             return result
-        specs = create_pending(instance, queue, result.plan.per_resource_type, floor, sizes)
-        submit_specs(instance, queue, specs, result, progress)
-        if queue.pilot_streaming and result.submitted:
-            consume_targets(instance, queue, specs, set(result.submitted))
+        if progress:
+            progress(0, expected=result.plan.total)
+        for counts in rounds(result.plan.per_resource_type, SUBMIT_ROUND):
+            specs = create_pending(instance, queue, counts, floor, sizes)
+            if not specs:   # push: no job left to bind
+                break
+            before = len(result.submitted)
+            submit_specs(instance, queue, specs, result, progress)
+            if queue.pilot_streaming and len(result.submitted) > before:
+                consume_targets(instance, queue, specs, set(result.submitted[before:]))
+            if result.error:
+                break
     return result
 
 
