@@ -104,7 +104,13 @@ class Globals:
     def output(self):
         from harvester_cli.output import Output
 
-        return Output(json_mode=self.json, quiet=self.verbosity < 0)
+        return Output(json_mode=self.json, quiet=self.verbosity < 0, database=self._database_stats)
+
+    def _database_stats(self) -> dict | None:
+        """The state database's use by this command, if it opened the database."""
+        if self._instance is None or "store" not in self._instance.__dict__:
+            return None
+        return self._instance.store.stats()
 
     def selected(self, extra: tuple[str, ...] = ()):
         return self.instance().config.select_queues(tuple(dict.fromkeys(self.queues + tuple(extra))))

@@ -29,6 +29,8 @@ class Output:
     tables: list[Table] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # What the command did to the state database (connections, statements, conflicts retried), for --json.
+    database: Callable[[], dict | None] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -53,6 +55,9 @@ class Output:
         if self.json_mode:
             if isinstance(data, dict) and self.errors:
                 data = {**data, "errors": self.errors}
+            stats = self.database() if self.database is not None and isinstance(data, dict) else None
+            if stats:
+                data = {**data, "database": stats}
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
             return
         if self.quiet:

@@ -15,6 +15,8 @@ class BackendContext:
 
     harvester_id: str
     work_root: Path
+    # This host's name ([instance] host): the submission host of the workers a host-bound backend starts.
+    host: str = ""
     panda_url: str | None = None
     proxy: Path | None = None
     ca: Path | None = None
@@ -150,6 +152,11 @@ class Backend(ABC):
     delivers_files: ClassVar[bool] = False
     # The queue's `backend_options` table (a section of config.backend_options).
     Options: ClassVar[type]
+    # Whether the workers live on the host that submitted them (local processes, a schedd only that host
+    # reaches): then only that host polls, kills and cleans them, the one named in their submission_host.
+    # Backends any host reaches (a remote schedd, ARC REST, Slurm from a shared login node) leave it False,
+    # and whichever host claims the rows works them.
+    host_bound: bool = False
 
     def __init__(self, queue: Any, context: BackendContext):
         self.queue = queue

@@ -91,6 +91,7 @@ def _process_tag(pid: int) -> tuple[str | None, str | None]:
 
 class LocalBackend(Backend):
     name = "local"
+    host_bound = True   # processes of this host: no other host can see, kill or clean them
 
     Options = LocalOptions
 
@@ -160,7 +161,7 @@ class LocalBackend(Backend):
         (work / PID_FILE).write_text(f"{pid} {stat[1] if stat else 0}\n")
 
     def _result(self, worker_id: int, pid: int) -> SubmitResult:
-        return SubmitResult(worker_id, batch_id=str(pid), submission_host=socket.gethostname(),
+        return SubmitResult(worker_id, batch_id=str(pid), submission_host=self.context.host or socket.gethostname(),
                             computing_element="localhost", stdout="pilot.out", stderr="pilot.err",
                             batch_log="batch.log")
 

@@ -13,7 +13,7 @@ def _store(g):
     from harvester_cli.state.store import Store
 
     url = state_url_from(g.state) if g.state else g.config().state_url
-    return Store(url, check_schema=False)
+    return Store(url, check_schema=False, timeout=None)   # a migration and the upgrade lock may wait long
 
 
 @command.command("upgrade", epilog="""Examples:

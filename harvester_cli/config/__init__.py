@@ -247,6 +247,7 @@ def environment_problems(config: Config) -> list[str]:
                 problems.append(f"{source}: [{where}] {key}: {value} is readable by others "
                                 f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {value}")
     problems += _loose_state_files(config, source)
+    problems += _sqlite_on_network(config, source)
     if not config.queues:
         problems.append(f"{source}: no queues: add one, e.g. [queues.MY_QUEUE] with mode and backend "
                         "(`harvester-cli config example` shows one)")
@@ -255,6 +256,47 @@ def environment_problems(config: Config) -> list[str]:
         problems.append(f"{source}: [panda] no credentials: PanDA needs a client certificate or a token; set proxy "
                         "(or proxy_profile), or token_file (or token_profile) with token_origin")
     return problems
+
+
+# File systems that serve one directory to several hosts: SQLite's locks (POSIX locks, and the shared memory
+# of WAL mode) do not hold across hosts there, and two hosts writing one file corrupt it.
+NETWORK_FILE_SYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",
+                                  "lustre", "gpfs", "beegfs", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs",
+                                  "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "fuse.juicefs", "ocfs2", "gfs2"})
+
+
+def mount_of(path: Path, mounts: str = "/proc/mounts") -> tuple[str, str] | None:
+    """(mount point, file system type) of the mount holding `path`: the longest mount point above it."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    best: tuple[str, str] | None = None
+    target = str(path)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fields[2])
+    return best
+
+
+def _sqlite_on_network(config: Config, source: str, mounts: str = "/proc/mounts") -> list[str]:
+    """SQLite on a network file system: refused, it is the one set-up that corrupts the state database."""
+    url = config.state_url
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return []
+    database = Path(url.removeprefix("sqlite:///"))
+    where = database if database.exists() else database.parent
+    found = mount_of(where.resolve() if where.exists() else where, mounts)
+    if found is None or found[1] not in NETWORK_FILE_SYSTEMS:
+        return []
+    return [f"{source}: state: {database} is on {found[1]} ({found[0]}): SQLite on a network file system loses "
+            "its locks between hosts and corrupts the database; keep SQLite on a local disk of one host, or give "
+            "several hosts one PostgreSQL or MariaDB server (state = \"postgresql://...\" or \"mariadb://...\")"]
 
 
 def _loose_state_files(config: Config, source: str) -> list[str]:

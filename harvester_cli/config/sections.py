@@ -116,7 +116,8 @@ class QueueConfig:
                                                        maximum=100_000)
     n_queue_limit_worker_min: int = setting(1, doc="floor of the percentage limit")
     max_workers: int = setting(100, doc="queued + running workers at most")
-    max_new_workers_per_cycle: int = setting(10, doc="new workers per submit run")
+    max_new_workers_per_cycle: int = setting(10, doc="new workers per submit run (per [instance] "
+                                                         "cycle_interval over all hosts when that is set)")
     max_queued_cores: int | None = setting(None, doc="cores that may wait in the batch queue")
     max_queued_memory_mb: int | None = setting(None, doc="memory (MB) that may wait in the batch queue")
     throttle_missed: int | None = setting(None, doc="no new worker while more than this many were missed in "
@@ -372,6 +373,27 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class InstanceConfig:
+    """[instance]: this host among several sharing one state database."""
+
+    host: str | None = setting(None, doc="this host's name: the submission host of workers it starts on "
+                                         "host-bound backends, harvesterHost in PanDA updates, the owner of its "
+                                         "claims (default: the host name)")
+    cycle_interval: int = setting(0, doc="seconds between a host's cycle runs (its cron rhythm); when set, a "
+                                         "queue's max_new_workers_per_cycle counts the workers every host made "
+                                         "for it in the last cycle_interval seconds (set it when several hosts "
+                                         "share the database; 0: per submit run, right for one host)",
+                                  maximum=DAY)
+    db_timeout: int = setting(60, doc="PostgreSQL/MariaDB: seconds a statement, a lock wait or a silent "
+                                      "connection may take before the server (and the client) give up, so a "
+                                      "stuck host cannot hang the others", minimum=1, maximum=DAY)
+
+    def problems(self):
+        if self.host is not None and (not self.host.strip() or ":" in self.host):
+            yield "host", f"{self.host!r}: a host name, not empty and without ':'"
+
+
+@dataclass(frozen=True)
 class Config:
     harvester_id: str = setting(doc="this instance's id at PanDA")
     panda: PandaConfig = setting(doc="[panda]")
@@ -383,6 +405,7 @@ class Config:
     lease_seconds: int = setting(600, doc="how long a claim on a row holds before another run may take it over",
                                  minimum=10)
     max_new_workers_per_run: int = setting(1000, doc="cap on new workers per submit run over all queues")
+    instance: InstanceConfig = setting(doc="[instance]", factory=InstanceConfig)
     sweep: SweepConfig = setting(doc="[sweep]", factory=SweepConfig)
     queues: dict[str, QueueConfig] = setting(doc="[queues.NAME]", factory=dict)
     proxies: dict[str, ProxyProfile] = setting(doc="[proxies.NAME]", factory=dict)
@@ -397,6 +420,13 @@ class Config:
     @property
     def state_url(self) -> str:
         return state_url_from(self.state) if self.state else state_url_from(str(default_state_dir() / "state.db"))
+
+    @property
+    def host(self) -> str:
+        """This host's identity among the hosts sharing the state database."""
+        import socket
+
+        return self.instance.host or socket.gethostname()
 
     @property
     def logs(self) -> Path:

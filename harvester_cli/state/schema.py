@@ -22,7 +22,8 @@ from sqlalchemy import (
 
 # Every migration in migrations/versions, oldest first; HEAD is what this code needs. Read by every command
 # without importing Alembic (only `db upgrade` and friends pay for it).
-REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history")
+REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history",
+             "0006_multihost")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -114,9 +115,13 @@ workers = Table(
     Column("modified", Epoch, nullable=False),
     Column("lock_owner", String(128)),
     Column("lock_expires", Epoch),
+    # The harvester host ([instance] host) that made the worker: with a host-bound backend only it works it.
+    Column("harvester_host", String(255)),
     Index("ix_workers_queue_status", "queue", "status"),
     # poll and sweep page through a queue's workers by id: without it every page rescans the queue
     Index("ix_workers_queue_id", "queue", "worker_id"),
+    # the per-cycle cap over all hosts counts a queue's workers made within the last cycle interval
+    Index("ix_workers_queue_created", "queue", "created"),
 )
 
 job_workers = Table(

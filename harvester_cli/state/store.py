@@ -11,10 +11,10 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -46,6 +46,8 @@ from harvester_cli.state.schema import (
     reports,
 )
 
+T = TypeVar("T")
+
 
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
@@ -68,16 +70,24 @@ def _sqlite_setup(engine: Engine) -> None:
 class Store:
     """One state database. Thin: tables, transactions, claims, ids, outbox. Domain queries live in the steps."""
 
-    def __init__(self, url: str, *, lease_seconds: int = 600, check_schema: bool = True):
+    def __init__(self, url: str, *, lease_seconds: int = 600, check_schema: bool = True, host: str | None = None,
+                 timeout: int | None = 60):
         self.url = url
         self.lease_seconds = lease_seconds
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # The host part is the [instance] host: several hosts may share one machine's name (containers), and a
+        # claim's owner says which host may judge whether its process still lives (owner_is_dead).
+        self.host = host or socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._dead_checked: set[str] = set()
-        options = {}
+        # Deadlocks and serialization failures retried (see retrying), for the command's result.
+        self.conflicts = 0
+        options: dict[str, Any] = {}
         if url.startswith(("mysql", "mariadb")):
             # InnoDB's default REPEATABLE READ makes a claim's UPDATE take next-key locks on rows it does not
             # touch, and another run's SKIP LOCKED then finds nothing to claim. (PostgreSQL's default already.)
             options["isolation_level"] = "READ COMMITTED"
+        if timeout and not url.startswith("sqlite"):
+            options["connect_args"] = server_timeouts(url, timeout)
         try:
             self.engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"), **options)
         except ImportError as exc:
@@ -88,6 +98,16 @@ class Store:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:
             _sqlite_setup(self.engine)
+        # What this process asked of the database: connections opened and statements sent (round trips).
+        self.connections = self.statements = 0
+
+        @event.listens_for(self.engine, "connect")
+        def connected(_dbapi_connection, _record):
+            self.connections += 1
+
+        @event.listens_for(self.engine, "before_cursor_execute")
+        def statement(*_args):
+            self.statements += 1
         if check_schema:
             self._check_schema_when_unlocked()
 
@@ -121,6 +141,27 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def stats(self) -> dict[str, int]:
+        return {"connections": self.connections, "statements": self.statements, "conflicts_retried": self.conflicts}
+
+    def retrying(self, work: Callable[[Connection], T]) -> T:
+        """Run `work(conn)` in a write transaction; a deadlock or serialization failure (another host's
+        transaction won) rolls it back and runs it again, a few times, counted in `conflicts`. `work` must
+        only read and write the database: everything it did is undone before each new attempt."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        def conflict(exc: BaseException) -> bool:
+            if is_conflict(exc):
+                self.conflicts += 1
+                return True
+            return False
+
+        for attempt in Retrying(retry=retry_if_exception(conflict), stop=stop_after_attempt(8),
+                                wait=wait_random_exponential(multiplier=0.02, max=1.0), reraise=True):
+            with attempt, self.write() as conn:
+                return work(conn)
+        raise AssertionError("unreachable")   # Retrying either returned or raised
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -210,7 +251,7 @@ class Store:
         self._dead_checked.add(table.name)
         owners = conn.scalars(select(table.c.lock_owner).distinct().where(table.c.lock_owner.is_not(None),
                                                                           table.c.lock_owner != self.owner))
-        dead = [o for o in owners if owner_is_dead(o)]
+        dead = [o for o in owners if owner_is_dead(o, self.host)]
         for chunk in chunks(dead, 500):
             conn.execute(update(table).where(table.c.lock_owner.in_(chunk)).values(lock_owner=None, lock_expires=None))
 
@@ -251,6 +292,9 @@ class Store:
             conn.execute(update(table).where(_key_match(key, chunk), table.c.lock_owner == self.owner)
                          .values(lock_expires=now() + self.lease_seconds))
 
+    def owner_is_dead(self, owner: str | None) -> bool:
+        return owner_is_dead(owner, self.host)
+
     def owned(self, table: Table):
         """Condition: the row is still claimed by this run (guards every update of a claimed row)."""
         return table.c.lock_owner == self.owner
@@ -262,7 +306,7 @@ class Store:
         with self.write() as conn:
             holder = conn.execute(select(locks.c.lock_owner).where(locks.c.name == name)).first()
             free = self._free(locks, at)
-            if holder is not None and owner_is_dead(holder[0]):
+            if holder is not None and owner_is_dead(holder[0], self.host):
                 free = free | (locks.c.lock_owner == holder[0])
             got = conn.execute(
                 update(locks).where(locks.c.name == name, free)
@@ -343,13 +387,14 @@ def _upsert_reports(dialect: str):
     return _upserts[dialect]
 
 
-def owner_is_dead(owner: str | None) -> bool:
-    """A claim owned by a process of this host that no longer exists can be taken over at once."""
+def owner_is_dead(owner: str | None, this_host: str | None = None) -> bool:
+    """A claim owned by a process of this host that no longer exists can be taken over at once. Another
+    host's claims wait for their lease: its processes cannot be seen from here."""
     if not owner:
         return False
     host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != (this_host or socket.gethostname()) or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -358,6 +403,39 @@ def owner_is_dead(owner: str | None) -> bool:
     except PermissionError:
         return False
     return False
+
+
+# Another transaction won: PostgreSQL's serialization failure and deadlock, MariaDB's deadlock and lock wait
+# timeout. Worth running the transaction again; anything else is not.
+_PG_CONFLICTS = {"40001", "40P01"}
+_MYSQL_CONFLICTS = {1213, 1205}
+
+
+def is_conflict(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) in _PG_CONFLICTS:
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_CONFLICTS and type(orig).__module__.startswith("pymysql")
+
+
+def server_timeouts(url: str, seconds: int) -> dict[str, Any]:
+    """Driver arguments that bound every wait on a PostgreSQL/MariaDB server: a statement, a lock wait, a
+    transaction left idle by a stuck client (the server ends it and frees its row locks), a connection
+    whose peer went silent (a host cut off from the network fails instead of hanging its cron slot)."""
+    if url.startswith("postgres"):
+        ms = seconds * 1000
+        return {"connect_timeout": min(seconds, 30), "tcp_user_timeout": ms, "keepalives_idle": min(seconds, 30),
+                "keepalives_interval": 5, "keepalives_count": 3,
+                "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
+                           f"-c idle_in_transaction_session_timeout={ms}"}
+    if url.startswith(("mysql", "mariadb")):
+        return {"connect_timeout": min(seconds, 30), "read_timeout": seconds + 5, "write_timeout": seconds + 5,
+                "init_command": f"SET SESSION innodb_lock_wait_timeout={seconds}, max_statement_time={seconds}, "
+                                f"wait_timeout={max(seconds, 60)}"}
+    return {}
 
 
 def _key_match(columns: list[Column], keys: Sequence[tuple]):

@@ -149,7 +149,7 @@ def _refuse_unknown(store: Store, revision: str | None) -> None:
 
 def create(url: str, **options) -> Store:
     """A ready state database at `url` (made or upgraded as `db upgrade` does), opened with `options`."""
-    store = Store(url, check_schema=False)
+    store = Store(url, check_schema=False, timeout=None)   # a migration and the upgrade lock may wait long
     try:
         upgrade(store)
     finally:

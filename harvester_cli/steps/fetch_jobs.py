@@ -217,7 +217,7 @@ def fetch_queue(instance: Instance, queue: QueueConfig) -> QueueFetch:
         try:
             received = instance.panda.acquire_jobs(
                 queue.site, wanted, prod_source_label=queue.prod_source_label, job_type=queue.job_type,
-                node=_hostname(), computing_element=queue.backend, background=queue.background or None,
+                node=instance.host, computing_element=queue.backend, background=queue.background or None,
             )
         except PandaError as exc:
             return QueueFetch(queue.name, requested=wanted, error=str(exc))
@@ -264,9 +264,3 @@ def fetch_jobs(instance: Instance, queues: list[QueueConfig]) -> FetchResult:
         else:
             result.queues.append(fetch_queue(instance, queue))
     return result
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()

@@ -36,7 +36,13 @@ class Instance:
     def store(self):
         from harvester_cli.state.store import Store
 
-        return Store(self.state_url, lease_seconds=self.config.lease_seconds)
+        return Store(self.state_url, lease_seconds=self.config.lease_seconds, host=self.host,
+                     timeout=self.config.instance.db_timeout)
+
+    @property
+    def host(self) -> str:
+        """This host among those sharing the state database ([instance] host, default the host name)."""
+        return self.config.host
 
     @property
     def cache_dir(self) -> Path:
@@ -74,7 +80,7 @@ class Instance:
     def backend(self, queue: QueueConfig) -> Backend:
         if queue.name not in self._backends:
             context = BackendContext(
-                harvester_id=self.config.harvester_id, work_root=self.config.work_root,
+                harvester_id=self.config.harvester_id, work_root=self.config.work_root, host=self.host,
                 panda_url=self.config.panda.url, proxy=self.proxy_for(queue), ca=self.config.panda.ca,
                 ce_statistics=self.ce_statistics, ce_credentials=queue.ce_credentials,
                 ce_token=self.ce_token_finder(queue),
@@ -82,6 +88,21 @@ class Instance:
             )
             self._backends[queue.name] = backends.create(queue.backend, queue, context)
         return self._backends[queue.name]
+
+    def host_bound(self, queue: QueueConfig) -> bool:
+        """Whether only the host that made a worker of this queue may poll, kill and clean it."""
+        return self.backend(queue).host_bound
+
+    def workers_here(self, queue: QueueConfig):
+        """Condition on the workers table: the workers of `queue` this host may work (all of them unless the
+        backend is host-bound; then those it made, and those made before hosts were recorded)."""
+        from sqlalchemy import true
+
+        from harvester_cli.state.schema import workers
+
+        if not self.host_bound(queue):
+            return true()
+        return workers.c.harvester_host.is_(None) | (workers.c.harvester_host == self.host)
 
     def ce_token_finder(self, queue: QueueConfig):
         """ce_token(endpoint, flavour) -> CEToken of the queue's per-CE token profile, or None without one."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import statistics
 import threading
 import time
@@ -39,10 +38,6 @@ def parse_since(text: str) -> int:
     if not match or float(match.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a duration: write e.g. 30m, 1h, 6h or 2d")
     return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
-
-
-def host_name() -> str:
-    return socket.gethostname()
 
 
 # -- credentials -----------------------------------------------------------------------------------
@@ -281,7 +276,7 @@ def after_command(instance: Instance, runs: list[Run]) -> None:
         if not instance.store_exists():
             return
         store = instance.store
-        host = host_name()
+        host = instance.host
         for run in runs:
             monitoring.record_run(store, run.command, host, run.started, run.ended, run.exit_code, run.items)
         increments: Counter = Counter()

@@ -40,6 +40,10 @@ class QueueState:
     queued_cores: int = 0
     queued_memory_mb: int = 0
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # resource type -> (cores, memory MB)
+    # Workers every host made for the queue within the last cycle interval ([instance] cycle_interval), and
+    # that interval; None: the per-cycle cap counts this run only.
+    made_recently: int | None = None
+    cycle_interval: int = 0
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,14 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
                           + ", ".join(f"{rt}={n}" for rt, n in waiting.items()), headroom))
         demand = {rt: float(n) for rt, n in waiting.items()}
 
-    headroom = min(headroom, queue.max_new_workers_per_cycle)
-    trace.append(Step("max_new_workers_per_cycle", f"cap={queue.max_new_workers_per_cycle}", headroom))
+    if state.made_recently is None:
+        headroom = min(headroom, queue.max_new_workers_per_cycle)
+        trace.append(Step("max_new_workers_per_cycle", f"cap={queue.max_new_workers_per_cycle}", headroom))
+    else:   # several hosts: the cap holds over all of them within the interval
+        headroom = min(headroom, max(0, queue.max_new_workers_per_cycle - state.made_recently))
+        trace.append(Step("max_new_workers_per_cycle", f"cap={queue.max_new_workers_per_cycle}, made by all hosts "
+                                                       f"in the last {state.cycle_interval} s={state.made_recently}",
+                          headroom))
     headroom = min(headroom, max(0, run_remaining))
     trace.append(Step("max_new_workers_per_run", f"left this run={run_remaining}", headroom))
 

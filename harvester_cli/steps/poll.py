@@ -76,6 +76,8 @@ _PAGE = (select(*(workers.c[name] for name in _COLUMNS))
          .where(workers.c.queue == bindparam("queue"), workers.c.status.in_(model.WORKER_ACTIVE),
                 workers.c.worker_id > bindparam("after"))
          .order_by(workers.c.worker_id).limit(CHUNK))
+# A host-bound backend (local processes, this host's schedd): only the workers this host made.
+_PAGE_HOST = _PAGE.where(workers.c.harvester_host.is_(None) | (workers.c.harvester_host == bindparam("host")))
 
 
 def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int], None] | None = None) -> QueuePoll:
@@ -87,9 +89,11 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
     backend = instance.backend(queue)
     result = QueuePoll(queue.name)
     last_id = -1   # keyset pagination: each round takes the next workers by id, memory stays flat
+    page, params = (_PAGE_HOST, {"host": instance.host}) if backend.host_bound else (_PAGE, {})
     while True:
         with store.read() as conn:
-            rows = list(map(PollRow._make, conn.execute(_PAGE, {"queue": queue.name, "after": last_id}).fetchall()))
+            rows = list(map(PollRow._make, conn.execute(page, {"queue": queue.name, "after": last_id,
+                                                               **params}).fetchall()))
         if not rows:
             break
         last_id = rows[-1].worker_id
@@ -109,7 +113,6 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
 
 def apply_observations(instance: Instance, queue: QueueConfig, rows, observations: list[Observation],
                        result: QueuePoll) -> None:
-    store = instance.store
     at = model.now()
     changed, kills, ended, started, resubmit = [], [], [], [], {}
     for row, seen in zip(rows, observations):
@@ -137,42 +140,55 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
     if not changed and not kills:
         return
     final_jobs = _final_job_updates(instance, queue, ended) if queue.mode == "push" else []
-    with store.write() as conn:
-        # Only workers that are as this page read them: another poll (or sweep) may have moved them meanwhile.
-        ids = {c[-1] for c in changed} | {k["w"] for k in kills}
-        current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(workers.c.worker_id.in_(ids))
-        if not store.is_sqlite:   # SQLite's write transaction already excludes every other writer
-            current = current.with_for_update()
-        now_seen = {w: (s, m) for w, s, m in conn.execute(current)}
-        fresh = {r.worker_id for r in rows if now_seen.get(r.worker_id) == (r.status, r.modified)}
-        changed = [c for c in changed if c[-1] in fresh]
-        kills = [k for k in kills if k["w"] in fresh]
-        if changed:
-            bulk.execute_many(conn, _UPDATE_WORKER, _UPDATE_NAMES, changed)
-            store.enqueue_reports(conn, "worker", [(c[-1], queue.name, None, False) for c in changed])
-        statuses = {r.worker_id: r.status for r in rows}
-        for c in changed:
-            if c[0] != statuses[c[-1]]:
-                result.changes[c[0]] += 1
-        fault_point("poll_mid_transaction")   # the worker updates are written, not yet committed
-        if kills:
-            conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"))
-                         .values(kill_reason=bindparam("k")), kills)
-            result.kill_requested += len(kills)
-        started = [r for r in started if r.worker_id in fresh]
-        if started and queue.mode == "push":
-            transitions.jobs_running(store, conn, queue, {r.worker_id: r.batch_id for r in started}, at)
-        resubmit = {w: why for w, why in resubmit.items() if w in fresh}
-        if resubmit:
-            transitions.requeue_jobs(store, conn, queue, resubmit, at)
-            result.resubmitted += len(resubmit)
-        final_jobs = [(p, u, d) for p, u, d, w in final_jobs if w in fresh]
-        for panda_id, update_, diag in final_jobs:
-            conn.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status != model.SUB_DONE)
-                         .values(status=update_["job_status"], sub_status=model.SUB_REPORTING, diag=diag,
-                                 modified=at))
-        store.enqueue_reports(conn, "job", [(p, queue.name, u, True) for p, u, _ in final_jobs])
-        result.jobs_final += len(final_jobs)
+    # One transaction, run again whole if another host's transaction deadlocked it; the counts go to the
+    # result once it committed.
+    counts = instance.store.retrying(lambda conn: _write_changes(instance, queue, conn, rows, changed, kills, started,
+                                                        resubmit, final_jobs, at))
+    changes, kill_requested, resubmitted, jobs_final = counts
+    result.changes.update(changes)
+    result.kill_requested += kill_requested
+    result.resubmitted += resubmitted
+    result.jobs_final += jobs_final
+
+
+def _write_changes(instance: Instance, queue: QueueConfig, conn, rows, changed, kills, started, resubmit,
+                   final_jobs, at: float) -> tuple[Counter, int, int, int]:
+    """Write a page's changes; returns (new status -> count, kills asked, jobs requeued, final job updates)."""
+    store = instance.store
+    changes: Counter = Counter()
+    # Only workers that are as this page read them: another poll (or sweep) may have moved them meanwhile.
+    ids = {c[-1] for c in changed} | {k["w"] for k in kills}
+    current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(workers.c.worker_id.in_(ids))
+    if not store.is_sqlite:   # SQLite's write transaction already excludes every other writer
+        current = current.with_for_update()
+    now_seen = {w: (s, m) for w, s, m in conn.execute(current)}
+    fresh = {r.worker_id for r in rows if now_seen.get(r.worker_id) == (r.status, r.modified)}
+    changed = [c for c in changed if c[-1] in fresh]
+    kills = [k for k in kills if k["w"] in fresh]
+    if changed:
+        bulk.execute_many(conn, _UPDATE_WORKER, _UPDATE_NAMES, changed)
+        store.enqueue_reports(conn, "worker", [(c[-1], queue.name, None, False) for c in changed])
+    statuses = {r.worker_id: r.status for r in rows}
+    for c in changed:
+        if c[0] != statuses[c[-1]]:
+            changes[c[0]] += 1
+    fault_point("poll_mid_transaction")   # the worker updates are written, not yet committed
+    if kills:
+        conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"))
+                     .values(kill_reason=bindparam("k")), kills)
+    started = [r for r in started if r.worker_id in fresh]
+    if started and queue.mode == "push":
+        transitions.jobs_running(store, conn, queue, {r.worker_id: r.batch_id for r in started}, at)
+    resubmit = {w: why for w, why in resubmit.items() if w in fresh}
+    if resubmit:
+        transitions.requeue_jobs(store, conn, queue, resubmit, at)
+    final_jobs = [(p, u, d) for p, u, d, w in final_jobs if w in fresh]
+    for panda_id, update_, diag in final_jobs:
+        conn.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status != model.SUB_DONE)
+                     .values(status=update_["job_status"], sub_status=model.SUB_REPORTING, diag=diag,
+                             modified=at))
+    store.enqueue_reports(conn, "job", [(p, queue.name, u, True) for p, u, _ in final_jobs])
+    return changes, len(kills), len(resubmit), len(final_jobs)
 
 
 _UPDATE_NAMES = ("s", "d", "n", "x", "st", "et", "m", "w")

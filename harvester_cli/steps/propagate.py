@@ -176,7 +176,8 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
                 message = answer.get("message") if isinstance(answer, dict) else str(answer)
                 refused.append((row.key, f"PanDA refused: {message} {data or ''}".strip()))
         at = model.now()
-        with store.write() as conn:
+
+        def record(conn) -> int:
             store.reports_sent(conn, "job", [(r.key, r.version) for r in sent])
             logged = [r.key for r in sent if r.key in with_log]
             if logged:
@@ -185,12 +186,16 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
             if done:
                 conn.execute(update(jobs).where(jobs.c.panda_id.in_(done), jobs.c.sub_status == model.SUB_REPORTING)
                              .values(sub_status=model.SUB_DONE, modified=at))
-            if kill_jobs:
-                worker_ids = select(job_workers.c.worker_id).where(job_workers.c.panda_id.in_(kill_jobs))
-                run.kills_from_panda += conn.execute(
-                    update(workers).where(workers.c.worker_id.in_(worker_ids), workers.c.kill_reason.is_(None),
-                                          workers.c.status.not_in(model.WORKER_FINAL))
-                    .values(kill_reason="PanDA answered tobekilled for its job")).rowcount
+            if not kill_jobs:
+                return 0
+            worker_ids = select(job_workers.c.worker_id).where(job_workers.c.panda_id.in_(kill_jobs))
+            return conn.execute(
+                update(workers).where(workers.c.worker_id.in_(worker_ids), workers.c.kill_reason.is_(None),
+                                      workers.c.status.not_in(model.WORKER_FINAL))
+                .values(kill_reason="PanDA answered tobekilled for its job")).rowcount
+
+        # PanDA has these updates: losing this write to another host's deadlock would send them again.
+        run.kills_from_panda += store.retrying(record)
         _failed(instance, "job", refused)
         run.jobs_sent += len(sent)
         run.jobs_refused += len(refused)
@@ -198,7 +203,7 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
             progress(len(rows))
 
 
-def worker_dict(row, panda_ids: list[int], site: str) -> dict:
+def worker_dict(row, panda_ids: list[int], site: str, host: str | None = None) -> dict:
     """A worker as update_workers wants it (None values left out)."""
     status = model.SUBMITTED if row.status == model.PENDING else row.status
     code, short = diagnostics.classify(row.status, row.diag, row.native_exit_code)
@@ -211,7 +216,7 @@ def worker_dict(row, panda_ids: list[int], site: str) -> dict:
         "stdOut": row.stdout_url, "stdErr": row.stderr_url, "batchLog": row.batch_log_url,
         "resourceType": row.resource_type, "jobType": row.job_type, "nativeExitCode": row.native_exit_code,
         "nativeStatus": row.native_status, "diagMessage": (diag or "")[:500] or None,
-        "submissionHost": row.submission_host, "harvesterHost": socket.gethostname(),
+        "submissionHost": row.submission_host, "harvesterHost": host or socket.gethostname(),
         "errorCode": row.error_code if row.error_code is not None else code,
         "minRamCount": row.memory_mb, "nJobs": len(panda_ids) or None, "pandaid_list": panda_ids or None,
     }
@@ -238,7 +243,8 @@ def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun
             continue
         try:
             answers = instance.panda.update_workers([
-                worker_dict(current[r.key], links[r.key], instance.config.panda_site(current[r.key].queue))
+                worker_dict(current[r.key], links[r.key], instance.config.panda_site(current[r.key].queue),
+                            instance.host)
                 for r in rows])
         except PandaError as exc:
             run.errors.append(f"worker updates: {exc}")
@@ -247,8 +253,7 @@ def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun
         fault_point("propagate_after_worker_updates")
         sent = [r for r, ok in zip(rows, answers) if ok]
         refused = [(r.key, "PanDA answered false for this worker") for r, ok in zip(rows, answers) if not ok]
-        with store.write() as conn:
-            store.reports_sent(conn, "worker", [(r.key, r.version) for r in sent])
+        store.retrying(lambda conn: store.reports_sent(conn, "worker", [(r.key, r.version) for r in sent]))
         _failed(instance, "worker", refused)
         run.workers_sent += len(sent)
         run.workers_refused += len(refused)
@@ -348,33 +353,41 @@ def handle_commands(instance: Instance, queues: list[QueueConfig], run: Propagat
                 "ack_requested": bool(c.get("ack_requested")), "queue": str(c["command"]).partition(":")[2] or None,
                 "status": "new", "received": at} for c in new])
         run.commands_received += len(new)
-        pending = conn.execute(select(commands).where(commands.c.status == "new")).all()
+    # Applied once over all hosts: each new command is claimed (FOR UPDATE SKIP LOCKED) by one run, applied
+    # and marked in the same transaction, so another host's propagate finds it applied or skips it.
+    with store.write() as conn:
+        pending = store.claim(conn, commands, commands.c.status == "new", 100, order_by=commands.c.command_id)
         for row in pending:
             try:
                 params = json.loads(row.params or "null")
                 status, diag, killed = apply_command(instance, conn, row.command_id, row.command, params, configured)
             except (ValueError, TypeError) as exc:   # malformed params from PanDA: keep the reason, do not loop
                 status, diag, killed = "rejected", f"malformed params: {exc}", 0
-            conn.execute(update(commands).where(commands.c.command_id == row.command_id)
-                         .values(status=status, diag=diag, applied=at))
+            conn.execute(update(commands).where(commands.c.command_id == row.command_id, store.owned(commands))
+                         .values(status=status, diag=diag, applied=at, lock_owner=None, lock_expires=None))
             run.commands_applied += status == "applied"
             run.kills_from_panda += killed
-        # Acknowledge only what was applied here; a rejected command keeps its reason in the table.
-        to_ack = list(conn.scalars(select(commands.c.command_id).where(
-            commands.c.status == "applied", commands.c.ack_requested.is_(True))))
+    # Acknowledge only what was applied here; a rejected command keeps its reason in the table. Claimed, so
+    # one host acknowledges each (and the claim expires if it dies before it could).
+    with store.write() as conn:
+        to_ack = [r.command_id for r in store.claim(conn, commands, (commands.c.status == "applied")
+                                                    & commands.c.ack_requested.is_(True), 500)]
     if to_ack:
         fault_point("propagate_before_ack")   # applied and committed here, not yet acknowledged
         try:
             instance.panda.acknowledge_commands(to_ack)
         except PandaError as exc:
             run.errors.append(f"acknowledging commands: {exc}")
+            with store.write() as conn:
+                store.release(conn, commands, to_ack)
             return
         with store.write() as conn:
-            conn.execute(update(commands).where(commands.c.command_id.in_(to_ack)).values(status="acked"))
+            conn.execute(update(commands).where(commands.c.command_id.in_(to_ack), store.owned(commands))
+                         .values(status="acked", lock_owner=None, lock_expires=None))
 
 
-def _service_metrics_key() -> str:
-    return f"service_metrics:{socket.gethostname()}"[:64]
+def _service_metrics_key(host: str) -> str:
+    return f"service_metrics:{host}"[:64]
 
 
 def send_service_metrics(instance: Instance, run: PropagateRun) -> None:
@@ -389,7 +402,7 @@ def send_service_metrics(instance: Instance, run: PropagateRun) -> None:
         run.service_metrics = "off"
         return
     at = model.now()
-    last = instance.store.get_meta(_service_metrics_key())
+    last = instance.store.get_meta(_service_metrics_key(instance.host))
     if last is not None and at - last < interval:
         return
     config = instance.config
@@ -410,7 +423,7 @@ def send_service_metrics(instance: Instance, run: PropagateRun) -> None:
         run.service_metrics = "failed"
         return
     with instance.store.write() as conn:
-        key = _service_metrics_key()
+        key = _service_metrics_key(instance.host)
         if not conn.execute(update(meta).where(meta.c.key == key).values(ivalue=int(at))).rowcount:
             conn.execute(meta.insert().values(key=key, ivalue=int(at)))
     run.service_metrics = "sent"

@@ -25,7 +25,7 @@ from harvester_cli.faults import fault_point
 from harvester_cli.panda import job_counts, resource_types
 from harvester_cli.state import bulk, transitions
 from harvester_cli.state.schema import job_workers, jobs, locks, worker_targets, workers
-from harvester_cli.state.store import chunks, owner_is_dead
+from harvester_cli.state.store import chunks
 from harvester_cli.steps import fetch_jobs, planner, registration
 from harvester_cli.steps.instance import Instance, worker_ref
 
@@ -76,9 +76,10 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
     with store.write() as conn:
         owners = set(conn.scalars(select(workers.c.lock_owner).distinct().where(
             workers.c.queue == queue.name, workers.c.status == model.PENDING, workers.c.lock_owner.is_not(None))))
-        for owner in filter(owner_is_dead, owners):
+        for owner in filter(store.owner_is_dead, owners):
             conn.execute(update(workers).where(workers.c.lock_owner == owner).values(lock_owner=None, lock_expires=None))
-        rows = store.claim(conn, workers, (workers.c.queue == queue.name) & (workers.c.status == model.PENDING), 1000)
+        rows = store.claim(conn, workers, (workers.c.queue == queue.name) & (workers.c.status == model.PENDING)
+                           & instance.workers_here(queue), 1000)
     if not rows:
         return 0, 0
     try:
@@ -128,6 +129,11 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
                                                              jobs.c.sub_status == model.SUB_FETCHED,
                                                              jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < model.now()))
             .group_by(jobs.c.resource_type)).all())
+        interval = instance.config.instance.cycle_interval
+        made = None
+        if interval:   # every host's workers of this queue in the interval (the queue lease keeps this exact)
+            made = conn.scalar(select(func.count()).select_from(workers).where(
+                workers.c.queue == queue.name, workers.c.created > model.now() - interval)) or 0
         age = stats_age(instance.config.panda.stats_refresh, model.now())
         started = {}
         if queue.mode == "pull" and age is not None:
@@ -141,7 +147,8 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         queued=dict(queued), running=dict(running), activated=total, activated_by_type=by_type,
         activated_source=activated.source if activated is not None else "", started_recently=started,
         stats_age=age, waiting_jobs=waiting, streaming_targets=targets, missed_recent=missed,
-        queued_cores=queued_cores, queued_memory_mb=queued_memory, sizes=sizes, registration=registration_problem)
+        queued_cores=queued_cores, queued_memory_mb=queued_memory, sizes=sizes, registration=registration_problem,
+        made_recently=made, cycle_interval=interval)
 
 
 def stats_age(refresh: int, now: float) -> int | None:
@@ -202,7 +209,7 @@ def _bind_jobs(instance: Instance, conn, queue: QueueConfig, counts: dict[str, i
 
 
 _PENDING_COLUMNS = ("worker_id", "queue", "backend", "mode", "resource_type", "job_type", "n_core", "memory_mb",
-                    "status", "log_dir", "created", "modified", "lock_owner", "lock_expires")
+                    "status", "log_dir", "created", "modified", "lock_owner", "lock_expires", "harvester_host")
 _INSERT_PENDING = workers.insert().values({name: bindparam(name) for name in _PENDING_COLUMNS})
 
 
@@ -236,17 +243,21 @@ def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
             environment=instance.pilot_environment(queue, worker_id, rt), job=job,
         ))
         rows.append((worker_id, queue.name, queue.backend, queue.mode, rt, queue.job_type, cores, memory,
-                     model.PENDING, str(log_dir), at, at, store.owner, lease))
+                     model.PENDING, str(log_dir), at, at, store.owner, lease, instance.host))
         if row is not None:
             links.append({"panda_id": row.panda_id, "worker_id": worker_id})
             job_ids.append(row.panda_id)
-    with store.write() as conn:
-        bulk.execute_many(conn, _INSERT_PENDING, _PENDING_COLUMNS, rows)
-        if links:
-            conn.execute(job_workers.insert(), links)
-            conn.execute(update(jobs).where(jobs.c.panda_id.in_(job_ids), store.owned(jobs))
-                         .values(sub_status=model.SUB_SUBMITTED, modified=at, lock_owner=None, lock_expires=None))
+    store.retrying(lambda conn: _insert_pending(store, conn, rows, links, job_ids, at))
     return specs
+
+
+def _insert_pending(store, conn, rows: list[tuple], links: list[dict], job_ids: list[int], at: float) -> None:
+    """create_pending's transaction (run again whole if another host's transaction deadlocked it)."""
+    bulk.execute_many(conn, _INSERT_PENDING, _PENDING_COLUMNS, rows)
+    if links:
+        conn.execute(job_workers.insert(), links)
+        conn.execute(update(jobs).where(jobs.c.panda_id.in_(job_ids), store.owned(jobs))
+                     .values(sub_status=model.SUB_SUBMITTED, modified=at, lock_owner=None, lock_expires=None))
 
 
 _SUBMITTED_NAMES = ("b", "h", "ce", "at", "o", "e", "l", "w")
@@ -264,39 +275,45 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
     at = model.now()
     ok = [r for r in results if r.ok]
     bad = [r for r in results if not r.ok]
-    with store.write() as conn:
-        log_dirs = dict(conn.execute(select(workers.c.worker_id, workers.c.log_dir)
-                                     .where(workers.c.worker_id.in_([r.worker_id for r in results]))).all())
-
-        def url(result: SubmitResult, name: str | None) -> str | None:
-            if not name:
-                return None
-            if "://" in name or name.startswith("/"):
-                return name
-            return instance.log_url(f"{log_dirs.get(result.worker_id)}/{name}")
-
-        if ok:
-            bulk.execute_many(conn, _RECORD_SUBMITTED, _SUBMITTED_NAMES, [
-                (r.batch_id, r.submission_host, r.computing_element, at, url(r, r.stdout), url(r, r.stderr),
-                 url(r, r.batch_log), r.worker_id) for r in ok])
-        if bad:
-            # The CE a failed submission went to (when the backend says) feeds the fanout's back-off.
-            conn.execute(
-                update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
-                .values(status=model.MISSED, diag=bindparam("d"), computing_element=bindparam("ce"), end_time=at,
-                        modified=at, lock_owner=None, lock_expires=None),
-                [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000], "ce": r.computing_element}
-                 for r in bad],
-            )
-        fault_point("submit_mid_transaction")   # results written, not yet committed
-        store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r in results])
-        if ok:
-            transitions.jobs_submitted(store, conn, queue, {r.worker_id: r.batch_id for r in ok}, at)
-        if bad:
-            transitions.requeue_jobs(store, conn, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
+    store.retrying(lambda conn: _record_results(instance, queue, conn, results, ok, bad, at))
     for r in bad:
         instance.count("harvester_cli_submission_failures_total", queue=queue.name,
                        computing_element=r.computing_element or "")
+
+
+def _record_results(instance: Instance, queue: QueueConfig, conn, results: list[SubmitResult],
+                    ok: list[SubmitResult], bad: list[SubmitResult], at: float) -> None:
+    """record_results' transaction (run again whole if another host's transaction deadlocked it)."""
+    store = instance.store
+    log_dirs = dict(conn.execute(select(workers.c.worker_id, workers.c.log_dir)
+                                 .where(workers.c.worker_id.in_([r.worker_id for r in results]))).all())
+
+    def url(result: SubmitResult, name: str | None) -> str | None:
+        if not name:
+            return None
+        if "://" in name or name.startswith("/"):
+            return name
+        return instance.log_url(f"{log_dirs.get(result.worker_id)}/{name}")
+
+    if ok:
+        bulk.execute_many(conn, _RECORD_SUBMITTED, _SUBMITTED_NAMES, [
+            (r.batch_id, r.submission_host, r.computing_element, at, url(r, r.stdout), url(r, r.stderr),
+             url(r, r.batch_log), r.worker_id) for r in ok])
+    if bad:
+        # The CE a failed submission went to (when the backend says) feeds the fanout's back-off.
+        conn.execute(
+            update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
+            .values(status=model.MISSED, diag=bindparam("d"), computing_element=bindparam("ce"), end_time=at,
+                    modified=at, lock_owner=None, lock_expires=None),
+            [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000], "ce": r.computing_element}
+             for r in bad],
+        )
+    fault_point("submit_mid_transaction")   # results written, not yet committed
+    store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r in results])
+    if ok:
+        transitions.jobs_submitted(store, conn, queue, {r.worker_id: r.batch_id for r in ok}, at)
+    if bad:
+        transitions.requeue_jobs(store, conn, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
 
 
 def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], result: QueueSubmit,

@@ -92,14 +92,15 @@ def _kill_condition(queue: str):
 def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap: int, force: bool) -> None:
     store = instance.store
     with store.read() as conn:
-        result.to_kill = conn.scalar(select(func.count()).select_from(workers).where(_kill_condition(queue.name))) or 0
+        result.to_kill = conn.scalar(select(func.count()).select_from(workers).where(
+            _kill_condition(queue.name), instance.workers_here(queue))) or 0
     if result.to_kill > cap and not force:
         result.refused = (f"{result.to_kill} workers marked for killing exceed the cap of {cap} per run "
                           "(sweep.max_kills_per_run); check why, then run `sweep --force`")
         return
     while True:
         with store.write() as conn:
-            rows = store.claim(conn, workers, _kill_condition(queue.name), 500)
+            rows = store.claim(conn, workers, _kill_condition(queue.name) & instance.workers_here(queue), 500)
         if not rows:
             return
         refs = [worker_ref(r) for r in rows]
@@ -146,7 +147,7 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
         with store.write() as conn:
             rows = store.claim(conn, workers, (workers.c.queue == queue.name)
                                & workers.c.status.in_(model.WORKER_FINAL) & (workers.c.modified < cutoff)
-                               & ~unreported, 500)
+                               & ~unreported & instance.workers_here(queue), 500)
         if not rows:
             return
         try:

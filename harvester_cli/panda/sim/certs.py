@@ -113,15 +113,18 @@ def make_proxy(user_cert: x509.Certificate, user_key, hours: float = 96) -> tupl
     return build_proxy(user_cert, user_key, hours * 3600)
 
 
-def create(directory: Path, user: str = "harvester-cli test user") -> TestPKI:
-    """Make CA, host cert (localhost, 127.0.0.1), user cert and a proxy file (cert, key, user cert)."""
+def create(directory: Path, user: str = "harvester-cli test user", addresses: tuple[str, ...] = ()) -> TestPKI:
+    """Make CA, host cert (localhost, 127.0.0.1 and `addresses`), user cert and a proxy file (cert, key,
+    user cert). `addresses`: where else the simulator listens (a test network of several hosts)."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = TestPKI(directory)
     ca, ca_key = make_ca(directory)
     host_key = _key()
     host = (_builder(_name((NameOID.COMMON_NAME, "localhost")), ca.subject, host_key.public_key(), 30)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
+                                                        x509.IPAddress(IPv4Address("127.0.0.1")),
+                                                        *(x509.IPAddress(IPv4Address(a)) for a in addresses)]),
+                           critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             # Python 3.13's strict verification refuses a server certificate without one
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
