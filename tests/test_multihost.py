@@ -293,7 +293,7 @@ def test_a_host_cut_off_loses_its_claims_and_the_others_go_on(tmp_path, network,
 
 def test_pull_limits_streaming_and_panda_commands_over_all_hosts(tmp_path, sim, database):
     starts = tmp_path / "starts.log"
-    pilot = multihost.pilot_template(starts, "sleep 3")
+    pilot = multihost.pilot_template(starts, "sleep 4")
     queues = {
         "PULL_LIMITED": {"mode": "pull", "backend": "local", "pilot": pilot, "lost_grace_seconds": 5,
                          "empty_pilot_floor": 0, **LIMITS},
@@ -303,15 +303,17 @@ def test_pull_limits_streaming_and_panda_commands_over_all_hosts(tmp_path, sim, 
     site = make_site(tmp_path, sim, database, queues)
     sim.add_jobs("PULL_LIMITED", 200)   # demand far above the limits: only the limits stop the hosts
     target = sim.add_command("SET_N_WORKERS_JOBTYPE:STREAMING", {"managed": {"SCORE": 7}}, ack_requested=True)
-    phase = {"killed": None}
+    phase = {"killed": None, "demand": True}
 
     def during():
         made = len(db_rows(site.state, workers, workers.c.queue == "PULL_LIMITED"))
         if phase["killed"] is None and made >= 8:
             # PanDA asks to kill every worker of the queue: applied once, each host kills its own workers.
             phase["killed"] = sim.add_command("KILL_WORKERS", {"computingSite": "PULL_LIMITED"}, ack_requested=True)
+        elif phase["demand"] and phase["killed"] and sim.commands[phase["killed"]]["status"] == "acknowledged":
+            phase["demand"] = False
             with sim.lock:
-                for job in sim.jobs.values():   # and the demand is gone: no new workers after the kill
+                for job in sim.jobs.values():   # the demand is gone: no new workers after the kill
                     job.status = "finished"
                 sim.refresh_job_counts()
 

@@ -79,8 +79,9 @@ class Store:
         self.host = host or socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._dead_checked: set[str] = set()
-        # Deadlocks and serialization failures retried (see retrying), for the command's result.
-        self.conflicts = 0
+        # Deadlocks and serialization failures retried (see retrying), and named leases found held by another
+        # run (lock), for the command's result.
+        self.conflicts = self.leases_busy = 0
         options: dict[str, Any] = {}
         if url.startswith(("mysql", "mariadb")):
             # InnoDB's default REPEATABLE READ makes a claim's UPDATE take next-key locks on rows it does not
@@ -143,7 +144,8 @@ class Store:
         self.engine.dispose()
 
     def stats(self) -> dict[str, int]:
-        return {"connections": self.connections, "statements": self.statements, "conflicts_retried": self.conflicts}
+        return {"connections": self.connections, "statements": self.statements, "conflicts_retried": self.conflicts,
+                "leases_busy": self.leases_busy}
 
     def retrying(self, work: Callable[[Connection], T]) -> T:
         """Run `work(conn)` in a write transaction; a deadlock or serialization failure (another host's
@@ -299,6 +301,14 @@ class Store:
         """Condition: the row is still claimed by this run (guards every update of a claimed row)."""
         return table.c.lock_owner == self.owner
 
+    def holds(self, conn: Connection, name: str) -> bool:
+        """Whether this run still holds the named lease (renewed if so). A host that stalled past its lease
+        (cut off, frozen) must not act on what it planned under it: another host may have planned since."""
+        at = now()
+        return conn.execute(update(locks).where(locks.c.name == name, locks.c.lock_owner == self.owner,
+                                                locks.c.lock_expires >= at)
+                            .values(lock_expires=at + self.lease_seconds)).rowcount == 1
+
     @contextmanager
     def lock(self, name: str) -> Iterator[bool]:
         """A named lease (e.g. "submit:QUEUE"): yields False if another live run holds it."""
@@ -320,6 +330,7 @@ class Store:
                     got = 1
                 except IntegrityError:
                     got = 0
+        self.leases_busy += not got
         try:
             yield bool(got)
         finally:

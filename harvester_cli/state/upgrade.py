@@ -94,8 +94,19 @@ def _upgrade_lock(conn: Connection) -> Iterator[None]:
 
 def upgrade(store: Store) -> tuple[str | None, str]:
     """Bring the database to HEAD; returns (revision before, HEAD). Safe to run on several hosts at once."""
-    if store.sqlite_path is not None:
-        _create_private(store.sqlite_path)
+    if store.sqlite_path is None:
+        return _upgrade(store)
+    _create_private(store.sqlite_path)
+    # Two upgrades opening one SQLite file at once: switching it to WAL can answer "database is locked" at
+    # once, without the busy timeout. Shortly again; anything else is an error at once.
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random
+
+    locked = retry_if_exception(lambda e: "database is locked" in str(e))
+    return Retrying(retry=locked, stop=stop_after_attempt(20), wait=wait_random(0.05, 0.3), reraise=True)(
+        _upgrade, store)
+
+
+def _upgrade(store: Store) -> tuple[str | None, str]:
     try:
         with store.engine.connect() as conn, _upgrade_lock(conn):
             with conn.begin():   # SQLite: BEGIN IMMEDIATE, held until the migrations are committed

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, case, func, literal_column, null, select, upda
 from harvester_cli import model
 from harvester_cli.backends.base import SubmitResult, WorkerSpec
 from harvester_cli.config import QueueConfig
-from harvester_cli.errors import PandaError, PandaRefused
+from harvester_cli.errors import PandaError, PandaRefused, StateError
 from harvester_cli.faults import fault_point
 from harvester_cli.panda import job_counts, resource_types
 from harvester_cli.state import bulk, transitions
@@ -247,12 +247,26 @@ def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
         if row is not None:
             links.append({"panda_id": row.panda_id, "worker_id": worker_id})
             job_ids.append(row.panda_id)
-    store.retrying(lambda conn: _insert_pending(store, conn, rows, links, job_ids, at))
+    try:
+        store.retrying(lambda conn: _insert_pending(store, conn, queue, rows, links, job_ids, at))
+    except LeaseLost:
+        if job_ids:   # the jobs bound for these workers wait for the next run, not for their claims to expire
+            with store.write() as conn:
+                store.release(conn, jobs, job_ids)
+        raise
     return specs
 
 
-def _insert_pending(store, conn, rows: list[tuple], links: list[dict], job_ids: list[int], at: float) -> None:
+class LeaseLost(StateError):
+    """This run's queue lease ran out before its workers were recorded: another host may have planned since."""
+
+
+def _insert_pending(store, conn, queue: QueueConfig, rows: list[tuple], links: list[dict], job_ids: list[int],
+                    at: float) -> None:
     """create_pending's transaction (run again whole if another host's transaction deadlocked it)."""
+    if not store.holds(conn, f"submit:{queue.name}"):
+        raise LeaseLost(f"the queue's submit lease ran out (more than lease_seconds={store.lease_seconds} since it "
+                        "was renewed): nothing recorded, another host may have planned since; the next run plans again")
     bulk.execute_many(conn, _INSERT_PENDING, _PENDING_COLUMNS, rows)
     if links:
         conn.execute(job_workers.insert(), links)
@@ -397,7 +411,11 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
         if progress:
             progress(0, expected=result.plan.total)
         for counts in rounds(result.plan.per_resource_type, SUBMIT_ROUND):
-            specs = create_pending(instance, queue, counts, floor, sizes)
+            try:
+                specs = create_pending(instance, queue, counts, floor, sizes)
+            except LeaseLost as exc:
+                result.error = str(exc)
+                break
             if not specs:   # push: no job left to bind
                 break
             before = len(result.submitted)
