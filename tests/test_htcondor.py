@@ -478,3 +478,47 @@ def test_config_check_and_backend_creation_do_not_import_htcondor(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_schedd_fanout_spreads_workers_like_ces_with_limits_and_back_off(tmp_path):
+    from harvester_cli import backends
+
+    stats = {"submission_host": {"full@example": {"queued": 10}}}
+    data = {"harvester_id": "h1", "panda": {"url": "https://panda.example.org/api/v1", "proxy": str(tmp_path / "p")},
+            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "n_queue_limit_worker": 10, "backend_options": {
+                "collector": "pool.example.org", "schedds": [
+                    {"name": "a@example"}, {"name": "b@example", "collector": "other.example.org"},
+                    {"name": "full@example"}, {"name": "off@example", "state": "DRAINING"}]}}}}
+    queue = config.parse(data, "<test>", tmp_path).queues["Q"]
+    context = BackendContext("h1", tmp_path / "work", proxy=tmp_path / "p",
+                             ce_statistics=lambda q, since, by="computing_element": stats.get(by, {}))
+    backend = backends.create("htcondor", queue, context)
+    assert not backend.host_bound   # remote schedds: any host works these workers
+    fakes = {name: FakeSchedd() for name in ("a@example", "b@example", "full@example")}
+    backend._schedds.update(fakes)
+    backend._rng = random.Random(5)
+    results = backend.submit([spec(i, tmp_path / str(i)) for i in range(1, 7)])
+    assert all(r.ok for r in results)
+    assert Counter(r.submission_host for r in results) == {"a@example": 3, "b@example": 3}   # full, off: none
+    assert sum(fakes["a@example"].submits) == 3 and not fakes["full@example"].submits
+    # Checks go to the schedd each worker went to.
+    observed = backend.check([ref(r) for r in results])
+    assert [o.status for o in observed] == [model.SUBMITTED] * 6
+    # A schedd whose submissions keep failing is benched for the back-off period.
+    stats["submission_host"]["b@example"] = {"missed": 3}
+    results = backend.submit([spec(i, tmp_path / str(i)) for i in range(7, 10)])
+    assert {r.submission_host for r in results} == {"a@example"}
+    fakes["a@example"].fail_submit = RuntimeError("schedd down")
+    results = backend.submit([spec(10, tmp_path / "10")])
+    assert results[0].error and results[0].submission_host == "a@example"   # counts against a@example
+    stats["submission_host"] = {n: {"queued": 10} for n in ("a@example", "b@example", "full@example")}
+    (refused,) = backend.submit([spec(11, tmp_path / "11")])
+    assert refused.error.startswith("no schedd can take this worker (a@example: already queues 10 of 10")
+
+
+def test_schedd_and_schedds_together_are_refused(tmp_path):
+    data = {"harvester_id": "h1", "panda": {"url": "https://panda.example.org/api/v1", "proxy": str(tmp_path / "p")},
+            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "backend_options": {
+                "schedd": "s@example", "schedds": [{"name": "a@example"}]}}}}
+    with pytest.raises(config.ConfigError, match="either schedd or schedds"):
+        config.parse(data, "<test>", tmp_path)

@@ -21,8 +21,9 @@ class BackendContext:
     proxy: Path | None = None
     ca: Path | None = None
     # ce_statistics(queue, since) -> {computing_element: {"started": n, "queued": n, "missed": n}} for
-    # this queue's workers submitted since `since` (epoch): recent throughput for CE fanout.
-    ce_statistics: Callable[[str, float], dict[str, dict[str, int]]] | None = None
+    # this queue's workers submitted since `since` (epoch): recent throughput for CE fanout; with
+    # by="submission_host", the same per schedd (schedd fanout).
+    ce_statistics: Callable[..., dict[str, dict[str, int]]] | None = None
     # How the backend authenticates to CEs: "proxy", "token" or "both" (the queue's ce_credentials).
     ce_credentials: str = "proxy"
     # ce_token(endpoint, flavour) -> CEToken: where the queue's per-CE token profile keeps that CE's token.

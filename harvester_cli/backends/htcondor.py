@@ -108,7 +108,7 @@ class HTCondorBackend(Backend):
     def host_bound(self) -> bool:
         """This host's own schedd (no `schedd` named) is reached from this host only: its workers are this
         host's. A named schedd (located through a collector) any host reaches: any host works them."""
-        return self.options.schedd is None
+        return self.options.schedd is None and not self.options.schedds
 
     # -- places ------------------------------------------------------------------------------
 
@@ -139,10 +139,12 @@ class HTCondorBackend(Backend):
             if name == self.schedd_name() and not self.options.schedd:
                 self._schedds[name] = htcondor2.Schedd()
             else:
-                collector = htcondor2.Collector(self.options.collector) if self.options.collector else htcondor2.Collector()
+                address = next((s.collector for s in self.options.schedds if s.name == name and s.collector),
+                               self.options.collector)
+                collector = htcondor2.Collector(address) if address else htcondor2.Collector()
                 ad = collector.locate(htcondor2.DaemonType.Schedd, name)
                 if ad is None:
-                    raise RuntimeError(f"collector {self.options.collector or 'of the HTCondor config'} "
+                    raise RuntimeError(f"collector {address or 'of the HTCondor config'} "
                                        f"does not know schedd {name!r}")
                 self._schedds[name] = htcondor2.Schedd(ad)
         return self._schedds[name]
@@ -254,14 +256,48 @@ class HTCondorBackend(Backend):
             return assigned, [SubmitResult(s.worker_id, error=error) for s in specs[len(picks):]]
         return assigned, []
 
+    def assign_schedds(self, specs: list[WorkerSpec]) -> tuple[dict[int, str], list[SubmitResult]]:
+        """Schedd fanout (backend_options.schedds): a schedd per worker, chosen as CEs are (ce_choice: recent
+        throughput with ce_fair_share, at most n_queue_limit_worker queued per schedd, benched after
+        ce_backoff_failures failed submissions in ce_backoff_seconds), and an error for workers none can take.
+        Without schedds, every worker goes to the one schedd."""
+        if not self.options.schedds:
+            return {s.worker_id: self.schedd_name() for s in specs}, []
+        names = [s.name for s in self.options.schedds if s.state == "ACTIVE"]
+        at = model.now()
+        stats_of = self.context.ce_statistics or (lambda queue, since, by: {})
+        stats = stats_of(self.queue.name, at - self.options.ce_stats_window, by="submission_host")
+        recent = stats_of(self.queue.name, at - self.options.ce_backoff_seconds, by="submission_host")
+        benched = ce_choice.bench_reasons(names, health={}, recent=recent, at=at,
+                                          backoff_seconds=self.options.ce_backoff_seconds,
+                                          max_failures=self.options.ce_backoff_failures)
+        usable = [n for n in names if n not in benched]
+        limit = self.queue.n_queue_limit_worker
+        capacity = {n: max(0, limit - stats.get(n, {}).get("queued", 0)) for n in usable}
+        picks = ce_choice.choose(ce_choice.weights(usable, stats, self.options.ce_fair_share), len(specs), capacity,
+                                 self._rng)
+        chosen = {spec.worker_id: name for spec, name in zip(specs, picks)}
+        if len(picks) == len(specs):
+            return chosen, []
+        why = [f"{n}: {reason}" for n, reason in benched.items()]
+        why += [f"{n}: already queues {limit - room} of {limit}" for n, room in capacity.items() if room <= 0]
+        error = "no schedd can take this worker (" + ("; ".join(why) or "no ACTIVE schedd") + ")"
+        return chosen, [SubmitResult(s.worker_id, error=error) for s in specs[len(picks):]]
+
     def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
-        assigned, results = self.assign_ces(specs)
-        groups: dict[str, list[tuple[WorkerSpec, ce_choice.CEEntry | None]]] = defaultdict(list)
+        schedd_of, results = self.assign_schedds(specs)
+        assigned, failed = self.assign_ces([s for s in specs if s.worker_id in schedd_of])
+        results += failed
+        groups: dict[tuple[str, str], list[tuple[WorkerSpec, ce_choice.CEEntry | None]]] = defaultdict(list)
         for spec, ce in assigned:
-            groups[ce.endpoint if ce else ""].append((spec, ce))
-        for members in groups.values():
+            groups[(schedd_of[spec.worker_id], ce.endpoint if ce else "")].append((spec, ce))
+        for (schedd_name, _), members in groups.items():
             for start in range(0, len(members), self.options.max_at_once):
-                results += self._submit_group(members[start:start + self.options.max_at_once])
+                outcome = self._submit_group(members[start:start + self.options.max_at_once], schedd_name)
+                for result in outcome:   # a failure counts against its schedd (the fanout's back-off)
+                    if not result.ok and result.submission_host is None and self.options.schedds:
+                        result.submission_host = schedd_name
+                results += outcome
         order = {s.worker_id: i for i, s in enumerate(specs)}
         return sorted(results, key=lambda r: order[r.worker_id])
 
@@ -320,8 +356,9 @@ class HTCondorBackend(Backend):
         for path in paths:
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
-    def _submit_group(self, members: list[tuple[WorkerSpec, ce_choice.CEEntry | None]]) -> list[SubmitResult]:
-        schedd_name = self.schedd_name()
+    def _submit_group(self, members: list[tuple[WorkerSpec, ce_choice.CEEntry | None]],
+                      schedd_name: str | None = None) -> list[SubmitResult]:
+        schedd_name = schedd_name or self.schedd_name()
         ce = members[0][1]
         endpoint = ce.endpoint if ce else schedd_name
         items, ready, results = [], [], []
@@ -359,16 +396,16 @@ class HTCondorBackend(Backend):
                 return results + [SubmitResult(s.worker_id, error=f"schedd {schedd_name} refused the token "
                                                                   f"{self.options.schedd_token_file}: {reason} ({exc})")
                                   for s in ready]
-            found = self.find([WorkerRef(s.worker_id, self.queue.name, None, None, None, model.PENDING, s.log_dir)
-                               for s in ready])
+            found = self.find([WorkerRef(s.worker_id, self.queue.name, None, schedd_name, None, model.PENDING,
+                                         s.log_dir) for s in ready])
             return results + [f or SubmitResult(s.worker_id, error=f"schedd {schedd_name} refused the submission: {exc}")
                               for s, f in zip(ready, found)]
         cluster, first = outcome.cluster(), outcome.first_proc()
         if outcome.num_procs() != len(ready):   # never seen; do not guess which job is which worker
             log.warning("queue %s: asked for %d jobs, schedd made %d: looking them up", self.queue.name, len(ready),
                         outcome.num_procs())
-            found = self.find([WorkerRef(s.worker_id, self.queue.name, None, None, None, model.PENDING, s.log_dir)
-                               for s in ready])
+            found = self.find([WorkerRef(s.worker_id, self.queue.name, None, schedd_name, None, model.PENDING,
+                                         s.log_dir) for s in ready])
             return results + [f or SubmitResult(s.worker_id, error=f"schedd {schedd_name} made no job for this worker")
                               for s, f in zip(ready, found)]
         for i, spec in enumerate(ready):
@@ -526,20 +563,24 @@ class HTCondorBackend(Backend):
     # -- crash repair ------------------------------------------------------------------------
 
     def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
+        """Crash repair: each worker by its tags, in the schedd it went to when known, else in every schedd
+        of the queue (the fanout may have picked any)."""
         if not workers:
             return []
-        schedd_name = self.schedd_name()
-        ads = self._ads(schedd_name, [WorkerRef(w.worker_id, w.queue, None, schedd_name, None, w.status, w.log_dir)
-                                      for w in workers], exact=True)
-        out: list[SubmitResult | None] = []
-        for worker in workers:
-            ad = ads.get(worker.worker_id)
-            if ad is None:
-                out.append(None)
-            else:
+        everywhere = [e.name for e in self.options.schedds] or [self.schedd_name()]
+        places: dict[str, list[WorkerRef]] = defaultdict(list)
+        for w in workers:
+            for name in [w.submission_host] if w.submission_host in everywhere else everywhere:
+                places[name].append(WorkerRef(w.worker_id, w.queue, None, name, None, w.status, w.log_dir))
+        found: dict[int, SubmitResult] = {}
+        for schedd_name, refs in places.items():
+            missing = [r for r in refs if r.worker_id not in found]
+            if not missing:
+                continue
+            for worker_id, ad in self._ads(schedd_name, missing, exact=True).items():
                 ce = status_map.value(ad, "harvesterCE") or schedd_name
-                out.append(self._result(worker.worker_id, status_map.batch_id(ad), schedd_name, ce))
-        return out
+                found[worker_id] = self._result(worker_id, status_map.batch_id(ad), schedd_name, ce)
+        return [found.get(w.worker_id) for w in workers]
 
     # -- outputs and cleaning ----------------------------------------------------------------
 

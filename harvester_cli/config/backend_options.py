@@ -39,11 +39,25 @@ class CE:
 
 
 @dataclass(frozen=True)
+class Schedd:
+    """One of several schedds an HTCondor queue spreads its workers over (schedd fanout)."""
+
+    name: str = setting(doc="the schedd's name, as its collector knows it")
+    collector: str | None = setting(None, doc="the collector that locates it (default: the queue's collector)")
+    state: str = setting("ACTIVE", doc="only ACTIVE schedds get workers")
+
+
+@dataclass(frozen=True)
 class HTCondorOptions:
     """`htcondor`: a local or remote schedd, vanilla jobs or grid jobs to HTCondor-CEs and ARC-CEs."""
 
     schedd: str | None = setting(None, doc="the schedd to submit to, by name; none: this host's schedd")
     collector: str | None = setting(None, doc="the pool's collector that locates schedd (default: COLLECTOR_HOST)")
+    schedds: list[Schedd] = setting(doc="several schedds (each located by its collector): new workers are spread "
+                                        "over them as over CEs, by recent throughput with ce_fair_share, each "
+                                        "queuing at most n_queue_limit_worker, one that keeps failing benched "
+                                        "for ce_backoff_seconds; any host reaches them (not host-bound)",
+                                    factory=list)
     ces: list[CE] = setting(doc="grid CEs; none (and no cric_file): vanilla jobs in the schedd's own pool",
                             factory=list)
     cric_file: Path | None = setting(None, doc="a CRIC pandaqueue JSON file whose ACTIVE queues[] are the CEs",
@@ -79,6 +93,11 @@ class HTCondorOptions:
     def problems(self):
         if self.ces and self.cric_file:
             yield "", "set either ces or cric_file, not both"
+        if self.schedds and self.schedd:
+            yield "", "set either schedd or schedds, not both"
+        names = [s.name for s in self.schedds]
+        if len(set(names)) != len(names):
+            yield "schedds", "a schedd is listed twice"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ TABLES: tuple[tuple[str, type], ...] = (
     ("[command_log]", sections.CommandLogConfig),
     ("[log_server]", sections.LogServerConfig),
     ("[metrics]", sections.MetricsConfig),
+    ("[instance]", sections.InstanceConfig),
     *((f"[queues.NAME.backend_options] of backend = \"{name}\"", cls)
       for name, cls in backend_options.BACKEND_OPTIONS.items()),
     ("[queues.NAME.backend_options] ces = [{...}] (htcondor)", backend_options.CE),

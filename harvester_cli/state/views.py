@@ -82,16 +82,17 @@ def report_problems(store: Store, limit: int = 5) -> list[dict]:
             for r in rows]
 
 
-def ce_statistics(store: Store, queue: str, since: float) -> dict[str, dict[str, int]]:
-    """Per CE, this queue's workers submitted since `since`: all of them, started (reached running at
-    some point), still queued, and missed. The CE fanout weighs CEs by it."""
+def ce_statistics(store: Store, queue: str, since: float, by: str = "computing_element") -> dict[str, dict[str, int]]:
+    """Per CE (or per schedd: by="submission_host"), this queue's workers submitted since `since`: all of
+    them, started (reached running at some point), still queued, and missed. The fanout weighs by it."""
+    place = workers.c[by]
     started = func.sum(case((workers.c.start_time.is_not(None), 1), else_=0))
     queued = func.sum(case((workers.c.status.in_([model.PENDING, model.SUBMITTED]), 1), else_=0))
     missed = func.sum(case((workers.c.status == model.MISSED, 1), else_=0))
     with store.read() as conn:
-        rows = conn.execute(select(workers.c.computing_element, func.count(), started, queued, missed)
+        rows = conn.execute(select(place, func.count(), started, queued, missed)
                             .where(workers.c.queue == queue, workers.c.created >= since)
-                            .group_by(workers.c.computing_element)).all()
+                            .group_by(place)).all()
     return {ce: {"submitted": int(n), "started": int(s or 0), "queued": int(q or 0), "missed": int(m or 0)}
             for ce, n, s, q, m in rows if ce}
 

@@ -128,10 +128,10 @@ class Instance:
             files[queue.pilot_token_key.name] = queue.pilot_token_key
         return files
 
-    def ce_statistics(self, queue: str, since: float) -> dict[str, dict[str, int]]:
+    def ce_statistics(self, queue: str, since: float, by: str = "computing_element") -> dict[str, dict[str, int]]:
         from harvester_cli.state.views import ce_statistics
 
-        return ce_statistics(self.store, queue, since)
+        return ce_statistics(self.store, queue, since, by)
 
     def close(self) -> None:
         for backend in self._backends.values():

@@ -314,13 +314,13 @@ def _record_results(instance: Instance, queue: QueueConfig, conn, results: list[
             (r.batch_id, r.submission_host, r.computing_element, at, url(r, r.stdout), url(r, r.stderr),
              url(r, r.batch_log), r.worker_id) for r in ok])
     if bad:
-        # The CE a failed submission went to (when the backend says) feeds the fanout's back-off.
+        # The CE (and schedd) a failed submission went to, when the backend says, feeds the fanout's back-off.
         conn.execute(
             update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
-            .values(status=model.MISSED, diag=bindparam("d"), computing_element=bindparam("ce"), end_time=at,
-                    modified=at, lock_owner=None, lock_expires=None),
-            [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000], "ce": r.computing_element}
-             for r in bad],
+            .values(status=model.MISSED, diag=bindparam("d"), computing_element=bindparam("ce"),
+                    submission_host=bindparam("h"), end_time=at, modified=at, lock_owner=None, lock_expires=None),
+            [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000], "ce": r.computing_element,
+              "h": r.submission_host} for r in bad],
         )
     fault_point("submit_mid_transaction")   # results written, not yet committed
     store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r in results])
