@@ -104,7 +104,9 @@ class Globals:
     def output(self):
         from harvester_cli.output import Output
 
-        return Output(json_mode=self.json, quiet=self.verbosity < 0, database=self._database_stats)
+        # The commands that do the work say what they asked of the database (the read-only ones keep their shape).
+        working = self.command in ("cycle", "fetch-jobs", "submit", "poll", "propagate", "sweep")
+        return Output(json_mode=self.json, quiet=self.verbosity < 0, database=self._database_stats if working else None)
 
     def _database_stats(self) -> dict | None:
         """The state database's use by this command, if it opened the database."""

@@ -31,6 +31,7 @@ TABLES: tuple[tuple[str, type], ...] = (
     *((f"[queues.NAME.backend_options] of backend = \"{name}\"", cls)
       for name, cls in backend_options.BACKEND_OPTIONS.items()),
     ("[queues.NAME.backend_options] ces = [{...}] (htcondor)", backend_options.CE),
+    ("[queues.NAME.backend_options] schedds = [{...}] (htcondor)", backend_options.Schedd),
 )
 
 
