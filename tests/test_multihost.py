@@ -335,3 +335,20 @@ def test_pull_limits_streaming_and_panda_commands_over_all_hosts(tmp_path, sim, 
     killed = [r for r in rows if r.kill_reason == "PanDA command KILL_WORKERS"]
     assert killed and all(r.status == model.CANCELLED or r.end_time for r in killed)
     check_runs(site)
+
+
+def test_every_table_has_a_primary_key(database):
+    """InnoDB clusters and Galera replication refuse tables without one."""
+    from sqlalchemy import inspect
+
+    from harvester_cli.state import upgrade
+
+    upgrade.create(database).close()
+    engine = create_engine(database)
+    try:
+        inspector = inspect(engine)
+        tables = inspector.get_table_names()
+        assert "workers" in tables and "alembic_version" in tables
+        assert [t for t in tables if not inspector.get_pk_constraint(t)["constrained_columns"]] == []
+    finally:
+        engine.dispose()

@@ -50,29 +50,46 @@ def record_snapshot(store: Store, queues: list[str], at: float | None = None) ->
     taken = int(model.now() if at is None else at)
     if not queues:
         return 0
-    with store.write() as conn:
-        counts: dict[tuple[str, str, str], dict[str, int]] = {}
-        for queue, ce, rt, status, n in conn.execute(
-                select(workers.c.queue, workers.c.computing_element, workers.c.resource_type, workers.c.status,
-                       func.count()).where(workers.c.queue.in_(queues))
-                .group_by(workers.c.queue, workers.c.computing_element, workers.c.resource_type, workers.c.status)):
-            if status in HISTORY_STATES:
-                counts.setdefault((queue, ce or "", rt or ""), {})[status] = n
-        for queue in set(queues) - {k[0] for k in counts}:
-            counts[(queue, "", "")] = {}
-        ids = series_ids(conn, counts)
-        # Two polls of one queue within the same second: the later snapshot replaces the earlier one.
+    # Run again whole if another host's transaction deadlocked it (hosts poll at the same second).
+    return store.retrying(lambda conn: _snapshot(conn, queues, taken))
+
+
+def _snapshot(conn: Connection, queues: list[str], taken: int) -> int:
+    counts: dict[tuple[str, str, str], dict[str, int]] = {}
+    for queue, ce, rt, status, n in conn.execute(
+            select(workers.c.queue, workers.c.computing_element, workers.c.resource_type, workers.c.status,
+                   func.count()).where(workers.c.queue.in_(queues))
+            .group_by(workers.c.queue, workers.c.computing_element, workers.c.resource_type, workers.c.status)):
+        if status in HISTORY_STATES:
+            counts.setdefault((queue, ce or "", rt or ""), {})[status] = n
+    for queue in set(queues) - {k[0] for k in counts}:
+        counts[(queue, "", "")] = {}
+    ids = series_ids(conn, counts)
+    # Two polls of one queue within the same second: the later snapshot replaces the earlier one. Only
+    # rows that exist are deleted, by key: a delete that finds nothing still takes gap locks on MariaDB,
+    # and two hosts' polls then deadlock on each other's inserts.
+    there = list(conn.scalars(select(status_history.c.series_id).where(
+        status_history.c.taken == taken, status_history.c.series_id.in_(list(ids.values())))))
+    if there:
         conn.execute(delete(status_history).where(status_history.c.taken == taken,
-                                                  status_history.c.series_id.in_(list(ids.values()))))
-        conn.execute(status_history.insert(), [
-            {"taken": taken, "series_id": ids[key], **{s: by_state.get(s, 0) for s in HISTORY_STATES}}
-            for key, by_state in counts.items()])
+                                                  status_history.c.series_id.in_(there)))
+    rows = [{"taken": taken, "series_id": ids[key], **{s: by_state.get(s, 0) for s in HISTORY_STATES}}
+            for key, by_state in counts.items()]
+    try:
+        with conn.begin_nested():
+            conn.execute(status_history.insert(), rows)
+    except IntegrityError:   # another host took this second's snapshot meanwhile: as good as ours
+        pass
     return len(counts)
 
 
 def trim_history(store: Store, before: float) -> int:
     """Forget snapshots older than `before`; returns rows deleted."""
     with store.write() as conn:
+        # Nothing to forget (most runs): no range delete, which would lock the gap before the oldest row.
+        oldest = conn.scalar(select(func.min(status_history.c.taken)))
+        if oldest is None or oldest >= int(before):
+            return 0
         return conn.execute(delete(status_history).where(status_history.c.taken < int(before))).rowcount
 
 

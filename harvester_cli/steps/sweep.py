@@ -13,6 +13,7 @@ from harvester_cli.config import QueueConfig
 from harvester_cli.faults import fault_point
 from harvester_cli.state import monitoring, transitions
 from harvester_cli.state.schema import jobs, reports, workers
+from harvester_cli.state.store import chunks
 from harvester_cli.steps.instance import Instance, worker_ref
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,15 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
 
 def delete_done_jobs(instance: Instance, queue: QueueConfig, result: QueueSweep, retention: int) -> None:
     cutoff = model.now() - retention
-    with instance.store.write() as conn:
-        result.jobs_deleted = conn.execute(delete(jobs).where(
-            jobs.c.queue == queue.name, jobs.c.sub_status == model.SUB_DONE, jobs.c.modified < cutoff,
-            jobs.c.lock_owner.is_(None))).rowcount
+    done = ((jobs.c.queue == queue.name) & (jobs.c.sub_status == model.SUB_DONE) & (jobs.c.modified < cutoff)
+            & jobs.c.lock_owner.is_(None))
+    with instance.store.read() as conn:
+        ids = list(conn.scalars(select(jobs.c.panda_id).where(done)))
+    # By key, in chunks: no range delete (its gap locks deadlock other hosts' inserts on MariaDB), and a row
+    # another run changed meanwhile is left alone.
+    for chunk in chunks(ids, 500):
+        with instance.store.write() as conn:
+            result.jobs_deleted += conn.execute(delete(jobs).where(jobs.c.panda_id.in_(chunk), done)).rowcount
 
 
 def sweep(instance: Instance, queues: list[QueueConfig], *, force: bool = False,
