@@ -66,3 +66,17 @@ def iso_time(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration(seconds: float | None) -> str:
+    """A time span as an operator reads it: 45s, 3h07m, 2d04h00m."""
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    if abs(seconds) < 120:   # a queue time or a run of seconds, not of hours
+        return f"{sign}{abs(seconds):.0f}s"
+    seconds = abs(int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    return f"{sign}{days}d{hours:02d}h{minutes:02d}m" if days else f"{sign}{hours}h{minutes:02d}m"

@@ -18,7 +18,7 @@ def command(g, profiles, check_only, force, no_mail):
     Exit codes: 0 all fine, 1 a certificate failed or renewal failed (or --check: something needs renewal),
     2 bad configuration.
     """
-    from harvester_cli.site.credentials import duration
+    from harvester_cli.model import duration
     from harvester_cli.site.renewal import renew
 
     config = g.config()

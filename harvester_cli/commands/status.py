@@ -31,7 +31,7 @@ def command(g, queues, since):
     age; the last run of every command on every host (a stale cron shows here); time left on each proxy
     and token.
     """
-    from harvester_cli.site.credentials import duration
+    from harvester_cli.model import duration
     from harvester_cli.state.schema import HISTORY_STATES
     from harvester_cli.state.views import report_problems, status_counts
     from harvester_cli.steps.monitor import summary

@@ -7,10 +7,9 @@ place and validating it never imports a backend or its client library.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from harvester_cli.config.schema import setting
+from harvester_cli.config.schema import section, setting
 
 CE_FLAVOURS = ("htcondor-ce", "arc-ce")
 # ARC errors after which a push job gets a new worker instead of failing.
@@ -18,7 +17,7 @@ ARC_TRANSIENT_ERRORS = ("Job submission to LRMS failed", "Failed in data staging
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-@dataclass(frozen=True)
+@section
 class LocalOptions:
     """`local`: each worker is a process group on this host."""
 
@@ -26,7 +25,7 @@ class LocalOptions:
                                               "work_dir)")
 
 
-@dataclass(frozen=True)
+@section
 class CE:
     """One computing element of an HTCondor queue (grid submission)."""
 
@@ -38,7 +37,7 @@ class CE:
     state: str = setting("ACTIVE", doc="only ACTIVE CEs get workers")
 
 
-@dataclass(frozen=True)
+@section
 class Schedd:
     """One of several schedds an HTCondor queue spreads its workers over (schedd fanout)."""
 
@@ -47,7 +46,7 @@ class Schedd:
     state: str = setting("ACTIVE", doc="only ACTIVE schedds get workers")
 
 
-@dataclass(frozen=True)
+@section
 class HTCondorOptions:
     """`htcondor`: a local or remote schedd, vanilla jobs or grid jobs to HTCondor-CEs and ARC-CEs."""
 
@@ -100,7 +99,7 @@ class HTCondorOptions:
             yield "schedds", "a schedd is listed twice"
 
 
-@dataclass(frozen=True)
+@section
 class ArcOptions:
     """`arc`: ARC CEs over the A-REX REST interface."""
 
@@ -154,7 +153,7 @@ def split_partition(entry: str) -> tuple[str, str | None]:
     return name, cluster or None
 
 
-@dataclass(frozen=True)
+@section
 class SlurmOptions:
     """`slurm`: a Slurm cluster through sbatch, squeue, sacct, scontrol and scancel on this host."""
 

@@ -11,7 +11,6 @@ A section may add cross-field rules with a `problems()` method returning (key, m
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -24,6 +23,10 @@ from harvester_cli.errors import ConfigError
 REQUIRED = dataclasses.MISSING
 # What an INTEGER column of the state database holds (PostgreSQL and MariaDB: 32 bits, signed).
 INT_MAX = 2**31 - 1
+
+# Sections compare by identity: the __eq__ and __hash__ that dataclass would generate cost every command
+# start-up time, and nothing compares two configurations.
+section = dataclass(frozen=True, eq=False)
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class Validator:
         if isinstance(value, str):
             if rule.choices and value not in rule.choices:
                 close = [c for c in rule.choices if c.lower() == value.lower()] or \
-                    difflib.get_close_matches(value, rule.choices, n=1)
+                    _close_matches(value, rule.choices, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 self.fail(where, f"{key}: expected one of {', '.join(map(repr, rule.choices))}, got {value!r}{hint}")
             if rule.https:
@@ -157,7 +160,7 @@ class Validator:
         ok = True
         for key in table:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
+                close = _close_matches(key, names, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
                 self.problem(where, f"unknown key {key!r}{hint}")
                 ok = False
@@ -193,3 +196,9 @@ def keys(cls: type, prefix: str = "") -> list[tuple[str, Rule]]:
         elif rule is not None:
             out.append((f"{prefix}{f.name}", rule))
     return out
+
+
+def _close_matches(word: str, candidates, n: int = 1) -> list[str]:
+    import difflib  # only a config with a mistake needs it
+
+    return difflib.get_close_matches(word, candidates, n=n)

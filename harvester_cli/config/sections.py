@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harvester_cli.bearer import AUDIENCE_FORMATS, WLCG_COMPUTE_SCOPES
 from harvester_cli.config.backend_options import CE_FLAVOURS
-from harvester_cli.config.schema import setting
+from harvester_cli.config.schema import section, setting
 
 # Placeholders a pilot command may use; filled per worker by the submitter.
 PILOT_PLACEHOLDERS = frozenset(
@@ -56,7 +55,7 @@ def state_url_from(value: str) -> str:
     return f"{_DEFAULT_DRIVERS.get(scheme.lower(), scheme)}://{rest}"
 
 
-@dataclass(frozen=True)
+@section
 class PandaConfig:
     """[panda]: the PanDA server and how to authenticate to it."""
 
@@ -88,7 +87,7 @@ class PandaConfig:
             yield "token_origin", "a token needs token_origin (the VO, sent as the Origin header)"
 
 
-@dataclass(frozen=True)
+@section
 class QueueConfig:
     """[queues.NAME] (and [queue_defaults]): one harvester queue, usually one PanDA queue."""
 
@@ -178,7 +177,7 @@ class QueueConfig:
             yield "pilot_token_key", "goes with pilot_token_profile (the token the key refreshes)"
 
 
-@dataclass(frozen=True)
+@section
 class SweepConfig:
     """[sweep]: killing and forgetting."""
 
@@ -193,7 +192,7 @@ class SweepConfig:
 # -- credentials (renew-proxy) ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@section
 class CertificateConfig:
     cert: Path = setting(doc="user certificate (PEM)", must_exist="file")
     key: Path = setting(doc="its private key (PEM), mode 0600", must_exist="file", secret=True)
@@ -201,7 +200,7 @@ class CertificateConfig:
                                            must_exist="file", secret=True)
 
 
-@dataclass(frozen=True)
+@section
 class ProxyProfile:
     """[proxies.NAME]: one proxy file, made from the first certificate that works (APF's authmanager)."""
 
@@ -236,7 +235,7 @@ class ProxyProfile:
                                    "or every run renews")
 
 
-@dataclass(frozen=True)
+@section
 class TokenProfile:
     """[tokens.NAME]: a bearer token file refreshed by an OAuth2 client-credentials request; with `directory`
     instead of `file`, one token per CE of the queues that name this profile (`ce_token_profile`)."""
@@ -289,7 +288,7 @@ class TokenProfile:
                 yield "audience_formats", f"{flavour}: use {{host}} and {{port}} only, e.g. \"https://{{host}}:{{port}}\""
 
 
-@dataclass(frozen=True)
+@section
 class SmtpConfig:
     """[smtp]: where renew-proxy sends alerts. No recipients: alerts are only logged."""
 
@@ -310,14 +309,14 @@ class SmtpConfig:
 # -- logs (clean-logs, serve-logs, each command's own log) -----------------------------------------
 
 
-@dataclass(frozen=True)
+@section
 class RetentionConfig:
     max_age: int | None = setting(14 * DAY, doc="delete files older than this many seconds")
     max_bytes: int | None = setting(None, doc="then the oldest until the class fits in this many bytes",
                                     maximum=None)
 
 
-@dataclass(frozen=True)
+@section
 class LogRetentionConfig:
     """[log_retention]: per class of files in the log directory."""
 
@@ -328,7 +327,7 @@ class LogRetentionConfig:
                                          factory=lambda: list(SUBMIT_FILE_PATTERNS))
 
 
-@dataclass(frozen=True)
+@section
 class CommandLogConfig:
     """[command_log]: each command appends to <log_dir>/commands/<command>.log, rotated by size."""
 
@@ -338,7 +337,7 @@ class CommandLogConfig:
     memory: bool = setting(False, doc="append the process's memory use to every line")
 
 
-@dataclass(frozen=True)
+@section
 class LogServerConfig:
     """[log_server]: serve-logs defaults (bound to loopback unless told otherwise)."""
 
@@ -354,7 +353,7 @@ class LogServerConfig:
                                             "to a client may block", above=0, maximum=3600)
 
 
-@dataclass(frozen=True)
+@section
 class MetricsConfig:
     """[metrics]: Prometheus metrics after every command, and service metrics for PanDA's monitor."""
 
@@ -372,7 +371,7 @@ class MetricsConfig:
             yield "panda_interval", f"PanDA takes service metrics at most every 300 s, got {self.panda_interval}"
 
 
-@dataclass(frozen=True)
+@section
 class InstanceConfig:
     """[instance]: this host among several sharing one state database."""
 
@@ -393,7 +392,7 @@ class InstanceConfig:
             yield "host", f"{self.host!r}: a host name, not empty and without ':'"
 
 
-@dataclass(frozen=True)
+@section
 class Config:
     harvester_id: str = setting(doc="this instance's id at PanDA")
     panda: PandaConfig = setting(doc="[panda]")

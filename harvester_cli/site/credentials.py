@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harvester_cli.errors import HarvesterError
+from harvester_cli.model import duration  # noqa: F401  (proxies and tokens word their messages with it)
 from harvester_cli.site.alerts import Problem
 
 
@@ -40,18 +41,5 @@ class ProfileResult:
     attempts: list[Attempt] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    sign = "-" if seconds < 0 else ""
-    if abs(seconds) < 120:   # a queue time or a run of seconds, not of hours
-        return f"{sign}{abs(seconds):.0f}s"
-    seconds = abs(int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    return f"{sign}{days}d{hours:02d}h{minutes:02d}m" if days else f"{sign}{hours}h{minutes:02d}m"
 
 

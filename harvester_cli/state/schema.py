@@ -45,8 +45,8 @@ class LongText(TypeDecorator):
         if dialect.name in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import LONGTEXT
 
-            return dialect.type_descriptor(LONGTEXT())
-        return dialect.type_descriptor(Text())
+            return LONGTEXT()
+        return Text()
 
 
 metadata = MetaData()

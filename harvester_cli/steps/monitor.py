@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import statistics
 import threading
 import time
 from collections import Counter, defaultdict
@@ -56,14 +55,16 @@ class Credential:
 def credentials(config: Config, now: float | None = None) -> list[Credential]:
     """Every proxy and token file the configuration names, with its time left. The proxy's lifetime is its
     certificate chain's (what voms-proxy-info -timeleft says); no tool is run."""
-    from harvester_cli.site.proxies import inspect_proxy
-    from harvester_cli.site.tokens import list_tokens, token_expiry
-
     now = time.time() if now is None else now
     out: list[Credential] = []
     proxies = dict(config.proxies)
     if config.panda.proxy and config.panda.proxy not in {p.file for p in proxies.values()}:
         proxies["panda"] = ProxyProfile(name="panda", file=config.panda.proxy, certificates=[])
+    if not proxies and not config.tokens and not config.panda.token_file:
+        return out   # and the X.509 and token modules stay unimported: a command with nothing to do starts faster
+    from harvester_cli.site.proxies import inspect_proxy
+    from harvester_cli.site.tokens import list_tokens, token_expiry
+
     for name, profile in proxies.items():
         info = inspect_proxy(profile, now=now, voms_info=False)
         out.append(Credential("proxy", name, str(profile.file), info.time_left,
@@ -86,7 +87,11 @@ def credentials(config: Config, now: float | None = None) -> list[Credential]:
 # -- the summary -----------------------------------------------------------------------------------
 
 def _median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None
+    if not values:
+        return None
+    import statistics  # 4 ms of imports (fractions, decimal) that only the summary needs
+
+    return round(statistics.median(values), 1)
 
 
 def log_path(config: Config, log_dir: str | None) -> str | None:
