@@ -1,0 +1,1 @@
+"""harvester-cli's benchmarks: `python -m bench` (see bench/__main__.py)."""
