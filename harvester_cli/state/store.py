@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -151,7 +152,18 @@ class Store:
         """Run `work(conn)` in a write transaction; a deadlock or serialization failure (another host's
         transaction won) rolls it back and runs it again, a few times, counted in `conflicts`. `work` must
         only read and write the database: everything it did is undone before each new attempt."""
+        try:   # the first attempt without tenacity: its import is most of a quiet run's write cost
+            with self.write() as conn:
+                return work(conn)
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
+            self.conflicts += 1
+        import random
+
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        time.sleep(random.uniform(0, 0.02))   # the back-off tenacity would have waited before its second attempt
 
         def conflict(exc: BaseException) -> bool:
             if is_conflict(exc):
@@ -159,7 +171,7 @@ class Store:
                 return True
             return False
 
-        for attempt in Retrying(retry=retry_if_exception(conflict), stop=stop_after_attempt(8),
+        for attempt in Retrying(retry=retry_if_exception(conflict), stop=stop_after_attempt(7),
                                 wait=wait_random_exponential(multiplier=0.02, max=1.0), reraise=True):
             with attempt, self.write() as conn:
                 return work(conn)
