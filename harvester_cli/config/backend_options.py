@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from harvester_cli.config.schema import section, setting
+from harvester_cli.config.schema import Section, section, setting
 
 CE_FLAVOURS = ("htcondor-ce", "arc-ce")
 # ARC errors after which a push job gets a new worker instead of failing.
@@ -18,7 +18,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 @section
-class LocalOptions:
+class LocalOptions(Section):
     """`local`: each worker is a process group on this host."""
 
     work_dir: Path | None = setting(None, doc="where worker work directories go (default: the instance's "
@@ -26,7 +26,7 @@ class LocalOptions:
 
 
 @section
-class CE:
+class CE(Section):
     """One computing element of an HTCondor queue (grid submission)."""
 
     endpoint: str = setting(doc="host:port of an HTCondor-CE (port 9619 if left out), or host[:port] / https URL "
@@ -38,7 +38,7 @@ class CE:
 
 
 @section
-class Schedd:
+class Schedd(Section):
     """One of several schedds an HTCondor queue spreads its workers over (schedd fanout)."""
 
     name: str = setting(doc="the schedd's name, as its collector knows it")
@@ -47,7 +47,7 @@ class Schedd:
 
 
 @section
-class HTCondorOptions:
+class HTCondorOptions(Section):
     """`htcondor`: a local or remote schedd, vanilla jobs or grid jobs to HTCondor-CEs and ARC-CEs."""
 
     schedd: str | None = setting(None, doc="the schedd to submit to, by name; none: this host's schedd")
@@ -100,7 +100,7 @@ class HTCondorOptions:
 
 
 @section
-class ArcOptions:
+class ArcOptions(Section):
     """`arc`: ARC CEs over the A-REX REST interface."""
 
     endpoints: list[str] = setting(doc="A-REX REST endpoints of this queue's CE(s), e.g. "
@@ -154,7 +154,7 @@ def split_partition(entry: str) -> tuple[str, str | None]:
 
 
 @section
-class SlurmOptions:
+class SlurmOptions(Section):
     """`slurm`: a Slurm cluster through sbatch, squeue, sacct, scontrol and scancel on this host."""
 
     partitions: list[str] = setting(doc="partitions: \"name\" or \"name@cluster\" (--clusters, needs slurmdbd); "

@@ -13,7 +13,7 @@ from typing import Any
 
 from harvester_cli.bearer import AUDIENCE_FORMATS, WLCG_COMPUTE_SCOPES
 from harvester_cli.config.backend_options import CE_FLAVOURS
-from harvester_cli.config.schema import section, setting
+from harvester_cli.config.schema import Section, section, setting
 
 # Placeholders a pilot command may use; filled per worker by the submitter.
 PILOT_PLACEHOLDERS = frozenset(
@@ -56,7 +56,7 @@ def state_url_from(value: str) -> str:
 
 
 @section
-class PandaConfig:
+class PandaConfig(Section):
     """[panda]: the PanDA server and how to authenticate to it."""
 
     url: str = setting(doc="the PanDA server's v1 API, e.g. https://pandaserver.example.org:25443/api/v1",
@@ -88,7 +88,7 @@ class PandaConfig:
 
 
 @section
-class QueueConfig:
+class QueueConfig(Section):
     """[queues.NAME] (and [queue_defaults]): one harvester queue, usually one PanDA queue."""
 
     name: str = setting(doc="the queue's name (the table's name)")
@@ -178,7 +178,7 @@ class QueueConfig:
 
 
 @section
-class SweepConfig:
+class SweepConfig(Section):
     """[sweep]: killing and forgetting."""
 
     worker_retention: int = setting(2 * DAY, doc="seconds final workers are kept before they are forgotten")
@@ -193,7 +193,7 @@ class SweepConfig:
 
 
 @section
-class CertificateConfig:
+class CertificateConfig(Section):
     cert: Path = setting(doc="user certificate (PEM)", must_exist="file")
     key: Path = setting(doc="its private key (PEM), mode 0600", must_exist="file", secret=True)
     passphrase_file: Path | None = setting(None, doc="file holding the key's passphrase, mode 0600",
@@ -201,7 +201,7 @@ class CertificateConfig:
 
 
 @section
-class ProxyProfile:
+class ProxyProfile(Section):
     """[proxies.NAME]: one proxy file, made from the first certificate that works (APF's authmanager)."""
 
     name: str = setting(doc="the profile's name (the table's name)")
@@ -236,7 +236,7 @@ class ProxyProfile:
 
 
 @section
-class TokenProfile:
+class TokenProfile(Section):
     """[tokens.NAME]: a bearer token file refreshed by an OAuth2 client-credentials request; with `directory`
     instead of `file`, one token per CE of the queues that name this profile (`ce_token_profile`)."""
 
@@ -289,7 +289,7 @@ class TokenProfile:
 
 
 @section
-class SmtpConfig:
+class SmtpConfig(Section):
     """[smtp]: where renew-proxy sends alerts. No recipients: alerts are only logged."""
 
     host: str = setting("localhost", doc="SMTP server")
@@ -310,14 +310,14 @@ class SmtpConfig:
 
 
 @section
-class RetentionConfig:
+class RetentionConfig(Section):
     max_age: int | None = setting(14 * DAY, doc="delete files older than this many seconds")
     max_bytes: int | None = setting(None, doc="then the oldest until the class fits in this many bytes",
                                     maximum=None)
 
 
 @section
-class LogRetentionConfig:
+class LogRetentionConfig(Section):
     """[log_retention]: per class of files in the log directory."""
 
     workers: RetentionConfig = setting(doc="worker logs", factory=RetentionConfig)
@@ -328,7 +328,7 @@ class LogRetentionConfig:
 
 
 @section
-class CommandLogConfig:
+class CommandLogConfig(Section):
     """[command_log]: each command appends to <log_dir>/commands/<command>.log, rotated by size."""
 
     enabled: bool = setting(True, doc="write the command logs")
@@ -338,7 +338,7 @@ class CommandLogConfig:
 
 
 @section
-class LogServerConfig:
+class LogServerConfig(Section):
     """[log_server]: serve-logs defaults (bound to loopback unless told otherwise)."""
 
     host: str = setting("127.0.0.1", doc="address to listen on")
@@ -354,7 +354,7 @@ class LogServerConfig:
 
 
 @section
-class MetricsConfig:
+class MetricsConfig(Section):
     """[metrics]: Prometheus metrics after every command, and service metrics for PanDA's monitor."""
 
     textfile: Path | None = setting(None, doc="a .prom file in node_exporter's textfile directory, rewritten "
@@ -372,7 +372,7 @@ class MetricsConfig:
 
 
 @section
-class InstanceConfig:
+class InstanceConfig(Section):
     """[instance]: this host among several sharing one state database."""
 
     host: str | None = setting(None, doc="this host's name: the submission host of workers it starts on "
@@ -393,7 +393,7 @@ class InstanceConfig:
 
 
 @section
-class Config:
+class Config(Section):
     harvester_id: str = setting(doc="this instance's id at PanDA")
     panda: PandaConfig = setting(doc="[panda]")
     state: str | None = setting(None, doc="state database: SQLAlchemy URL or SQLite file path")
