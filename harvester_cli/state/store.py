@@ -30,6 +30,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -367,9 +368,11 @@ class Store:
     def reports_sent(self, conn: Connection, kind: str, sent: Sequence[tuple[int, int]]) -> None:
         """Forget (key, version) pairs PanDA accepted; a row with a newer version stays, released for the next run."""
         for chunk in chunks(list(sent), 500):
+            # the key list finds the rows by primary key; the pairs keep a newer version of one
             conn.execute(
                 delete(reports).where(reports.c.kind == kind, reports.c.lock_owner == self.owner,
-                                      or_(*[(reports.c.key == k) & (reports.c.version == v) for k, v in chunk]))
+                                      reports.c.key.in_([k for k, _ in chunk]),
+                                      tuple_(reports.c.key, reports.c.version).in_(list(chunk)))
             )
         self.release(conn, reports, [(kind, k) for k, _ in sent])
 
@@ -462,8 +465,14 @@ def server_timeouts(url: str, seconds: int) -> dict[str, Any]:
 
 
 def _key_match(columns: list[Column], keys: Sequence[tuple]):
+    """Rows whose key is one of `keys`. As IN lists (one statement shape whatever the count, so SQLAlchemy
+    compiles it once and the server plans an index lookup): an OR of a hundred pairs was compiled again
+    for every page and cost PostgreSQL a plan each time."""
     if len(columns) == 1:
         return columns[0].in_([k[0] for k in keys])
+    firsts = {k[0] for k in keys}
+    if len(firsts) == 1:   # the outbox: one kind per call
+        return (columns[0] == next(iter(firsts))) & columns[1].in_([k[1] for k in keys])
     return or_(*[(columns[0] == k[0]) & (columns[1] == k[1]) for k in keys])
 
 
