@@ -1,10 +1,11 @@
 """harvester-cli's hot paths next to their floors, measured in one run on this machine.
 
-    python -m bench                # the full table (about 15 minutes)
+    python -m bench                # the full table (about 20 minutes)
     python -m bench --quick        # small sizes, one repetition: a smoke run (about 2 minutes)
     python -m bench --check        # exit 1 and name each row that misses its goal
     python -m bench --only poll    # rows whose path contains "poll"
     python -m bench --postgres URL # the PostgreSQL rows on that (empty) database instead of a local server
+    python -m bench --propagate-million  # add propagate at 1M updates (about 15 minutes more)
 
 Each row times our path and its floor (the same work done the plainest way, on the same data), the two
 interleaved, and shows medians of the repetitions: machines here are noisy, ratios are what count. Every
