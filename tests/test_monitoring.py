@@ -126,12 +126,13 @@ def test_poll_records_snapshots_and_sweep_trims_them(harness):
     from harvester_cli.steps.instance import Instance
 
     instance = Instance(config_module.load(harness.tmp_path / "config.toml"))
-    add_worker(instance.store, 1, "Q", "running", submitted=NOW - 60, started=NOW - 30)
-    add_worker(instance.store, 2, "Q", "submitted", ce="ce2", submitted=NOW - 60)
-    old = NOW - 3 * 3600
+    now = time.time()   # not the module's NOW: in a long suite that can be past lost_grace_seconds by now
+    add_worker(instance.store, 1, "Q", "running", submitted=now - 60, started=now - 30)
+    add_worker(instance.store, 2, "Q", "submitted", ce="ce2", submitted=now - 60)
+    old = now - 3 * 3600
     monitoring.record_snapshot(instance.store, ["Q"], at=old)
     assert harness.cli("poll").returncode in (0, 1)
-    history = views.history(instance.store, ["Q", "E"], NOW - 86400)
+    history = views.history(instance.store, ["Q", "E"], now - 86400)
     assert [t for t, _ in history["Q"]][0] == int(old)
     latest = history["Q"][-1][1]
     assert latest["running"] == 1 and latest["submitted"] == 1

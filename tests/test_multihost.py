@@ -164,8 +164,12 @@ def check_workers(site: Site, sim: PandaSimulator, watch: Watch, starts_file, *,
     # as lost; none was.
     lost = [r for r in rows if r.status == model.FAILED]
     assert not lost, [(r.worker_id, r.diag) for r in lost]
+    # A host killed between recording a worker and starting it leaves it missed on repair (never started,
+    # its job bound to a new worker): that is the only other end a worker may have.
+    started_ids = {w for w, _ in started}
+    never_started = [r for r in rows if r.status == model.MISSED and r.worker_id not in started_ids]
     if not killed_ok:
-        assert all(r.status == model.FINISHED for r in rows), Counter(r.status for r in rows)
+        assert all(r.status == model.FINISHED or r in never_started for r in rows), Counter(r.status for r in rows)
     # Every final state reached PanDA (once the outbox is empty, each report was deleted after PanDA took it).
     at_panda = sim.workers(site.harvester_id)
     assert all(at_panda[r.worker_id]["status"] == r.status for r in rows), "PanDA has another worker state"
