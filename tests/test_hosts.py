@@ -119,3 +119,15 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path, harness):
     local = config_module.parse(harness.config_data({"Q": {"mode": "pull"}}, state=str(tmp_path / "state.db")))
     assert config_module._sqlite_on_network(local, "config.toml", str(mounts)) == []
     assert config_module.mount_of(shared / "state.db", str(mounts)) == (str(shared), "nfs4")
+
+
+def test_which_backends_are_host_bound(harness):
+    instance = harness.instance({
+        "LOCAL": {"mode": "pull"},
+        "SLURM": {"mode": "pull", "backend": "slurm"},
+        "SLURM_HERE": {"mode": "pull", "backend": "slurm", "backend_options": {"host_bound": True}},
+        "CONDOR_HERE": {"mode": "pull", "backend": "htcondor"},
+        "CONDOR_REMOTE": {"mode": "pull", "backend": "htcondor", "backend_options": {"schedd": "s@pool"}},
+    })
+    bound = {name: instance.host_bound(queue) for name, queue in instance.config.queues.items()}
+    assert bound == {"LOCAL": True, "SLURM": False, "SLURM_HERE": True, "CONDOR_HERE": True, "CONDOR_REMOTE": False}

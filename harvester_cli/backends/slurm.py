@@ -114,6 +114,11 @@ class SlurmBackend(Backend):
 
     Options = SlurmOptions
 
+    @property
+    def host_bound(self) -> bool:
+        """From a shared login node any host reaches the cluster; the option says when only this one does."""
+        return self.options.host_bound
+
     def __init__(self, queue, context):
         super().__init__(queue, context)
         self._rng = random.Random()

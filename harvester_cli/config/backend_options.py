@@ -161,6 +161,8 @@ class SlurmOptions(Section):
                                         "several: the CE fanout picks one per worker; none: the default partition",
                                     factory=list)
     account: str | None = setting(None, doc="--account of every job")
+    host_bound: bool = setting(False, doc="only this host reaches the cluster (its own slurmctld, no shared login "
+                                          "node): then only this host polls, kills and cleans the workers it made")
     qos: str | None = setting(None, doc="--qos of every job")
     reservation: str | None = setting(None, doc="--reservation of every job")
     constraint: str | None = setting(None, doc="--constraint (node features) of every job")
