@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -118,18 +117,9 @@ class Harness:
 
     def kill_workers(self) -> None:
         """Stop every local worker process this test's harvester started."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if f"HARVESTER_ID={self.harvester_id}\0".encode() in environ:
-                try:
-                    os.killpg(int(entry.name), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        from tests.multihost import kill_local_workers
+
+        kill_local_workers(self.harvester_id)
 
 
 @pytest.fixture
