@@ -8,7 +8,10 @@
   HARVESTER_CLI_CRON_STUCK_AFTER seconds (default 3600) it also says so on stderr (which cron mails)
   and exits 1, every minute until someone looks.
 - The command's output is appended to <log_dir>/cron/<command>.log (rotated at 10 MB, 5 kept), between a
-  start line and an end line with its exit code, so a quiet run still leaves a trace.
+  start line and an end line with its exit code, so a quiet run still leaves a trace. A run that ends with
+  exit 2 (a configuration or usage problem: it will fail the same way every minute until someone fixes
+  it) also prints its error lines on stderr, which cron mails; a partial run (exit 1: retried by the next
+  run, and shown by `status`) stays in the log, so an outage does not mail every minute.
 - It runs the harvester-cli of the same installation (this Python), whatever cron's PATH says.
 """
 
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
-    from harvester_cli.site.logs import rotate_if_full
+    from harvester_cli.site.logs import redact, rotate_if_full
 
     logs = log_dir(args)
     (logs / ".state").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -103,9 +106,24 @@ def main(argv: list[str] | None = None) -> None:
     os.pwrite(lock_fd, json.dumps({"pid": os.getpid(), "started": started}).encode(), 0)
     rotate_if_full(output, MAX_BYTES, BACKUPS)
     with output.open("a") as log:
-        log.write(f"--- {stamp} harvester-cli {' '.join(args)}\n")
+        log.write(f"--- {stamp} harvester-cli {redact(' '.join(args))}\n")
         log.flush()
+        run_starts = log.tell()
         code = subprocess.call([sys.executable, "-m", "harvester_cli", *args], stdout=log, stderr=log,
                                stdin=subprocess.DEVNULL)
         log.write(f"--- exit {code} after {time.time() - started:.1f} s\n")
+    if code == 2:
+        _mail_errors(output, run_starts, command)
     sys.exit(code)
+
+
+def _mail_errors(output: Path, run_starts: int, command: str) -> None:
+    """The error lines of the run that just ended, on stderr for cron to mail."""
+    with output.open("rb") as log:
+        log.seek(run_starts)
+        lines = log.read().decode("utf-8", "replace").splitlines()
+    errors = [line for line in lines if line.startswith(("harvester-cli: error:", "Error:", "Usage:"))]
+    for line in errors or lines[-5:]:
+        print(line, file=sys.stderr)
+    print(f"harvester-cli-cron: `{command}` exited 2 (configuration or usage): the whole output is in {output}",
+          file=sys.stderr)

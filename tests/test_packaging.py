@@ -76,6 +76,40 @@ def test_cron_wrapper_skips_while_the_last_run_goes_on_and_says_when_it_is_stuck
     assert "--- exit" in (logs / "cron" / "cycle.log").read_text(), ran.stderr
 
 
+def test_cron_wrapper_prints_a_configuration_error_for_cron_to_mail_and_hides_passwords(cron_site):
+    logs, env = cron_site
+    config = Path(env["HARVESTER_CLI_CONFIG"])
+    config.write_text(config.read_text().replace('mode = "pull"', 'mode = "pull"\nstatus = "ofline"'))
+    env = {**env, "XDG_STATE_HOME": str(logs.parent / "xdg")}   # where the wrapper logs when the file is broken
+    result = subprocess.run([*CRON, "--state", "postgresql://site:s3cret-pw@127.0.0.1:1/db", "cycle"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "[queues.Q] status" in result.stderr and "did you mean 'offline'" in result.stderr   # cron mails this
+    assert "exited 2 (configuration or usage)" in result.stderr
+    fallback = Path(result.stderr.rsplit("the whole output is in ", 1)[1].strip())
+    assert fallback.is_relative_to(logs.parent / "xdg")
+    assert "s3cret-pw" not in fallback.read_text() and "site:***@" in fallback.read_text()
+    assert "s3cret-pw" not in result.stderr
+
+
+def test_a_database_password_on_the_command_line_never_reaches_the_command_log(cron_site):
+    logs, env = cron_site
+    result = subprocess.run([sys.executable, "-m", "harvester_cli", "--state",
+                             "postgresql://site:s3cret-pw@127.0.0.1:1/db", "status"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "s3cret-pw" not in result.stderr
+    log = (logs / "commands" / "status.log").read_text()
+    assert "start: harvester-cli --state postgresql://site:***@127.0.0.1:1/db status" in log
+    assert "s3cret-pw" not in log
+
+
+def test_a_partial_cron_run_stays_in_its_log(cron_site):
+    logs, env = cron_site   # PanDA at port 9 does not answer: cycle is partial (exit 1), retried next minute
+    result = subprocess.run([*CRON, "cycle"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == ""
+    assert "--- exit 1 after" in (logs / "cron" / "cycle.log").read_text()
+
+
 def test_cron_wrapper_without_a_command_is_a_usage_error():
     result = subprocess.run([*CRON, "--queue", "Q"], capture_output=True, text=True)
     assert result.returncode == 2 and "usage: harvester-cli-cron" in result.stderr

@@ -33,6 +33,8 @@ _PATTERNS = (
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
     (re.compile(r'(?i)("?(?:access_token|refresh_token|id_token|client_secret|password|passphrase)"?\s*[:=]\s*"?)'
                 r'[^"\s,&}]+'), r"\1[redacted]"),
+    # the password of a URL (a state database named on the command line: postgresql://user:password@host/db)
+    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1***@"),
 )
 
 
