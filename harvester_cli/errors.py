@@ -23,6 +23,10 @@ class StateError(HarvesterError):
     exit_code = EXIT_USAGE
 
 
+class StateUnreachable(HarvesterError):
+    """The state database server did not answer (down, restarting, network): the next run tries again."""
+
+
 class PandaError(HarvesterError):
     """PanDA answered, but not with success, or could not be reached."""
 

@@ -575,3 +575,11 @@ def test_quiet_after_the_command_name_prints_nothing(instance):
     _, _, run_instance = instance
     result = run_instance("status", "-q")
     assert result.returncode == 0 and result.stdout == ""
+
+
+def test_a_missing_database_driver_is_one_line_naming_the_driver_and_the_fix(tmp_path, run):
+    cfg = write_config(tmp_path)
+    result = run("--config", str(cfg), "--state", "postgresql+psycopg2://site:pw@127.0.0.1/harvester", "status")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "(psycopg2)" in result.stderr and "write postgresql://" in result.stderr and "[postgres]" in result.stderr
+    assert "[mariadb]" not in result.stderr and ":pw@" not in result.stderr

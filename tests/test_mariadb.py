@@ -53,3 +53,18 @@ def test_the_url_forms_an_operator_writes_work_as_written(maria_url, tmp_path, s
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (url, args, result.stderr)
     assert "Q" in json.loads(result.stdout)["queues"]
+
+
+def test_a_server_that_does_not_answer_is_an_outage_and_a_refusal_is_configuration(maria_url, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('harvester_id = "outage"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+    credentials, rest = maria_url.split("://", 1)[1].split("@", 1)
+    user = credentials.split(":", 1)[0]
+    cases = {"mariadb://" + credentials + "@127.0.0.1:1/x": (1, "no answer"),
+             f"mariadb://{user}:wrong-password@{rest}": (2, "Access denied")}
+    for url, (code, says) in cases.items():
+        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, "status"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == code and says in result.stderr, (url, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "wrong-password" not in result.stderr

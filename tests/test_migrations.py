@@ -159,6 +159,25 @@ def test_db_commands_through_the_cli(tmp_path):
     assert [r["revision"] for r in json.loads(history.stdout)["revisions"]] == list(REVISIONS)
 
 
+def test_db_commands_on_a_typo_say_so_describe_migrations_whole_and_keep_their_log(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'harvester_id = "h"\nlog_dir = "{tmp_path / "logs"}"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    typo = cli("--state", str(tmp_path / "stat.db"), "db", "current")
+    assert typo.returncode == 2 and "does not exist" in typo.stderr and "db upgrade" in typo.stderr
+    assert not (tmp_path / "stat.db").exists()
+    described = {r["revision"]: r["description"] for r in json.loads(cli("--json", "db", "history").stdout)["revisions"]}
+    assert all(text.endswith(".") for text in described.values()), described
+    assert "refuses this database instead of writing to it" in described["0003_alembic"]
+    assert cli("--state", str(tmp_path / "state.db"), "db", "upgrade").returncode == 0
+    assert "--state " + str(tmp_path / "state.db") + " db upgrade" in (tmp_path / "logs" / "commands" / "db.log").read_text()
+
+
 @pytest.mark.parametrize("setup,code,needle", [
     ("UPDATE alembic_version SET version_num = '9999_future'", 2, "newer than this harvester-cli"),
     ("DROP TABLE alembic_version; DROP TABLE meta", 2, "not a harvester-cli database"),

@@ -1,6 +1,7 @@
 import click
 
 from harvester_cli.commands import pass_globals
+from harvester_cli.errors import HarvesterError, StateError
 
 
 @click.group("db", epilog="Example: harvester-cli --state /var/lib/harvester-cli/state.db db upgrade")
@@ -12,6 +13,11 @@ def _store(g):
     from harvester_cli.config import state_url_from
     from harvester_cli.state.store import Store
 
+    if g.state:
+        try:
+            g.config()   # for the command log in its log_dir; --state alone needs no configuration
+        except HarvesterError:
+            pass
     url = state_url_from(g.state) if g.state else g.config().state_url
     return Store(url, check_schema=False, timeout=None)   # a migration and the upgrade lock may wait long
 
@@ -51,12 +57,16 @@ def upgrade(g, as_sql):
 def current(g):
     """Say which schema revision the state database is at, and whether it needs `db upgrade`.
 
-    Exit codes: 0 up to date, 1 needs `db upgrade` (or is empty), 2 newer than this harvester-cli or not its database.
+    Exit codes: 0 up to date, 1 needs `db upgrade` (or is empty), 2 newer than this harvester-cli, not its
+    database, or a SQLite file that does not exist (a typo in `state`?).
     """
     from harvester_cli.state.schema import HEAD, REVISIONS
     from harvester_cli.state.store import schema_problem
 
     store = _store(g)
+    if store.sqlite_path is not None and not store.sqlite_path.exists():
+        raise StateError(f"state database {store.display_url} does not exist: create it with `harvester-cli db "
+                         "upgrade` (or fix `state` / --state if it should exist)")
     revision = store.revision()
     problem = "is empty: run `harvester-cli db upgrade`" if revision is None else schema_problem(revision)
     out = g.output()

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError, SQLAlchemyError
 
-from harvester_cli.errors import StateError
+from harvester_cli.errors import StateError, StateUnreachable
 from harvester_cli.model import now
 from harvester_cli.state import bulk
 from harvester_cli.state.schema import (
@@ -69,6 +69,32 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
+# The drivers harvester-cli installs (its extras), which bare postgresql:// and mariadb:// URLs use.
+_OWN_DRIVERS = {"psycopg": ("postgres", "psycopg 3"), "pymysql": ("mariadb", "PyMySQL")}
+
+
+def _missing_driver(url: str, module: str | None) -> str:
+    scheme = url.split("://", 1)[0]
+    if module in _OWN_DRIVERS:
+        extra, driver = _OWN_DRIVERS[module]
+        return (f"its driver {driver} is not installed: pip install 'harvester-cli[{extra}]' (or '.[{extra}]' in a "
+                "source checkout)")
+    base, extra = ("postgresql", "postgres") if scheme.startswith("postgres") else ("mariadb", "mariadb")
+    return (f"the driver this URL names ({scheme}) is not installed ({module}): install it, or write {base}:// for the "
+            f"driver harvester-cli installs with its [{extra}] extra")
+
+
+def _server_answered(error: BaseException) -> bool:
+    """Whether a database server refused (wrong password, unknown database: a configuration problem) rather
+    than never answered (down, unreachable: an outage). A server's refusal carries its own code: an SQLSTATE
+    for psycopg (at connection time only libpq's text says so: the server's own severity, "FATAL:"), a
+    server error number below 2000 for MySQL/MariaDB (2000 and up are the client's own)."""
+    if getattr(error, "sqlstate", None) or "FATAL:" in str(error):
+        return True
+    code = error.args[0] if getattr(error, "args", None) else None
+    return isinstance(code, int) and code < 2000
+
+
 class Store:
     """One state database. Thin: tables, transactions, claims, ids, outbox. Domain queries live in the steps."""
 
@@ -94,8 +120,7 @@ class Store:
         try:
             self.engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"), **options)
         except ImportError as exc:
-            raise StateError(f"state database {self.display_url}: its driver is not installed ({exc.name or exc}): "
-                             "install harvester-cli[postgres] or [mariadb], or write the URL without +driver") from None
+            raise StateError(f"state database {self.display_url}: {_missing_driver(url, exc.name)}") from None
         except (SQLAlchemyError, ValueError) as exc:
             raise StateError(f"state database {self.display_url}: cannot open: {exc}") from None
         self.is_sqlite = self.engine.dialect.name == "sqlite"
@@ -193,11 +218,15 @@ class Store:
         try:
             with self.read() as conn:
                 return read_revision(conn)
-        except DatabaseError as exc:   # not a database, unreadable, server refused
+        except DatabaseError as exc:   # not a database, unreadable, server refused or not answering
             hint = ""
             if path is not None and not os.access(path.parent, os.W_OK):
                 hint = f" ({path.parent} is read-only: SQLite writes its journal beside the database)"
-            raise StateError(f"state database {self.display_url}: cannot read: {exc.orig}{hint}") from None
+            reason = " ".join(str(exc.orig).split())   # the drivers' messages run over several lines
+            if not self.is_sqlite and not _server_answered(exc.orig):
+                raise StateUnreachable(f"state database {self.display_url}: no answer: {reason} (is the server up? "
+                                       "nothing was changed; the next run tries again)") from None
+            raise StateError(f"state database {self.display_url}: cannot read: {reason}{hint}") from None
 
     def _check_schema_when_unlocked(self) -> None:
         """Two runs opening a brand-new SQLite file at once: switching it to WAL can answer "database is

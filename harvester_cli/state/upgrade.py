@@ -68,7 +68,8 @@ def _create_private(path: Path) -> None:
 def history() -> list[Revision]:
     """Every migration, oldest first."""
     script = ScriptDirectory.from_config(_config())
-    found = [Revision(s.revision, s.down_revision, (s.doc or "").strip().splitlines()[0])
+    # A migration's description is the first paragraph of its docstring, whole (Alembic's .doc is its first line).
+    found = [Revision(s.revision, s.down_revision, " ".join((s.module.__doc__ or "").strip().split("\n\n")[0].split()))
              for s in script.walk_revisions()]
     return list(reversed(found))
 
