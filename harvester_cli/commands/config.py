@@ -25,8 +25,9 @@ def check(g):
     if problems:
         raise ConfigError("\n".join(problems))
     data = as_dict(config)
-    if g.state:   # what every other command would use
-        data["state"] = display_url(state_url_from(g.state))
+    # What every other command would use, where the file leaves it to a default.
+    data["state"] = display_url(state_url_from(g.state) if g.state else config.state_url)
+    data["instance"]["host"] = config.host
     out = g.output()
     settings = []
     for key, value in data.items():   # sections ([panda], [sweep], [smtp], [proxies.X] ...) as dotted keys

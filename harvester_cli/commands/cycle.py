@@ -3,7 +3,7 @@ import click
 from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
 
 
-@click.command("cycle", epilog="Example (crontab): * * * * * harvester-cli --config /etc/harvester-cli/config.toml -q cycle")
+@click.command("cycle", epilog="Example (crontab): * * * * * harvester-cli-cron cycle   (HARVESTER_CLI_CONFIG=... above it)")
 @queue_option
 @pass_globals
 @recorded("cycle")

@@ -396,7 +396,8 @@ class InstanceConfig(Section):
 class Config(Section):
     harvester_id: str = setting(doc="this instance's id at PanDA")
     panda: PandaConfig = setting(doc="[panda]")
-    state: str | None = setting(None, doc="state database: SQLAlchemy URL or SQLite file path")
+    state: str | None = setting(None, doc="state database: SQLAlchemy URL or SQLite file path "
+                                          "(default: $XDG_STATE_HOME/harvester-cli/state.db)")
     log_dir: Path | None = setting(None, doc="the log tree (default: $XDG_STATE_HOME/harvester-cli/logs)")
     log_url: str | None = setting(None, doc="the public base URL of log_dir, sent to PanDA in log URLs")
     work_dir: Path | None = setting(None, doc="work directories of local workers "
