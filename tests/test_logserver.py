@@ -11,17 +11,23 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harvester_cli.site.logserver import LogServer
 from tests.conftest import wait_until
 
-pytestmark = pytest.mark.logs
+pytestmark = [pytest.mark.logs, pytest.mark.faults]
 
 SECRETS = (b"internal command log", b"alert state", b"hidden pilot", b"outside the tree")
 
 
 @pytest.fixture
 def tree(tmp_path) -> Path:
+    return _make_tree(tmp_path)
+
+
+def _make_tree(tmp_path: Path) -> Path:
     root = tmp_path / "logs"
     worker = root / "workers" / "2026-01-01" / "Q" / "7"
     worker.mkdir(parents=True)
@@ -243,3 +249,53 @@ def test_a_failing_page_is_503_and_the_logs_are_still_served(tree):
         status, _, body = get(server.address, "GET", "/status")
         assert status == 503 and b"not available now" in body and b"locked" not in body
         assert get(server.address, "GET", "/logs/workers/inside.out")[0] == 200
+
+
+# -- generated requests --------------------------------------------------------------------------
+
+SEGMENTS = st.sampled_from(["..", "%2e%2e", ".%2e", "%2E%2E%2F", "commands", "submit.log", ".state", "alerts.json",
+                            ".hidden.out", "%2ehidden.out", "workers", "2026-01-01", "Q", "7", "pilot.out", "to-commands",
+                            "cmd.out", "out-dir", "secret.txt", "day", "", ".", "%00", "%", "%zz", "%c0%ae", "\u00e9",
+                            "a" * 300, "~", "%2f", "\\", "?x=1", "#f", ";p"])
+PATHS = st.builds(lambda lead, parts: lead + "/".join(parts), st.sampled_from(["/logs/", "/", "//", "/logs", "", "*",
+                                                                               "http://x/logs/", "/logs/workers/"]),
+                  st.lists(st.one_of(SEGMENTS, st.text(max_size=8)), max_size=8))
+METHODS = st.one_of(st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "get", ""]),
+                    st.text(max_size=10))
+VERSIONS = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/0.9", "HTTP/2.0", "HTTP/1.1 extra", "", "HTTP/x"])
+HEADERS = st.lists(st.tuples(st.sampled_from(["Host", "Range", "Content-Length", "Transfer-Encoding", "Connection",
+                                               "If-Modified-Since", "Expect", "X"]),
+                             st.one_of(st.sampled_from(["bytes=0-1", "bytes=-1", "bytes=9999999999-", "-1",
+                                                        "99999999999999999999", "chunked", "close", "100-continue",
+                                                        "keep-alive"]), st.text(max_size=20))), max_size=4)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(METHODS, PATHS, VERSIONS, HEADERS, st.binary(max_size=40))
+def test_any_request_gets_an_http_answer_and_never_a_private_byte(generated_server, method, path, version, headers,
+                                                                  tail):
+    """Whatever arrives (methods, encodings, traversals, bad versions and headers, binary junk), the answer
+    is an HTTP status line or a closed connection within the timeouts, never a byte of a private, hidden or
+    outside file, and the server goes on serving."""
+    server = generated_server
+    head = f"{method} {path} {version}".encode("utf-8", "surrogateescape") + b"\r\n"
+    for key, value in headers:
+        head += f"{key}: {value}".encode("utf-8", "surrogateescape") + b"\r\n"
+    request = head + b"\r\n" + tail
+    with socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer == b"" or answer.startswith(b"HTTP/1."), answer[:200]
+    assert not any(secret in answer for secret in SECRETS), (request, answer[:300])
+    status, _, body = get(server.address, "GET", "/logs/workers/2026-01-01/Q/7/pilot.out")
+    assert status == 200 and body == b"pilot says hello\n"
+
+
+@pytest.fixture(scope="module")
+def generated_server(tmp_path_factory):
+    root = _make_tree(tmp_path_factory.mktemp("generated"))
+    with LogServer(root, "127.0.0.1", 0, "/logs", header_timeout=3, idle_timeout=3) as server:
+        yield server

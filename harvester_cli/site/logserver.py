@@ -90,6 +90,9 @@ class LogRequestHandler(BaseHTTPRequestHandler):
     server_version = f"harvester-cli-logs/{__version__}"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # A request line without a version is an error to answer with a status line, not an HTTP/0.9 request
+    # (whose answer is a bare body a client cannot tell from a file).
+    default_request_version = "HTTP/1.0"
 
     # set by LogServer
     root: str = "/"
@@ -117,8 +120,18 @@ class LogRequestHandler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         pass
 
+    def send_error(self, code, message=None, explain=None) -> None:
+        # http.server's own refusals of a bad request line: with a status line even when that line said HTTP/0.9
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        super().send_error(code, message, explain)
+
     def parse_request(self) -> bool:
         if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"   # so that the refusal has a status line
+            self._error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, "HTTP/0.9 is not served: use HTTP/1.0 or 1.1")
             return False
         if self.command not in ALLOWED:
             self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed: this server is read-only")
