@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -414,6 +415,8 @@ def test_concurrency_overlapping_runs_of_every_command_do_nothing_twice(harness,
                for i in range(4)]
     outputs = [r.communicate(timeout=seconds + 180)[0] for r in runners]
     runs = [line for out in outputs for line in out.splitlines()]
+    print(f"\n{database}: {len(runs)} runs by 4 overlapping runners in {seconds:.0f} s:",
+          dict(Counter(line.split()[0] for line in runs)))
     assert {line.split()[0] for line in runs} >= set(OVERLAPPING[:4]), runs
     assert not [line for line in runs if any(e in line for e in RACE_ERRORS)]
     assert all(line.split()[1] in ("0", "1") for line in runs), runs
