@@ -79,3 +79,18 @@ def maria_url(mariadb_server):
     assert _sql(f"CREATE DATABASE {name}").returncode == 0
     yield f"mysql+pymysql://{USER}:{PASSWORD}@127.0.0.1:3306/{name}"
     _sql(f"DROP DATABASE IF EXISTS {name}")
+
+
+def assert_state_errors(cases: dict[str, tuple[int, str]], tmp_path: Path) -> None:
+    """`status` on each state URL exits with the given code, one line on stderr saying the given words and no
+    password (cases: URL -> (exit code, words))."""
+    import sys
+
+    config = tmp_path / "config.toml"
+    config.write_text('harvester_id = "outage"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+    for url, (code, says) in cases.items():
+        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, "status"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == code and says in result.stderr, (url, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "wrong-password" not in result.stderr

@@ -11,6 +11,7 @@ import pytest
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.state.store import Store
 from tests.conftest import new_state
+from tests.databases import assert_state_errors
 from tests.test_cycle import cycle_until, rows
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.integration]
@@ -56,15 +57,8 @@ def test_the_url_forms_an_operator_writes_work_as_written(maria_url, tmp_path, s
 
 
 def test_a_server_that_does_not_answer_is_an_outage_and_a_refusal_is_configuration(maria_url, tmp_path):
-    config = tmp_path / "config.toml"
-    config.write_text('harvester_id = "outage"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
-                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
     credentials, rest = maria_url.split("://", 1)[1].split("@", 1)
     user = credentials.split(":", 1)[0]
     cases = {"mariadb://" + credentials + "@127.0.0.1:1/x": (1, "no answer"),
              f"mariadb://{user}:wrong-password@{rest}": (2, "Access denied")}
-    for url, (code, says) in cases.items():
-        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, "status"],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == code and says in result.stderr, (url, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1 and "wrong-password" not in result.stderr
+    assert_state_errors(cases, tmp_path)

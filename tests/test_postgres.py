@@ -11,6 +11,7 @@ import pytest
 from harvester_cli.state.schema import workers
 from harvester_cli.state.store import Store
 from tests.conftest import new_state
+from tests.databases import assert_state_errors
 from tests.test_cycle import cycle_until, rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
@@ -53,16 +54,9 @@ def test_the_url_forms_an_operator_writes_work_as_written(pg_url, tmp_path, sche
 def test_a_server_that_does_not_answer_is_an_outage_and_a_refusal_is_configuration(pg_url, tmp_path):
     """Exit 1 (the next run tries again) for a server that is down; exit 2 (fix the configuration) for a
     wrong password or database; one line each, no password."""
-    config = tmp_path / "config.toml"
-    config.write_text('harvester_id = "outage"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
-                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
     credentials, rest = pg_url.split("://", 1)[1].split("@", 1)
     user = credentials.split(":", 1)[0]
     cases = {"postgresql://" + credentials + "@127.0.0.1:1/x": (1, "no answer"),
              f"postgresql://{user}:wrong-password@{rest}": (2, "password authentication failed"),
              "postgresql://" + credentials + "@127.0.0.1/no_such_database": (2, "does not exist")}
-    for url, (code, says) in cases.items():
-        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, "status"],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == code and says in result.stderr, (url, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1 and "wrong-password" not in result.stderr
+    assert_state_errors(cases, tmp_path)
