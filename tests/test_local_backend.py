@@ -73,3 +73,42 @@ def test_push_outputs_are_copied_to_the_log_dir_and_clean_removes_the_work_dir(t
     assert list(files) == ["heartbeat.json"] and files["heartbeat.json"].parent == tmp_path / "logs" / "5"
     backend.clean([ref(tmp_path, 5)])
     assert not (tmp_path / "work" / "Q" / "5").exists()
+
+
+def test_overlapping_polls_never_read_half_a_copied_output(tmp_path, backend):
+    """Two polls at once fetch the same worker's outputs: one reading heartbeat.json while the other copies
+    it must see the whole file (a truncated read turned a finished job into a failed one)."""
+    import json
+    import threading
+
+    from harvester_cli.panda.pilot_outputs import HEARTBEAT
+
+    work = tmp_path / "work" / "Q" / "5"
+    work.mkdir(parents=True)
+    (work / HEARTBEAT).write_text(json.dumps({"state": "finished", "padding": "x" * 2_000_000}))
+    worker = ref(tmp_path, 5)
+    backend.fetch_outputs(worker, [HEARTBEAT])
+    stop, torn, failed = threading.Event(), [], []
+
+    def copy_again():
+        while not stop.is_set():
+            try:
+                backend.fetch_outputs(worker, [HEARTBEAT])
+            except OSError as exc:
+                failed.append(exc)
+
+    copier = threading.Thread(target=copy_again)
+    copier.start()
+    try:
+        for _ in range(200):
+            files = backend.fetch_outputs(worker, [HEARTBEAT])
+            try:
+                json.loads(files[HEARTBEAT].read_text())
+            except ValueError:
+                torn.append(files[HEARTBEAT].stat().st_size)
+    finally:
+        stop.set()
+        copier.join()
+    assert not torn, f"{len(torn)} of 200 reads saw a partly copied file"
+    assert not failed, failed[:1]
+    assert not [p.name for p in (tmp_path / "logs" / "5").iterdir() if p.name.endswith(".part")]

@@ -92,6 +92,7 @@ from harvester_cli.backends.base import (
     SubmitResult,
     WorkerRef,
     WorkerSpec,
+    part_file,
 )
 from harvester_cli.config.backend_options import ArcOptions
 from harvester_cli.errors import BackendError
@@ -566,14 +567,14 @@ class ArcBackend(Backend):
             raise
         for name in names or self._wanted_outputs():
             if name in listing:
-                tmp = w.log_dir / f".{name}.part"
+                tmp = part_file(w.log_dir / name)
                 try:
                     client.downloadFile(w.batch_id, name, str(tmp))
                     os.replace(tmp, w.log_dir / name)
                 except MissingOutputFile:
                     pass
         if names is None:
-            tmp = w.log_dir / f".{BATCH_LOG}.part"
+            tmp = part_file(w.log_dir / BATCH_LOG)
             try:
                 client.downloadDiagnoseFile(w.batch_id, "errors", str(tmp))
                 os.replace(tmp, w.log_dir / BATCH_LOG)

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+
+def part_file(target: Path) -> Path:
+    """A temporary name beside `target`, this call's own: write there, then os.replace onto target."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+
+
+def copy_into_place(source: Path, target: Path) -> None:
+    """Copy so that a reader of `target` sees the old file or the whole new one, never a part: two polls that
+    overlap fetch the same worker's outputs at once, and one may read while the other writes."""
+    part = part_file(target)
+    try:
+        shutil.copyfile(source, part)
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ from harvester_cli.backends.base import (
     SubmitResult,
     WorkerRef,
     WorkerSpec,
+    copy_into_place,
 )
 from harvester_cli.config.backend_options import HTCondorOptions
 
@@ -592,7 +593,7 @@ class HTCondorBackend(Backend):
             brought = worker.log_dir / build.OUTPUTS_DIR / name
             target = worker.log_dir / name
             if brought.is_file():
-                shutil.copyfile(brought, target)
+                copy_into_place(brought, target)
             if target.is_file():
                 fetched[name] = target
         return fetched

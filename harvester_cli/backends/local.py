@@ -25,6 +25,7 @@ from harvester_cli.backends.base import (
     SubmitResult,
     WorkerRef,
     WorkerSpec,
+    copy_into_place,
 )
 from harvester_cli.config.backend_options import LocalOptions
 
@@ -294,7 +295,7 @@ class LocalBackend(Backend):
         fetched = {}
         for name in names:
             if (work / name).is_file():
-                shutil.copyfile(work / name, worker.log_dir / name)
+                copy_into_place(work / name, worker.log_dir / name)
                 fetched[name] = worker.log_dir / name
         return fetched
 

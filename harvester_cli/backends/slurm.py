@@ -88,6 +88,7 @@ from harvester_cli.backends.base import (
     SubmitResult,
     WorkerRef,
     WorkerSpec,
+    copy_into_place,
 )
 from harvester_cli.config.backend_options import SlurmOptions, split_partition
 from harvester_cli.errors import BackendError, ConfigError
@@ -558,7 +559,7 @@ class SlurmBackend(Backend):
             target = worker.log_dir / name
             if (work / name).is_file():
                 worker.log_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(work / name, target)
+                copy_into_place(work / name, target)
             if target.is_file():
                 fetched[name] = target
         return fetched
