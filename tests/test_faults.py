@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -166,6 +166,8 @@ def job_store(tmp_path_factory):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(FIELDS), HOSTILE), max_size=3), st.integers(1, 3))
+@example(poison=[("attemptNr", float("inf"))], good_count=1)   # found by a full run: int(inf) is an OverflowError
+@example(poison=[("coreCount", float("nan")), ("minRamCount", -float("inf"))], good_count=2)
 def test_one_poison_job_never_holds_up_the_good_ones(job_store, job_maker, poison, good_count):
     good = [job_maker.make_job("PUSH") for _ in range(good_count)]
     bad = job_maker.make_job("PUSH")

@@ -24,6 +24,15 @@ def test_a_value_that_does_not_convert_is_dropped_and_named():
     assert "exe_error_code" not in update and problems == ["exeErrorCode='boom' is not int"]
 
 
+def test_numbers_json_cannot_carry_are_dropped_and_named_and_an_absurd_attempt_is_left_out():
+    heartbeat = {"jobId": 123, "state": "finished", "exeErrorCode": float("inf"), "maxRSS": float("nan"),
+                 "cpuConversionFactor": "-inf", "maxVMEM": 10.5}
+    update, problems = pilot_outputs.from_heartbeat({"PandaID": 123, "attemptNr": float("inf")}, heartbeat)
+    json.dumps(update, allow_nan=False)   # what PanDA can parse
+    assert update["job_status"] == "finished" and update["max_vmem"] == 10.5 and "attempt_nr" not in update
+    assert sorted(p.split("=")[0] for p in problems) == ["cpuConversionFactor", "exeErrorCode", "maxRSS"]
+
+
 def test_a_non_final_last_state_is_reported_failed():
     update, problems = pilot_outputs.from_heartbeat(JOB, {"state": "running"})
     assert update["job_status"] == "failed" and update["pilot_error_code"] == pilot_outputs.ERR_BAD_HEARTBEAT

@@ -60,7 +60,7 @@ def memory_per_core_mb(memory_mb: int, n_core: int) -> int:
 def _positive_int(value) -> int | None:
     try:
         number = int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if number > 0 else None
 

@@ -573,6 +573,8 @@ class ArcBackend(Backend):
                     os.replace(tmp, w.log_dir / name)
                 except MissingOutputFile:
                     pass
+                finally:   # a failed download leaves no part behind
+                    tmp.unlink(missing_ok=True)
         if names is None:
             tmp = part_file(w.log_dir / BATCH_LOG)
             try:
@@ -580,6 +582,8 @@ class ArcBackend(Backend):
                 os.replace(tmp, w.log_dir / BATCH_LOG)
             except MissingDiagnoseFile:
                 pass
+            finally:
+                tmp.unlink(missing_ok=True)
             self._fetched.add(w.worker_id)
 
     # -- outputs (push messenger) ----------------------------------------------------------------

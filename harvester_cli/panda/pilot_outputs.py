@@ -9,6 +9,7 @@ making PanDA refuse the whole update.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,12 @@ def _convert(value: Any, kind: Any) -> Any:
             raise ValueError
         return int(value) if not isinstance(value, float) or value.is_integer() else int(round(value))
     if kind is _NUM:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
+        if isinstance(value, bool):
+            raise ValueError
         number = float(value)
-        return int(number) if number.is_integer() else number
+        if not math.isfinite(number):   # JSON has no NaN or Infinity: PanDA could not parse the update
+            raise ValueError
+        return value if isinstance(value, (int, float)) else int(number) if number.is_integer() else number
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
@@ -63,7 +66,7 @@ def base_update(job: dict, status: str) -> dict:
         attempt = int(job.get("attemptNr"))
         if 0 <= attempt < 2**31 and not isinstance(job.get("attemptNr"), bool):   # what PanDA's column holds
             update["attempt_nr"] = attempt
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     return update
 
@@ -78,7 +81,7 @@ def from_heartbeat(job: dict, heartbeat: dict) -> tuple[dict, list[str]]:
         target, kind = _FIELDS[name]
         try:
             update[target] = _convert(value, kind)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             problems.append(f"{name}={value!r} is not {getattr(kind, '__name__', 'a number')}")
     if update.get("job_status") not in ("finished", "failed"):
         problems.append(f"pilot's last state was {update.get('job_status')!r}, not finished or failed")
@@ -87,7 +90,11 @@ def from_heartbeat(job: dict, heartbeat: dict) -> tuple[dict, list[str]]:
     if str(heartbeat.get("jobId", job["PandaID"])) != str(job["PandaID"]):
         problems.append(f"heartbeat is for job {heartbeat.get('jobId')}, not {job['PandaID']}")
         update = failed_update(job, ERR_BAD_HEARTBEAT, "heartbeat.json belongs to another job")
-    update["attempt_nr"] = base_update(job, "failed").get("attempt_nr", update.get("attempt_nr"))
+    attempt = base_update(job, "failed").get("attempt_nr", update.get("attempt_nr"))
+    if attempt is None:
+        update.pop("attempt_nr", None)
+    else:
+        update["attempt_nr"] = attempt
     return update, problems
 
 
