@@ -190,7 +190,8 @@ def load(path: Path | None) -> Config:
         if explicit:
             raise ConfigError(f"{path}: no such configuration file")
         raise ConfigError(
-            f"no configuration at {path}: create it (`harvester-cli config example > {path}`) or pass --config"
+            f"no configuration at {path}: create it (`mkdir -p {path.parent} && harvester-cli config example > {path}`) "
+            "or pass --config"
         )
     try:
         with path.open("rb") as f:
