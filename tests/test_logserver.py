@@ -270,6 +270,13 @@ HEADERS = st.lists(st.tuples(st.sampled_from(["Host", "Range", "Content-Length",
                                                         "keep-alive"]), st.text(max_size=20))), max_size=4)
 
 
+@pytest.fixture(scope="module")
+def generated_server(tmp_path_factory):
+    root = _make_tree(tmp_path_factory.mktemp("generated"))
+    with LogServer(root, "127.0.0.1", 0, "/logs", header_timeout=3, idle_timeout=3) as server:
+        yield server
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(METHODS, PATHS, VERSIONS, HEADERS, st.binary(max_size=40))
 def test_any_request_gets_an_http_answer_and_never_a_private_byte(generated_server, method, path, version, headers,
@@ -292,10 +299,3 @@ def test_any_request_gets_an_http_answer_and_never_a_private_byte(generated_serv
     assert not any(secret in answer for secret in SECRETS), (request, answer[:300])
     status, _, body = get(server.address, "GET", "/logs/workers/2026-01-01/Q/7/pilot.out")
     assert status == 200 and body == b"pilot says hello\n"
-
-
-@pytest.fixture(scope="module")
-def generated_server(tmp_path_factory):
-    root = _make_tree(tmp_path_factory.mktemp("generated"))
-    with LogServer(root, "127.0.0.1", 0, "/logs", header_timeout=3, idle_timeout=3) as server:
-        yield server

@@ -55,7 +55,9 @@ def _convert(value: Any, kind: Any) -> Any:
         number = float(value)
         if not math.isfinite(number):   # JSON has no NaN or Infinity: PanDA could not parse the update
             raise ValueError
-        return value if isinstance(value, (int, float)) else int(number) if number.is_integer() else number
+        if isinstance(value, (int, float)):
+            return value
+        return int(number) if number.is_integer() else number
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
