@@ -73,7 +73,14 @@ def cycles_until_done(harness: Harness, sim: PandaSimulator, ids: list[int], tim
         return (all(sim.job_status(i) in ("finished", "failed") for i in ids)
                 and all(w.status in ("finished", "failed", "cancelled", "missed") for w in local)
                 and not state_rows(harness, reports))
-    wait_until(done, timeout, 0.5, "recovery after the fault")
+    try:
+        wait_until(done, timeout, 0.5, "recovery after the fault")
+    except AssertionError as exc:   # say what was left
+        left = {"jobs": {i: sim.job_status(i) for i in ids if sim.job_status(i) not in ("finished", "failed")},
+                "workers": [(w.worker_id, w.status, w.diag) for w in state_rows(harness, workers)
+                            if w.status not in ("finished", "failed", "cancelled", "missed")],
+                "reports": len(state_rows(harness, reports)), "last cycle": harness.cli("-q", "cycle").stderr[-500:]}
+        raise AssertionError(f"{exc}: left {left}") from None
 
 
 # -- crash points ----------------------------------------------------------------------------------
