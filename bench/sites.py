@@ -89,7 +89,7 @@ def make_site(directory: Path, panda_url: str, pki, queue: dict, state_url: str 
     if pki is not None:
         lines += [f'proxy = "{pki.proxy}"', f'ca = "{pki.ca_file}"']
     lines += [f"[queues.{QUEUE}]", 'backend = "local"']
-    lines += [f"{key} = {json.dumps(value)}" for key, value in queue.items()]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in {"pilot": "true", **queue}.items()]
     config = directory / "config.toml"
     config.write_text("\n".join(lines) + "\n")
     upgrade.create(state_url_from(state_url)).close()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harvester_cli import config as config_module
+from harvester_cli.config.sections import TEST_PILOT
 from harvester_cli.panda.sim import certs
 from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.steps.instance import Instance
@@ -78,8 +79,8 @@ class Harness:
             "log_dir": str(self.tmp_path / "logs"), "work_dir": str(self.tmp_path / "work"),
             "log_url": "http://127.0.0.1:8080/logs",
             "panda": {"url": self.sim.url, "proxy": str(self.pki.proxy), "ca": str(self.pki.ca_file),
-                      "retries": 2, "timeout": 20},
-            "queues": {name: {"backend": "local", **q} for name, q in queues.items()},
+                      "retries": 2, "timeout": 20, "allow_test_pilot": True},
+            "queues": {name: {"backend": "local", "pilot": TEST_PILOT, **q} for name, q in queues.items()},
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):

@@ -88,7 +88,7 @@ def assert_state_errors(cases: dict[str, tuple[int, str]], tmp_path: Path) -> No
 
     config = tmp_path / "config.toml"
     config.write_text('harvester_id = "outage"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
-                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
     for url, (code, says) in cases.items():
         result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, "status"],
                                 capture_output=True, text=True, timeout=60)

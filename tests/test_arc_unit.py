@@ -214,7 +214,7 @@ def test_install_patches_the_name_pyarcrest_uses():
 
 def _config(options: dict) -> dict:
     return {"harvester_id": "h", "panda": {"url": "https://panda:25443/api/v1"},
-            "queues": {"ARC_Q": {"mode": "push", "backend": "arc", "backend_options": options}}}
+            "queues": {"ARC_Q": {"mode": "push", "backend": "arc", "backend_options": options, "pilot": "true"}}}
 
 
 def test_options_are_validated():

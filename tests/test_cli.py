@@ -24,7 +24,7 @@ PANDA_URL = "https://127.0.0.1:9/api/v1"  # nothing listens: commands here must 
 
 
 def queue_toml(name: str, mode: str = "pull") -> str:
-    return f'\n[queues.{name}]\nmode = "{mode}"\nbackend = "local"\n'
+    return f'\n[queues.{name}]\nmode = "{mode}"\nbackend = "local"\npilot = "true"\n'
 
 
 def write_config(tmp_path: Path, queues: tuple[str, ...] = ("Q",), extra: str = "", name: str = "config.toml") -> Path:
@@ -217,7 +217,7 @@ def test_bad_config_exit_2_one_line(tmp_path, run):
 
 def test_bad_config_in_queue_names_table(tmp_path, run):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'harvester_id = "h"\n[panda]\nurl = "{PANDA_URL}"\n[queues.Q]\nmode = "pull"\nbackend = "nope"\n')
+    cfg.write_text(f'harvester_id = "h"\n[panda]\nurl = "{PANDA_URL}"\n[queues.Q]\nmode = "pull"\nbackend = "nope"\npilot = "true"\n')
     result = run("--config", str(cfg), "config", "check")
     assert_usage_error(result, str(cfg), "[queues.Q]", "backend: expected one of", "got 'nope'")
 
@@ -377,6 +377,41 @@ def test_config_example_is_checkable(run, tmp_path):
         result = run("--config", str(path), "--json", "config", "check")
     assert result.returncode == 0, result.stderr
     assert "MY_SITE_PULL" in json.loads(result.stdout)["queues"]
+
+
+def test_config_example_runs_the_pilot_wrapper_not_the_test_pilot(run, tmp_path):
+    """Copied as it is, the example never runs the simulator's test pilot against a real PanDA server."""
+    example = config.parse(tomllib.loads(run("config", "example").stdout), "<example>", tmp_path)
+    assert not example.panda.allow_test_pilot
+    for queue in example.queues.values():
+        assert not config.is_test_pilot(queue.pilot), queue.name
+        assert "runpilot2-wrapper.sh" in queue.pilot
+
+
+def test_the_test_pilot_is_refused_without_the_simulator_opt_in(run, tmp_path):
+    """A queue naming the test pilot against a PanDA server not declared the simulator: every command refuses
+    it (exit 2, one line naming the queue and the fix), and nothing reaches PanDA."""
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace('pilot = "true"', 'pilot = "{python} -m harvester_cli.panda.sim.pilot"'))
+    for command in (("config", "check"), ("cycle",), ("submit", "--count", "1")):
+        assert_usage_error(run("--config", str(cfg), *command), "[queues.Q] pilot:", "allow_test_pilot = true")
+    cfg.write_text(cfg.read_text().replace("[panda]\n", "[panda]\nallow_test_pilot = true\n"))
+    assert run("--config", str(cfg), "config", "check").returncode == 0
+
+
+def test_a_queue_without_a_pilot_is_refused(run, tmp_path):
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace('pilot = "true"\n', ""))
+    assert_usage_error(run("--config", str(cfg), "config", "check"), "[queues.Q]", "missing required key 'pilot'")
+
+
+def test_the_test_pilot_will_not_run_a_job_without_the_opt_in(env, tmp_path):
+    """Started by hand or by a wrapper, outside a configuration that allows it: it takes no job, runs nothing."""
+    (tmp_path / "pandaJobData.out").write_text(json.dumps({"PandaID": 1, "jobPars": f"touch {tmp_path}/ran"}))
+    done = subprocess.run([sys.executable, "-m", "harvester_cli.panda.sim.pilot"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 64 and "allow_test_pilot" in done.stderr
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "heartbeat.json").exists()
 
 
 def test_config_example_needs_no_config(run):

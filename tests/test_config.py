@@ -19,7 +19,7 @@ def minimal() -> dict:
     return {
         "harvester_id": "test-harvester",
         "panda": {"url": "https://127.0.0.1:9/api/v1"},
-        "queues": {"Q": {"mode": "pull", "backend": "local"}},
+        "queues": {"Q": {"mode": "pull", "backend": "local", "pilot": "true"}},
     }
 
 
@@ -369,7 +369,7 @@ def test_every_documented_placeholder_accepted():
 def test_queue_defaults_apply_and_queue_overrides():
     data = minimal()
     data["queue_defaults"] = {"max_workers": 7, "n_queue_limit_worker": 3, "resource_types": ["MCORE"]}
-    data["queues"]["R"] = {"mode": "push", "backend": "local", "max_workers": 42}
+    data["queues"]["R"] = {"mode": "push", "backend": "local", "max_workers": 42, "pilot": "true"}
     cfg = parse(data)
     q, r = cfg.queues["Q"], cfg.queues["R"]
     assert q.max_workers == 7 and q.n_queue_limit_worker == 3 and q.resource_types == ["MCORE"]
@@ -380,7 +380,7 @@ def test_queue_defaults_apply_and_queue_overrides():
 
 def test_queue_defaults_can_supply_required_keys():
     data = minimal()
-    data["queue_defaults"] = {"mode": "push", "backend": "local"}
+    data["queue_defaults"] = {"mode": "push", "backend": "local", "pilot": "true"}
     data["queues"] = {"A": {}, "B": {"mode": "pull"}}
     cfg = parse(data)
     assert cfg.queues["A"].mode == "push" and cfg.queues["B"].mode == "pull"
@@ -437,7 +437,7 @@ def test_load_resolves_relative_paths_against_config_file(tmp_path, monkeypatch)
     path = conf_dir / "config.toml"
     path.write_text(
         'harvester_id = "h"\nlog_dir = "logs"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
-        '[queues.Q]\nmode = "pull"\nbackend = "local"\n'
+        '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n'
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -523,7 +523,7 @@ def test_select_unknown_queue_names_it_and_the_known_ones():
 # load()
 
 
-GOOD_TOML = 'harvester_id = "h"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n[queues.Q]\nmode = "pull"\nbackend = "local"\n'
+GOOD_TOML = 'harvester_id = "h"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n'
 
 
 def test_load_good_file_records_path(tmp_path):
@@ -649,7 +649,7 @@ def test_every_problem_is_reported_at_once_one_line_each():
     data["panda"]["timeout"] = 0
     data["panda"]["bulk_size"] = 0
     data["queues"]["Q"]["status"] = "Online"
-    data["queues"]["R"] = {"mode": "pul", "backend": "local", "max_workers": -1}
+    data["queues"]["R"] = {"mode": "pul", "backend": "local", "max_workers": -1, "pilot": "true"}
     data["lease_seconds"] = "600"
     lines = error(data).splitlines()
     assert len(lines) == 6, lines

@@ -175,7 +175,7 @@ class Site:
         self.data = {"harvester_id": "cred-test", "state": str(tmp_path / "state.db"),
                      "log_dir": str(tmp_path / "logs"),
                      "panda": {"url": "https://127.0.0.1:9/api/v1", "retries": 0, "timeout": 2},
-                     "queues": {"Q": {"mode": "pull", "backend": "local"}}}
+                     "queues": {"Q": {"mode": "pull", "backend": "local", "pilot": "true"}}}
 
     def proxy(self, name: str, certs: list, tool: str = "voms-proxy-init", **settings) -> Path:
         path = self.tmp / "proxies" / f"{name}.pem"
@@ -592,7 +592,7 @@ def test_proxy_profile_drives_panda_client_backends_and_pilots(site, pki, sim):
     pilots_proxy = site.proxy("pilots", [user], tool="builtin")
     site.data["panda"] = {"url": sim.url, "proxy_profile": "panda", "ca": str(pki.ca_file), "retries": 0}
     site.data["queues"]["Q"]["proxy_profile"] = "pilots"
-    site.data["queues"]["R"] = {"mode": "pull", "backend": "local"}
+    site.data["queues"]["R"] = {"mode": "pull", "backend": "local", "pilot": "true"}
     _, data = site.renew()
     assert [p["action"] for p in data["profiles"]] == ["renewed", "renewed"]
     from harvester_cli.steps.instance import Instance
@@ -624,7 +624,7 @@ def test_proxy_profile_drives_panda_client_backends_and_pilots(site, pki, sim):
 
 def base_config(**proxies) -> dict:
     return {"harvester_id": "h", "panda": {"url": "https://127.0.0.1:9/api/v1"},
-            "proxies": proxies, "queues": {"Q": {"mode": "pull", "backend": "local"}}}
+            "proxies": proxies, "queues": {"Q": {"mode": "pull", "backend": "local", "pilot": "true"}}}
 
 
 PROFILE = {"file": "/var/lib/h/proxy.pem", "certificates": [{"cert": "/c.pem", "key": "/k.pem"}]}

@@ -164,7 +164,7 @@ def job_store(tmp_path_factory):
     directory = tmp_path_factory.mktemp("poison")
     data = {"harvester_id": "poison", "state": str(directory / "state.db"), "work_dir": str(directory / "work"),
             "panda": {"url": "https://127.0.0.1:9/api/v1"},
-            "queues": {"PUSH": {"mode": "push", "backend": "local", "resource_types": ["SCORE", "MCORE"]}}}
+            "queues": {"PUSH": {"mode": "push", "backend": "local", "resource_types": ["SCORE", "MCORE"], "pilot": "true"}}}
     instance = Instance(config_module.parse(data, "<faults>", directory))
     new_state(instance.state_url)
     yield instance
@@ -224,7 +224,7 @@ def test_any_configuration_value_is_taken_or_refused_in_one_line_each(changes):
     from harvester_cli.errors import ConfigError
 
     data = {"harvester_id": "h", "panda": {"url": "https://panda.example.org/api/v1"},
-            "queues": {"Q": {"mode": "pull", "backend": "local"}}}
+            "queues": {"Q": {"mode": "pull", "backend": "local", "pilot": "true"}}}
     for key, value in changes:
         where = data["panda"] if key in ("timeout", "retries", "bulk_size", "url", "stats_refresh") else \
             data if key == "lease_seconds" else data["queues"]["Q"]
@@ -254,7 +254,7 @@ def cli_site(tmp_path_factory):
     directory = tmp_path_factory.mktemp("cli")
     config = directory / "config.toml"
     config.write_text(f'harvester_id = "h"\nstate = "{directory / "state.db"}"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
-                      'retries = 0\ntimeout = 1\n[queues.Q]\nmode = "push"\nbackend = "local"\n')
+                      'retries = 0\ntimeout = 1\n[queues.Q]\nmode = "push"\nbackend = "local"\npilot = "true"\n')
     new_state(directory / "state.db")
     return config
 

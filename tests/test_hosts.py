@@ -45,7 +45,7 @@ def test_poll_of_a_host_bound_queue_looks_only_at_this_hosts_workers(harness):
 
 
 def test_the_per_cycle_cap_counts_every_hosts_workers_of_the_interval():
-    queue = QueueConfig(name="Q", mode="push", backend="local", max_new_workers_per_cycle=5)
+    queue = QueueConfig(name="Q", mode="push", backend="local", pilot="true", max_new_workers_per_cycle=5)
     alone = planner.plan(queue, planner.QueueState(waiting_jobs={"SCORE": 10}), 100)
     assert alone.total == 5
     shared = planner.plan(queue, planner.QueueState(waiting_jobs={"SCORE": 10}, made_recently=4, cycle_interval=60),
@@ -124,9 +124,9 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path, harness):
 def test_which_backends_are_host_bound(harness):
     instance = harness.instance({
         "LOCAL": {"mode": "pull"},
-        "SLURM": {"mode": "pull", "backend": "slurm"},
+        "SLURM": {"mode": "pull", "backend": "slurm", "pilot": "true"},
         "SLURM_HERE": {"mode": "pull", "backend": "slurm", "backend_options": {"host_bound": True}},
-        "CONDOR_HERE": {"mode": "pull", "backend": "htcondor"},
+        "CONDOR_HERE": {"mode": "pull", "backend": "htcondor", "pilot": "true"},
         "CONDOR_REMOTE": {"mode": "pull", "backend": "htcondor", "backend_options": {"schedd": "s@pool"}},
     })
     bound = {name: instance.host_bound(queue) for name, queue in instance.config.queues.items()}

@@ -301,7 +301,7 @@ def make_backend(tmp_path, stats=None, **options):
     from harvester_cli import backends
 
     data = {"harvester_id": "h1", "panda": {"url": "https://panda.example.org/api/v1", "proxy": str(tmp_path / "proxy.pem")},
-            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "n_queue_limit_worker": 10,
+            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "pilot": "true", "n_queue_limit_worker": 10,
                              "backend_options": {"schedd": "schedd@example", **options}}}}
     queue = config.parse(data, "<test>", tmp_path).queues["Q"]
     context = BackendContext("h1", tmp_path / "work", proxy=tmp_path / "proxy.pem",
@@ -461,7 +461,7 @@ def test_clean_removes_private_files_and_forces_lingering_removed_jobs_out(tmp_p
 ])
 def test_bad_backend_options_are_refused_with_the_key(options, message):
     data = {"harvester_id": "h", "panda": {"url": "https://x"},
-            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "backend_options": options}}}
+            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "backend_options": options, "pilot": "true"}}}
     with pytest.raises(ConfigError, match=None) as error:
         config.parse(data, "c.toml")
     assert message in str(error.value)
@@ -471,7 +471,7 @@ def test_config_check_and_backend_creation_do_not_import_htcondor(tmp_path):
     code = (
         "import sys; from harvester_cli import config, backends; from harvester_cli.backends.base import BackendContext\n"
         "from pathlib import Path\n"
-        "c = config.parse({'harvester_id': 'h', 'panda': {'url': 'https://x'}, 'queues': {'Q': {'mode': 'pull', "
+        "c = config.parse({'harvester_id': 'h', 'panda': {'url': 'https://x'}, 'queues': {'Q': {'mode': 'pull', 'pilot': 'true', "
         "'backend': 'htcondor', 'backend_options': {'ces': [{'endpoint': 'a:9619'}]}}}})\n"
         "backends.create('htcondor', c.queues['Q'], BackendContext('h', Path('/tmp')))\n"
         "assert 'htcondor2' not in sys.modules and 'classad2' not in sys.modules, 'imported'\n"
@@ -485,7 +485,7 @@ def test_schedd_fanout_spreads_workers_like_ces_with_limits_and_back_off(tmp_pat
 
     stats = {"submission_host": {"full@example": {"queued": 10}}}
     data = {"harvester_id": "h1", "panda": {"url": "https://panda.example.org/api/v1", "proxy": str(tmp_path / "p")},
-            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "n_queue_limit_worker": 10, "backend_options": {
+            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "pilot": "true", "n_queue_limit_worker": 10, "backend_options": {
                 "collector": "pool.example.org", "schedds": [
                     {"name": "a@example"}, {"name": "b@example", "collector": "other.example.org"},
                     {"name": "full@example"}, {"name": "off@example", "state": "DRAINING"}]}}}}
@@ -518,7 +518,7 @@ def test_schedd_fanout_spreads_workers_like_ces_with_limits_and_back_off(tmp_pat
 
 def test_schedd_and_schedds_together_are_refused(tmp_path):
     data = {"harvester_id": "h1", "panda": {"url": "https://panda.example.org/api/v1", "proxy": str(tmp_path / "p")},
-            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "backend_options": {
+            "queues": {"Q": {"mode": "pull", "backend": "htcondor", "pilot": "true", "backend_options": {
                 "schedd": "s@example", "schedds": [{"name": "a@example"}]}}}}
     with pytest.raises(config.ConfigError, match="either schedd or schedds"):
         config.parse(data, "<test>", tmp_path)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def backend(tmp_path):
-    queue = QueueConfig(name="Q", mode="push", backend="local")
+    queue = QueueConfig(name="Q", mode="push", backend="local", pilot="true")
     b = LocalBackend(queue, BackendContext(harvester_id=f"local-test-{id(tmp_path)}", work_root=tmp_path / "work"))
     yield b
     b.kill([ref(tmp_path, i) for i in range(1, 6)], "test teardown")

@@ -48,7 +48,7 @@ class Tree:
         self.data = {"harvester_id": "logs-test", "state": str(tmp_path / "state.db"), "log_dir": str(self.root),
                      "log_url": "http://127.0.0.1:8080/logs",
                      "panda": {"url": "https://127.0.0.1:9/api/v1", "retries": 0, "timeout": 2},
-                     "queues": {"Q": {"mode": "pull", "backend": "local"}}}
+                     "queues": {"Q": {"mode": "pull", "backend": "local", "pilot": "true"}}}
         if retention:
             self.data["log_retention"] = retention
 

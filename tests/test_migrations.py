@@ -139,7 +139,7 @@ def test_upgrade_sql_prints_the_ddl_and_changes_nothing(tmp_path):
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     config = cwd / "config.toml"
     config.write_text('harvester_id = "h"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
-                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
     return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), *args], capture_output=True,
                           text=True, cwd=cwd, timeout=120)
 
@@ -162,7 +162,7 @@ def test_db_commands_through_the_cli(tmp_path):
 def test_db_commands_on_a_typo_say_so_describe_migrations_whole_and_keep_their_log(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text(f'harvester_id = "h"\nlog_dir = "{tmp_path / "logs"}"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
-                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), *args],

@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from harvester_cli import config as config_module
+from harvester_cli.config.sections import TEST_PILOT
 from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state import monitoring, views
 from harvester_cli.state.schema import HISTORY_STATES, status_history
@@ -59,14 +60,15 @@ class Site:
         data = {
             "harvester_id": self.harvester_id, "state": str(base / "state.db"), "log_dir": str(base / "logs"),
             "work_dir": str(base / "work"), "log_url": "http://127.0.0.1:8080/logs",
-            "panda": {"url": sim.url, "proxy": str(pki.proxy), "ca": str(pki.ca_file), "retries": 2, "timeout": 20},
+            "panda": {"url": sim.url, "proxy": str(pki.proxy), "ca": str(pki.ca_file), "retries": 2, "timeout": 20,
+                      "allow_test_pilot": True},
             "metrics": {"textfile": str(self.textfile_dir / "harvester-cli.prom")},
             "queues": {
-                "GOOD": {"mode": "pull", "backend": "local"},
-                "PUSH": {"mode": "push", "backend": "local"},
+                "GOOD": {"mode": "pull", "backend": "local", "pilot": TEST_PILOT},
+                "PUSH": {"mode": "push", "backend": "local", "pilot": TEST_PILOT},
                 "FAIL": {"mode": "pull", "backend": "local", "pilot": "/bin/sh -c 'echo pilot fails; exit 3'"},
                 # a work directory below a file: the local backend cannot start the worker (missed)
-                "BROKEN": {"mode": "pull", "backend": "local", "backend_options": {"work_dir": "/dev/null/work"}},
+                "BROKEN": {"mode": "pull", "backend": "local", "pilot": TEST_PILOT, "backend_options": {"work_dir": "/dev/null/work"}},
             },
         }
         self.config_path = base / "config.toml"

@@ -103,7 +103,7 @@ class Watch:
 def make_site(tmp_path, sim, database, queues: dict, **instance) -> Site:
     site = Site(tmp_path, database,
                 panda={"url": sim.url, "proxy": str(sim.pki.proxy), "ca": str(sim.pki.ca_file), "retries": 2,
-                       "timeout": 8},
+                       "timeout": 8, "allow_test_pilot": True},
                 queues=queues, harvester_id=f"mh-{tmp_path.name[-20:]}",
                 extra={"lease_seconds": LEASE,
                        "instance": {"cycle_interval": CYCLE_INTERVAL, "db_timeout": 5, **instance}})

@@ -39,7 +39,7 @@ def cron_site(tmp_path):
 
     config = tmp_path / "config.toml"
     config.write_text(f'harvester_id = "cron-test"\nstate = "{tmp_path / "state.db"}"\nlog_dir = "{tmp_path / "logs"}"\n'
-                      '[panda]\nurl = "https://127.0.0.1:9/api/v1"\n[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+                      '[panda]\nurl = "https://127.0.0.1:9/api/v1"\n[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
     new_state(tmp_path / "state.db")
     env = {**os.environ, "HARVESTER_CLI_CONFIG": str(config), "PATH": "/usr/bin:/bin"}   # cron's PATH: no venv
     return tmp_path / "logs", env

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.planner
 
 
 def queue(**kw):
-    base = {"name": "Q", "mode": "pull", "backend": "local", "n_queue_limit_worker": 10, "max_workers": 100,
+    base = {"name": "Q", "mode": "pull", "backend": "local", "pilot": "true", "n_queue_limit_worker": 10, "max_workers": 100,
             "max_new_workers_per_cycle": 50}
     return QueueConfig(**{**base, **kw})
 

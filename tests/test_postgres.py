@@ -42,7 +42,7 @@ def test_the_url_forms_an_operator_writes_work_as_written(pg_url, tmp_path, sche
     url = scheme + "://" + pg_url.split("://", 1)[1]
     config = tmp_path / "config.toml"
     config.write_text('harvester_id = "url-test"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
-                      '[queues.Q]\nmode = "pull"\nbackend = "local"\n')
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
     for args in (("db", "upgrade"), ("--json", "status")):
         result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, *args],
                                 capture_output=True, text=True, timeout=120)

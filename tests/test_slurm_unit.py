@@ -297,7 +297,7 @@ def test_environment_of_slurm_commands_drops_the_callers_slurm_settings(tmp_path
 
 def minimal_slurm(options: dict) -> dict:
     return {"harvester_id": "hc", "work_dir": "work", "panda": {"url": "https://panda.example.org/api/v1"},
-            "queues": {"Q": {"mode": "pull", "backend": "slurm", "backend_options": options}}}
+            "queues": {"Q": {"mode": "pull", "backend": "slurm", "backend_options": options, "pilot": "true"}}}
 
 
 @pytest.mark.parametrize("options,message", [

@@ -59,14 +59,14 @@ def _config(tmp_path: Path, issuer_url: str, ca: Path | None = None, **extra) ->
                           "client_id": "harvester-client", "client_secret_file": str(secret),
                           **({"ca": str(ca)} if ca else {})}},
         "queues": {
-            "HTC": {"mode": "pull", "backend": "htcondor", "ce_credentials": "token", "ce_token_profile": "ce",
+            "HTC": {"mode": "pull", "backend": "htcondor", "pilot": "true", "ce_credentials": "token", "ce_token_profile": "ce",
                     "backend_options": {"ces": [{"endpoint": "ce1.example.org"},
                                                 {"endpoint": "ce1.example.org:9619", "queue": "long"},
                                                 {"endpoint": "ce2.example.org", "state": "DISABLED"},
                                                 {"endpoint": "arc1.example.org", "flavour": "arc-ce"}]}},
-            "ARC": {"mode": "pull", "backend": "arc", "ce_credentials": "both", "ce_token_profile": "ce",
+            "ARC": {"mode": "pull", "backend": "arc", "pilot": "true", "ce_credentials": "both", "ce_token_profile": "ce",
                     "backend_options": {"endpoints": ["https://arc1.example.org:443/arex"]}},
-            "LOCAL": {"mode": "pull", "backend": "local"},
+            "LOCAL": {"mode": "pull", "backend": "local", "pilot": "true"},
         },
     }
     for key, value in extra.items():

@@ -37,6 +37,7 @@ from harvester_cli.config.sections import (
     SweepConfig,
     TokenProfile,
     default_state_dir,
+    is_test_pilot,
     state_url_from,
     xdg_dir,
 )
@@ -154,6 +155,12 @@ def _references(validator: Validator, config: Config) -> None:
             if other != f"{kind}.{profile.name}":
                 key = "file" if profile.file is not None else "directory"
                 validator.problem(f"{kind}.{profile.name}", f"{key}: {path} is also written by [{other}]")
+    for queue in config.queues.values():
+        if is_test_pilot(queue.pilot) and not config.panda.allow_test_pilot:
+            validator.problem(f"queues.{queue.name}", "pilot: the simulator's test pilot runs every job's jobPars with "
+                                                      "/bin/sh: name PanDA's pilot wrapper (see `harvester-cli config "
+                                                      "example`), or set [panda] allow_test_pilot = true against "
+                                                      "the simulator")
     if not config.harvester_id.strip():
         validator.problem("", "harvester_id: must not be empty")
 

@@ -29,6 +29,21 @@ PROXY_TOOLS = ("voms-proxy-init", "arcproxy", "builtin")
 CE_CREDENTIALS = ("proxy", "token", "both")
 SUBMIT_FILE_PATTERNS = ["*.sub", "*.jdl", "*.xrsl", "*.adl", "*.sbatch", "submit*"]
 DAY = 24 * 3600
+# The simulator's test pilot: it runs each job's jobPars through /bin/sh. Against a real PanDA server that
+# would take real jobs and fail them, so a queue may name it only where [panda] allow_test_pilot says the
+# server is the simulator (the demo, the tests, the multihost harness).
+TEST_PILOT = "{python} -m harvester_cli.panda.sim.pilot"
+# What the production pilot line of a grid site looks like (PanDA's pilot wrapper, pilot 3).
+PILOT_WRAPPER_EXAMPLE = ("/bin/bash /opt/pilot/runpilot2-wrapper.sh -s {queue} -r {queue} -q {queue} "
+                         "-j {prod_source_label} -i PR --pythonversion 3 -w generic --pilot-user ATLAS "
+                         "--url https://pandaserver.example.org -p 25443 --harvester-submit-mode PULL "
+                         "--allow-same-user=False --job-type={job_type} --resource-type {resource_type} "
+                         "--piloturl https://pilot.example.org/pilot3.tar.gz")
+
+
+def is_test_pilot(template: str) -> bool:
+    """Whether a pilot command runs the simulator's test pilot (as a module or as a file)."""
+    return "harvester_cli.panda.sim" in template or "harvester_cli/panda/sim" in template
 
 
 def xdg_dir(variable: str, fallback: str) -> Path:
@@ -78,6 +93,9 @@ class PandaConfig(Section):
                                          "pg_cron refreshes on every full minute); pilots started since the last "
                                          "refresh are taken off those counts (0: the counts are live)",
                                  maximum=3600)
+    allow_test_pilot: bool = setting(False, doc="this server is harvester-cli's PanDA simulator: queues may run its "
+                                                "test pilot, which runs each job's jobPars with /bin/sh (the demo "
+                                                "and the tests set it; never for a real PanDA server)")
 
     def problems(self):
         given = [k for k in ("proxy", "proxy_profile", "token_file", "token_profile") if getattr(self, k) is not None]
@@ -100,9 +118,9 @@ class QueueConfig(Section):
     job_type: str = setting("managed", doc="job type sent to PanDA and in worker statistics")
     resource_types: list[str] = setting(doc="resource types this queue serves, the first gets empty pilots",
                                         factory=lambda: ["SCORE"])
-    pilot: str = setting("{python} -m harvester_cli.panda.sim.pilot",
-                         doc="pilot command template; placeholders: " + " ".join(f"{{{p}}}" for p in
-                                                                                   sorted(PILOT_PLACEHOLDERS)))
+    pilot: str = setting(doc="pilot command template (required; a grid site runs PanDA's pilot wrapper, see "
+                             "`config example`); placeholders: " + " ".join(f"{{{p}}}" for p in
+                                                                            sorted(PILOT_PLACEHOLDERS)))
     core_count: int = setting(1, doc="cores of a worker when the job or resource type says nothing", minimum=1,
                               maximum=100_000)
     memory_mb_per_core: int = setting(2000, doc="memory (MB) per core of a worker", minimum=1, maximum=10_000_000)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harvester_cli import config as config_module
+from harvester_cli.config.sections import TEST_PILOT
 from harvester_cli.model import WORKER_FINAL
 from harvester_cli.panda.sim import certs
 from harvester_cli.panda.sim.server import PandaSimulator
@@ -49,9 +50,11 @@ url = "{panda_url}"
 proxy = "{pki.proxy}"
 ca = "{pki.ca_file}"
 retries = 2
+allow_test_pilot = true        # the simulator's test pilot below; never against a real PanDA server
 
 [queue_defaults]
 backend = "local"
+pilot = "{TEST_PILOT}"
 n_queue_limit_worker = 10
 max_workers = 20
 empty_pilot_floor = 0          # a quiet end: no empty pilot kept waiting once the jobs are gone

@@ -185,6 +185,8 @@ class Instance:
         }
         if queue.background:
             env["PANDA_BACKGROUND"] = "1"
+        if panda.allow_test_pilot:   # the test pilot runs only where the configuration allows it
+            env["HARVESTER_TEST_PILOT"] = "1"
         proxy = self.proxy_for(queue)
         if queue.pilot_token_profile:
             # PanDA pilots read PANDA_AUTH_TOKEN (and the key) relative to their directory when the files

@@ -111,6 +111,11 @@ def pull() -> int:
 
 
 def main() -> int:
+    if os.environ.get("HARVESTER_TEST_PILOT") != "1":
+        # It runs each job's jobPars with /bin/sh: against a real PanDA server it would take real jobs and fail them.
+        print("test pilot: not allowed here: it is the PanDA simulator's pilot, started only by a configuration with "
+              "[panda] allow_test_pilot = true", file=sys.stderr)
+        return 64
     work = Path.cwd()
     return push(work) if (work / "pandaJobData.out").exists() else pull()
 
