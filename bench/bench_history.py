@@ -35,7 +35,7 @@ def main() -> None:
         base = os.path.getsize(path)
         keys = [(f"QUEUE_{q:03d}", f"ce{s}.example.org:9619", "SCORE" if s % 2 == 0 else "MCORE")
                 for q in range(args.queues) for s in range(args.series_per_queue)]
-        with store.write() as conn:
+        with store.transaction() as conn:
             ids = list(monitoring.series_ids(conn, keys).values())
         snapshots = int(args.days * 1440)
         now = int(time.time())
@@ -50,7 +50,7 @@ def main() -> None:
                                  "submitted": (minute * 7 + i) % 12, "running": running, "idle": (minute + i) % 3,
                                  "finished": 200 + minute % 500, "failed": (minute // 30 + i) % 25, "cancelled": i % 4,
                                  "missed": (minute // 60) % 5})
-            with store.write() as conn:
+            with store.transaction() as conn:
                 conn.execute(status_history.insert(), rows)
         written = time.monotonic() - began
         store.close()

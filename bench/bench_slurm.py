@@ -38,7 +38,7 @@ from pathlib import Path
 from harvester_cli import config as config_module
 from harvester_cli.backends import _slurm_status as slurm_status
 from harvester_cli.backends.base import WorkerRef, WorkerSpec
-from harvester_cli.steps.instance import Instance
+from harvester_cli.instance import Instance
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "peers" / "slurm.sh"

@@ -23,7 +23,7 @@ PAGE = 500   # what poll and propagate take per round (steps.poll.CHUNK, [panda]
 
 def _instance(config_path: str):
     from harvester_cli import config as config_module
-    from harvester_cli.steps.instance import Instance
+    from harvester_cli.instance import Instance
 
     return Instance(config_module.load(Path(config_path)))
 

@@ -96,7 +96,7 @@ class Globals:
         """The configured instance (config loaded and validated; store and PanDA made on first use)."""
         if self._instance is None:
             from harvester_cli.config import state_url_from
-            from harvester_cli.steps.instance import Instance
+            from harvester_cli.instance import Instance
 
             self._instance = Instance(self.config(), state_url_from(self.state) if self.state else None)
         return self._instance

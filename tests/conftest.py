@@ -15,7 +15,7 @@ from harvester_cli import config as config_module
 from harvester_cli.config.sections import TEST_PILOT
 from harvester_cli.panda.sim import certs
 from harvester_cli.panda.sim.server import PandaSimulator
-from harvester_cli.steps.instance import Instance
+from harvester_cli.instance import Instance
 
 pytest_plugins = ["tests.databases"]
 

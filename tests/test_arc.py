@@ -236,7 +236,7 @@ def arc_queue(ce: ArcCE, pilot_zip: Path, mode: str, url: str | None = None, **o
 
 
 def rows(instance, table, *where):
-    with instance.store.read() as conn:
+    with instance.store.reading() as conn:
         return conn.execute(select(table).where(*where).order_by(table.c[list(table.c.keys())[0]])).all()
 
 
@@ -269,7 +269,7 @@ class Turnaround:
     def report(self, label: str) -> None:
         from harvester_cli.state.schema import job_workers
 
-        with self.instance.store.read() as conn:
+        with self.instance.store.reading() as conn:
             bound = conn.execute(select(job_workers.c.panda_id, workers.c.worker_id, workers.c.submit_time,
                                         workers.c.end_time)
                                  .join(workers, workers.c.worker_id == job_workers.c.worker_id)).all()
@@ -398,7 +398,7 @@ def test_push_heartbeat_becomes_the_final_state_and_clean_removes_the_session(ha
     assert "no heartbeat.json" in missing["pilot_error_diag"] and "LRMS error: (137)" in missing["pilot_error_diag"]
 
     by_job = {j.panda_id: j for j in rows(instance, jobs)}
-    with instance.store.read() as conn:
+    with instance.store.reading() as conn:
         from harvester_cli.state.schema import job_workers
 
         worker_of = dict(conn.execute(select(job_workers.c.panda_id, job_workers.c.worker_id)).all())
@@ -462,7 +462,7 @@ def test_sweep_kills_on_the_ce_and_the_job_is_reported_cancelled(harness, sim, a
                what="CE state KILLING or KILLED")
     # Killing again (a retried sweep) is harmless, and a job the CE forgot counts as killed.
     backend = instance.backend(queues[0])
-    from harvester_cli.steps.instance import worker_ref
+    from harvester_cli.instance import worker_ref
 
     ref = worker_ref(worker)
     forgotten = ref.replace(worker_id=ref.worker_id + 1000, batch_id="nosuchjob0000")

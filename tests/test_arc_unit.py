@@ -234,7 +234,7 @@ def test_options_are_validated():
 
 
 def test_config_check_with_an_arc_queue_does_not_import_pyarcrest():
-    code = ("import sys, json; from harvester_cli import config; from harvester_cli.steps import instance; "
+    code = ("import sys, json; from harvester_cli import config; from harvester_cli import instance; "
             f"c = config.parse(json.loads({json.dumps(json.dumps(_config({'endpoints': ['https://ce/arex']})))})); "
             "from harvester_cli.backends import arc; "
             "print(sorted(m for m in sys.modules if m.startswith(('pyarcrest', 'cryptography'))))")

@@ -41,7 +41,7 @@ def twice(harness, *args: str) -> list[dict]:
 
 
 def table(instance, t):
-    with instance.store.read() as conn:
+    with instance.store.reading() as conn:
         return conn.execute(select(t)).all()
 
 
@@ -93,7 +93,7 @@ def test_sweep_twice_at_once_kills_each_worker_once(setup):
     harness, sim, ids, instance = setup
     harness.cli("fetch-jobs", check=True)
     harness.cli("submit", check=True)
-    with instance.store.write() as conn:
+    with instance.store.transaction() as conn:
         conn.execute(workers.update().values(kill_reason="operator request"))
     sweeps = twice(harness, "sweep")
     assert sum(s["queues"][0]["killed"] for s in sweeps) == N

@@ -571,7 +571,7 @@ def test_panda_client_uses_the_token_profile(site, token_endpoint, pki, sim):
     token, _ = token_site(site, token_endpoint, pki)
     site.data["panda"] = {"url": sim.url, "token_profile": "ce1", "token_origin": "atlas", "ca": str(pki.ca_file)}
     site.renew()
-    from harvester_cli.steps.instance import Instance
+    from harvester_cli.instance import Instance
 
     instance = Instance(site.config())
     assert instance.panda_config.token_file == token
@@ -595,7 +595,7 @@ def test_proxy_profile_drives_panda_client_backends_and_pilots(site, pki, sim):
     site.data["queues"]["R"] = {"mode": "pull", "backend": "local", "pilot": "true"}
     _, data = site.renew()
     assert [p["action"] for p in data["profiles"]] == ["renewed", "renewed"]
-    from harvester_cli.steps.instance import Instance
+    from harvester_cli.instance import Instance
 
     config = site.config()
     instance = Instance(config)

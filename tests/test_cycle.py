@@ -34,7 +34,7 @@ def cycle_until(instance, predicate, timeout=40.0, what="cycle goal"):
 
 
 def rows(instance, table, *where):
-    with instance.store.read() as conn:
+    with instance.store.reading() as conn:
         return conn.execute(select(table).where(*where)).all()
 
 
@@ -153,7 +153,7 @@ def test_sweep_refuses_mass_kills_above_the_cap_unless_forced(harness, sim):
     queues = list(instance.config.queues.values())
     fetching.fetch_jobs(instance, queues)
     submission.submit(instance, queues)
-    with instance.store.write() as conn:
+    with instance.store.transaction() as conn:
         conn.execute(workers.update().values(kill_reason="operator"))
     refused = sweeping.sweep(instance, queues)
     assert refused.partial and "exceed the cap of 2" in refused.queues[0].refused

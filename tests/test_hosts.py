@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from harvester_cli import config as config_module
 from harvester_cli.config import QueueConfig
+from harvester_cli.state import locks as state_locks
 from harvester_cli.state.schema import locks, workers
 from harvester_cli.state.store import Store, is_conflict, server_timeouts
 from harvester_cli.steps import planner, poll
@@ -32,14 +33,14 @@ def test_a_host_name_with_a_colon_is_refused(harness):
 
 def test_poll_of_a_host_bound_queue_looks_only_at_this_hosts_workers(harness):
     instance = harness.instance({"Q": {"mode": "pull", "lost_grace_seconds": 0}}, instance={"host": "here"})
-    with instance.store.write() as conn:
+    with instance.store.transaction() as conn:
         conn.execute(workers.insert(), [
             {"worker_id": i, "queue": "Q", "backend": "local", "mode": "pull", "status": "submitted",
              "batch_id": "999999", "created": 0.0, "modified": 0.0, "submit_time": 0.0, "harvester_host": host}
             for i, host in ((1, "here"), (2, "there"), (3, None))])
     result = poll.poll(instance, list(instance.config.queues.values())).queues[0]
     assert result.checked == 2   # its own and the one from before hosts were recorded, never "there"'s
-    with instance.store.read() as conn:
+    with instance.store.reading() as conn:
         status = dict(conn.execute(select(workers.c.worker_id, workers.c.status)).all())
     assert status == {1: "failed", 2: "submitted", 3: "failed"}
 
@@ -55,12 +56,12 @@ def test_the_per_cycle_cap_counts_every_hosts_workers_of_the_interval():
 
 def test_a_lease_that_ran_out_is_not_held_any_more(tmp_path):
     store = Store(new_state(tmp_path / "s.db"), lease_seconds=30)
-    with store.lock("submit:Q") as got:
+    with state_locks.lease(store, "submit:Q") as got:
         assert got
-        with store.write() as conn:
-            assert store.holds(conn, "submit:Q")
-            conn.execute(update(locks).values(lock_expires=0.0))   # stalled past the lease
-            assert not store.holds(conn, "submit:Q")
+        with store.transaction() as tx:
+            assert state_locks.holds(tx, "submit:Q")
+            tx.execute(update(locks).values(lock_expires=0.0))   # stalled past the lease
+            assert not state_locks.holds(tx, "submit:Q")
 
 
 class _Orig(Exception):
@@ -96,7 +97,7 @@ def test_a_conflict_runs_the_transaction_again_and_is_counted(tmp_path):
 
     assert store.retrying(work) == "done"
     assert store.conflicts == 2 and store.stats()["conflicts_retried"] == 2
-    with store.read() as conn:   # the failed attempts were rolled back
+    with store.reading() as conn:   # the failed attempts were rolled back
         assert list(conn.scalars(select(workers.c.worker_id))) == [3]
 
 

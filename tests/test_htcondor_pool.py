@@ -327,7 +327,7 @@ def test_sweep_kills_running_workers_with_the_cap(htc, sim):
     submission.submit(instance, queues, count=2)
     poll_until(instance, lambda: all(w.status == "running" for w in worker_rows(instance)), timeout=60,
                what="workers running")
-    with instance.store.write() as conn:
+    with instance.store.transaction() as conn:
         conn.execute(workers.update().values(kill_reason="operator request"))
     refused = sweeping.sweep(instance, queues)
     assert "exceed the cap of 1" in refused.queues[0].refused
@@ -343,7 +343,7 @@ def test_sweep_kills_running_workers_with_the_cap(htc, sim):
     assert all(w.status == "cancelled" for w in worker_rows(instance))
     # killing again (e.g. a retried sweep): the schedd no longer knows them, which counts as killed
     backend = instance.backend(queues[0])
-    from harvester_cli.steps.instance import worker_ref
+    from harvester_cli.instance import worker_ref
 
     assert all(r.ok for r in backend.kill([worker_ref(w) for w in worker_rows(instance)], "again"))
 
@@ -427,7 +427,7 @@ def test_bulk_submit_poll_and_remove_many_workers(htc, sim):
     poll_seconds = time.monotonic() - started
     assert polled.checked == n and polled.error is None
     assert all(w.diag.startswith("held: ") and w.native_status == "HELD" for w in worker_rows(instance))
-    with instance.store.write() as conn:
+    with instance.store.transaction() as conn:
         conn.execute(workers.update().values(kill_reason="bulk test"))
     started = time.monotonic()
     swept = sweeping.sweep(instance, queues, force=True).queues[0]

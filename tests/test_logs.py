@@ -19,7 +19,7 @@ from harvester_cli import config as config_module
 from harvester_cli.site import logs, retention
 from harvester_cli.site.logserver import LogServer
 from harvester_cli.state.views import active_worker_logs
-from harvester_cli.steps.instance import Instance
+from harvester_cli.instance import Instance
 from tests.conftest import new_state, to_toml
 
 pytestmark = pytest.mark.logs
@@ -69,7 +69,7 @@ class Tree:
         from harvester_cli.state.schema import workers
 
         instance = self.instance()
-        with instance.store.write() as conn:
+        with instance.store.transaction() as conn:
             conn.execute(workers.insert().values(worker_id=worker_id, queue=queue, backend="local", mode="pull",
                                                  status=status, log_dir=str(log_dir), created=NOW, modified=NOW))
         instance.close()

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from harvester_cli.state.schema import jobs, workers
+from harvester_cli.state import claims
 from harvester_cli.state.store import Store
 from tests.conftest import new_state
 from tests.databases import assert_state_errors
@@ -19,19 +20,19 @@ pytestmark = [pytest.mark.mariadb, pytest.mark.integration]
 def test_claims_are_exclusive_and_times_keep_their_precision_on_mariadb(maria_url):
     new_state(maria_url)
     first, second = Store(maria_url), Store(maria_url)
-    with first.write() as conn:
+    with first.transaction() as conn:
         conn.execute(workers.insert(), [{"worker_id": i, "queue": "Q", "backend": "local", "mode": "pull",
                                          "status": "submitted", "created": 1795560012.25, "modified": 0.0}
                                         for i in range(1, 11)])
-    with first.write() as conn, second.write() as other:
-        a = {r.worker_id for r in first.claim(conn, workers, workers.c.queue == "Q", 6)}
-        b = {r.worker_id for r in second.claim(other, workers, workers.c.queue == "Q", 6)}
+    with first.transaction() as conn, second.transaction() as other:
+        a = {r.worker_id for r in claims.claim(conn, workers, workers.c.queue == "Q", 6)}
+        b = {r.worker_id for r in claims.claim(other, workers, workers.c.queue == "Q", 6)}
     assert len(a) == 6 and len(b) == 4 and not a & b
     assert rows_created(first) == {1795560012.25}   # a single-precision FLOAT would be off by minutes
 
 
 def rows_created(store):
-    with store.read() as conn:
+    with store.reading() as conn:
         return {r.created for r in conn.execute(workers.select())}
 
 

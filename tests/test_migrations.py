@@ -71,7 +71,7 @@ def assert_upgraded_with_nothing_lost(url: str) -> None:
     assert migrations.upgrade(store) == ("0002_worker_targets", HEAD)
     assert store.revision() == HEAD
     Store(url)   # the check every command makes now passes
-    with store.read() as conn:
+    with store.reading() as conn:
         for table, rows in before.items():
             if table == "meta":
                 continue

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from harvester_cli.state import outbox
 from harvester_cli import model
 from harvester_cli.panda.sim.server import MSG_DATABASE
 from harvester_cli.site import hostmetrics, metrics, statuspage
@@ -30,7 +31,7 @@ NOW = time.time()
 
 def add_worker(store, worker_id: int, queue: str, status: str, *, ce="ce1", rt="SCORE", submitted=None, started=None,
                ended=None, diag=None, exit_code=None, log_dir=None) -> None:
-    with store.write() as conn:
+    with store.transaction() as conn:
         conn.execute(workers.insert().values(
             worker_id=worker_id, queue=queue, backend="local", mode="pull", resource_type=rt, status=status,
             computing_element=ce, submit_time=submitted, start_time=started, end_time=ended, diag=diag,
@@ -61,8 +62,8 @@ def test_summary_counts_rates_medians_and_errors(site):
                diag="pilot exited with code 66", exit_code=66)
     add_worker(store, 8, "R", "finished", rt="MCORE", submitted=NOW - 3 * h, started=NOW - 3 * h,
                ended=NOW - 2 * h)                                                                     # outside
-    with store.write() as conn:
-        store.enqueue_reports(conn, "worker", [(3, "Q", None, False)])
+    with store.transaction() as conn:
+        outbox.enqueue(conn, "worker", [(3, "Q", None, False)])
         conn.execute(reports.update().values(created=NOW - 900))
 
     data = monitor.summary(instance, ["Q", "R"], 3600, now=NOW)
@@ -123,7 +124,7 @@ def test_poll_records_snapshots_and_sweep_trims_them(harness):
     harness.write_config({"Q": {"mode": "pull"}, "E": {"mode": "pull"}},
                          sweep={"history_retention": 7200})
     from harvester_cli import config as config_module
-    from harvester_cli.steps.instance import Instance
+    from harvester_cli.instance import Instance
 
     instance = Instance(config_module.load(harness.tmp_path / "config.toml"))
     now = time.time()   # not the module's NOW: in a long suite that can be past lost_grace_seconds by now
@@ -183,7 +184,7 @@ def test_dry_runs_and_failed_configurations_leave_no_run_record(harness):
     harness.write_config({"Q": {"mode": "pull"}})
     assert harness.cli("submit", "--dry-run").returncode == 0
     from harvester_cli import config as config_module
-    from harvester_cli.steps.instance import Instance
+    from harvester_cli.instance import Instance
 
     instance = Instance(config_module.load(harness.tmp_path / "config.toml"))
     assert views.command_runs(instance.store) == []
@@ -270,7 +271,7 @@ def test_history_is_small_and_a_snapshot_is_a_few_integers(site):
     _, instance = site
     add_worker(instance.store, 1, "Q", "running")
     monitoring.record_snapshot(instance.store, ["Q", "R"], at=NOW)
-    with instance.store.read() as conn:
+    with instance.store.reading() as conn:
         assert conn.scalar(select(func.count()).select_from(status_history)) == 2
     assert [c.name for c in status_history.columns] == ["taken", "series_id", *statuspage.STATES]
     assert model.WORKER_STATES and set(model.WORKER_STATES) == set(statuspage.STATES)
@@ -312,7 +313,7 @@ def test_metrics_config_is_checked(tmp_path):
 
 def test_propagate_records_an_unreachable_metrics_call_as_an_error(site, sim):
     harness, instance = site
-    with instance.store.write() as conn:   # registered already, so only the metrics call is left to fail
+    with instance.store.transaction() as conn:   # registered already, so only the metrics call is left to fail
         from harvester_cli.state.schema import panda_registrations
 
         conn.execute(panda_registrations.insert().values(panda_url=instance.config.panda.url,

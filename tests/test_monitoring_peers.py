@@ -28,7 +28,7 @@ from harvester_cli.config.sections import TEST_PILOT
 from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state import monitoring, views
 from harvester_cli.state.schema import HISTORY_STATES, status_history
-from harvester_cli.steps.instance import Instance
+from harvester_cli.instance import Instance
 from tests.conftest import new_state, to_toml, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def add_a_day_of_history(instance: Instance, now: float) -> None:
     """Snapshots every 10 minutes over the last day, as a day of polls would leave them: GOOD ramps up
     and down, FAIL keeps failing."""
     store = instance.store
-    with store.write() as conn:
+    with store.transaction() as conn:
         ids = monitoring.series_ids(conn, [("GOOD", "localhost", "SCORE"), ("FAIL", "localhost", "SCORE")])
         rows = []
         for i in range(1, 144):

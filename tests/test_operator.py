@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def worker_rows(harness):
     from harvester_cli.state.store import Store
 
-    with Store(f"sqlite:///{harness.tmp_path / 'state.db'}").read() as conn:
+    with Store(f"sqlite:///{harness.tmp_path / 'state.db'}").reading() as conn:
         return conn.execute(select(workers)).all()
 
 
@@ -51,7 +51,7 @@ def test_a_backend_outage_is_one_line_and_a_traceback_only_with_vv(harness, sim)
                                   "backend_options": {"schedd": "nowhere", "collector": "127.0.0.1:9"}}})
     from harvester_cli.state.store import Store
 
-    with Store(f"sqlite:///{harness.tmp_path / 'state.db'}").write() as conn:
+    with Store(f"sqlite:///{harness.tmp_path / 'state.db'}").transaction() as conn:
         conn.execute(workers.insert().values(worker_id=1, queue="HTC", backend="htcondor", mode="pull",
                                              status="submitted", batch_id="1.0", created=0.0, modified=0.0))
     env = {"CONDOR_CONFIG": "/dev/null"}

@@ -493,8 +493,8 @@ def test_client_commands_come_back_with_datetimes_as_strings(sim):
     command_id = sim.add_command("KILL_WORKERS", {"status": ["submitted"]}, ack_requested=True,
                                  harvester_id=client.harvester_id)
     (command,) = client.acquire_commands()
-    assert (command["command_id"], command["params"]) == (command_id, {"status": ["submitted"]})
-    datetime.fromisoformat(command["creation_date"])
+    assert (command.command_id, command.params) == (command_id, {"status": ["submitted"]})
+    datetime.fromisoformat(command.created)
     client.acknowledge_commands([command_id])
     assert sim.commands[command_id]["status"] == "acknowledged"
 
@@ -503,7 +503,8 @@ def test_client_update_jobs_bulk_returns_one_answer_per_entry(sim):
     (job_id,) = acquired(sim)
     answers = client_for(sim).update_jobs_bulk([{"job_id": job_id, "job_status": "running"},
                                                 {"job_id": 99, "job_status": "running"}])
-    assert [a["data"]["command"] for a in answers] == ["NULL", "tobekilled"]
+    assert [(a.job_id, a.accepted, a.command, a.kill) for a in answers] == [(job_id, True, None, False),
+                                                                          (99, True, "tobekilled", True)]
 
 
 def test_client_update_jobs_bulk_whole_call_failure_is_refused(sim):

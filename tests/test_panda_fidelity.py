@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def rows(instance, table, *where):
-    with instance.store.read() as conn:
+    with instance.store.reading() as conn:
         return conn.execute(select(table).where(*where)).all()
 
 

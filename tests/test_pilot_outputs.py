@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from harvester_cli.panda import pilot_outputs
+from harvester_cli.panda.jobs import PandaJob
 
-JOB = {"PandaID": 123, "attemptNr": 2}
+JOB = PandaJob.from_dict({"PandaID": 123, "attemptNr": 2})
 
 
 def test_heartbeat_fields_become_typed_snake_case_update_fields():
@@ -27,7 +28,8 @@ def test_a_value_that_does_not_convert_is_dropped_and_named():
 def test_numbers_json_cannot_carry_are_dropped_and_named_and_an_absurd_attempt_is_left_out():
     heartbeat = {"jobId": 123, "state": "finished", "exeErrorCode": float("inf"), "maxRSS": float("nan"),
                  "cpuConversionFactor": "-inf", "maxVMEM": 10.5}
-    update, problems = pilot_outputs.from_heartbeat({"PandaID": 123, "attemptNr": float("inf")}, heartbeat)
+    update, problems = pilot_outputs.from_heartbeat(PandaJob.from_dict({"PandaID": 123, "attemptNr": float("inf")}),
+                                                 heartbeat)
     json.dumps(update, allow_nan=False)   # what PanDA can parse
     assert update["job_status"] == "finished" and update["max_vmem"] == 10.5 and "attempt_nr" not in update
     assert sorted(p.split("=")[0] for p in problems) == ["cpuConversionFactor", "exeErrorCode", "maxRSS"]

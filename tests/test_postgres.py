@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from harvester_cli.state.schema import workers
+from harvester_cli.state import claims
 from harvester_cli.state.store import Store
 from tests.conftest import new_state
 from tests.databases import assert_state_errors
@@ -19,12 +20,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 def test_claims_are_exclusive_on_postgresql(pg_url):
     new_state(pg_url)
     first, second = Store(pg_url), Store(pg_url)
-    with first.write() as conn:
+    with first.transaction() as conn:
         conn.execute(workers.insert(), [{"worker_id": i, "queue": "Q", "backend": "local", "mode": "pull",
                                          "status": "submitted", "created": 0.0, "modified": 0.0} for i in range(1, 11)])
-    with first.write() as conn, second.write() as other:   # two open transactions at once
-        a = {r.worker_id for r in first.claim(conn, workers, workers.c.queue == "Q", 6)}
-        b = {r.worker_id for r in second.claim(other, workers, workers.c.queue == "Q", 6)}
+    with first.transaction() as conn, second.transaction() as other:   # two open transactions at once
+        a = {r.worker_id for r in claims.claim(conn, workers, workers.c.queue == "Q", 6)}
+        b = {r.worker_id for r in claims.claim(other, workers, workers.c.queue == "Q", 6)}
     assert len(a) == 6 and len(b) == 4 and not a & b   # SKIP LOCKED: the second skips the first's rows
 
 

@@ -30,7 +30,7 @@ from harvester_cli.steps import poll as monitoring
 from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
-from harvester_cli.steps.instance import worker_ref
+from harvester_cli.instance import worker_ref
 from tests.conftest import wait_until
 from tests.test_cycle import cycle_until as _cycle_until
 from tests.test_cycle import rows
@@ -459,7 +459,7 @@ def test_bulk_one_squeue_per_poll_and_one_scancel_for_all(slurm, sim):
     assert [c[0] for c in calls] == ["squeue"]
     assert all(w.status == "idle" and w.diag.startswith("held: JobHeldUser") for w in worker_rows(instance))
     calls.clear()
-    with instance.store.write() as conn:
+    with instance.store.transaction() as conn:
         conn.execute(workers.update().values(kill_reason="bulk test"))
     swept = sweeping.sweep(instance, queues).queues[0]
     assert swept.killed == n and not swept.kill_failed

@@ -15,7 +15,7 @@ from harvester_cli.backends import _slurm_status as status
 from harvester_cli.backends.base import WorkerSpec
 from harvester_cli.errors import ConfigError
 from harvester_cli.panda import diagnostics
-from harvester_cli.steps.instance import Instance
+from harvester_cli.instance import Instance
 
 S = status.SEP
 

@@ -138,7 +138,7 @@ def test_issuer_refusal_is_reported_per_ce_and_mailed_once(tmp_path, issuer, pki
 
 
 def test_pilot_token_environment_by_backend(tmp_path):
-    from harvester_cli.steps.instance import Instance
+    from harvester_cli.instance import Instance
 
     token = tmp_path / "pilot" / "panda_token"
     key = tmp_path / "panda_token_key"
@@ -160,7 +160,7 @@ def test_pilot_token_environment_by_backend(tmp_path):
 def test_missing_ce_token_fails_each_worker_with_the_reason_before_any_ce_is_asked(tmp_path):
     """No token yet (renew-proxy has not run): ARC and HTCondor say so per worker, naming the CE and the file."""
     from harvester_cli.backends.base import WorkerSpec
-    from harvester_cli.steps.instance import Instance
+    from harvester_cli.instance import Instance
     from tests.conftest import new_state
 
     data = _config(tmp_path, "https://127.0.0.1:9")

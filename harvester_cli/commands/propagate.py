@@ -14,6 +14,7 @@ def command(g, queues):
     """
     from dataclasses import asdict
 
+    from harvester_cli.state import outbox
     from harvester_cli.steps.propagate import propagate
 
     instance = g.instance()
@@ -21,7 +22,7 @@ def command(g, queues):
     with out.progress("propagating") as advance:
         run = propagate(instance, g.selected(queues), advance)
     g.items = run.jobs_sent + run.workers_sent
-    pending = instance.store.count_pending_reports()
+    pending = outbox.pending_counts(instance.store)
     out.table("propagate", ["item", "sent", "refused", "still pending"], [
         ("job updates", run.jobs_sent, run.jobs_refused, pending.get("job", 0)),
         ("worker updates", run.workers_sent, run.workers_refused, pending.get("worker", 0)),

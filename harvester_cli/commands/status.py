@@ -32,6 +32,7 @@ def command(g, queues, since):
     and token.
     """
     from harvester_cli.model import duration
+    from harvester_cli.state import outbox
     from harvester_cli.state.schema import HISTORY_STATES
     from harvester_cli.state.views import report_problems, status_counts
     from harvester_cli.steps.monitor import summary
@@ -77,7 +78,7 @@ def command(g, queues, since):
     if problems:
         out.table("updates PanDA has not accepted (retried every run)", ["kind", "id", "queue", "attempts", "last error"],
                   [(p["kind"], p["id"], p["queue"], p["attempts"], (p["last_error"] or "")[:100]) for p in problems])
-    legacy = instance.store.count_pending_reports()
+    legacy = outbox.pending_counts(instance.store)
     tokens = [{"profile": c["profile"], "file": c["file"], "audience": c["audience"], "exists": c["problem"] is None,
                "seconds_left": c["seconds_left"]} for c in data["credentials"] if c["kind"] == "token"]
     out.emit({**data, "queues": counts, "pending_reports": legacy, "report_problems": problems, "tokens": tokens})

@@ -12,6 +12,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -20,11 +21,52 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from harvester_cli import __version__
 from harvester_cli.config import PandaConfig
 from harvester_cli.errors import PandaError, PandaNoSuchCall, PandaRefused
+from harvester_cli.panda import commands as panda_commands
 
 log = logging.getLogger(__name__)
 
 NO_JOBS = "No jobs in PanDA"
 CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """PanDA's answer to a heartbeat: accepted, or refused with its message (the very first heartbeat of an
+    unknown harvester id registers it but is refused)."""
+
+    accepted: bool
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class JobUpdateOutcome:
+    """PanDA's answer to one job update of a bulk call."""
+
+    job_id: int | None
+    accepted: bool
+    command: str | None = None    # e.g. "tobekilled", "alreadydone" (accepted updates only)
+    message: str | None = None    # why it was refused
+
+    @property
+    def kill(self) -> bool:
+        """PanDA wants the job's worker killed."""
+        return self.accepted and "tobekilled" in (self.command or "")
+
+
+@dataclass(frozen=True)
+class WorkerUpdateOutcome:
+    worker_id: int | None
+    accepted: bool
+
+
+def _job_outcome(update: dict, answer: Any) -> JobUpdateOutcome:
+    job_id = update.get("job_id")
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if isinstance(answer, dict) and answer.get("success") and isinstance(data, dict) and data.get("StatusCode") == 0:
+        command = data.get("command")
+        return JobUpdateOutcome(job_id, True, None if command in (None, "NULL") else str(command))
+    message = answer.get("message") if isinstance(answer, dict) else str(answer)
+    return JobUpdateOutcome(job_id, False, message=f"PanDA refused: {message} {data or ''}".strip())
 
 
 class _Transient(Exception):
@@ -151,14 +193,13 @@ class PandaClient:
         self.call("GET", "system/is_alive")
         return True
 
-    def heartbeat(self, data: dict) -> str | None:
-        """Returns None, or PanDA's message when it answered success:false (the first heartbeat registers)."""
+    def heartbeat(self, data: dict) -> Heartbeat:
         try:
             self.call("POST", "harvester/heartbeat", {"harvester_id": self.harvester_id, "data": data},
                       refusal_expected=True)
         except PandaRefused as exc:
-            return exc.message
-        return None
+            return Heartbeat(False, exc.message)
+        return Heartbeat(True)
 
     def acquire_jobs(self, site_name: str, n_jobs: int, **fields: Any) -> list[dict]:
         body = {"site_name": site_name, "n_jobs": int(n_jobs), "harvester_id": self.harvester_id,
@@ -176,21 +217,22 @@ class PandaClient:
     def update_job(self, update: dict) -> dict:
         return self.call("POST", "pilot/update_job", update)
 
-    def update_jobs_bulk(self, updates: list[dict]) -> list[dict]:
-        """One answer per update, same order: {"success", "message", "data"}."""
+    def update_jobs_bulk(self, updates: list[dict]) -> list[JobUpdateOutcome]:
+        """One outcome per update, same order."""
         data = self.call("POST", "pilot/update_jobs_bulk", {"job_list": updates, "harvester_id": self.harvester_id})
         if not isinstance(data, list) or len(data) != len(updates):
             raise PandaError(f"PanDA pilot/update_jobs_bulk: expected {len(updates)} answers, got {str(data)[:200]!r}")
-        return data
+        return [_job_outcome(update, answer) for update, answer in zip(updates, data)]
 
     def get_job_status(self, job_ids: list[int]) -> list[dict]:
         return self.call("GET", "pilot/get_job_status", params={"job_ids": [int(i) for i in job_ids]})
 
-    def update_workers(self, workers: list[dict]) -> list[bool]:
+    def update_workers(self, workers: list[dict]) -> list[WorkerUpdateOutcome]:
+        """One outcome per worker dict, same order."""
         data = self.call("POST", "harvester/update_workers", {"harvester_id": self.harvester_id, "workers": workers})
         if not isinstance(data, list) or len(data) != len(workers):
             raise PandaError(f"PanDA harvester/update_workers: expected {len(workers)} answers, got {str(data)[:200]!r}")
-        return [bool(x) for x in data]
+        return [WorkerUpdateOutcome(worker.get("workerID"), bool(ok)) for worker, ok in zip(workers, data)]
 
     def report_worker_statistics(self, queue: str, statistics: dict) -> None:
         self.call("POST", "harvester/report_worker_statistics", {
@@ -200,11 +242,11 @@ class PandaClient:
         """[[creation time "%Y-%m-%d %H:%M:%S.%f", host, metrics JSON text], ...] for PanDA's monitor."""
         self.call("POST", "harvester/update_service_metrics", {"harvester_id": self.harvester_id, "metrics": entries})
 
-    def acquire_commands(self, n_commands: int = 100) -> list[dict]:
+    def acquire_commands(self, n_commands: int = 100) -> list[panda_commands.PandaCommand]:
         # PanDA marks returned commands retrieved: a retry after the request was sent would lose them.
-        return self.call("POST", "harvester/acquire_commands",
-                         {"harvester_id": self.harvester_id, "n_commands": int(n_commands)},
-                         retry_if=_connect_failure) or []
+        return panda_commands.parse(self.call("POST", "harvester/acquire_commands",
+                                              {"harvester_id": self.harvester_id, "n_commands": int(n_commands)},
+                                              retry_if=_connect_failure))
 
     def acknowledge_commands(self, command_ids: list[int]) -> None:
         if not command_ids:  # PanDA answers success:false to an empty list

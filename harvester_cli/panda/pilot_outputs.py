@@ -13,15 +13,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from harvester_cli.panda.jobs import PandaJob
+from harvester_cli.panda.updates import ERR_BAD_HEARTBEAT, ERR_NO_HEARTBEAT, job_failed, job_update
+
 HEARTBEAT = "heartbeat.json"
 JOB_REPORT = "jobReport.json"
 PILOT_OUTPUTS = (HEARTBEAT, JOB_REPORT)
 
-# Pilot error codes for what the harvester itself diagnoses (aCT uses 9000 for lost outputs).
-ERR_NO_HEARTBEAT = 9000
-ERR_BAD_HEARTBEAT = 9001
-ERR_WORKER_CANCELLED = 9002
-ERR_SUBMISSION = 9003
 
 # jobReport.json larger than this after slimming is not sent (PanDA stores it in a column).
 MAX_META_DATA = 1_000_000
@@ -61,21 +59,9 @@ def _convert(value: Any, kind: Any) -> Any:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
-def base_update(job: dict, status: str) -> dict:
-    """The fields every update of `job` (a PanDA job dict) carries."""
-    update = {"job_id": int(job["PandaID"]), "job_status": status}
-    try:
-        attempt = int(job.get("attemptNr"))
-        if 0 <= attempt < 2**31 and not isinstance(job.get("attemptNr"), bool):   # what PanDA's column holds
-            update["attempt_nr"] = attempt
-    except (TypeError, ValueError, OverflowError):
-        pass
-    return update
-
-
-def from_heartbeat(job: dict, heartbeat: dict) -> tuple[dict, list[str]]:
+def from_heartbeat(job: PandaJob, heartbeat: dict) -> tuple[dict, list[str]]:
     """The final update from a heartbeat; returns (update, problems)."""
-    update = base_update(job, "failed")
+    update = job_update(job, "failed")
     problems = []
     for name, value in heartbeat.items():
         if name not in _FIELDS or value is None or value == "":
@@ -89,24 +75,12 @@ def from_heartbeat(job: dict, heartbeat: dict) -> tuple[dict, list[str]]:
         problems.append(f"pilot's last state was {update.get('job_status')!r}, not finished or failed")
         update["job_status"] = "failed"
         update.setdefault("pilot_error_code", ERR_BAD_HEARTBEAT)
-    if str(heartbeat.get("jobId", job["PandaID"])) != str(job["PandaID"]):
-        problems.append(f"heartbeat is for job {heartbeat.get('jobId')}, not {job['PandaID']}")
-        update = failed_update(job, ERR_BAD_HEARTBEAT, "heartbeat.json belongs to another job")
-    attempt = base_update(job, "failed").get("attempt_nr", update.get("attempt_nr"))
-    if attempt is None:
-        update.pop("attempt_nr", None)
-    else:
-        update["attempt_nr"] = attempt
+    if str(heartbeat.get("jobId", job.panda_id)) != str(job.panda_id):
+        problems.append(f"heartbeat is for job {heartbeat.get('jobId')}, not {job.panda_id}")
+        update = job_failed(job, ERR_BAD_HEARTBEAT, "heartbeat.json belongs to another job")
+    if job.attempt_nr is not None:   # the job's own attempt wins over the pilot's idea of it
+        update["attempt_nr"] = job.attempt_nr
     return update, problems
-
-
-def failed_update(job: dict, code: int, diag: str, sub_status: str | None = None) -> dict:
-    update = base_update(job, "failed")
-    update["pilot_error_code"] = code
-    update["pilot_error_diag"] = diag[:250]
-    if sub_status:
-        update["job_sub_status"] = sub_status
-    return update
 
 
 def slim_job_report(data: dict) -> dict:
@@ -117,13 +91,13 @@ def slim_job_report(data: dict) -> dict:
     return data
 
 
-def final_update(job: dict, files: dict[str, Path], backend_diag: str | None) -> tuple[dict, str | None]:
+def final_update(job: PandaJob, files: dict[str, Path], backend_diag: str | None) -> tuple[dict, str | None]:
     """The final update of a push-mode job from the pilot's files; returns (update, note for the job's diag)."""
     note = None
     heartbeat_file = files.get(HEARTBEAT)
     if heartbeat_file is None:
         diag = f"no {HEARTBEAT} from the worker" + (f": {backend_diag}" if backend_diag else "")
-        update = failed_update(job, ERR_NO_HEARTBEAT, diag)
+        update = job_failed(job, ERR_NO_HEARTBEAT, diag)
         note = diag
     else:
         try:
@@ -135,7 +109,7 @@ def final_update(job: dict, files: dict[str, Path], backend_diag: str | None) ->
                 note = "; ".join(problems)
         except (OSError, ValueError) as exc:
             note = f"unreadable {HEARTBEAT}: {exc}"
-            update = failed_update(job, ERR_BAD_HEARTBEAT, note)
+            update = job_failed(job, ERR_BAD_HEARTBEAT, note)
     report_file = files.get(JOB_REPORT)
     if report_file is not None:
         try:

@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterable, Mapping
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from harvester_cli import model
@@ -19,26 +18,26 @@ from harvester_cli.state.schema import (
     status_history,
     workers,
 )
-from harvester_cli.state.store import Store
+from harvester_cli.state.store import Store, Tx
 
 
-def series_ids(conn: Connection, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
+def series_ids(tx: Tx, keys: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
     """The series id of each (queue, CE, resource type), made on first sight."""
     wanted = set(keys)
     if not wanted:
         return {}
     queues = {k[0] for k in wanted}
-    found = {(q, ce, rt): i for i, q, ce, rt in conn.execute(
+    found = {(q, ce, rt): i for i, q, ce, rt in tx.execute(
         select(history_series.c.series_id, history_series.c.queue, history_series.c.computing_element,
                history_series.c.resource_type).where(history_series.c.queue.in_(queues)))}
     for key in sorted(wanted - set(found)):
         try:
-            with conn.begin_nested():   # another host may add the same series at this moment
-                conn.execute(history_series.insert().values(queue=key[0], computing_element=key[1],
+            with tx.conn.begin_nested():   # another host may add the same series at this moment
+                tx.execute(history_series.insert().values(queue=key[0], computing_element=key[1],
                                                             resource_type=key[2]))
         except IntegrityError:
             pass
-        found[key] = conn.execute(select(history_series.c.series_id).where(
+        found[key] = tx.execute(select(history_series.c.series_id).where(
             history_series.c.queue == key[0], history_series.c.computing_element == key[1],
             history_series.c.resource_type == key[2])).scalar_one()
     return {k: found[k] for k in wanted}
@@ -51,12 +50,12 @@ def record_snapshot(store: Store, queues: list[str], at: float | None = None) ->
     if not queues:
         return 0
     # Run again whole if another host's transaction deadlocked it (hosts poll at the same second).
-    return store.retrying(lambda conn: _snapshot(conn, queues, taken))
+    return store.retrying(lambda tx: _snapshot(tx, queues, taken))
 
 
-def _snapshot(conn: Connection, queues: list[str], taken: int) -> int:
+def _snapshot(tx: Tx, queues: list[str], taken: int) -> int:
     counts: dict[tuple[str, str, str], dict[str, int]] = {}
-    for queue, ce, rt, status, n in conn.execute(
+    for queue, ce, rt, status, n in tx.execute(
             select(workers.c.queue, workers.c.computing_element, workers.c.resource_type, workers.c.status,
                    func.count()).where(workers.c.queue.in_(queues))
             .group_by(workers.c.queue, workers.c.computing_element, workers.c.resource_type, workers.c.status)):
@@ -64,20 +63,20 @@ def _snapshot(conn: Connection, queues: list[str], taken: int) -> int:
             counts.setdefault((queue, ce or "", rt or ""), {})[status] = n
     for queue in set(queues) - {k[0] for k in counts}:
         counts[(queue, "", "")] = {}
-    ids = series_ids(conn, counts)
+    ids = series_ids(tx, counts)
     # Two polls of one queue within the same second: the later snapshot replaces the earlier one. Only
     # rows that exist are deleted, by key: a delete that finds nothing still takes gap locks on MariaDB,
     # and two hosts' polls then deadlock on each other's inserts.
-    there = list(conn.scalars(select(status_history.c.series_id).where(
+    there = list(tx.scalars(select(status_history.c.series_id).where(
         status_history.c.taken == taken, status_history.c.series_id.in_(list(ids.values())))))
     if there:
-        conn.execute(delete(status_history).where(status_history.c.taken == taken,
+        tx.execute(delete(status_history).where(status_history.c.taken == taken,
                                                   status_history.c.series_id.in_(there)))
     rows = [{"taken": taken, "series_id": ids[key], **{s: by_state.get(s, 0) for s in HISTORY_STATES}}
             for key, by_state in counts.items()]
     try:
-        with conn.begin_nested():
-            conn.execute(status_history.insert(), rows)
+        with tx.conn.begin_nested():
+            tx.execute(status_history.insert(), rows)
     except IntegrityError:   # another host took this second's snapshot meanwhile: as good as ours
         pass
     return len(counts)
@@ -85,12 +84,12 @@ def _snapshot(conn: Connection, queues: list[str], taken: int) -> int:
 
 def trim_history(store: Store, before: float) -> int:
     """Forget snapshots older than `before`; returns rows deleted."""
-    with store.write() as conn:
+    with store.transaction() as tx:
         # Nothing to forget (most runs): no range delete, which would lock the gap before the oldest row.
-        oldest = conn.scalar(select(func.min(status_history.c.taken)))
+        oldest = tx.scalar(select(func.min(status_history.c.taken)))
         if oldest is None or oldest >= int(before):
             return 0
-        return conn.execute(delete(status_history).where(status_history.c.taken < int(before))).rowcount
+        return tx.execute(delete(status_history).where(status_history.c.taken < int(before))).rowcount
 
 
 def record_run(store: Store, command: str, host: str, started: float, ended: float, exit_code: int,
@@ -98,16 +97,16 @@ def record_run(store: Store, command: str, host: str, started: float, ended: flo
     """One run of a command on this host: its last start, end, exit code and items, and the totals."""
     ok = exit_code == 0
     values = {"last_start": started, "last_end": ended, "last_exit": exit_code, "last_items": items}
-    with store.write() as conn:
-        changed = conn.execute(update(command_runs).where(command_runs.c.command == command,
+    with store.transaction() as tx:
+        changed = tx.execute(update(command_runs).where(command_runs.c.command == command,
                                                           command_runs.c.host == host).values(
             **values, runs=command_runs.c.runs + 1, failed_runs=command_runs.c.failed_runs + (0 if ok else 1),
             items=command_runs.c["items"] + (items or 0), **({"last_success": ended} if ok else {}))).rowcount
         if changed:
             return
         try:
-            with conn.begin_nested():
-                conn.execute(command_runs.insert().values(
+            with tx.conn.begin_nested():
+                tx.execute(command_runs.insert().values(
                     command=command, host=host, **values, last_success=ended if ok else None, runs=1,
                     failed_runs=0 if ok else 1, items=items or 0))
         except IntegrityError:   # the same command ended on this host at this moment: count it next time
@@ -123,11 +122,11 @@ def add_counters(store: Store, host: str, increments: Mapping[tuple[str, str], f
     increments = {k: v for k, v in increments.items() if v}
     if not increments:
         return
-    with store.write() as conn:
+    with store.transaction() as tx:
         for (name, labels), amount in sorted(increments.items()):
-            changed = conn.execute(update(metric_counters).where(
+            changed = tx.execute(update(metric_counters).where(
                 metric_counters.c.name == name, metric_counters.c.host == host, metric_counters.c.labels == labels)
                 .values(value=metric_counters.c.value + amount)).rowcount
             if not changed:
-                with conn.begin_nested():
-                    conn.execute(metric_counters.insert().values(name=name, host=host, labels=labels, value=amount))
+                with tx.conn.begin_nested():
+                    tx.execute(metric_counters.insert().values(name=name, host=host, labels=labels, value=amount))

@@ -1,54 +1,40 @@
-"""The shared state database: tables, transactions, claims with leases, the report outbox, schema versions.
+"""The state database's connection: the engine, transactions (`Tx`), conflict retries and the schema check.
 
-SQLAlchemy Core only. SQLite (default) runs in WAL mode with a busy timeout, and every write
-transaction starts with BEGIN IMMEDIATE so two commands never deadlock upgrading a read lock.
-PostgreSQL and MariaDB use the same statements; claims there add FOR UPDATE SKIP LOCKED.
+Every statement of harvester-cli lives in a module of this package named for its table or concern
+(`workers`, `jobs`, `outbox`, `commands`, `targets`, `locks`, `claims`, `meta`, `registrations`,
+`monitoring`, `views`), as a plain function that takes the open transaction:
+
+    with store.transaction() as tx:
+        rows = workers.claim_interrupted(tx, queue, host, 1000)
+
+`tx` is the only thing a step hands down; a step never sees SQL. SQLAlchemy Core only. SQLite (default)
+runs in WAL mode with a busy timeout, and every write transaction starts with BEGIN IMMEDIATE so two
+commands never deadlock upgrading a read lock. PostgreSQL and MariaDB use the same statements; claims
+there add FOR UPDATE SKIP LOCKED.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Column,
-    Table,
-    bindparam,
-    create_engine,
-    delete,
-    event,
-    func,
-    inspect,
-    literal_column,
-    or_,
-    select,
-    text,
-    tuple_,
-    update,
-)
+from sqlalchemy import Column, create_engine, event, inspect, or_, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, SQLAlchemyError
 
 from harvester_cli.errors import StateError, StateUnreachable
-from harvester_cli.model import now
-from harvester_cli.state import bulk
-from harvester_cli.state.schema import (
-    HEAD,
-    LEGACY_VERSIONS,
-    REVISIONS,
-    locks,
-    meta,
-    reports,
-)
+from harvester_cli.state.schema import HEAD, LEGACY_VERSIONS, REVISIONS, meta
 
 T = TypeVar("T")
+# What a step catches when the database fails under it (a full disk, a server gone), without knowing the
+# database library.
+DatabaseFailure = SQLAlchemyError
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -95,20 +81,61 @@ def _server_answered(error: BaseException) -> bool:
     return isinstance(code, int) and code < 2000
 
 
+class Tx:
+    """One open transaction: the connection, and who this run is (the owner its claims carry). It is the one
+    thing steps pass down to the functions of this package."""
+
+    __slots__ = ("conn", "store")
+
+    def __init__(self, conn: Connection, store: Store):
+        self.conn = conn
+        self.store = store
+
+    @property
+    def owner(self) -> str:
+        return self.store.owner
+
+    @property
+    def host(self) -> str:
+        return self.store.host
+
+    @property
+    def lease_seconds(self) -> int:
+        return self.store.lease_seconds
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.store.is_sqlite
+
+    @property
+    def dialect(self) -> str:
+        return self.conn.dialect.name
+
+    def execute(self, statement, parameters=None):
+        return self.conn.execute(statement, parameters)
+
+    def scalar(self, statement):
+        return self.conn.scalar(statement)
+
+    def scalars(self, statement):
+        return self.conn.scalars(statement)
+
+
 class Store:
-    """One state database. Thin: tables, transactions, claims, ids, outbox. Domain queries live in the steps."""
+    """One state database: its engine, transactions, conflict retries and the schema check. What the
+    database holds is read and written by the table modules of this package, inside `transaction()`."""
 
     def __init__(self, url: str, *, lease_seconds: int = 600, check_schema: bool = True, host: str | None = None,
                  timeout: int | None = 60):
         self.url = url
         self.lease_seconds = lease_seconds
         # The host part is the [instance] host: several hosts may share one machine's name (containers), and a
-        # claim's owner says which host may judge whether its process still lives (owner_is_dead).
+        # claim's owner says which host may judge whether its process still lives (claims.owner_is_dead).
         self.host = host or socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._dead_checked: set[str] = set()
+        self.dead_checked: set[str] = set()   # tables whose dead claims this process has released (claims)
         # Deadlocks and serialization failures retried (see retrying), and named leases found held by another
-        # run (lock), for the command's result.
+        # run (locks.lease), for the command's result.
         self.conflicts = self.leases_busy = 0
         options: dict[str, Any] = {}
         if url.startswith(("mysql", "mariadb")):
@@ -156,16 +183,17 @@ class Store:
     # -- transactions ------------------------------------------------------------------------
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A short write transaction (BEGIN IMMEDIATE on SQLite)."""
+    def transaction(self) -> Iterator[Tx]:
+        """A short write transaction (BEGIN IMMEDIATE on SQLite), committed when the block ends."""
         with self.engine.begin() as conn:
-            yield conn
+            yield Tx(conn, self)
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def reading(self) -> Iterator[Tx]:
+        """A read-only transaction (a plain BEGIN on SQLite: it never waits for a writer)."""
         with self.engine.connect().execution_options(readonly=True) as conn:
             with conn.begin():
-                yield conn
+                yield Tx(conn, self)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -174,13 +202,13 @@ class Store:
         return {"connections": self.connections, "statements": self.statements, "conflicts_retried": self.conflicts,
                 "leases_busy": self.leases_busy}
 
-    def retrying(self, work: Callable[[Connection], T]) -> T:
-        """Run `work(conn)` in a write transaction; a deadlock or serialization failure (another host's
+    def retrying(self, work: Callable[[Tx], T]) -> T:
+        """Run `work(tx)` in a write transaction; a deadlock or serialization failure (another host's
         transaction won) rolls it back and runs it again, a few times, counted in `conflicts`. `work` must
         only read and write the database: everything it did is undone before each new attempt."""
         try:   # the first attempt without tenacity: its import is most of a quiet run's write cost
-            with self.write() as conn:
-                return work(conn)
+            with self.transaction() as tx:
+                return work(tx)
         except Exception as exc:
             if not is_conflict(exc):
                 raise
@@ -199,8 +227,8 @@ class Store:
 
         for attempt in Retrying(retry=retry_if_exception(conflict), stop=stop_after_attempt(7),
                                 wait=wait_random_exponential(multiplier=0.02, max=1.0), reraise=True):
-            with attempt, self.write() as conn:
-                return work(conn)
+            with attempt, self.transaction() as tx:
+                return work(tx)
         raise AssertionError("unreachable")   # Retrying either returned or raised
 
     # -- schema ------------------------------------------------------------------------------
@@ -216,8 +244,8 @@ class Store:
                                  "(or --state) in the configuration")
             return None
         try:
-            with self.read() as conn:
-                return read_revision(conn)
+            with self.reading() as tx:
+                return read_revision(tx.conn)
         except DatabaseError as exc:   # not a database, unreadable, server refused or not answering
             hint = ""
             if path is not None and not os.access(path.parent, os.W_OK):
@@ -259,206 +287,6 @@ class Store:
         if problem:
             raise StateError(f"state database {self.display_url} {problem}")
 
-    def _set_meta(self, conn: Connection, key: str, ivalue: int) -> None:
-        changed = conn.execute(update(meta).where(meta.c.key == key).values(ivalue=ivalue)).rowcount
-        if not changed:
-            conn.execute(meta.insert().values(key=key, ivalue=ivalue))
-
-    def get_meta(self, key: str) -> int | None:
-        with self.read() as conn:
-            row = conn.execute(select(meta.c.ivalue).where(meta.c.key == key)).first()
-            return None if row is None else int(row[0])
-
-    # -- ids ---------------------------------------------------------------------------------
-
-    def allocate_worker_ids(self, count: int, floor: int = 0) -> list[int]:
-        """Reserve `count` new worker ids, never reused; `floor` is the highest id PanDA has seen."""
-        if count <= 0:
-            return []
-        with self.write() as conn:
-            # FOR UPDATE: two submits for different queues on PostgreSQL/MariaDB must not read the same value.
-            row = conn.execute(select(meta.c.ivalue).where(meta.c.key == "last_worker_id").with_for_update()).first()
-            last = max(int(row[0]) if row else 0, floor)
-            self._set_meta(conn, "last_worker_id", last + count)
-        return list(range(last + 1, last + count + 1))
-
-    # -- claims ------------------------------------------------------------------------------
-
-    def _free(self, table: Table, at: float):
-        return or_(table.c.lock_owner.is_(None), table.c.lock_expires < at)
-
-    def _release_dead_claims(self, conn: Connection, table: Table) -> None:
-        """Claims of a process of this host that died (kill -9, a crash) are free at once, not after their
-        lease: the next cron run carries on where it stopped. Looked at once per table and process."""
-        if table.name in self._dead_checked:
-            return
-        self._dead_checked.add(table.name)
-        owners = conn.scalars(select(table.c.lock_owner).distinct().where(table.c.lock_owner.is_not(None),
-                                                                          table.c.lock_owner != self.owner))
-        dead = [o for o in owners if owner_is_dead(o, self.host)]
-        for chunk in chunks(dead, 500):
-            conn.execute(update(table).where(table.c.lock_owner.in_(chunk)).values(lock_owner=None, lock_expires=None))
-
-    def claim(self, conn: Connection, table: Table, where, limit: int, order_by=None) -> list[Any]:
-        """Claim up to `limit` unclaimed (or lease-expired) rows matching `where`; returns the rows we own."""
-        self._release_dead_claims(conn, table)
-        key = list(table.primary_key.columns)
-        at = now()
-        query = select(*key).where(where, self._free(table, at)).limit(limit)
-        if order_by is not None:
-            query = query.order_by(order_by)
-        if not self.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        keys = [tuple(r) for r in conn.execute(query)]
-        if not keys:
-            return []
-        match = _key_match(key, keys)
-        conn.execute(
-            update(table).where(match, self._free(table, at))
-            .values(lock_owner=self.owner, lock_expires=at + self.lease_seconds)
-        )
-        return list(conn.execute(select(table).where(match, table.c.lock_owner == self.owner)))
-
-    def release(self, conn: Connection, table: Table, keys: Iterable[Any]) -> None:
-        key = list(table.primary_key.columns)
-        keys = [k if isinstance(k, tuple) else (k,) for k in keys]
-        for chunk in chunks(keys, 500):
-            conn.execute(
-                update(table).where(_key_match(key, chunk), table.c.lock_owner == self.owner)
-                .values(lock_owner=None, lock_expires=None)
-            )
-
-    def renew(self, conn: Connection, table: Table, keys: Iterable[Any]) -> None:
-        """Extend this run's claims (a long submission must not let another run take its rows over)."""
-        key = list(table.primary_key.columns)
-        keys = [k if isinstance(k, tuple) else (k,) for k in keys]
-        for chunk in chunks(keys, 500):
-            conn.execute(update(table).where(_key_match(key, chunk), table.c.lock_owner == self.owner)
-                         .values(lock_expires=now() + self.lease_seconds))
-
-    def owner_is_dead(self, owner: str | None) -> bool:
-        return owner_is_dead(owner, self.host)
-
-    def owned(self, table: Table):
-        """Condition: the row is still claimed by this run (guards every update of a claimed row)."""
-        return table.c.lock_owner == self.owner
-
-    def holds(self, conn: Connection, name: str) -> bool:
-        """Whether this run still holds the named lease (renewed if so). A host that stalled past its lease
-        (cut off, frozen) must not act on what it planned under it: another host may have planned since."""
-        at = now()
-        return conn.execute(update(locks).where(locks.c.name == name, locks.c.lock_owner == self.owner,
-                                                locks.c.lock_expires >= at)
-                            .values(lock_expires=at + self.lease_seconds)).rowcount == 1
-
-    @contextmanager
-    def lock(self, name: str) -> Iterator[bool]:
-        """A named lease (e.g. "submit:QUEUE"): yields False if another live run holds it."""
-        at = now()
-        with self.write() as conn:
-            holder = conn.execute(select(locks.c.lock_owner).where(locks.c.name == name)).first()
-            free = self._free(locks, at)
-            if holder is not None and owner_is_dead(holder[0], self.host):
-                free = free | (locks.c.lock_owner == holder[0])
-            got = conn.execute(
-                update(locks).where(locks.c.name == name, free)
-                .values(lock_owner=self.owner, lock_expires=at + self.lease_seconds)
-            ).rowcount
-            if holder is None:
-                try:
-                    with conn.begin_nested():   # another host may create the same lock at this moment
-                        conn.execute(locks.insert().values(name=name, lock_owner=self.owner,
-                                                           lock_expires=at + self.lease_seconds))
-                    got = 1
-                except IntegrityError:
-                    got = 0
-        self.leases_busy += not got
-        try:
-            yield bool(got)
-        finally:
-            if got:
-                with self.write() as conn:
-                    conn.execute(update(locks).where(locks.c.name == name, locks.c.lock_owner == self.owner)
-                                 .values(lock_owner=None, lock_expires=None))
-
-    # -- outbox ------------------------------------------------------------------------------
-
-    def enqueue_reports(self, conn: Connection, kind: str,
-                        items: Sequence[tuple[int, str, dict | None, bool]]) -> None:
-        """Queue (key, queue, payload, final) updates for PanDA; a newer one replaces an unsent older one."""
-        if not items:
-            return
-        at = now()
-        rows = [(kind, key, queue, None if payload is None else json.dumps(payload), final, at)
-                for key, queue, payload, final in items]
-        for chunk in chunks(rows, 500):
-            bulk.execute_many(conn, _upsert_reports(conn.dialect.name), _UPSERT_NAMES, chunk)
-
-    def reports_sent(self, conn: Connection, kind: str, sent: Sequence[tuple[int, int]]) -> None:
-        """Forget (key, version) pairs PanDA accepted; a row with a newer version stays, released for the next run."""
-        for chunk in chunks(list(sent), 500):
-            # the key list finds the rows by primary key; the pairs keep a newer version of one
-            conn.execute(
-                delete(reports).where(reports.c.kind == kind, reports.c.lock_owner == self.owner,
-                                      reports.c.key.in_([k for k, _ in chunk]),
-                                      tuple_(reports.c.key, reports.c.version).in_(list(chunk)))
-            )
-        self.release(conn, reports, [(kind, k) for k, _ in sent])
-
-    def count_pending_reports(self) -> dict[str, int]:
-        with self.read() as conn:
-            return {kind: n for kind, n in conn.execute(
-                select(reports.c.kind, func.count()).group_by(reports.c.kind))}
-
-
-_UPSERT_NAMES = ("kind", "key", "queue", "payload", "final", "created")
-_upserts: dict[str, Any] = {}
-
-
-def _upsert_reports(dialect: str):
-    """The outbox's upsert for this database, built once: a newer report replaces the unsent one."""
-    if dialect not in _upserts:
-        # constants as literals: the rows go to the driver as they are (in the table's column order)
-        values = {name: bindparam(name) for name in _UPSERT_NAMES} | {"version": literal_column("1"),
-                                                                      "attempts": literal_column("0")}
-        # `+ 1` as a literal: PyMySQL's executemany formats what follows VALUES (...) without parameters,
-        # so a bound 1 there fails every bulk upsert of two rows or more ("format requires a mapping").
-        newer = reports.c.version + literal_column("1")
-        if dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects.mysql import insert
-
-            stmt = insert(reports).values(values)
-            _upserts[dialect] = stmt.on_duplicate_key_update(version=newer, payload=stmt.inserted.payload,
-                                                             final=stmt.inserted.final)
-        else:
-            if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
-            stmt = insert(reports).values(values)
-            _upserts[dialect] = stmt.on_conflict_do_update(
-                index_elements=[reports.c.kind, reports.c.key],
-                set_={"version": newer, "payload": stmt.excluded.payload, "final": stmt.excluded.final})
-    return _upserts[dialect]
-
-
-def owner_is_dead(owner: str | None, this_host: str | None = None) -> bool:
-    """A claim owned by a process of this host that no longer exists can be taken over at once. Another
-    host's claims wait for their lease: its processes cannot be seen from here."""
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != (this_host or socket.gethostname()) or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
 
 # Another transaction won: PostgreSQL's serialization failure and deadlock, MariaDB's deadlock and lock wait
 # timeout. Worth running the transaction again; anything else is not.
@@ -493,7 +321,7 @@ def server_timeouts(url: str, seconds: int) -> dict[str, Any]:
     return {}
 
 
-def _key_match(columns: list[Column], keys: Sequence[tuple]):
+def key_match(columns: list[Column], keys: Sequence[tuple]):
     """Rows whose key is one of `keys`. As IN lists (one statement shape whatever the count, so SQLAlchemy
     compiles it once and the server plans an index lookup): an OR of a hundred pairs was compiled again
     for every page and cost PostgreSQL a plan each time."""

@@ -139,8 +139,8 @@ def upgrade_sql(store: Store) -> str:
     if before in (None, "base"):
         command.upgrade(config, "head", sql=True)
         return buffer.getvalue()
-    with store.read() as conn:
-        legacy = not _has_version_table(conn)
+    with store.reading() as tx:
+        legacy = not _has_version_table(tx.conn)
     if legacy:
         command.stamp(config, before, sql=True)
     command.upgrade(config, f"{before}:head", sql=True)

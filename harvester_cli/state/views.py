@@ -14,12 +14,12 @@ from harvester_cli.state.store import Store
 
 def status_counts(store: Store, queues: list[str]) -> dict[str, dict]:
     out: dict[str, dict] = {q: {"jobs": defaultdict(int), "workers": defaultdict(int)} for q in queues}
-    with store.read() as conn:
-        for queue, status, n in conn.execute(select(workers.c.queue, workers.c.status, func.count())
+    with store.reading() as tx:
+        for queue, status, n in tx.execute(select(workers.c.queue, workers.c.status, func.count())
                                              .where(workers.c.queue.in_(queues))
                                              .group_by(workers.c.queue, workers.c.status)):
             out[queue]["workers"][status] = n
-        for queue, status, sub, n in conn.execute(select(jobs.c.queue, jobs.c.status, jobs.c.sub_status, func.count())
+        for queue, status, sub, n in tx.execute(select(jobs.c.queue, jobs.c.status, jobs.c.sub_status, func.count())
                                                   .where(jobs.c.queue.in_(queues))
                                                   .group_by(jobs.c.queue, jobs.c.status, jobs.c.sub_status)):
             out[queue]["jobs"][f"{status}/{sub}"] = n
@@ -36,10 +36,10 @@ def list_workers(store: Store, queues: list[str], statuses: tuple[str, ...] = ()
         query = query.where(workers.c.computing_element.in_(ces))
     if since is not None:
         query = query.where(workers.c.created >= since)
-    with store.read() as conn:
-        rows = conn.execute(query).all()
+    with store.reading() as tx:
+        rows = tx.execute(query).all()
         links = defaultdict(list)
-        for panda_id, worker_id in conn.execute(select(job_workers.c.panda_id, job_workers.c.worker_id).where(
+        for panda_id, worker_id in tx.execute(select(job_workers.c.panda_id, job_workers.c.worker_id).where(
                 job_workers.c.worker_id.in_([r.worker_id for r in rows]))):
             links[worker_id].append(panda_id)
     return [{
@@ -62,8 +62,8 @@ def list_jobs(store: Store, queues: list[str], statuses: tuple[str, ...] = (), l
              .where(jobs.c.queue.in_(queues)).order_by(jobs.c.panda_id.desc()).limit(limit))
     if statuses:
         query = query.where(jobs.c.status.in_(statuses) | jobs.c.sub_status.in_(statuses))
-    with store.read() as conn:
-        rows = conn.execute(query).all()
+    with store.reading() as tx:
+        rows = tx.execute(query).all()
     return [{
         "panda_id": r.panda_id, "queue": r.queue, "status": r.status, "sub_status": r.sub_status,
         "resource_type": r.resource_type, "attempt_nr": r.attempt_nr, "worker_id": r.worker_id,
@@ -74,8 +74,8 @@ def list_jobs(store: Store, queues: list[str], statuses: tuple[str, ...] = (), l
 
 def report_problems(store: Store, limit: int = 5) -> list[dict]:
     """Updates PanDA refused or could not take yet, most retried first (they are retried every run)."""
-    with store.read() as conn:
-        rows = conn.execute(select(reports.c.kind, reports.c.key, reports.c.queue, reports.c.attempts,
+    with store.reading() as tx:
+        rows = tx.execute(select(reports.c.kind, reports.c.key, reports.c.queue, reports.c.attempts,
                                    reports.c.last_error).where(reports.c.attempts > 0)
                             .order_by(reports.c.attempts.desc(), reports.c.key).limit(limit)).all()
     return [{"kind": r.kind, "id": r.key, "queue": r.queue, "attempts": r.attempts, "last_error": r.last_error}
@@ -89,8 +89,8 @@ def ce_statistics(store: Store, queue: str, since: float, by: str = "computing_e
     started = func.sum(case((workers.c.start_time.is_not(None), 1), else_=0))
     queued = func.sum(case((workers.c.status.in_([model.PENDING, model.SUBMITTED]), 1), else_=0))
     missed = func.sum(case((workers.c.status == model.MISSED, 1), else_=0))
-    with store.read() as conn:
-        rows = conn.execute(select(place, func.count(), started, queued, missed)
+    with store.reading() as tx:
+        rows = tx.execute(select(place, func.count(), started, queued, missed)
                             .where(workers.c.queue == queue, workers.c.created >= since)
                             .group_by(place)).all()
     return {ce: {"submitted": int(n), "started": int(s or 0), "queued": int(q or 0), "missed": int(m or 0)}
@@ -99,8 +99,8 @@ def ce_statistics(store: Store, queue: str, since: float, by: str = "computing_e
 
 def active_worker_logs(store: Store) -> list[tuple[str, int, str | None]]:
     """(queue, worker id, log directory) of every worker that is not final: clean-logs keeps their files."""
-    with store.read() as conn:
-        return [tuple(r) for r in conn.execute(select(workers.c.queue, workers.c.worker_id, workers.c.log_dir)
+    with store.reading() as tx:
+        return [tuple(r) for r in tx.execute(select(workers.c.queue, workers.c.worker_id, workers.c.log_dir)
                                                .where(workers.c.status.not_in(model.WORKER_FINAL)))]
 
 
@@ -108,8 +108,8 @@ def active_worker_logs(store: Store) -> list[tuple[str, int, str | None]]:
 
 def worker_counts(store: Store, queues: list[str]) -> list[dict]:
     """Workers per queue, CE, resource type and state."""
-    with store.read() as conn:
-        rows = conn.execute(select(workers.c.queue, workers.c.computing_element, workers.c.resource_type,
+    with store.reading() as tx:
+        rows = tx.execute(select(workers.c.queue, workers.c.computing_element, workers.c.resource_type,
                                    workers.c.status, func.count()).where(workers.c.queue.in_(queues))
                             .group_by(workers.c.queue, workers.c.computing_element, workers.c.resource_type,
                                       workers.c.status)).all()
@@ -118,8 +118,8 @@ def worker_counts(store: Store, queues: list[str]) -> list[dict]:
 
 
 def job_counts(store: Store, queues: list[str]) -> list[dict]:
-    with store.read() as conn:
-        rows = conn.execute(select(jobs.c.queue, jobs.c.status, jobs.c.sub_status, func.count())
+    with store.reading() as tx:
+        rows = tx.execute(select(jobs.c.queue, jobs.c.status, jobs.c.sub_status, func.count())
                             .where(jobs.c.queue.in_(queues))
                             .group_by(jobs.c.queue, jobs.c.status, jobs.c.sub_status)).all()
     return [{"queue": q, "status": s, "sub_status": sub, "count": int(n)} for q, s, sub, n in rows]
@@ -131,8 +131,8 @@ def workers_since(store: Store, queues: list[str], since: float) -> list:
                workers.c.status, workers.c.submit_time, workers.c.start_time, workers.c.end_time, workers.c.diag,
                workers.c.native_exit_code, workers.c.error_code, workers.c.log_dir, workers.c.stdout_url,
                workers.c.created)
-    with store.read() as conn:
-        return conn.execute(select(*columns).where(
+    with store.reading() as tx:
+        return tx.execute(select(*columns).where(
             workers.c.queue.in_(queues),
             (workers.c.created >= since) | (workers.c.submit_time >= since) | (workers.c.start_time >= since)
             | (workers.c.end_time >= since)).order_by(workers.c.worker_id)).all()
@@ -140,8 +140,8 @@ def workers_since(store: Store, queues: list[str], since: float) -> list:
 
 def pending_report_ages(store: Store) -> dict[str, dict]:
     """Per kind (job, worker): updates waiting for PanDA and when the oldest was queued."""
-    with store.read() as conn:
-        rows = conn.execute(select(reports.c.kind, func.count(), func.min(reports.c.created))
+    with store.reading() as tx:
+        rows = tx.execute(select(reports.c.kind, func.count(), func.min(reports.c.created))
                             .group_by(reports.c.kind)).all()
     return {kind: {"count": int(n), "oldest": oldest} for kind, n, oldest in rows}
 
@@ -149,8 +149,8 @@ def pending_report_ages(store: Store) -> dict[str, dict]:
 def command_runs(store: Store) -> list[dict]:
     from harvester_cli.state.schema import command_runs as runs
 
-    with store.read() as conn:
-        rows = conn.execute(select(runs).order_by(runs.c.command, runs.c.host)).all()
+    with store.reading() as tx:
+        rows = tx.execute(select(runs).order_by(runs.c.command, runs.c.host)).all()
     return [dict(r._mapping) for r in rows]
 
 
@@ -159,8 +159,8 @@ def counters(store: Store) -> list[dict]:
 
     from harvester_cli.state.schema import metric_counters
 
-    with store.read() as conn:
-        rows = conn.execute(select(metric_counters)).all()
+    with store.reading() as tx:
+        rows = tx.execute(select(metric_counters)).all()
     return [{"name": r.name, "host": r.host, "labels": json.loads(r.labels), "value": r.value} for r in rows]
 
 
@@ -170,8 +170,8 @@ def history(store: Store, queues: list[str], since: float) -> dict[str, list[tup
     from harvester_cli.state.schema import HISTORY_STATES, history_series, status_history
 
     sums = [func.sum(getattr(status_history.c, s)) for s in HISTORY_STATES]
-    with store.read() as conn:
-        rows = conn.execute(
+    with store.reading() as tx:
+        rows = tx.execute(
             select(history_series.c.queue, status_history.c.taken, *sums)
             .join(history_series, history_series.c.series_id == status_history.c.series_id)
             .where(history_series.c.queue.in_(queues), status_history.c.taken >= int(since))

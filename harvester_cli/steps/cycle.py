@@ -7,15 +7,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
-
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import EXIT_USAGE, HarvesterError
-from harvester_cli.state.schema import workers
+from harvester_cli.instance import Instance
+from harvester_cli.state import workers
+from harvester_cli.state.store import DatabaseFailure
 from harvester_cli.steps import fetch_jobs, poll, propagate, submit, sweep
-from harvester_cli.steps.instance import Instance
 
 STEPS = ("fetch-jobs", "submit", "poll", "propagate", "sweep")
 
@@ -64,7 +62,7 @@ def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention:
         started = time.time()
         try:
             summary, problems, items = action()
-        except (HarvesterError, SQLAlchemyError, OSError) as exc:   # one failing step must not stop the others
+        except (HarvesterError, DatabaseFailure, OSError) as exc:   # one failing step must not stop the others
             if isinstance(exc, HarvesterError) and exc.exit_code == EXIT_USAGE:
                 raise
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -82,9 +80,8 @@ def follow(instance: Instance, queues: list[QueueConfig], worker_ids: list[int],
     while True:
         poll.poll(instance, queues)
         propagate.propagate(instance, queues)
-        with instance.store.read() as conn:
-            seen = {w: (s, d) for w, s, d in conn.execute(select(workers.c.worker_id, workers.c.status, workers.c.diag)
-                                                           .where(workers.c.worker_id.in_(worker_ids)))}
+        with instance.store.reading() as tx:
+            seen = workers.statuses(tx, worker_ids)
         if on_round:
             on_round({w: s for w, (s, _) in seen.items()})
         if all(s in model.WORKER_FINAL for s, _ in seen.values()) or time.monotonic() >= deadline:

@@ -18,7 +18,7 @@ from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state import upgrade
 from harvester_cli.state.views import list_workers
 from harvester_cli.steps.cycle import run_cycle
-from harvester_cli.steps.instance import Instance
+from harvester_cli.instance import Instance
 
 PULL, PUSH = "DEMO_PULL", "DEMO_PUSH"
 

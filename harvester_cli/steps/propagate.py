@@ -10,26 +10,20 @@ import json
 import logging
 import socket
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from sqlalchemy import bindparam, delete, func, select, update
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError, PandaNoSuchCall
 from harvester_cli.faults import fault_point
-from harvester_cli.panda import diagnostics, pilot_outputs
-from harvester_cli.state.schema import (
-    commands,
-    job_workers,
-    jobs,
-    reports,
-    worker_targets,
-    workers,
-)
+from harvester_cli.instance import Instance
+from harvester_cli.panda import commands as panda_commands
+from harvester_cli.panda import updates
+from harvester_cli.panda.jobs import PandaJob
+from harvester_cli.state import commands, jobs, meta, outbox, targets, workers
+from harvester_cli.state.store import Tx
 from harvester_cli.steps import registration
-from harvester_cli.steps.instance import Instance
 
 log = logging.getLogger(__name__)
 
@@ -72,81 +66,39 @@ def send_heartbeat(instance: Instance, run: PropagateRun) -> None:
         run.heartbeat = "ok"
 
 
-def _report_pages(instance: Instance, kind: str, queues: list[str]) -> Iterator[list]:
-    """Claimed pages of pending reports, by key (keyset pagination: items refused in this run are not
-    taken again), `bulk_size` per page."""
-    store = instance.store
-    after = -1
-    while True:
-        with store.write() as conn:
-            rows = store.claim(conn, reports, (reports.c.kind == kind) & reports.c.queue.in_(queues)
-                               & (reports.c.key > after), instance.config.panda.bulk_size, order_by=reports.c.key)
-        if not rows:
-            return
-        after = max(r.key for r in rows)
-        yield rows
-
-
 def refresh_running_jobs(instance: Instance, queues: list[QueueConfig]) -> int:
     """Push jobs that run long get a periodic "running" update: PanDA can only say "tobekilled" in an
     answer. Returns how many were queued."""
-    store = instance.store
     queued = 0
     at = model.now()
     for queue in queues:
         if queue.mode != "push" or not queue.job_heartbeat_seconds:
             continue
-        with store.write() as conn:
-            due = conn.execute(select(jobs.c.panda_id, jobs.c.job_json).where(
-                jobs.c.queue == queue.name, jobs.c.sub_status == model.SUB_RUNNING,
-                jobs.c.modified < at - queue.job_heartbeat_seconds).limit(5000)).all()
+        with instance.store.transaction() as tx:
+            due = jobs.running_unheard_since(tx, queue.name, at - queue.job_heartbeat_seconds)
             if not due:
                 continue
-            store.enqueue_reports(conn, "job", [
-                (panda_id, queue.name, pilot_outputs.base_update(json.loads(job_json), model.JOB_RUNNING), False)
-                for panda_id, job_json in due])
-            conn.execute(update(jobs).where(jobs.c.panda_id.in_([d[0] for d in due])).values(modified=at))
+            outbox.enqueue(tx, outbox.JOB, [(panda_id, queue.name, updates.job_update(
+                PandaJob.from_json(job_json), model.JOB_RUNNING), False) for panda_id, job_json in due])
+            jobs.touch(tx, [d[0] for d in due], at)
             queued += len(due)
     return queued
 
 
-def _failed(instance: Instance, kind: str, failures: list[tuple[int, str]]) -> None:
-    """Record why items were not accepted and release them for the next run."""
-    store = instance.store
-    with store.write() as conn:
-        if failures:
-            conn.execute(update(reports).where(reports.c.kind == kind, reports.c.key == bindparam("k"),
-                                               store.owned(reports))
-                         .values(attempts=reports.c.attempts + 1, last_error=bindparam("e")),
-                         [{"k": k, "e": e[:1000]} for k, e in failures])
-        store.release(conn, reports, [(kind, k) for k, _ in failures])
-
-
-def _job_payloads(instance: Instance, rows) -> tuple[list[dict], set[int]]:
-    """The updates of these outbox rows as PanDA gets them, and the jobs whose update carries pilot_log.
-
-    harvester-cli speaks for push-mode pilots, so it names the pilot the way PanDA's monitor links to it:
-    pilot_id is the worker's public stdout URL unless the pilot's own heartbeat gave one, and batch_id the
-    batch job. pilot_log (the batch log URL, as Harvester sends it) goes once per job: PanDA stores a new
-    log record for every call that carries it."""
-    with instance.store.read() as conn:
-        pilot = {r.panda_id: r for r in conn.execute(
-            select(jobs.c.panda_id, jobs.c.pilot_log_sent, workers.c.stdout_url, workers.c.batch_log_url,
-                   workers.c.batch_id)
-            .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
-            .join(workers, workers.c.worker_id == job_workers.c.worker_id)
-            .where(jobs.c.panda_id.in_([r.key for r in rows])))}
+def _with_pilot_links(instance: Instance, rows) -> tuple[list[dict], set[int]]:
+    """The updates of these outbox rows as PanDA gets them (with where the monitor finds the pilot), and
+    the jobs whose update carries pilot_log: PanDA stores a new log record for every call that carries it,
+    so it goes with one acknowledged update per job."""
+    with instance.store.reading() as tx:
+        links = jobs.pilot_links(tx, [r.key for r in rows])
     payloads, with_log = [], set()
     for row in rows:
         payload = json.loads(row.payload)
-        worker = pilot.get(row.key)
-        if worker is not None:
-            if worker.stdout_url:
-                payload.setdefault("pilot_id", worker.stdout_url)
-            if worker.batch_id:
-                payload.setdefault("batch_id", worker.batch_id)
-            if worker.batch_log_url and not worker.pilot_log_sent:
-                payload["pilot_log"] = worker.batch_log_url
+        link = links.get(row.key)
+        if link is not None:
+            pilot_log = link.batch_log_url if not link.pilot_log_sent else None
+            payload = updates.with_pilot_links(payload, link.stdout_url, link.batch_id, pilot_log)
+            if pilot_log:
                 with_log.add(row.key)
         payloads.append(payload)
     return payloads, with_log
@@ -155,106 +107,63 @@ def _job_payloads(instance: Instance, rows) -> tuple[list[dict], set[int]]:
 def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
                      progress: Callable[[int], None] | None = None) -> None:
     store = instance.store
-    for rows in _report_pages(instance, "job", queues):
-        payloads, with_log = _job_payloads(instance, rows)
+    for rows in outbox.pages(store, outbox.JOB, queues, instance.config.panda.bulk_size):
+        payloads, with_log = _with_pilot_links(instance, rows)
         try:
             fault_point("propagate_before_job_updates")
-            answers = instance.panda.update_jobs_bulk(payloads)
+            outcomes = instance.panda.update_jobs_bulk(payloads)
         except PandaError as exc:
             run.errors.append(f"job updates: {exc}")
-            _failed(instance, "job", [(r.key, str(exc)) for r in rows])
+            outbox.refused(store, outbox.JOB, [(r.key, str(exc)) for r in rows])
             return
         fault_point("propagate_after_job_updates")   # PanDA has them; the outbox does not know yet
-        sent, refused, kill_jobs = [], [], []
-        for row, answer in zip(rows, answers):
-            data = answer.get("data") if isinstance(answer, dict) else None
-            if isinstance(answer, dict) and answer.get("success") and isinstance(data, dict) and data.get("StatusCode") == 0:
-                sent.append(row)
-                if "tobekilled" in str(data.get("command") or ""):
-                    kill_jobs.append(row.key)
-            else:
-                message = answer.get("message") if isinstance(answer, dict) else str(answer)
-                refused.append((row.key, f"PanDA refused: {message} {data or ''}".strip()))
+        sent = [r for r, o in zip(rows, outcomes) if o.accepted]
+        refused = [(r.key, o.message or "PanDA refused") for r, o in zip(rows, outcomes) if not o.accepted]
+        kill_jobs = [r.key for r, o in zip(rows, outcomes) if o.kill]
         at = model.now()
 
-        def record(conn) -> int:
-            store.reports_sent(conn, "job", [(r.key, r.version) for r in sent])
-            logged = [r.key for r in sent if r.key in with_log]
-            if logged:
-                conn.execute(update(jobs).where(jobs.c.panda_id.in_(logged)).values(pilot_log_sent=True))
-            done = [r.key for r in sent if r.final]
-            if done:
-                conn.execute(update(jobs).where(jobs.c.panda_id.in_(done), jobs.c.sub_status == model.SUB_REPORTING)
-                             .values(sub_status=model.SUB_DONE, modified=at))
-            if not kill_jobs:
-                return 0
-            worker_ids = select(job_workers.c.worker_id).where(job_workers.c.panda_id.in_(kill_jobs))
-            return conn.execute(
-                update(workers).where(workers.c.worker_id.in_(worker_ids), workers.c.kill_reason.is_(None),
-                                      workers.c.status.not_in(model.WORKER_FINAL))
-                .values(kill_reason="PanDA answered tobekilled for its job")).rowcount
+        def record(tx: Tx) -> int:
+            outbox.sent(tx, outbox.JOB, [(r.key, r.version) for r in sent])
+            jobs.acknowledged(tx, [r.key for r in sent if r.key in with_log], [r.key for r in sent if r.final], at)
+            return workers.mark_kill_of_jobs(tx, kill_jobs, "PanDA answered tobekilled for its job")
 
         # PanDA has these updates: losing this write to another host's deadlock would send them again.
         run.kills_from_panda += store.retrying(record)
-        _failed(instance, "job", refused)
+        outbox.refused(store, outbox.JOB, refused)
         run.jobs_sent += len(sent)
         run.jobs_refused += len(refused)
         if progress:
             progress(len(rows))
 
 
-def worker_dict(row, panda_ids: list[int], site: str, host: str | None = None) -> dict:
-    """A worker as update_workers wants it (None values left out)."""
-    status = model.SUBMITTED if row.status == model.PENDING else row.status
-    code, short = diagnostics.classify(row.status, row.diag, row.native_exit_code)
-    diag = f"{short}: {row.diag}" if short and row.diag else (short or row.diag)
-    data = {
-        "workerID": row.worker_id, "batchID": row.batch_id, "queueName": row.queue, "status": status,
-        "computingSite": site, "computingElement": row.computing_element, "nCore": row.n_core,
-        "submitTime": model.panda_time(row.submit_time), "startTime": model.panda_time(row.start_time),
-        "endTime": model.panda_time(row.end_time), "lastUpdate": model.panda_time(row.modified),
-        "stdOut": row.stdout_url, "stdErr": row.stderr_url, "batchLog": row.batch_log_url,
-        "resourceType": row.resource_type, "jobType": row.job_type, "nativeExitCode": row.native_exit_code,
-        "nativeStatus": row.native_status, "diagMessage": (diag or "")[:500] or None,
-        "submissionHost": row.submission_host, "harvesterHost": host or socket.gethostname(),
-        "errorCode": row.error_code if row.error_code is not None else code,
-        "minRamCount": row.memory_mb, "nJobs": len(panda_ids) or None, "pandaid_list": panda_ids or None,
-    }
-    return {k: v for k, v in data.items() if v is not None}
-
-
 def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun,
                         progress: Callable[[int], None] | None = None) -> None:
     store = instance.store
-    for rows in _report_pages(instance, "worker", queues):
-        ids = [r.key for r in rows]
-        with store.read() as conn:
-            current = {w.worker_id: w for w in conn.execute(select(workers).where(workers.c.worker_id.in_(ids)))}
-            links = defaultdict(list)
-            for panda_id, worker_id in conn.execute(select(job_workers.c.panda_id, job_workers.c.worker_id)
-                                                    .where(job_workers.c.worker_id.in_(ids))):
-                links[worker_id].append(panda_id)
+    for rows in outbox.pages(store, outbox.WORKER, queues, instance.config.panda.bulk_size):
+        with store.reading() as tx:
+            current = workers.by_ids(tx, [r.key for r in rows])
+            links = workers.panda_ids(tx, [r.key for r in rows])
         gone = [r for r in rows if r.key not in current]
         rows = [r for r in rows if r.key in current]
         if gone:   # swept meanwhile: nothing left to say
-            with store.write() as conn:
-                store.reports_sent(conn, "worker", [(r.key, r.version) for r in gone])
+            with store.transaction() as tx:
+                outbox.sent(tx, outbox.WORKER, [(r.key, r.version) for r in gone])
         if not rows:
             continue
         try:
-            answers = instance.panda.update_workers([
-                worker_dict(current[r.key], links[r.key], instance.config.panda_site(current[r.key].queue),
-                            instance.host)
+            outcomes = instance.panda.update_workers([
+                updates.worker_update(current[r.key], links[r.key], instance.config.panda_site(current[r.key].queue),
+                                      instance.host)
                 for r in rows])
         except PandaError as exc:
             run.errors.append(f"worker updates: {exc}")
-            _failed(instance, "worker", [(r.key, str(exc)) for r in rows])
+            outbox.refused(store, outbox.WORKER, [(r.key, str(exc)) for r in rows])
             return
         fault_point("propagate_after_worker_updates")
-        sent = [r for r, ok in zip(rows, answers) if ok]
-        refused = [(r.key, "PanDA answered false for this worker") for r, ok in zip(rows, answers) if not ok]
-        store.retrying(lambda conn: store.reports_sent(conn, "worker", [(r.key, r.version) for r in sent]))
-        _failed(instance, "worker", refused)
+        sent = [r for r, o in zip(rows, outcomes) if o.accepted]
+        refused = [(r.key, "PanDA answered false for this worker") for r, o in zip(rows, outcomes) if not o.accepted]
+        store.retrying(lambda tx: outbox.sent(tx, outbox.WORKER, [(r.key, r.version) for r in sent]))
+        outbox.refused(store, outbox.WORKER, refused)
         run.workers_sent += len(sent)
         run.workers_refused += len(refused)
         if progress:
@@ -262,17 +171,9 @@ def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun
 
 
 def worker_statistics(instance: Instance, queues: list[str]) -> dict:
-    """{jobType: {resourceType: {status: n}}} of these queues' live workers (pending counts as submitted)."""
-    stats: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
-    with instance.store.read() as conn:
-        for job_type, rt, status, n in conn.execute(
-            select(workers.c.job_type, workers.c.resource_type, workers.c.status, func.count())
-            .where(workers.c.queue.in_(queues), workers.c.status.in_([model.PENDING, *model.WORKER_ACTIVE]))
-            .group_by(workers.c.job_type, workers.c.resource_type, workers.c.status)
-        ):
-            status = model.SUBMITTED if status == model.PENDING else status
-            stats[job_type or "managed"][rt or "Undefined"][status] += n
-    return json.loads(json.dumps(stats))
+    """What report_worker_statistics sends for these queues' live workers."""
+    with instance.store.reading() as tx:
+        return updates.worker_statistics(workers.live_counts(tx, queues))
 
 
 def send_statistics(instance: Instance, queues: list[QueueConfig], run: PropagateRun) -> None:
@@ -288,53 +189,29 @@ def send_statistics(instance: Instance, queues: list[QueueConfig], run: Propagat
             run.errors.append(f"worker statistics for {site}: {exc}")
 
 
-def _match(value, wanted) -> bool:
-    return wanted in (None, "ALL") or value in (wanted if isinstance(wanted, list) else [wanted])
-
-
-def apply_command(instance: Instance, conn, command_id: int, command: str, params,
-                  configured: set[str]) -> tuple[str, str | None, int]:
-    """Apply one PanDA command locally; returns (status, diag, workers marked for kill)."""
-    name, _, target = command.partition(":")
-    if name == "SET_N_WORKERS_JOBTYPE":
-        streaming = {q.site for q in instance.config.queues.values() if q.pilot_streaming}
-        if target not in configured:
-            return "rejected", f"queue {target!r} is not configured here", 0
-        if target not in streaming:
-            return "rejected", f"queue {target!r} is not in pilot-streaming mode here (pilot_streaming = false)", 0
-        if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
-            return "rejected", f"params are not {{jobType: {{resourceType: n}}}}: {str(params)[:200]}", 0
-        # A newer command replaces the queue's numbers; submit consumes them.
-        conn.execute(delete(worker_targets).where(worker_targets.c.site == target))
-        rows = [{"site": target, "job_type": job_type, "resource_type": rt, "remaining": max(0, int(n)),
-                 "command_id": command_id, "updated": model.now()}
-                for job_type, per_type in params.items() for rt, n in per_type.items()]
-        if rows:
-            conn.execute(worker_targets.insert(), rows)
-        return "applied", None, 0
-    if name in ("KILL_WORKERS", "SYNC_WORKERS_KILL"):
-        candidates = conn.execute(select(workers).where(workers.c.status.not_in(model.WORKER_FINAL),
-                                                        workers.c.kill_reason.is_(None))).all()
-        if name == "SYNC_WORKERS_KILL":
-            ids = {int(i) for i in (params or [])}
-            chosen = [w.worker_id for w in candidates if w.worker_id in ids]
+def apply_command(instance: Instance, tx: Tx, command: panda_commands.PandaCommand) -> tuple[str, str | None, int]:
+    """Apply one PanDA command to the state database; returns (status, diag, workers marked for kill)."""
+    queues = instance.config.queues.values()
+    action = panda_commands.interpret(command, configured_sites={q.site for q in queues},
+                                      streaming_sites={q.site for q in queues if q.pilot_streaming})
+    if isinstance(action, panda_commands.Rejected):
+        return commands.REJECTED, action.reason, 0
+    if isinstance(action, panda_commands.SetWorkerTargets):   # a newer command replaces the queue's numbers
+        targets.replace(tx, action.site, action.targets, command.command_id, model.now())
+        return commands.APPLIED, None, 0
+    if isinstance(action, (panda_commands.KillWorkers, panda_commands.KillWorkerIds)):
+        live = workers.live_unmarked(tx)
+        if isinstance(action, panda_commands.KillWorkerIds):
+            chosen = [w.worker_id for w in live if w.worker_id in action.worker_ids]
         else:
-            params = params or {}
-            chosen = [w.worker_id for w in candidates
-                      if _match(w.status, params.get("status"))
-                      and _match(instance.config.panda_site(w.queue), params.get("computingSite"))
-                      and _match(w.computing_element, params.get("computingElement"))
-                      and _match(w.submission_host, params.get("submissionHost"))]
-        if chosen:
-            conn.execute(update(workers).where(workers.c.worker_id.in_(chosen))
-                         .values(kill_reason=f"PanDA command {name}"))
-        return "applied", None, len(chosen)
-    if name in ("SYNC_WORKERS_ACTIVATE", "REPORT_WORKER_STATS"):
-        return "applied", None, 0   # statistics and worker updates go out in every propagate run
-    return "rejected", f"unknown command {name!r}", 0
+            chosen = [w.worker_id for w in live if action.matches(w.status, instance.config.panda_site(w.queue),
+                                                                  w.computing_element, w.submission_host)]
+        workers.mark_kill_ids(tx, chosen, f"PanDA command {command.name}")
+        return commands.APPLIED, None, len(chosen)
+    return commands.APPLIED, None, 0   # statistics and worker updates go out in every propagate run
 
 
-def handle_commands(instance: Instance, queues: list[QueueConfig], run: PropagateRun) -> None:
+def handle_commands(instance: Instance, run: PropagateRun) -> None:
     store = instance.store
     try:
         received = instance.panda.acquire_commands(100)
@@ -342,48 +219,37 @@ def handle_commands(instance: Instance, queues: list[QueueConfig], run: Propagat
         run.errors.append(f"commands: {exc}")
         received = []
     at = model.now()
-    configured = {q.site for q in instance.config.queues.values()}
-    with store.write() as conn:
-        known = set(conn.scalars(select(commands.c.command_id).where(
-            commands.c.command_id.in_([int(c["command_id"]) for c in received]))))
-        new = [c for c in received if int(c["command_id"]) not in known]
-        if new:
-            conn.execute(commands.insert(), [{
-                "command_id": int(c["command_id"]), "command": str(c["command"]), "params": json.dumps(c.get("params")),
-                "ack_requested": bool(c.get("ack_requested")), "queue": str(c["command"]).partition(":")[2] or None,
-                "status": "new", "received": at} for c in new])
-        run.commands_received += len(new)
+    if received:
+        with store.transaction() as tx:
+            run.commands_received += commands.record_received(tx, received, at)
     # Applied once over all hosts: each new command is claimed (FOR UPDATE SKIP LOCKED) by one run, applied
     # and marked in the same transaction, so another host's propagate finds it applied or skips it.
-    with store.write() as conn:
-        pending = store.claim(conn, commands, commands.c.status == "new", 100, order_by=commands.c.command_id)
-        for row in pending:
+    with store.transaction() as tx:
+        for row in commands.claim_new(tx, 100):
             try:
-                params = json.loads(row.params or "null")
-                status, diag, killed = apply_command(instance, conn, row.command_id, row.command, params, configured)
-            except (ValueError, TypeError) as exc:   # malformed params from PanDA: keep the reason, do not loop
-                status, diag, killed = "rejected", f"malformed params: {exc}", 0
-            conn.execute(update(commands).where(commands.c.command_id == row.command_id, store.owned(commands))
-                         .values(status=status, diag=diag, applied=at, lock_owner=None, lock_expires=None))
-            run.commands_applied += status == "applied"
+                command = panda_commands.PandaCommand(row.command_id, row.command, json.loads(row.params or "null"),
+                                                      bool(row.ack_requested))
+                status, diag, killed = apply_command(instance, tx, command)
+            except ValueError as exc:   # params we cannot read back: keep the reason, do not loop
+                status, diag, killed = commands.REJECTED, f"malformed params: {exc}", 0
+            commands.record_outcome(tx, row.command_id, status, diag, at)
+            run.commands_applied += status == commands.APPLIED
             run.kills_from_panda += killed
     # Acknowledge only what was applied here; a rejected command keeps its reason in the table. Claimed, so
     # one host acknowledges each (and the claim expires if it dies before it could).
-    with store.write() as conn:
-        to_ack = [r.command_id for r in store.claim(conn, commands, (commands.c.status == "applied")
-                                                    & commands.c.ack_requested.is_(True), 500)]
+    with store.transaction() as tx:
+        to_ack = commands.claim_to_acknowledge(tx)
     if to_ack:
         fault_point("propagate_before_ack")   # applied and committed here, not yet acknowledged
         try:
             instance.panda.acknowledge_commands(to_ack)
         except PandaError as exc:
             run.errors.append(f"acknowledging commands: {exc}")
-            with store.write() as conn:
-                store.release(conn, commands, to_ack)
+            with store.transaction() as tx:
+                commands.release(tx, to_ack)
             return
-        with store.write() as conn:
-            conn.execute(update(commands).where(commands.c.command_id.in_(to_ack), store.owned(commands))
-                         .values(status="acked", lock_owner=None, lock_expires=None))
+        with store.transaction() as tx:
+            commands.record_acknowledged(tx, to_ack)
 
 
 def _service_metrics_key(host: str) -> str:
@@ -394,15 +260,14 @@ def send_service_metrics(instance: Instance, run: PropagateRun) -> None:
     """This host's memory, CPU, disk and proxy lifetimes for PanDA's monitor, at most every
     [metrics] panda_interval seconds per host (Harvester's service monitor: every 300 s)."""
     from harvester_cli.site import hostmetrics
-    from harvester_cli.state.schema import meta
-    from harvester_cli.steps.monitor import credentials
+    from harvester_cli.site.lifetimes import credentials
 
     interval = instance.config.metrics.panda_interval
     if not interval:
         run.service_metrics = "off"
         return
     at = model.now()
-    last = instance.store.get_meta(_service_metrics_key(instance.host))
+    last = meta.get(instance.store, _service_metrics_key(instance.host))
     if last is not None and at - last < interval:
         return
     config = instance.config
@@ -422,10 +287,8 @@ def send_service_metrics(instance: Instance, run: PropagateRun) -> None:
         run.errors.append(f"service metrics: {exc}")
         run.service_metrics = "failed"
         return
-    with instance.store.write() as conn:
-        key = _service_metrics_key(instance.host)
-        if not conn.execute(update(meta).where(meta.c.key == key).values(ivalue=int(at))).rowcount:
-            conn.execute(meta.insert().values(key=key, ivalue=int(at)))
+    with instance.store.transaction() as tx:
+        meta.put(tx, _service_metrics_key(instance.host), int(at))
     run.service_metrics = "sent"
 
 
@@ -435,7 +298,7 @@ def propagate(instance: Instance, queues: list[QueueConfig],
     instance.store   # a state database this code cannot use is an error before PanDA is told anything
     names = [q.name for q in queues]
     send_heartbeat(instance, run)
-    handle_commands(instance, queues, run)
+    handle_commands(instance, run)
     run.job_heartbeats = refresh_running_jobs(instance, queues)
     send_job_updates(instance, names, run, progress)
     send_worker_updates(instance, names, run, progress)

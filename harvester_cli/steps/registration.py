@@ -13,13 +13,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-
-from harvester_cli import __version__, model
+from harvester_cli import model
 from harvester_cli.errors import PandaError
-from harvester_cli.state.schema import panda_registrations
-from harvester_cli.steps.instance import Instance
+from harvester_cli.instance import Instance
+from harvester_cli.panda import updates
+from harvester_cli.state import registrations
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +29,11 @@ class Registration:
 
 
 def registered_at(instance: Instance) -> float | None:
-    with instance.store.read() as conn:
-        return conn.scalar(select(panda_registrations.c.registered).where(
-            panda_registrations.c.panda_url == instance.config.panda.url,
-            panda_registrations.c.harvester_id == instance.config.harvester_id))
+    return registrations.registered_at(instance.store, instance.config.panda.url, instance.config.harvester_id)
 
 
-def heartbeat_data(instance: Instance, start_time: float) -> dict:
-    data = {"startTime": model.panda_time(start_time), "sw_version": f"harvester-cli {__version__}",
-            "commit_stamp": __version__}
-    streaming = sorted({q.site for q in instance.config.queues.values() if q.pilot_streaming})
-    if streaming:   # subscribe to PanDA's pilot-streaming commands for these queues
-        data["commands"] = [{"command": command, "computingSite": site, "resourceType": "ANY"}
-                            for site in streaming for command in ("SET_N_WORKERS_JOBTYPE", "REPORT_WORKER_STATS")]
-    return data
-
-
-def _remember(instance: Instance, at: float) -> float:
-    store = instance.store
-    try:
-        with store.write() as conn:
-            conn.execute(panda_registrations.insert().values(panda_url=instance.config.panda.url,
-                                                             harvester_id=instance.config.harvester_id,
-                                                             registered=at))
-    except IntegrityError:   # another run registered first: its time is the instance's start
-        pass
-    return registered_at(instance) or at
+def _heartbeat_data(instance: Instance, start_time: float) -> dict:
+    return updates.heartbeat_data(start_time, (q.site for q in instance.config.queues.values() if q.pilot_streaming))
 
 
 def heartbeat(instance: Instance) -> Registration:
@@ -64,16 +41,19 @@ def heartbeat(instance: Instance) -> Registration:
     The result says whether PanDA knows this instance now, and why not."""
     known = registered_at(instance)
     start = known if known is not None else model.now()
-    refused = None
+    answer = None
     for _ in range(1 if known is not None else 2):
         try:
-            refused = instance.panda.heartbeat(heartbeat_data(instance, start))
+            answer = instance.panda.heartbeat(_heartbeat_data(instance, start))
         except PandaError as exc:
             return Registration(known, f"heartbeat failed: {exc}")
-        if refused is None:
+        if answer.accepted:
             if known is None:
                 log.info("registered harvester %s at %s", instance.config.harvester_id, instance.config.panda.url)
-            return Registration(known if known is not None else _remember(instance, start))
+                known = registrations.remember(instance.store, instance.config.panda.url,
+                                               instance.config.harvester_id, start)
+            return Registration(known)
+    refused = answer.message if answer is not None else None
     if known is not None:   # once registered, a refused heartbeat does not unregister the instance
         return Registration(known, f"heartbeat refused: {refused}")
     return Registration(None, f"PanDA refused the registration heartbeat twice: {refused}")

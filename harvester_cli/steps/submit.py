@@ -1,33 +1,39 @@
 """submit: repair interrupted submissions, plan, record workers as pending, call the backend, record results.
 
-Crash safety: a worker row exists (`pending`, claimed by this run) before the backend is called, and in
-push mode its job is bound to it in the same transaction. If the process dies between the backend call
-and the commit of the result, the next `submit` finds the pending worker (its claim expired, or its owner
-process on this host is gone), asks the backend for the tagged batch job, and adopts it or marks it
-missed. A worker is never submitted twice.
+Never a worker submitted twice, never a job in two workers. The invariant: a worker exists as a `pending`
+row, claimed by the run that submits it, before the backend is called, and in push mode its job is bound to
+it in that same transaction. Only the backend's answer moves it on (`submitted` with its batch id, or
+`missed`), and only while it is still pending. A pending row whose run is gone (its claim expired, or its
+process on this host died) is never submitted again: the next submit asks the backend for the batch job
+tagged with its worker id and adopts it, or records it missed.
+
+One queue's submission, in order (`submit_queue`):
+  1. lease "submit:QUEUE"          one run per queue over every host
+  2. repair_pending                adopt or miss what an interrupted run left pending
+  3. plan                          how many workers, per resource type (steps.planner, pure)
+  4. record_pending                one transaction: the rows and their jobs' bindings, only while the lease holds
+  5. backend.submit                each batch job tagged with the harvester id and its worker id
+  6. record_results                one transaction: submitted or missed, rows still pending only; jobs follow
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-
-from sqlalchemy import bindparam, case, func, literal_column, null, select, update
 
 from harvester_cli import model
 from harvester_cli.backends.base import SubmitResult, WorkerSpec
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError, PandaRefused, StateError
 from harvester_cli.faults import fault_point
+from harvester_cli.instance import Instance, worker_ref
 from harvester_cli.panda import job_counts, resource_types
-from harvester_cli.state import bulk, transitions
-from harvester_cli.state.schema import job_workers, jobs, locks, worker_targets, workers
-from harvester_cli.state.store import chunks
-from harvester_cli.steps import fetch_jobs, planner, registration
-from harvester_cli.steps.instance import Instance, worker_ref
+from harvester_cli.panda.jobs import MAX_INT32, PandaJob
+from harvester_cli.state import jobs, locks, meta, outbox, targets, workers
+from harvester_cli.state.store import Tx, chunks
+from harvester_cli.steps import planner, registration, transitions
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +79,17 @@ class SubmitRun:
 def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
     """Adopt or miss workers left `pending` by an interrupted submit; returns (adopted, missed)."""
     store = instance.store
-    with store.write() as conn:
-        owners = set(conn.scalars(select(workers.c.lock_owner).distinct().where(
-            workers.c.queue == queue.name, workers.c.status == model.PENDING, workers.c.lock_owner.is_not(None))))
-        for owner in filter(store.owner_is_dead, owners):
-            conn.execute(update(workers).where(workers.c.lock_owner == owner).values(lock_owner=None, lock_expires=None))
-        rows = store.claim(conn, workers, (workers.c.queue == queue.name) & (workers.c.status == model.PENDING)
-                           & instance.workers_here(queue), 1000)
+    with store.transaction() as tx:
+        rows = workers.claim_interrupted(tx, queue.name, instance.host_filter(queue), 1000)
     if not rows:
         return 0, 0
     try:
         found = instance.backend(queue).find([worker_ref(r) for r in rows])
     except Exception as exc:   # cannot tell: keep them pending (released) and ask again next run
         log.warning("queue %s: backend lookup of interrupted submissions failed: %s", queue.name, exc,
-                  exc_info=log.isEnabledFor(logging.DEBUG))
-        with store.write() as conn:
-            store.release(conn, workers, [r.worker_id for r in rows])
+                    exc_info=log.isEnabledFor(logging.DEBUG))
+        with store.transaction() as tx:
+            workers.release(tx, [r.worker_id for r in rows])
         return 0, 0
     results = [f if f is not None else SubmitResult(r.worker_id, error="submission was interrupted and the "
                                                     "backend has no trace of this worker")
@@ -102,53 +103,25 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
 
 def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.ActivatedJobs | None,
                 sizes: dict[str, tuple[int, int]], registration_problem: str | None = None) -> planner.QueueState:
-    queued: dict[str, int] = defaultdict(int)
-    running: dict[str, int] = defaultdict(int)
-    queued_cores = queued_memory = 0
-    with instance.store.read() as conn:
-        for rt, status, n, cores, memory in conn.execute(
-            select(workers.c.resource_type, workers.c.status, func.count(), func.sum(workers.c.n_core),
-                   func.sum(workers.c.memory_mb))
-            .where(workers.c.queue == queue.name, workers.c.status.in_([*model.WORKER_QUEUED, model.RUNNING]))
-            .group_by(workers.c.resource_type, workers.c.status)
-        ):
-            (running if status == model.RUNNING else queued)[rt] += n
-            if status != model.RUNNING:
-                queued_cores += int(cores or 0)
-                queued_memory += int(memory or 0)
-        missed = conn.scalar(select(func.count()).select_from(workers).where(
-            workers.c.queue == queue.name, workers.c.status == model.MISSED,
-            workers.c.modified >= model.now() - queue.throttle_window)) or 0
-        targets = None
-        if queue.pilot_streaming:
-            found = conn.execute(select(worker_targets.c.resource_type, worker_targets.c.remaining).where(
-                worker_targets.c.site == queue.site, worker_targets.c.job_type == queue.job_type)).all()
-            targets = dict(found) if found else None
-        waiting = dict(conn.execute(
-            select(jobs.c.resource_type, func.count()).where(jobs.c.queue == queue.name,
-                                                             jobs.c.sub_status == model.SUB_FETCHED,
-                                                             jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < model.now()))
-            .group_by(jobs.c.resource_type)).all())
-        interval = instance.config.instance.cycle_interval
-        made = None
-        if interval:   # every host's workers of this queue in the interval (the queue lease keeps this exact)
-            made = conn.scalar(select(func.count()).select_from(workers).where(
-                workers.c.queue == queue.name, workers.c.created > model.now() - interval)) or 0
-        age = stats_age(instance.config.panda.stats_refresh, model.now())
-        started = {}
-        if queue.mode == "pull" and age is not None:
-            started = dict(conn.execute(
-                select(workers.c.resource_type, func.count()).where(workers.c.queue == queue.name,
-                                                                    workers.c.start_time >= model.now() - age)
-                .group_by(workers.c.resource_type)).all())
+    at = model.now()
+    interval = instance.config.instance.cycle_interval
+    age = stats_age(instance.config.panda.stats_refresh, at)
+    with instance.store.reading() as tx:
+        load = workers.queue_load(tx, queue.name)
+        missed = workers.missed_since(tx, queue.name, at - queue.throttle_window)
+        streaming = targets.remaining(tx, queue.site, queue.job_type) if queue.pilot_streaming else None
+        waiting = jobs.unbound_by_type(tx, queue.name, at)
+        # every host's workers of this queue in the interval (the queue lease keeps this exact)
+        made = workers.made_since(tx, queue.name, at - interval) if interval else None
+        started = workers.started_since(tx, queue.name, at - age) if queue.mode == "pull" and age is not None else {}
     total, by_type = (activated.for_queue(queue.site, queue.prod_source_label, queue.resource_types)
                       if activated is not None else (None, None))
     return planner.QueueState(
-        queued=dict(queued), running=dict(running), activated=total, activated_by_type=by_type,
+        queued=load.queued, running=load.running, activated=total, activated_by_type=by_type,
         activated_source=activated.source if activated is not None else "", started_recently=started,
-        stats_age=age, waiting_jobs=waiting, streaming_targets=targets, missed_recent=missed,
-        queued_cores=queued_cores, queued_memory_mb=queued_memory, sizes=sizes, registration=registration_problem,
-        made_recently=made, cycle_interval=interval)
+        stats_age=age, waiting_jobs=waiting, streaming_targets=streaming, missed_recent=missed,
+        queued_cores=load.queued_cores, queued_memory_mb=load.queued_memory_mb, sizes=sizes,
+        registration=registration_problem, made_recently=made, cycle_interval=interval)
 
 
 def stats_age(refresh: int, now: float) -> int | None:
@@ -176,7 +149,7 @@ def activated_jobs(instance: Instance, queues: list[QueueConfig],
 
 def worker_id_floor(instance: Instance) -> int:
     """The highest worker id PanDA has seen, asked once for a new state database (ids are never reused)."""
-    if instance.store.get_meta("last_worker_id") is not None:
+    if meta.get(instance.store, meta.LAST_WORKER_ID) is not None:
         return 0
     try:
         return instance.panda.get_current_worker_id()
@@ -186,148 +159,105 @@ def worker_id_floor(instance: Instance) -> int:
         return 0
 
 
-def _size(queue: QueueConfig, resource_type: str, job: dict | None,
+def _size(queue: QueueConfig, resource_type: str, job: PandaJob | None,
           sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
     """Push: the job's cores and memory; pull: the resource type's worker size on this queue."""
     if job is not None:   # fetch-jobs checked both are within what a worker row holds
-        cores = fetch_jobs.bounded_int(job.get("coreCount"), 1, fetch_jobs.MAX_CORES) or 1
-        memory = fetch_jobs.bounded_int(job.get("minRamCount"), 1) or cores * queue.memory_mb_per_core
+        cores = job.core_count or 1
+        memory = job.min_ram_count or cores * queue.memory_mb_per_core
     else:
         cores, memory = sizes.get(resource_type) or (queue.core_count, queue.core_count * queue.memory_mb_per_core)
-    return cores, min(memory, fetch_jobs.MAX_INT32)   # cores x MB per core can pass what the column holds
-
-
-def _bind_jobs(instance: Instance, conn, queue: QueueConfig, counts: dict[str, int]) -> dict[str, list]:
-    """Claim fetched jobs for the new workers, per resource type (push mode)."""
-    bound = {}
-    for rt, n in counts.items():
-        if n > 0:
-            bound[rt] = instance.store.claim(
-                conn, jobs, (jobs.c.queue == queue.name) & (jobs.c.sub_status == model.SUB_FETCHED)
-                & (jobs.c.resource_type == rt), n, order_by=jobs.c.created)
-    return bound
-
-
-_PENDING_COLUMNS = ("worker_id", "queue", "backend", "mode", "resource_type", "job_type", "n_core", "memory_mb",
-                    "status", "log_dir", "created", "modified", "lock_owner", "lock_expires", "harvester_host")
-_INSERT_PENDING = workers.insert().values({name: bindparam(name) for name in _PENDING_COLUMNS})
-
-
-def create_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int,
-                   sizes: dict[str, tuple[int, int]]) -> list[WorkerSpec]:
-    """Record the new workers as pending (and bind their jobs) in one transaction; returns their specs."""
-    store = instance.store
-    at = model.now()
-    with store.write() as conn:
-        bound = _bind_jobs(instance, conn, queue, counts) if queue.mode == "push" else {}
-        plan_items: list[tuple[str, dict | None]] = []
-        for rt, n in counts.items():
-            if queue.mode == "push":
-                plan_items += [(rt, json.loads(row.job_json) | {"_row": row}) for row in bound.get(rt, [])]
-            else:
-                plan_items += [(rt, None)] * n
-        if not plan_items:
-            return []
-    ids = store.allocate_worker_ids(len(plan_items), floor)
-    specs, rows, links, job_ids = [], [], [], []
-    log_root = instance.worker_log_root(queue.name, at)
-    lease = at + store.lease_seconds
-    for worker_id, (rt, job) in zip(ids, plan_items):
-        row = job.pop("_row") if job else None
-        cores, memory = _size(queue, rt, job, sizes)
-        log_dir = log_root / str(worker_id)
-        specs.append(WorkerSpec(
-            worker_id=worker_id, queue=queue.name, resource_type=rt, n_core=cores, memory_mb=memory,
-            walltime=queue.walltime, log_dir=log_dir,
-            pilot_command=instance.pilot_command(queue, worker_id, rt, cores, memory),
-            environment=instance.pilot_environment(queue, worker_id, rt), job=job,
-        ))
-        rows.append((worker_id, queue.name, queue.backend, queue.mode, rt, queue.job_type, cores, memory,
-                     model.PENDING, str(log_dir), at, at, store.owner, lease, instance.host))
-        if row is not None:
-            links.append({"panda_id": row.panda_id, "worker_id": worker_id})
-            job_ids.append(row.panda_id)
-    try:
-        store.retrying(lambda conn: _insert_pending(store, conn, queue, rows, links, job_ids, at))
-    except LeaseLost:
-        if job_ids:   # the jobs bound for these workers wait for the next run, not for their claims to expire
-            with store.write() as conn:
-                store.release(conn, jobs, job_ids)
-        raise
-    return specs
+    return cores, min(memory, MAX_INT32)   # cores x MB per core can pass what the column holds
 
 
 class LeaseLost(StateError):
     """This run's queue lease ran out before its workers were recorded: another host may have planned since."""
 
 
-def _insert_pending(store, conn, queue: QueueConfig, rows: list[tuple], links: list[dict], job_ids: list[int],
-                    at: float) -> None:
-    """create_pending's transaction (run again whole if another host's transaction deadlocked it)."""
-    if not store.holds(conn, f"submit:{queue.name}"):
-        raise LeaseLost(f"the queue's submit lease ran out (more than lease_seconds={store.lease_seconds} since it "
-                        "was renewed): nothing recorded, another host may have planned since; the next run plans again")
-    bulk.execute_many(conn, _INSERT_PENDING, _PENDING_COLUMNS, rows)
-    if links:
-        conn.execute(job_workers.insert(), links)
-        conn.execute(update(jobs).where(jobs.c.panda_id.in_(job_ids), store.owned(jobs))
-                     .values(sub_status=model.SUB_SUBMITTED, modified=at, lock_owner=None, lock_expires=None))
+def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int,
+                   sizes: dict[str, tuple[int, int]]) -> list[WorkerSpec]:
+    """Step 4: record the new workers as pending, claimed by this run, and bind their jobs, in one
+    transaction; returns their specs (nothing when a push queue has no job left to bind)."""
+    store = instance.store
+    at = model.now()
+    items: list[tuple[str, PandaJob | None]] = []
+    if queue.mode == "push":
+        with store.transaction() as tx:
+            for rt, n in counts.items():
+                if n > 0:
+                    items += [(rt, PandaJob.from_json(row.job_json)) for row in jobs.claim_unbound(tx, queue.name, rt, n)]
+    else:
+        items = [(rt, None) for rt, n in counts.items() for _ in range(n)]
+    if not items:
+        return []
+    ids = meta.allocate_worker_ids(store, len(items), floor)
+    specs, rows, links = [], [], []
+    log_root = instance.worker_log_root(queue.name, at)
+    lease = at + store.lease_seconds
+    for worker_id, (rt, job) in zip(ids, items):
+        cores, memory = _size(queue, rt, job, sizes)
+        log_dir = log_root / str(worker_id)
+        specs.append(WorkerSpec(
+            worker_id=worker_id, queue=queue.name, resource_type=rt, n_core=cores, memory_mb=memory,
+            walltime=queue.walltime, log_dir=log_dir,
+            pilot_command=instance.pilot_command(queue, worker_id, rt, cores, memory),
+            environment=instance.pilot_environment(queue, worker_id, rt), job=job.raw if job else None,
+        ))
+        rows.append((worker_id, queue.name, queue.backend, queue.mode, rt, queue.job_type, cores, memory,
+                     model.PENDING, str(log_dir), at, at, store.owner, lease, instance.host))
+        if job is not None:
+            links.append((job.panda_id, worker_id))
 
+    def insert(tx: Tx) -> None:
+        if not locks.holds(tx, f"submit:{queue.name}"):
+            raise LeaseLost(f"the queue's submit lease ran out (more than lease_seconds={store.lease_seconds} since "
+                            "it was renewed): nothing recorded, another host may have planned since; the next run "
+                            "plans again")
+        workers.record_pending(tx, rows)
+        jobs.bind(tx, links, at)
 
-_SUBMITTED_NAMES = ("b", "h", "ce", "at", "o", "e", "l", "w")
-_RECORD_SUBMITTED = (
-    update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == literal_column(f"'{model.PENDING}'"))
-    .values(status=literal_column(f"'{model.SUBMITTED}'"), batch_id=bindparam("b"), submission_host=bindparam("h"),
-            computing_element=bindparam("ce"), submit_time=bindparam("at"), modified=bindparam("at"),
-            stdout_url=bindparam("o"), stderr_url=bindparam("e"), batch_log_url=bindparam("l"),
-            lock_owner=null(), lock_expires=null()))
+    try:
+        store.retrying(insert)   # run again whole if another host's transaction deadlocked it
+    except LeaseLost:
+        if links:   # the jobs bound for these workers wait for the next run, not for their claims to expire
+            with store.transaction() as tx:
+                jobs.release(tx, [p for p, _ in links])
+        raise
+    return specs
 
 
 def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitResult]) -> None:
-    """Store what the backend said per worker; jobs of missed workers go back to wait (or fail)."""
-    store = instance.store
+    """Step 6: store what the backend said per worker, in one transaction (run again whole if another
+    host's transaction deadlocked it); jobs of missed workers go back to wait (or fail)."""
     at = model.now()
     ok = [r for r in results if r.ok]
     bad = [r for r in results if not r.ok]
-    store.retrying(lambda conn: _record_results(instance, queue, conn, results, ok, bad, at))
+
+    def record(tx: Tx) -> None:
+        log_dirs = workers.log_dirs(tx, [r.worker_id for r in results])
+
+        def url(result: SubmitResult, name: str | None) -> str | None:
+            if not name:
+                return None
+            if "://" in name or name.startswith("/"):
+                return name
+            return instance.log_url(f"{log_dirs.get(result.worker_id)}/{name}")
+
+        workers.record_submitted(tx, [(r.batch_id, r.submission_host, r.computing_element, at, url(r, r.stdout),
+                                       url(r, r.stderr), url(r, r.batch_log), r.worker_id) for r in ok])
+        workers.record_missed(tx, [(r.worker_id, r.error or "submission failed", r.computing_element,
+                                    r.submission_host) for r in bad], at)
+        fault_point("submit_mid_transaction")   # results written, not yet committed
+        outbox.enqueue_workers(tx, queue.name, [r.worker_id for r in results])
+        if ok:
+            transitions.jobs_submitted(tx, queue, {r.worker_id: r.batch_id for r in ok}, at)
+        if bad:
+            transitions.requeue_jobs(tx, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
+
+    instance.store.retrying(record)
     for r in bad:
         instance.count("harvester_cli_submission_failures_total", queue=queue.name,
                        computing_element=r.computing_element or "")
-
-
-def _record_results(instance: Instance, queue: QueueConfig, conn, results: list[SubmitResult],
-                    ok: list[SubmitResult], bad: list[SubmitResult], at: float) -> None:
-    """record_results' transaction (run again whole if another host's transaction deadlocked it)."""
-    store = instance.store
-    log_dirs = dict(conn.execute(select(workers.c.worker_id, workers.c.log_dir)
-                                 .where(workers.c.worker_id.in_([r.worker_id for r in results]))).all())
-
-    def url(result: SubmitResult, name: str | None) -> str | None:
-        if not name:
-            return None
-        if "://" in name or name.startswith("/"):
-            return name
-        return instance.log_url(f"{log_dirs.get(result.worker_id)}/{name}")
-
-    if ok:
-        bulk.execute_many(conn, _RECORD_SUBMITTED, _SUBMITTED_NAMES, [
-            (r.batch_id, r.submission_host, r.computing_element, at, url(r, r.stdout), url(r, r.stderr),
-             url(r, r.batch_log), r.worker_id) for r in ok])
-    if bad:
-        # The CE (and schedd) a failed submission went to, when the backend says, feeds the fanout's back-off.
-        conn.execute(
-            update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
-            .values(status=model.MISSED, diag=bindparam("d"), computing_element=bindparam("ce"),
-                    submission_host=bindparam("h"), end_time=at, modified=at, lock_owner=None, lock_expires=None),
-            [{"w": r.worker_id, "d": (r.error or "submission failed")[:2000], "ce": r.computing_element,
-              "h": r.submission_host} for r in bad],
-        )
-    fault_point("submit_mid_transaction")   # results written, not yet committed
-    store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r in results])
-    if ok:
-        transitions.jobs_submitted(store, conn, queue, {r.worker_id: r.batch_id for r in ok}, at)
-    if bad:
-        transitions.requeue_jobs(store, conn, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
 
 
 def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], result: QueueSubmit,
@@ -339,9 +269,9 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
         if model.now() - renewed > store.lease_seconds / 3:
             # A slow backend: keep the queue lock and the waiting workers' claims alive, well before their
             # lease could run out and another run take them over.
-            with store.write() as conn:
-                store.renew(conn, workers, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
-                store.renew(conn, locks, [f"submit:{queue.name}"])
+            with store.transaction() as tx:
+                workers.renew(tx, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
+                locks.renew(tx, f"submit:{queue.name}")
             renewed = model.now()
         fault_point("before_backend_submit")
         try:
@@ -350,9 +280,9 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
             # Some workers of the batch may have started: release them as pending, so the next submit's
             # repair asks the backend (find) instead of guessing, and no job runs twice.
             log.warning("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
-                      exc_info=log.isEnabledFor(logging.DEBUG))   # a traceback with -vv only
-            with instance.store.write() as conn:
-                instance.store.release(conn, workers, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
+                        exc_info=log.isEnabledFor(logging.DEBUG))   # a traceback with -vv only
+            with store.transaction() as tx:
+                workers.release(tx, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
             result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
             return
         fault_point("after_backend_submit")
@@ -386,7 +316,7 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
                  resource_type: str | None = None, force: bool = False,
                  progress: Callable[[int], None] | None = None, registration_problem: str | None = None) -> QueueSubmit:
     result = QueueSubmit(queue.name)
-    with instance.store.lock(f"submit:{queue.name}") as got:
+    with locks.lease(instance.store, f"submit:{queue.name}") as got:
         if not got and not dry_run:
             result.skipped = "another run is submitting for this queue"
             return result
@@ -412,7 +342,7 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             progress(0, expected=result.plan.total)
         for counts in rounds(result.plan.per_resource_type, SUBMIT_ROUND):
             try:
-                specs = create_pending(instance, queue, counts, floor, sizes)
+                specs = record_pending(instance, queue, counts, floor, sizes)
             except LeaseLost as exc:
                 result.error = str(exc)
                 break
@@ -433,13 +363,8 @@ def consume_targets(instance: Instance, queue: QueueConfig, specs: list[WorkerSp
     for spec in specs:
         if spec.worker_id in submitted:
             per_type[spec.resource_type] += 1
-    with instance.store.write() as conn:
-        for rt, n in per_type.items():
-            conn.execute(update(worker_targets).where(
-                worker_targets.c.site == queue.site, worker_targets.c.job_type == queue.job_type,
-                worker_targets.c.resource_type == rt).values(
-                remaining=case((worker_targets.c.remaining > n, worker_targets.c.remaining - n), else_=0),
-                updated=model.now()))
+    with instance.store.transaction() as tx:
+        targets.consume(tx, queue.site, queue.job_type, per_type, model.now())
 
 
 def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, resource_type: str,

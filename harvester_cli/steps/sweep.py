@@ -6,15 +6,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, delete, exists, func, select, update
-
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
 from harvester_cli.faults import fault_point
-from harvester_cli.state import monitoring, transitions
-from harvester_cli.state.schema import jobs, reports, workers
-from harvester_cli.state.store import chunks
-from harvester_cli.steps.instance import Instance, worker_ref
+from harvester_cli.instance import Instance, worker_ref
+from harvester_cli.state import jobs, monitoring, outbox, workers
+from harvester_cli.steps import transitions
 
 log = logging.getLogger(__name__)
 
@@ -62,46 +59,33 @@ def mark_for_kill(instance: Instance, queues: list[str], *, worker_ids: tuple[in
                   reason: str = "requested by an operator", force: bool = False, dry_run: bool = False) -> KillMarks:
     """Mark the workers that match every given filter (and are not final, nor marked yet) for the next
     sweep to kill; more than sweep.max_kills_per_run need `force`, as in sweep."""
-    where = [workers.c.queue.in_(queues), workers.c.status.in_(statuses or model.WORKER_ACTIVE),
-             workers.c.kill_reason.is_(None)]
-    if worker_ids:
-        where.append(workers.c.worker_id.in_(worker_ids))
-    if ces:
-        where.append(workers.c.computing_element.in_(ces))
-    if older_than is not None:
-        where.append(workers.c.created <= model.now() - older_than)
+    selection = {"worker_ids": worker_ids, "ces": ces, "statuses": statuses,
+                 "created_before": None if older_than is None else model.now() - older_than}
     result = KillMarks()
     cap = instance.config.sweep.max_kills_per_run
-    with instance.store.write() as conn:
-        rows = conn.execute(select(workers.c.worker_id, workers.c.queue, workers.c.status,
-                                   workers.c.computing_element).where(*where).order_by(workers.c.worker_id)).all()
-        result.matched = [dict(r._mapping) for r in rows]
+    with instance.store.transaction() as tx:
+        rows = workers.killable(tx, queues, **selection)
+        result.matched = rows
         if len(rows) > cap and not force:
             result.refused = (f"{len(rows)} workers match, more than sweep.max_kills_per_run={cap}: narrow the "
                               "selection, or add --force")
         elif not dry_run and rows:
-            result.marked = conn.execute(update(workers).where(*where)
-                                         .values(kill_reason=f"operator: {reason}")).rowcount
+            result.marked = workers.mark_killable(tx, queues, f"operator: {reason}", **selection)
     return result
-
-
-def _kill_condition(queue: str):
-    return ((workers.c.queue == queue) & workers.c.kill_reason.is_not(None)
-            & workers.c.status.not_in(model.WORKER_FINAL) & (workers.c.status != model.PENDING))
 
 
 def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap: int, force: bool) -> None:
     store = instance.store
-    with store.read() as conn:
-        result.to_kill = conn.scalar(select(func.count()).select_from(workers).where(
-            _kill_condition(queue.name), instance.workers_here(queue))) or 0
+    host = instance.host_filter(queue)
+    with store.reading() as tx:
+        result.to_kill = workers.count_to_kill(tx, queue.name, host)
     if result.to_kill > cap and not force:
         result.refused = (f"{result.to_kill} workers marked for killing exceed the cap of {cap} per run "
                           "(sweep.max_kills_per_run); check why, then run `sweep --force`")
         return
     while True:
-        with store.write() as conn:
-            rows = store.claim(conn, workers, _kill_condition(queue.name) & instance.workers_here(queue), 500)
+        with store.transaction() as tx:
+            rows = workers.claim_to_kill(tx, queue.name, host, 500)
         if not rows:
             return
         refs = [worker_ref(r) for r in rows]
@@ -109,30 +93,23 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
             outcomes = instance.backend(queue).kill(refs, "killed by harvester-cli sweep")
         except Exception as exc:   # release at once, or these workers stay claimed for a whole lease
             log.warning("queue %s: backend kill failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            with store.write() as conn:
-                store.release(conn, workers, [r.worker_id for r in rows])
+            with store.transaction() as tx:
+                workers.release(tx, [r.worker_id for r in rows])
             result.kill_failed += [(r.worker_id, f"backend error: {exc}") for r in rows]
             return
         fault_point("sweep_after_backend_kill")
         at = model.now()
         killed = [(r, o) for r, o in zip(rows, outcomes) if o.ok]
         failed = [(r, o) for r, o in zip(rows, outcomes) if not o.ok]
-        with store.write() as conn:
+        with store.transaction() as tx:
+            # poll does not claim: a worker it saw end meanwhile keeps the final state poll recorded.
+            fresh = workers.unchanged(tx, [r for r, _ in killed])
+            killed = [(r, o) for r, o in killed if r.worker_id in fresh]
             if killed:
-                # poll does not claim: a worker it saw end meanwhile keeps the final state poll recorded.
-                current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(
-                    workers.c.worker_id.in_([r.worker_id for r, _ in killed]))
-                if not store.is_sqlite:
-                    current = current.with_for_update()
-                now_seen = {w: (s, m) for w, s, m in conn.execute(current)}
-                killed = [(r, o) for r, o in killed if now_seen.get(r.worker_id) == (r.status, r.modified)]
-            if killed:
-                conn.execute(update(workers).where(workers.c.worker_id == bindparam("w"), store.owned(workers))
-                             .values(status=model.CANCELLED, diag=bindparam("d"), end_time=at, modified=at),
-                             [{"w": r.worker_id, "d": f"killed: {r.kill_reason}"} for r, _ in killed])
-                store.enqueue_reports(conn, "worker", [(r.worker_id, queue.name, None, False) for r, _ in killed])
-                transitions.fail_jobs_of_killed(store, conn, queue, {r.worker_id: r.kill_reason for r, _ in killed}, at)
-            store.release(conn, workers, [r.worker_id for r in rows])
+                workers.record_cancelled(tx, [(r.worker_id, f"killed: {r.kill_reason}") for r, _ in killed], at)
+                outbox.enqueue_workers(tx, queue.name, [r.worker_id for r, _ in killed])
+                transitions.fail_jobs_of_killed(tx, queue, {r.worker_id: r.kill_reason for r, _ in killed}, at)
+            workers.release(tx, [r.worker_id for r in rows])
         result.killed += len(killed)
         result.kill_failed += [(r.worker_id, o.error or "kill failed") for r, o in failed]
         if failed:
@@ -143,37 +120,25 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
     """Forget final workers older than the retention whose last update reached PanDA."""
     store = instance.store
     cutoff = model.now() - retention
-    unreported = exists().where(reports.c.kind == "worker", reports.c.key == workers.c.worker_id)
+    host = instance.host_filter(queue)
     while True:
-        with store.write() as conn:
-            rows = store.claim(conn, workers, (workers.c.queue == queue.name)
-                               & workers.c.status.in_(model.WORKER_FINAL) & (workers.c.modified < cutoff)
-                               & ~unreported & instance.workers_here(queue), 500)
+        with store.transaction() as tx:
+            rows = workers.claim_forgettable(tx, queue.name, host, cutoff, 500)
         if not rows:
             return
         try:
             instance.backend(queue).clean([worker_ref(r) for r in rows])
         except Exception as exc:   # keep the rows (released) so the next sweep cleans again
             log.warning("queue %s: backend clean failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            with store.write() as conn:
-                store.release(conn, workers, [r.worker_id for r in rows])
+            with store.transaction() as tx:
+                workers.release(tx, [r.worker_id for r in rows])
             return
-        with store.write() as conn:
-            result.cleaned += conn.execute(delete(workers).where(
-                workers.c.worker_id.in_([r.worker_id for r in rows]), store.owned(workers))).rowcount
+        with store.transaction() as tx:
+            result.cleaned += workers.forget(tx, [r.worker_id for r in rows])
 
 
 def delete_done_jobs(instance: Instance, queue: QueueConfig, result: QueueSweep, retention: int) -> None:
-    cutoff = model.now() - retention
-    done = ((jobs.c.queue == queue.name) & (jobs.c.sub_status == model.SUB_DONE) & (jobs.c.modified < cutoff)
-            & jobs.c.lock_owner.is_(None))
-    with instance.store.read() as conn:
-        ids = list(conn.scalars(select(jobs.c.panda_id).where(done)))
-    # By key, in chunks: no range delete (its gap locks deadlock other hosts' inserts on MariaDB), and a row
-    # another run changed meanwhile is left alone.
-    for chunk in chunks(ids, 500):
-        with instance.store.write() as conn:
-            result.jobs_deleted += conn.execute(delete(jobs).where(jobs.c.panda_id.in_(chunk), done)).rowcount
+    result.jobs_deleted += jobs.forget_done(instance.store, queue.name, model.now() - retention)
 
 
 def sweep(instance: Instance, queues: list[QueueConfig], *, force: bool = False,

@@ -1,4 +1,9 @@
-"""One harvester instance: its configuration, state store, PanDA client and backends, each made on first use."""
+"""What one harvester instance is made of: its configuration, state database, PanDA client and backends, each
+made on first use, and what they share (this host's name, the log tree's URLs, the pilots' command line).
+
+Imported by the steps and the commands; imports the layers below (backends, state, panda, site, config,
+model), never a step or a command.
+"""
 
 from __future__ import annotations
 
@@ -93,16 +98,11 @@ class Instance:
         """Whether only the host that made a worker of this queue may poll, kill and clean it."""
         return self.backend(queue).host_bound
 
-    def workers_here(self, queue: QueueConfig):
-        """Condition on the workers table: the workers of `queue` this host may work (all of them unless the
-        backend is host-bound; then those it made, and those made before hosts were recorded)."""
-        from sqlalchemy import true
-
-        from harvester_cli.state.schema import workers
-
-        if not self.host_bound(queue):
-            return true()
-        return workers.c.harvester_host.is_(None) | (workers.c.harvester_host == self.host)
+    def host_filter(self, queue: QueueConfig) -> str | None:
+        """Whose workers of `queue` this host works, as the state functions take it: None for every host's,
+        this host's name when the backend is host-bound (then the workers it made, and those from before
+        hosts were recorded)."""
+        return self.host if self.host_bound(queue) else None
 
     def ce_token_finder(self, queue: QueueConfig):
         """ce_token(endpoint, flavour) -> CEToken of the queue's per-CE token profile, or None without one."""

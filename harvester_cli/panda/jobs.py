@@ -1,0 +1,143 @@
+"""A PanDA job as harvester-cli reads it: the typed fields a worker is built from, and the verbatim job
+description (the dict from acquire_jobs) that a push worker ships to the pilot as pandaJobData.out.
+
+PanDA writes unset values as "NULL" (or ""), numbers as ints or their digits as strings, and nothing stops a
+broken task from sending absurd values: every field a worker is built from is checked here, so one bad job
+fails alone, never the fetch or the submission of the others.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# What the state database's columns and PanDA's own database hold: a value beyond these is not a real job's.
+MAX_PANDA_ID = 2**63 - 1
+MAX_INT32 = 2**31 - 1
+MAX_CORES = 100_000
+
+
+def bounded_int(value, low: int = 0, high: int = MAX_INT32) -> int | None:
+    """An integer PanDA wrote (int, or its digits as a string) within [low, high]; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        # isascii: "²" is a digit to str.isdigit() but not to int()
+        if not value.isascii() or not value.lstrip("-").isdigit() or len(value) > 25:
+            return None
+    elif not isinstance(value, int):
+        return None
+    number = int(value)
+    return number if low <= number <= high else None
+
+
+def _unset(value) -> bool:
+    return value is None or value == "NULL" or value == ""
+
+
+def _listed(value) -> list[str]:
+    """A comma-joined file list ("a,b,,NULL") as its entries, empty ones and "NULL" left out."""
+    if not isinstance(value, str):
+        return []
+    return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "NULL"]
+
+
+def _attempt(value) -> int | None:
+    """attemptNr as PanDA's column holds it (0 to 2**31 - 1), or None (inf and NaN included)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 0 <= number < 2**31 else None
+
+
+def panda_id_of(received: Any) -> int | None:
+    """The PandaID of something acquire_jobs returned, if it has a usable one (needed to report it back)."""
+    return bounded_int(received.get("PandaID"), 1, MAX_PANDA_ID) if isinstance(received, dict) else None
+
+
+@dataclass(frozen=True)
+class PandaJob:
+    """One job from acquire_jobs: typed fields for the harvester, the dict itself for the pilot."""
+
+    panda_id: int
+    attempt_nr: int | None
+    core_count: int | None        # None: the job does not say
+    min_ram_count: int | None     # MB
+    max_walltime: int | None      # seconds
+    max_cpu_count: int | None     # seconds
+    resource_type: str | None
+    job_pars: str | None
+    in_files: list[str] = field(default_factory=list)
+    scopes_in: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, job: dict) -> PandaJob:
+        """Read a job dict PanDA sent (checked or not: a field that does not convert reads as None)."""
+        def number(key: str, low: int = 0, high: int = MAX_INT32) -> int | None:
+            return None if _unset(job.get(key)) else bounded_int(job.get(key), low, high)
+
+        resource_type = job.get("resource_type")
+        return cls(
+            panda_id=bounded_int(job.get("PandaID"), 1, MAX_PANDA_ID) or 0,
+            attempt_nr=_attempt(job.get("attemptNr")),
+            core_count=number("coreCount", 1, MAX_CORES),
+            min_ram_count=number("minRamCount", 1),
+            max_walltime=number("maxWalltime", 1),
+            max_cpu_count=number("maxCpuCount", 1),
+            resource_type=None if _unset(resource_type) or not isinstance(resource_type, str) else resource_type,
+            job_pars=job.get("jobPars") if isinstance(job.get("jobPars"), str) else None,
+            in_files=_listed(job.get("inFiles")), scopes_in=_listed(job.get("scopeIn")), raw=job)
+
+    @classmethod
+    def from_json(cls, text: str) -> PandaJob:
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def description(self) -> str:
+        """The job as PanDA sent it, JSON: what the pilot reads from pandaJobData.out (never edited here)."""
+        return json.dumps(self.raw)
+
+
+def problem(job: dict, resource_types: list[str]) -> str | None:
+    """Why a job dict from PanDA cannot run on a queue serving these resource types, or None."""
+    if not isinstance(job.get("jobPars"), str):
+        return "jobPars is missing or not a string"
+    if bounded_int(job.get("attemptNr")) is None:
+        return f"attemptNr={str(job.get('attemptNr'))[:40]!r} is not an integer from 0 to {MAX_INT32}"
+    for key, high in (("coreCount", MAX_CORES), ("minRamCount", MAX_INT32)):
+        if not _unset(job.get(key)) and bounded_int(job.get(key), 0, high) is None:
+            return f"{key}={str(job.get(key))[:40]!r} is not an integer from 0 to {high}"
+    resource_type = job.get("resource_type")
+    if not _unset(resource_type) and resource_type not in resource_types:
+        return f"resource_type={str(resource_type)[:64]!r} is not served by this queue (resource_types={resource_types})"
+    return None
+
+
+@dataclass
+class Received:
+    """acquire_jobs' answer sorted: jobs a queue can run, jobs it cannot (with why), and what came without a
+    usable PandaID (it cannot even be reported back)."""
+
+    good: list[PandaJob] = field(default_factory=list)
+    bad: list[tuple[PandaJob, str]] = field(default_factory=list)
+    unusable: list = field(default_factory=list)
+
+
+def sort_received(received: list, resource_types: list[str]) -> Received:
+    out = Received()
+    for job in received:
+        if panda_id_of(job) is None:
+            out.unusable.append(job)
+            continue
+        why = problem(job, resource_types)
+        if why:
+            out.bad.append((PandaJob.from_dict(job), why))
+        else:
+            out.good.append(PandaJob.from_dict(job))
+    return out

@@ -1,0 +1,203 @@
+"""The jobs table (push mode): every statement that reads or writes a job, and its link to the worker it
+runs in (`job_workers`).
+
+A job is stored verbatim as PanDA sent it (`job_json`), `starting/fetched`; a submission binds it to a
+worker (`submitted`), the worker's progress moves it (`running`, then `reporting` with its final state),
+PanDA's acknowledgement of the final update makes it `done`, and sweep forgets it after its retention.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
+
+from harvester_cli import model
+from harvester_cli.state import claims
+from harvester_cli.state.schema import job_workers, jobs, workers
+from harvester_cli.state.store import Store, Tx, chunks
+
+log = logging.getLogger(__name__)
+
+# What the database says of a row it will not take (a full disk or a lost connection is not about a row).
+REFUSED_ROW = (IntegrityError, DataError, StatementError, OverflowError, ValueError)
+
+
+@dataclass
+class Stored:
+    """What storing a batch of received jobs did: rows stored, PandaIDs already there, rows refused."""
+
+    stored: list[dict]
+    duplicates: int
+    refused: list[dict]
+
+
+def store_new(tx: Tx, rows: list[dict]) -> Stored:
+    """Insert the rows whose PandaID is not stored yet, in bulk; if the bulk insert fails, each on its own,
+    so one row the database refuses does not keep the others out."""
+    existing = set(tx.scalars(select(jobs.c.panda_id).where(jobs.c.panda_id.in_([r["panda_id"] for r in rows]))))
+    new = [r for r in rows if r["panda_id"] not in existing]
+    if not new:
+        return Stored([], len(rows), [])
+    try:
+        with tx.conn.begin_nested():
+            tx.execute(jobs.insert(), new)
+        return Stored(new, len(rows) - len(new), [])
+    except REFUSED_ROW:
+        stored, refused = [], []
+        for row in new:
+            try:
+                with tx.conn.begin_nested():
+                    tx.execute(jobs.insert(), [row])
+                stored.append(row)
+            except REFUSED_ROW as exc:
+                log.error("job %s: the state database refused it (%s)", row["panda_id"],
+                          str(exc).splitlines()[0][:200])
+                refused.append(row)
+        return Stored(stored, len(rows) - len(new), refused)
+
+
+def waiting(store: Store, queue: str) -> int:
+    """Jobs of the queue that are stored and not running yet (fetched, or bound to a queued worker)."""
+    with store.reading() as tx:
+        return tx.scalar(select(func.count()).select_from(jobs).where(
+            jobs.c.queue == queue, jobs.c.sub_status.in_([model.SUB_FETCHED, model.SUB_SUBMITTED]))) or 0
+
+
+def unbound_by_type(tx: Tx, queue: str, at: float) -> dict[str, int]:
+    """Fetched jobs without a worker (and not claimed by a submission), per resource type."""
+    return dict(tx.execute(
+        select(jobs.c.resource_type, func.count())
+        .where(jobs.c.queue == queue, jobs.c.sub_status == model.SUB_FETCHED,
+               jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < at))
+        .group_by(jobs.c.resource_type)).all())
+
+
+def claim_unbound(tx: Tx, queue: str, resource_type: str, limit: int) -> list:
+    """Claim up to `limit` fetched jobs of this resource type, oldest first, for new workers."""
+    return claims.claim(tx, jobs, (jobs.c.queue == queue) & (jobs.c.sub_status == model.SUB_FETCHED)
+                        & (jobs.c.resource_type == resource_type), limit, order_by=jobs.c.created)
+
+
+def release(tx: Tx, panda_ids: Iterable[int]) -> None:
+    claims.release(tx, jobs, panda_ids)
+
+
+def bind(tx: Tx, links: Sequence[tuple[int, int]], at: float) -> None:
+    """(panda id, worker id): the claimed jobs run in these new workers."""
+    if not links:
+        return
+    tx.execute(job_workers.insert(), [{"panda_id": p, "worker_id": w} for p, w in links])
+    tx.execute(update(jobs).where(jobs.c.panda_id.in_([p for p, _ in links]), claims.owned(tx, jobs))
+               .values(sub_status=model.SUB_SUBMITTED, modified=at, lock_owner=None, lock_expires=None))
+
+
+@dataclass
+class BoundJob:
+    panda_id: int
+    job_json: str
+    submit_attempts: int
+    worker_id: int
+
+
+def bound_to(tx: Tx, worker_ids: Iterable[int], sub_statuses: Iterable[str]) -> list[BoundJob]:
+    """The jobs bound to these workers that are at one of these steps."""
+    return [BoundJob(p, j, a or 0, w) for p, j, a, w in tx.execute(
+        select(jobs.c.panda_id, jobs.c.job_json, jobs.c.submit_attempts, job_workers.c.worker_id)
+        .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
+        .where(job_workers.c.worker_id.in_(list(worker_ids)), jobs.c.sub_status.in_(list(sub_statuses))))]
+
+
+def move(tx: Tx, panda_ids: Sequence[int], status: str, sub_status: str, at: float) -> None:
+    for chunk in chunks(list(panda_ids), 500):
+        tx.execute(update(jobs).where(jobs.c.panda_id.in_(chunk))
+                   .values(status=status, sub_status=sub_status, modified=at))
+
+
+def back_to_wait(tx: Tx, panda_id: int, attempts: int, diag: str, at: float) -> None:
+    """The job waits for another worker; `attempts` submissions failed so far."""
+    tx.execute(update(jobs).where(jobs.c.panda_id == panda_id).values(
+        status=model.JOB_STARTING, sub_status=model.SUB_FETCHED, submit_attempts=attempts, diag=diag, modified=at))
+
+
+def fail(tx: Tx, panda_id: int, diag: str, at: float, attempts: int | None = None) -> None:
+    """The job's final state is failed; its update waits for PanDA."""
+    values = {"status": model.JOB_FAILED, "sub_status": model.SUB_REPORTING, "diag": diag, "modified": at}
+    if attempts is not None:
+        values["submit_attempts"] = attempts
+    tx.execute(update(jobs).where(jobs.c.panda_id == panda_id).values(**values))
+
+
+def unbind(tx: Tx, worker_ids: Iterable[int]) -> None:
+    tx.execute(delete(job_workers).where(job_workers.c.worker_id.in_(list(worker_ids))))
+
+
+def record_final(tx: Tx, finals: Sequence[tuple[int, str, str | None]], at: float) -> None:
+    """(panda id, final status, diag) from the ended workers' pilot outputs; a job PanDA already
+    acknowledged stays done."""
+    for panda_id, status, diag in finals:
+        tx.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status != model.SUB_DONE)
+                   .values(status=status, sub_status=model.SUB_REPORTING, diag=diag, modified=at))
+
+
+def running_unheard_since(tx: Tx, queue: str, before: float, limit: int = 5000) -> list[tuple[int, str]]:
+    """(panda id, job json) of the queue's running jobs whose last update is older than `before`."""
+    return [tuple(r) for r in tx.execute(select(jobs.c.panda_id, jobs.c.job_json).where(
+        jobs.c.queue == queue, jobs.c.sub_status == model.SUB_RUNNING, jobs.c.modified < before).limit(limit))]
+
+
+def touch(tx: Tx, panda_ids: Sequence[int], at: float) -> None:
+    tx.execute(update(jobs).where(jobs.c.panda_id.in_(list(panda_ids))).values(modified=at))
+
+
+@dataclass
+class PilotLinks:
+    """Where PanDA's monitor finds a job's pilot: its worker's public log URLs and batch id."""
+
+    panda_id: int
+    pilot_log_sent: bool
+    stdout_url: str | None
+    batch_log_url: str | None
+    batch_id: str | None
+
+
+def pilot_links(tx: Tx, panda_ids: Sequence[int]) -> dict[int, PilotLinks]:
+    return {r.panda_id: PilotLinks(r.panda_id, bool(r.pilot_log_sent), r.stdout_url, r.batch_log_url, r.batch_id)
+            for r in tx.execute(
+                select(jobs.c.panda_id, jobs.c.pilot_log_sent, workers.c.stdout_url, workers.c.batch_log_url,
+                       workers.c.batch_id)
+                .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
+                .join(workers, workers.c.worker_id == job_workers.c.worker_id)
+                .where(jobs.c.panda_id.in_(list(panda_ids))))}
+
+
+def acknowledged(tx: Tx, pilot_log_sent: Sequence[int], final: Sequence[int], at: float) -> None:
+    """PanDA accepted these updates: the ones that carried pilot_log never carry it again, and jobs whose
+    final update it took are done."""
+    if pilot_log_sent:
+        tx.execute(update(jobs).where(jobs.c.panda_id.in_(list(pilot_log_sent))).values(pilot_log_sent=True))
+    if final:
+        tx.execute(update(jobs).where(jobs.c.panda_id.in_(list(final)), jobs.c.sub_status == model.SUB_REPORTING)
+                   .values(sub_status=model.SUB_DONE, modified=at))
+
+
+def _done(queue: str, before: float):
+    return ((jobs.c.queue == queue) & (jobs.c.sub_status == model.SUB_DONE) & (jobs.c.modified < before)
+            & jobs.c.lock_owner.is_(None))
+
+
+def forget_done(store: Store, queue: str, before: float) -> int:
+    """Delete the queue's done jobs last changed before `before`. By key, in chunks: no range delete (its
+    gap locks deadlock other hosts' inserts on MariaDB), and a row another run changed meanwhile stays."""
+    with store.reading() as tx:
+        ids = list(tx.scalars(select(jobs.c.panda_id).where(_done(queue, before))))
+    deleted = 0
+    for chunk in chunks(ids, 500):
+        with store.transaction() as tx:
+            deleted += tx.execute(delete(jobs).where(jobs.c.panda_id.in_(chunk), _done(queue, before))).rowcount
+    return deleted
+
+

@@ -1,0 +1,34 @@
+"""Single values the instance keeps (the `meta` table): the last worker id handed out, when this host last
+sent its service metrics. Worker ids are never reused, over every host."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from harvester_cli.state.schema import meta
+from harvester_cli.state.store import Store, Tx
+
+LAST_WORKER_ID = "last_worker_id"
+
+
+def get(store: Store, key: str) -> int | None:
+    with store.reading() as tx:
+        row = tx.execute(select(meta.c.ivalue).where(meta.c.key == key)).first()
+        return None if row is None else int(row[0])
+
+
+def put(tx: Tx, key: str, ivalue: int) -> None:
+    if not tx.execute(update(meta).where(meta.c.key == key).values(ivalue=ivalue)).rowcount:
+        tx.execute(meta.insert().values(key=key, ivalue=ivalue))
+
+
+def allocate_worker_ids(store: Store, count: int, floor: int = 0) -> list[int]:
+    """Reserve `count` new worker ids, never reused; `floor` is the highest id PanDA has seen."""
+    if count <= 0:
+        return []
+    with store.transaction() as tx:
+        # FOR UPDATE: two submits for different queues on PostgreSQL/MariaDB must not read the same value.
+        row = tx.execute(select(meta.c.ivalue).where(meta.c.key == LAST_WORKER_ID).with_for_update()).first()
+        last = max(int(row[0]) if row else 0, floor)
+        put(tx, LAST_WORKER_ID, last + count)
+    return list(range(last + 1, last + count + 1))

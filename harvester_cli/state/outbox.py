@@ -1,0 +1,109 @@
+"""The outbox: what still has to reach PanDA, one row per job or worker (`pending_reports`).
+
+A newer update of the same item bumps the row's version and replaces its payload; after PanDA's success
+only the version that was sent is deleted, so nothing newer is lost. Job rows carry their update; worker
+rows carry none (the update is built from the worker's row when it is sent).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, literal_column, select, tuple_, update
+
+from harvester_cli import model
+from harvester_cli.state import bulk, claims
+from harvester_cli.state.schema import reports
+from harvester_cli.state.store import Store, Tx, chunks
+
+JOB = "job"
+WORKER = "worker"
+
+
+def enqueue(tx: Tx, kind: str, items: Sequence[tuple[int, str, dict | None, bool]]) -> None:
+    """Queue (key, queue, payload, final) updates for PanDA; a newer one replaces an unsent older one."""
+    if not items:
+        return
+    at = model.now()
+    rows = [(kind, key, queue, None if payload is None else json.dumps(payload), final, at)
+            for key, queue, payload, final in items]
+    for chunk in chunks(rows, 500):
+        bulk.execute_many(tx.conn, _upsert(tx.dialect), _UPSERT_NAMES, chunk)
+
+
+def enqueue_workers(tx: Tx, queue: str, worker_ids) -> None:
+    """These workers changed: their update is built from their row when propagate sends it."""
+    enqueue(tx, WORKER, [(w, queue, None, False) for w in worker_ids])
+
+
+def pages(store: Store, kind: str, queues: list[str], size: int) -> Iterator[list]:
+    """Claimed pages of pending reports of these queues, by key (keyset pagination: items refused in this
+    run are not taken again), `size` per page."""
+    after = -1
+    while True:
+        with store.transaction() as tx:
+            rows = claims.claim(tx, reports, (reports.c.kind == kind) & reports.c.queue.in_(queues)
+                                & (reports.c.key > after), size, order_by=reports.c.key)
+        if not rows:
+            return
+        after = max(r.key for r in rows)
+        yield rows
+
+
+def sent(tx: Tx, kind: str, items: Sequence[tuple[int, int]]) -> None:
+    """Forget (key, version) pairs PanDA accepted; a row with a newer version stays, released for the next run."""
+    for chunk in chunks(list(items), 500):
+        # the key list finds the rows by primary key; the pairs keep a newer version of one
+        tx.execute(delete(reports).where(reports.c.kind == kind, claims.owned(tx, reports),
+                                         reports.c.key.in_([k for k, _ in chunk]),
+                                         tuple_(reports.c.key, reports.c.version).in_(list(chunk))))
+    claims.release(tx, reports, [(kind, k) for k, _ in items])
+
+
+def refused(store: Store, kind: str, failures: Sequence[tuple[int, str]]) -> None:
+    """Record why items were not accepted and release them for the next run."""
+    with store.transaction() as tx:
+        if failures:
+            tx.execute(update(reports).where(reports.c.kind == kind, reports.c.key == bindparam("k"),
+                                             claims.owned(tx, reports))
+                       .values(attempts=reports.c.attempts + 1, last_error=bindparam("e")),
+                       [{"k": k, "e": e[:1000]} for k, e in failures])
+        claims.release(tx, reports, [(kind, k) for k, _ in failures])
+
+
+def pending_counts(store: Store) -> dict[str, int]:
+    with store.reading() as tx:
+        return {kind: n for kind, n in tx.execute(select(reports.c.kind, func.count()).group_by(reports.c.kind))}
+
+
+_UPSERT_NAMES = ("kind", "key", "queue", "payload", "final", "created")
+_upserts: dict[str, Any] = {}
+
+
+def _upsert(dialect: str):
+    """The outbox's upsert for this database, built once: a newer report replaces the unsent one."""
+    if dialect not in _upserts:
+        # constants as literals: the rows go to the driver as they are (in the table's column order)
+        values = {name: bindparam(name) for name in _UPSERT_NAMES} | {"version": literal_column("1"),
+                                                                      "attempts": literal_column("0")}
+        # `+ 1` as a literal: PyMySQL's executemany formats what follows VALUES (...) without parameters,
+        # so a bound 1 there fails every bulk upsert of two rows or more ("format requires a mapping").
+        newer = reports.c.version + literal_column("1")
+        if dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert
+
+            stmt = insert(reports).values(values)
+            _upserts[dialect] = stmt.on_duplicate_key_update(version=newer, payload=stmt.inserted.payload,
+                                                             final=stmt.inserted.final)
+        else:
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            stmt = insert(reports).values(values)
+            _upserts[dialect] = stmt.on_conflict_do_update(
+                index_elements=[reports.c.kind, reports.c.key],
+                set_={"version": newer, "payload": stmt.excluded.payload, "final": stmt.excluded.final})
+    return _upserts[dialect]

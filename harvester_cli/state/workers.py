@@ -1,0 +1,306 @@
+"""The workers table: every statement that reads or writes a worker, named for what it means.
+
+A worker is recorded `pending` (claimed by the submitting run) before the backend is called, moves to
+`submitted` or `missed` with what the backend said, then follows what poll observes; a kill is first a
+mark (kill_reason) that sweep carries out. Writes of what poll or sweep observed are compare-and-set on
+(status, modified): overlapping runs look at the same workers, but each change is recorded once.
+
+`host` arguments: None for every host's workers, or this host's name when the queue's backend is
+host-bound (only the host that made a worker may work it; workers from before hosts were recorded too).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, namedtuple
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, exists, func, literal_column, null, select, true, update
+
+from harvester_cli import model
+from harvester_cli.state import bulk, claims
+from harvester_cli.state.schema import job_workers, reports, workers
+from harvester_cli.state.store import Tx, chunks
+
+
+def _here(host: str | None):
+    if host is None:
+        return true()
+    return workers.c.harvester_host.is_(None) | (workers.c.harvester_host == host)
+
+
+# -- submit: recording before the backend call, and what it said ----------------------------------
+
+PENDING_COLUMNS = ("worker_id", "queue", "backend", "mode", "resource_type", "job_type", "n_core", "memory_mb",
+                   "status", "log_dir", "created", "modified", "lock_owner", "lock_expires", "harvester_host")
+_INSERT_PENDING = workers.insert().values({name: bindparam(name) for name in PENDING_COLUMNS})
+
+
+def record_pending(tx: Tx, rows: Sequence[tuple]) -> None:
+    """New workers, `pending` and claimed by this run (rows in PENDING_COLUMNS order)."""
+    bulk.execute_many(tx.conn, _INSERT_PENDING, PENDING_COLUMNS, rows)
+
+
+def claim_interrupted(tx: Tx, queue: str, host: str | None, limit: int) -> list:
+    """Claim workers left `pending` by a submission that did not finish: its claim expired, or its process
+    on this host is gone (looked at every time: a submission may have died a moment ago)."""
+    pending = (workers.c.queue == queue) & (workers.c.status == model.PENDING)
+    claims.release_dead(tx, workers, pending, every_time=True)
+    return claims.claim(tx, workers, pending & _here(host), limit)
+
+
+def release(tx: Tx, worker_ids: Iterable[int]) -> None:
+    claims.release(tx, workers, worker_ids)
+
+
+def renew(tx: Tx, worker_ids: Iterable[int]) -> None:
+    claims.renew(tx, workers, worker_ids)
+
+
+def log_dirs(tx: Tx, worker_ids: Sequence[int]) -> dict[int, str | None]:
+    return dict(tx.execute(select(workers.c.worker_id, workers.c.log_dir)
+                           .where(workers.c.worker_id.in_(list(worker_ids)))).all())
+
+
+SUBMITTED_COLUMNS = ("b", "h", "ce", "at", "o", "e", "l", "w")
+_RECORD_SUBMITTED = (
+    update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == literal_column(f"'{model.PENDING}'"))
+    .values(status=literal_column(f"'{model.SUBMITTED}'"), batch_id=bindparam("b"), submission_host=bindparam("h"),
+            computing_element=bindparam("ce"), submit_time=bindparam("at"), modified=bindparam("at"),
+            stdout_url=bindparam("o"), stderr_url=bindparam("e"), batch_log_url=bindparam("l"),
+            lock_owner=null(), lock_expires=null()))
+
+
+def record_submitted(tx: Tx, rows: Sequence[tuple]) -> None:
+    """(batch id, submission host, CE, submit time, stdout, stderr, batch log, worker id) per worker that
+    the backend took. Only a worker still `pending` moves: one cancelled meanwhile stays cancelled."""
+    bulk.execute_many(tx.conn, _RECORD_SUBMITTED, SUBMITTED_COLUMNS, rows)
+
+
+def record_missed(tx: Tx, rows: Sequence[tuple[int, str, str | None, str | None]], at: float) -> None:
+    """(worker id, diag, CE, submission host) per worker the backend did not take; the CE (and schedd) a
+    failed submission went to, when the backend says, feeds the fanout's back-off."""
+    if not rows:
+        return
+    tx.execute(update(workers).where(workers.c.worker_id == bindparam("w"), workers.c.status == model.PENDING)
+               .values(status=model.MISSED, diag=bindparam("d"), computing_element=bindparam("ce"),
+                       submission_host=bindparam("h"), end_time=at, modified=at, lock_owner=None, lock_expires=None),
+               [{"w": w, "d": diag[:2000], "ce": ce, "h": h} for w, diag, ce, h in rows])
+
+
+# -- planning: what a queue has now ---------------------------------------------------------------
+
+@dataclass
+class QueueLoad:
+    """A queue's live workers per resource type, and what its queued ones hold."""
+
+    queued: dict[str, int] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+    queued_cores: int = 0
+    queued_memory_mb: int = 0
+
+
+def queue_load(tx: Tx, queue: str) -> QueueLoad:
+    load = QueueLoad(defaultdict(int), defaultdict(int))
+    for rt, status, n, cores, memory in tx.execute(
+        select(workers.c.resource_type, workers.c.status, func.count(), func.sum(workers.c.n_core),
+               func.sum(workers.c.memory_mb))
+        .where(workers.c.queue == queue, workers.c.status.in_([*model.WORKER_QUEUED, model.RUNNING]))
+        .group_by(workers.c.resource_type, workers.c.status)
+    ):
+        (load.running if status == model.RUNNING else load.queued)[rt] += n
+        if status != model.RUNNING:
+            load.queued_cores += int(cores or 0)
+            load.queued_memory_mb += int(memory or 0)
+    load.queued, load.running = dict(load.queued), dict(load.running)
+    return load
+
+
+def missed_since(tx: Tx, queue: str, since: float) -> int:
+    return tx.scalar(select(func.count()).select_from(workers).where(
+        workers.c.queue == queue, workers.c.status == model.MISSED, workers.c.modified >= since)) or 0
+
+
+def made_since(tx: Tx, queue: str, since: float) -> int:
+    """Every host's workers of this queue recorded since `since` (the per-cycle cap over all hosts)."""
+    return tx.scalar(select(func.count()).select_from(workers).where(
+        workers.c.queue == queue, workers.c.created > since)) or 0
+
+
+def started_since(tx: Tx, queue: str, since: float) -> dict[str, int]:
+    return dict(tx.execute(select(workers.c.resource_type, func.count())
+                           .where(workers.c.queue == queue, workers.c.start_time >= since)
+                           .group_by(workers.c.resource_type)).all())
+
+
+# -- poll: pages of active workers, and what changed ----------------------------------------------
+
+# The columns poll reads per worker: what the backend needs (a WorkerRef) and what a change compares. A
+# named tuple, not SQLAlchemy's Row: its attributes are read a few million times per poll of 200k workers.
+POLL_COLUMNS = ("worker_id", "queue", "batch_id", "submission_host", "computing_element", "status", "log_dir",
+                "submit_time", "kill_reason", "diag", "native_status", "native_exit_code", "start_time", "created",
+                "modified")
+PollRow = namedtuple("PollRow", POLL_COLUMNS)
+_PAGE = (select(*(workers.c[name] for name in POLL_COLUMNS))
+         .where(workers.c.queue == bindparam("queue"), workers.c.status.in_(model.WORKER_ACTIVE),
+                workers.c.worker_id > bindparam("after"))
+         .order_by(workers.c.worker_id).limit(bindparam("limit")))
+_PAGE_HOST = _PAGE.where(workers.c.harvester_host.is_(None) | (workers.c.harvester_host == bindparam("host")))
+
+
+def active_page(tx: Tx, queue: str, after: int, limit: int, host: str | None = None) -> list[PollRow]:
+    """The next `limit` active workers of the queue after worker id `after` (keyset pagination: memory
+    stays flat whatever the queue's size). Read without claiming anything."""
+    page, params = (_PAGE_HOST, {"host": host}) if host is not None else (_PAGE, {})
+    return list(map(PollRow._make, tx.execute(page, {"queue": queue, "after": after, "limit": limit,
+                                                     **params}).fetchall()))
+
+
+def unchanged(tx: Tx, seen: Sequence) -> set[int]:
+    """The workers (rows with worker_id, status, modified as a page read them) that nobody changed since,
+    locked until the transaction ends on PostgreSQL/MariaDB (SQLite's write transaction already excludes
+    every other writer)."""
+    if not seen:
+        return set()
+    current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(
+        workers.c.worker_id.in_([r.worker_id for r in seen]))
+    if not tx.is_sqlite:
+        current = current.with_for_update()
+    now_seen = {w: (s, m) for w, s, m in tx.execute(current)}
+    return {r.worker_id for r in seen if now_seen.get(r.worker_id) == (r.status, r.modified)}
+
+
+OBSERVED_COLUMNS = ("s", "d", "n", "x", "st", "et", "m", "w")
+_RECORD_OBSERVED = (update(workers).where(workers.c.worker_id == bindparam("w"))
+                    .values(status=bindparam("s"), diag=bindparam("d"), native_status=bindparam("n"),
+                            native_exit_code=bindparam("x"), start_time=bindparam("st"), end_time=bindparam("et"),
+                            modified=bindparam("m")))
+
+
+def record_observed(tx: Tx, rows: Sequence[tuple]) -> None:
+    """(status, diag, native status, exit code, start, end, modified, worker id) per worker poll saw change."""
+    bulk.execute_many(tx.conn, _RECORD_OBSERVED, OBSERVED_COLUMNS, rows)
+
+
+def mark_kill(tx: Tx, kills: Sequence[tuple[int, str]]) -> None:
+    """(worker id, reason): sweep kills these workers (a reason already set is not replaced by the caller's)."""
+    if kills:
+        tx.execute(update(workers).where(workers.c.worker_id == bindparam("w")).values(kill_reason=bindparam("k")),
+                   [{"w": w, "k": k} for w, k in kills])
+
+
+# -- sweep: killing and forgetting ----------------------------------------------------------------
+
+def _to_kill(queue: str, host: str | None):
+    return ((workers.c.queue == queue) & workers.c.kill_reason.is_not(None)
+            & workers.c.status.not_in(model.WORKER_FINAL) & (workers.c.status != model.PENDING) & _here(host))
+
+
+def count_to_kill(tx: Tx, queue: str, host: str | None) -> int:
+    return tx.scalar(select(func.count()).select_from(workers).where(_to_kill(queue, host))) or 0
+
+
+def claim_to_kill(tx: Tx, queue: str, host: str | None, limit: int) -> list:
+    return claims.claim(tx, workers, _to_kill(queue, host), limit)
+
+
+def record_cancelled(tx: Tx, killed: Sequence[tuple[int, str]], at: float) -> None:
+    """(worker id, diag) per worker the backend killed, still claimed by this run."""
+    if killed:
+        tx.execute(update(workers).where(workers.c.worker_id == bindparam("w"), claims.owned(tx, workers))
+                   .values(status=model.CANCELLED, diag=bindparam("d"), end_time=at, modified=at),
+                   [{"w": w, "d": d} for w, d in killed])
+
+
+def claim_forgettable(tx: Tx, queue: str, host: str | None, before: float, limit: int) -> list:
+    """Final workers last changed before `before` whose last update reached PanDA."""
+    unreported = exists().where(reports.c.kind == "worker", reports.c.key == workers.c.worker_id)
+    return claims.claim(tx, workers, (workers.c.queue == queue) & workers.c.status.in_(model.WORKER_FINAL)
+                        & (workers.c.modified < before) & ~unreported & _here(host), limit)
+
+
+def forget(tx: Tx, worker_ids: Sequence[int]) -> int:
+    """Delete these workers (claimed by this run); their job links go with them."""
+    return tx.execute(workers.delete().where(workers.c.worker_id.in_(list(worker_ids)),
+                                             claims.owned(tx, workers))).rowcount
+
+
+def killable(tx: Tx, queues: list[str], *, worker_ids: Sequence[int] = (), ces: Sequence[str] = (),
+             statuses: Sequence[str] = (), created_before: float | None = None) -> list[dict]:
+    """An operator's selection (`kill-workers`): live workers not marked yet that match every given filter,
+    by id ({worker_id, queue, status, computing_element})."""
+    query = select(workers.c.worker_id, workers.c.queue, workers.c.status, workers.c.computing_element).where(
+        *_killable(queues, worker_ids, ces, statuses, created_before)).order_by(workers.c.worker_id)
+    return [dict(r._mapping) for r in tx.execute(query)]
+
+
+def mark_killable(tx: Tx, queues: list[str], reason: str, *, worker_ids: Sequence[int] = (), ces: Sequence[str] = (),
+                  statuses: Sequence[str] = (), created_before: float | None = None) -> int:
+    return tx.execute(update(workers).where(*_killable(queues, worker_ids, ces, statuses, created_before))
+                      .values(kill_reason=reason)).rowcount
+
+
+def _killable(queues, worker_ids, ces, statuses, created_before) -> list:
+    where = [workers.c.queue.in_(queues), workers.c.status.in_(list(statuses) or model.WORKER_ACTIVE),
+             workers.c.kill_reason.is_(None)]
+    if worker_ids:
+        where.append(workers.c.worker_id.in_(list(worker_ids)))
+    if ces:
+        where.append(workers.c.computing_element.in_(list(ces)))
+    if created_before is not None:
+        where.append(workers.c.created <= created_before)
+    return where
+
+
+# -- propagate: what PanDA is told, and what PanDA asks -------------------------------------------
+
+def by_ids(tx: Tx, worker_ids: Sequence[int]) -> dict[int, object]:
+    """Whole rows of these workers, by id (a swept worker is absent)."""
+    return {w.worker_id: w for w in tx.execute(select(workers).where(workers.c.worker_id.in_(list(worker_ids))))}
+
+
+def panda_ids(tx: Tx, worker_ids: Sequence[int]) -> dict[int, list[int]]:
+    """The jobs each worker ran (push mode), by worker id."""
+    links: dict[int, list[int]] = defaultdict(list)
+    for panda_id, worker_id in tx.execute(select(job_workers.c.panda_id, job_workers.c.worker_id)
+                                          .where(job_workers.c.worker_id.in_(list(worker_ids)))):
+        links[worker_id].append(panda_id)
+    return links
+
+
+def live_counts(tx: Tx, queues: list[str]) -> list[tuple[str | None, str | None, str, int]]:
+    """(job type, resource type, status, workers) of these queues' live workers, pending included."""
+    return [tuple(r) for r in tx.execute(
+        select(workers.c.job_type, workers.c.resource_type, workers.c.status, func.count())
+        .where(workers.c.queue.in_(queues), workers.c.status.in_([model.PENDING, *model.WORKER_ACTIVE]))
+        .group_by(workers.c.job_type, workers.c.resource_type, workers.c.status))]
+
+
+def mark_kill_of_jobs(tx: Tx, panda_ids: Sequence[int], reason: str) -> int:
+    """Mark the live workers of these jobs for killing; returns how many were marked now."""
+    if not panda_ids:
+        return 0
+    worker_ids = select(job_workers.c.worker_id).where(job_workers.c.panda_id.in_(list(panda_ids)))
+    return tx.execute(update(workers).where(workers.c.worker_id.in_(worker_ids), workers.c.kill_reason.is_(None),
+                                            workers.c.status.not_in(model.WORKER_FINAL))
+                      .values(kill_reason=reason)).rowcount
+
+
+def live_unmarked(tx: Tx) -> list:
+    """Every live worker not marked for killing yet (what a PanDA kill command chooses from)."""
+    return tx.execute(select(workers.c.worker_id, workers.c.queue, workers.c.status, workers.c.computing_element,
+                             workers.c.submission_host)
+                      .where(workers.c.status.not_in(model.WORKER_FINAL), workers.c.kill_reason.is_(None))).all()
+
+
+def mark_kill_ids(tx: Tx, worker_ids: Sequence[int], reason: str) -> int:
+    count = 0
+    for chunk in chunks(list(worker_ids), 500):
+        count += tx.execute(update(workers).where(workers.c.worker_id.in_(chunk)).values(kill_reason=reason)).rowcount
+    return count
+
+
+def statuses(tx: Tx, worker_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    """(status, diag) of these workers, by id."""
+    return {w: (s, d) for w, s, d in tx.execute(select(workers.c.worker_id, workers.c.status, workers.c.diag)
+                                                 .where(workers.c.worker_id.in_(list(worker_ids))))}

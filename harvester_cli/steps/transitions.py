@@ -1,0 +1,69 @@
+"""What happens to a push job when its worker moves: the job-side transitions submit, poll and sweep share,
+each applied in the caller's transaction and queued in the outbox for PanDA.
+
+A job follows its worker: submitted -> starting/submitted, running -> running, cancelled or killed ->
+failed; a worker that never ran (missed, transient backend error) gives its job back to wait for another
+worker, until the queue's max_submit_attempts are used up and the job is reported failed.
+"""
+
+from __future__ import annotations
+
+from harvester_cli import model
+from harvester_cli.config import QueueConfig
+from harvester_cli.panda import updates
+from harvester_cli.panda.jobs import PandaJob
+from harvester_cli.state import jobs, outbox
+from harvester_cli.state.store import Tx
+
+
+def _follow(tx: Tx, queue: QueueConfig, batch_ids: dict[int, str | None], status: str, sub_status: str,
+            from_sub: tuple[str, ...], at: float, started: float | None = None) -> None:
+    bound = jobs.bound_to(tx, batch_ids, from_sub)
+    if not bound:
+        return
+    jobs.move(tx, [b.panda_id for b in bound], status, sub_status, at)
+    outbox.enqueue(tx, outbox.JOB, [
+        (b.panda_id, queue.name, updates.job_update(PandaJob.from_json(b.job_json), status,
+                                                    batch_id=batch_ids[b.worker_id],
+                                                    start_time=model.panda_time(started)), False)
+        for b in bound])
+
+
+def jobs_submitted(tx: Tx, queue: QueueConfig, batch_ids: dict[int, str | None], at: float) -> None:
+    """The workers (worker id -> batch id) were submitted: their jobs are starting."""
+    _follow(tx, queue, batch_ids, model.JOB_STARTING, model.SUB_SUBMITTED, (model.SUB_FETCHED, model.SUB_SUBMITTED), at)
+
+
+def jobs_running(tx: Tx, queue: QueueConfig, batch_ids: dict[int, str | None], at: float) -> None:
+    """The workers started running: so do their jobs."""
+    _follow(tx, queue, batch_ids, model.JOB_RUNNING, model.SUB_RUNNING, (model.SUB_SUBMITTED,), at, started=at)
+
+
+def requeue_jobs(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float) -> None:
+    """The jobs of these workers (that never ran, or hit a transient error) wait for a new worker, or
+    are reported failed once the queue's max_submit_attempts are used up."""
+    failed = []
+    for b in jobs.bound_to(tx, reasons, (model.SUB_FETCHED, model.SUB_SUBMITTED, model.SUB_RUNNING)):
+        attempts = b.submit_attempts + 1
+        if attempts >= queue.max_submit_attempts:
+            diag = f"setup failure: {attempts} attempts failed, last: {reasons[b.worker_id]}"
+            jobs.fail(tx, b.panda_id, diag, at, attempts)
+            failed.append((b.panda_id, queue.name, updates.job_failed(
+                PandaJob.from_json(b.job_json), updates.ERR_SUBMISSION, diag), True))
+        else:
+            jobs.back_to_wait(tx, b.panda_id, attempts, reasons[b.worker_id], at)
+    jobs.unbind(tx, reasons)
+    outbox.enqueue(tx, outbox.JOB, failed)
+
+
+def fail_jobs_of_killed(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float) -> None:
+    """These workers were killed (worker id -> why): their jobs are reported failed, sub-status cancelled."""
+    bound = jobs.bound_to(tx, reasons, (model.SUB_SUBMITTED, model.SUB_RUNNING))
+    if not bound:
+        return
+    jobs.move(tx, [b.panda_id for b in bound], model.JOB_FAILED, model.SUB_REPORTING, at)
+    outbox.enqueue(tx, outbox.JOB, [
+        (b.panda_id, queue.name, updates.job_failed(
+            PandaJob.from_json(b.job_json), updates.ERR_WORKER_CANCELLED,
+            f"worker {b.worker_id} killed: {reasons[b.worker_id]}", sub_status="cancelled"), True)
+        for b in bound])
