@@ -13,7 +13,7 @@ the queue's per-CE token profile keeps for that CE's audience; renew-proxy renew
 makes a new client); nothing is delegated, and the pilots get a PanDA token of their own
 (`pilot_token_profile`, uploaded with the job). `both`: the token authorizes, the proxy is still the TLS
 client certificate and is delegated for data. A CE that refuses the token fails each worker with one line:
-the CE, the token file, and what in the token it would refuse (bearer.refusal_reason).
+the CE, the token file, and what in the token it would refuse (site.bearer.refusal_reason).
 
 What A-REX 6.17 and pyarcrest 0.5 do with tokens (seen against the real CE, tests/test_tokens.py):
 - A-REX answers every refused token with a bare 403 and no body (another audience, expired, no
@@ -285,7 +285,7 @@ class ArcBackend(Backend):
 
     def _refusal(self, endpoint: str, exc: BaseException) -> str:
         """One line: which CE refused which token, and what in the token a CE would refuse."""
-        from harvester_cli import bearer
+        from harvester_cli.site import bearer
 
         ce_token = self.context.ce_token(endpoint, "arc-ce")
         try:

@@ -84,6 +84,7 @@ from harvester_cli.backends.base import (
     copy_into_place,
 )
 from harvester_cli.config.backend_options import HTCondorOptions
+from harvester_cli.config.ces import CE_FLAVOURS
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +196,9 @@ class HTCondorBackend(Backend):
             entries = [ce_choice.CEEntry(c.endpoint, c.flavour, c.queue, c.state) for c in self.options.ces]
         usable = []
         for entry in entries:
-            if entry.flavour not in build.CE_FLAVOURS:
+            if entry.flavour not in CE_FLAVOURS:
                 log.warning("queue %s: CE %s: flavour %s is not one this backend submits to (%s); skipped",
-                            self.queue.name, entry.endpoint, entry.flavour, ", ".join(build.CE_FLAVOURS))
+                            self.queue.name, entry.endpoint, entry.flavour, ", ".join(CE_FLAVOURS))
             elif entry.active:
                 usable.append(entry)
         return usable
@@ -437,7 +438,7 @@ class HTCondorBackend(Backend):
         return groups
 
     def _token_refusal(self, schedd_name: str) -> str:
-        from harvester_cli import bearer
+        from harvester_cli.site import bearer
 
         try:
             token = self.options.schedd_token_file.read_text().strip()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harvester_cli.config.ces import CE_FLAVOURS
 from harvester_cli.config.schema import Section, section, setting
 
-CE_FLAVOURS = ("htcondor-ce", "arc-ce")
 # ARC errors after which a push job gets a new worker instead of failing.
 ARC_TRANSIENT_ERRORS = ("Job submission to LRMS failed", "Failed in data staging", "Job was lost", "Job disappeared")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -11,8 +11,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from harvester_cli.bearer import AUDIENCE_FORMATS, WLCG_COMPUTE_SCOPES
-from harvester_cli.config.backend_options import CE_FLAVOURS
+from harvester_cli.config.ces import AUDIENCE_FORMATS, CE_FLAVOURS, WLCG_COMPUTE_SCOPES
 from harvester_cli.config.schema import Section, section, setting
 
 # Placeholders a pilot command may use; filled per worker by the submitter.
