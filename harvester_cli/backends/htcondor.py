@@ -106,11 +106,11 @@ class HTCondorBackend(Backend):
         self.policy = status_map.Policy(self.options.held_timeout, tuple(self.options.kill_hold_reasons),
                                         self.options.unavailable_timeout)
 
-    @property
-    def host_bound(self) -> bool:
-        """This host's own schedd (no `schedd` named) is reached from this host only: its workers are this
-        host's. A named schedd (located through a collector) any host reaches: any host works them."""
-        return self.options.schedd is None and not self.options.schedds
+    @classmethod
+    def is_host_bound(cls, options: HTCondorOptions | None) -> bool:
+        """This host's own schedd (no `schedd` or `schedds` named) is reached from this host only: its workers
+        are this host's. A named schedd (located through a collector) any host reaches: any host works them."""
+        return options is None or (options.schedd is None and not options.schedds)
 
     # -- places ------------------------------------------------------------------------------
 

@@ -92,9 +92,12 @@ def _process_tag(pid: int) -> tuple[str | None, str | None]:
 
 class LocalBackend(Backend):
     name = "local"
-    host_bound = True   # processes of this host: no other host can see, kill or clean them
 
     Options = LocalOptions
+
+    @classmethod
+    def is_host_bound(cls, options: LocalOptions | None) -> bool:
+        return True   # processes of this host: no other host can see, kill or clean them
 
     @property
     def root(self) -> Path:

@@ -115,10 +115,10 @@ class SlurmBackend(Backend):
 
     Options = SlurmOptions
 
-    @property
-    def host_bound(self) -> bool:
+    @classmethod
+    def is_host_bound(cls, options: SlurmOptions | None) -> bool:
         """From a shared login node any host reaches the cluster; the option says when only this one does."""
-        return self.options.host_bound
+        return options is not None and options.host_bound
 
     def __init__(self, queue, context):
         super().__init__(queue, context)

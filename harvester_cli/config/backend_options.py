@@ -1,7 +1,9 @@
-"""Each backend's `backend_options` table: what a queue may tell its backend, with meaning and range.
+"""Each backend's `backend_options` table: what a queue may tell its backend, with meaning and range, and
+`BACKEND_OPTIONS`, the one list of backends (name -> options section).
 
 They live with the rest of the configuration (not in the backends) so the whole file is described in one
-place and validating it never imports a backend or its client library.
+place and validating it never imports a backend or its client library. Adding a backend: its options
+section here and one entry in BACKEND_OPTIONS, its module backends/<name>.py defining BACKEND.
 """
 
 from __future__ import annotations
@@ -217,4 +219,8 @@ class SlurmOptions(Section):
                 yield "sbatch_options", f"{option!r}: {hint}"
 
 
+# The one list of backends: name -> the section of its backend_options table (in the order `config keys`
+# shows them). A backend named here is the module harvester_cli/backends/<name>.py, whose BACKEND implements
+# backends.base.Backend; the queue's `backend` key, the backends package and `config keys` derive from this
+# list, and a test checks that every module of backends/ defining BACKEND is here and nothing else is.
 BACKEND_OPTIONS = {"local": LocalOptions, "htcondor": HTCondorOptions, "arc": ArcOptions, "slurm": SlurmOptions}
