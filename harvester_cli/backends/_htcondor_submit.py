@@ -30,7 +30,6 @@ from harvester_cli.config.ces import CE_FLAVOURS, DEFAULT_PORTS
 FLAVOURS = ("vanilla", *CE_FLAVOURS)   # a shipped template each: vanilla jobs, and one per CE flavour
 OUTPUTS_DIR = "harvester-outputs"
 WRAPPER_NAME = "harvester-worker.sh"
-JOB_FILE = "pandaJobData.out"
 
 MACROS = (
     "workerID", "harvesterID", "queueName", "computingSite", "resourceType", "jobType", "prodSourceLabel",

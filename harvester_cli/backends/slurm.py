@@ -92,6 +92,8 @@ from harvester_cli.backends.base import (
 )
 from harvester_cli.config.backend_options import SlurmOptions, split_partition
 from harvester_cli.errors import BackendError, ConfigError
+from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION
+from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +246,7 @@ class SlurmBackend(Backend):
         work.mkdir(parents=True, exist_ok=True)
         work.chmod(0o700)   # the job dict may carry secrets (pilotSecrets)
         if spec.job is not None:
-            fd = os.open(work / script.JOB_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(spec.job, f)
+            write_private(work / JOB_DESCRIPTION, json.dumps(spec.job).encode())
         environment = dict(spec.environment)
         if self.proxy:
             environment["X509_USER_PROXY"] = str(self.proxy)

@@ -16,6 +16,8 @@ from typing import Any
 HEARTBEAT = "heartbeat.json"
 JOB_REPORT = "jobReport.json"
 PILOT_OUTPUTS = (HEARTBEAT, JOB_REPORT)
+# Push mode: the job description (PanDA's job dict, verbatim) the pilot reads in its working directory.
+JOB_DESCRIPTION = "pandaJobData.out"
 
 # Pilot error codes for what the harvester itself diagnoses (aCT uses 9000 for lost outputs).
 ERR_NO_HEARTBEAT = 9000
