@@ -1,4 +1,4 @@
-"""The one list of backends (config.backend_options.BACKEND_OPTIONS) and what a backend answers from its
+"""The one list of backends (config.backend_options.BACKEND_OPTIONS), and what a backend reads from its
 queue's options alone. No daemon, no client library: the backend modules are read, and imported only to
 compare their BACKEND with the list."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harvester_cli import backends
-from harvester_cli.backends.base import Backend, BackendContext
+from harvester_cli.backends.base import Backend, BackendContext, WorkerRef
 from harvester_cli.config import QueueConfig
 from harvester_cli.config.backend_options import (
     BACKEND_OPTIONS,
@@ -20,6 +20,7 @@ from harvester_cli.config.backend_options import (
     LocalOptions,
     Schedd,
     SlurmOptions,
+    SlurmPartition,
 )
 from harvester_cli.config.schema import rule_of
 
@@ -65,3 +66,23 @@ def test_host_bound_is_known_from_the_options_alone(name, options, bound, tmp_pa
     # The instance attribute (what steps ask today) gives the same answer.
     queue = QueueConfig(name="Q", mode="pull", backend=name, pilot="true", backend_options=options)
     assert backends.create(name, queue, BackendContext("h", tmp_path)).host_bound is bound
+
+
+def test_slurm_partitions_are_parsed_once_when_the_configuration_is_read(tmp_path):
+    options = SlurmOptions(partitions=["grid", "gpu@hpc2", "big@hpc3", "long@hpc2"])
+    assert list(options.parsed_partitions.values()) == [
+        SlurmPartition("grid", "grid", None), SlurmPartition("gpu@hpc2", "gpu", "hpc2"),
+        SlurmPartition("big@hpc3", "big", "hpc3"), SlurmPartition("long@hpc2", "long", "hpc2")]
+    assert options.clusters == ["hpc2", "hpc3"]
+    assert options.partition("gpu@hpc2") is options.parsed_partitions["gpu@hpc2"]
+    # A worker's partition that is no longer configured, and Slurm's default partition, parse alike.
+    assert options.partition("old@hpc9") == SlurmPartition("old@hpc9", "old", "hpc9")
+    assert options.partition("debug") == SlurmPartition("debug", "debug", None)
+    assert "parsed_partitions" not in {f for f in SlurmOptions.__dataclass_fields__}   # not a key of the file
+    queue = QueueConfig(name="Q", mode="pull", backend="slurm", pilot="true", backend_options=options)
+    slurm = backends.create("slurm", queue, BackendContext("h", tmp_path))
+    workers = [WorkerRef(1, "Q", "5", None, "old@hpc9", "submitted", None),
+               WorkerRef(2, "Q", "6", None, "grid", "submitted", None),
+               WorkerRef(3, "Q", "7", None, None, "pending", None)]
+    assert [slurm._cluster_of(w) for w in workers] == ["hpc9", None, None]
+    assert slurm._clusters(workers) == frozenset({None, "hpc2", "hpc3", "hpc9"})
