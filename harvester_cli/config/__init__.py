@@ -49,7 +49,9 @@ from harvester_cli.config.sections import (
     SweepConfig,
     TokenProfile,
     default_state_dir,
+    is_test_pilot,
     state_url_from,
+    xdg_dir,
 )
 from harvester_cli.errors import ConfigError  # noqa: F401  (callers catch config.ConfigError)
 
@@ -58,7 +60,7 @@ __all__ = [
     "CommandLogConfig", "Config", "LogRetentionConfig", "LogServerConfig", "MetricsConfig", "PandaConfig", "ProxyProfile",
     "QueueConfig", "RetentionConfig", "SmtpConfig", "SweepConfig", "TokenProfile", "default_state_dir",
     "state_url_from", "EXAMPLE", "load", "parse", "as_dict", "display_url", "default_config_path",
-    "environment_problems",
+    "environment_problems", "is_test_pilot", "xdg_dir",
 ]
 
 EXAMPLE_FILE = Path(__file__).with_name("example.toml")
