@@ -69,7 +69,7 @@ def test_job_name_carries_harvester_and_worker_id():
 def _activity(**overrides):
     args = dict(name="h1:7", n_core=8, memory_mb=16001, walltime=3600, queue="grid", runtime_environments=[
         "ENV/PROXY", "APPS/HEP/ATLAS-SITE"], delegation_id="deleg42",
-        uploads={adl.WRAPPER: "/w/harvester-worker.sh", adl.JOB_FILE: "/w/pandaJobData.out"},
+        uploads={adl.WRAPPER: "/w/harvester-worker.sh", "pandaJobData.out": "/w/pandaJobData.out"},
         remote_inputs={"EVNT.1": "https://data.example.org/mc23/EVNT.1?a=1&b=2"},
         outputs=["heartbeat.json", "jobReport.json", "pilotlog.txt"], annotations=["PandaID=123"])
     args.update(overrides)
@@ -94,9 +94,9 @@ def test_adl_has_size_queue_rtes_inputs_outputs_name_and_delegation():
     assert res.findtext("a:TotalCPUTime", namespaces=NS) == str(3600 * 8)
     staging = root.find("a:DataStaging", NS)
     inputs = {f.findtext("a:Name", namespaces=NS): f for f in staging.findall("a:InputFile", NS)}
-    assert list(inputs) == [adl.WRAPPER, adl.JOB_FILE, "EVNT.1"]
+    assert list(inputs) == [adl.WRAPPER, "pandaJobData.out", "EVNT.1"]
     assert inputs[adl.WRAPPER].findtext("a:IsExecutable", namespaces=NS) == "true"
-    assert inputs[adl.JOB_FILE].find("a:Source", NS) is None          # uploaded by the client
+    assert inputs["pandaJobData.out"].find("a:Source", NS) is None          # uploaded by the client
     assert inputs["EVNT.1"].findtext("a:Source/a:URI", namespaces=NS) == "https://data.example.org/mc23/EVNT.1?a=1&b=2"
     assert [e.text for e in staging.findall("a:OutputFile/a:Name", NS)] == [
         "pilot.out", "pilot.err", "heartbeat.json", "jobReport.json", "pilotlog.txt"]

@@ -115,11 +115,11 @@ def test_sqlite_on_a_network_file_system_is_refused(tmp_path, harness):
     shared.mkdir()
     mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {shared} nfs4 rw 0 0\n")
     config = config_module.parse(harness.config_data({"Q": {"mode": "pull"}}, state=str(shared / "state.db")))
-    problems = config_module._sqlite_on_network(config, "config.toml", str(mounts))
+    problems = config_module.environment._sqlite_on_network(config, "config.toml", str(mounts))
     assert len(problems) == 1 and "nfs4" in problems[0] and "PostgreSQL or MariaDB" in problems[0]
     local = config_module.parse(harness.config_data({"Q": {"mode": "pull"}}, state=str(tmp_path / "state.db")))
-    assert config_module._sqlite_on_network(local, "config.toml", str(mounts)) == []
-    assert config_module.mount_of(shared / "state.db", str(mounts)) == (str(shared), "nfs4")
+    assert config_module.environment._sqlite_on_network(local, "config.toml", str(mounts)) == []
+    assert config_module.environment.mount_of(shared / "state.db", str(mounts)) == (str(shared), "nfs4")
 
 
 def test_which_backends_are_host_bound(harness):

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harvester_cli import bearer
 from harvester_cli import config as config_module
 from harvester_cli.errors import ConfigError
-from harvester_cli.site import renewal, tokens
+from harvester_cli.site import bearer, renewal, tokens
 from tests.peers.token_issuer import COMPUTE_SCOPES, TokenIssuer, decode
 from tests.test_credentials import free_port, smtp  # noqa: F401  (smtp: the SMTP server fixture)
 

@@ -1,13 +1,18 @@
-"""Where workers run. `base` is the one small interface; each backend is one module (`local`, `htcondor`,
-`arc`), with private helpers in `_<backend>_*` modules and the CE fanout every grid backend shares in
-`ce_choice`. A backend's options are declared in config.backend_options.
+"""Where workers run. `base` is the one small interface (submit, check, kill, find: typed results per
+worker) with what a backend says from a queue's options alone (`Backend.is_host_bound`); each backend is
+one module (`local`, `htcondor`, `arc`, `slurm`) defining BACKEND, with private helpers in
+`_<backend>_*` modules and the CE fanout every grid backend shares in `ce_choice`. Which backends exist,
+and each one's options, is config.backend_options.BACKEND_OPTIONS, the one list: `NAMES` and
+`backend_class` here and the queue's `backend` key derive from it.
 
 A backend module is imported only when a queue uses it, and imports its heavy client library (htcondor2,
-pyarcrest) only inside the calls that need it, so `config check` and `--help` stay light. Backends may
-import config, model, errors, faults, panda.pilot_outputs and site.secretfiles; never each other, never
-the steps or the state database.
-"""
+pyarcrest) only inside the calls that need it, so `config check` and `--help` stay light.
 
+Layer: imported by the steps and the commands (and by scripts and tests). Backends import config, model,
+errors, faults, panda (pilot_outputs: the files a pilot reads and writes) and site (secretfiles: private
+files; bearer: why a CE refuses a token); never each other, never the steps, the state database or a
+command.
+"""
 from __future__ import annotations
 
 import importlib

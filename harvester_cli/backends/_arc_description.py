@@ -35,10 +35,8 @@ ET.register_namespace("", ADL)
 ET.register_namespace("nordugrid-adl", NORDUGRID_ADL)
 
 WRAPPER = "harvester-worker.sh"
-JOB_FILE = "pandaJobData.out"
 STDOUT = "pilot.out"
 STDERR = "pilot.err"
-PILOT_OUTPUTS = ("heartbeat.json", "jobReport.json")
 MEMORY_STEP_MB = 500
 
 # Host paths the harvester passes to local pilots; on a CE the job gets its own (the delegated proxy

@@ -25,13 +25,11 @@ from importlib import resources
 from pathlib import Path
 
 from harvester_cli.backends.base import WorkerSpec
+from harvester_cli.config.ces import CE_FLAVOURS, DEFAULT_PORTS
 
-FLAVOURS = ("vanilla", "htcondor-ce", "arc-ce")   # templates; CEs are htcondor-ce or arc-ce
-CE_FLAVOURS = ("htcondor-ce", "arc-ce")
-DEFAULT_PORTS = {"htcondor-ce": 9619, "arc-ce": 443}
+FLAVOURS = ("vanilla", *CE_FLAVOURS)   # a shipped template each: vanilla jobs, and one per CE flavour
 OUTPUTS_DIR = "harvester-outputs"
 WRAPPER_NAME = "harvester-worker.sh"
-JOB_FILE = "pandaJobData.out"
 
 MACROS = (
     "workerID", "harvesterID", "queueName", "computingSite", "resourceType", "jobType", "prodSourceLabel",

@@ -37,12 +37,12 @@ from pathlib import Path
 
 from harvester_cli.backends.base import WorkerSpec
 from harvester_cli.config.backend_options import SLURM_TEMPLATES
+from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION
 
 TEMPLATES = SLURM_TEMPLATES
 WRAPPER_NAME = "harvester-worker.sh"
 SCRIPT_NAME = "job.sbatch"          # the rendered template, in the work directory (arrays exec it)
 SUBMIT_COPY = "submit.sbatch"       # the same, in the log directory, for people (clean-logs knows *.sbatch)
-JOB_FILE = "pandaJobData.out"
 BATCH_LOG = "batch.log"
 
 PLACEHOLDERS = (
@@ -158,7 +158,7 @@ def wrapper(spec: WorkerSpec, harvester_id: str, work_dir: Path, environment: di
                         if k.replace("_", "").isalnum() and not k[0].isdigit())
     return WRAPPER.format(worker_id=spec.worker_id, harvester_id=harvester_id, queue=spec.queue, exports=exports,
                           work_dir=shlex.quote(str(work_dir)), log_dir=shlex.quote(str(spec.log_dir)),
-                          job_file=JOB_FILE, command=spec.pilot_command)
+                          job_file=JOB_DESCRIPTION, command=spec.pilot_command)
 
 
 def dispatcher(script: str, *, queue: str, base: int, root: Path, links: Path) -> str:

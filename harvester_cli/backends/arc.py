@@ -13,7 +13,7 @@ the queue's per-CE token profile keeps for that CE's audience; renew-proxy renew
 makes a new client); nothing is delegated, and the pilots get a PanDA token of their own
 (`pilot_token_profile`, uploaded with the job). `both`: the token authorizes, the proxy is still the TLS
 client certificate and is delegated for data. A CE that refuses the token fails each worker with one line:
-the CE, the token file, and what in the token it would refuse (bearer.refusal_reason).
+the CE, the token file, and what in the token it would refuse (site.bearer.refusal_reason).
 
 What A-REX 6.17 and pyarcrest 0.5 do with tokens (seen against the real CE, tests/test_tokens.py):
 - A-REX answers every refused token with a bare 403 and no body (another audience, expired, no
@@ -96,6 +96,8 @@ from harvester_cli.backends.base import (
 )
 from harvester_cli.config.backend_options import ArcOptions
 from harvester_cli.errors import BackendError
+from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION, PILOT_OUTPUTS
+from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +287,7 @@ class ArcBackend(Backend):
 
     def _refusal(self, endpoint: str, exc: BaseException) -> str:
         """One line: which CE refused which token, and what in the token a CE would refuse."""
-        from harvester_cli import bearer
+        from harvester_cli.site import bearer
 
         ce_token = self.context.ce_token(endpoint, "arc-ce")
         try:
@@ -375,11 +377,9 @@ class ArcBackend(Backend):
             import json
 
             # The job dict may carry secrets (pilotSecrets): readable by the harvester's user only.
-            job_file = staging / adl.JOB_FILE
-            fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(spec.job, f)
-            uploads[adl.JOB_FILE] = str(job_file)
+            job_file = staging / JOB_DESCRIPTION
+            write_private(job_file, json.dumps(spec.job).encode())
+            uploads[JOB_DESCRIPTION] = str(job_file)
             annotations.append(f"PandaID={spec.job.get('PandaID')}")
         remote = {}
         for source in self.options.input_files:
@@ -393,7 +393,7 @@ class ArcBackend(Backend):
             memory_mb=spec.memory_mb, walltime=adl.walltime_seconds(spec.job, spec.walltime),
             queue=self.options.queue, runtime_environments=self.options.runtime_environments,
             delegation_id=delegation, uploads=uploads, remote_inputs=remote,
-            outputs=[*adl.PILOT_OUTPUTS, *self.options.output_files], annotations=annotations,
+            outputs=[*PILOT_OUTPUTS, *self.options.output_files], annotations=annotations,
         )
 
     def _result(self, worker_id: int, endpoint: str, job_id: str) -> SubmitResult:
@@ -546,7 +546,7 @@ class ArcBackend(Backend):
                            end_time=end)
 
     def _wanted_outputs(self) -> list[str]:
-        return list(dict.fromkeys([adl.STDOUT, adl.STDERR, *adl.PILOT_OUTPUTS, *self.options.output_files]))
+        return list(dict.fromkeys([adl.STDOUT, adl.STDERR, *PILOT_OUTPUTS, *self.options.output_files]))
 
     def _download(self, client, w: WorkerRef, names: list[str] | None = None) -> None:
         """Bring the job's outputs (those that exist) and A-REX's log of it into the worker's log directory."""
@@ -647,7 +647,7 @@ class ArcBackend(Backend):
     def _complete_uploads(self, client, endpoint: str, worker_id: int, job_id: str) -> None:
         """An interrupted submission may have created the job but not uploaded its files: upload them again."""
         staging = self.staging_dir(worker_id)
-        uploads = {name: str(staging / name) for name in (adl.WRAPPER, adl.JOB_FILE) if (staging / name).is_file()}
+        uploads = {name: str(staging / name) for name in (adl.WRAPPER, JOB_DESCRIPTION) if (staging / name).is_file()}
         uploads.update({adl.input_file_name(s): s for s in self.options.input_files if "://" not in s})
         problem = self._upload(client, endpoint, job_id, uploads) if uploads else None
         if problem:

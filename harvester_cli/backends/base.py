@@ -169,18 +169,27 @@ class Backend(ABC):
     # Whether jobs run in a directory of their own on another host (files travel with the job) or see this
     # host's files (local processes, a shared file system).
     delivers_files: ClassVar[bool] = False
-    # The queue's `backend_options` table (a section of config.backend_options).
+    # The queue's `backend_options` table (its section in config.backend_options.BACKEND_OPTIONS).
     Options: ClassVar[type]
-    # Whether the workers live on the host that submitted them (local processes, a schedd only that host
-    # reaches): then only that host polls, kills and cleans them, the one named in their submission_host.
-    # Backends any host reaches (a remote schedd, ARC REST, Slurm from a shared login node) leave it False,
-    # and whichever host claims the rows works them.
-    host_bound: bool = False
 
     def __init__(self, queue: Any, context: BackendContext):
         self.queue = queue
         self.context = context
         self.options = queue.backend_options if queue.backend_options is not None else self.Options()
+
+    @classmethod
+    def is_host_bound(cls, options: Any) -> bool:
+        """Whether the workers of a queue with these backend_options (None: the defaults) live on the host that
+        submitted them (local processes, a schedd only that host reaches): then only that host polls, kills
+        and cleans them, the one named in their submission_host. Backends any host reaches (a remote schedd,
+        ARC REST, Slurm from a shared login node) answer False, and whichever host claims the rows works them.
+        Decided from the options alone: asking needs no backend, client or credential."""
+        return False
+
+    @property
+    def host_bound(self) -> bool:
+        """is_host_bound of this backend's queue."""
+        return self.is_host_bound(self.options)
 
     @abstractmethod
     def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:

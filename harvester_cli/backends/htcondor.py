@@ -84,6 +84,9 @@ from harvester_cli.backends.base import (
     copy_into_place,
 )
 from harvester_cli.config.backend_options import HTCondorOptions
+from harvester_cli.config.ces import CE_FLAVOURS
+from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION, PILOT_OUTPUTS
+from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +108,11 @@ class HTCondorBackend(Backend):
         self.policy = status_map.Policy(self.options.held_timeout, tuple(self.options.kill_hold_reasons),
                                         self.options.unavailable_timeout)
 
-    @property
-    def host_bound(self) -> bool:
-        """This host's own schedd (no `schedd` named) is reached from this host only: its workers are this
-        host's. A named schedd (located through a collector) any host reaches: any host works them."""
-        return self.options.schedd is None and not self.options.schedds
+    @classmethod
+    def is_host_bound(cls, options: HTCondorOptions | None) -> bool:
+        """This host's own schedd (no `schedd` or `schedds` named) is reached from this host only: its workers
+        are this host's. A named schedd (located through a collector) any host reaches: any host works them."""
+        return options is None or (options.schedd is None and not options.schedds)
 
     # -- places ------------------------------------------------------------------------------
 
@@ -195,9 +198,9 @@ class HTCondorBackend(Backend):
             entries = [ce_choice.CEEntry(c.endpoint, c.flavour, c.queue, c.state) for c in self.options.ces]
         usable = []
         for entry in entries:
-            if entry.flavour not in build.CE_FLAVOURS:
+            if entry.flavour not in CE_FLAVOURS:
                 log.warning("queue %s: CE %s: flavour %s is not one this backend submits to (%s); skipped",
-                            self.queue.name, entry.endpoint, entry.flavour, ", ".join(build.CE_FLAVOURS))
+                            self.queue.name, entry.endpoint, entry.flavour, ", ".join(CE_FLAVOURS))
             elif entry.active:
                 usable.append(entry)
         return usable
@@ -304,18 +307,14 @@ class HTCondorBackend(Backend):
 
     def _prepare(self, spec: WorkerSpec, ce: ce_choice.CEEntry | None, schedd_name: str) -> dict[str, str]:
         """The worker's directories and files; returns its macros."""
-        from harvester_cli.panda import pilot_outputs
-
         work = self.work_dir(spec.worker_id)
         for directory in (spec.log_dir, work):
             directory.mkdir(parents=True, exist_ok=True)
         inputs = list(self.options.input_files)
         if spec.job is not None:
             # The job dict may carry secrets (pilotSecrets): readable by the job's account only.
-            job_file = work / build.JOB_FILE
-            fd = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(spec.job, f)
+            job_file = work / JOB_DESCRIPTION
+            write_private(job_file, json.dumps(spec.job).encode())
             inputs.insert(0, str(job_file))
         proxy = self.proxy if ce is None or self.context.ce_credentials != "token" else None
         token = self.ce_token(ce)
@@ -329,10 +328,10 @@ class HTCondorBackend(Backend):
         if proxy:
             environment.pop("X509_USER_PROXY", None)   # HTCondor sets it to the job's copy of x509userproxy
         script = work / build.WRAPPER_NAME
-        script.write_text(build.wrapper(spec, self.context.harvester_id, pilot_outputs.PILOT_OUTPUTS, environment))
+        script.write_text(build.wrapper(spec, self.context.harvester_id, PILOT_OUTPUTS, environment))
         script.chmod(0o755)
         work.chmod(0o700)
-        self._hand_over([spec.log_dir, work, script] + ([work / build.JOB_FILE] if spec.job is not None else []))
+        self._hand_over([spec.log_dir, work, script] + ([work / JOB_DESCRIPTION] if spec.job is not None else []))
         endpoint = ce.endpoint if ce else schedd_name
         return build.macros(
             spec, harvester_id=self.context.harvester_id, queue=self.queue, work_dir=work, input_files=inputs,
@@ -341,10 +340,7 @@ class HTCondorBackend(Backend):
             proxy=proxy, token=token, disk_mb_per_core=self.options.disk_mb_per_core)
 
     def _private_copy(self, source: Path, target: Path) -> Path:
-        data = source.read_bytes()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        write_private(target, source.read_bytes())
         self._hand_over([target])
         return target
 
@@ -437,7 +433,7 @@ class HTCondorBackend(Backend):
         return groups
 
     def _token_refusal(self, schedd_name: str) -> str:
-        from harvester_cli import bearer
+        from harvester_cli.site import bearer
 
         try:
             token = self.options.schedd_token_file.read_text().strip()

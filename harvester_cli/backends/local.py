@@ -28,6 +28,8 @@ from harvester_cli.backends.base import (
     copy_into_place,
 )
 from harvester_cli.config.backend_options import LocalOptions
+from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION
+from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +94,12 @@ def _process_tag(pid: int) -> tuple[str | None, str | None]:
 
 class LocalBackend(Backend):
     name = "local"
-    host_bound = True   # processes of this host: no other host can see, kill or clean them
 
     Options = LocalOptions
+
+    @classmethod
+    def is_host_bound(cls, options: LocalOptions | None) -> bool:
+        return True   # processes of this host: no other host can see, kill or clean them
 
     @property
     def root(self) -> Path:
@@ -142,9 +147,7 @@ class LocalBackend(Backend):
                 import json
 
                 # The job dict may carry secrets (pilotSecrets): readable by the worker's user only.
-                fd = os.open(f"{work}/pandaJobData.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(spec.job, f)
+                write_private(Path(work) / JOB_DESCRIPTION, json.dumps(spec.job).encode())
             env = {**environment, **spec.environment,
                    "HARVESTER_ID": self.context.harvester_id, "HARVESTER_WORKER_ID": str(spec.worker_id),
                    "HARVESTER_PILOT_COMMAND": spec.pilot_command, "HARVESTER_PILOT_STDOUT": f"{log_dir}/pilot.out",

@@ -90,8 +90,10 @@ from harvester_cli.backends.base import (
     WorkerSpec,
     copy_into_place,
 )
-from harvester_cli.config.backend_options import SlurmOptions, split_partition
+from harvester_cli.config.backend_options import SlurmOptions
 from harvester_cli.errors import BackendError, ConfigError
+from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION
+from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +117,10 @@ class SlurmBackend(Backend):
 
     Options = SlurmOptions
 
-    @property
-    def host_bound(self) -> bool:
+    @classmethod
+    def is_host_bound(cls, options: SlurmOptions | None) -> bool:
         """From a shared login node any host reaches the cluster; the option says when only this one does."""
-        return self.options.host_bound
+        return options is not None and options.host_bound
 
     def __init__(self, queue, context):
         super().__init__(queue, context)
@@ -184,8 +186,9 @@ class SlurmBackend(Backend):
 
     def _sinfo(self) -> tuple[dict[str, str], str | None]:
         """Availability per partition ("name" or "name@cluster") and this cluster's default partition."""
-        clusters = sorted({c for _, c in map(split_partition, self.options.partitions) if c})
-        calls = [[]] if not self.options.partitions or any("@" not in p for p in self.options.partitions) else []
+        clusters = self.options.clusters
+        partitions = self.options.parsed_partitions.values()
+        calls = [[]] if not partitions or any(p.cluster is None for p in partitions) else []
         if clusters:
             calls.append(["-M", ",".join(clusters)])
         states, default = {}, None
@@ -244,9 +247,7 @@ class SlurmBackend(Backend):
         work.mkdir(parents=True, exist_ok=True)
         work.chmod(0o700)   # the job dict may carry secrets (pilotSecrets)
         if spec.job is not None:
-            fd = os.open(work / script.JOB_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(spec.job, f)
+            write_private(work / JOB_DESCRIPTION, json.dumps(spec.job).encode())
         environment = dict(spec.environment)
         if self.proxy:
             environment["X509_USER_PROXY"] = str(self.proxy)
@@ -255,7 +256,7 @@ class SlurmBackend(Backend):
         wrapper = work / script.WRAPPER_NAME
         wrapper.write_text(script.wrapper(spec, self.context.harvester_id, work, environment))
         wrapper.chmod(0o700)
-        name = split_partition(partition)[0] if partition else None
+        name = self.options.partition(partition).name if partition else None
         values = script.values(spec, harvester_id=self.context.harvester_id, queue=self.queue, nodes=self.options.nodes,
                                work_dir=work, partition=name, options=self.options, proxy=self.proxy,
                                token=self.options.token_file)
@@ -270,10 +271,10 @@ class SlurmBackend(Backend):
         """sbatch options every job of this queue and partition gets."""
         options = []
         if partition:
-            name, cluster = split_partition(partition)
-            options.append(f"--partition={name}")
-            if cluster:
-                options.append(f"--clusters={cluster}")
+            target = self.options.partition(partition)
+            options.append(f"--partition={target.name}")
+            if target.cluster:
+                options.append(f"--clusters={target.cluster}")
         for flag, value in (("--account", self.options.account), ("--qos", self.options.qos),
                             ("--reservation", self.options.reservation), ("--constraint", self.options.constraint)):
             if value:
@@ -393,11 +394,13 @@ class SlurmBackend(Backend):
 
     # -- listings ----------------------------------------------------------------------------
 
+    def _cluster_of(self, worker: WorkerRef) -> str | None:
+        """The cluster a worker was submitted to (None: this host's), from its partition."""
+        return self.options.partition(worker.computing_element).cluster if worker.computing_element else None
+
     def _clusters(self, workers: list[WorkerRef] = ()) -> frozenset:
         """The clusters to ask: None (this one) and those of the configured partitions and the workers."""
-        named = {c for _, c in map(split_partition, self.options.partitions) if c}
-        named |= {split_partition(w.computing_element)[1] for w in workers if w.computing_element} - {None}
-        return frozenset({None} | named)
+        return frozenset({None, *self.options.clusters, *map(self._cluster_of, workers)})
 
     def _listing_key(self, clusters: frozenset) -> tuple:
         return (str(self.options.slurm_conf or os.environ.get("SLURM_CONF", "")), self.user, clusters)
@@ -463,7 +466,7 @@ class SlurmBackend(Backend):
         found: dict[int, status.JobRecord] = {}
         missing: dict[str | None, list[WorkerRef]] = defaultdict(list)
         for worker in workers:
-            cluster = split_partition(worker.computing_element)[1] if worker.computing_element else None
+            cluster = self._cluster_of(worker)
             record = listing.get((cluster, worker.batch_id)) if worker.batch_id else None
             if record is not None:
                 found[worker.worker_id] = record
@@ -494,7 +497,7 @@ class SlurmBackend(Backend):
         by_cluster: dict[str | None, list[WorkerRef]] = defaultdict(list)
         for worker in workers:
             if worker.batch_id:
-                by_cluster[split_partition(worker.computing_element)[1] if worker.computing_element else None].append(worker)
+                by_cluster[self._cluster_of(worker)].append(worker)
         for cluster, group in by_cluster.items():
             for start in range(0, len(group), 500):
                 chunk = group[start:start + 500]

@@ -1,17 +1,20 @@
-"""Each backend's `backend_options` table: what a queue may tell its backend, with meaning and range.
+"""Each backend's `backend_options` table: what a queue may tell its backend, with meaning and range, and
+`BACKEND_OPTIONS`, the one list of backends (name -> options section).
 
 They live with the rest of the configuration (not in the backends) so the whole file is described in one
-place and validating it never imports a backend or its client library.
+place and validating it never imports a backend or its client library. Adding a backend: its options
+section here and one entry in BACKEND_OPTIONS, its module backends/<name>.py defining BACKEND.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from harvester_cli.config.ces import CE_FLAVOURS
 from harvester_cli.config.schema import Section, section, setting
 
-CE_FLAVOURS = ("htcondor-ce", "arc-ce")
 # ARC errors after which a push job gets a new worker instead of failing.
 ARC_TRANSIENT_ERRORS = ("Job submission to LRMS failed", "Failed in data staging", "Job was lost", "Job disappeared")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -147,10 +150,19 @@ SLURM_NEVER_STARTS = ("PartitionConfig", "PartitionTimeLimit", "PartitionNodeLim
 SLURM_TEMPLATES = ("default", "multinode")
 
 
-def split_partition(entry: str) -> tuple[str, str | None]:
-    """("name", cluster or None) of a partitions entry "name" or "name@cluster"."""
-    name, _, cluster = entry.partition("@")
-    return name, cluster or None
+@dataclass(frozen=True)
+class SlurmPartition:
+    """A partition as `partitions` writes it and a Slurm worker keeps it as its computing_element: "name", or
+    "name@cluster" for a partition of another cluster (reached with --clusters)."""
+
+    entry: str
+    name: str
+    cluster: str | None
+
+    @classmethod
+    def parse(cls, entry: str) -> SlurmPartition:
+        name, _, cluster = entry.partition("@")
+        return cls(entry, name, cluster or None)
 
 
 @section
@@ -197,10 +209,26 @@ class SlurmOptions(Section):
     work_dir: Path | None = setting(None, doc="private per-worker files, on a file system the nodes share "
                                               "(default: the instance's work_dir)")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # `partitions` parsed once, when the configuration is read: entry -> SlurmPartition, in order. Not a
+        # key of the file (not a field): the backend reads it instead of splitting the strings.
+        object.__setattr__(self, "parsed_partitions", {e: SlurmPartition.parse(e) for e in self.partitions})
+
+    @property
+    def clusters(self) -> list[str]:
+        """The other clusters the partitions name, sorted (none: only the cluster of this host's Slurm)."""
+        return sorted({p.cluster for p in self.parsed_partitions.values() if p.cluster})
+
+    def partition(self, entry: str) -> SlurmPartition:
+        """A partition by its entry: one of `partitions`, or one a worker recorded as its computing_element
+        (the configuration may have changed since), or Slurm's default partition."""
+        return self.parsed_partitions.get(entry) or SlurmPartition.parse(entry)
+
     def problems(self):
-        for entry in self.partitions:
-            name, _ = split_partition(entry)
-            if not name or any(c in entry for c in " ,\t") or entry.count("@") > 1 or entry.endswith("@"):
+        for partition in self.parsed_partitions.values():
+            entry = partition.entry
+            if not partition.name or any(c in entry for c in " ,\t") or entry.count("@") > 1 or entry.endswith("@"):
                 yield "partitions", f"{entry!r} is not a partition name (\"name\" or \"name@cluster\")"
         if len(set(self.partitions)) != len(self.partitions):
             yield "partitions", "a partition is listed twice"
@@ -217,4 +245,8 @@ class SlurmOptions(Section):
                 yield "sbatch_options", f"{option!r}: {hint}"
 
 
+# The one list of backends: name -> the section of its backend_options table (in the order `config keys`
+# shows them). A backend named here is the module harvester_cli/backends/<name>.py, whose BACKEND implements
+# backends.base.Backend; the queue's `backend` key, the backends package and `config keys` derive from this
+# list, and a test checks that every module of backends/ defining BACKEND is here and nothing else is.
 BACKEND_OPTIONS = {"local": LocalOptions, "htcondor": HTCondorOptions, "arc": ArcOptions, "slurm": SlurmOptions}

@@ -1,12 +1,24 @@
 """The computing elements a queue submits to: its configured list (HTCondor `ces`, ARC `endpoints`) or the
-ACTIVE entries of a CRIC pandaqueue file. Shared by the grid backends (CE fanout) and the credential side
-(a token per CE), so it lives with the configuration and reads only the files the configuration names.
+ACTIVE entries of a CRIC pandaqueue file, and what a CE flavour implies (its default port, the audience a
+token for it carries, the scopes a CE token asks for). Shared by the grid backends (CE fanout, submit
+macros), the credential side (site.tokens, site.bearer: a token per CE) and the configuration's own
+rules, so it lives with the configuration and reads only the files the configuration names.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+
+# The CEs a grid queue submits to (CRIC's ce_flavour, lower-cased).
+CE_FLAVOURS = ("htcondor-ce", "arc-ce")
+# The port of a CE endpoint written without one.
+DEFAULT_PORTS = {"htcondor-ce": 9619, "arc-ce": 443}
+# The `aud` of a CE's token by flavour, from its host and port: HTCondor-CE checks host:port (its
+# SCITOKENS_SERVER_AUDIENCE convention), ARC-CE https://host:port. A token profile may change them.
+AUDIENCE_FORMATS = {"htcondor-ce": "{host}:{port}", "arc-ce": "https://{host}:{port}"}
+# What a per-CE token asks for unless its profile says otherwise.
+WLCG_COMPUTE_SCOPES = "compute.create compute.read compute.modify compute.cancel"
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from harvester_cli.bearer import AUDIENCE_FORMATS, WLCG_COMPUTE_SCOPES
-from harvester_cli.config.backend_options import CE_FLAVOURS
+from harvester_cli.config.backend_options import BACKEND_OPTIONS
+from harvester_cli.config.ces import AUDIENCE_FORMATS, CE_FLAVOURS, WLCG_COMPUTE_SCOPES
 from harvester_cli.config.schema import Section, section, setting
 
 # Placeholders a pilot command may use; filled per worker by the submitter.
@@ -24,7 +24,7 @@ PILOT_PLACEHOLDERS = frozenset(
 )
 # A PanDA queue's status as CRIC and PanDA write it; only "online" gets new workers here.
 QUEUE_STATUSES = ("online", "offline", "test", "brokeroff", "paused")
-BACKENDS = ("arc", "htcondor", "local", "slurm")
+BACKENDS = tuple(sorted(BACKEND_OPTIONS))   # the queue's `backend` choices, from the one list of backends
 PROXY_TOOLS = ("voms-proxy-init", "arcproxy", "builtin")
 CE_CREDENTIALS = ("proxy", "token", "both")
 SUBMIT_FILE_PATTERNS = ["*.sub", "*.jdl", "*.xrsl", "*.adl", "*.sbatch", "submit*"]

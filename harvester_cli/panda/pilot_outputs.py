@@ -19,6 +19,8 @@ from harvester_cli.panda.updates import ERR_BAD_HEARTBEAT, ERR_NO_HEARTBEAT, job
 HEARTBEAT = "heartbeat.json"
 JOB_REPORT = "jobReport.json"
 PILOT_OUTPUTS = (HEARTBEAT, JOB_REPORT)
+# Push mode: the job description (PanDA's job dict, verbatim) the pilot reads in its working directory.
+JOB_DESCRIPTION = "pandaJobData.out"
 
 
 # jobReport.json larger than this after slimming is not sent (PanDA stores it in a column).

@@ -9,6 +9,8 @@ import html
 import time
 from urllib.parse import quote
 
+from harvester_cli.model import duration
+
 STATES = ("pending", "submitted", "running", "idle", "finished", "failed", "cancelled", "missed")
 # Colour-blind-safe (Okabe-Ito), one per state.
 COLOURS = {"pending": "#999999", "submitted": "#56B4E9", "running": "#009E73", "idle": "#F0E442",
@@ -29,18 +31,6 @@ svg text{font-size:10px;fill:#444}
 
 def _e(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "-"
-    sign = "-" if seconds < 0 else ""
-    if abs(seconds) < 120:
-        return f"{sign}{abs(seconds):.0f}s"
-    seconds = abs(int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{sign}{days}d{hours:02d}h{rest // 60:02d}m" if days else f"{sign}{hours}h{rest // 60:02d}m"
 
 
 def _table(headers: list[str], rows: list[str], css_id: str, empty: str = "none") -> str:
@@ -117,8 +107,8 @@ def render(data: dict, charts: dict[str, list], prefix: str, now: float | None =
                         for k in ("submitted", "started", "finished", "failed"))
         window_rows.append(f'<tr><td class="t">{_e(w["queue"])}</td><td class="t">{_e(w["computing_element"] or "-")}'
                            f'</td><td class="t">{_e(w["resource_type"] or "-")}</td>{rates}'
-                           f'<td>{_duration(w["median_queued_seconds"])}</td>'
-                           f'<td>{_duration(w["median_running_seconds"])}</td></tr>')
+                           f'<td>{duration(w["median_queued_seconds"])}</td>'
+                           f'<td>{duration(w["median_running_seconds"])}</td></tr>')
     error_rows = []
     for e in data["errors"]:
         ex = e["example"]
@@ -135,13 +125,13 @@ def render(data: dict, charts: dict[str, list], prefix: str, now: float | None =
                              f'{_link(log_href(ex["log_path"]), str(ex["worker_id"]))}</td><td class="t">'
                              f'{_e(ex["ended"])}</td><td class="t">{_e(ex["diag"][:160])}</td></tr>')
     pending_rows = [f'<tr><td class="t">{kind}</td><td data-pending="{kind}">{p["count"]}</td>'
-                    f'<td>{_duration(p["oldest_age_seconds"])}</td></tr>' for kind, p in data["pending_updates"].items()]
+                    f'<td>{duration(p["oldest_age_seconds"])}</td></tr>' for kind, p in data["pending_updates"].items()]
     run_rows = []
     for r in data["commands"]:
         failing = ' class="bad"' if r["last_exit"] else ""
         run_rows.append(f'<tr><td class="t">{_e(r["command"])}</td><td class="t">{_e(r["host"])}</td>'
                         f'<td class="t">{_e(r["last_success"] or "never")}</td>'
-                        f'<td>{_duration(r["since_last_success_seconds"])}</td><td class="t">{_e(r["last_end"])}</td>'
+                        f'<td>{duration(r["since_last_success_seconds"])}</td><td class="t">{_e(r["last_end"])}</td>'
                         f'<td{failing} data-exit="{_e(r["command"])}">{r["last_exit"]}</td>'
                         f'<td>{_e(r["last_items"])}</td><td>{r["last_seconds"]:.2f}</td></tr>')
     cred_rows = []
@@ -149,7 +139,7 @@ def render(data: dict, charts: dict[str, list], prefix: str, now: float | None =
         low = c["seconds_left"] is None or c["seconds_left"] < 86400
         cred_rows.append(f'<tr><td class="t">{_e(c["kind"])}</td><td class="t">{_e(c["profile"])}</td>'
                          f'<td class="t">{_e(c["file"])}</td><td{" class=bad" if low else ""}>'
-                         f'{_duration(c["seconds_left"])}</td><td class="t">{_e(c["problem"] or "")}</td></tr>')
+                         f'{duration(c["seconds_left"])}</td><td class="t">{_e(c["problem"] or "")}</td></tr>')
     window = data["window"]
     chart_html = "".join(f'<div class="chart"><h3>{_e(q)}</h3>{chart(q, points, now)}</div>'
                          for q, points in charts.items())
@@ -158,7 +148,7 @@ def render(data: dict, charts: dict[str, list], prefix: str, now: float | None =
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>harvester-cli {_e(data["harvester_id"])}: status</title><style>{CSS}</style></head>
 <body><h1>harvester-cli <span id="harvester-id">{_e(data["harvester_id"])}</span></h1>
-<div class="meta">generated {_e(data["generated"])}; window from {_e(window["since"])} ({_duration(window["seconds"])});
+<div class="meta">generated {_e(data["generated"])}; window from {_e(window["since"])} ({duration(window["seconds"])});
 <a href="{_e(prefix)}">worker logs</a>; <a href="/metrics">metrics</a></div>
 <h2>Workers per queue, CE and resource type</h2>
 {_table(["queue", "CE", "type", *STATES, "total"], worker_rows, "workers", "no workers")}

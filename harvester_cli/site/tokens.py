@@ -3,7 +3,7 @@ OAuth2 client-credentials request before it expires.
 
 Per CE: the profile expands over the ACTIVE CEs of every queue whose `ce_token_profile` names it (listed in
 the queue's backend options, or read from its CRIC file; config.ces). Each CE's audience is its normalised
-endpoint (harvester_cli.bearer.ce_audience); CEs with the same audience share one token and one issuer
+endpoint (site.bearer.ce_audience); CEs with the same audience share one token and one issuer
 call. The file of an audience is `<directory>/<audience as a file name>`, so a backend finds a CE's token
 from its endpoint alone (`ce_token`) and renewal never goes through a worker.
 
@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harvester_cli import bearer
 from harvester_cli.config import Config, TokenProfile
 from harvester_cli.config.ces import queue_ces
+from harvester_cli.site import bearer
 from harvester_cli.site.alerts import Problem
 from harvester_cli.site.credentials import CredentialError, ProfileResult, duration
 from harvester_cli.site.logs import redact, register_secret

@@ -1,5 +1,6 @@
-"""WLCG bearer tokens as data (pure, standard library only): a token's claims, a CE's audience, the file a
-per-CE token lives in, and why a CE would refuse a token.
+"""WLCG bearer tokens as data (pure: no I/O, standard library and config.ces only): a token's claims, a CE's
+audience, the file a per-CE token lives in, and why a CE would refuse a token. Used by the token renewal
+(site.tokens) and by the grid backends to explain a refusal.
 
 Nothing here verifies a signature: the claims are read only to know when to renew and to explain a refusal
 (A-REX answers a bare 403 for a token of the wrong audience, an expired one and one without
@@ -9,7 +10,7 @@ Audiences (`ce_audience`): WLCG tokens name the CE they are for in `aud`. A CE e
 ways (CRIC: "host", "host:port", an https URL with a path); it is normalised to a lower-case host and an
 explicit port (the flavour's default when none is given: HTCondor-CE 9619, ARC-CE 443), then formatted
 per flavour: HTCondor-CE checks `host:port` (its SCITOKENS_SERVER_AUDIENCE convention), ARC-CE
-`https://host:port`. A profile may change the formats (`audience_formats`).
+`https://host:port` (config.ces.AUDIENCE_FORMATS). A profile may change the formats (`audience_formats`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import json
 import re
 import time
 
-WLCG_COMPUTE_SCOPES = "compute.create compute.read compute.modify compute.cancel"
-DEFAULT_PORTS = {"htcondor-ce": 9619, "arc-ce": 443}
-AUDIENCE_FORMATS = {"htcondor-ce": "{host}:{port}", "arc-ce": "https://{host}:{port}"}
+from harvester_cli.config.ces import AUDIENCE_FORMATS, DEFAULT_PORTS
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
 

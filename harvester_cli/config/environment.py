@@ -1,0 +1,127 @@
+"""What only this host can tell about a valid configuration (`config check` reports it; the loader does
+not look): files the configuration names that do not exist or are of the wrong kind, secret files and the
+SQLite state database (which holds job secrets) readable by others, SQLite on a network file system
+(`/proc/mounts`), and configurations that cannot work (no queue, no credentials for PanDA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from pathlib import Path
+from typing import Any
+
+from harvester_cli.config.schema import rule_of
+from harvester_cli.config.sections import Config
+
+
+def _walk(section: Any, where: str):
+    """(where, key, rule, value) of every set value in a section and its sub-sections."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{where}.{f.name}" if where else f.name)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                yield from _walk(item, f"{where}.{f.name}[{i}]")
+        elif rule_of(f) is not None and value is not None:
+            yield where, f.name, rule_of(f), value
+
+
+def environment_problems(config: Config) -> list[str]:
+    """What only this host can tell: files named in the configuration that do not exist, secrets that
+    others can read, and configurations that cannot work (no queues, no credentials for PanDA)."""
+    source = str(config.path or "<config>")
+    problems = []
+    sections: list[tuple[str, Any]] = [("panda", config.panda), ("smtp", config.smtp)]
+    sections += [(f"proxies.{n}", p) for n, p in config.proxies.items()]
+    sections += [(f"tokens.{n}", t) for n, t in config.tokens.items()]
+    sections += [(f"queues.{n}.backend_options", q.backend_options) for n, q in config.queues.items()]
+    for table, section in sections:
+        for where, key, rule, value in _walk(section, table):
+            if not rule.must_exist or not isinstance(value, Path):
+                continue
+            kind = {"file": "file", "dir": "directory", "any": "file or directory"}[rule.must_exist]
+            try:
+                info = value.stat()
+            except OSError as exc:
+                problems.append(f"{source}: [{where}] {key}: {value}: {exc.strerror}; create it or fix the path")
+                continue
+            wrong = (rule.must_exist == "file" and not stat.S_ISREG(info.st_mode)) or \
+                    (rule.must_exist == "dir" and not stat.S_ISDIR(info.st_mode))
+            if wrong:
+                problems.append(f"{source}: [{where}] {key}: {value} is not a {kind}")
+            elif rule.secret and info.st_mode & 0o077:
+                problems.append(f"{source}: [{where}] {key}: {value} is readable by others "
+                                f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {value}")
+    problems += _loose_state_files(config, source)
+    problems += _sqlite_on_network(config, source)
+    if not config.queues:
+        problems.append(f"{source}: no queues: add one, e.g. [queues.MY_QUEUE] with mode and backend "
+                        "(`harvester-cli config example` shows one)")
+    panda = config.panda
+    if not any((panda.proxy, panda.proxy_profile, panda.token_file, panda.token_profile)):
+        problems.append(f"{source}: [panda] no credentials: PanDA needs a client certificate or a token; set proxy "
+                        "(or proxy_profile), or token_file (or token_profile) with token_origin")
+    return problems
+
+
+# File systems that serve one directory to several hosts: SQLite's locks (POSIX locks, and the shared memory
+# of WAL mode) do not hold across hosts there, and two hosts writing one file corrupt it.
+NETWORK_FILE_SYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",
+                                  "lustre", "gpfs", "beegfs", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs",
+                                  "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "fuse.juicefs", "ocfs2", "gfs2"})
+
+
+def mount_of(path: Path, mounts: str = "/proc/mounts") -> tuple[str, str] | None:
+    """(mount point, file system type) of the mount holding `path`: the longest mount point above it."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    best: tuple[str, str] | None = None
+    target = str(path)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fields[2])
+    return best
+
+
+def _sqlite_on_network(config: Config, source: str, mounts: str = "/proc/mounts") -> list[str]:
+    """SQLite on a network file system: refused, it is the one set-up that corrupts the state database."""
+    url = config.state_url
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return []
+    database = Path(url.removeprefix("sqlite:///"))
+    where = database if database.exists() else database.parent
+    found = mount_of(where.resolve() if where.exists() else where, mounts)
+    if found is None or found[1] not in NETWORK_FILE_SYSTEMS:
+        return []
+    return [f"{source}: state: {database} is on {found[1]} ({found[0]}): SQLite on a network file system loses "
+            "its locks between hosts and corrupts the database; keep SQLite on a local disk of one host, or give "
+            "several hosts one PostgreSQL or MariaDB server (state = \"postgresql://...\" or \"mariadb://...\")"]
+
+
+def _loose_state_files(config: Config, source: str) -> list[str]:
+    """A SQLite state database holds the job dicts verbatim, secrets included: it and its journals are 0600."""
+    url = config.state_url
+    if not url.startswith("sqlite:///"):
+        return []
+    database = Path(url.removeprefix("sqlite:///"))
+    loose = []
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm"), Path(f"{database}-journal")):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            loose.append(f"{path} (mode {mode:04o})")
+    if not loose:
+        return []
+    return [f"{source}: state: {', '.join(loose)} readable by others, and the state database holds job secrets: "
+            f"chmod 600 {' '.join(p.split(' (')[0] for p in loose)}"]

@@ -1,0 +1,110 @@
+"""Reading a configuration: the TOML file (`load`) or its parsed tables (`parse`) into a `sections.Config`.
+
+Every problem of a file is reported at once, one line each with the file, the table, the key and the fix
+(`schema.Validator`): each table is built against its section, each queue's backend_options against its
+backend's section (`backend_options.BACKEND_OPTIONS`), then the rules across tables run (`references`).
+Relative paths are taken from the file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from harvester_cli.config.backend_options import BACKEND_OPTIONS
+from harvester_cli.config.references import check_references
+from harvester_cli.config.schema import Validator, describe
+from harvester_cli.config.sections import Config, ProxyProfile, QueueConfig, TokenProfile, xdg_dir
+from harvester_cli.errors import ConfigError
+
+
+def default_config_path() -> Path:
+    return xdg_dir("XDG_CONFIG_HOME", ".config") / "config.toml"
+
+
+def _profiles(validator: Validator, data: dict, key: str, cls: type) -> dict:
+    raw = data.pop(key, {})
+    if not isinstance(raw, dict):
+        validator.problem("", f"{key}: must be a table of profiles, e.g. [{key}.NAME]")
+        return {}
+    profiles = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            validator.problem(f"{key}.{name}", f"expected a table, got {describe(table)}")
+            continue
+        profile = validator.build(cls, table, f"{key}.{name}", name=name)
+        if profile is not None:
+            profiles[name] = profile
+    return profiles
+
+
+def _queues(validator: Validator, raw: dict, defaults: dict) -> dict[str, QueueConfig]:
+    queues = {}
+    for name, table in raw.items():
+        where = f"queues.{name}"
+        if not isinstance(table, dict):
+            validator.problem(where, f"expected a table, got {describe(table)}")
+            continue
+        merged = {**defaults, **table}
+        raw_options = merged.pop("backend_options", None) or {}
+        queue = validator.build(QueueConfig, merged, where, name=name)
+        if not isinstance(raw_options, dict):
+            validator.problem(where, f"backend_options: expected a table, got {describe(raw_options)}")
+            continue
+        if queue is None:
+            continue
+        options = validator.build(BACKEND_OPTIONS[queue.backend], raw_options, f"{where}.backend_options")
+        if options is not None:
+            queues[name] = dataclasses.replace(queue, backend_options=options)
+    return queues
+
+
+def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """The configuration from parsed TOML; raises ConfigError listing every problem, one per line."""
+    validator = Validator(source, base_dir or Path.cwd())
+    data = dict(data)
+    raw_queues = data.pop("queues", {})
+    defaults = data.pop("queue_defaults", {})
+    for key, value in (("queues", raw_queues), ("queue_defaults", defaults)):
+        if not isinstance(value, dict):
+            validator.problem("", f"{key}: must be a table, e.g. [queues.MY_QUEUE], got {describe(value)}")
+    proxies = _profiles(validator, data, "proxies", ProxyProfile)
+    tokens = _profiles(validator, data, "tokens", TokenProfile)
+    queues = _queues(validator, raw_queues, defaults) if isinstance(raw_queues, dict) and isinstance(defaults, dict) \
+        else {}
+    config = validator.build(Config, data, "")
+    if config is None:
+        validator.raise_problems()
+    config = dataclasses.replace(config, proxies=proxies, tokens=tokens, queues=queues)
+    check_references(validator, config)
+    validator.raise_problems()
+    state = config.state
+    if state and "://" not in state and not Path(state).expanduser().is_absolute():
+        state = str(validator.base_dir / state)   # like every other path: relative to the config file
+    return dataclasses.replace(config, state=state)
+
+
+def load(path: Path | None) -> Config:
+    explicit = path is not None
+    path = path or default_config_path()
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"{path}: no such configuration file")
+        raise ConfigError(
+            f"no configuration at {path}: create it (`mkdir -p {path.parent} && harvester-cli config example > {path}`) "
+            "or pass --config"
+        )
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text: save it as UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    config = parse(data, str(path), path.parent.resolve())
+    return dataclasses.replace(config, path=path)
