@@ -4,7 +4,9 @@ The package is built in layers. A module imports from its own room (package) and
 never from a layer above, and two rooms of one layer never import each other (tests/ check this, imports
 inside functions included, against the list below):
 
-    cli, cron, __main__, commands    the frame: the command line, the cron wrapper, one click skin per command
+    __main__                         python -m harvester_cli
+    cli, cron                        the frame: the command line (its table names each command), the cron wrapper
+    commands                         one click skin per command
     output                           printing: tables on a terminal, plain text under cron, --json
     steps                            what each command does: fetch-jobs, submit, poll, propagate, sweep, cycle
     instance                         what one instance is made of: configuration, state, PanDA client, backends

@@ -96,7 +96,7 @@ class Instance:
 
     def host_bound(self, queue: QueueConfig) -> bool:
         """Whether only the host that made a worker of this queue may poll, kill and clean it."""
-        return self.backend(queue).host_bound
+        return backends.backend_class(queue.backend).is_host_bound(queue.backend_options)
 
     def host_filter(self, queue: QueueConfig) -> str | None:
         """Whose workers of `queue` this host works, as the state functions take it: None for every host's,

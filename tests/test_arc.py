@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from harvester_cli.panda.jobs import PandaJob
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.steps import fetch_jobs as fetching
 from harvester_cli.steps import poll as monitoring
@@ -314,7 +315,8 @@ def test_description_reads_as_intended_by_arcs_own_parser(tmp_path, harness, arc
         "HARVESTER/TEST"], stage_inputs=files.url + "/{scope}/{lfn}")})
     backend = instance.backend(instance.config.queues["ARC_PUSH"])
     job = {"PandaID": 7, "inFiles": "EVNT.1,EVNT.2", "scopeIn": "mc23,mc23", "maxWalltime": 7200, "coreCount": 4}
-    spec = WorkerSpec(42, "ARC_PUSH", "MCORE", 4, 8001, 86400, tmp_path / "logs", "{python} -m pilot", job=job)
+    spec = WorkerSpec(42, "ARC_PUSH", "MCORE", 4, 8001, 86400, tmp_path / "logs", "{python} -m pilot",
+                      job=PandaJob.from_dict(job))
     (tmp_path / "job.adl").write_text(adl.bulk([backend._activity(spec, "deleg1")]))
     code = """
 import arc, json, sys

@@ -18,6 +18,7 @@ from harvester_cli import config as config_module
 from harvester_cli import model
 from harvester_cli.backends import _arc_compat
 from harvester_cli.backends import _arc_description as adl
+from harvester_cli.panda.jobs import PandaJob
 from harvester_cli.backends.base import BackendContext, WorkerRef
 from harvester_cli.errors import ConfigError
 
@@ -43,16 +44,20 @@ def test_memory_per_core_is_rounded_up_to_500_mb_steps(memory, cores, expected):
     ({"maxWalltime": -5, "maxCpuCount": "x"}, 86400),
 ])
 def test_walltime_comes_from_the_job_limits_capped_by_the_queue(job, expected):
-    assert adl.walltime_seconds(job, cap=86400) == expected
+    assert adl.walltime_seconds(job and PandaJob.from_dict(job), cap=86400) == expected
 
 
 def test_staged_inputs_come_from_in_files_and_scopes_through_the_url_template():
-    job = {"inFiles": "EVNT.1,EVNT.2", "scopeIn": "mc23,data23"}
+    job = PandaJob.from_dict({"inFiles": "EVNT.1,EVNT.2", "scopeIn": "mc23,data23"})
     assert adl.staged_inputs(job, "https://data.example.org/{scope}/{lfn}") == {
         "EVNT.1": "https://data.example.org/mc23/EVNT.1", "EVNT.2": "https://data.example.org/data23/EVNT.2"}
     assert adl.staged_inputs(job, None) == {}
-    assert adl.staged_inputs({"inFiles": "", "scopeIn": "NULL"}, "x/{lfn}") == {}
-    assert adl.staged_inputs({"inFiles": "A", "scopeIn": "NULL"}, "rucio://r/{scope}/{lfn}") == {"A": "rucio://r//A"}
+    assert adl.staged_inputs(PandaJob.from_dict({"inFiles": "", "scopeIn": "NULL"}), "x/{lfn}") == {}
+    assert adl.staged_inputs(PandaJob.from_dict({"inFiles": "A", "scopeIn": "NULL"}),
+                             "rucio://r/{scope}/{lfn}") == {"A": "rucio://r//A"}
+    # the lists are parallel by position: an empty entry keeps the next file's scope in its place
+    assert adl.staged_inputs(PandaJob.from_dict({"inFiles": "A,,B", "scopeIn": "s1,s2,s3"}), "{scope}/{lfn}") == {
+        "A": "s1/A", "B": "s3/B"}
 
 
 def test_input_file_names_are_the_last_path_component():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harvester_cli.panda.jobs import PandaJob
 from harvester_cli import config, model
 from harvester_cli.backends import _htcondor_status as status_map
 from harvester_cli.backends import _htcondor_submit as build
@@ -152,7 +153,7 @@ def test_grid_job_whose_ce_is_unreachable_stays_queued_then_is_removed():
 def spec(worker_id=1, log_dir=Path("/logs/1"), job=None, **kw) -> WorkerSpec:
     return WorkerSpec(worker_id=worker_id, queue="Q", resource_type="MCORE", n_core=8, memory_mb=16000,
                       walltime=3 * 3600 + 30, log_dir=log_dir, pilot_command=kw.pop("pilot", "run-pilot --queue Q"),
-                      environment=kw.pop("environment", {"PANDA_QUEUE": "SITE"}), job=job)
+                      environment=kw.pop("environment", {"PANDA_QUEUE": "SITE"}), job=job and PandaJob.from_dict(job))
 
 
 class Q:

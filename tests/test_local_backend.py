@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harvester_cli.panda.jobs import PandaJob
 from harvester_cli.backends.base import BackendContext, WorkerRef, WorkerSpec
 from harvester_cli.backends.local import LocalBackend
 from harvester_cli.config import QueueConfig
@@ -23,7 +24,8 @@ def backend(tmp_path):
 
 
 def spec(tmp_path, worker_id, command, job=None):
-    return WorkerSpec(worker_id, "Q", "SCORE", 1, 2000, 60, tmp_path / "logs" / str(worker_id), command, job=job)
+    return WorkerSpec(worker_id, "Q", "SCORE", 1, 2000, 60, tmp_path / "logs" / str(worker_id), command,
+                      job=job and PandaJob.from_dict(job))
 
 
 def ref(tmp_path, worker_id, batch_id=None):

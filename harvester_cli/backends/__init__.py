@@ -8,10 +8,10 @@ and each one's options, is config.backend_options.BACKEND_OPTIONS, the one list:
 A backend module is imported only when a queue uses it, and imports its heavy client library (htcondor2,
 pyarcrest) only inside the calls that need it, so `config check` and `--help` stay light.
 
-Layer: imported by the steps and the commands (and by scripts and tests). Backends import config, model,
-errors, faults, panda (pilot_outputs: the files a pilot reads and writes) and site (secretfiles: private
-files; bearer: why a CE refuses a token); never each other, never the steps, the state database or a
-command.
+Layer: imported by the instance, the steps and the commands (and by scripts and tests). Backends import
+config, model, errors, faults, panda (jobs: the typed push job; pilot_outputs: the files a pilot reads and
+writes) and site (secretfiles: private files; bearer: why a CE refuses a token); never each other, never
+the instance, the steps, the state database or a command.
 """
 from __future__ import annotations
 

@@ -29,6 +29,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from harvester_cli.panda.jobs import PandaJob
+
 ADL = "http://www.eu-emi.eu/es/2010/12/adl"
 NORDUGRID_ADL = "http://www.nordugrid.org/es/2011/12/nordugrid-adl"
 ET.register_namespace("", ADL)
@@ -55,43 +57,20 @@ def memory_per_core_mb(memory_mb: int, n_core: int) -> int:
     return max(1, math.ceil(per_core / MEMORY_STEP_MB)) * MEMORY_STEP_MB
 
 
-def _positive_int(value) -> int | None:
-    try:
-        number = int(float(value))
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if number > 0 else None
-
-
-def walltime_seconds(job: dict | None, cap: int) -> int:
+def walltime_seconds(job: PandaJob | None, cap: int) -> int:
     """The job's own limit (maxWalltime, else maxCpuCount, in seconds), never above the queue's cap.
 
     Pull workers (no job) and jobs that say nothing get the queue's walltime.
     """
-    if not job:
-        return cap
-    limit = _positive_int(job.get("maxWalltime")) or _positive_int(job.get("maxCpuCount"))
+    limit = job.walltime_limit if job is not None else None
     return min(limit, cap) if limit else cap
 
 
-def _listed(value) -> list[str]:
-    if value is None or str(value).strip() in ("", "NULL"):
-        return []
-    return [item.strip() for item in str(value).split(",")]
-
-
-def staged_inputs(job: dict | None, url_template: str | None) -> dict[str, str]:
-    """Push mode: the job's input files (inFiles, scopeIn) -> {name in the session: URL the CE fetches}."""
-    if not job or not url_template:
+def staged_inputs(job: PandaJob | None, url_template: str | None) -> dict[str, str]:
+    """Push mode: the job's input files -> {name in the session: URL the CE fetches}."""
+    if job is None or not url_template:
         return {}
-    lfns = _listed(job.get("inFiles"))
-    scopes = _listed(job.get("scopeIn"))
-    out = {}
-    for i, lfn in enumerate(lfns):
-        if lfn and lfn != "NULL":
-            scope = scopes[i] if i < len(scopes) and scopes[i] != "NULL" else ""
-            out[lfn] = url_template.format(lfn=lfn, scope=scope)
-    return out
+    return {name: url_template.format(lfn=name, scope=scope) for name, scope in job.inputs}
 
 
 def input_file_name(source: str) -> str:

@@ -374,13 +374,12 @@ class ArcBackend(Backend):
         uploads.update({name: str(path) for name, path in self.context.pilot_files.items()})
         annotations = []
         if spec.job is not None:
-            import json
 
             # The job dict may carry secrets (pilotSecrets): readable by the harvester's user only.
             job_file = staging / JOB_DESCRIPTION
-            write_private(job_file, json.dumps(spec.job).encode())
+            write_private(job_file, spec.job.description.encode())
             uploads[JOB_DESCRIPTION] = str(job_file)
-            annotations.append(f"PandaID={spec.job.get('PandaID')}")
+            annotations.append(f"PandaID={spec.job.panda_id}")
         remote = {}
         for source in self.options.input_files:
             if "://" in source:

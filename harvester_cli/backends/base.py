@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from harvester_cli.panda.jobs import PandaJob
+
 
 def part_file(target: Path) -> Path:
     """A temporary name beside `target`, this call's own: write there, then os.replace onto target."""
@@ -76,7 +78,8 @@ class CEToken:
 
 @dataclass
 class WorkerSpec:
-    """One worker to submit. `job` is the PanDA job dict in push mode (shipped as pandaJobData.out)."""
+    """One worker to submit. `job` is the push-mode PanDA job: its typed fields for the backend to read, its
+    description (the verbatim dict as JSON) for the backend to ship as pandaJobData.out, unread."""
 
     worker_id: int
     queue: str
@@ -87,7 +90,7 @@ class WorkerSpec:
     log_dir: Path
     pilot_command: str
     environment: dict[str, str] = field(default_factory=dict)
-    job: dict | None = None
+    job: PandaJob | None = None
 
 
 class WorkerRef:

@@ -314,7 +314,7 @@ class HTCondorBackend(Backend):
         if spec.job is not None:
             # The job dict may carry secrets (pilotSecrets): readable by the job's account only.
             job_file = work / JOB_DESCRIPTION
-            write_private(job_file, json.dumps(spec.job).encode())
+            write_private(job_file, spec.job.description.encode())
             inputs.insert(0, str(job_file))
         proxy = self.proxy if ce is None or self.context.ce_credentials != "token" else None
         token = self.ce_token(ce)

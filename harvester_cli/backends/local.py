@@ -144,10 +144,9 @@ class LocalBackend(Backend):
                 pass
             os.makedirs(log_dir, exist_ok=True)
             if spec.job is not None:
-                import json
 
                 # The job dict may carry secrets (pilotSecrets): readable by the worker's user only.
-                write_private(Path(work) / JOB_DESCRIPTION, json.dumps(spec.job).encode())
+                write_private(Path(work) / JOB_DESCRIPTION, spec.job.description.encode())
             env = {**environment, **spec.environment,
                    "HARVESTER_ID": self.context.harvester_id, "HARVESTER_WORKER_ID": str(spec.worker_id),
                    "HARVESTER_PILOT_COMMAND": spec.pilot_command, "HARVESTER_PILOT_STDOUT": f"{log_dir}/pilot.out",

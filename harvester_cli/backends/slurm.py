@@ -63,7 +63,6 @@ An HPC queue whose worker is a 4-node job running one pilot per node: `nodes = 4
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pwd
@@ -247,7 +246,7 @@ class SlurmBackend(Backend):
         work.mkdir(parents=True, exist_ok=True)
         work.chmod(0o700)   # the job dict may carry secrets (pilotSecrets)
         if spec.job is not None:
-            write_private(work / JOB_DESCRIPTION, json.dumps(spec.job).encode())
+            write_private(work / JOB_DESCRIPTION, spec.job.description.encode())
         environment = dict(spec.environment)
         if self.proxy:
             environment["X509_USER_PROXY"] = str(self.proxy)

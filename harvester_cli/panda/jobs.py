@@ -38,10 +38,22 @@ def _unset(value) -> bool:
 
 
 def _listed(value) -> list[str]:
-    """A comma-joined file list ("a,b,,NULL") as its entries, empty ones and "NULL" left out."""
-    if not isinstance(value, str):
+    """A comma-joined file list as its entries, by position ("a,,NULL" -> ["a", "", ""]): PanDA's file lists
+    are parallel (inFiles with scopeIn, GUID, fsize, ...), so an empty entry keeps its place."""
+    if value is None or str(value).strip() in ("", "NULL"):
         return []
-    return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "NULL"]
+    return ["" if v.strip() == "NULL" else v.strip() for v in str(value).split(",")]
+
+
+def _seconds(value) -> int | None:
+    """A positive number of seconds as PanDA writes it (an int, a float, or their text); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 0 < number <= MAX_INT32 else None
 
 
 def _attempt(value) -> int | None:
@@ -72,8 +84,7 @@ class PandaJob:
     max_cpu_count: int | None     # seconds
     resource_type: str | None
     job_pars: str | None
-    in_files: list[str] = field(default_factory=list)
-    scopes_in: list[str] = field(default_factory=list)
+    inputs: list[tuple[str, str]] = field(default_factory=list)   # (file name, scope) of each input file
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -88,11 +99,16 @@ class PandaJob:
             attempt_nr=_attempt(job.get("attemptNr")),
             core_count=number("coreCount", 1, MAX_CORES),
             min_ram_count=number("minRamCount", 1),
-            max_walltime=number("maxWalltime", 1),
-            max_cpu_count=number("maxCpuCount", 1),
+            max_walltime=_seconds(job.get("maxWalltime")),
+            max_cpu_count=_seconds(job.get("maxCpuCount")),
             resource_type=None if _unset(resource_type) or not isinstance(resource_type, str) else resource_type,
             job_pars=job.get("jobPars") if isinstance(job.get("jobPars"), str) else None,
-            in_files=_listed(job.get("inFiles")), scopes_in=_listed(job.get("scopeIn")), raw=job)
+            inputs=_inputs(job), raw=job)
+
+    @property
+    def walltime_limit(self) -> int | None:
+        """The job's own time limit in seconds: maxWalltime, else maxCpuCount; None when it says nothing."""
+        return self.max_walltime or self.max_cpu_count
 
     @classmethod
     def from_json(cls, text: str) -> PandaJob:
@@ -102,6 +118,12 @@ class PandaJob:
     def description(self) -> str:
         """The job as PanDA sent it, JSON: what the pilot reads from pandaJobData.out (never edited here)."""
         return json.dumps(self.raw)
+
+
+def _inputs(job: dict) -> list[tuple[str, str]]:
+    files = _listed(job.get("inFiles"))
+    scopes = _listed(job.get("scopeIn"))
+    return [(name, scopes[i] if i < len(scopes) else "") for i, name in enumerate(files) if name]
 
 
 def problem(job: dict, resource_types: list[str]) -> str | None:

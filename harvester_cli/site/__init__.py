@@ -3,7 +3,7 @@
 secret files written 0600 and locked (`secretfiles`), the log tree's layout and each command's own log
 (`logs`), log retention (`retention`), the read-only log server (`logserver`) with its status page
 (`statuspage`), Prometheus metrics (`metrics`) and the service metrics PanDA's monitor shows
-(`hostmetrics`).
+(`hostmetrics`), and the time left on every proxy and token (`lifetimes`).
 
 Layer: below the steps, backends and panda, above config. Imported by the commands, the steps, the
 backends (secretfiles, bearer) and the PanDA simulator's test PKI (proxies). Imports config, model and

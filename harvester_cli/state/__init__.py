@@ -1,7 +1,14 @@
-"""The state database: its tables (`schema`), the store with transactions, claims with leases and the
-outbox for PanDA (`store`), the job-side state transitions the steps share (`transitions`), read-only
-views (`views`), and the schema's migrations (`upgrade`, `migrations/`, the only users of Alembic).
+"""The state database, and every SQL statement harvester-cli runs.
 
-Imported by the steps and the commands; imports config, model, errors and panda.pilot_outputs (to queue
-PanDA updates), never a step, a backend or a command.
+`schema` declares the tables; `store` opens the database and hands out transactions (`Tx`), retries a
+transaction another host's deadlocked, and refuses a database this code cannot use. Each other module is
+one table or concern, as plain functions named for what they mean, taking the open transaction:
+`workers`, `jobs` (with their link to workers), `outbox` (what still has to reach PanDA), `commands`
+(PanDA's commands as received), `targets` (pilot-streaming numbers), `registrations`, `locks` (named
+leases), `claims` (rows claimed with leases), `meta` (worker ids), `monitoring` (snapshots, command runs,
+counters) and `views` (read-only, for status, workers and jobs). `upgrade` and `migrations/` are the only
+users of Alembic.
+
+Layer: imported by the steps, the instance and the commands; imports config, model and errors. Never
+panda (the steps build PanDA's updates and hand them over as data), a backend, a step or a command.
 """

@@ -1,7 +1,11 @@
-"""The library behind each command: one module per cycle step (`fetch_jobs`, `submit` with its pure
-`planner`, `poll`, `propagate`, `sweep`), `cycle` which chains them, `demo`, and `instance`, which wires a
-configuration to its state database, PanDA client and backends.
+"""What each command does: one module per cycle step (`fetch_jobs`, `submit`, `poll`, `propagate`, `sweep`),
+`monitor` (status, metrics, the status page), `cycle`, which chains the steps, and `demo`, which drives
+cycles against the PanDA simulator. Below the steps sit the pieces they share: `planner` (how many
+workers, pure), `registration` (this instance at PanDA) and `transitions` (what a push job does when its
+worker moves). Steps orchestrate and decide: they pass a state transaction down and typed PanDA objects
+around; they hold no SQL and no PanDA field names.
 
-Imported by the commands (and by scripts and tests that drive the library directly); imports the layers
-below: state, panda, backends, site, and config, model, errors. A step never imports a command.
+Layer: imported by the commands (and by scripts and tests that drive the library directly); imports the
+instance and the layers below it. A step never imports another step of its floor (cycle chains them, demo
+drives the cycle) nor a command.
 """

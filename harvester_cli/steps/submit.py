@@ -201,7 +201,7 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
             worker_id=worker_id, queue=queue.name, resource_type=rt, n_core=cores, memory_mb=memory,
             walltime=queue.walltime, log_dir=log_dir,
             pilot_command=instance.pilot_command(queue, worker_id, rt, cores, memory),
-            environment=instance.pilot_environment(queue, worker_id, rt), job=job.raw if job else None,
+            environment=instance.pilot_environment(queue, worker_id, rt), job=job,
         ))
         rows.append((worker_id, queue.name, queue.backend, queue.mode, rt, queue.job_type, cores, memory,
                      model.PENDING, str(log_dir), at, at, store.owner, lease, instance.host))
