@@ -42,6 +42,10 @@ COMMANDS = {
 }
 
 
+# The commands that do the work (what cron runs): they check this host as `config check` does before they start.
+HOST_CHECKED = ("cycle", "fetch-jobs", "submit", "poll", "propagate", "sweep", "kill-workers", "plan")
+
+
 @dataclass
 class Globals:
     """Global options, shared by every command through the click context."""
@@ -62,20 +66,34 @@ class Globals:
     _instance: object = field(default=None, repr=False)
 
     def config(self):
-        """The configuration, loaded and validated once; the command's own log file starts with it."""
+        """The configuration, loaded and validated once; the command's own log file starts with it. The
+        commands cron runs refuse what `config check` refuses on this host too (a missing proxy, a log_dir
+        below a file, a missing client library): exit 2, which cron mails, rather than exit 1 every minute."""
         if self._config is None:
             from harvester_cli import config
 
-            self._config = config.load(self.config_path)
-            self._start_command_log(self._config)
+            loaded = config.load(self.config_path)
+            problems = []
+            if self.command in HOST_CHECKED:
+                import dataclasses
+
+                checked = dataclasses.replace(loaded, state=self.state) if self.state else loaded
+                problems = config.environment_problems(checked)
+            self._start_command_log(loaded)
+            if problems:
+                raise config.ConfigError("\n".join(problems))
+            self._config = loaded
         return self._config
 
     def _start_command_log(self, config) -> None:
         settings = config.command_log
         if not self.command or not settings.enabled:
             return
+        from harvester_cli.config.environment import directory_problem
         from harvester_cli.site import logs
 
+        if directory_problem(config.logs):   # `config check` and the work commands say so, once
+            return
         root = logging.getLogger()
         for old in [h for h in root.handlers if h.name == "harvester-cli-command-log"]:
             root.removeHandler(old)
@@ -284,8 +302,11 @@ def main() -> None:
 def _main() -> None:
     try:
         code = cli.main(standalone_mode=False, prog_name="harvester-cli")
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:
+        # Ctrl-C: what the command left behind (a submission's withdrawn workers), or just that it stopped
+        said = str(exc.__cause__) if isinstance(exc.__cause__, KeyboardInterrupt) else ""
+        _to_command_log(logging.WARNING, said or "aborted")
+        click.echo(f"harvester-cli: {said}" if said else "aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

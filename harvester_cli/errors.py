@@ -39,6 +39,13 @@ class PandaRefused(PandaError):
         self.message = message
 
 
+class PandaUnreachable(PandaError):
+    """PanDA did not answer (no connection, or no reply within the timeout): the rest of this run's calls
+    are skipped rather than each waiting out its own timeouts."""
+
+    SKIPPED = "skipped: PanDA did not answer earlier in this run"
+
+
 class PandaNoSuchCall(PandaError):
     """The server does not have this API call (HTTP 403 "method ... is forbidden", or 404): an older server."""
 

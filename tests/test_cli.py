@@ -286,7 +286,7 @@ def test_submit_count_needs_exactly_one_queue(tmp_path, run):
 def test_submit_count_with_no_queue_configured(tmp_path, run):
     cfg = write_config(tmp_path, queues=())
     result = run("--config", str(cfg), "--state", str(tmp_path / "s.db"), "submit", "--count", "2")
-    assert_click_usage_error(result, "--count")
+    assert_usage_error(result, "no queues: add one")   # what is missing from the configuration comes first
 
 
 def test_submit_count_must_be_positive(instance):

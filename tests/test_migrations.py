@@ -138,7 +138,10 @@ def test_upgrade_sql_prints_the_ddl_and_changes_nothing(tmp_path):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     config = cwd / "config.toml"
-    config.write_text('harvester_id = "h"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+    proxy = cwd / "proxy.pem"   # the work commands check the host's files first, as `config check` does
+    proxy.write_text("not a real proxy: PanDA is never reached here")
+    proxy.chmod(0o600)
+    config.write_text(f'harvester_id = "h"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\nproxy = "{proxy}"\n'
                       '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
     return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), *args], capture_output=True,
                           text=True, cwd=cwd, timeout=120)

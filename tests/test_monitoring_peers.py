@@ -67,10 +67,13 @@ class Site:
                 "GOOD": {"mode": "pull", "backend": "local", "pilot": TEST_PILOT},
                 "PUSH": {"mode": "push", "backend": "local", "pilot": TEST_PILOT},
                 "FAIL": {"mode": "pull", "backend": "local", "pilot": "/bin/sh -c 'echo pilot fails; exit 3'"},
-                # a work directory below a file: the local backend cannot start the worker (missed)
-                "BROKEN": {"mode": "pull", "backend": "local", "pilot": TEST_PILOT, "backend_options": {"work_dir": "/dev/null/work"}},
+                # the queue's work directory is a file: the local backend cannot start the worker (missed)
+                "BROKEN": {"mode": "pull", "backend": "local", "pilot": TEST_PILOT,
+                           "backend_options": {"work_dir": str(base / "broken-work")}},
             },
         }
+        (base / "broken-work").mkdir()
+        (base / "broken-work" / "BROKEN").write_text("")
         self.config_path = base / "config.toml"
         self.config_path.write_text(to_toml(data))
         new_state(data["state"])

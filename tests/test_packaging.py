@@ -38,8 +38,12 @@ def cron_site(tmp_path):
     from tests.conftest import new_state
 
     config = tmp_path / "config.toml"
+    proxy = tmp_path / "proxy.pem"   # the work commands check the host's files first, as `config check` does
+    proxy.write_text("not a real proxy: PanDA at port 9 never answers")
+    proxy.chmod(0o600)
     config.write_text(f'harvester_id = "cron-test"\nstate = "{tmp_path / "state.db"}"\nlog_dir = "{tmp_path / "logs"}"\n'
-                      '[panda]\nurl = "https://127.0.0.1:9/api/v1"\n[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
+                      f'[panda]\nurl = "https://127.0.0.1:9/api/v1"\nproxy = "{proxy}"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
     new_state(tmp_path / "state.db")
     env = {**os.environ, "HARVESTER_CLI_CONFIG": str(config), "PATH": "/usr/bin:/bin"}   # cron's PATH: no venv
     return tmp_path / "logs", env

@@ -15,6 +15,21 @@ queue_option = click.option("--queue", "queues", multiple=True, metavar="NAME",
                             help="Only this queue (repeatable; adds to the global --queue).")
 
 
+def report(out, problems) -> None:
+    """Each reason a run was partial, one line each; the calls skipped because PanDA did not answer earlier
+    in the run (the client said so once, with why) as one line."""
+    from harvester_cli.errors import PandaUnreachable
+
+    skipped = 0
+    for problem in problems:
+        if PandaUnreachable.SKIPPED in problem:
+            skipped += 1
+        else:
+            out.error(problem)
+    if skipped:
+        out.error(f"{skipped} more PanDA call(s) {PandaUnreachable.SKIPPED}; the next run tries again")
+
+
 def exit_code(partial: bool) -> int:
     return EXIT_PARTIAL if partial else EXIT_OK
 

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded, report
 
 
 @click.command("cycle", epilog="Example (crontab): * * * * * harvester-cli-cron cycle   (HARVESTER_CLI_CONFIG=... above it)")
@@ -19,8 +19,6 @@ def command(g, queues):
     out = g.output()
     out.table("cycle", ["step", "summary", "partial", "why"],
               [(r.step, r.summary, "yes" if r.partial else "", "; ".join(r.problems)) for r in results])
-    for r in results:
-        for problem in r.problems:
-            out.error(f"{r.step}: {problem}")
+    report(out, [f"{r.step}: {problem}" for r in results for problem in r.problems])
     out.emit({"steps": [asdict(r) for r in results]})
     return exit_code(any(r.partial for r in results))

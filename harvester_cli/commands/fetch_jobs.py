@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded, report
 
 
 @click.command("fetch-jobs", epilog="Example: harvester-cli fetch-jobs --queue MY_PUSH_QUEUE")
@@ -18,7 +18,6 @@ def command(g, queues):
     out = g.output()
     out.table("fetch-jobs", ["queue", "requested", "stored", "invalid", "duplicate", "note"],
               [(q.queue, q.requested, q.stored, q.invalid, q.duplicate, q.error or q.skipped) for q in result.queues])
-    for problem in result.problems():
-        out.error(problem)
+    report(out, result.problems())
     out.emit({"queues": [asdict(q) for q in result.queues]})
     return exit_code(result.failed)

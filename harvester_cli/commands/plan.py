@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option
+from harvester_cli.commands import exit_code, pass_globals, queue_option, report
 
 
 @click.command("plan", epilog="Example: harvester-cli plan --queue MY_QUEUE   # why (no) pilots?")
@@ -22,8 +22,7 @@ def command(g, queues):
         if q.plan:
             out.line(f"{q.queue}:")
             out.lines.extend(f"  {step}" for step in q.plan.trace)
-    for problem in run.problems():
-        out.error(problem)
+    report(out, run.problems())
     out.emit({"queues": [{"queue": q.queue, "plan": q.plan.per_resource_type if q.plan else {},
                           "trace": [{"rule": s.rule, "inputs": s.inputs, "result": s.result} for s in q.plan.trace]
                           if q.plan else []} for q in run.queues]})

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded, report
 
 
 @click.command("poll", epilog="Example: harvester-cli poll --queue MY_QUEUE")
@@ -18,8 +18,7 @@ def command(g, queues):
     out.table("poll", ["queue", "checked", "changes", "jobs final", "kill requested", "error"],
               [(q.queue, q.checked, ", ".join(f"{k}={v}" for k, v in sorted(q.changes.items())) or "-",
                 q.jobs_final, q.kill_requested, q.error) for q in run.queues])
-    for problem in run.problems():
-        out.error(problem)
+    report(out, run.problems())
     out.emit({"queues": [{"queue": q.queue, "checked": q.checked, "changes": dict(q.changes),
                           "jobs_final": q.jobs_final, "kill_requested": q.kill_requested, "error": q.error}
                          for q in run.queues]})

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded, report
 
 
 @click.command("propagate", epilog="Example: harvester-cli propagate -v")
@@ -31,7 +31,6 @@ def command(g, queues):
     ])
     out.line(f"heartbeat: {run.heartbeat}; workers to kill from PanDA: {run.kills_from_panda}; "
              f"service metrics: {run.service_metrics}")
-    for problem in run.problems():
-        out.error(problem)
+    report(out, run.problems())
     out.emit({**asdict(run), "pending": pending})
     return exit_code(run.partial)

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded, report
 
 
 @click.command("submit", epilog="""Examples:
@@ -37,6 +37,9 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
         run = submit(g.instance(), selected, dry_run=dry_run, count=count, resource_type=resource_type,
                      force=force, progress=advance)
     g.items = sum(len(q.submitted) for q in run.queues)
+    if run.interrupted:
+        g.output().error(str(run.interrupted))
+        return 130
     rows, data = [], []
     for q in run.queues:
         plan = q.plan.per_resource_type if q.plan else {}
@@ -67,8 +70,7 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
             for w, (s, d) in sorted(final.items()):
                 if s != "finished":
                     out.error(f"worker {w} ended {s}" + (f": {d}" if d else ""))
-    for problem in run.problems():
-        out.error(problem)
+    report(out, run.problems())
     out.emit({"dry_run": dry_run, "queues": data,
               **({"workers": [{"worker_id": w, "status": s, "diag": d} for w, (s, d) in sorted(final.items())]}
                  if final else {})})

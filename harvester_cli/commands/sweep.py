@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded
+from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded, report
 
 
 @click.command("sweep", epilog="Example: harvester-cli sweep --queue MY_QUEUE --force")
@@ -24,7 +24,6 @@ def command(g, queues, force, retention):
               [(q.queue, q.to_kill, q.killed, len(q.kill_failed), q.cleaned, q.jobs_deleted,
                 q.refused or "; ".join(f"{w}: {e}" for w, e in q.kill_failed[:3])) for q in run.queues])
     out.line(f"history: {run.history_trimmed} snapshot rows older than the retention deleted")
-    for problem in run.problems():
-        out.error(problem)
+    report(out, run.problems())
     out.emit({"queues": [asdict(q) for q in run.queues], "history_trimmed": run.history_trimmed})
     return exit_code(run.partial)

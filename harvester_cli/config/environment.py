@@ -54,6 +54,8 @@ def environment_problems(config: Config) -> list[str]:
             elif rule.secret and info.st_mode & 0o077:
                 problems.append(f"{source}: [{where}] {key}: {value} is readable by others "
                                 f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {value}")
+    problems += _client_libraries(config, source)
+    problems += _directories(config, source)
     problems += _loose_state_files(config, source)
     problems += _sqlite_on_network(config, source)
     if not config.queues:
@@ -105,6 +107,63 @@ def _sqlite_on_network(config: Config, source: str, mounts: str = "/proc/mounts"
     return [f"{source}: state: {database} is on {found[1]} ({found[0]}): SQLite on a network file system loses "
             "its locks between hosts and corrupts the database; keep SQLite on a local disk of one host, or give "
             "several hosts one PostgreSQL or MariaDB server (state = \"postgresql://...\" or \"mariadb://...\")"]
+
+
+def _client_libraries(config: Config, source: str) -> list[str]:
+    """A queue whose backend's client library is not installed could never submit, poll or repair a worker."""
+    import importlib.util
+
+    from harvester_cli.config.backend_options import CLIENT_LIBRARIES
+
+    problems = []
+    for name, queue in config.queues.items():
+        if queue.backend not in CLIENT_LIBRARIES:
+            continue
+        module, extra, what = CLIENT_LIBRARIES[queue.backend]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            problems.append(f"{source}: [queues.{name}] backend = \"{queue.backend}\": {what} (module {module}) is "
+                            f"not installed: pip install 'harvester-cli[{extra}]' ('.[{extra}]' in a source checkout)")
+    return problems
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why harvester-cli could not make or write `path` as a directory, or None. A directory that does not
+    exist yet is fine when its nearest existing parent is a directory this account may write."""
+    import os
+
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir():
+        if os.access(existing, os.W_OK | os.X_OK):
+            return None
+        return f"{existing} is not writable by this account" + (f" (needed to create {path})" if existing != path else "")
+    return f"{existing} is not a directory" + (f" (so {path} cannot be made)" if existing != path else "")
+
+
+def _directories(config: Config, source: str) -> list[str]:
+    """The directories every worker and run writes to: a wrong one would fail each worker, every minute."""
+    places = [("", "log_dir", config.logs), ("", "work_dir", config.work_root)]
+    places += [(f"[queues.{n}.backend_options] ", "work_dir", q.backend_options.work_dir)
+               for n, q in config.queues.items() if getattr(q.backend_options, "work_dir", None)]
+    problems = [f"{source}: {table}{key}: {path}: {problem}: fix the path or the permissions"
+                for table, key, path in places if (problem := directory_problem(path))]
+    database = config.state_url
+    if database.startswith("sqlite:///") and database != "sqlite:///:memory:":
+        import os
+
+        path = Path(database.removeprefix("sqlite:///"))
+        problem = directory_problem(path.parent)
+        if problem is None and path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            problem = "the file is not writable by this account"
+        if problem:
+            problems.append(f"{source}: state: {path}: {problem} (SQLite writes its journal beside the database): "
+                            "fix the permissions or point `state` elsewhere")
+    return problems
 
 
 def _loose_state_files(config: Config, source: str) -> list[str]:

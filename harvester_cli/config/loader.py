@@ -39,8 +39,16 @@ def _profiles(validator: Validator, data: dict, key: str, cls: type) -> dict:
     return profiles
 
 
+def _checked_defaults(validator: Validator, defaults: dict) -> dict:
+    """[queue_defaults] with each key checked once, under its own table: a mistake there is one line, not one
+    per queue; a key it gets wrong is left out of the queues (which then say nothing more of it)."""
+    return {key: value for key, value in defaults.items()
+            if key == "backend_options" or validator.key_of(QueueConfig, key, value, "queue_defaults")}
+
+
 def _queues(validator: Validator, raw: dict, defaults: dict) -> dict[str, QueueConfig]:
     queues = {}
+    defaults = _checked_defaults(validator, defaults)
     for name, table in raw.items():
         where = f"queues.{name}"
         if not isinstance(table, dict):
@@ -48,7 +56,13 @@ def _queues(validator: Validator, raw: dict, defaults: dict) -> dict[str, QueueC
             continue
         merged = {**defaults, **table}
         raw_options = merged.pop("backend_options", None) or {}
+        before = len(validator.problems)
         queue = validator.build(QueueConfig, merged, where, name=name)
+        inherited = {key for key in defaults if key not in table}
+        for i in range(before, len(validator.problems)):   # a default's mistake belongs to [queue_defaults]
+            key = validator.problems[i].partition(f"[{where}] ")[2].partition(":")[0]
+            if key in inherited:
+                validator.problems[i] = validator.problems[i].replace(f"[{where}]", "[queue_defaults]", 1)
         if not isinstance(raw_options, dict):
             validator.problem(where, f"backend_options: expected a table, got {describe(raw_options)}")
             continue

@@ -85,6 +85,7 @@ class Rule:
     maximum: float | None = INT_MAX
     choices: tuple[str, ...] = ()
     https: bool = False                # a URL that must be https://host...
+    web: bool = False                  # a URL that must be http://host... or https://host...
     must_exist: str | None = None      # "file", "dir" or "any": checked by `config check`
     secret: bool = False               # a file holding a secret: must not be readable by others
 
@@ -191,12 +192,30 @@ class Validator:
                     _close_matches(value, rule.choices, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 self.fail(where, f"{key}: expected one of {', '.join(map(repr, rule.choices))}, got {value!r}{hint}")
-            if rule.https:
+            if rule.https or rule.web:
                 scheme, _, rest = value.partition("://")
-                if scheme != "https" or not rest.split("/")[0]:
-                    self.fail(where, f"{key}: expected an https:// URL with a host, got {value!r}")
+                schemes = ("https",) if rule.https else ("http", "https")
+                if scheme not in schemes or not rest.split("/")[0]:
+                    wanted = " or ".join(f"{s}://" for s in schemes)
+                    self.fail(where, f"{key}: expected an {wanted} URL with a host, got {value!r}")
 
     # -- sections ----------------------------------------------------------------------------
+
+    def key_of(self, cls: type, key: str, value: Any, where: str) -> bool:
+        """Whether `key = value` is right for section `cls` on its own (its problem recorded if not): for a
+        table of defaults, checked once before it is merged into each table it applies to."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if key not in fields or not fields[key].init:
+            names = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("name", "path")]
+            close = _close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
+            self.problem(where, f"unknown key {key!r}{hint}")
+            return False
+        try:
+            self.value(typing.get_type_hints(cls)[key], value, where, key, rule_of(fields[key]))
+        except _Skip:
+            return False
+        return True
 
     def build(self, cls: type, table: dict, where: str, **given: Any) -> Any:
         """The section `cls` from `table`, or None when it has problems (recorded)."""

@@ -417,7 +417,8 @@ class Config(Section):
     state: str | None = setting(None, doc="state database: SQLAlchemy URL or SQLite file path "
                                           "(default: $XDG_STATE_HOME/harvester-cli/state.db)")
     log_dir: Path | None = setting(None, doc="the log tree (default: $XDG_STATE_HOME/harvester-cli/logs)")
-    log_url: str | None = setting(None, doc="the public base URL of log_dir, sent to PanDA in log URLs")
+    log_url: str | None = setting(None, doc="the public base URL of log_dir, sent to PanDA in log URLs",
+                                  web=True)
     work_dir: Path | None = setting(None, doc="work directories of local workers "
                                               "(default: $XDG_STATE_HOME/harvester-cli/work)")
     lease_seconds: int = setting(600, doc="how long a claim on a row holds before another run may take it over",

@@ -20,7 +20,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from harvester_cli import __version__
 from harvester_cli.config import PandaConfig
-from harvester_cli.errors import PandaError, PandaNoSuchCall, PandaRefused
+from harvester_cli.errors import PandaError, PandaNoSuchCall, PandaRefused, PandaUnreachable
 from harvester_cli.panda import commands as panda_commands
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,12 @@ def _connect_failure(exc: BaseException) -> bool:
     return False
 
 
+def _silent(exc: BaseException) -> bool:
+    """The server could not be reached, or took the request and did not reply in time. A reset, a 5xx, a
+    garbled or refused answer are answers: they fail one call, not the run."""
+    return _connect_failure(exc) or isinstance(exc, requests.exceptions.ReadTimeout)
+
+
 def _network_failure(exc: BaseException) -> bool:
     return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, _Transient))
 
@@ -114,6 +120,10 @@ class PandaClient:
         # (endpoint, kind) -> failed calls in this process; kind is network, http or refused. The metrics
         # add them to the counters in the state database after the command.
         self.errors: Counter[tuple[str, str]] = Counter()
+        # Why this run stopped calling PanDA (it did not answer), or None. One silent server costs one call's
+        # timeout and retries, not every call's: the next run tries again.
+        self.unreachable: str | None = None
+        self.skipped = 0   # calls not made since
 
     def close(self) -> None:
         self.session.close()
@@ -139,7 +149,7 @@ class PandaClient:
     def _send(self, method: str, path: str, body: dict | None, params: dict | None) -> Any:
         self._refresh_token()
         url = f"{self.base}/{path}"
-        timeout = (CONNECT_TIMEOUT, self.config.timeout)
+        timeout = (min(CONNECT_TIMEOUT, self.config.timeout), self.config.timeout)
         if method == "POST":
             response = self.session.post(url, data=json.dumps(body or {}), timeout=timeout, verify=self.verify)
         else:
@@ -159,6 +169,9 @@ class PandaClient:
              retry_if: Callable[[BaseException], bool] = _network_failure, refusal_expected: bool = False) -> Any:
         """One API call; returns `data` on success, raises PandaRefused on success:false (not counted as an
         error when `refusal_expected`: a quirk the caller handles, like the first heartbeat's)."""
+        if self.unreachable:
+            self.skipped += 1
+            raise PandaUnreachable(f"PanDA {path}: {PandaUnreachable.SKIPPED}")
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.config.retries)),
             wait=wait_exponential(multiplier=self.retry_wait, max=30),
@@ -169,6 +182,11 @@ class PandaClient:
             answer = retrying(self._send, method, path, body, params)
         except (requests.exceptions.RequestException, _Transient) as exc:
             self.errors[(path, "network" if not isinstance(exc, _Transient) else "http")] += 1
+            if _silent(exc):
+                self.unreachable = f"{self.base} did not answer {path} ({_short(exc)})"
+                log.warning("PanDA at %s did not answer %s (%s): this run skips its other PanDA calls; the next run "
+                            "tries again", self.base, path, _short(exc))
+                raise PandaUnreachable(f"PanDA {path}: {_short(exc)}") from None
             raise PandaError(f"PanDA {path}: {_short(exc)}") from None
         except OSError as exc:   # e.g. the proxy or CA file is missing: requests raises a bare OSError
             self.errors[(path, "network")] += 1

@@ -88,6 +88,24 @@ def record_missed(tx: Tx, rows: Sequence[tuple[int, str, str | None, str | None]
                [{"w": w, "d": diag[:2000], "ce": ce, "h": h} for w, diag, ce, h in rows])
 
 
+def pending_of_mine(tx: Tx, worker_ids: Sequence[int]) -> dict[int, object]:
+    """Whole rows of these workers that are still pending and claimed by this run, by id."""
+    return {w.worker_id: w for w in tx.execute(select(workers).where(
+        workers.c.worker_id.in_(list(worker_ids)), workers.c.status == model.PENDING, claims.owned(tx, workers)))}
+
+
+def record_withdrawn(tx: Tx, worker_ids: Sequence[int], diag: str, at: float) -> list[int]:
+    """These workers, still pending and claimed by this run, never reached the backend (it said so): they
+    end cancelled, not missed (no failure of the backend's to count). Returns the ids that ended so."""
+    ids = [w for w, in tx.execute(select(workers.c.worker_id).where(
+        workers.c.worker_id.in_(list(worker_ids)), workers.c.status == model.PENDING, claims.owned(tx, workers)))]
+    if ids:
+        tx.execute(update(workers).where(workers.c.worker_id.in_(ids))
+                   .values(status=model.CANCELLED, diag=diag[:2000], end_time=at, modified=at, lock_owner=None,
+                           lock_expires=None))
+    return ids
+
+
 # -- planning: what a queue has now ---------------------------------------------------------------
 
 @dataclass

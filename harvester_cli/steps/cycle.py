@@ -38,6 +38,8 @@ def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention:
 
     def submit_step():
         r = submit.submit(instance, queues)
+        if r.interrupted:   # what the backend did not take is withdrawn: the cycle stops here
+            raise KeyboardInterrupt(str(r.interrupted))
         submitted = sum(len(q.submitted) for q in r.queues)
         return f"submitted {submitted}, failed {sum(len(q.failed) for q in r.queues)}", r.problems(), submitted
 

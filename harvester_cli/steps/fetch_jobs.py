@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
-from harvester_cli.errors import PandaError
+from harvester_cli.errors import PandaError, PandaUnreachable
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance
 from harvester_cli.panda import jobs as panda_jobs
@@ -137,6 +137,10 @@ def fetch_queue(instance: Instance, queue: QueueConfig) -> QueueFetch:
                 queue.site, wanted, prod_source_label=queue.prod_source_label, job_type=queue.job_type,
                 node=instance.host, computing_element=queue.backend, background=queue.background or None,
             )
+        except PandaUnreachable as exc:   # the request may have reached PanDA, and only its reply been lost
+            return QueueFetch(queue.name, requested=wanted, error=(
+                f"{exc}; PanDA may have handed out up to {wanted} jobs whose reply never came: they are not "
+                "here, and PanDA takes back jobs left 'sent' that never start"))
         except PandaError as exc:
             return QueueFetch(queue.name, requested=wanted, error=str(exc))
         result = store_jobs(instance, queue, received)

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from harvester_cli import model
-from harvester_cli.errors import PandaError
+from harvester_cli.errors import PandaError, PandaUnreachable
 from harvester_cli.instance import Instance
 from harvester_cli.panda import updates
 from harvester_cli.state import registrations
@@ -45,6 +45,9 @@ def heartbeat(instance: Instance) -> Registration:
     for _ in range(1 if known is not None else 2):
         try:
             answer = instance.panda.heartbeat(_heartbeat_data(instance, start))
+        except PandaUnreachable as exc:   # the client said why, once
+            said = PandaUnreachable.SKIPPED if PandaUnreachable.SKIPPED in str(exc) else "PanDA did not answer"
+            return Registration(known, f"heartbeat failed: {said}")
         except PandaError as exc:
             return Registration(known, f"heartbeat failed: {exc}")
         if answer.accepted:

@@ -53,6 +53,24 @@ class QueueSubmit:
     missed: int = 0
     skipped: str | None = None
     error: str | None = None
+    interrupted: Interrupted | None = None
+
+
+@dataclass
+class Interrupted:
+    """What an interrupt (Ctrl-C) left of a submission: workers recorded but not known to be submitted, those
+    the backend turned out to have (adopted), those it did not (cancelled), and those it could not be asked
+    about (left pending for the next submit to repair)."""
+
+    recorded: int = 0
+    adopted: int = 0
+    cancelled: int = 0
+    unknown: int = 0
+
+    def __str__(self) -> str:
+        return (f"interrupted: {self.recorded} worker(s) recorded but not submitted: {self.adopted} adopted (the "
+                f"backend had them), {self.cancelled} cancelled (it did not), {self.unknown} left pending for "
+                "the next submit to ask the backend again")
 
 
 @dataclass
@@ -63,6 +81,10 @@ class SubmitRun:
     @property
     def partial(self) -> bool:
         return bool(self.errors) or any(q.failed or q.error for q in self.queues)
+
+    @property
+    def interrupted(self) -> Interrupted | None:
+        return next((q.interrupted for q in self.queues if q.interrupted), None)
 
     def problems(self) -> list[str]:
         """Every reason the run was partial, one line each."""
@@ -76,27 +98,57 @@ class SubmitRun:
 
 # -- crash repair ---------------------------------------------------------------------------
 
-def repair_pending(instance: Instance, queue: QueueConfig) -> tuple[int, int]:
-    """Adopt or miss workers left `pending` by an interrupted submit; returns (adopted, missed)."""
+@dataclass
+class Repair:
+    adopted: int = 0
+    missed: int = 0
+    problem: str | None = None   # the backend could not be asked
+
+
+def repair_pending(instance: Instance, queue: QueueConfig) -> Repair:
+    """Adopt or miss workers left `pending` by an interrupted submit. When the backend cannot be asked, they
+    stay pending (and count as queued) for lost_grace_seconds, then end missed: a worker whose fate nobody
+    can learn must not hold its place for good. Its push job is then reported failed, never given to
+    another worker: the first may still run it."""
     store = instance.store
     with store.transaction() as tx:
         rows = workers.claim_interrupted(tx, queue.name, instance.host_filter(queue), 1000)
     if not rows:
-        return 0, 0
+        return Repair()
     try:
         found = instance.backend(queue).find([worker_ref(r) for r in rows])
     except Exception as exc:   # cannot tell: keep them pending (released) and ask again next run
         log.warning("queue %s: backend lookup of interrupted submissions failed: %s", queue.name, exc,
                     exc_info=log.isEnabledFor(logging.DEBUG))
+        at = model.now()
+        overdue = [r for r in rows if at - r.created > queue.lost_grace_seconds]
         with store.transaction() as tx:
-            workers.release(tx, [r.worker_id for r in rows])
-        return 0, 0
+            workers.release(tx, [r.worker_id for r in rows if r not in overdue])
+        if overdue:
+            _end_unknown(instance, queue, overdue, exc, at)
+        return Repair(missed=len(overdue), problem=(
+            f"{len(rows)} worker(s) left pending by an interrupted submission: the backend could not be asked "
+            f"({exc}); {len(overdue)} pending longer than lost_grace_seconds={queue.lost_grace_seconds} ended "
+            "missed, the others are asked about again by the next submit"))
     results = [f if f is not None else SubmitResult(r.worker_id, error="submission was interrupted and the "
                                                     "backend has no trace of this worker")
                for r, f in zip(rows, found)]
     record_results(instance, queue, results)
     adopted = sum(1 for f in found if f is not None)
-    return adopted, len(rows) - adopted
+    return Repair(adopted, len(rows) - adopted)
+
+
+def _end_unknown(instance: Instance, queue: QueueConfig, rows: list, exc: Exception, at: float) -> None:
+    diags = {r.worker_id: (f"submission was interrupted and the backend could not be asked for "
+                           f"{model.duration(at - r.created)} ({str(exc)[:200]}); if its batch job exists, it runs "
+                           "unreported") for r in rows}
+
+    def record(tx: Tx) -> None:
+        workers.record_missed(tx, [(w, d, None, None) for w, d in diags.items()], at)
+        outbox.enqueue_workers(tx, queue.name, list(diags))
+        transitions.fail_jobs_of_unknown(tx, queue, diags, at)
+
+    instance.store.retrying(record)
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -262,35 +314,78 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
 
 def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], result: QueueSubmit,
                  progress: Callable[[int], None] | None = None) -> None:
+    """Steps 5 and 6, one backend batch at a time. An interrupt (Ctrl-C) withdraws what the backend does not
+    have; a backend failure leaves the rest pending for the next submit's repair."""
     backend = instance.backend(queue)
     store = instance.store
     renewed = model.now()
-    for index, batch in enumerate(chunks(specs, BACKEND_BATCH)):
-        if model.now() - renewed > store.lease_seconds / 3:
-            # A slow backend: keep the queue lock and the waiting workers' claims alive, well before their
-            # lease could run out and another run take them over.
-            with store.transaction() as tx:
-                workers.renew(tx, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
-                locks.renew(tx, f"submit:{queue.name}")
-            renewed = model.now()
-        fault_point("before_backend_submit")
-        try:
-            results = backend.submit(list(batch))
-        except Exception as exc:
-            # Some workers of the batch may have started: release them as pending, so the next submit's
-            # repair asks the backend (find) instead of guessing, and no job runs twice.
-            log.warning("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
-                        exc_info=log.isEnabledFor(logging.DEBUG))   # a traceback with -vv only
-            with store.transaction() as tx:
-                workers.release(tx, [s.worker_id for s in specs[index * BACKEND_BATCH:]])
-            result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
-            return
-        fault_point("after_backend_submit")
-        record_results(instance, queue, results)
-        result.submitted += [r.worker_id for r in results if r.ok]
-        result.failed += [(r.worker_id, r.error or "submission failed") for r in results if not r.ok]
-        if progress:
-            progress(len(batch))
+    left = [s.worker_id for s in specs]   # recorded, not yet known to be submitted
+    try:
+        for batch in chunks(specs, BACKEND_BATCH):
+            if model.now() - renewed > store.lease_seconds / 3:
+                # A slow backend: keep the queue lock and the waiting workers' claims alive, well before their
+                # lease could run out and another run take them over.
+                with store.transaction() as tx:
+                    workers.renew(tx, left)
+                    locks.renew(tx, f"submit:{queue.name}")
+                renewed = model.now()
+            fault_point("before_backend_submit")
+            try:
+                results = backend.submit(list(batch))
+            except Exception as exc:
+                # Some workers of the batch may have started: release them as pending, so the next submit's
+                # repair asks the backend (find) instead of guessing, and no job runs twice.
+                log.warning("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
+                            exc_info=log.isEnabledFor(logging.DEBUG))   # a traceback with -vv only
+                with store.transaction() as tx:
+                    workers.release(tx, left)
+                result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
+                return
+            fault_point("after_backend_submit")
+            record_results(instance, queue, results)
+            del left[:len(batch)]
+            result.submitted += [r.worker_id for r in results if r.ok]
+            result.failed += [(r.worker_id, r.error or "submission failed") for r in results if not r.ok]
+            if progress:
+                progress(len(batch))
+    except KeyboardInterrupt:
+        result.interrupted = withdraw(instance, queue, left)
+
+
+def withdraw(instance: Instance, queue: QueueConfig, worker_ids: list[int]) -> Interrupted:
+    """An operator interrupted the submission: of the workers recorded and not known to be submitted, adopt
+    those the backend has (a batch may have reached it mid-call), end the others cancelled, quietly (no
+    failure: nothing was tried), their jobs back to wait without an attempt counted. If the backend cannot
+    be asked, they stay pending for the next submit's repair."""
+    store = instance.store
+    with store.reading() as tx:
+        rows = list(workers.pending_of_mine(tx, worker_ids).values())
+    outcome = Interrupted(recorded=len(rows))
+    if not rows:
+        return outcome
+    try:
+        found = instance.backend(queue).find([worker_ref(r) for r in rows])
+    except Exception as exc:
+        log.warning("queue %s: after the interrupt, the backend could not be asked about %d workers: %s",
+                    queue.name, len(rows), exc)
+        with store.transaction() as tx:
+            workers.release(tx, [r.worker_id for r in rows])
+        outcome.unknown = len(rows)
+        return outcome
+    adopted = [f for f in found if f is not None]
+    record_results(instance, queue, adopted)
+    absent = [r.worker_id for r, f in zip(rows, found) if f is None]
+    diag = "submission interrupted by the operator before the backend took it"
+    at = model.now()
+
+    def cancel(tx: Tx) -> int:
+        ended = workers.record_withdrawn(tx, absent, diag, at)
+        outbox.enqueue_workers(tx, queue.name, ended)
+        transitions.requeue_jobs(tx, queue, {w: diag for w in ended}, at, attempt=False)
+        return len(ended)
+
+    outcome.adopted, outcome.cancelled = len(adopted), store.retrying(cancel)
+    return outcome
 
 
 def rounds(counts: dict[str, int], size: int) -> Iterator[dict[str, int]]:
@@ -321,7 +416,8 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             result.skipped = "another run is submitting for this queue"
             return result
         if not dry_run:   # under the queue lock: never repair the pending workers of a live submission
-            result.adopted, result.missed = repair_pending(instance, queue)
+            repair = repair_pending(instance, queue)
+            result.adopted, result.missed, result.error = repair.adopted, repair.missed, repair.problem
         definitions = resource_types.definitions(instance.panda, instance.cache_dir / "resource_types.json")
         sizes = {rt: resource_types.worker_size(queue, rt, definitions) for rt in queue.resource_types}
         state = queue_state(instance, queue, activated, sizes, registration_problem)
@@ -331,7 +427,7 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             result.plan = planner.plan(queue, state, run_remaining)
         if registration_problem and not dry_run:
             result.error = f"not registered at PanDA, nothing submitted: {registration_problem}"
-        if dry_run or result.plan.total == 0:
+        if dry_run or result.plan.total == 0 or result.error:   # a backend that cannot be asked gets nothing new
             return result
         try:
             floor = worker_id_floor(instance)
@@ -352,7 +448,7 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             submit_specs(instance, queue, specs, result, progress)
             if queue.pilot_streaming and len(result.submitted) > before:
                 consume_targets(instance, queue, specs, set(result.submitted[before:]))
-            if result.error:
+            if result.error or result.interrupted:
                 break
     return result
 
@@ -408,4 +504,6 @@ def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = Fal
             result.plan.trace.append(planner.Step("PanDA registration", problem, result.plan.total))
         remaining -= len(result.submitted)
         run.queues.append(result)
+        if result.interrupted:   # the operator asked to stop: no other queue is started
+            break
     return run

@@ -39,13 +39,14 @@ def jobs_running(tx: Tx, queue: QueueConfig, batch_ids: dict[int, str | None], a
     _follow(tx, queue, batch_ids, model.JOB_RUNNING, model.SUB_RUNNING, (model.SUB_SUBMITTED,), at, started=at)
 
 
-def requeue_jobs(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float) -> None:
+def requeue_jobs(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float, *, attempt: bool = True) -> None:
     """The jobs of these workers (that never ran, or hit a transient error) wait for a new worker, or
-    are reported failed once the queue's max_submit_attempts are used up."""
+    are reported failed once the queue's max_submit_attempts are used up. A submission withdrawn before
+    the backend had it (`attempt=False`: an operator's Ctrl-C) was no attempt."""
     failed = []
     for b in jobs.bound_to(tx, reasons, (model.SUB_FETCHED, model.SUB_SUBMITTED, model.SUB_RUNNING)):
-        attempts = b.submit_attempts + 1
-        if attempts >= queue.max_submit_attempts:
+        attempts = b.submit_attempts + (1 if attempt else 0)
+        if attempt and attempts >= queue.max_submit_attempts:
             diag = f"setup failure: {attempts} attempts failed, last: {reasons[b.worker_id]}"
             jobs.fail(tx, b.panda_id, diag, at, attempts)
             failed.append((b.panda_id, queue.name, updates.job_failed(
@@ -54,6 +55,16 @@ def requeue_jobs(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float)
             jobs.back_to_wait(tx, b.panda_id, attempts, reasons[b.worker_id], at)
     jobs.unbind(tx, reasons)
     outbox.enqueue(tx, outbox.JOB, failed)
+
+
+def fail_jobs_of_unknown(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float) -> None:
+    """Whether these workers reached the backend cannot be known: their jobs are reported failed, never
+    handed to another worker (the first may still run them)."""
+    bound = jobs.bound_to(tx, reasons, (model.SUB_FETCHED, model.SUB_SUBMITTED))
+    for b in bound:
+        jobs.fail(tx, b.panda_id, reasons[b.worker_id], at)
+    outbox.enqueue(tx, outbox.JOB, [(b.panda_id, queue.name, updates.job_failed(
+        PandaJob.from_json(b.job_json), updates.ERR_SUBMISSION, reasons[b.worker_id]), True) for b in bound])
 
 
 def fail_jobs_of_killed(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float) -> None:
