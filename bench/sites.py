@@ -1,6 +1,8 @@
 """The sites the benchmark measures: a configuration, a state database filled to a given size, the local
-backend's work directories, and the PanDA simulator's jobs. Filling and resetting go straight through the
-database driver: they are not what is measured, and at a million rows they must be quick."""
+backend's work directories, the PanDA simulator's jobs and the job dicts PanDA sends. Filling, resetting and
+reading what a run left go straight through the database driver: they are not what is measured, and at a
+million rows they must be quick. This is set-up: it may use harvester-cli's code (its schema, the
+simulator's job dicts), always outside the timed part of a row."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.floors import raw_connect
 from harvester_cli import model
 from harvester_cli.config import state_url_from
-from harvester_cli.panda.sim.server import PandaSimulator, SimJob
+from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state import upgrade
 
 QUEUE = "BENCH"
@@ -42,20 +45,6 @@ class Site:
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "harvester_cli", "--config", str(self.config), *args]
-
-
-def raw_connect(state_url: str):
-    if state_url.startswith("sqlite"):
-        import sqlite3
-
-        conn = sqlite3.connect(state_url.split("///", 1)[1], isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA busy_timeout = 30000")
-        return conn
-    import psycopg
-
-    return psycopg.connect(state_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
 
 
 def placeholders(conn, count: int) -> str:
@@ -160,13 +149,11 @@ def remove_work(site: Site) -> None:
 
 # -- jobs and their final updates ---------------------------------------------------------------
 
-def add_reporting_jobs(site: Site, sim: PandaSimulator, count: int, first_id: int) -> list[int]:
-    """`count` push jobs that ran and ended: running at the simulator, their final update in the outbox
-    (as poll leaves them), each bound to a finished worker."""
+def add_reporting_jobs(site: Site, sim, count: int, first_id: int) -> list[int]:
+    """`count` push jobs that ran and ended: running at the simulator (bench.simulator.Simulator), their
+    final update in the outbox (as poll leaves them), each bound to a finished worker."""
     ids = list(range(first_id, first_id + count))
-    with sim.lock:
-        for panda_id in ids:
-            sim.jobs[panda_id] = SimJob(panda_id, QUEUE, {"PandaID": panda_id}, status="running")
+    sim.running(first_id, count)
     at = model.now()
     conn = site.connect()
     job_columns = ("panda_id", "queue", "status", "sub_status", "attempt_nr", "resource_type", "core_count",
@@ -204,14 +191,9 @@ def queue_final_updates(site: Site, ids: list[int]) -> None:
     conn.close()
 
 
-def reset_reporting_jobs(site: Site, sim: PandaSimulator, ids: list[int]) -> None:
+def reset_reporting_jobs(site: Site, sim, ids: list[int]) -> None:
     """The jobs back to running at the simulator and reporting here, their final updates queued again."""
-    with sim.lock:
-        for panda_id in ids:
-            job = sim.jobs[panda_id]
-            job.status, job.final_status, job.holding_since = "running", None, None
-            job.updates.clear()
-            job.pilot_logs.clear()
+    sim.running(ids[0], len(ids))
     conn = site.connect()
     conn.execute("DELETE FROM pending_reports")
     conn.execute(f"UPDATE jobs SET sub_status = {placeholders(conn, 1)}, pilot_log_sent = false",
@@ -239,3 +221,96 @@ def wait_for_bench_processes(timeout: float = 60) -> None:
         if not running:
             return
         time.sleep(0.2)
+
+
+# -- fetched jobs -------------------------------------------------------------------------------
+
+FILES_PER_JOB = 5
+DATASET = "mc23_13p6TeV.601229.PhPy8EG.evgen.EVNT.e8514_tid36000000_00"
+
+
+def received_job(simulator: PandaSimulator) -> dict:
+    """One job dict as acquire_jobs returns it: the simulator's fields plus FILES_PER_JOB input files, each
+    file's fields comma-joined as PanDA sends them."""
+    job = simulator.make_job(QUEUE)
+    pid = job["PandaID"]
+
+    def per_file(value) -> str:
+        return ",".join(str(value(n)) for n in range(FILES_PER_JOB))
+
+    in_files = per_file(lambda n: f"EVNT.{pid}._{n:06d}.pool.root.1")
+    job.update({
+        "inFiles": in_files, "GUID": per_file(lambda n: f"{pid:08X}-{n:04X}-4A5B-9C8D-{pid * 7 + n:012X}"),
+        "fsize": per_file(lambda n: 1_500_000_000 + 7919 * n),
+        "checksum": per_file(lambda n: f"ad:{(pid + n) & 0xFFFFFFFF:08x}"),
+        "scopeIn": per_file(lambda n: "mc23_13p6TeV"), "realDatasetsIn": per_file(lambda n: DATASET),
+        "prodDBlocks": per_file(lambda n: DATASET), "dispatchDblock": per_file(lambda n: f"panda.{pid}.dis"),
+        "ddmEndPointIn": per_file(lambda n: "CERN-PROD_DATADISK"), "prodDBlockToken": per_file(lambda n: "NULL"),
+        "jobPars": f"--inputEVNTFile={in_files} --outputHITSFile=HITS.{pid}._000001.pool.root.1 --maxEvents=1000 "
+                   "--randomSeed=1 --conditionsTag=default:OFLCOND-MC23-SDR-RUN3-05 --preInclude=Campaigns.MC23a",
+    })
+    return job
+
+
+def write_received_jobs(path: Path, pki, count: int, first_id: int) -> Path:
+    """`count` received job dicts (received_job) written to `path` as JSON: both sides of a row read the
+    same file before their clock starts."""
+    simulator = PandaSimulator(pki, first_panda_id=first_id)   # never started: only its job dicts
+    path.write_text(json.dumps([received_job(simulator) for _ in range(count)]))
+    return path
+
+
+def remove_jobs(site: Site) -> None:
+    conn = site.connect()
+    for table in ("job_workers", "jobs", "pending_reports"):
+        conn.execute(f"DELETE FROM {table}")
+    conn.close()
+
+
+def stored_jobs(site: Site) -> dict:
+    """What a store of fetched jobs left, to compare ours with the floor's: rows, their columns' sums, and
+    reports queued."""
+    conn = site.connect()
+    rows, ids, text, starting, attempts, cores = conn.execute(
+        "SELECT count(*), sum(panda_id), sum(length(job_json)), sum(CASE WHEN status = 'starting' AND sub_status = "
+        "'fetched' AND submit_attempts = 0 AND diag IS NULL THEN 1 ELSE 0 END), sum(attempt_nr), sum(core_count) "
+        "FROM jobs").fetchone()
+    reports = conn.execute("SELECT count(*) FROM pending_reports").fetchone()[0]
+    conn.close()
+    return {"jobs": rows, "panda_ids": ids, "json_chars": text, "starting_fetched": starting, "attempts": attempts,
+            "cores": cores, "reports": reports}
+
+
+# -- what a poll wrote --------------------------------------------------------------------------
+
+class Writes:
+    """Counts what one run wrote to the workers and the outbox: `before` (a probe's prepare) notes the time
+    and the outbox's size, `after` counts the workers modified since and the reports queued since."""
+
+    def __init__(self, site: Site):
+        self.site = site
+
+    def before(self) -> None:
+        conn = self.site.connect()
+        self.reports = conn.execute("SELECT count(*) FROM pending_reports WHERE kind = 'worker'").fetchone()[0]
+        conn.close()
+        self.since = model.now()
+
+    def after(self) -> dict:
+        conn = self.site.connect()
+        mark = placeholders(conn, 1)
+        rows = conn.execute(f"SELECT count(*) FROM workers WHERE modified >= {mark}", (self.since,)).fetchone()[0]
+        reports = conn.execute("SELECT count(*) FROM pending_reports WHERE kind = 'worker'").fetchone()[0]
+        conn.close()
+        return {"rows_written": rows, "reports_queued": reports - self.reports}
+
+
+def polled_workers(site: Site) -> dict:
+    """What a poll that saw every worker start left: workers running as the backend said, reports queued."""
+    conn = site.connect()
+    running = conn.execute("SELECT count(*) FROM workers WHERE status = 'running' AND native_status = 'running' "
+                           "AND start_time IS NOT NULL AND modified >= start_time").fetchone()[0]
+    reports = conn.execute("SELECT count(*) FROM pending_reports WHERE kind = 'worker' AND version = 1 "
+                           "AND payload IS NULL").fetchone()[0]
+    conn.close()
+    return {"running": running, "reports": reports}
