@@ -4,7 +4,7 @@
     python -m bench.bench_multihost
 
 PostgreSQL and MariaDB (private servers started here), 1, 2 and 4 hosts, and one host on SQLite. Each host
-is a network namespace running `cycle` after `cycle` (tests/multihost.py, as the multihost tests do) on
+is a network namespace running `cycle` after `cycle` (tests/support/multihost.py, as the multihost tests do) on
 `--queues` push queues with a backlog the run cannot finish, against the PanDA simulator, with the
 `local` backend and the pilot `true`. Per set-up: jobs fetched, workers submitted and updates sent (job +
 worker updates PanDA took) per minute, claim conflicts (queue leases found held by another host, plus
@@ -35,7 +35,7 @@ from sqlalchemy import create_engine, func, select  # noqa: E402
 from harvester_cli.panda.sim import certs  # noqa: E402
 from harvester_cli.panda.sim.server import PandaSimulator  # noqa: E402
 from harvester_cli.state.schema import workers  # noqa: E402
-from tests import multihost  # noqa: E402
+from tests.support import multihost  # noqa: E402
 
 GOALS = {"cpu_per_item": 1.2, "throughput": 0.9, "connections": 2}
 

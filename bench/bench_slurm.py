@@ -3,7 +3,7 @@
     python bench/bench_slurm.py [--workers 500] [--rounds 5]
 
 Needs root and Slurm installed (scripts/apt-packages.txt): it starts its own one-node cluster with
-tests/peers/slurm.sh (free ports, its own directory, MinJobAge 5 s so cancelled jobs leave the tables
+tests/support/peers/slurm.sh (free ports, its own directory, MinJobAge 5 s so cancelled jobs leave the tables
 between rounds) and stops it at the end. Every job is submitted held (--hold), so nothing runs and the
 machine's load does not depend on the path.
 
@@ -41,7 +41,7 @@ from harvester_cli.backends.base import WorkerRef, WorkerSpec
 from harvester_cli.instance import Instance
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "tests" / "peers" / "slurm.sh"
+SCRIPT = ROOT / "tests" / "support" / "peers" / "slurm.sh"
 CONCURRENCY = 8
 
 

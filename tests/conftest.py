@@ -17,7 +17,7 @@ from harvester_cli.panda.sim import certs
 from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.instance import Instance
 
-pytest_plugins = ["tests.databases"]
+pytest_plugins = ["tests.support.databases"]
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +118,7 @@ class Harness:
 
     def kill_workers(self) -> None:
         """Stop every local worker process this test's harvester started."""
-        from tests.multihost import kill_local_workers
+        from tests.support.multihost import kill_local_workers
 
         kill_local_workers(self.harvester_id)
 

@@ -1,0 +1,729 @@
+"""Configuration validation: what an operator sees when the TOML file is wrong, and what a right one means."""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from harvester_cli import config
+from harvester_cli.errors import ConfigError
+
+SOURCE = "/etc/harvester-cli/site.toml"
+
+
+def minimal() -> dict:
+    return {
+        "harvester_id": "test-harvester",
+        "panda": {"url": "https://127.0.0.1:9/api/v1"},
+        "queues": {"Q": {"mode": "pull", "backend": "local", "pilot": "true"}},
+    }
+
+
+def parse(data: dict, base_dir: Path | None = None) -> config.Config:
+    return config.parse(data, SOURCE, base_dir or Path("/srv/harvester"))
+
+
+def error(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    message = str(info.value)
+    assert message.startswith(SOURCE), f"error does not name the file: {message}"
+    return message
+
+
+def with_queue(**settings) -> dict:
+    data = minimal()
+    data["queues"]["Q"].update(settings)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# A good configuration
+
+
+def test_minimal_config_parses_with_defaults():
+    cfg = parse(minimal())
+    assert cfg.harvester_id == "test-harvester"
+    assert cfg.panda.url == "https://127.0.0.1:9/api/v1"
+    assert list(cfg.queues) == ["Q"]
+    queue = cfg.queues["Q"]
+    assert queue.name == "Q"
+    assert (queue.mode, queue.backend) == ("pull", "local")
+    assert queue.resource_types == ["SCORE"]
+    assert queue.max_workers == 100
+    assert queue.backend_options is not None and queue.backend_options.work_dir is None
+
+
+def test_config_error_is_a_usage_error():
+    with pytest.raises(ConfigError) as info:
+        parse({})
+    assert info.value.exit_code == 2
+
+
+def test_example_config_parses():
+    data = tomllib.loads(config.EXAMPLE)
+    cfg = config.parse(data, "<example>", Path("/"))
+    assert cfg.harvester_id == "my-site-harvester"
+    assert "MY_SITE_PULL" in cfg.queues
+    queue = cfg.queues["MY_SITE_PULL"]
+    assert queue.mode == "pull" and queue.backend == "local"
+    # queue_defaults from the example reach the queue
+    assert queue.max_workers == 200 and queue.n_queue_limit_worker == 20
+    assert cfg.sweep.worker_retention == 172800
+    assert cfg.panda.proxy == Path("/var/lib/harvester-cli/proxy.pem")
+
+
+# ---------------------------------------------------------------------------------------------
+# Unknown keys: file, table and key named; a near miss gets a hint
+
+
+def test_unknown_top_level_key_with_hint():
+    data = minimal()
+    data["harvester_idd"] = "x"
+    message = error(data)
+    assert "'harvester_idd'" in message
+    assert "did you mean 'harvester_id'" in message
+
+
+def test_unknown_top_level_key_without_near_miss_lists_known_keys():
+    data = minimal()
+    data["zzzzzz"] = 1
+    message = error(data)
+    assert "unknown key 'zzzzzz'" in message
+    assert "did you mean" not in message
+    assert "harvester_id" in message  # the known keys are listed instead
+
+
+def test_unknown_key_in_panda():
+    data = minimal()
+    data["panda"]["timout"] = 10
+    message = error(data)
+    assert "[panda]" in message
+    assert "'timout'" in message
+    assert "did you mean 'timeout'" in message
+
+
+def test_unknown_key_in_queue():
+    message = error(with_queue(max_worker=5))
+    assert "[queues.Q]" in message
+    assert "'max_worker'" in message
+    assert "did you mean 'max_workers'" in message
+
+
+def test_unknown_key_in_backend_options():
+    message = error(with_queue(backend_options={"workdir": "/tmp/x"}))
+    assert "[queues.Q.backend_options]" in message
+    assert "'workdir'" in message
+    assert "did you mean 'work_dir'" in message
+
+
+def test_unknown_key_in_sweep():
+    data = minimal()
+    data["sweep"] = {"worker_retension": 10}
+    message = error(data)
+    assert "[sweep]" in message
+    assert "did you mean 'worker_retention'" in message
+
+
+def test_unknown_key_in_queue_defaults_is_reported():
+    data = minimal()
+    data["queue_defaults"] = {"max_worker": 3}
+    message = error(data)
+    assert "'max_worker'" in message
+    assert "did you mean 'max_workers'" in message
+
+
+def test_queue_name_is_not_a_settable_key():
+    message = error(with_queue(name="OTHER"))
+    assert "[queues.Q]" in message and "'name'" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Types
+
+
+def test_string_for_int_rejected():
+    message = error(with_queue(max_workers="10"))
+    assert "[queues.Q]" in message
+    assert "max_workers" in message
+    assert "expected an integer" in message
+
+
+def test_bool_for_int_rejected():
+    message = error(with_queue(max_workers=True))
+    assert "max_workers" in message
+    assert "expected an integer" in message
+
+
+def test_float_for_int_rejected():
+    message = error(with_queue(core_count=1.5))
+    assert "core_count" in message and "expected an integer" in message
+
+
+def test_int_accepted_for_float():
+    cfg = parse(with_queue(activated_factor=2))
+    assert cfg.queues["Q"].activated_factor == 2.0
+    assert isinstance(cfg.queues["Q"].activated_factor, float)
+    data = minimal()
+    data["panda"]["timeout"] = 30
+    cfg = parse(data)
+    assert cfg.panda.timeout == 30.0 and isinstance(cfg.panda.timeout, float)
+
+
+def test_bool_for_float_rejected():
+    message = error(with_queue(activated_factor=True))
+    assert "activated_factor" in message and "expected a number" in message
+
+
+def test_string_for_float_rejected():
+    data = minimal()
+    data["panda"]["timeout"] = "60"
+    message = error(data)
+    assert "[panda]" in message and "timeout" in message and "expected a number" in message
+
+
+def test_int_for_string_rejected():
+    data = minimal()
+    data["harvester_id"] = 5
+    message = error(data)
+    assert "harvester_id" in message and "expected a string" in message
+
+
+def test_list_item_type_checked():
+    message = error(with_queue(resource_types=["SCORE", 8]))
+    assert "resource_types[1]" in message and "expected a string" in message
+
+
+def test_string_for_list_rejected():
+    message = error(with_queue(resource_types="SCORE"))
+    assert "resource_types" in message and "expected a list" in message
+
+
+def test_path_must_be_a_string():
+    data = minimal()
+    data["panda"]["proxy"] = 5
+    message = error(data)
+    assert "[panda]" in message and "proxy" in message and "path" in message
+
+
+def test_panda_must_be_a_table():
+    data = minimal()
+    data["panda"] = "https://127.0.0.1:9/api/v1"
+    message = error(data)
+    assert "panda" in message and "expected a table" in message
+
+
+def test_queue_must_be_a_table():
+    data = minimal()
+    data["queues"]["Q"] = "pull"
+    message = error(data)
+    assert "[queues.Q]" in message and "expected a table" in message
+
+
+def test_backend_options_must_be_a_table():
+    message = error(with_queue(backend_options="/tmp"))
+    assert "[queues.Q]" in message and "backend_options" in message and "expected a table" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Required keys
+
+
+def test_missing_harvester_id():
+    data = minimal()
+    del data["harvester_id"]
+    message = error(data)
+    assert "missing required key 'harvester_id'" in message
+
+
+def test_empty_harvester_id():
+    data = minimal()
+    data["harvester_id"] = "  "
+    message = error(data)
+    assert "harvester_id" in message and "empty" in message
+
+
+def test_missing_panda_table():
+    data = minimal()
+    del data["panda"]
+    assert "missing required key 'panda'" in error(data)
+
+
+def test_missing_panda_url():
+    data = minimal()
+    data["panda"] = {"timeout": 10}
+    message = error(data)
+    assert "[panda]" in message and "missing required key 'url'" in message
+
+
+@pytest.mark.parametrize("key", ["mode", "backend"])
+def test_missing_queue_mode_or_backend(key):
+    data = minimal()
+    del data["queues"]["Q"][key]
+    message = error(data)
+    assert "[queues.Q]" in message and f"missing required key {key!r}" in message
+
+
+def test_no_queues_is_allowed():
+    data = minimal()
+    del data["queues"]
+    assert parse(data).queues == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+def test_unknown_backend():
+    message = error(with_queue(backend="slurmx"))
+    assert "[queues.Q]" in message
+    assert "backend: expected one of" in message and "got 'slurmx'" in message
+    assert "local" in message  # the known backends are listed
+
+
+def test_bad_mode():
+    message = error(with_queue(mode="pul"))
+    assert "[queues.Q]" in message and "mode" in message and "'pul'" in message
+    assert "'pull'" in message and "'push'" in message
+
+
+@pytest.mark.parametrize("key", ["n_queue_limit_worker", "max_workers", "max_new_workers_per_cycle", "core_count",
+                                 "memory_mb_per_core", "walltime", "max_submit_attempts"])
+def test_negative_queue_limit_rejected(key):
+    message = error(with_queue(**{key: -1}))
+    assert "[queues.Q]" in message and key in message and re.search("must not be negative|must be at least", message)
+
+
+@pytest.mark.parametrize("key", ["n_queue_limit_job", "max_queued_seconds", "lost_grace_seconds"])
+def test_negative_queue_limit_rejected_for_optional_limits(key):
+    message = error(with_queue(**{key: -1}))
+    assert "[queues.Q]" in message and key in message and re.search("must not be negative|must be at least", message)
+
+
+@pytest.mark.parametrize("key", ["lease_seconds", "max_new_workers_per_run"])
+def test_negative_global_limit_rejected(key):
+    data = minimal()
+    data[key] = -1
+    message = error(data)
+    assert key in message and re.search("must not be negative|must be at least", message)
+
+
+@pytest.mark.parametrize("key", ["worker_retention", "job_retention", "max_kills_per_run"])
+def test_negative_sweep_limit_rejected(key):
+    data = minimal()
+    data["sweep"] = {key: -1}
+    message = error(data)
+    assert "[sweep]" in message and key in message and "negative" in message
+
+
+def test_zero_limits_are_allowed():
+    cfg = parse(with_queue(max_workers=0, n_queue_limit_worker=0, max_new_workers_per_cycle=0))
+    assert cfg.queues["Q"].max_workers == 0
+
+
+def test_empty_pilot_floor_only_zero_or_one():
+    message = error(with_queue(empty_pilot_floor=2))
+    assert "empty_pilot_floor" in message
+
+
+def test_empty_resource_types_rejected():
+    message = error(with_queue(resource_types=[]))
+    assert "resource_types" in message
+
+
+def test_unknown_pilot_placeholder():
+    message = error(with_queue(pilot="{python} -m mypilot --queue {nope}"))
+    assert "[queues.Q]" in message
+    assert "pilot" in message
+    assert "{nope}" in message
+    assert "queue" in message and "worker_id" in message  # the known placeholders are listed
+
+
+@pytest.mark.parametrize("template", ["{python -m mypilot", "{python} -m mypilot }", "run {"])
+def test_unbalanced_brace_in_pilot(template):
+    message = error(with_queue(pilot=template))
+    assert "[queues.Q]" in message
+    assert "pilot" in message and "bad template" in message
+    assert "{{" in message  # tells how to write a literal brace
+
+
+def test_known_placeholders_and_literal_braces_accepted():
+    pilot = "{python} -m p --queue {queue} --id {worker_id} --rt {resource_type} --json '{{\"a\": 1}}'"
+    cfg = parse(with_queue(pilot=pilot))
+    assert cfg.queues["Q"].pilot == pilot
+
+
+def test_every_documented_placeholder_accepted():
+    pilot = " ".join("{%s}" % name for name in sorted(config.PILOT_PLACEHOLDERS))
+    assert parse(with_queue(pilot=pilot)).queues["Q"].pilot == pilot
+
+
+# ---------------------------------------------------------------------------------------------
+# queue_defaults
+
+
+def test_queue_defaults_apply_and_queue_overrides():
+    data = minimal()
+    data["queue_defaults"] = {"max_workers": 7, "n_queue_limit_worker": 3, "resource_types": ["MCORE"]}
+    data["queues"]["R"] = {"mode": "push", "backend": "local", "max_workers": 42, "pilot": "true"}
+    cfg = parse(data)
+    q, r = cfg.queues["Q"], cfg.queues["R"]
+    assert q.max_workers == 7 and q.n_queue_limit_worker == 3 and q.resource_types == ["MCORE"]
+    assert r.max_workers == 42  # the queue wins
+    assert r.n_queue_limit_worker == 3 and r.resource_types == ["MCORE"]
+    assert r.mode == "push"
+
+
+def test_queue_defaults_can_supply_required_keys():
+    data = minimal()
+    data["queue_defaults"] = {"mode": "push", "backend": "local", "pilot": "true"}
+    data["queues"] = {"A": {}, "B": {"mode": "pull"}}
+    cfg = parse(data)
+    assert cfg.queues["A"].mode == "push" and cfg.queues["B"].mode == "pull"
+
+
+def test_queue_defaults_values_are_validated():
+    data = minimal()
+    data["queue_defaults"] = {"max_workers": "many"}
+    message = error(data)
+    assert "max_workers" in message and "expected an integer" in message
+
+
+def test_queues_must_be_a_table():
+    data = minimal()
+    data["queues"] = ["Q"]
+    message = error(data)
+    assert "queues" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+
+def test_relative_paths_resolve_against_config_dir(tmp_path):
+    base = tmp_path / "etc"
+    data = minimal()
+    data["log_dir"] = "logs"
+    data["work_dir"] = "work"
+    data["panda"]["proxy"] = "x509/proxy.pem"
+    data["panda"]["ca"] = "certificates"
+    data["queues"]["Q"]["backend_options"] = {"work_dir": "qwork"}
+    cfg = config.parse(data, str(base / "c.toml"), base)
+    assert cfg.log_dir == base / "logs"
+    assert cfg.logs == base / "logs"
+    assert cfg.work_root == base / "work"
+    assert cfg.panda.proxy == base / "x509" / "proxy.pem"
+    assert cfg.panda.ca == base / "certificates"
+    assert cfg.queues["Q"].backend_options.work_dir == base / "qwork"
+
+
+def test_absolute_and_home_paths_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    data = minimal()
+    data["log_dir"] = "/var/log/hc"
+    data["panda"]["proxy"] = "~/proxy.pem"
+    cfg = config.parse(data, "c.toml", tmp_path / "etc")
+    assert cfg.log_dir == Path("/var/log/hc")
+    assert cfg.panda.proxy == tmp_path / "home" / "proxy.pem"
+
+
+def test_load_resolves_relative_paths_against_config_file(tmp_path, monkeypatch):
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    path = conf_dir / "config.toml"
+    path.write_text(
+        'harvester_id = "h"\nlog_dir = "logs"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+        '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = config.load(path)
+    assert cfg.log_dir == conf_dir / "logs"
+
+
+def test_relative_sqlite_state_resolves_against_config_dir(tmp_path, monkeypatch):
+    """A plain state path in the file means the same database whatever the current directory (cron runs in $HOME)."""
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    path = conf_dir / "config.toml"
+    path.write_text(
+        'harvester_id = "h"\nstate = "state.db"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = config.load(path)
+    assert cfg.state_url == f"sqlite:///{conf_dir / 'state.db'}"
+
+
+@pytest.mark.parametrize("written,used", [
+    ("postgresql://harvester@dbhost/harvester", "postgresql+psycopg://harvester@dbhost/harvester"),
+    ("postgres://harvester@dbhost/harvester", "postgresql+psycopg://harvester@dbhost/harvester"),
+    ("postgresql+psycopg2://harvester@dbhost/harvester", "postgresql+psycopg2://harvester@dbhost/harvester"),
+    ("mariadb://harvester:pw@dbhost/harvester", "mariadb+pymysql://harvester:pw@dbhost/harvester"),
+    ("mysql://harvester@dbhost:3306/harvester", "mysql+pymysql://harvester@dbhost:3306/harvester"),
+    ("mysql+pymysql://harvester@dbhost/harvester", "mysql+pymysql://harvester@dbhost/harvester"),
+])
+def test_state_url_gets_the_installed_driver_unless_one_is_named(written, used):
+    data = minimal()
+    data["state"] = written
+    assert parse(data).state_url == used
+
+
+def test_default_state_under_xdg_state_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
+    cfg = parse(minimal())
+    assert cfg.state_url == f"sqlite:///{tmp_path / 'st' / 'harvester-cli' / 'state.db'}"
+    assert cfg.logs == tmp_path / "st" / "harvester-cli" / "logs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials
+
+
+def test_proxy_and_token_file_together_rejected():
+    data = minimal()
+    data["panda"].update(proxy="/p.pem", token_file="/t", token_origin="atlas")
+    message = error(data)
+    assert "[panda]" in message and "proxy" in message and "token_file" in message
+
+
+def test_token_file_without_origin_rejected():
+    data = minimal()
+    data["panda"]["token_file"] = "/t"
+    message = error(data)
+    assert "[panda]" in message and "token_origin" in message
+
+
+def test_token_file_with_origin_accepted():
+    data = minimal()
+    data["panda"].update(token_file="/t", token_origin="atlas")
+    cfg = parse(data)
+    assert cfg.panda.token_file == Path("/t") and cfg.panda.token_origin == "atlas"
+
+
+# ---------------------------------------------------------------------------------------------
+# select_queues
+
+
+def test_select_unknown_queue_names_it_and_the_known_ones():
+    cfg = parse(minimal())
+    with pytest.raises(ConfigError) as info:
+        cfg.select_queues(("NOPE",))
+    assert "'NOPE'" in str(info.value) and "Q" in str(info.value)
+    assert [q.name for q in cfg.select_queues()] == ["Q"]
+
+
+# ---------------------------------------------------------------------------------------------
+# load()
+
+
+GOOD_TOML = 'harvester_id = "h"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n'
+
+
+def test_load_good_file_records_path(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(GOOD_TOML)
+    cfg = config.load(path)
+    assert cfg.path == path
+    assert cfg.harvester_id == "h"
+
+
+def test_load_missing_explicit_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "no such configuration file" in message
+
+
+def test_load_invalid_toml_names_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('harvester_id = "h\n[panda\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "TOML" in message
+    assert "\n" not in message
+
+
+def test_load_validation_error_names_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(GOOD_TOML + "max_worker = 3\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert "[queues.Q]" in message and "did you mean 'max_workers'" in message
+
+
+def test_load_directory_is_an_error_not_a_crash(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_default_path_under_xdg_config_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert config.default_config_path() == tmp_path / "xdg" / "harvester-cli" / "config.toml"
+
+
+def test_default_path_falls_back_to_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert config.default_config_path() == tmp_path / ".config" / "harvester-cli" / "config.toml"
+
+
+def test_load_default_missing_says_config_example(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(ConfigError) as info:
+        config.load(None)
+    message = str(info.value)
+    assert str(tmp_path / "xdg" / "harvester-cli" / "config.toml") in message
+    assert "config example" in message
+    assert "--config" in message
+
+
+def test_load_default_file_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    path = tmp_path / "xdg" / "harvester-cli" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(GOOD_TOML)
+    cfg = config.load(None)
+    assert cfg.path == path and cfg.harvester_id == "h"
+
+
+# ---------------------------------------------------------------------------------------------
+# as_dict
+
+
+def test_as_dict_is_resolved_and_plain(tmp_path):
+    import json
+
+    data = minimal()
+    data["state"] = str(tmp_path / "s.db")
+    data["log_dir"] = "logs"
+    cfg = config.parse(copy.deepcopy(data), "c.toml", tmp_path)
+    resolved = config.as_dict(cfg)
+    json.dumps(resolved)  # plain JSON-able data
+    assert resolved["state"] == f"sqlite:///{tmp_path / 's.db'}"
+    assert resolved["log_dir"] == str(tmp_path / "logs")
+    assert resolved["queues"]["Q"]["max_workers"] == 100
+    assert resolved["queues"]["Q"]["backend_options"] == {"work_dir": None}
+    assert re.match(r"https://", resolved["panda"]["url"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Values that make no sense: refused when the file is read, one line each, every problem at once
+
+
+@pytest.mark.parametrize("section,key,value,needle", [
+    ("panda", "timeout", 0, "timeout: must be more than 0"),
+    ("panda", "timeout", float("inf"), "timeout: must be a finite number"),
+    ("panda", "bulk_size", 0, "bulk_size: must be at least 1"),
+    ("panda", "url", "http://panda.example.org/api/v1", "url: expected an https:// URL"),
+    ("panda", "url", "panda.example.org/api/v1", "url: expected an https:// URL"),
+    ("queue", "status", "Online", "did you mean 'online'"),
+    ("queue", "status", "ofline", "did you mean 'offline'"),
+    ("queue", "max_workers", 2**40, "max_workers: must be at most"),
+    ("queue", "core_count", 0, "core_count: must be at least 1"),
+    ("top", "lease_seconds", 0, "lease_seconds: must be at least 10"),
+])
+def test_values_that_make_no_sense_are_refused(section, key, value, needle):
+    data = minimal()
+    target = {"panda": data["panda"], "queue": data["queues"]["Q"], "top": data}[section]
+    target[key] = value
+    message = error(data)
+    assert needle in message and len(message.splitlines()) == 1, message
+
+
+def test_every_problem_is_reported_at_once_one_line_each():
+    data = minimal()
+    data["panda"]["timeout"] = 0
+    data["panda"]["bulk_size"] = 0
+    data["queues"]["Q"]["status"] = "Online"
+    data["queues"]["R"] = {"mode": "pul", "backend": "local", "max_workers": -1, "pilot": "true"}
+    data["lease_seconds"] = "600"
+    lines = error(data).splitlines()
+    assert len(lines) == 6, lines
+    assert all(line.startswith(SOURCE + ": ") for line in lines)
+    for needle in ("[panda] timeout", "[panda] bulk_size", "[queues.Q] status", "[queues.R] mode",
+                   "[queues.R] max_workers", "lease_seconds: expected an integer"):
+        assert any(needle in line for line in lines), (needle, lines)
+
+
+@pytest.mark.parametrize("queues", [[1, 2], "Q", 3])
+def test_queues_that_is_not_a_table(queues):
+    data = minimal()
+    data["queues"] = queues
+    assert "queues: must be a table" in error(data)
+
+
+def test_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'harvester_id = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert "not UTF-8" in str(info.value) and str(path) in str(info.value)
+
+
+def test_environment_problems_name_missing_files_loose_secrets_and_missing_credentials(tmp_path):
+    secret = tmp_path / "client.secret"
+    secret.write_text("s3cret")
+    secret.chmod(0o644)
+    data = minimal()
+    data["panda"]["ca"] = str(tmp_path / "no-such-ca")
+    data["tokens"] = {"ce": {"file": "t", "endpoint": "https://iam.example.org/token", "client_id": "c",
+                             "client_secret_file": str(secret)}}
+    cfg = config.parse(data, SOURCE, tmp_path)
+    problems = config.environment_problems(cfg)
+    assert any("[panda] ca:" in p and "no-such-ca" in p and "No such file" in p for p in problems), problems
+    assert any("[tokens.ce] client_secret_file:" in p and "chmod 600" in p for p in problems), problems
+    assert any("[panda] no credentials" in p for p in problems), problems
+    data = minimal()
+    data["queues"] = {}
+    data["panda"]["proxy"] = str(secret)
+    secret.chmod(0o600)
+    problems = config.environment_problems(config.parse(data, SOURCE, tmp_path))
+    assert len(problems) == 1 and problems[0].endswith(": no queues: add one, e.g. [queues.MY_QUEUE] with mode and "
+                                                       "backend (`harvester-cli config example` shows one)")
+
+
+def test_reference_document_is_generated_from_the_schema():
+    from harvester_cli.config import reference
+
+    assert reference.REFERENCE_FILE.read_text() == reference.markdown(), \
+        "docs/configuration.md is stale: harvester-cli config keys --markdown > docs/configuration.md"
+
+
+def test_readme_tables_name_only_keys_the_schema_knows_with_their_defaults():
+    """Every key a README table row names exists in the schema, and a single default it shows is the schema's."""
+    from harvester_cli.config import reference
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = readme[readme.index("## Configuration"):readme.index("## How many workers")]
+    known = {k.key: k.default for k in reference.keys()}
+    rows = re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)*) \| ([^|]+) \|", readme, re.M)
+    assert len(rows) > 30, "the README lost its configuration tables"
+    for names, default in rows:
+        names = re.findall(r"`([a-z_]+)`", names)
+        for name in names:
+            assert name in known, f"README names {name!r}, which the configuration schema does not know"
+        if len(names) == 1 and re.fullmatch(r"-?\d+(\.\d+)?", default.strip()):
+            assert float(default) == float(known[names[0]].strip("'")), (names[0], default, known[names[0]])
+
+
+def test_every_queue_key_is_in_the_readme_queue_table():
+    from harvester_cli.config import reference
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for key in reference.keys():
+        if key.table == "[queues.NAME] and [queue_defaults]":
+            assert f"`{key.key}`" in readme, key.key

@@ -1,0 +1,257 @@
+"""Schema migrations (Alembic): a state database written before migrations existed (schema version 2,
+with jobs, workers and pending reports in it) is upgraded in place with nothing lost, on SQLite, PostgreSQL
+and MariaDB; a fresh database gets exactly the schema the code declares; two upgrades at once migrate once;
+only `db` commands import Alembic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import MetaData, create_engine, inspect, select, text
+
+from harvester_cli.state import upgrade as migrations
+from harvester_cli.state.schema import HEAD, REVISIONS, jobs, metadata, reports, workers
+from harvester_cli.state.schema import meta as meta_table
+from harvester_cli.state.store import Store
+from tests.conftest import new_state
+
+FIXTURE = Path(__file__).resolve().parents[1] / "support" / "data" / "state-schema2.sqlite"
+TABLES = ("meta", "locks", "jobs", "workers", "job_workers", "panda_commands", "pending_reports", "worker_targets")
+
+
+def fixture_rows() -> dict[str, list[dict]]:
+    """Every row of the schema-2 fixture, table by table."""
+    with sqlite3.connect(FIXTURE) as db:
+        db.row_factory = sqlite3.Row
+        return {t: [dict(r) for r in db.execute(f"SELECT * FROM {t}")] for t in TABLES}
+
+
+def schema_differences(url: str) -> list:
+    """What differs between the database's schema and the code's tables (Alembic's own comparison)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn), metadata)
+    finally:
+        engine.dispose()
+
+
+def load_legacy_schema_2(url: str) -> None:
+    """Recreate the fixture on a server: the schema version 2 tables as the code before migrations made
+    them (the first two migrations, frozen), no alembic_version, and the fixture's rows."""
+    store = Store(url, check_schema=False)
+    config = migrations._config()
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        migrations.command.upgrade(config, "0002_worker_targets")
+        conn.execute(text("DROP TABLE alembic_version"))
+        reflected = MetaData()
+        reflected.reflect(conn)
+        for name, rows in fixture_rows().items():
+            if rows:
+                conn.execute(reflected.tables[name].insert(), rows)
+    store.close()
+
+
+def assert_upgraded_with_nothing_lost(url: str) -> None:
+    before = fixture_rows()
+    assert before["jobs"] and before["workers"] and before["pending_reports"]   # the fixture holds work
+    store = Store(url, check_schema=False)
+    assert store.revision() == "0002_worker_targets"
+    assert migrations.upgrade(store) == ("0002_worker_targets", HEAD)
+    assert store.revision() == HEAD
+    Store(url)   # the check every command makes now passes
+    with store.reading() as conn:
+        for table, rows in before.items():
+            if table == "meta":
+                continue
+            got = [dict(r._mapping) for r in conn.execute(text(f"SELECT * FROM {table}"))]
+            key = sorted(rows[0]) if rows else []
+            assert sorted((tuple(r[k] for k in key) for r in got), key=repr) == \
+                   sorted((tuple(r[k] for k in key) for r in rows), key=repr), table
+        meta = dict(conn.execute(select(meta_table.c.key, meta_table.c.ivalue)).all())
+        assert meta["schema_version"] == 3   # an older harvester-cli now refuses this database
+        assert meta["last_worker_id"] == next(r["ivalue"] for r in before["meta"] if r["key"] == "last_worker_id")
+        job = conn.execute(select(jobs).limit(1)).one()
+        assert json.loads(job.job_json)["PandaID"] == job.panda_id
+        assert conn.execute(select(reports)).all() and conn.execute(select(workers)).all()
+    assert schema_differences(url) == []
+    store.close()
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+def test_revisions_known_to_the_code_are_the_migration_scripts():
+    assert [r.revision for r in migrations.history()] == list(REVISIONS)
+    assert migrations.history()[0].down_revision is None
+
+
+def test_schema_2_database_is_upgraded_in_place_on_sqlite(tmp_path):
+    path = tmp_path / "state.db"
+    shutil.copy(FIXTURE, path)
+    assert_upgraded_with_nothing_lost(f"sqlite:///{path}")
+
+
+def test_fresh_database_has_exactly_the_declared_schema_on_sqlite(tmp_path):
+    url = new_state(tmp_path / "state.db")
+    assert schema_differences(url) == []
+
+
+def test_two_upgrades_at_once_migrate_once_on_sqlite(tmp_path):
+    path = tmp_path / "state.db"
+    shutil.copy(FIXTURE, path)
+    url = f"sqlite:///{path}"
+    results = []
+
+    def run():
+        results.append(migrations.upgrade(Store(url, check_schema=False)))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results, key=str) == sorted([("0002_worker_targets", HEAD), (HEAD, HEAD)], key=str)
+
+
+def test_upgrade_sql_prints_the_ddl_and_changes_nothing(tmp_path):
+    path = tmp_path / "state.db"
+    shutil.copy(FIXTURE, path)
+    store = Store(f"sqlite:///{path}", check_schema=False)
+    script = migrations.upgrade_sql(store)
+    assert "CREATE TABLE alembic_version" in script and "0002_worker_targets" in script
+    assert "schema_version" in script and HEAD in script
+    assert store.revision() == "0002_worker_targets"   # nothing applied
+    fresh = Store(f"sqlite:///{tmp_path / 'new.db'}", check_schema=False)
+    assert "CREATE TABLE workers" in migrations.upgrade_sql(fresh)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    config = cwd / "config.toml"
+    proxy = cwd / "proxy.pem"   # the work commands check the host's files first, as `config check` does
+    proxy.write_text("not a real proxy: PanDA is never reached here")
+    proxy.chmod(0o600)
+    config.write_text(f'harvester_id = "h"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\nproxy = "{proxy}"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
+    return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_db_commands_through_the_cli(tmp_path):
+    path = tmp_path / "state.db"
+    shutil.copy(FIXTURE, path)
+    current = _cli("--state", str(path), "--json", "db", "current", cwd=tmp_path)
+    assert current.returncode == 1 and json.loads(current.stdout)["revision"] == "0002_worker_targets"
+    status = _cli("--state", str(path), "status", cwd=tmp_path)
+    assert status.returncode == 2 and "harvester-cli db upgrade" in status.stderr
+    assert len(status.stderr.strip().splitlines()) == 1
+    assert _cli("--state", str(path), "db", "upgrade", cwd=tmp_path).returncode == 0
+    current = _cli("--state", str(path), "db", "current", cwd=tmp_path)
+    assert current.returncode == 0 and HEAD in current.stdout and "up to date" in current.stdout
+    history = _cli("--json", "--state", str(path), "db", "history", cwd=tmp_path)
+    assert [r["revision"] for r in json.loads(history.stdout)["revisions"]] == list(REVISIONS)
+
+
+def test_db_commands_on_a_typo_say_so_describe_migrations_whole_and_keep_their_log(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'harvester_id = "h"\nlog_dir = "{tmp_path / "logs"}"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    typo = cli("--state", str(tmp_path / "stat.db"), "db", "current")
+    assert typo.returncode == 2 and "does not exist" in typo.stderr and "db upgrade" in typo.stderr
+    assert not (tmp_path / "stat.db").exists()
+    described = {r["revision"]: r["description"] for r in json.loads(cli("--json", "db", "history").stdout)["revisions"]}
+    assert all(text.endswith(".") for text in described.values()), described
+    assert "refuses this database instead of writing to it" in described["0003_alembic"]
+    assert cli("--state", str(tmp_path / "state.db"), "db", "upgrade").returncode == 0
+    assert "--state " + str(tmp_path / "state.db") + " db upgrade" in (tmp_path / "logs" / "commands" / "db.log").read_text()
+
+
+@pytest.mark.parametrize("setup,code,needle", [
+    ("UPDATE alembic_version SET version_num = '9999_future'", 2, "newer than this harvester-cli"),
+    ("DROP TABLE alembic_version; DROP TABLE meta", 2, "not a harvester-cli database"),
+])
+def test_a_newer_or_foreign_database_is_refused_with_exit_2(tmp_path, setup, code, needle):
+    path = tmp_path / "state.db"
+    new_state(path)
+    with sqlite3.connect(path) as db:
+        db.executescript(setup)
+    db.close()
+    for args in (("status",), ("cycle",), ("db", "upgrade")):
+        result = _cli("--state", str(path), *args, cwd=tmp_path)
+        assert result.returncode == code, (args, result.stderr)
+        assert needle in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_only_db_commands_import_alembic(tmp_path):
+    path = tmp_path / "state.db"
+    new_state(path)
+    probe = ("import sys, runpy; sys.argv = ['harvester-cli', '--state', sys.argv[1], 'status'];\n"
+             "try:\n    runpy.run_module('harvester_cli', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print('ALEMBIC' if any(m.startswith('alembic') for m in sys.modules) else 'CLEAN', file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stderr.strip().splitlines()[-1] == "CLEAN", result.stderr
+
+
+# -- PostgreSQL and MariaDB -----------------------------------------------------------------------
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_schema_2_database_is_upgraded_in_place_on_postgresql(pg_url):
+    load_legacy_schema_2(pg_url)
+    assert_upgraded_with_nothing_lost(pg_url)
+
+
+@pytest.mark.mariadb
+@pytest.mark.integration
+def test_schema_2_database_is_upgraded_in_place_on_mariadb(maria_url):
+    load_legacy_schema_2(maria_url)
+    assert_upgraded_with_nothing_lost(maria_url)
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_fresh_database_has_exactly_the_declared_schema_on_postgresql(pg_url):
+    new_state(pg_url)
+    assert schema_differences(pg_url) == []
+    assert set(inspect(create_engine(pg_url)).get_table_names()) >= set(TABLES)
+
+
+@pytest.mark.mariadb
+@pytest.mark.integration
+def test_fresh_database_has_exactly_the_declared_schema_on_mariadb(maria_url):
+    new_state(maria_url)
+    assert schema_differences(maria_url) == []
+
+
+@pytest.mark.parametrize("server", [pytest.param("pg_url", marks=pytest.mark.postgres),
+                                    pytest.param("maria_url", marks=pytest.mark.mariadb)])
+@pytest.mark.integration
+def test_two_hosts_upgrading_at_once_migrate_once(server, request):
+    url = request.getfixturevalue(server)
+    load_legacy_schema_2(url)
+    code = ("import sys; from harvester_cli.state import upgrade; from harvester_cli.state.store import Store; "
+            "print(upgrade.upgrade(Store(sys.argv[1], check_schema=False)))")
+    runs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=120) for p in runs]
+    assert all(p.returncode == 0 for p in runs), outputs
+    firsts = [out for out, _ in outputs if out.startswith("('0002")]
+    assert len(firsts) == 1, outputs   # one migrated; the others waited and found nothing to do
+    assert Store(url).revision() == HEAD
