@@ -36,6 +36,7 @@ from harvester_cli.panda.sim import certs  # noqa: E402
 from harvester_cli.panda.sim.server import PandaSimulator  # noqa: E402
 from harvester_cli.state.schema import workers  # noqa: E402
 from tests.support import multihost  # noqa: E402
+from tests.support.harness import kill_local_workers  # noqa: E402
 
 GOALS = {"cpu_per_item": 1.2, "throughput": 0.9, "connections": 2}
 
@@ -70,7 +71,7 @@ def run_one(root: Path, pki, database: str, hosts: int, queues: int, seconds: fl
         time.sleep(seconds)
         site.stop()
         elapsed = time.monotonic() - started
-        multihost.kill_local_workers(site.harvester_id)
+        kill_local_workers(site.harvester_id)
         with sim.lock:
             fetched = sum(int(j.spec.get("nSent", 0)) for j in sim.jobs.values())
             job_updates = sum(len(j.updates) for j in sim.jobs.values())

@@ -23,10 +23,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import ROOT  # the checkout under test (hosts import it from here)
+
 BRIDGE = "hcbr0"
 SERVER = "10.77.0.1"
 PG_PORT, MARIA_PORT = 55432, 53306
-ROOT = Path(__file__).resolve().parents[2]   # the checkout under test (hosts import it from here)
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -313,19 +314,3 @@ def starts(path: Path) -> list[tuple[int, str]]:
         worker, _, host = line.partition(" ")
         out.append((int(worker), host.strip()))
     return out
-
-
-def kill_local_workers(harvester_id: str) -> None:
-    """Every pilot process of this harvester id still alive (their HARVESTER_ID in the environment)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if f"HARVESTER_ID={harvester_id}\0".encode() in environ:
-            try:
-                os.killpg(int(entry.name), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass

@@ -10,7 +10,7 @@ from harvester_cli.panda.jobs import PandaJob
 from harvester_cli.backends.base import BackendContext, WorkerRef, WorkerSpec
 from harvester_cli.backends.local import LocalBackend
 from harvester_cli.config import QueueConfig
-from tests.conftest import wait_until
+from tests.support.harness import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from harvester_cli import cli, config
 from harvester_cli.state.schema import HEAD
-from tests.conftest import new_state
+from tests.support.harness import new_state
 
 HEAVY = ("sqlalchemy", "requests", "htcondor2", "pyarcrest", "rich")
 ANSI = re.compile(r"\x1b\[")

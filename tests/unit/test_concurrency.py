@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from harvester_cli.state.schema import job_workers, jobs, workers
-from tests.conftest import wait_until
+from tests.support.harness import wait_until
 
 pytestmark = pytest.mark.integration
 

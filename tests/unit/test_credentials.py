@@ -1,337 +1,28 @@
-"""renew-proxy with the real tools: voms-proxy-init and arcproxy make proxies from a test CA with one expired
-and one valid user certificate; the fallback picks the valid one; problems are mailed to a real SMTP server
-(aiosmtpd on loopback) once, not twice; token files come from a real HTTPS token endpoint started here.
-
-Tests marked `voms` need voms-clients and nordugrid-arc-client (scripts/apt-packages.txt): they fail, not
-skip, when the tools are missing.
+"""renew-proxy without the grid tools and without mail: the builtin tool makes proxies from a grid CA of
+our own (renew below the minimum lifetime, skip a short certificate, --check), token files come from a
+real HTTPS token endpoint started here, the proxy and token profiles reach the PanDA client, the backends
+and the pilots; the configuration rules of profiles. With voms-proxy-init, arcproxy and alert mail:
+tests/integration/credentials.
 """
 
 from __future__ import annotations
 
-import base64
-import email
-import json
-import os
-import shutil
-import socket
-import ssl
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import pytest
 
 from harvester_cli import config as config_module
 from harvester_cli.errors import ConfigError
-from harvester_cli.site import credentials, proxies
-from tests.conftest import to_toml
+from tests.support.credentials import cert, mode, token_site
+from tests.support.harness import free_port
 
 pytestmark = pytest.mark.credentials
 
-from tests.support.peers import grid_ca  # noqa: E402  (tests/support/peers has shell and Python peers, no __init__)
-
-TOOLS = {"voms-proxy-init": "voms-clients", "voms-proxy-info": "voms-clients", "voms-proxy-fake": "voms-clients",
-         "arcproxy": "nordugrid-arc-client"}
-
-
-def need_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: apt-get install {TOOLS.get(name, name)} (scripts/apt-packages.txt "
-                    f"lists it; bash scripts/test installs it as root)")
-    return path
-
 
 # ---------------------------------------------------------------------------------------------
-# Peers: a grid CA, an SMTP server, a token endpoint
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    grid = grid_ca.make_ca(tmp_path_factory.mktemp("grid-ca"))
-    grid.expired = grid.user("expired user", hours=24, start_hours_ago=72)
-    grid.valid = grid.user("valid user")
-    grid.second = grid.user("second user")
-    return grid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Mailbox:
-    def __init__(self):
-        self.messages: list[email.message.Message] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.lock:
-            self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-    def wait(self, count: int, timeout: float = 10.0) -> list:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(self.messages) < count:
-            time.sleep(0.05)
-        return list(self.messages)
-
-
-@pytest.fixture
-def smtp():
-    from aiosmtpd.controller import Controller
-
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    box.port = controller.port
-    yield box
-    controller.stop()
-
-
-def make_jwt(claims: dict) -> str:
-    def b64(data: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}.c2lnbmF0dXJl"
-
-
-class TokenEndpoint:
-    """A small OAuth2 token endpoint over HTTPS (client_credentials, client_secret_basic)."""
-
-    def __init__(self, pki, client_id: str, secret: str, lifetime: int = 3600):
-        self.client_id, self.secret, self.lifetime = client_id, secret, lifetime
-        self.requests: list[dict] = []
-        self.fail_next: list[int] = []   # status codes to answer before succeeding
-        self.issued: list[str] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, status: int, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
-                auth = self.headers.get("Authorization", "")
-                endpoint.requests.append({"form": form, "auth": auth, "path": self.path})
-                if endpoint.fail_next:
-                    self._answer(endpoint.fail_next.pop(0), {"error": "temporarily_unavailable"})
-                    return
-                expected = "Basic " + base64.b64encode(f"{endpoint.client_id}:{endpoint.secret}".encode()).decode()
-                if auth != expected:
-                    self._answer(401, {"error": "invalid_client", "error_description": "bad client credentials"})
-                    return
-                if form.get("grant_type") != "client_credentials":
-                    self._answer(400, {"error": "unsupported_grant_type"})
-                    return
-                token = make_jwt({"sub": endpoint.client_id, "aud": form.get("audience"), "scope": form.get("scope"),
-                                  "exp": int(time.time()) + endpoint.lifetime, "jti": os.urandom(8).hex()})
-                endpoint.issued.append(token)
-                self._answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": endpoint.lifetime})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(str(pki.host_cert), str(pki.host_key))
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}/token"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def token_endpoint(pki):
-    endpoint = TokenEndpoint(pki, "harvester-client", "s3cr3t-client-secret-value")
-    yield endpoint
-    endpoint.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the CLI
-
-
-class Site:
-    """A configuration with proxy/token profiles, written to a file, and the CLI run against it."""
-
-    def __init__(self, tmp_path: Path):
-        self.tmp = tmp_path
-        self.data = {"harvester_id": "cred-test", "state": str(tmp_path / "state.db"),
-                     "log_dir": str(tmp_path / "logs"),
-                     "panda": {"url": "https://127.0.0.1:9/api/v1", "retries": 0, "timeout": 2},
-                     "queues": {"Q": {"mode": "pull", "backend": "local", "pilot": "true"}}}
-
-    def proxy(self, name: str, certs: list, tool: str = "voms-proxy-init", **settings) -> Path:
-        path = self.tmp / "proxies" / f"{name}.pem"
-        self.data.setdefault("proxies", {})[name] = {
-            "file": str(path), "tool": tool, "ca": str(settings.pop("ca_dir", None) or ""),
-            "certificates": certs, **settings}
-        if not self.data["proxies"][name]["ca"]:
-            del self.data["proxies"][name]["ca"]
-        return path
-
-    def mail_to(self, box: Mailbox, **settings):
-        self.data["smtp"] = {"host": "127.0.0.1", "port": box.port, "to": ["ops@example.org"], "timeout": 5,
-                             "retries": 1, **settings}
-
-    def write(self) -> Path:
-        path = self.tmp / "config.toml"
-        path.write_text(to_toml_with_certs(self.data))
-        return path
-
-    def config(self):
-        return config_module.load(self.write())
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        self.write()
-        env = {**os.environ, "XDG_CONFIG_HOME": str(self.tmp / "xdg"), "XDG_STATE_HOME": str(self.tmp / "xdg-state")}
-        return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(self.tmp / "config.toml"), *args],
-                              capture_output=True, text=True, env=env, timeout=300)
-
-    def renew(self, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
-        result = self.cli("--json", "renew-proxy", *args)
-        assert result.returncode in (0, 1), (result.returncode, result.stderr)
-        return result, json.loads(result.stdout)
-
-    def command_log(self, name: str = "renew-proxy") -> str:
-        return (self.tmp / "logs" / "commands" / f"{name}.log").read_text()
-
-
-def to_toml_with_certs(data: dict) -> str:
-    """conftest's to_toml plus arrays of inline tables (certificates = [{cert=..., key=...}])."""
-    data = json.loads(json.dumps(data, default=str))
-    certs = {}
-    for name, profile in data.get("proxies", {}).items():
-        certs[name] = profile.pop("certificates")
-    text = to_toml(data)
-    for name, entries in certs.items():
-        inline = ", ".join("{" + ", ".join(f"{k} = {json.dumps(str(v))}" for k, v in e.items()) + "}" for e in entries)
-        text = text.replace(f"[proxies.{name}]\n", f"[proxies.{name}]\ncertificates = [{inline}]\n", 1)
-    return text
-
-
-def cert(user, **extra) -> dict:
-    return {"cert": str(user.cert), "key": str(user.key), **extra}
-
-
-@pytest.fixture
-def site(tmp_path) -> Site:
-    return Site(tmp_path)
-
-
-def mode(path: Path) -> int:
-    return path.stat().st_mode & 0o777
-
-
-# ---------------------------------------------------------------------------------------------
-# The real tools: fallback from the expired certificate to the valid one
-
-
-@pytest.mark.voms
-@pytest.mark.parametrize("tool", ["voms-proxy-init", "arcproxy", "builtin"])
-def test_fallback_picks_the_valid_certificate(site, ca, smtp, tool):
-    if tool != "builtin":
-        need_tool(tool)
-    proxy = site.proxy("prod", [cert(ca.expired), cert(ca.valid)], tool=tool, ca_dir=ca.certdir)
-    site.mail_to(smtp)
-    started = time.monotonic()
-    result, data = site.renew()
-    elapsed = time.monotonic() - started
-    assert result.returncode == 1, result.stderr   # renewed, but the expired certificate is an alert
-    (profile,) = data["profiles"]
-    assert profile["action"] == "renewed"
-    assert profile["certificate"] == str(ca.valid.cert)
-    assert profile["identity"] == ca.valid.dn
-    first, second = profile["attempts"]
-    assert not first["ok"] and "expired" in first["reason"]
-    assert second["ok"]
-    assert proxy.exists() and mode(proxy) == 0o600
-    assert profile["time_left"] > 95 * 3600
-    print(f"\n{tool}: renew with fallback {elapsed:.2f} s (tool run {second['seconds']:.2f} s)")
-    # the real tools accept what was made
-    if shutil.which("voms-proxy-info"):
-        check = subprocess.run(["voms-proxy-info", "-file", str(proxy), "-exists", "-valid", "95:00"],
-                               capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
-        identity = subprocess.run(["voms-proxy-info", "-file", str(proxy), "-identity"], capture_output=True, text=True)
-        assert identity.stdout.strip() == ca.valid.dn
-    # the alert arrived, once
-    (mail,) = smtp.wait(1)
-    assert "expired user" in mail.get_payload() or "expired-user-cert.pem" in mail.get_payload()
-    assert mail["To"] == "ops@example.org"
-    assert data["alerts"]["sent"] and not data["alerts"]["error"]
-
-
-@pytest.mark.voms
-@pytest.mark.parametrize("tool", ["voms-proxy-init", "arcproxy"])
-def test_the_tool_itself_refuses_an_expired_certificate(tmp_path, ca, tool):
-    """Past our own pre-check: the real tool, given the expired certificate, makes no usable proxy."""
-    need_tool(tool)
-    profile = config_module.ProxyProfile(name="p", file=tmp_path / "p.pem", tool=tool, ca=ca.certdir,
-                                         certificates=[config_module.CertificateConfig(ca.expired.cert, ca.expired.key)])
-    out = tmp_path / "candidate.pem"
-    try:
-        proxies.TOOLS[tool](profile, profile.certificates[0], out, None)
-    except credentials.CredentialError as exc:
-        # "ERROR: Your certificate expired <date>" / "Proxy generation failed: Certificate has expired."
-        assert "expired" in str(exc).lower() and "your identity" not in str(exc).lower(), exc
-        print(f"\n{tool} on the expired certificate: {exc}")
-    else:
-        pytest.fail(f"{tool} made a proxy from an expired certificate and exited 0")
-
-
-@pytest.mark.voms
-@pytest.mark.parametrize("tool", ["voms-proxy-init", "arcproxy", "builtin"])
-def test_encrypted_key_wrong_then_right_passphrase(site, ca, tool, tmp_path):
-    """A failing tool run (wrong passphrase) is skipped like an expired certificate; the passphrase
-    reaches the tool on stdin and never shows in output or logs."""
-    if tool != "builtin":
-        need_tool(tool)
-    locked = ca.user(f"locked user {tool}", passphrase="right-horse-battery")
-    wrong, right = tmp_path / "wrong.pass", tmp_path / "right.pass"
-    for path, text in ((wrong, "wrong-horse-battery\n"), (right, "right-horse-battery\n")):
-        path.write_text(text)
-        path.chmod(0o600)
-    proxy = site.proxy("locked", [cert(locked, passphrase_file=wrong), cert(locked, passphrase_file=right)],
-                       tool=tool, ca_dir=ca.certdir)
-    result, data = site.renew("--no-mail")
-    (profile,) = data["profiles"]
-    assert profile["action"] == "renewed", profile
-    first, second = profile["attempts"]
-    assert not first["ok"] and second["ok"], profile["attempts"]
-    assert mode(proxy) == 0o600
-    for text in (result.stdout, result.stderr, site.command_log()):
-        assert "right-horse-battery" not in text and "wrong-horse-battery" not in text
-
-
-@pytest.mark.voms
-def test_key_readable_by_others_is_refused(site, ca):
-    loose = ca.user("loose user", key_mode=0o644)
-    site.proxy("loose", [cert(loose)], tool="voms-proxy-init", ca_dir=ca.certdir)
-    result, data = site.renew("--no-mail")
-    assert result.returncode == 1
-    (profile,) = data["profiles"]
-    assert profile["action"] == "failed"
-    (attempt,) = profile["attempts"]
-    assert attempt["reason"] == f"refused: key {loose.key} has mode 0644, readable by others; run chmod 600 {loose.key}"
-    assert not (site.tmp / "proxies" / "loose.pem").exists()
-
+# The builtin tool
 
 def test_check_reports_without_renewing(site, ca):
     proxy = site.proxy("prod", [cert(ca.valid)], tool="builtin")
@@ -363,21 +54,6 @@ def test_renews_below_min_lifetime_and_not_above(site, ca):
     assert proxy.read_bytes() != first
 
 
-def test_all_certificates_fail_keeps_the_old_proxy(site, ca, smtp):
-    proxy = site.proxy("prod", [cert(ca.valid)], tool="builtin")
-    site.renew("--no-mail")
-    before = proxy.read_bytes()
-    site.data["proxies"]["prod"]["certificates"] = [cert(ca.expired)]
-    site.mail_to(smtp)
-    result, data = site.renew("--force")
-    assert result.returncode == 1
-    assert data["profiles"][0]["action"] == "failed"
-    assert proxy.read_bytes() == before and mode(proxy) == 0o600
-    (mail,) = smtp.wait(1)
-    body = mail.get_payload()
-    assert "renewal failed with all 1 certificate(s)" in body and "expired" in body
-
-
 def test_short_certificate_is_skipped_for_a_longer_one(site, ca):
     """A certificate expiring before min_lifetime gives a short proxy: the next certificate is used."""
     short = ca.user("short user", hours=10)
@@ -397,108 +73,7 @@ def test_short_certificate_is_skipped_for_a_longer_one(site, ca):
 
 
 # ---------------------------------------------------------------------------------------------
-# Alerts: once, not twice
-
-
-def test_alert_mail_is_throttled(site, ca, smtp):
-    site.proxy("prod", [cert(ca.expired)], tool="builtin")
-    site.mail_to(smtp, throttle=3600)
-    _, first = site.renew()
-    assert first["alerts"]["sent"]
-    _, second = site.renew()
-    assert second["alerts"]["sent"] == [] and sorted(second["alerts"]["throttled"]) == sorted(first["alerts"]["sent"])
-    time.sleep(0.5)
-    assert len(smtp.messages) == 1
-    state = json.loads((site.tmp / "logs" / ".state" / "alerts.json").read_text())
-    assert set(state) == set(first["alerts"]["sent"])
-    assert mode(site.tmp / "logs" / ".state" / "alerts.json") == 0o600
-    # once the interval passed, it mails again
-    site.data["smtp"]["throttle"] = 0
-    _, third = site.renew()
-    assert third["alerts"]["sent"]
-    assert len(smtp.wait(2)) == 2
-
-
-def test_two_runs_at_once_mail_once(site, ca, smtp):
-    site.proxy("prod", [cert(ca.expired)], tool="builtin")
-    site.mail_to(smtp)
-    site.write()
-    env = {**os.environ, "XDG_STATE_HOME": str(site.tmp / "xdg-state")}
-    args = [sys.executable, "-m", "harvester_cli", "--config", str(site.tmp / "config.toml"), "renew-proxy"]
-    runs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)]
-    codes = [p.wait(120) for p in runs]
-    for p in runs:
-        p.stdout.close()
-        p.stderr.close()
-    assert codes == [1, 1]
-    time.sleep(0.5)
-    assert len(smtp.messages) == 1
-
-
-def test_smtp_down_is_reported_and_retried_next_run(site, ca, smtp):
-    site.proxy("prod", [cert(ca.expired)], tool="builtin")
-    site.mail_to(smtp)
-    site.data["smtp"]["port"] = free_port()   # nothing listens
-    result, data = site.renew()
-    assert result.returncode == 1
-    assert "failed" in data["alerts"]["error"] and data["alerts"]["sent"] == []
-    site.data["smtp"]["port"] = smtp.port
-    _, data = site.renew()
-    assert data["alerts"]["sent"]   # not throttled: it was never sent
-    assert len(smtp.wait(1)) == 1
-
-
-# ---------------------------------------------------------------------------------------------
-# VOMS attributes: read with the real info tools from a proxy voms-proxy-fake made
-
-
-@pytest.mark.voms
-@pytest.mark.parametrize("tool", ["voms-proxy-init", "arcproxy"])
-def test_voms_attribute_lifetime_and_fqan_are_read(site, ca, tool):
-    fake = need_tool("voms-proxy-fake")
-    need_tool(tool)
-    voms_cert, voms_key = ca.voms_server("atlas")
-    vomses = site.tmp / "vomses"   # a VOMS server on loopback where nothing listens
-    vomses.write_text(f'"atlas" "127.0.0.1" "{free_port()}" "/DC=org/DC=harvester-cli/CN=voms.test.example" "atlas"\n')
-    proxy = site.proxy("atlas", [cert(ca.valid)], tool=tool, ca_dir=ca.certdir, vomsdir=str(ca.vomsdir),
-                       vomses=str(vomses), voms="atlas:/atlas/Role=production", timeout=30)
-    proxy.parent.mkdir(parents=True, exist_ok=True)
-    made = subprocess.run([fake, "-rfc", "-cert", str(ca.valid.cert), "-key", str(ca.valid.key),
-                           "-certdir", str(ca.certdir), "-hostcert", str(voms_cert), "-hostkey", str(voms_key),
-                           "-voms", "atlas", "-uri", "voms.test.example:15000", "-fqan", "/atlas/Role=production",
-                           "-hours", "96", "-vomslife", "2", "-out", str(proxy)], capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
-    before = proxy.read_bytes()
-    result, data = site.renew("--check")
-    (profile,) = data["profiles"]
-    assert profile["fqans"] == ["/atlas/Role=production"]
-    assert profile["action"] == "would renew"
-    assert profile["reason"].startswith("VOMS attribute has 1h5") or profile["reason"].startswith("VOMS attribute has 2h00")
-    # Renewal needs the VOMS server, which does not answer: the real tool fails, it is reported, and the
-    # proxy in place stays as it was.
-    result, data = site.renew("--no-mail")
-    assert result.returncode == 1
-    (profile,) = data["profiles"]
-    assert profile["action"] == "failed"
-    reason = profile["attempts"][0]["reason"]
-    assert reason.startswith(f"{tool} exited 1: ") and ("error" in reason.lower() or "failed" in reason.lower()), reason
-    print(f"\n{tool} without a VOMS server: {profile['attempts'][0]['reason']}")
-    assert proxy.read_bytes() == before
-
-
-# ---------------------------------------------------------------------------------------------
 # Tokens: a real HTTPS endpoint, client-credentials grant
-
-
-def token_site(site, endpoint, pki, **settings) -> tuple[Path, Path]:
-    secret = site.tmp / "client.secret"
-    secret.write_text(endpoint.secret + "\n")
-    secret.chmod(0o600)
-    token = site.tmp / "tokens" / "ce1.token"
-    site.data["tokens"] = {"ce1": {"file": str(token), "endpoint": endpoint.url, "client_id": endpoint.client_id,
-                                   "client_secret_file": str(secret), "audience": "https://ce1.example.org:9619",
-                                   "scope": "compute.create compute.read", "ca": str(pki.ca_file), **settings}}
-    return token, secret
 
 
 def test_token_refresh_client_credentials(site, token_endpoint, pki):
@@ -529,22 +104,6 @@ def test_token_endpoint_retries_then_succeeds(site, token_endpoint, pki):
     assert result.returncode == 0, result.stderr
     assert len(token_endpoint.requests) == 3
     assert token.exists()
-
-
-def test_token_endpoint_refusal_is_an_alert(site, token_endpoint, pki, smtp):
-    token, secret = token_site(site, token_endpoint, pki, retries=3)
-    secret.write_text("not-the-right-secret\n")
-    site.mail_to(smtp)
-    result, data = site.renew()
-    assert result.returncode == 1
-    (profile,) = data["profiles"]
-    assert profile["action"] == "failed"
-    assert "401" in profile["problems"][0]["text"] and "invalid_client" in profile["problems"][0]["text"]
-    assert len(token_endpoint.requests) == 1   # a refusal is not retried
-    assert not token.exists()
-    (mail,) = smtp.wait(1)
-    assert "not-the-right-secret" not in mail.get_payload()
-    assert "not-the-right-secret" not in result.stdout + result.stderr + site.command_log()
 
 
 def test_token_endpoint_unreachable_retries_bounded(site, pki):

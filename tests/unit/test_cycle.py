@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from harvester_cli.state.schema import job_workers, jobs, reports, workers
 from harvester_cli.steps import fetch_jobs as fetching
@@ -14,28 +13,12 @@ from harvester_cli.steps import poll as monitoring
 from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
-from harvester_cli.steps.cycle import run_cycle
-from tests.conftest import wait_until
+from tests.support.harness import cycle_until, rows, wait_until
 
 pytestmark = pytest.mark.integration
 
 PULL = {"PULL_Q": {"mode": "pull", "empty_pilot_floor": 0}}
 PUSH = {"PUSH_Q": {"mode": "push"}}
-
-
-def cycle_until(instance, predicate, timeout=40.0, what="cycle goal"):
-    queues = list(instance.config.queues.values())
-
-    def step():
-        run_cycle(instance, queues)
-        return predicate()
-
-    return wait_until(step, timeout, 0.3, what)
-
-
-def rows(instance, table, *where):
-    with instance.store.reading() as conn:
-        return conn.execute(select(table).where(*where)).all()
 
 
 def test_pull_pilots_take_jobs_to_finished_and_workers_reach_panda(harness, sim):

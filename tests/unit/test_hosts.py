@@ -14,7 +14,7 @@ from harvester_cli.state import locks as state_locks
 from harvester_cli.state.schema import locks, workers
 from harvester_cli.state.store import Store, is_conflict, server_timeouts
 from harvester_cli.steps import planner, poll
-from tests.conftest import new_state
+from tests.support.harness import new_state
 
 
 def test_the_host_is_the_configured_one_or_the_host_name(harness):

@@ -20,7 +20,7 @@ from harvester_cli.site import logs, retention
 from harvester_cli.site.logserver import LogServer
 from harvester_cli.state.views import active_worker_logs
 from harvester_cli.instance import Instance
-from tests.conftest import new_state, to_toml
+from tests.support.harness import new_state, to_toml
 
 pytestmark = pytest.mark.logs
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harvester_cli.site.logserver import LogServer
-from tests.conftest import wait_until
+from tests.support.harness import wait_until
 
 pytestmark = [pytest.mark.logs, pytest.mark.faults]
 

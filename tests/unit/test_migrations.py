@@ -20,7 +20,7 @@ from harvester_cli.state import upgrade as migrations
 from harvester_cli.state.schema import HEAD, REVISIONS, jobs, metadata, reports, workers
 from harvester_cli.state.schema import meta as meta_table
 from harvester_cli.state.store import Store
-from tests.conftest import new_state
+from tests.support.harness import new_state
 
 FIXTURE = Path(__file__).resolve().parents[1] / "support" / "data" / "state-schema2.sqlite"
 TABLES = ("meta", "locks", "jobs", "workers", "job_workers", "panda_commands", "pending_reports", "worker_targets")

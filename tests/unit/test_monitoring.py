@@ -22,7 +22,7 @@ from harvester_cli.site import hostmetrics, metrics, statuspage
 from harvester_cli.state import monitoring, views
 from harvester_cli.state.schema import reports, status_history, workers
 from harvester_cli.steps import monitor, propagate
-from tests.conftest import new_state, to_toml
+from tests.support.harness import new_state, to_toml
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from harvester_cli.state.schema import workers
-from tests.conftest import new_state
+from tests.support.harness import new_state
 
 pytestmark = pytest.mark.integration
 

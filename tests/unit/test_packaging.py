@@ -35,7 +35,7 @@ CRON = [sys.executable, "-c", "from harvester_cli.cron import main; main()"]
 @pytest.fixture
 def cron_site(tmp_path):
     """A configuration with its own log_dir and state, as a crontab's environment would name it."""
-    from tests.conftest import new_state
+    from tests.support.harness import new_state
 
     config = tmp_path / "config.toml"
     proxy = tmp_path / "proxy.pem"   # the work commands check the host's files first, as `config check` does

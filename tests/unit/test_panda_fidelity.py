@@ -8,31 +8,14 @@ import re
 import time
 
 import pytest
-from sqlalchemy import select
 
 from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.steps import fetch_jobs, poll, propagate, submit
 from harvester_cli.steps.cycle import run_cycle
-from tests.conftest import Harness, wait_until
+from tests.support.harness import Harness, cycle_until, rows, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def rows(instance, table, *where):
-    with instance.store.reading() as conn:
-        return conn.execute(select(table).where(*where)).all()
-
-
-def cycle_until(instance, predicate, timeout=40.0, what="cycle goal"):
-    queues = list(instance.config.queues.values())
-
-    def step():
-        run_cycle(instance, queues)
-        return predicate()
-
-    return wait_until(step, timeout, 0.3, what)
-
 
 # -- 1. registration before pilots ---------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from harvester_cli.errors import StateError
 from harvester_cli.state import claims, meta, outbox
 from harvester_cli.state.schema import reports, workers
 from harvester_cli.state.store import Store
-from tests.conftest import new_state
+from tests.support.harness import new_state
 
 
 def worker_rows(n):

@@ -1,5 +1,6 @@
 """Tokens per CE without a CE: audiences, configuration rules, renewal of a per-CE profile against the test
-issuer (one call per audience, refusals mailed once), the token listing `status` shows, pilot environments."""
+issuer (one call per audience), the token listing `status` shows, pilot environments. Refusals mailed
+once: tests/integration/credentials."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import pytest
 from harvester_cli import config as config_module
 from harvester_cli.errors import ConfigError
 from harvester_cli.site import bearer, renewal, tokens
+from tests.support.credentials import token_config
+from tests.support.harness import free_port
 from tests.support.peers.token_issuer import COMPUTE_SCOPES, TokenIssuer, decode
-from tests.unit.test_credentials import free_port, smtp  # noqa: F401  (smtp: the SMTP server fixture)
 
 pytestmark = pytest.mark.credentials
-
-SECRET = "unit-planted-secret-93e1"
 
 
 @pytest.mark.parametrize("endpoint, flavour, audience", [
@@ -46,33 +46,6 @@ def test_refusal_reason_names_what_the_ce_would_refuse():
     assert bearer.refusal_reason("not a jwt", aud) == "the token file does not hold a JWT"
 
 
-def _config(tmp_path: Path, issuer_url: str, ca: Path | None = None, **extra) -> dict:
-    secret = tmp_path / "client.secret"
-    secret.write_text(SECRET + "\n")
-    secret.chmod(0o600)
-    data = {
-        "harvester_id": "tok", "state": str(tmp_path / "state.db"), "log_dir": str(tmp_path / "logs"),
-        "panda": {"url": "https://127.0.0.1:9/api/v1", "token_file": str(tmp_path / "panda.token"),
-                  "token_origin": "atlas"},
-        "tokens": {"ce": {"directory": str(tmp_path / "ce"), "endpoint": f"{issuer_url}/token",
-                          "client_id": "harvester-client", "client_secret_file": str(secret),
-                          **({"ca": str(ca)} if ca else {})}},
-        "queues": {
-            "HTC": {"mode": "pull", "backend": "htcondor", "pilot": "true", "ce_credentials": "token", "ce_token_profile": "ce",
-                    "backend_options": {"ces": [{"endpoint": "ce1.example.org"},
-                                                {"endpoint": "ce1.example.org:9619", "queue": "long"},
-                                                {"endpoint": "ce2.example.org", "state": "DISABLED"},
-                                                {"endpoint": "arc1.example.org", "flavour": "arc-ce"}]}},
-            "ARC": {"mode": "pull", "backend": "arc", "pilot": "true", "ce_credentials": "both", "ce_token_profile": "ce",
-                    "backend_options": {"endpoints": ["https://arc1.example.org:443/arex"]}},
-            "LOCAL": {"mode": "pull", "backend": "local", "pilot": "true"},
-        },
-    }
-    for key, value in extra.items():
-        data[key] = value
-    return data
-
-
 @pytest.mark.parametrize("change, message", [
     (lambda d: d["queues"]["HTC"].pop("ce_token_profile"), "\"token\" needs ce_token_profile"),
     (lambda d: d["queues"]["LOCAL"].update(ce_credentials="token", ce_token_profile="ce"),
@@ -86,7 +59,7 @@ def _config(tmp_path: Path, issuer_url: str, ca: Path | None = None, **extra) ->
     (lambda d: d["queues"]["HTC"].update(ce_credentials="tokens"), "(did you mean 'token'?)"),
 ])
 def test_bad_token_configuration_is_one_line_naming_the_table_and_key(tmp_path, change, message):
-    data = _config(tmp_path, "https://127.0.0.1:9")
+    data = token_config(tmp_path, "https://127.0.0.1:9")
     change(data)
     with pytest.raises(ConfigError) as caught:
         config_module.parse(data, "site.toml", tmp_path)
@@ -94,15 +67,8 @@ def test_bad_token_configuration_is_one_line_naming_the_table_and_key(tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("site.toml: ["), str(caught.value)
 
 
-@pytest.fixture
-def issuer(pki):
-    with TokenIssuer(pki.host_cert, pki.host_key) as server:
-        server.add_client("harvester-client", SECRET)
-        yield server
-
-
 def test_per_ce_profile_asks_once_per_audience_and_lists_every_token(tmp_path, issuer, pki):
-    config = config_module.parse(_config(tmp_path, issuer.url, pki.ca_file), "site.toml", tmp_path)
+    config = config_module.parse(token_config(tmp_path, issuer.url, pki.ca_file), "site.toml", tmp_path)
     run = renewal.renew(config, mail=False)
     by_audience = {r.audience: r for r in run.results}
     # ce1 twice (with and without its default port), the DISABLED ce2 none, arc1 from two queues once
@@ -120,28 +86,12 @@ def test_per_ce_profile_asks_once_per_audience_and_lists_every_token(tmp_path, i
     assert all(t["exists"] and 3500 < t["seconds_left"] <= 3600 for t in listed)
 
 
-def test_issuer_refusal_is_reported_per_ce_and_mailed_once(tmp_path, issuer, pki, smtp):  # noqa: F811
-    data = _config(tmp_path, issuer.url, pki.ca_file)
-    data["smtp"] = {"host": "127.0.0.1", "port": smtp.port, "to": ["ops@example.org"], "timeout": 5, "retries": 1}
-    config = config_module.parse(data, "site.toml", tmp_path)
-    issuer.add_client("harvester-client", "another secret")
-    first = renewal.renew(config)
-    assert [r.action for r in first.results] == ["failed", "failed"] and first.partial
-    texts = [p.text for p in first.problems]
-    assert any(t.startswith("[tokens.ce] CE ce1.example.org, ce1.example.org:9619 (audience ce1.example.org:9619): "
-                            "token renewal failed: token endpoint") and "401" in t for t in texts), texts
-    second = renewal.renew(config)
-    assert sorted(second.alerts.throttled) == sorted(first.alerts.sent) and len(first.alerts.sent) == 2
-    (mail,) = smtp.wait(1)
-    assert "https://arc1.example.org:443" in mail.get_payload() and SECRET not in mail.get_payload()
-
-
 def test_pilot_token_environment_by_backend(tmp_path):
     from harvester_cli.instance import Instance
 
     token = tmp_path / "pilot" / "panda_token"
     key = tmp_path / "panda_token_key"
-    data = _config(tmp_path, "https://127.0.0.1:9")
+    data = token_config(tmp_path, "https://127.0.0.1:9")
     data["tokens"]["pilot"] = {"file": str(token), "endpoint": "https://127.0.0.1:9/token", "client_id": "p",
                                "client_secret_file": str(tmp_path / "client.secret")}
     for name in ("ARC", "LOCAL"):
@@ -160,9 +110,9 @@ def test_missing_ce_token_fails_each_worker_with_the_reason_before_any_ce_is_ask
     """No token yet (renew-proxy has not run): ARC and HTCondor say so per worker, naming the CE and the file."""
     from harvester_cli.backends.base import WorkerSpec
     from harvester_cli.instance import Instance
-    from tests.conftest import new_state
+    from tests.support.harness import new_state
 
-    data = _config(tmp_path, "https://127.0.0.1:9")
+    data = token_config(tmp_path, "https://127.0.0.1:9")
     data["queues"]["ARC"]["backend_options"]["endpoints"] = [f"https://127.0.0.1:{free_port()}/arex"]
     data["queues"]["ARC"]["ce_credentials"] = "token"
     data["queues"]["HTC"]["backend_options"].update(schedd="nowhere@nohost", collector="127.0.0.1:9")

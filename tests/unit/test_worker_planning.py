@@ -12,7 +12,7 @@ from harvester_cli.state.schema import commands, worker_targets, workers
 from harvester_cli.steps import poll as monitoring
 from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
-from tests.unit.test_cycle import rows
+from tests.support.harness import rows
 
 pytestmark = [pytest.mark.planner, pytest.mark.integration]
 

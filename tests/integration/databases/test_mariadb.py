@@ -11,9 +11,8 @@ import pytest
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.state import claims
 from harvester_cli.state.store import Store
-from tests.conftest import new_state
 from tests.support.databases import assert_state_errors
-from tests.unit.test_cycle import cycle_until, rows
+from tests.support.harness import cycle_until, new_state, rows
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.integration]
 

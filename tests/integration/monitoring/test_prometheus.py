@@ -1,147 +1,27 @@
 """Monitoring against the real things: Debian's prometheus-node-exporter serving the [metrics] textfile,
-Debian's prometheus scraping it (and serve-logs' /metrics directly), PromQL through Prometheus's HTTP API;
-and the status page in Debian's headless Chromium through selenium and chromium-driver.
+Debian's prometheus scraping it (and serve-logs' /metrics directly), PromQL through Prometheus's HTTP API.
 
-One scenario feeds every test: the real CLI against the PanDA simulator, with a queue whose pilots
-finish, one whose pilots exit 3, one whose submissions fail, a PanDA outage during one propagate, then
-sweep. Every number the peers show is compared with the state database.
+The scenario every test reads (tests/support/monitoring.py): the real CLI against the PanDA simulator,
+with a queue whose pilots finish, one whose pilots exit 3, one whose submissions fail, a PanDA outage
+during one propagate, then sweep. Every number Prometheus shows is compared with the state database.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from harvester_cli import config as config_module
-from harvester_cli.config.sections import TEST_PILOT
-from harvester_cli.panda.sim.server import PandaSimulator
-from harvester_cli.state import monitoring, views
-from harvester_cli.state.schema import HISTORY_STATES, status_history
-from harvester_cli.instance import Instance
-from tests.conftest import new_state, to_toml, wait_until
+from harvester_cli.state import views
+from tests.support import ROOT
+from tests.support.harness import free_port, wait_until
+from tests.support.monitoring import need, start, stop
 
-ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "contrib" / "grafana" / "harvester-cli.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if not path:
-        pytest.fail(f"{binary} is not installed: `bash scripts/test` as root installs scripts/apt-packages.txt "
-                    f"(apt-get install {package})")
-    return path
-
-
-class Site:
-    """The scenario's configuration, state database and CLI."""
-
-    def __init__(self, base: Path, sim: PandaSimulator, pki):
-        self.base = base
-        self.sim = sim
-        self.textfile_dir = base / "textfile"
-        self.harvester_id = f"mon-{os.getpid()}"
-        data = {
-            "harvester_id": self.harvester_id, "state": str(base / "state.db"), "log_dir": str(base / "logs"),
-            "work_dir": str(base / "work"), "log_url": "http://127.0.0.1:8080/logs",
-            "panda": {"url": sim.url, "proxy": str(pki.proxy), "ca": str(pki.ca_file), "retries": 2, "timeout": 20,
-                      "allow_test_pilot": True},
-            "metrics": {"textfile": str(self.textfile_dir / "harvester-cli.prom")},
-            "queues": {
-                "GOOD": {"mode": "pull", "backend": "local", "pilot": TEST_PILOT},
-                "PUSH": {"mode": "push", "backend": "local", "pilot": TEST_PILOT},
-                "FAIL": {"mode": "pull", "backend": "local", "pilot": "/bin/sh -c 'echo pilot fails; exit 3'"},
-                # the queue's work directory is a file: the local backend cannot start the worker (missed)
-                "BROKEN": {"mode": "pull", "backend": "local", "pilot": TEST_PILOT,
-                           "backend_options": {"work_dir": str(base / "broken-work")}},
-            },
-        }
-        (base / "broken-work").mkdir()
-        (base / "broken-work" / "BROKEN").write_text("")
-        self.config_path = base / "config.toml"
-        self.config_path.write_text(to_toml(data))
-        new_state(data["state"])
-        self.config = config_module.load(self.config_path)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "XDG_STATE_HOME": str(self.base / "xdg"), "PYTHONPATH": str(ROOT)}
-        return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(self.config_path), *args],
-                              capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
-
-    def instance(self) -> Instance:
-        return Instance(self.config)
-
-    def kill_workers(self) -> None:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if f"HARVESTER_ID={self.harvester_id}\0".encode() in (entry / "environ").read_bytes():
-                        os.killpg(int(entry.name), signal.SIGKILL)
-                except (OSError, ProcessLookupError):
-                    pass
-
-
-def add_a_day_of_history(instance: Instance, now: float) -> None:
-    """Snapshots every 10 minutes over the last day, as a day of polls would leave them: GOOD ramps up
-    and down, FAIL keeps failing."""
-    store = instance.store
-    with store.transaction() as conn:
-        ids = monitoring.series_ids(conn, [("GOOD", "localhost", "SCORE"), ("FAIL", "localhost", "SCORE")])
-        rows = []
-        for i in range(1, 144):
-            taken = int(now - 86400 + i * 600)
-            running = 5 + int(5 * (1 - abs(i - 72) / 72))
-            rows.append({"taken": taken, "series_id": ids[("GOOD", "localhost", "SCORE")],
-                         **{s: 0 for s in HISTORY_STATES}, "running": running, "submitted": i % 3, "finished": i // 10})
-            rows.append({"taken": taken, "series_id": ids[("FAIL", "localhost", "SCORE")],
-                         **{s: 0 for s in HISTORY_STATES}, "failed": i // 5})
-        conn.execute(status_history.insert(), rows)
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, pki):
-    base = tmp_path_factory.mktemp("monitoring")
-    with PandaSimulator(pki, finish_delay=0.0) as sim:
-        site = Site(base, sim, pki)
-        try:
-            sim.add_jobs("GOOD", 2)
-            sim.add_jobs("PUSH", 1)
-            assert site.cli("fetch-jobs").returncode == 0
-            for queue in ("GOOD", "PUSH", "FAIL", "BROKEN"):
-                result = site.cli("submit", "--queue", queue, "--count", "2")
-                assert result.returncode in (0, 1), result.stderr
-            store = site.instance().store
-
-            def all_final() -> bool:
-                site.cli("poll")
-                return not any(r["state"] in ("pending", "submitted", "running", "idle")
-                               for r in views.worker_counts(store, list(site.config.queues)))
-
-            wait_until(all_final, timeout=90, interval=1, what="every worker final")
-            sim.fail_next = [503, 503]   # the heartbeat of this propagate fails (both tries)
-            assert site.cli("propagate").returncode == 1
-            assert site.cli("propagate").returncode == 0
-            assert site.cli("sweep").returncode == 0
-            add_a_day_of_history(site.instance(), time.time())
-            yield site
-        finally:
-            site.kill_workers()
 
 
 # -- Prometheus and node_exporter ---------------------------------------------------------------------------
@@ -162,50 +42,13 @@ class Prometheus:
         return set(requests.get(f"{self.url}/api/v1/label/__name__/values", timeout=10).json()["data"])
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-
-
-@pytest.fixture(scope="module")
-def serve_logs(site):
-    """The real serve-logs command on a free port (Prometheus scrapes its /metrics directly)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harvester_cli", "--config", str(site.config_path), "serve-logs", "--port", str(port)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"serve-logs ended: {process.stderr.read().decode()}")
-        try:
-            return requests.get(f"{url}/robots.txt", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_until(up, what="serve-logs listening")
-    yield url
-    _stop(process)
-    process.stderr.close()
-
-
 @pytest.fixture(scope="module")
 def prometheus(site, serve_logs, tmp_path_factory):
     exporter_bin = need("prometheus-node-exporter", "prometheus-node-exporter")
     prometheus_bin = need("prometheus", "prometheus")
     base = tmp_path_factory.mktemp("prometheus")
     exporter_port, prometheus_port = free_port(), free_port()
-    exporter = _start([exporter_bin, f"--web.listen-address=127.0.0.1:{exporter_port}", "--collector.disable-defaults",
+    exporter = start([exporter_bin, f"--web.listen-address=127.0.0.1:{exporter_port}", "--collector.disable-defaults",
                        "--collector.textfile", f"--collector.textfile.directory={site.textfile_dir}"],
                       base / "node-exporter.log")
     (base / "prometheus.yml").write_text(f"""
@@ -220,7 +63,7 @@ scrape_configs:
     static_configs:
       - targets: ["{serve_logs.removeprefix('http://')}"]
 """)
-    server = _start([prometheus_bin, f"--config.file={base / 'prometheus.yml'}", f"--storage.tsdb.path={base / 'data'}",
+    server = start([prometheus_bin, f"--config.file={base / 'prometheus.yml'}", f"--storage.tsdb.path={base / 'data'}",
                      f"--web.listen-address=127.0.0.1:{prometheus_port}"], base / "prometheus.log")
     client = Prometheus(f"http://127.0.0.1:{prometheus_port}")
 
@@ -239,8 +82,8 @@ scrape_configs:
         wait_until(scraped, timeout=60, interval=0.5, what="Prometheus scraping node_exporter and serve-logs")
         yield client
     finally:
-        _stop(server)
-        _stop(exporter)
+        stop(server)
+        stop(exporter)
 
 
 @pytest.mark.metrics
@@ -313,103 +156,3 @@ def test_grafana_dashboard_queries_run_on_real_prometheus(site, prometheus):
             assert name in known, (name, expr)
         prometheus.query(expr.replace("$harvester_id", site.harvester_id).replace("$queue", ".*")
                          .replace("$__rate_interval", "1m").replace("$__range", "1h"))
-
-
-# -- the status page in Chromium ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    need("chromium", "chromium")
-    driver_path = need("chromedriver", "chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,2400",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path, log_output=str(tmp_path_factory.getbasetemp()
-                                                                              / "chromedriver.log")),
-                              options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-@pytest.fixture(scope="module")
-def page(site, serve_logs, browser, tmp_path_factory):
-    browser.get(f"{serve_logs}/status")
-    screenshot = tmp_path_factory.getbasetemp() / "status-page.png"
-    browser.save_screenshot(str(screenshot))
-    return browser, screenshot
-
-
-@pytest.mark.browser
-def test_status_page_loads_self_contained_without_console_errors(page):
-    from selenium.webdriver.common.by import By
-
-    driver, screenshot = page
-    assert screenshot.stat().st_size > 10_000
-    assert driver.find_element(By.ID, "harvester-id").text.startswith("mon-")
-    problems = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
-    assert problems == []
-    # nothing was loaded beside the page itself: no script, font, stylesheet or image from anywhere
-    assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
-    assert driver.find_elements(By.TAG_NAME, "script") == []
-
-
-@pytest.mark.browser
-def test_status_page_tables_match_the_state_database(site, page):
-    from selenium.webdriver.common.by import By
-
-    driver, _ = page
-    store = site.instance().store
-    for row in views.worker_counts(store, list(site.config.queues)):
-        cell = driver.find_element(By.CSS_SELECTOR, f'#workers td[data-queue="{row["queue"]}"][data-ce='
-                                                    f'"{row["computing_element"]}"][data-state="{row["state"]}"]')
-        assert int(cell.text) == row["count"], row
-    pending = views.pending_report_ages(store)
-    for kind in ("job", "worker"):
-        cell = driver.find_element(By.CSS_SELECTOR, f'#pending td[data-pending="{kind}"]')
-        assert int(cell.text) == pending.get(kind, {"count": 0})["count"]
-    runs = {r["command"]: r["last_exit"] for r in views.command_runs(store)}
-    for command, code in runs.items():
-        assert int(driver.find_element(By.CSS_SELECTOR, f'#runs td[data-exit="{command}"]').text) == code
-    # the pilots that exited 3 are the most frequent error, counted as the database has them
-    assert int(driver.find_element(By.CSS_SELECTOR, '#errors td[data-count="1060"]').text) == 2
-    assert int(driver.find_element(By.CSS_SELECTOR, '#errors td[data-count="1041"]').text) == 2
-
-
-@pytest.mark.browser
-def test_status_page_charts_render_the_history(site, page):
-    from selenium.webdriver.common.by import By
-
-    driver, _ = page
-    charts = {svg.get_attribute("data-queue"): svg for svg in driver.find_elements(By.CSS_SELECTOR, "svg[data-queue]")}
-    assert set(charts) == set(site.config.queues)
-    good = charts["GOOD"]
-    assert good.size["width"] > 300 and good.size["height"] > 100   # laid out and drawn, not collapsed
-    lines = {p.get_attribute("data-state"): p for p in good.find_elements(By.CSS_SELECTOR, "polyline.series")}
-    assert {"running", "submitted", "finished"} <= set(lines)
-    running = lines["running"]
-    assert len(running.get_attribute("points").split()) >= 100   # a day of snapshots, bucketed
-    box = driver.execute_script("const b = arguments[0].getBBox(); return [b.width, b.height];", running)
-    assert box[0] > 200 and box[1] > 10
-
-
-@pytest.mark.browser
-def test_status_page_links_lead_to_the_worker_logs(site, serve_logs, browser):
-    from selenium.webdriver.common.by import By
-
-    browser.get(f"{serve_logs}/status")
-    link = browser.find_element(By.CSS_SELECTOR, '#errors td[data-code="1060"] ~ td a')
-    worker_id = link.text
-    link.click()
-    wait_until(lambda: "Index of" in browser.title, what="the worker's log directory")
-    assert worker_id in browser.current_url and "pilot.out" in browser.page_source
-    browser.find_element(By.LINK_TEXT, "pilot.out").click()
-    wait_until(lambda: "pilot fails" in browser.page_source, what="the pilot's output")

@@ -22,6 +22,7 @@ from harvester_cli.panda.sim import certs
 from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state.schema import commands, job_workers, workers
 from tests.support import multihost
+from tests.support.harness import kill_local_workers
 from tests.support.multihost import SERVER, Network, PrivateMariaDB, PrivatePostgres, Site
 
 pytestmark = [pytest.mark.multihost, pytest.mark.integration]
@@ -134,7 +135,7 @@ def run_until(site: Site, done, timeout: float, during=None) -> None:
             time.sleep(0.5)
     finally:
         site.stop()
-        multihost.kill_local_workers(site.harvester_id)
+        kill_local_workers(site.harvester_id)
 
 
 def db_rows(url: str, table, *where):

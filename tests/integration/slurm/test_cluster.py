@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from harvester_cli.backends import _slurm_status as slurm_status
+from harvester_cli.instance import worker_ref
 from harvester_cli.panda import diagnostics
 from harvester_cli.state.schema import workers
 from harvester_cli.steps import fetch_jobs as fetching
@@ -30,22 +30,14 @@ from harvester_cli.steps import poll as monitoring
 from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
-from harvester_cli.instance import worker_ref
-from tests.conftest import wait_until
-from tests.unit.test_cycle import cycle_until as _cycle_until
-from tests.unit.test_cycle import rows
+from tests.support import PEERS, ROOT
+from tests.support.harness import cycle_until as _cycle_until
+from tests.support.harness import free_port, rows, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
-ROOT = Path(__file__).resolve().parents[3]
-SCRIPT = ROOT / "tests" / "support" / "peers" / "slurm.sh"
+SCRIPT = PEERS / "slurm.sh"
 PILOT = f"PYTHONPATH={ROOT} {{python}} -m harvester_cli.panda.sim.pilot"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -100,7 +92,7 @@ def cluster():
                     "or run `bash tests/support/peers/slurm.sh install`")
     base = Path(tempfile.mkdtemp(prefix="harvester-cli-slurm-"))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SQUEUE_"))},
-           "SLURM_BASE": str(base), "SLURMCTLD_PORT": str(_free_port()), "SLURMD_PORT": str(_free_port()),
+           "SLURM_BASE": str(base), "SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port()),
            "SLURM_CONF": str(base / "slurm.conf")}
     found = Cluster(base, env)
     started = time.monotonic()
@@ -138,11 +130,12 @@ class Slurm:
 
 
 def cycle_until(instance, cluster, predicate, timeout=60.0, what="cycle goal"):
-    try:
-        return _cycle_until(instance, predicate, timeout, what)
-    except AssertionError as exc:
+    """The harness's cycle_until, with the workers' state and the cluster's logs in the failure message."""
+    def context():
         state = [(w.worker_id, w.status, w.batch_id, w.native_status, w.diag) for w in rows(instance, workers)]
-        raise AssertionError(f"{exc}\nworkers: {state}\n{cluster.logs()}") from None
+        return f"workers: {state}\n{cluster.logs()}"
+
+    return _cycle_until(instance, predicate, timeout, what, context=context)
 
 
 def poll_until(instance, predicate, timeout=60.0, what="poll goal"):

@@ -22,11 +22,10 @@ from pathlib import Path
 import pytest
 
 from harvester_cli.state.schema import workers
-from tests.conftest import wait_until
+from tests.support.arc_ce import SCRIPT, ArcCE, arc_queue
+from tests.support.condor_pool import CHROOT, COLLECTOR, HTC, JOBDIR, SCHEDD, give, pool_env
+from tests.support.harness import cycle_until, free_port, rows, wait_until
 from tests.support.peers.token_issuer import COMPUTE_SCOPES, TokenIssuer, decode
-from tests.integration.arc.test_ce import PILOT_ZIP, SCRIPT, ArcCE, _free_port, arc_queue, pilot_zip, rows  # noqa: F401
-from tests.unit.test_cycle import cycle_until
-from tests.integration.htcondor.test_pool import CHROOT, COLLECTOR, HTC, JOBDIR, SCHEDD, _give, _pool_env, condor_pool, htc, pki  # noqa: F401,E501
 
 pytestmark = [pytest.mark.tokens, pytest.mark.integration]
 
@@ -64,7 +63,7 @@ def token_ce(pki, issuer):
         pytest.fail("A-REX is not installed: bash scripts/test as root installs scripts/apt-packages.txt")
     base = Path(tempfile.mkdtemp(prefix="harvester-cli-arc-tokens-"))
     base.chmod(0o755)
-    ce = ArcCE(base, _free_port())
+    ce = ArcCE(base, free_port())
     env = {**os.environ, "ARC_CE_BASE": str(base), "ARC_CE_PORT": str(ce.port), "ARC_CE_INFO_PERIOD": "3",
            "ARC_CE_TRUST_CA": str(pki.ca_file), "ARC_CE_TOKEN_ISSUER": issuer.url}
     for step in ("setup", "start"):
@@ -256,7 +255,7 @@ def scitokens_schedd(condor_pool, issuer, pki):
 
     directory = condor_pool.session_dir / "scitokens"
     directory.mkdir()
-    _give(directory, 0o755)
+    give(directory, 0o755)
     ca = x509.load_pem_x509_certificate(pki.ca_file.read_bytes())
     ca_key = serialization.load_pem_private_key((pki.directory / "cakey.pem").read_bytes(), None)
     key = serialization.load_pem_private_key(pki.host_key.read_bytes(), None)
@@ -292,7 +291,7 @@ C_GAHP_WORKER_THREAD.SEC_CLIENT_AUTHENTICATION_METHODS = SCITOKENS, FS, CLAIMTOB
 
     def reconfig():
         run = subprocess.run(["chroot", str(CHROOT), "condor_reconfig"], capture_output=True, text=True,
-                             env=_pool_env(), timeout=60)
+                             env=pool_env(), timeout=60)
         assert run.returncode == 0, run.stderr
 
     reconfig()

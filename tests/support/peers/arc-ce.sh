@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Local, throw-away NorduGrid ARC 6.17 CE (A-REX + REST, fork LRMS) on loopback, no systemd, for
-# harvester-cli's ARC backend tests (tests/integration/arc/test_ce.py starts it in a session fixture). Debian 12, root.
+# harvester-cli's ARC backend tests (tests/test_arc.py starts it in a session fixture). Debian 12, root.
 # Adapted from the team's shared peer script: extra trusted CA + mapped DN (the PanDA simulator's test
 # user, so one proxy talks to both), a test runtime environment, daemons with a clean environment.
 #

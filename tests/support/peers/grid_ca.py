@@ -2,7 +2,7 @@
 user certificates (one valid, one expired, one short-lived), and a VOMS server certificate with its .lsc
 file for voms-proxy-fake. Made with `cryptography`; never for production.
 
-    python tests/support/peers/grid_ca.py /tmp/grid-ca      # make one by hand and print what is where
+    python tests/peers/grid_ca.py /tmp/grid-ca      # make one by hand and print what is where
 
 voms-proxy-init (voms-clients 2.1) makes no proxy from a user certificate without a Subject Key
 Identifier (it exits 1 after "verification failed", or 0 without writing a file with -dont-verify-ac), so

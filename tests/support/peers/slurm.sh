@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throw-away single-node Slurm 22.05 cluster (Debian 12) on loopback, no systemd: munged + slurmctld +
-# slurmd as root, everything under $SLURM_BASE. tests/integration/slurm/test_cluster.py starts it in a session fixture; the
+# slurmd as root, everything under $SLURM_BASE. tests/test_slurm.py starts it in a session fixture; the
 # benchmark (bench/bench_slurm.py) too. Adapted from the team's shared peer script: free ports and a
 # private base per session; three partitions (debug, the default; second; noroot, which refuses root's
 # jobs: a partition whose submissions keep failing); more CPUs than the machine has (config_overrides:

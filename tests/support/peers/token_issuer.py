@@ -12,7 +12,7 @@ PanDA simulator's test CA, whose host certificate names localhost and 127.0.0.1)
 Test knobs: `clients` (client id -> secret and the scopes it may get), `refuse_next` (HTTP statuses to
 answer before issuing), `lifetime`; `mint()` signs any claims (an expired token, a foreign audience).
 
-    python tests/support/peers/token_issuer.py CERT KEY     # run one by hand; prints its URL, Ctrl-C stops it
+    python tests/peers/token_issuer.py CERT KEY     # run one by hand; prints its URL, Ctrl-C stops it
 """
 
 from __future__ import annotations

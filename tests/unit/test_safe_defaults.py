@@ -14,7 +14,7 @@ import pytest
 
 from harvester_cli.state import outbox
 from harvester_cli.state.store import Store
-from tests.conftest import new_state
+from tests.support.harness import new_state
 
 PILOT = "sleep 60"
 

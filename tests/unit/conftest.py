@@ -1,0 +1,5 @@
+"""Fixtures of the unit tests beyond the root conftest's simulator and harness: a grid CA, a site with
+proxy and token profiles, a token endpoint and a token issuer of our own (tests/support/credentials.py).
+Nothing here starts a daemon or needs root."""
+
+from tests.support.credentials import ca, issuer, site, token_endpoint  # noqa: F401  (fixtures)
