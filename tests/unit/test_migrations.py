@@ -1,7 +1,7 @@
-"""Schema migrations (Alembic): a state database written before migrations existed (schema version 2,
-with jobs, workers and pending reports in it) is upgraded in place with nothing lost, on SQLite, PostgreSQL
-and MariaDB; a fresh database gets exactly the schema the code declares; two upgrades at once migrate once;
-only `db` commands import Alembic."""
+"""Schema migrations (Alembic) on SQLite: a state database written before migrations existed (schema
+version 2, with jobs, workers and pending reports in it) is upgraded in place with nothing lost; a fresh
+database gets exactly the schema the code declares; two upgrades at once migrate once; only `db` commands
+import Alembic. The same on PostgreSQL and MariaDB: tests/integration/databases/test_migrations.py."""
 
 from __future__ import annotations
 
@@ -14,82 +14,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, create_engine, inspect, select, text
 
 from harvester_cli.state import upgrade as migrations
-from harvester_cli.state.schema import HEAD, REVISIONS, jobs, metadata, reports, workers
-from harvester_cli.state.schema import meta as meta_table
+from harvester_cli.state.schema import HEAD, REVISIONS
 from harvester_cli.state.store import Store
 from tests.support.harness import new_state
+from tests.support.migrations import FIXTURE, assert_upgraded_with_nothing_lost, schema_differences
 
-FIXTURE = Path(__file__).resolve().parents[1] / "support" / "data" / "state-schema2.sqlite"
-TABLES = ("meta", "locks", "jobs", "workers", "job_workers", "panda_commands", "pending_reports", "worker_targets")
-
-
-def fixture_rows() -> dict[str, list[dict]]:
-    """Every row of the schema-2 fixture, table by table."""
-    with sqlite3.connect(FIXTURE) as db:
-        db.row_factory = sqlite3.Row
-        return {t: [dict(r) for r in db.execute(f"SELECT * FROM {t}")] for t in TABLES}
-
-
-def schema_differences(url: str) -> list:
-    """What differs between the database's schema and the code's tables (Alembic's own comparison)."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return compare_metadata(MigrationContext.configure(conn), metadata)
-    finally:
-        engine.dispose()
-
-
-def load_legacy_schema_2(url: str) -> None:
-    """Recreate the fixture on a server: the schema version 2 tables as the code before migrations made
-    them (the first two migrations, frozen), no alembic_version, and the fixture's rows."""
-    store = Store(url, check_schema=False)
-    config = migrations._config()
-    with store.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        migrations.command.upgrade(config, "0002_worker_targets")
-        conn.execute(text("DROP TABLE alembic_version"))
-        reflected = MetaData()
-        reflected.reflect(conn)
-        for name, rows in fixture_rows().items():
-            if rows:
-                conn.execute(reflected.tables[name].insert(), rows)
-    store.close()
-
-
-def assert_upgraded_with_nothing_lost(url: str) -> None:
-    before = fixture_rows()
-    assert before["jobs"] and before["workers"] and before["pending_reports"]   # the fixture holds work
-    store = Store(url, check_schema=False)
-    assert store.revision() == "0002_worker_targets"
-    assert migrations.upgrade(store) == ("0002_worker_targets", HEAD)
-    assert store.revision() == HEAD
-    Store(url)   # the check every command makes now passes
-    with store.reading() as conn:
-        for table, rows in before.items():
-            if table == "meta":
-                continue
-            got = [dict(r._mapping) for r in conn.execute(text(f"SELECT * FROM {table}"))]
-            key = sorted(rows[0]) if rows else []
-            assert sorted((tuple(r[k] for k in key) for r in got), key=repr) == \
-                   sorted((tuple(r[k] for k in key) for r in rows), key=repr), table
-        meta = dict(conn.execute(select(meta_table.c.key, meta_table.c.ivalue)).all())
-        assert meta["schema_version"] == 3   # an older harvester-cli now refuses this database
-        assert meta["last_worker_id"] == next(r["ivalue"] for r in before["meta"] if r["key"] == "last_worker_id")
-        job = conn.execute(select(jobs).limit(1)).one()
-        assert json.loads(job.job_json)["PandaID"] == job.panda_id
-        assert conn.execute(select(reports)).all() and conn.execute(select(workers)).all()
-    assert schema_differences(url) == []
-    store.close()
-
-
-# -- SQLite ---------------------------------------------------------------------------------------
 
 def test_revisions_known_to_the_code_are_the_migration_scripts():
     assert [r.revision for r in migrations.history()] == list(REVISIONS)
@@ -207,51 +138,3 @@ def test_only_db_commands_import_alembic(tmp_path):
              "print('ALEMBIC' if any(m.startswith('alembic') for m in sys.modules) else 'CLEAN', file=sys.stderr)")
     result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, cwd=tmp_path)
     assert result.stderr.strip().splitlines()[-1] == "CLEAN", result.stderr
-
-
-# -- PostgreSQL and MariaDB -----------------------------------------------------------------------
-
-@pytest.mark.postgres
-@pytest.mark.integration
-def test_schema_2_database_is_upgraded_in_place_on_postgresql(pg_url):
-    load_legacy_schema_2(pg_url)
-    assert_upgraded_with_nothing_lost(pg_url)
-
-
-@pytest.mark.mariadb
-@pytest.mark.integration
-def test_schema_2_database_is_upgraded_in_place_on_mariadb(maria_url):
-    load_legacy_schema_2(maria_url)
-    assert_upgraded_with_nothing_lost(maria_url)
-
-
-@pytest.mark.postgres
-@pytest.mark.integration
-def test_fresh_database_has_exactly_the_declared_schema_on_postgresql(pg_url):
-    new_state(pg_url)
-    assert schema_differences(pg_url) == []
-    assert set(inspect(create_engine(pg_url)).get_table_names()) >= set(TABLES)
-
-
-@pytest.mark.mariadb
-@pytest.mark.integration
-def test_fresh_database_has_exactly_the_declared_schema_on_mariadb(maria_url):
-    new_state(maria_url)
-    assert schema_differences(maria_url) == []
-
-
-@pytest.mark.parametrize("server", [pytest.param("pg_url", marks=pytest.mark.postgres),
-                                    pytest.param("maria_url", marks=pytest.mark.mariadb)])
-@pytest.mark.integration
-def test_two_hosts_upgrading_at_once_migrate_once(server, request):
-    url = request.getfixturevalue(server)
-    load_legacy_schema_2(url)
-    code = ("import sys; from harvester_cli.state import upgrade; from harvester_cli.state.store import Store; "
-            "print(upgrade.upgrade(Store(sys.argv[1], check_schema=False)))")
-    runs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(3)]
-    outputs = [p.communicate(timeout=120) for p in runs]
-    assert all(p.returncode == 0 for p in runs), outputs
-    firsts = [out for out, _ in outputs if out.startswith("('0002")]
-    assert len(firsts) == 1, outputs   # one migrated; the others waited and found nothing to do
-    assert Store(url).revision() == HEAD

@@ -1,0 +1,84 @@
+"""The same store and cycle code on real PostgreSQL and MariaDB servers (started here, loopback only): each
+test runs once on each server (`server_url`, marked `postgres` or `mariadb`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harvester_cli.state import claims
+from harvester_cli.state.schema import jobs, workers
+from harvester_cli.state.store import Store
+from tests.support.databases import assert_state_errors
+from tests.support.harness import cycle_until, new_state, rows
+
+pytestmark = pytest.mark.integration
+
+
+def test_claims_are_exclusive_and_times_keep_their_precision(server_url):
+    new_state(server_url)
+    first, second = Store(server_url), Store(server_url)
+    with first.transaction() as conn:
+        conn.execute(workers.insert(), [{"worker_id": i, "queue": "Q", "backend": "local", "mode": "pull",
+                                         "status": "submitted", "created": 1795560012.25, "modified": 0.0}
+                                        for i in range(1, 11)])
+    with first.transaction() as conn, second.transaction() as other:   # two open transactions at once
+        a = {r.worker_id for r in claims.claim(conn, workers, workers.c.queue == "Q", 6)}
+        b = {r.worker_id for r in claims.claim(other, workers, workers.c.queue == "Q", 6)}
+    assert len(a) == 6 and len(b) == 4 and not a & b   # SKIP LOCKED: the second skips the first's rows
+    with first.reading() as conn:   # a single-precision FLOAT would be off by minutes
+        assert {r.created for r in conn.execute(workers.select())} == {1795560012.25}
+
+
+def test_pull_and_push_cycle_with_a_large_job(harness, sim, server_url):
+    ids = sim.add_jobs("PULL_Q", 2) + sim.add_jobs("PUSH_Q", 2)
+    (large,) = sim.add_jobs("PUSH_Q", 1, jobPars="echo " + "x" * 100_000)   # over MariaDB TEXT's 64 kB
+    instance = harness.instance({"PULL_Q": {"mode": "pull", "empty_pilot_floor": 0}, "PUSH_Q": {"mode": "push"}},
+                                state=server_url)
+    cycle_until(instance, lambda: all(sim.job_status(i) == "finished" for i in [*ids, large])
+                and all(w.status == "finished" for w in rows(instance, workers)), what="jobs finished on the server")
+    assert len(rows(instance, workers)) == 5
+    (job,) = rows(instance, jobs, jobs.c.panda_id == large)
+    assert job.sub_status == "done" and len(job.job_json) > 100_000
+
+
+SCHEMES = [pytest.param("pg_url", scheme, marks=pytest.mark.postgres, id=scheme)
+           for scheme in ("postgresql", "postgres", "postgresql+psycopg")] + \
+          [pytest.param("maria_url", scheme, marks=pytest.mark.mariadb, id=scheme)
+           for scheme in ("mariadb", "mysql", "mysql+pymysql", "mariadb+pymysql")]
+
+
+@pytest.mark.parametrize("server, scheme", SCHEMES)
+def test_the_url_forms_an_operator_writes_work_as_written(request, tmp_path, server, scheme):
+    url = scheme + "://" + request.getfixturevalue(server).split("://", 1)[1]
+    config = tmp_path / "config.toml"
+    config.write_text('harvester_id = "url-test"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
+                      '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
+    for args in (("db", "upgrade"), ("--json", "status")):
+        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, *args],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (url, args, result.stderr)
+    assert "Q" in json.loads(result.stdout)["queues"]
+    assert "harvester_cli_test" not in result.stderr   # the password never shows
+
+
+def outage_cases(url: str) -> dict[str, tuple[int, str]]:
+    """URL -> (exit code, words on stderr): a server that does not answer, a wrong password, and on
+    PostgreSQL a database that does not exist."""
+    credentials, rest = url.split("://", 1)[1].split("@", 1)
+    user = credentials.split(":", 1)[0]
+    if url.startswith("postgresql"):
+        return {"postgresql://" + credentials + "@127.0.0.1:1/x": (1, "no answer"),
+                f"postgresql://{user}:wrong-password@{rest}": (2, "password authentication failed"),
+                "postgresql://" + credentials + "@127.0.0.1/no_such_database": (2, "does not exist")}
+    return {"mariadb://" + credentials + "@127.0.0.1:1/x": (1, "no answer"),
+            f"mariadb://{user}:wrong-password@{rest}": (2, "Access denied")}
+
+
+def test_a_server_that_does_not_answer_is_an_outage_and_a_refusal_is_configuration(server_url, tmp_path):
+    """Exit 1 (the next run tries again) for a server that is down; exit 2 (fix the configuration) for a
+    wrong password or database; one line each, no password."""
+    assert_state_errors(outage_cases(server_url), tmp_path)
