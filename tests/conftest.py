@@ -1,9 +1,16 @@
 """Fixtures every test may use: a test PKI, a PanDA simulator on loopback, and a harness that builds
-configurations for it and runs the CLI (tests/support/harness.py)."""
+configurations for it and runs the CLI (tests/support/harness.py).
+
+Where a test goes says what it needs: tests/unit/ needs no daemon and no root (the simulator and local
+worker processes are fine); tests/integration/<peer>/ needs that real peer or root. Every test collected
+under tests/integration/ gets the `integration` marker here, so `pytest -m "not integration"` and
+`pytest tests/unit` run the same tests.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +19,15 @@ from harvester_cli.panda.sim.server import PandaSimulator
 from tests.support.harness import Harness
 
 pytest_plugins = ["tests.support.databases"]
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)   # before -m selects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

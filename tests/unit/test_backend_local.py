@@ -12,8 +12,6 @@ from harvester_cli.backends.local import LocalBackend
 from harvester_cli.config import QueueConfig
 from tests.support.harness import wait_until
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def backend(tmp_path):

@@ -19,8 +19,6 @@ from sqlalchemy import select
 from harvester_cli.state.schema import job_workers, jobs, workers
 from tests.support.harness import wait_until
 
-pytestmark = pytest.mark.integration
-
 N = 30
 QUEUES = {"PUSH_Q": {"mode": "push", "n_queue_limit_worker": 100, "max_workers": 100,
                      "max_new_workers_per_cycle": 100, "n_queue_limit_job": 100}}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from harvester_cli.state.schema import job_workers, jobs, reports, workers
 from harvester_cli.steps import fetch_jobs as fetching
 from harvester_cli.steps import poll as monitoring
@@ -14,8 +12,6 @@ from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
 from tests.support.harness import cycle_until, rows, wait_until
-
-pytestmark = pytest.mark.integration
 
 PULL = {"PULL_Q": {"mode": "pull", "empty_pilot_floor": 0}}
 PUSH = {"PUSH_Q": {"mode": "push"}}

@@ -24,7 +24,7 @@ from harvester_cli.state.schema import jobs, reports
 from harvester_cli.steps import fetch_jobs
 from tests.support.harness import new_state
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = pytest.mark.faults
 
 
 # -- hostile job dicts ------------------------------------------------------------------------------

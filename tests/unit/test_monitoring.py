@@ -24,7 +24,6 @@ from harvester_cli.state.schema import reports, status_history, workers
 from harvester_cli.steps import monitor, propagate
 from tests.support.harness import new_state, to_toml
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 NOW = time.time()
 

@@ -7,13 +7,10 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 from sqlalchemy import select
 
 from harvester_cli.state.schema import workers
 from tests.support.harness import new_state
-
-pytestmark = pytest.mark.integration
 
 
 def worker_rows(harness):

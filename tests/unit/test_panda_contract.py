@@ -29,8 +29,6 @@ from harvester_cli.panda.sim import certs, server
 from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.site.proxies import build_proxy
 
-pytestmark = pytest.mark.integration
-
 MSG_SECURE = "SSL secure connection is required"
 MSG_DATABASE = "database error in the PanDA server"
 UNION_BUG = "'types.UnionType' object has no attribute '__name__'"

@@ -15,8 +15,6 @@ from harvester_cli.steps import fetch_jobs, poll, propagate, submit
 from harvester_cli.steps.cycle import run_cycle
 from tests.support.harness import Harness, cycle_until, rows, wait_until
 
-pytestmark = pytest.mark.integration
-
 # -- 1. registration before pilots ---------------------------------------------------------------
 
 @pytest.mark.parametrize("first", ["submit", "cycle"])

@@ -14,7 +14,7 @@ from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from tests.support.harness import rows
 
-pytestmark = [pytest.mark.planner, pytest.mark.integration]
+pytestmark = pytest.mark.planner
 
 UNIFIED = {"UNI": {"mode": "pull", "resource_types": ["SCORE", "MCORE"], "core_count": 8, "pilot": "sleep 30",
                    "n_queue_limit_worker": 4}}

@@ -38,7 +38,7 @@ from harvester_cli.steps.cycle import run_cycle
 from tests.support.arc_ce import PILOT_ZIP, arc_queue
 from tests.support.harness import cycle_until, free_port, rows, wait_until
 
-pytestmark = [pytest.mark.arc, pytest.mark.integration]
+pytestmark = pytest.mark.arc
 
 
 # -- peers (A-REX itself and the pilot zip: tests/support/arc_ce.py) ---------------------------------------

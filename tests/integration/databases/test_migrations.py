@@ -7,15 +7,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from sqlalchemy import create_engine, inspect
 
 from harvester_cli.state.schema import HEAD
 from harvester_cli.state.store import Store
 from tests.support.harness import new_state
 from tests.support.migrations import TABLES, assert_upgraded_with_nothing_lost, load_legacy_schema_2, schema_differences
-
-pytestmark = pytest.mark.integration
 
 
 def test_schema_2_database_is_upgraded_in_place(server_url):

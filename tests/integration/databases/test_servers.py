@@ -15,8 +15,6 @@ from harvester_cli.state.store import Store
 from tests.support.databases import assert_state_errors
 from tests.support.harness import cycle_until, new_state, rows
 
-pytestmark = pytest.mark.integration
-
 
 def test_claims_are_exclusive_and_times_keep_their_precision(server_url):
     new_state(server_url)

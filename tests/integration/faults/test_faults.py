@@ -29,7 +29,7 @@ from harvester_cli.state.store import Store
 from harvester_cli.steps.cycle import run_cycle
 from tests.support.harness import Harness, wait_until
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = pytest.mark.faults
 
 QUEUES = {"PULL": {"mode": "pull", "empty_pilot_floor": 0}, "PUSH": {"mode": "push"}}
 

@@ -20,7 +20,7 @@ from tests.support.condor_pool import COLLECTOR, SCHEDD, pool_state
 from tests.support.harness import cycle_until as _cycle_until
 from tests.support.harness import rows, wait_until
 
-pytestmark = [pytest.mark.htcondor, pytest.mark.integration]
+pytestmark = pytest.mark.htcondor
 
 # A CE that is down: nothing listens on the discard port.
 DOWN_CE = "127.0.0.1:9"

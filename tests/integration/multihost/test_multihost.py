@@ -25,7 +25,7 @@ from tests.support import multihost
 from tests.support.harness import kill_local_workers
 from tests.support.multihost import SERVER, Network, PrivateMariaDB, PrivatePostgres, Site
 
-pytestmark = [pytest.mark.multihost, pytest.mark.integration]
+pytestmark = pytest.mark.multihost
 
 HOSTS = 3
 LEASE = 10   # [lease_seconds]: how long a dead or cut-off host's claims and queue leases block the others

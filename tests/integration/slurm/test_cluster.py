@@ -34,7 +34,7 @@ from tests.support import PEERS, ROOT
 from tests.support.harness import cycle_until as _cycle_until
 from tests.support.harness import free_port, rows, wait_until
 
-pytestmark = [pytest.mark.slurm, pytest.mark.integration]
+pytestmark = pytest.mark.slurm
 
 SCRIPT = PEERS / "slurm.sh"
 PILOT = f"PYTHONPATH={ROOT} {{python}} -m harvester_cli.panda.sim.pilot"

@@ -27,7 +27,7 @@ from tests.support.condor_pool import CHROOT, COLLECTOR, HTC, JOBDIR, SCHEDD, gi
 from tests.support.harness import cycle_until, free_port, rows, wait_until
 from tests.support.peers.token_issuer import COMPUTE_SCOPES, TokenIssuer, decode
 
-pytestmark = [pytest.mark.tokens, pytest.mark.integration]
+pytestmark = pytest.mark.tokens
 
 CLIENT_ID, CLIENT_SECRET = "harvester-client", "planted-client-secret-4f1c9e"
 PILOT_CLIENT, PILOT_SECRET = "pilot-client", "planted-pilot-secret-77ab2d"
