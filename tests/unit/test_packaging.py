@@ -42,7 +42,8 @@ def cron_site(tmp_path):
     proxy.write_text("not a real proxy: PanDA at port 9 never answers")
     proxy.chmod(0o600)
     config.write_text(f'harvester_id = "cron-test"\nstate = "{tmp_path / "state.db"}"\nlog_dir = "{tmp_path / "logs"}"\n'
-                      f'[panda]\nurl = "https://127.0.0.1:9/api/v1"\nproxy = "{proxy}"\n'
+                      # retries = 0: PanDA at port 9 never answers, and the retries' backoff cost 20 s a cycle
+                      f'[panda]\nurl = "https://127.0.0.1:9/api/v1"\nproxy = "{proxy}"\nretries = 0\n'
                       '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
     new_state(tmp_path / "state.db")
     env = {**os.environ, "HARVESTER_CLI_CONFIG": str(config), "PATH": "/usr/bin:/bin"}   # cron's PATH: no venv
