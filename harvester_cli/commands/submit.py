@@ -16,7 +16,8 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option, record
 @click.option("--dry-run", is_flag=True, help="Print the plan and its trace; submit nothing.")
 @click.option("--count", type=click.IntRange(1, 100_000), help="Submit exactly this many workers (one-off).")
 @click.option("--resource-type", help="Resource type for --count (default: the queue's first).")
-@click.option("--force", is_flag=True, help="With --count: ignore max_workers.")
+@click.option("--force", is_flag=True, help="With --count: ignore max_workers. Fewer than --count (a cap, push "
+                                            "jobs, registration) says why and exits 1.")
 @click.option("--wait", is_flag=True, help="Follow the new workers (poll + propagate) until they end; exit 1 if any "
                                            "did not finish.")
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True, metavar="SECONDS",
@@ -43,12 +44,14 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
     rows, data = [], []
     for q in run.queues:
         plan = q.plan.per_resource_type if q.plan else {}
-        note = q.error or q.skipped or ("; ".join(f"{w}: {e}" for w, e in q.failed[:3]) if q.failed else "")
+        note = q.error or q.skipped or ("; ".join(f"{w}: {e}" for w, e in q.failed[:3]) if q.failed else "") \
+            or q.shortfall or ""
         rows.append((q.queue, ", ".join(f"{k}={v}" for k, v in plan.items()) or "-", len(q.submitted),
                      len(q.failed), q.adopted, q.missed, note))
         data.append({"queue": q.queue, "plan": plan, "trace": [str(s) for s in q.plan.trace] if q.plan else [],
                      "submitted": q.submitted, "failed": [{"worker_id": w, "error": e} for w, e in q.failed],
-                     "adopted": q.adopted, "missed": q.missed, "skipped": q.skipped, "error": q.error})
+                     "adopted": q.adopted, "missed": q.missed, "skipped": q.skipped, "error": q.error,
+                     "shortfall": q.shortfall})
     out.table("submit" + (" (dry run)" if dry_run else ""),
               ["queue", "plan", "submitted", "failed", "adopted", "missed", "note"], rows)
     if dry_run or g.verbosity > 0:

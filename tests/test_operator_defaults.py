@@ -1,0 +1,120 @@
+"""What an operator meets (issue 23, the rest): each test runs the CLI, the cron wrapper or a shipped file as
+an operator, cron or systemd would, and checks the exit code and the line that says what happened. Every
+one of them failed on the code before the change that made it pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import new_state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _site(tmp_path: Path, extra: str = "") -> Path:
+    """A configuration whose PanDA never answers (port 9) and a state database, as after `db upgrade`."""
+    proxy = tmp_path / "proxy.pem"
+    proxy.write_text("not a real proxy")
+    proxy.chmod(0o600)
+    path = tmp_path / "config.toml"
+    path.write_text(f'harvester_id = "ops-{tmp_path.name[-12:]}"\nstate = "{tmp_path / "state.db"}"\n'
+                    f'log_dir = "{tmp_path / "logs"}"\nwork_dir = "{tmp_path / "work"}"\n'
+                    f'[panda]\nurl = "https://127.0.0.1:9/api/v1"\nproxy = "{proxy}"\ntimeout = 1\nretries = 1\n'
+                    '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "sleep 60"\n'
+                    '[queues.OTHER]\nmode = "pull"\nbackend = "local"\npilot = "sleep 60"\n' + extra)
+    new_state(tmp_path / "state.db")
+    return path
+
+
+def _cli(config: Path, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def _seed_workers(state: Path, rows: list[tuple[int, str, str]]) -> None:
+    """Workers (id, queue, status) as earlier submissions left them."""
+    from harvester_cli.state import workers
+    from harvester_cli.state.store import Store
+
+    now = time.time()
+    with Store(f"sqlite:///{state}").transaction() as tx:
+        workers.record_pending(tx, [(w, queue, "local", "pull", "SCORE", "managed", 1, 2000, status, None, now, now,
+                                     None, None, "host") for w, queue, status in rows])
+
+
+# -- 1. failures are said, and cost exit 1 --------------------------------------------------------
+
+def test_kill_workers_names_each_id_that_matched_nothing_and_exits_1(tmp_path):
+    config = _site(tmp_path)
+    _seed_workers(tmp_path / "state.db", [(5, "Q", "running"), (6, "Q", "finished"), (7, "OTHER", "running")])
+    alone = _cli(config, "kill-workers", "--worker", "99999")
+    assert alone.returncode == 1, alone.stderr
+    assert "worker 99999: no such worker in the state database" in alone.stderr
+    mixed = _cli(config, "--queue", "Q", "kill-workers", "--worker", "5", "--worker", "7", "--worker", "99999")
+    assert mixed.returncode == 1, mixed.stderr
+    assert "1 worker(s) marked for killing" in mixed.stdout   # the one that exists is still marked
+    assert "worker 7: belongs to queue OTHER, which is not selected" in mixed.stderr
+    assert "worker 99999: no such worker" in mixed.stderr and "Traceback" not in mixed.stderr
+    # nothing left to kill is not a mistake: already final, or marked by the run above
+    done = _cli(config, "kill-workers", "--worker", "6", "--worker", "5")
+    assert done.returncode == 0, done.stderr
+    assert "worker 6: already finished: nothing to kill" in done.stdout
+    assert "worker 5: already marked for killing" in done.stdout
+
+
+@pytest.mark.integration
+def test_submit_count_that_submits_fewer_says_which_cap_and_exits_1(harness, sim):
+    harness.write_config({"Q": {"mode": "pull", "pilot": "sleep 60", "max_workers": 5},
+                          "P": {"mode": "push", "pilot": "sleep 60"}})
+    assert harness.cli("submit", "--queue", "Q", "--count", "2").returncode == 0
+    capped = harness.cli("submit", "--queue", "Q", "--count", "10")
+    assert capped.returncode == 1, capped.stderr
+    assert ("queue Q: --count 10: only 3 can be submitted: max_workers=5 with 2 worker(s) active leaves room for 3 "
+            "(--force lifts max_workers)") in capped.stderr
+    assert "Traceback" not in capped.stderr
+    statuses = [w["status"] for w in harness.cli_json("workers", "--queue", "Q")["workers"]]
+    assert len(statuses) == 5   # what fitted was submitted
+    sim.add_jobs("P", 2)
+    assert harness.cli("fetch-jobs", "--queue", "P").returncode == 0
+    push = harness.cli("submit", "--queue", "P", "--count", "4")
+    assert push.returncode == 1, push.stderr
+    assert "--count 4: only 2 can be submitted: push mode: one worker per fetched job, and 2 SCORE job(s) wait" \
+        in push.stderr
+
+
+def test_a_closed_pipe_ends_quietly_with_the_commands_own_exit_code(tmp_path):
+    """`harvester-cli workers | head -1`: the reader goes away; no traceback, no "Broken pipe", exit 0 and no
+    failure in the command log."""
+    config = _site(tmp_path)
+    _seed_workers(tmp_path / "state.db", [(i, "Q", "running") for i in range(1, 3001)])
+    for args in (("workers", "--limit", "5000"), ("--json", "workers", "--limit", "5000"), ("config", "example")):
+        process = subprocess.Popen([sys.executable, "-m", "harvester_cli", "--config", str(config), *args],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process.stdout.close()   # gone before the first line: the same as `| head -1` past its line
+        stderr = process.stderr.read()
+        assert process.wait(timeout=120) == 0, (args, stderr)
+        assert stderr == "", (args, stderr)
+    log = (tmp_path / "logs" / "commands" / "workers.log").read_text()
+    assert "ERROR" not in log and "crashed" not in log and "end: exit 0" in log
+    assert "stdout was closed by its reader" in log
+
+
+def test_the_readme_has_a_table_of_exit_codes_per_situation():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| exit | when |"):].split("\n\n", 1)[0]
+    codes = re.findall(r"^\| `(\d+)` \|", table, re.M)
+    assert codes == ["0", "1", "2", "130"], codes
+    for words in ("retried", "missing proxy", "log_dir", "client library", "kill-workers --worker", "--count",
+                  "Ctrl-C"):
+        assert words in table, words
