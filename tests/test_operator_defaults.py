@@ -118,3 +118,21 @@ def test_the_readme_has_a_table_of_exit_codes_per_situation():
     for words in ("retried", "missing proxy", "log_dir", "client library", "kill-workers --worker", "--count",
                   "Ctrl-C"):
         assert words in table, words
+
+
+# -- 5. demo --keep ---------------------------------------------------------------------------
+
+def test_demo_keep_refuses_a_directory_that_is_not_empty_at_once(tmp_path):
+    kept = tmp_path / "site"
+    kept.mkdir()
+    (kept / "config.toml").write_text("# an operator's own file\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "harvester_cli", "demo", "--keep", str(kept)],
+                            capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"harvester-cli: error: demo --keep {kept}: the directory is not empty; name a new or empty directory "
+        "(nothing was written)"]
+    assert [p.name for p in kept.iterdir()] == ["config.toml"]
+    assert (kept / "config.toml").read_text() == "# an operator's own file\n"
