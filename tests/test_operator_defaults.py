@@ -120,6 +120,34 @@ def test_the_readme_has_a_table_of_exit_codes_per_situation():
         assert words in table, words
 
 
+# -- 4. modes whatever the umask -------------------------------------------------------------------
+
+@pytest.mark.integration
+@pytest.mark.parametrize("umask", [0o000, 0o002])
+def test_no_umask_makes_the_worker_wrapper_or_the_trees_writable_by_others(harness, sim, umask):
+    from harvester_cli.backends.local import WRAPPER, WRAPPER_NAME
+
+    config = harness.write_config({"Q": {"mode": "pull", "pilot": "echo hello"}})
+    work, logs = harness.tmp_path / "work", harness.tmp_path / "logs"
+    work.mkdir()
+    loose = work / WRAPPER_NAME   # an earlier version's wrapper, written under umask 000
+    loose.write_text(WRAPPER)
+    loose.chmod(0o666)
+    result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "submit", "--count", "2",
+                             "--queue", "Q", "--wait", "--interval", "0.5", "--timeout", "60"],
+                            capture_output=True, text=True, timeout=120, umask=umask)
+    assert result.returncode == 0, result.stderr
+    loose_ones = []
+    for top in (work, logs):
+        for directory, names, files in os.walk(top):
+            for path in [Path(directory)] + [Path(directory) / f for f in files]:
+                if path.stat().st_mode & 0o022 and path != work:   # `work` is the test's own
+                    loose_ones.append(f"{path} {stat.filemode(path.stat().st_mode)}")
+    assert not loose_ones, loose_ones
+    assert stat.S_IMODE((work / WRAPPER_NAME).stat().st_mode) == 0o700
+    assert any(logs.glob("workers/*/Q/*/pilot.out"))   # the pilots ran, their outputs are in the tree
+
+
 # -- 5. demo --keep ---------------------------------------------------------------------------
 
 def test_demo_keep_refuses_a_directory_that_is_not_empty_at_once(tmp_path):
