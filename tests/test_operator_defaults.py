@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import new_state
 
 ROOT = Path(__file__).resolve().parent.parent
+CRON = [sys.executable, "-c", "from harvester_cli.cron import main; main()"]
 
 
 def _site(tmp_path: Path, extra: str = "") -> Path:
@@ -118,6 +119,52 @@ def test_the_readme_has_a_table_of_exit_codes_per_situation():
     for words in ("retried", "missing proxy", "log_dir", "client library", "kill-workers --worker", "--count",
                   "Ctrl-C"):
         assert words in table, words
+
+
+def _cron_site(tmp_path: Path, extra: str = "") -> tuple[Path, dict]:
+    config = _site(tmp_path, extra)
+    return tmp_path / "logs", {**os.environ, "HARVESTER_CLI_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_cron_wrapper_passes_sigterm_and_sigint_on_and_waits_for_its_command(tmp_path, signum):
+    logs, env = _cron_site(tmp_path)
+    wrapper = subprocess.Popen([*CRON, "serve-logs", "--port", "0"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while "serving" not in ((logs / "cron" / "serve-logs.log").read_text()
+                            if (logs / "cron" / "serve-logs.log").exists() else ""):
+        assert time.monotonic() < deadline and wrapper.poll() is None, wrapper.stderr.read()
+        time.sleep(0.1)
+    (command,) = _children(wrapper.pid)
+    wrapper.send_signal(signum)
+    assert wrapper.wait(timeout=30) == 0, wrapper.stderr.read()   # the command's own exit code
+    assert not Path(f"/proc/{command}").exists()   # ended before the wrapper, not left running
+    assert re.search(r"--- exit 0 after [\d.]+ s\n$", (logs / "cron" / "serve-logs.log").read_text())
+
+
+def test_the_cron_wrapper_says_once_when_the_same_failure_lasts_past_alert_after(tmp_path):
+    logs, env = _cron_site(tmp_path, "[cron]\nalert_after = 1\n")   # submit: PanDA never answers -> exit 1
+    runs = []
+    for _ in range(3):
+        runs.append(subprocess.run([*CRON, "submit"], env=env, capture_output=True, text=True, timeout=120))
+        time.sleep(1.1)
+    assert [r.returncode for r in runs] == [1, 1, 1]
+    assert runs[0].stderr == ""   # one failing run is not news: status and the log show it
+    line = runs[1].stderr.strip()
+    assert line.startswith("harvester-cli-cron: `submit` has exited 1 (partial") and "[cron] alert_after = 1 s" in line
+    assert str(logs / "cron" / "submit.log") in line and len(runs[1].stderr.splitlines()) == 1
+    assert runs[2].stderr == ""   # said once
+    config = Path(env["HARVESTER_CLI_CONFIG"])
+    keys = _cli(config, "config", "keys")
+    assert re.search(r"^\[cron\] +alert_after +int +3600 ", keys.stdout, re.M), keys.stdout
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    assert "| `alert_after` | int | `3600` |" in reference.split("## [cron]", 1)[1].split("## ", 1)[0]
 
 
 # -- 4. modes whatever the umask -------------------------------------------------------------------
