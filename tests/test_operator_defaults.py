@@ -121,6 +121,56 @@ def test_the_readme_has_a_table_of_exit_codes_per_situation():
         assert words in table, words
 
 
+# -- 3. systemd and cron -------------------------------------------------------------------------
+
+SYSTEMD = ROOT / "contrib" / "systemd"
+VENV_BIN = "/opt/harvester-cli/venv/bin"
+
+
+def test_the_units_and_the_crontab_name_one_installation():
+    crontab = (ROOT / "cron" / "harvester-cli.crontab").read_text()
+    path = re.search(r"^PATH=(\S+)$", crontab, re.M).group(1)
+    assert path.split(":")[0] == VENV_BIN
+    for unit in SYSTEMD.glob("*.service"):
+        starts = re.findall(r"^ExecStart=(\S+)", unit.read_text(), re.M)
+        assert starts == [f"{VENV_BIN}/harvester-cli"], (unit.name, starts)
+    readme = (ROOT / "README.md").read_text()
+    assert f"python3 -m venv {VENV_BIN.removesuffix('/bin')}" in readme
+    assert "edit `User=`, `HARVESTER_CLI_CONFIG` and" in readme and "ExecStart" in readme
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed (Debian: systemd)")
+def test_the_units_as_shipped_pass_systemd_analyze_verify(tmp_path):
+    """`systemd-analyze verify` on a root (--root) laid out as the README installs: the units copied to
+    /etc/systemd/system unchanged, harvester-cli in the venv, the distribution's own units beside them. It
+    loads each unit and what it pulls in (each timer's harvester-cli@<command>.service from the template),
+    checks every directive and that ExecStart is an executable file. Needs no systemd running (PID 1 may
+    be anything), and no man pages."""
+    root = tmp_path / "root"
+    system = root / "etc" / "systemd" / "system"
+    system.mkdir(parents=True)
+    for unit in SYSTEMD.iterdir():
+        shutil.copy(unit, system / unit.name)
+    shipped = next(Path(p) for p in ("/usr/lib/systemd/system", "/lib/systemd/system") if Path(p).is_dir())
+    shutil.copytree(shipped, root / "usr" / "lib" / "systemd" / "system", symlinks=True)
+    venv = root / VENV_BIN.lstrip("/")
+    venv.mkdir(parents=True)
+    (venv / "harvester-cli").write_text("#!/bin/sh\n")
+    (venv / "harvester-cli").chmod(0o755)
+    units = [u.name for u in sorted(SYSTEMD.iterdir()) if u.name != "harvester-cli@.service"] + \
+        ["harvester-cli@cycle.service"]
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}", *units],
+                              capture_output=True, text=True, cwd=system, timeout=120)
+
+    result = verify()
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (result.stdout, result.stderr)
+    (venv / "harvester-cli").unlink()   # and it would say so if the installation were elsewhere
+    missing = verify()
+    assert missing.returncode != 0 and f"{VENV_BIN}/harvester-cli is not executable" in missing.stderr
+
+
 def _cron_site(tmp_path: Path, extra: str = "") -> tuple[Path, dict]:
     config = _site(tmp_path, extra)
     return tmp_path / "logs", {**os.environ, "HARVESTER_CLI_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
