@@ -121,6 +121,51 @@ def test_the_readme_has_a_table_of_exit_codes_per_situation():
         assert words in table, words
 
 
+# -- 2. install from the README -------------------------------------------------------------------
+
+def test_the_readme_installs_into_a_venv_on_python_3_11_and_lists_every_extra():
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    try_it = readme[readme.index("## Try it"):readme.index("## Commands")]
+    assert "Python >= 3.11" in try_it and "python3 -m venv" in try_it
+    assert "externally managed" in try_it and "EL9" in try_it and "python3.11" in try_it
+    first = next(line.strip() for line in try_it.splitlines() if line.startswith("    "))
+    assert first.startswith("python3 -m venv") and "harvester-cli demo" in first, first
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in extras:
+        if extra != "test":
+            assert re.search(rf"^\| `\[{extra}\]` \| .+ \|$", try_it, re.M), extra
+    assert "python3 -m venv" in try_it.split("bash scripts/test")[0].rsplit("\n\n", 1)[-1]
+
+
+def test_scripts_test_refuses_an_externally_managed_python_in_one_line(tmp_path):
+    """Debian 12's python3 outside a venv: pip would refuse after apt-get ran; scripts/test says how to start,
+    at once. The python3 here is this one with a home whose standard library carries the EXTERNALLY-MANAGED
+    marker (PEP 668), as Debian's does."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_path("stdlib"))
+    home = tmp_path / "home" / stdlib.relative_to(sys.base_prefix)
+    home.mkdir(parents=True)
+    for entry in stdlib.iterdir():
+        (home / entry.name).symlink_to(entry)
+    (home / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError=use apt\n")
+    base_python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nPYTHONHOME={tmp_path / "home"} exec {base_python} "$@"\n')
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")   # not root: no apt-get either way
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "test"), "--co", "-q"], capture_output=True, text=True,
+                            timeout=120, env={**env, "PATH": f"{bin_dir}:{env['PATH']}"})
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is externally managed" in lines[0] and "python3 -m venv" in lines[0], result.stderr
+
+
 # -- 3. systemd and cron -------------------------------------------------------------------------
 
 SYSTEMD = ROOT / "contrib" / "systemd"
@@ -261,3 +306,19 @@ def test_demo_keep_refuses_a_directory_that_is_not_empty_at_once(tmp_path):
         "(nothing was written)"]
     assert [p.name for p in kept.iterdir()] == ["config.toml"]
     assert (kept / "config.toml").read_text() == "# an operator's own file\n"
+
+
+# -- 6. the README's quick start, in a fresh venv ------------------------------------------------
+
+@pytest.mark.integration
+def test_the_quick_start_script_follows_the_readme_in_a_fresh_venv(tmp_path):
+    started = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "HARVESTER_CLI_CONFIG")}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart"), str(tmp_path / "qs")], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert time.monotonic() - started < 180
+    for step in ("install", "demo", "config example", "config check", "db upgrade", "cycle"):
+        assert f"quickstart: {step}: ok" in result.stdout, (step, result.stdout[-3000:])
+    assert (ROOT / "scripts" / "quickstart").read_text().count("python3 -m venv") == 1
+    assert "scripts/quickstart" in (ROOT / "README.md").read_text()
