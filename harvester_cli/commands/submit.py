@@ -14,10 +14,10 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option, record
   harvester-cli submit --queue Q --count 1 --wait --json   # and follow it to the end (scripts)""")
 @queue_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and its trace; submit nothing.")
-@click.option("--count", type=click.IntRange(1, 100_000), help="Submit exactly this many workers (one-off).")
+@click.option("--count", type=click.IntRange(1, 100_000), help="Submit exactly this many workers (one-off); when "
+              "fewer can be (max_workers, push jobs, registration), say which cap and exit 1.")
 @click.option("--resource-type", help="Resource type for --count (default: the queue's first).")
-@click.option("--force", is_flag=True, help="With --count: ignore max_workers. Fewer than --count (a cap, push "
-                                            "jobs, registration) says why and exits 1.")
+@click.option("--force", is_flag=True, help="With --count: ignore max_workers.")
 @click.option("--wait", is_flag=True, help="Follow the new workers (poll + propagate) until they end; exit 1 if any "
                                            "did not finish.")
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True, metavar="SECONDS",
