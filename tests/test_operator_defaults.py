@@ -237,10 +237,14 @@ def test_the_cron_wrapper_passes_sigterm_and_sigint_on_and_waits_for_its_command
         assert time.monotonic() < deadline and wrapper.poll() is None, wrapper.stderr.read()
         time.sleep(0.1)
     (command,) = _children(wrapper.pid)
-    wrapper.send_signal(signum)
-    assert wrapper.wait(timeout=30) == 0, wrapper.stderr.read()   # the command's own exit code
-    assert not Path(f"/proc/{command}").exists()   # ended before the wrapper, not left running
-    assert re.search(r"--- exit 0 after [\d.]+ s\n$", (logs / "cron" / "serve-logs.log").read_text())
+    try:
+        wrapper.send_signal(signum)
+        assert wrapper.wait(timeout=30) == 0, wrapper.stderr.read()   # the command's own exit code
+        assert not Path(f"/proc/{command}").exists()   # ended before the wrapper, not left running
+        assert re.search(r"--- exit 0 after [\d.]+ s\n$", (logs / "cron" / "serve-logs.log").read_text())
+    finally:   # a wrapper that does not pass the signal on leaves its serve-logs behind
+        if Path(f"/proc/{command}").exists():
+            os.kill(command, signal.SIGKILL)
 
 
 def test_the_cron_wrapper_says_once_when_the_same_failure_lasts_past_alert_after(tmp_path):
