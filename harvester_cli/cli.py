@@ -244,6 +244,15 @@ class LazyGroup(click.Group):
             return None
         return _with_output_options(importlib.import_module(COMMANDS[name][0]).command)
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:   # printed with click.echo (config example, db upgrade --sql) into `| head`
+            from harvester_cli.output import stdout_closed
+
+            stdout_closed()
+            return 0
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
             formatter.write_dl([(name, summary) for name, (_, summary) in COMMANDS.items()])
@@ -266,7 +275,8 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet, log_memory) -> None:
     """PanDA Harvester as composable one-shot commands.
 
-    Exit codes: 0 ok, 1 partial failure (some items failed, all recorded), 2 bad usage or configuration.
+    Exit codes: 0 ok, 1 partial failure or outage (recorded, retried next run), 2 bad usage or configuration
+    (including what the work commands refuse at start), 130 interrupted.
     Each command also logs to <log_dir>/commands/<command>.log (rotated by size).
     """
     _setup_stderr_logging(_log_level(-1 if quiet else verbose))

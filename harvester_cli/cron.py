@@ -12,6 +12,12 @@
   exit 2 (a configuration or usage problem: it will fail the same way every minute until someone fixes
   it) also prints its error lines on stderr, which cron mails; a partial run (exit 1: retried by the next
   run, and shown by `status`) stays in the log, so an outage does not mail every minute.
+- When a command keeps failing with the same exit code (every run exit 1 while PanDA is down, say) for
+  longer than `[cron] alert_after` seconds (3600), the run that passes it says so once on stderr, so cron
+  mails one line and not one a minute; a success, or another exit code, starts over.
+- SIGTERM and SIGINT (a shutdown, `kill`, Ctrl-C) are passed on to the command, and the wrapper waits for
+  it to end, logs its exit code and exits with it (128 + the signal's number when the signal ended it).
+  The command runs in a session of its own, so a Ctrl-C reaches it once, through the wrapper.
 - It runs the harvester-cli of the same installation (this Python), whatever cron's PATH says.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,23 +60,72 @@ def _option(args: list[str], name: str) -> str | None:
     return None
 
 
-def log_dir(args: list[str]) -> Path:
-    """The instance's log_dir, or the default one when the configuration cannot be read (the command
-    itself then says what is wrong with it, into the log)."""
+def settings(args: list[str]) -> tuple[Path, int]:
+    """The instance's log_dir and [cron] alert_after, or the defaults when the configuration cannot be read
+    (the command itself then says what is wrong with it, into the log)."""
     from harvester_cli.config import default_state_dir, load
+    from harvester_cli.config.sections import CronConfig
 
     path = _option(args, "--config") or os.environ.get("HARVESTER_CLI_CONFIG")
     try:
-        return load(Path(path) if path else None).logs
+        config = load(Path(path) if path else None)
     except Exception:   # any problem here is the command's to report
-        return default_state_dir() / "logs"
+        return default_state_dir() / "logs", CronConfig().alert_after
+    return config.logs, config.cron.alert_after
 
 
 def _holder(lock_fd: int) -> dict:
     try:
-        return json.loads(os.pread(lock_fd, 4096, 0) or b"{}")
+        holder = json.loads(os.pread(lock_fd, 4096, 0) or b"{}")
     except ValueError:
         return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _write_holder(lock_fd: int, holder: dict) -> None:
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, json.dumps(holder).encode(), 0)
+
+
+def failing_streak(previous: dict | None, code: int, started: float) -> dict | None:
+    """The command's failing streak once a run started at `started` ended with `code`: {"code", "since" (when
+    the first run of the streak started), "said" (whether the wrapper has told cron)}; None after a success."""
+    if code == 0:
+        return None
+    if isinstance(previous, dict) and previous.get("code") == code and "since" in previous:
+        return previous
+    return {"code": code, "since": started, "said": False}
+
+
+MEANINGS = {1: "partial: something did not answer or some items failed, retried every run",
+            2: "configuration or usage", 130: "interrupted"}
+
+
+def _run(argv: list[str], log) -> int:
+    """Run the command with its output in `log`; SIGTERM and SIGINT are passed on to it, and it is waited for."""
+    child: list[subprocess.Popen] = []
+
+    def forward(signum, _frame) -> None:
+        if child and child[0].returncode is None:
+            try:
+                child[0].send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    handlers = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        child.append(subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                      start_new_session=True))
+        code = child[0].wait()
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    return code if code >= 0 else 128 - code
+
+
+def _open_log(path: Path):
+    """The run log, appended to; never writable by group or others, whatever the umask."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "a")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
-    from harvester_cli.site.logs import redact, rotate_if_full
+    from harvester_cli.site.logs import make_dirs, redact, rotate_if_full
 
-    logs = log_dir(args)
-    (logs / ".state").mkdir(parents=True, exist_ok=True, mode=0o700)
-    (logs / "cron").mkdir(parents=True, exist_ok=True)
+    logs, alert_after = settings(args)
+    make_dirs(logs / ".state", 0o700)
+    make_dirs(logs / "cron")
     output = logs / "cron" / f"{command}.log"
     lock_fd = os.open(logs / ".state" / f"cron-{command}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     started = time.time()
@@ -95,26 +151,42 @@ def main(argv: list[str] | None = None) -> None:
         note = (f"{stamp} skipped: the previous `{command}` (pid {holder.get('pid', '?')}) has been running for "
                 f"{running:.0f} s")
         stuck_after = float(os.environ.get("HARVESTER_CLI_CRON_STUCK_AFTER", 3600))
-        with output.open("a") as log:
+        with _open_log(output) as log:
             log.write(note + "\n")
         if running > stuck_after:
             print(f"harvester-cli-cron: STUCK: {note.split(' skipped: ')[1]} (over {stuck_after:.0f} s): look at "
                   f"{output} and that process", file=sys.stderr)
             sys.exit(1)
         sys.exit(0)
-    os.ftruncate(lock_fd, 0)
-    os.pwrite(lock_fd, json.dumps({"pid": os.getpid(), "started": started}).encode(), 0)
+    previous = _holder(lock_fd).get("failing")
+    _write_holder(lock_fd, {"pid": os.getpid(), "started": started, "failing": previous})
     rotate_if_full(output, MAX_BYTES, BACKUPS)
-    with output.open("a") as log:
+    with _open_log(output) as log:
         log.write(f"--- {stamp} harvester-cli {redact(' '.join(args))}\n")
         log.flush()
         run_starts = log.tell()
-        code = subprocess.call([sys.executable, "-m", "harvester_cli", *args], stdout=log, stderr=log,
-                               stdin=subprocess.DEVNULL)
+        code = _run([sys.executable, "-m", "harvester_cli", *args], log)
         log.write(f"--- exit {code} after {time.time() - started:.1f} s\n")
+    streak = failing_streak(previous, code, started)
+    alert = bool(streak and not streak["said"] and alert_after and time.time() - streak["since"] > alert_after)
+    if alert:
+        streak = {**streak, "said": True}
+    _write_holder(lock_fd, {"pid": os.getpid(), "started": started, "failing": streak})
     if code == 2:
         _mail_errors(output, run_starts, command)
+    if alert:
+        _say_failing(command, streak, alert_after, output)
     sys.exit(code)
+
+
+def _say_failing(command: str, streak: dict, alert_after: int, output: Path) -> None:
+    from harvester_cli.model import duration
+
+    code, since = streak["code"], streak["since"]
+    print(f"harvester-cli-cron: `{command}` has exited {code} ({MEANINGS.get(code, 'failed')}) on every run for "
+          f"{duration(time.time() - since)}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))} "
+          f"(longer than [cron] alert_after = {alert_after} s; said once, until it exits otherwise): look at "
+          f"{output}", file=sys.stderr)
 
 
 def _mail_errors(output: Path, run_starts: int, command: str) -> None:

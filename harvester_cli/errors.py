@@ -17,6 +17,12 @@ class ConfigError(HarvesterError):
     exit_code = EXIT_USAGE
 
 
+class UsageError(HarvesterError):
+    """The command line asks for something that cannot be done as asked; nothing was changed."""
+
+    exit_code = EXIT_USAGE
+
+
 class StateError(HarvesterError):
     """The state database cannot be used as it is (wrong schema version, unreadable)."""
 

@@ -51,7 +51,15 @@ class Output:
         logging.getLogger("harvester_cli").error("%s", text)
 
     def emit(self, data: Any) -> None:
-        """Print everything collected (or `data` as JSON)."""
+        """Print everything collected (or `data` as JSON). A reader that stops reading (`| head`) is not a
+        failure: the rest of the output is dropped and the command ends with the exit code of its work."""
+        try:
+            self._emit(data)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            stdout_closed()
+
+    def _emit(self, data: Any) -> None:
         if self.json_mode:
             if isinstance(data, dict) and self.errors:
                 data = {**data, "errors": self.errors}
@@ -122,6 +130,22 @@ class Output:
                 bar.advance(task, n)
 
             yield advance
+
+
+def stdout_closed() -> None:
+    """stdout's reader went away (`harvester-cli workers | head -1`): point stdout at /dev/null, so neither
+    the rest of the output nor Python's last flush at exit fails, and say so in the command log only."""
+    import logging
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):   # no file descriptor behind sys.stdout (tests): nothing to redirect
+        pass
+    logging.getLogger("harvester_cli").info("stdout was closed by its reader (a pipe such as `| head`): the rest "
+                                           "of the output was dropped")
 
 
 def _link(text: str):

@@ -10,7 +10,8 @@ pyarcrest) only inside the calls that need it, so `config check` and `--help` st
 
 Layer: imported by the instance, the steps and the commands (and by scripts and tests). Backends import
 config, model, errors, faults, panda (jobs: the typed push job; pilot_outputs: the files a pilot reads and
-writes) and site (secretfiles: private files; bearer: why a CE refuses a token); never each other, never
+writes) and site (secretfiles: private files; logs: directories that no umask makes writable by others;
+bearer: why a CE refuses a token); never each other, never
 the instance, the steps, the state database or a command.
 """
 from __future__ import annotations

@@ -97,6 +97,7 @@ from harvester_cli.backends.base import (
 from harvester_cli.config.backend_options import ArcOptions
 from harvester_cli.errors import BackendError
 from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION, PILOT_OUTPUTS
+from harvester_cli.site.logs import make_dirs
 from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
@@ -557,7 +558,7 @@ class ArcBackend(Backend):
 
         if w.log_dir is None:
             return
-        w.log_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(w.log_dir)
         try:
             listing = set(client.downloadListing(w.batch_id, "")["file"])
         except ARCHTTPError as exc:

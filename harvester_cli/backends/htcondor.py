@@ -86,6 +86,7 @@ from harvester_cli.backends.base import (
 from harvester_cli.config.backend_options import HTCondorOptions
 from harvester_cli.config.ces import CE_FLAVOURS
 from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION, PILOT_OUTPUTS
+from harvester_cli.site.logs import make_dirs
 from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ class HTCondorBackend(Backend):
         """The worker's directories and files; returns its macros."""
         work = self.work_dir(spec.worker_id)
         for directory in (spec.log_dir, work):
-            directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(directory)
         inputs = list(self.options.input_files)
         if spec.job is not None:
             # The job dict may carry secrets (pilotSecrets): readable by the job's account only.

@@ -29,6 +29,7 @@ from harvester_cli.backends.base import (
 )
 from harvester_cli.config.backend_options import LocalOptions
 from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION
+from harvester_cli.site.logs import make_dirs
 from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,17 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
+def _worker_umask() -> int:
+    """This process's umask with group and others' write taken away: what the pilot writes (its logs in the
+    log tree) is never writable by other accounts, whatever umask cron or a shell gave harvester-cli."""
+    try:
+        with open("/proc/self/status") as f:
+            current = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        current = 0o022
+    return current | 0o022
+
+
 def _reap(pid: int) -> None:
     """Collect the exit status if the worker is our own child (tests and `cycle` submit in-process)."""
     try:
@@ -112,29 +124,36 @@ class LocalBackend(Backend):
 
     def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.root)
             wrapper = self._wrapper()
         except OSError as exc:
             return [SubmitResult(s.worker_id, error=f"cannot prepare {self.root} and its worker wrapper: {exc}")
                     for s in specs]
         environment = dict(os.environ)   # read once: a submission starts hundreds of workers
-        return [self._start(spec, wrapper, environment) for spec in specs]
+        umask = _worker_umask()
+        return [self._start(spec, wrapper, environment, umask) for spec in specs]
 
     def _wrapper(self) -> str:
-        """The wrapper script, (re)written when missing or different. It lives beside the queues' work
+        """The wrapper script, (re)written when missing, different, not ours or writable by others (every
+        worker runs it: whoever can change it runs code as this account). It lives beside the queues' work
         directories, not in one, so a swept queue directory ends up empty."""
         path = self.root.parent / WRAPPER_NAME
         try:
-            if path.read_text() == WRAPPER:
-                return str(path)
+            with open(path, "rb") as f:
+                info = os.fstat(f.fileno())
+                if info.st_uid == os.geteuid() and not info.st_mode & 0o022 and f.read() == WRAPPER.encode():
+                    return str(path)
         except OSError:
             pass
         temporary = path.with_name(f"{WRAPPER_NAME}.{os.getpid()}")
-        temporary.write_text(WRAPPER)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, 0o700)   # whatever the umask, and a leftover temporary's mode
+            f.write(WRAPPER)
         temporary.replace(path)
         return str(path)
 
-    def _start(self, spec: WorkerSpec, wrapper: str, environment: dict[str, str]) -> SubmitResult:
+    def _start(self, spec: WorkerSpec, wrapper: str, environment: dict[str, str], umask: int) -> SubmitResult:
         work = f"{self.root}/{spec.worker_id}"
         log_dir = str(spec.log_dir)
         try:
@@ -142,7 +161,7 @@ class LocalBackend(Backend):
                 os.mkdir(work, 0o700)   # the job dict and its secrets live here
             except FileExistsError:
                 pass
-            os.makedirs(log_dir, exist_ok=True)
+            make_dirs(log_dir)
             if spec.job is not None:
 
                 # The job dict may carry secrets (pilotSecrets): readable by the worker's user only.
@@ -152,7 +171,7 @@ class LocalBackend(Backend):
                    "HARVESTER_PILOT_COMMAND": spec.pilot_command, "HARVESTER_PILOT_STDOUT": f"{log_dir}/pilot.out",
                    "HARVESTER_PILOT_STDERR": f"{log_dir}/pilot.err", "HARVESTER_BATCH_LOG": f"{log_dir}/batch.log"}
             process = subprocess.Popen(
-                ["/bin/sh", wrapper], cwd=work, env=env, start_new_session=True,
+                ["/bin/sh", wrapper], cwd=work, env=env, start_new_session=True, umask=umask,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         except OSError as exc:
@@ -293,7 +312,7 @@ class LocalBackend(Backend):
         work = self.work_dir(worker.worker_id)
         if worker.log_dir is None:
             return {}
-        worker.log_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(worker.log_dir)
         fetched = {}
         for name in names:
             if (work / name).is_file():

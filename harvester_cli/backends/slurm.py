@@ -92,6 +92,7 @@ from harvester_cli.backends.base import (
 from harvester_cli.config.backend_options import SlurmOptions
 from harvester_cli.errors import BackendError, ConfigError
 from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION
+from harvester_cli.site.logs import make_dirs
 from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,8 @@ class SlurmBackend(Backend):
     def _prepare(self, spec: WorkerSpec, partition: str | None, template: str) -> str:
         """The worker's directories and files; returns its rendered batch script."""
         work = self.work_dir(spec.worker_id)
-        spec.log_dir.mkdir(parents=True, exist_ok=True)
-        work.mkdir(parents=True, exist_ok=True)
+        make_dirs(spec.log_dir)
+        make_dirs(work, 0o700)
         work.chmod(0o700)   # the job dict may carry secrets (pilotSecrets)
         if spec.job is not None:
             write_private(work / JOB_DESCRIPTION, spec.job.description.encode())
@@ -294,7 +295,7 @@ class SlurmBackend(Backend):
         links = self.root / ARRAYS_DIR / str(base)
         if links.exists():   # left by a submission that failed before sbatch: start afresh
             shutil.rmtree(links)
-        links.mkdir(parents=True)
+        make_dirs(links)
         for spec, _ in members:
             (links / str(spec.worker_id - base)).symlink_to(spec.log_dir, target_is_directory=True)
         dispatcher = links / "array.sbatch"
@@ -560,7 +561,7 @@ class SlurmBackend(Backend):
         for name in names:
             target = worker.log_dir / name
             if (work / name).is_file():
-                worker.log_dir.mkdir(parents=True, exist_ok=True)
+                make_dirs(worker.log_dir)
                 copy_into_place(work / name, target)
             if target.is_file():
                 fetched[name] = target

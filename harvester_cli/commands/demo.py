@@ -7,7 +7,7 @@ from harvester_cli.commands import exit_code, pass_globals
 @click.option("--jobs", "jobs_per_queue", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Activated jobs per queue.")
 @click.option("--keep", type=click.Path(path_type=__import__("pathlib").Path),
-              help="Keep state, logs and certificates in this directory.")
+              help="Keep state, logs, certificates and config.toml in this directory (a new or empty one).")
 @pass_globals
 def command(g, jobs_per_queue, keep):
     """Start the PanDA simulator on loopback with jobs in a pull and a push queue, run cycles with the

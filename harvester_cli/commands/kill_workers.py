@@ -29,7 +29,8 @@ def command(g, queues, worker_ids, ces, statuses, older_than, reason, dry_run, f
     push jobs) to PanDA. Every filter given must match; at least one of --queue, --worker, --ce, --status
     or --older-than is needed.
 
-    Exit codes: 0 marked (or listed), 1 refused by the cap or a kill failed, 2 bad usage.
+    Exit codes: 0 marked (or listed), 1 refused by the cap, a kill failed or a --worker id matched nothing
+    (no such worker, another queue's, not matching the other filters), 2 bad usage.
     """
     if not (queues or g.queues or worker_ids or ces or statuses or older_than is not None):
         raise click.UsageError("name the workers: --queue, --worker, --ce, --status or --older-than "
@@ -43,6 +44,9 @@ def command(g, queues, worker_ids, ces, statuses, older_than, reason, dry_run, f
     out = g.output()
     out.table("kill-workers" + (" (dry run)" if dry_run else ""), ["worker", "queue", "status", "CE"],
               [(w["worker_id"], w["queue"], w["status"], w["computing_element"]) for w in marks.matched])
+    for line in marks.unmatched:
+        out.error(line)
+    out.lines.extend(marks.done)
     if marks.refused:
         out.error(marks.refused)
     elif not dry_run:
@@ -57,6 +61,6 @@ def command(g, queues, worker_ids, ces, statuses, older_than, reason, dry_run, f
         for problem in run.problems():
             out.error(problem)
     out.emit({"dry_run": dry_run, "matched": marks.matched, "marked": marks.marked, "refused": marks.refused,
-              "killed": killed})
+              "unmatched": marks.unmatched, "done": marks.done, "killed": killed})
     return exit_code(bool(out.errors))
 

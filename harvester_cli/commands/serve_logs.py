@@ -25,6 +25,7 @@ def command(g, host, port, prefix):
     import signal
     import sys
 
+    from harvester_cli.site.logs import make_dirs
     from harvester_cli.site.logserver import LogServer, port_from, prefix_from
     from harvester_cli.steps.monitor import Pages
 
@@ -32,7 +33,7 @@ def command(g, host, port, prefix):
     settings = config.log_server
     host = host or settings.host
     port = port if port is not None else (settings.port or port_from(config.log_url))
-    config.logs.mkdir(parents=True, exist_ok=True)
+    make_dirs(config.logs)
     prefix = prefix or prefix_from(config.log_url)
     pages = Pages(g.instance(), prefix if prefix.endswith("/") else prefix + "/")
     try:

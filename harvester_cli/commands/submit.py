@@ -14,7 +14,8 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option, record
   harvester-cli submit --queue Q --count 1 --wait --json   # and follow it to the end (scripts)""")
 @queue_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and its trace; submit nothing.")
-@click.option("--count", type=click.IntRange(1, 100_000), help="Submit exactly this many workers (one-off).")
+@click.option("--count", type=click.IntRange(1, 100_000), help="Submit exactly this many workers (one-off); when "
+              "fewer can be (max_workers, push jobs, registration), say which cap and exit 1.")
 @click.option("--resource-type", help="Resource type for --count (default: the queue's first).")
 @click.option("--force", is_flag=True, help="With --count: ignore max_workers.")
 @click.option("--wait", is_flag=True, help="Follow the new workers (poll + propagate) until they end; exit 1 if any "
@@ -43,12 +44,14 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
     rows, data = [], []
     for q in run.queues:
         plan = q.plan.per_resource_type if q.plan else {}
-        note = q.error or q.skipped or ("; ".join(f"{w}: {e}" for w, e in q.failed[:3]) if q.failed else "")
+        note = q.error or q.skipped or ("; ".join(f"{w}: {e}" for w, e in q.failed[:3]) if q.failed else "") \
+            or q.shortfall or ""
         rows.append((q.queue, ", ".join(f"{k}={v}" for k, v in plan.items()) or "-", len(q.submitted),
                      len(q.failed), q.adopted, q.missed, note))
         data.append({"queue": q.queue, "plan": plan, "trace": [str(s) for s in q.plan.trace] if q.plan else [],
                      "submitted": q.submitted, "failed": [{"worker_id": w, "error": e} for w, e in q.failed],
-                     "adopted": q.adopted, "missed": q.missed, "skipped": q.skipped, "error": q.error})
+                     "adopted": q.adopted, "missed": q.missed, "skipped": q.skipped, "error": q.error,
+                     "shortfall": q.shortfall})
     out.table("submit" + (" (dry run)" if dry_run else ""),
               ["queue", "plan", "submitted", "failed", "adopted", "missed", "note"], rows)
     if dry_run or g.verbosity > 0:

@@ -25,6 +25,7 @@ TABLES: tuple[tuple[str, type], ...] = (
     ("[log_retention]", sections.LogRetentionConfig),
     ("[log_retention.CLASS]", sections.RetentionConfig),
     ("[command_log]", sections.CommandLogConfig),
+    ("[cron]", sections.CronConfig),
     ("[log_server]", sections.LogServerConfig),
     ("[metrics]", sections.MetricsConfig),
     ("[instance]", sections.InstanceConfig),

@@ -356,6 +356,16 @@ class CommandLogConfig(Section):
 
 
 @section
+class CronConfig(Section):
+    """[cron]: harvester-cli-cron, the wrapper cron runs each command through."""
+
+    alert_after: int = setting(3600, doc="seconds a command may keep failing with the same exit code (every run "
+                                         "in between, e.g. exit 1 while PanDA or the batch system is down) before "
+                                         "harvester-cli-cron says so once on stderr, which cron mails (0: never)",
+                               maximum=7 * DAY)
+
+
+@section
 class LogServerConfig(Section):
     """[log_server]: serve-logs defaults (bound to loopback unless told otherwise)."""
 
@@ -432,6 +442,7 @@ class Config(Section):
     smtp: SmtpConfig = setting(doc="[smtp]", factory=SmtpConfig)
     log_retention: LogRetentionConfig = setting(doc="[log_retention]", factory=LogRetentionConfig)
     command_log: CommandLogConfig = setting(doc="[command_log]", factory=CommandLogConfig)
+    cron: CronConfig = setting(doc="[cron]", factory=CronConfig)
     log_server: LogServerConfig = setting(doc="[log_server]", factory=LogServerConfig)
     metrics: MetricsConfig = setting(doc="[metrics]", factory=MetricsConfig)
     path: Path | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import PandaError
+from harvester_cli.site.logs import make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def definitions(panda, cache: Path) -> dict[str, dict]:
             return json.loads(cache.read_text())
         except (OSError, ValueError):
             return DEFAULTS
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(cache.parent)
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps(defs))
     os.replace(tmp, cache)

@@ -6,7 +6,8 @@ secret files written 0600 and locked (`secretfiles`), the log tree's layout and 
 (`hostmetrics`), and the time left on every proxy and token (`lifetimes`).
 
 Layer: below the steps, backends and panda, above config. Imported by the commands, the steps, the
-backends (secretfiles, bearer) and the PanDA simulator's test PKI (proxies). Imports config, model and
+backends (secretfiles, bearer, logs), the PanDA simulator's test PKI (proxies), and anything that makes a
+directory (`logs.make_dirs`: never writable by group or others, whatever the umask). Imports config, model and
 errors only (and the package's version); never the state database, panda, a step or a backend (the
 commands hand over what they need from the store, e.g. which workers are still active).
 """

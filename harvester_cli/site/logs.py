@@ -1,4 +1,6 @@
-"""The log directory's layout, each command's own rotating log, and redaction of secrets from every log line.
+"""The log directory's layout, each command's own rotating log, redaction of secrets from every log line, and
+`make_dirs`, which makes the directories of the log and work trees so that no umask leaves them writable by
+group or others.
 
 Layout under `log_dir`:
 
@@ -99,6 +101,38 @@ class MemoryFilter(logging.Filter):
         return True
 
 
+# -- directories whatever the umask ----------------------------------------------------------
+
+# What a directory harvester-cli makes may allow: the owner writes, others may read and enter (serve-logs, a
+# batch job's account) but never write: under umask 002 or 000 a group- or world-writable log or work tree
+# would let any local user swap a script that runs as the account holding the proxy.
+DIRECTORY_MODE = 0o755
+
+
+def make_dirs(path: Path | str, leaf_mode: int = DIRECTORY_MODE) -> None:
+    """Make `path` and its missing parents: the parents DIRECTORY_MODE, `path` itself `leaf_mode` (0o700 for
+    secrets), each at most that whatever the umask (os.makedirs gives parents 0777 less the umask).
+    Directories that exist are left as they are; one syscall when only the last level is new."""
+    path = os.fspath(path)
+    try:
+        os.mkdir(path, leaf_mode)
+        return
+    except FileExistsError:
+        if os.path.isdir(path):
+            return
+        raise
+    except FileNotFoundError:
+        parent = os.path.dirname(path.rstrip("/"))
+        if not parent or parent == path:
+            raise
+    make_dirs(parent)
+    try:
+        os.mkdir(path, leaf_mode)
+    except FileExistsError:   # made meanwhile by another run
+        if not os.path.isdir(path):
+            raise
+
+
 # -- each command's own log -------------------------------------------------------------------
 
 LINE_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
@@ -180,7 +214,7 @@ def open_command_log(log_dir: Path, command: str, *, max_bytes: int, backups: in
     """A handler appending to <log_dir>/commands/<command>.log, rotated by size (see CommandLogHandler).
     Lines are appended with O_APPEND, so overlapping runs interleave whole lines."""
     path = command_log_path(log_dir, command)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     handler = CommandLogHandler(path, max_bytes, backups)
     try:
         os.chmod(path, 0o640)

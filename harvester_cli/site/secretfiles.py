@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harvester_cli.errors import HarvesterError
-from harvester_cli.site.logs import register_secret
+from harvester_cli.site.logs import make_dirs, register_secret
 
 
 class SecretFileError(HarvesterError):
@@ -48,7 +48,7 @@ def read_secret_file(path: Path, what: str = "secret file") -> str:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write atomically (temporary file in the same directory, fsync, rename) with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(path.parent, 0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o600)
@@ -71,7 +71,7 @@ def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for rewriting `path`: one process at a time, e.g. two cron runs renewing the
     same proxy or updating the same state file. The lock is taken on the file's directory, so no lock file
     is left beside a proxy (the directory is made 0700 if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_dirs(path.parent, 0o700)
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

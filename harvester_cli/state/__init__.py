@@ -9,6 +9,7 @@ leases), `claims` (rows claimed with leases), `meta` (worker ids), `monitoring` 
 counters) and `views` (read-only, for status, workers and jobs). `upgrade` and `migrations/` are the only
 users of Alembic.
 
-Layer: imported by the steps, the instance and the commands; imports config, model and errors. Never
+Layer: imported by the steps, the instance and the commands; imports config, model and errors (and site's
+`logs.make_dirs`: the SQLite file's directory whatever the umask). Never
 panda (the steps build PanDA's updates and hand them over as data), a backend, a step or a command.
 """

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
 from harvester_cli.errors import StateError
+from harvester_cli.site.logs import make_dirs
 from harvester_cli.state.schema import HEAD, REVISIONS
 from harvester_cli.state.store import Store, read_revision, schema_problem
 
@@ -57,7 +58,7 @@ def _create_private(path: Path) -> None:
     """The SQLite file, 0600 before SQLite opens it: it holds job dicts with their secrets, and SQLite gives
     its -wal and -shm files the database file's mode."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(path.parent, 0o700)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         pass

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harvester_cli import config as config_module
 from harvester_cli.config.sections import TEST_PILOT
+from harvester_cli.errors import UsageError
 from harvester_cli.model import WORKER_FINAL
 from harvester_cli.panda.sim import certs
 from harvester_cli.panda.sim.server import PandaSimulator
@@ -67,9 +68,22 @@ mode = "push"
 """
 
 
+def check_keep(keep: Path) -> None:
+    """`demo --keep DIR` writes a state, logs, certificates and config.toml into DIR: only a new or empty
+    directory, so an operator's files (or an earlier demo's state) are never mixed in or overwritten."""
+    if keep.is_dir():
+        if any(keep.iterdir()):
+            raise UsageError(f"demo --keep {keep}: the directory is not empty; name a new or empty directory "
+                             f"(nothing was written)")
+    elif keep.exists() or keep.is_symlink():
+        raise UsageError(f"demo --keep {keep}: exists and is not a directory; name a new or empty directory")
+
+
 def run_demo(jobs_per_queue: int = 3, timeout: float = 90.0, keep: Path | None = None,
              on_cycle: Callable[[int, list], None] | None = None) -> DemoResult:
     started = time.monotonic()
+    if keep is not None:
+        check_keep(keep)
     with tempfile.TemporaryDirectory(prefix="harvester-cli-demo-") as tmp:
         directory = keep or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,7 @@ class Plan:
     queue: str
     per_resource_type: dict[str, int]
     trace: list[Step]
+    shortfall: str | None = None   # `submit --count N`: why fewer than N (the caps that cut it)
 
     @property
     def total(self) -> int:

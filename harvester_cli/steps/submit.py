@@ -55,6 +55,11 @@ class QueueSubmit:
     error: str | None = None
     interrupted: Interrupted | None = None
 
+    @property
+    def shortfall(self) -> str | None:
+        """`submit --count N` that cannot submit N: which caps cut it (a run that failed says why instead)."""
+        return self.plan.shortfall if self.plan is not None and not self.error else None
+
 
 @dataclass
 class Interrupted:
@@ -80,7 +85,7 @@ class SubmitRun:
 
     @property
     def partial(self) -> bool:
-        return bool(self.errors) or any(q.failed or q.error for q in self.queues)
+        return bool(self.errors) or any(q.failed or q.error or q.shortfall for q in self.queues)
 
     @property
     def interrupted(self) -> Interrupted | None:
@@ -92,6 +97,8 @@ class SubmitRun:
         for q in self.queues:
             if q.error:
                 out.append(f"queue {q.queue}: {q.error}")
+            elif q.shortfall:
+                out.append(f"queue {q.queue}: {q.shortfall}")
             out += [f"queue {q.queue}: worker {w}: {e}" for w, e in q.failed]
         return out
 
@@ -465,22 +472,31 @@ def consume_targets(instance: Instance, queue: QueueConfig, specs: list[WorkerSp
 
 def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, resource_type: str,
                  force: bool) -> planner.Plan:
-    """`submit --count N`: exactly N, still within max_workers unless forced."""
+    """`submit --count N`: exactly N, still within max_workers unless forced; fewer says which caps cut it."""
     active = sum(state.queued.values()) + sum(state.running.values())
     trace = [planner.Step("requested", f"--count {count} --resource-type {resource_type}", count)]
+    cuts = []
     n = count
     if not force:
         n = min(count, max(0, queue.max_workers - active))
         trace.append(planner.Step("max_workers (hard cap; --force overrides)",
                                   f"max={queue.max_workers}, active={active}", n))
+        if n < count:
+            cuts.append(f"max_workers={queue.max_workers} with {active} worker(s) active leaves room for "
+                        f"{n} (--force lifts max_workers)")
     if queue.mode == "push":
-        n = min(n, state.waiting_jobs.get(resource_type, 0))
-        trace.append(planner.Step("waiting jobs", f"{resource_type} jobs without a worker="
-                                  f"{state.waiting_jobs.get(resource_type, 0)}", n))
+        waiting = state.waiting_jobs.get(resource_type, 0)
+        if waiting < n:
+            cuts.append(f"push mode: one worker per fetched job, and {waiting} {resource_type} job(s) wait for a "
+                        "worker (fetch-jobs gets more from PanDA)")
+        n = min(n, waiting)
+        trace.append(planner.Step("waiting jobs", f"{resource_type} jobs without a worker={waiting}", n))
     if state.registration is not None:
         n = 0
         trace.append(planner.Step("PanDA registration", state.registration, n))
-    return planner.Plan(queue.name, {resource_type: n}, trace)
+        cuts.append(f"not registered at PanDA: {state.registration}")
+    shortfall = f"--count {count}: only {n} can be submitted: {'; '.join(cuts)}" if n < count else None
+    return planner.Plan(queue.name, {resource_type: n}, trace, shortfall)
 
 
 def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = False, count: int | None = None,

@@ -52,6 +52,26 @@ class KillMarks:
     matched: list[dict] = field(default_factory=list)
     marked: int = 0
     refused: str | None = None
+    # --worker ids that matched nothing, one line each: `unmatched` is a mistake in the selection (exit 1),
+    # `done` a worker with nothing left to kill (already final, or marked already).
+    unmatched: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+
+
+def why_not_killable(row, queues: list[str]) -> tuple[str, bool]:
+    """Why a worker named by id matched nothing: (reason, whether the selection was wrong). `row` is the
+    worker's row, None when the state database has no such worker."""
+    if row is None:
+        return "no such worker in the state database", True
+    if row.queue not in queues:
+        return f"belongs to queue {row.queue}, which is not selected", True
+    if row.status in model.WORKER_FINAL:
+        return f"already {row.status}: nothing to kill", False
+    if row.kill_reason is not None:
+        return "already marked for killing: the next sweep kills it", False
+    if row.status == model.PENDING:
+        return "pending: its submission is still going on; kill it once it is submitted", True
+    return f"{row.status}: does not match the other filters", True
 
 
 def mark_for_kill(instance: Instance, queues: list[str], *, worker_ids: tuple[int, ...] = (),
@@ -66,6 +86,11 @@ def mark_for_kill(instance: Instance, queues: list[str], *, worker_ids: tuple[in
     with instance.store.transaction() as tx:
         rows = workers.killable(tx, queues, **selection)
         result.matched = rows
+        named = [w for w in dict.fromkeys(worker_ids) if w not in {r["worker_id"] for r in rows}]
+        known = workers.by_ids(tx, named) if named else {}
+        for worker_id in named:
+            why, wrong = why_not_killable(known.get(worker_id), queues)
+            (result.unmatched if wrong else result.done).append(f"worker {worker_id}: {why}")
         if len(rows) > cap and not force:
             result.refused = (f"{len(rows)} workers match, more than sweep.max_kills_per_run={cap}: narrow the "
                               "selection, or add --force")

@@ -145,14 +145,14 @@ def test_systemd_timers_start_known_commands_like_the_crontab():
     assert set(started.values()) == {"cycle", "sweep", "renew-proxy", "clean-logs"}
     assert set(started.values()) <= set(COMMANDS)
     service = (SYSTEMD / "harvester-cli@.service").read_text()
-    assert "ExecStart=/usr/local/bin/harvester-cli -q %i" in service and "SuccessExitStatus=1" in service
+    assert "ExecStart=/opt/harvester-cli/venv/bin/harvester-cli -q %i" in service and "SuccessExitStatus=1" in service
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
     """The units as shipped, with ExecStart pointing at a program that exists here."""
     for unit in SYSTEMD.iterdir():
-        text = unit.read_text().replace("/usr/local/bin/harvester-cli", sys.executable)
+        text = unit.read_text().replace("/opt/harvester-cli/venv/bin/harvester-cli", sys.executable)
         (tmp_path / unit.name).write_text(text)
     (tmp_path / "harvester-cli@cycle.service").write_text((tmp_path / "harvester-cli@.service").read_text())
     for unit in sorted(tmp_path.iterdir()):
