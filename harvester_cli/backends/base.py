@@ -95,18 +95,24 @@ class WorkerSpec:
 
 class WorkerRef:
     """A worker as the store knows it, for monitoring, killing, adopting and cleaning. Poll makes one per
-    active worker (hundreds of thousands), so it is a slotted class and log_dir becomes a Path only when
-    a backend asks for it."""
+    active worker (hundreds of thousands), straight from the state database's row, so it is a slotted class
+    and log_dir becomes a Path only when a backend asks for it. The fields after kill_reason are what poll
+    compares an observation with; backends need not read them."""
 
     __slots__ = ("worker_id", "queue", "batch_id", "submission_host", "computing_element", "status", "_log_dir",
-                 "submit_time", "kill_reason")
+                 "submit_time", "kill_reason", "diag", "native_status", "native_exit_code", "start_time", "created",
+                 "modified")
 
     def __init__(self, worker_id: int, queue: str, batch_id: str | None, submission_host: str | None,
                  computing_element: str | None, status: str, log_dir: Path | str | None,
-                 submit_time: float | None = None, kill_reason: str | None = None):
+                 submit_time: float | None = None, kill_reason: str | None = None, diag: str | None = None,
+                 native_status: str | None = None, native_exit_code: int | None = None,
+                 start_time: float | None = None, created: float | None = None, modified: float | None = None):
         self.worker_id, self.queue, self.batch_id = worker_id, queue, batch_id
         self.submission_host, self.computing_element, self.status = submission_host, computing_element, status
         self._log_dir, self.submit_time, self.kill_reason = log_dir, submit_time, kill_reason
+        self.diag, self.native_status, self.native_exit_code = diag, native_status, native_exit_code
+        self.start_time, self.created, self.modified = start_time, created, modified
 
     @property
     def log_dir(self) -> Path | None:

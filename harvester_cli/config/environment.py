@@ -141,7 +141,9 @@ def directory_problem(path: Path) -> str | None:
     if existing.is_dir():
         if os.access(existing, os.W_OK | os.X_OK):
             return None
-        return f"{existing} is not writable by this account" + (f" (needed to create {path})" if existing != path else "")
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        return (f"{existing} is on a read-only file system" if read_only else
+                f"{existing} is not writable by this account") + (f" (needed to create {path})" if existing != path else "")
     return f"{existing} is not a directory" + (f" (so {path} cannot be made)" if existing != path else "")
 
 
@@ -159,7 +161,8 @@ def _directories(config: Config, source: str) -> list[str]:
         path = Path(database.removeprefix("sqlite:///"))
         problem = directory_problem(path.parent)
         if problem is None and path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            problem = "the file is not writable by this account"
+            problem = ("the file is on a read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else
+                       "the file is not writable by this account")
         if problem:
             problems.append(f"{source}: state: {path}: {problem} (SQLite writes its journal beside the database): "
                             "fix the permissions or point `state` elsewhere")

@@ -72,52 +72,68 @@ def panda_id_of(received: Any) -> int | None:
     return bounded_int(received.get("PandaID"), 1, MAX_PANDA_ID) if isinstance(received, dict) else None
 
 
-@dataclass(frozen=True)
-class PandaJob:
-    """One job from acquire_jobs: typed fields for the harvester, the dict itself for the pilot."""
+def _number(job: dict, key: str, low: int = 0, high: int = MAX_INT32) -> int | None:
+    value = job.get(key)
+    return None if _unset(value) else bounded_int(value, low, high)
 
-    panda_id: int
-    attempt_nr: int | None
-    core_count: int | None        # None: the job does not say
-    min_ram_count: int | None     # MB
-    max_walltime: int | None      # seconds
-    max_cpu_count: int | None     # seconds
-    resource_type: str | None
-    job_pars: str | None
-    inputs: list[tuple[str, str]] = field(default_factory=list)   # (file name, scope) of each input file
-    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+class PandaJob:
+    """One job from acquire_jobs: typed fields for the harvester, the dict itself for the pilot. A field that
+    does not convert reads as None. What fetch-jobs stores of thousands of jobs is read at once; what only a
+    backend reads (limits, input files) when asked."""
+
+    __slots__ = ("raw", "_description", "panda_id", "attempt_nr", "core_count", "min_ram_count", "resource_type")
+
+    def __init__(self, raw: dict, description: str | None = None):
+        self.raw = raw
+        self._description = description
+        self.panda_id: int = bounded_int(raw.get("PandaID"), 1, MAX_PANDA_ID) or 0
+        self.attempt_nr = _attempt(raw.get("attemptNr"))
+        self.core_count = _number(raw, "coreCount", 1, MAX_CORES)   # None: the job does not say
+        self.min_ram_count = _number(raw, "minRamCount", 1)          # MB
+        value = raw.get("resource_type")
+        self.resource_type: str | None = None if _unset(value) or not isinstance(value, str) else value
 
     @classmethod
     def from_dict(cls, job: dict) -> PandaJob:
-        """Read a job dict PanDA sent (checked or not: a field that does not convert reads as None)."""
-        def number(key: str, low: int = 0, high: int = MAX_INT32) -> int | None:
-            return None if _unset(job.get(key)) else bounded_int(job.get(key), low, high)
+        return cls(job)
 
-        resource_type = job.get("resource_type")
-        return cls(
-            panda_id=bounded_int(job.get("PandaID"), 1, MAX_PANDA_ID) or 0,
-            attempt_nr=_attempt(job.get("attemptNr")),
-            core_count=number("coreCount", 1, MAX_CORES),
-            min_ram_count=number("minRamCount", 1),
-            max_walltime=_seconds(job.get("maxWalltime")),
-            max_cpu_count=_seconds(job.get("maxCpuCount")),
-            resource_type=None if _unset(resource_type) or not isinstance(resource_type, str) else resource_type,
-            job_pars=job.get("jobPars") if isinstance(job.get("jobPars"), str) else None,
-            inputs=_inputs(job), raw=job)
+    @classmethod
+    def from_json(cls, text: str) -> PandaJob:
+        return cls(json.loads(text), text)
+
+    def __repr__(self) -> str:
+        return f"PandaJob({self.panda_id})"
+
+    @property
+    def max_walltime(self) -> int | None:
+        return _seconds(self.raw.get("maxWalltime"))
+
+    @property
+    def max_cpu_count(self) -> int | None:
+        return _seconds(self.raw.get("maxCpuCount"))
 
     @property
     def walltime_limit(self) -> int | None:
         """The job's own time limit in seconds: maxWalltime, else maxCpuCount; None when it says nothing."""
         return self.max_walltime or self.max_cpu_count
 
-    @classmethod
-    def from_json(cls, text: str) -> PandaJob:
-        return cls.from_dict(json.loads(text))
+    @property
+    def job_pars(self) -> str | None:
+        value = self.raw.get("jobPars")
+        return value if isinstance(value, str) else None
+
+    @property
+    def inputs(self) -> list[tuple[str, str]]:
+        """(file name, scope) of each input file: PanDA's inFiles and scopeIn, parallel by position."""
+        return _inputs(self.raw)
 
     @property
     def description(self) -> str:
         """The job as PanDA sent it, JSON: what the pilot reads from pandaJobData.out (never edited here)."""
-        return json.dumps(self.raw)
+        if self._description is None:
+            self._description = json.dumps(self.raw)
+        return self._description
 
 
 def _inputs(job: dict) -> list[tuple[str, str]]:
@@ -153,13 +169,14 @@ class Received:
 
 def sort_received(received: list, resource_types: list[str]) -> Received:
     out = Received()
-    for job in received:
-        if panda_id_of(job) is None:
-            out.unusable.append(job)
+    for raw in received:
+        job = PandaJob(raw) if isinstance(raw, dict) else None
+        if job is None or not job.panda_id:
+            out.unusable.append(raw)
             continue
-        why = problem(job, resource_types)
+        why = problem(raw, resource_types)
         if why:
-            out.bad.append((PandaJob.from_dict(job), why))
+            out.bad.append((job, why))
         else:
-            out.good.append(PandaJob.from_dict(job))
+            out.good.append(job)
     return out

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
 from harvester_cli import model
-from harvester_cli.state import claims
+from harvester_cli.state import bulk, claims
 from harvester_cli.state.schema import job_workers, jobs, workers
 from harvester_cli.state.store import Store, Tx, chunks
 
@@ -26,36 +27,56 @@ log = logging.getLogger(__name__)
 REFUSED_ROW = (IntegrityError, DataError, StatementError, OverflowError, ValueError)
 
 
+class NewJob(NamedTuple):
+    """A row of the jobs table for a job as received (in the table's column order: the rows go to the driver
+    as they are)."""
+
+    panda_id: int
+    queue: str
+    status: str
+    sub_status: str
+    attempt_nr: int | None
+    resource_type: str
+    core_count: int
+    submit_attempts: int
+    job_json: str
+    diag: str | None
+    created: float
+    modified: float
+
+
+_INSERT_JOB = jobs.insert().values({name: bindparam(name) for name in NewJob._fields})
+
+
 @dataclass
 class Stored:
     """What storing a batch of received jobs did: rows stored, PandaIDs already there, rows refused."""
 
-    stored: list[dict]
+    stored: list[NewJob]
     duplicates: int
-    refused: list[dict]
+    refused: list[NewJob]
 
 
-def store_new(tx: Tx, rows: list[dict]) -> Stored:
+def store_new(tx: Tx, rows: list[NewJob]) -> Stored:
     """Insert the rows whose PandaID is not stored yet, in bulk; if the bulk insert fails, each on its own,
     so one row the database refuses does not keep the others out."""
-    existing = set(tx.scalars(select(jobs.c.panda_id).where(jobs.c.panda_id.in_([r["panda_id"] for r in rows]))))
-    new = [r for r in rows if r["panda_id"] not in existing]
+    existing = set(tx.scalars(select(jobs.c.panda_id).where(jobs.c.panda_id.in_([r.panda_id for r in rows]))))
+    new = [r for r in rows if r.panda_id not in existing] if existing else rows
     if not new:
         return Stored([], len(rows), [])
     try:
         with tx.conn.begin_nested():
-            tx.execute(jobs.insert(), new)
+            bulk.execute_many(tx.conn, _INSERT_JOB, NewJob._fields, new)
         return Stored(new, len(rows) - len(new), [])
     except REFUSED_ROW:
         stored, refused = [], []
         for row in new:
             try:
                 with tx.conn.begin_nested():
-                    tx.execute(jobs.insert(), [row])
+                    bulk.execute_many(tx.conn, _INSERT_JOB, NewJob._fields, [row])
                 stored.append(row)
             except REFUSED_ROW as exc:
-                log.error("job %s: the state database refused it (%s)", row["panda_id"],
-                          str(exc).splitlines()[0][:200])
+                log.error("job %s: the state database refused it (%s)", row.panda_id, str(exc).splitlines()[0][:200])
                 refused.append(row)
         return Stored(stored, len(rows) - len(new), refused)
 

@@ -11,7 +11,7 @@ host-bound (only the host that made a worker may work it; workers from before ho
 
 from __future__ import annotations
 
-from collections import defaultdict, namedtuple
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -153,25 +153,35 @@ def started_since(tx: Tx, queue: str, since: float) -> dict[str, int]:
 
 # -- poll: pages of active workers, and what changed ----------------------------------------------
 
-# The columns poll reads per worker: what the backend needs (a WorkerRef) and what a change compares. A
-# named tuple, not SQLAlchemy's Row: its attributes are read a few million times per poll of 200k workers.
+# The columns poll reads per worker, in this order: what the backend needs (a backends.base.WorkerRef takes
+# them as they are) and what a change compares.
 POLL_COLUMNS = ("worker_id", "queue", "batch_id", "submission_host", "computing_element", "status", "log_dir",
                 "submit_time", "kill_reason", "diag", "native_status", "native_exit_code", "start_time", "created",
                 "modified")
-PollRow = namedtuple("PollRow", POLL_COLUMNS)
 _PAGE = (select(*(workers.c[name] for name in POLL_COLUMNS))
-         .where(workers.c.queue == bindparam("queue"), workers.c.status.in_(model.WORKER_ACTIVE),
+         # the states as literals: the statement runs as compiled, on the driver's own cursor (bulk.query)
+         .where(workers.c.queue == bindparam("queue"),
+                workers.c.status.in_([literal_column(f"'{s}'") for s in model.WORKER_ACTIVE]),
                 workers.c.worker_id > bindparam("after"))
          .order_by(workers.c.worker_id).limit(bindparam("limit")))
 _PAGE_HOST = _PAGE.where(workers.c.harvester_host.is_(None) | (workers.c.harvester_host == bindparam("host")))
 
 
-def active_page(tx: Tx, queue: str, after: int, limit: int, host: str | None = None) -> list[PollRow]:
-    """The next `limit` active workers of the queue after worker id `after` (keyset pagination: memory
-    stays flat whatever the queue's size). Read without claiming anything."""
-    page, params = (_PAGE_HOST, {"host": host}) if host is not None else (_PAGE, {})
-    return list(map(PollRow._make, tx.execute(page, {"queue": queue, "after": after, "limit": limit,
-                                                     **params}).fetchall()))
+def active_page(tx: Tx, queue: str, after: int, limit: int, host: str | None = None) -> list[tuple]:
+    """The next `limit` active workers of the queue after worker id `after`, as POLL_COLUMNS tuples (keyset
+    pagination: memory stays flat whatever the queue's size). Read without claiming anything; plain tuples
+    from the driver, as poll reads every live worker every run."""
+    if host is not None:
+        return bulk.query(tx.conn, _PAGE_HOST, ("queue", "after", "limit", "host"), (queue, after, limit, host))
+    return bulk.query(tx.conn, _PAGE, ("queue", "after", "limit"), (queue, after, limit))
+
+
+def _now_seen(tx: Tx, worker_ids: Sequence[int], lock: bool) -> dict[int, tuple[str, float]]:
+    current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(
+        workers.c.worker_id.in_(list(worker_ids)))
+    if lock and not tx.is_sqlite:
+        current = current.with_for_update()
+    return {w: (s, m) for w, s, m in tx.execute(current)}
 
 
 def unchanged(tx: Tx, seen: Sequence) -> set[int]:
@@ -180,31 +190,47 @@ def unchanged(tx: Tx, seen: Sequence) -> set[int]:
     every other writer)."""
     if not seen:
         return set()
-    current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(
-        workers.c.worker_id.in_([r.worker_id for r in seen]))
-    if not tx.is_sqlite:
-        current = current.with_for_update()
-    now_seen = {w: (s, m) for w, s, m in tx.execute(current)}
+    now_seen = _now_seen(tx, [r.worker_id for r in seen], lock=True)
     return {r.worker_id for r in seen if now_seen.get(r.worker_id) == (r.status, r.modified)}
 
 
-OBSERVED_COLUMNS = ("s", "d", "n", "x", "st", "et", "m", "w")
-_RECORD_OBSERVED = (update(workers).where(workers.c.worker_id == bindparam("w"))
-                    .values(status=bindparam("s"), diag=bindparam("d"), native_status=bindparam("n"),
-                            native_exit_code=bindparam("x"), start_time=bindparam("st"), end_time=bindparam("et"),
-                            modified=bindparam("m")))
+# In the order of the statement's parameters (SET, then WHERE): the rows go to the driver as they are.
+OBSERVED_COLUMNS = ("s", "d", "n", "x", "st", "et", "m", "w", "os", "om")
+_RECORD_OBSERVED = (update(workers)
+                    .where(workers.c.worker_id == bindparam("w"), workers.c.status == bindparam("os"),
+                           workers.c.modified == bindparam("om"))
+                    .ordered_values((workers.c.status, bindparam("s")), (workers.c.diag, bindparam("d")),
+                                    (workers.c.native_status, bindparam("n")),
+                                    (workers.c.native_exit_code, bindparam("x")),
+                                    (workers.c.start_time, bindparam("st")), (workers.c.end_time, bindparam("et")),
+                                    (workers.c.modified, bindparam("m"))))
 
 
-def record_observed(tx: Tx, rows: Sequence[tuple]) -> None:
-    """(status, diag, native status, exit code, start, end, modified, worker id) per worker poll saw change."""
-    bulk.execute_many(tx.conn, _RECORD_OBSERVED, OBSERVED_COLUMNS, rows)
+def record_observed(tx: Tx, rows: Sequence[tuple]) -> set[int]:
+    """(status, diag, native status, exit code, start, end, modified, worker id, status read, modified read)
+    per worker poll saw change: written only where the row is still as poll read it (compare-and-set in the
+    statement). Returns the ids written; another run's change in between keeps its own."""
+    if not rows:
+        return set()
+    written = bulk.execute_many(tx.conn, _RECORD_OBSERVED, OBSERVED_COLUMNS, rows)
+    if written == len(rows):   # the usual case: nobody else touched them
+        return {r[7] for r in rows}
+    now_seen = _now_seen(tx, [r[7] for r in rows], lock=False)
+    return {r[7] for r in rows if now_seen.get(r[7]) == (r[0], r[6])}
 
 
-def mark_kill(tx: Tx, kills: Sequence[tuple[int, str]]) -> None:
-    """(worker id, reason): sweep kills these workers (a reason already set is not replaced by the caller's)."""
-    if kills:
-        tx.execute(update(workers).where(workers.c.worker_id == bindparam("w")).values(kill_reason=bindparam("k")),
-                   [{"w": w, "k": k} for w, k in kills])
+_MARK_KILL = (update(workers)
+              .where(workers.c.worker_id == bindparam("w"), workers.c.status == bindparam("os"),
+                     workers.c.modified == bindparam("om"), workers.c.kill_reason.is_(None))
+              .values(kill_reason=bindparam("k")))
+
+
+def mark_kill(tx: Tx, kills: Sequence[tuple[int, str, str, float]]) -> int:
+    """(worker id, reason, status read, modified read): sweep kills these workers. Only a worker still as it
+    was read, and not marked yet, is marked (compare-and-set); returns how many were."""
+    if not kills:
+        return 0
+    return tx.execute(_MARK_KILL, [{"w": w, "k": k, "os": s, "om": m} for w, k, s, m in kills]).rowcount
 
 
 # -- sweep: killing and forgetting ----------------------------------------------------------------

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # Harvester's default: at most 500 jobs per queue and call.
 MAX_JOBS_PER_CALL = 500
+# Jobs stored per transaction: one commit for what one call brings, and memory flat beyond that.
+STORE_CHUNK = 5000
 
 
 @dataclass
@@ -48,18 +50,15 @@ class FetchResult:
         return [f"queue {q.queue}: {q.error}" for q in self.queues if q.error]
 
 
-def job_row(queue: QueueConfig, job: PandaJob, at: float, problem: str | None = None) -> dict:
+def job_row(queue: QueueConfig, job: PandaJob, at: float, problem: str | None = None) -> jobs.NewJob:
     """The jobs table's row of a received job: waiting for a worker, or (with a problem) failed at once."""
-    row = {
-        "panda_id": job.panda_id, "queue": queue.name, "status": model.JOB_STARTING, "sub_status": model.SUB_FETCHED,
-        "attempt_nr": job.attempt_nr,
-        "resource_type": job.resource_type if job.resource_type in queue.resource_types else queue.resource_types[0],
-        "core_count": job.core_count or queue.core_count, "submit_attempts": 0, "job_json": job.description,
-        "diag": None, "created": at, "modified": at,
-    }
+    resource_type = job.resource_type if job.resource_type in queue.resource_types else queue.resource_types[0]
     if problem:
-        row.update(status=model.JOB_FAILED, sub_status=model.SUB_REPORTING, diag=f"invalid job from PanDA: {problem}")
-    return row
+        return jobs.NewJob(job.panda_id, queue.name, model.JOB_FAILED, model.SUB_REPORTING, job.attempt_nr,
+                           resource_type, job.core_count or queue.core_count, 0, job.description,
+                           f"invalid job from PanDA: {problem}", at, at)
+    return jobs.NewJob(job.panda_id, queue.name, model.JOB_STARTING, model.SUB_FETCHED, job.attempt_nr, resource_type,
+                       job.core_count or queue.core_count, 0, job.description, None, at, at)
 
 
 def store_jobs(instance: Instance, queue: QueueConfig, received: list[dict]) -> QueueFetch:
@@ -67,12 +66,12 @@ def store_jobs(instance: Instance, queue: QueueConfig, received: list[dict]) -> 
     database fails (a full disk), the jobs not stored are in `unstored` and the reason in `error`."""
     store = instance.store
     result = QueueFetch(queue.name)
-    for index, received_chunk in enumerate(chunks(received, 1000)):   # memory flat in the chunk size
+    for index, received_chunk in enumerate(chunks(received, STORE_CHUNK)):
         try:
             _store_chunk(store, queue, received_chunk, result)
         except (DatabaseFailure, OSError) as exc:
             result.error = f"the state database could not store them: {str(exc).splitlines()[0][:200]}"
-            result.unstored = list(received[index * 1000:])
+            result.unstored = list(received[index * STORE_CHUNK:])
             break
     return result
 
@@ -93,10 +92,10 @@ def _store_chunk(store, queue: QueueConfig, received_chunk, result: QueueFetch) 
     with store.transaction() as tx:
         stored = jobs.store_new(tx, rows)
         for row in stored.refused:   # PanDA must still hear of them: a failed update, without a row
-            failed.setdefault(row["panda_id"], updates.job_failed(
-                PandaJob.from_json(row["job_json"]), updates.ERR_SUBMISSION,
+            failed.setdefault(row.panda_id, updates.job_failed(
+                PandaJob.from_json(row.job_json), updates.ERR_SUBMISSION,
                 "harvester: invalid job from PanDA: the state database cannot store it"))
-        new_ids = {r["panda_id"] for r in stored.stored} | {r["panda_id"] for r in stored.refused}
+        new_ids = {r.panda_id for r in stored.stored} | {r.panda_id for r in stored.refused}
         outbox.enqueue(tx, outbox.JOB, [(p, queue.name, u, True) for p, u in failed.items() if p in new_ids])
     result.invalid += len(received.unusable) + len(failed)
     result.duplicate += stored.duplicates

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harvester_cli import model
-from harvester_cli.backends.base import Observation
+from harvester_cli.backends.base import Observation, WorkerRef
 from harvester_cli.config import QueueConfig
 from harvester_cli.faults import fault_point
-from harvester_cli.instance import Instance, worker_ref
+from harvester_cli.instance import Instance
 from harvester_cli.panda import pilot_outputs, updates
 from harvester_cli.panda.jobs import PandaJob
 from harvester_cli.state import jobs, monitoring, outbox, workers
@@ -51,10 +51,7 @@ class PollRun:
 def _decide(queue: QueueConfig, row, seen: Observation, at: float) -> tuple[str, str | None, str | None]:
     """(new status, diag, kill reason) for one worker from what the backend saw."""
     status, diag, kill = seen.status, seen.diag, None
-    if status == model.MISSING:
-        since = row.submit_time or row.created
-        if at - since < queue.lost_grace_seconds:
-            return row.status, row.diag, None
+    if status == model.MISSING:   # within the grace (apply_observations skips those): lost
         return model.FAILED, f"lost: {diag or 'the backend has no trace of this worker'}", None
     if status == model.HELD:
         return model.IDLE, f"held: {diag or 'no reason given'}", None
@@ -77,12 +74,12 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
     host = instance.host_filter(queue)
     while True:
         with store.reading() as tx:
-            rows = workers.active_page(tx, queue.name, last_id, CHUNK, host)
+            rows = [WorkerRef(*row) for row in workers.active_page(tx, queue.name, last_id, CHUNK, host)]
         if not rows:
             break
         last_id = rows[-1].worker_id
         try:
-            observations = backend.check([worker_ref(r) for r in rows])
+            observations = backend.check(rows)
             fault_point("poll_after_check")
         except Exception as exc:  # one backend failing must not stop the other queues
             log.warning("queue %s: backend check failed: %s", queue.name, exc,
@@ -100,13 +97,16 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
                        result: QueuePoll) -> None:
     at = model.now()
     changed, kills, ended, started, resubmit = [], [], [], [], {}
+    grace = queue.lost_grace_seconds
     for row, seen in zip(rows, observations):
+        if seen.status == model.MISSING and at - (row.submit_time or row.created) < grace:
+            continue   # not seen yet (a batch system can take a while to list a job): nothing changed
         status, diag, kill = _decide(queue, row, seen, at)
         if status != row.status and not model.allowed_worker_transition(row.status, status):
             status = row.status
         kill = kill or seen.kill_reason
         if kill and not row.kill_reason:
-            kills.append((row.worker_id, kill))
+            kills.append((row.worker_id, kill, row.status, row.modified))
         if (status == row.status and diag == row.diag and seen.native_status == row.native_status
                 and seen.exit_code == row.native_exit_code):
             continue
@@ -114,6 +114,7 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
             status, diag, seen.native_status, seen.exit_code,
             row.start_time or seen.start_time or (at if status == model.RUNNING else None),
             (seen.end_time or at) if status in model.WORKER_FINAL else None, at, row.worker_id,
+            row.status, row.modified,
         ))
         if status != row.status:
             if status in model.WORKER_FINAL and seen.resubmit and queue.mode == "push":
@@ -138,21 +139,18 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
 
 def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, resubmit, final_jobs,
                    at: float) -> tuple[Counter, int, int, int]:
-    """Write a page's changes; returns (new status -> count, kills asked, jobs requeued, final job updates)."""
+    """Write a page's changes; returns (new status -> count, kills asked, jobs requeued, final job updates).
+    Every write is compare-and-set on what the page read: another poll (or sweep) may have moved a worker
+    meanwhile, and then its change stands and this one is dropped, with everything that follows from it."""
     changes: Counter = Counter()
-    # Only workers that are as this page read them: another poll (or sweep) may have moved them meanwhile.
-    fresh = workers.unchanged(tx, rows)
-    changed = [c for c in changed if c[-1] in fresh]
-    kills = [k for k in kills if k[0] in fresh]
-    if changed:
-        workers.record_observed(tx, changed)
-        outbox.enqueue_workers(tx, queue.name, [c[-1] for c in changed])
-    statuses = {r.worker_id: r.status for r in rows}
+    kill_requested = workers.mark_kill(tx, kills)   # first: it leaves status and modified as they were read
+    fresh = workers.record_observed(tx, changed)
+    changed = [c for c in changed if c[7] in fresh]
+    outbox.enqueue_workers(tx, queue.name, [c[7] for c in changed])
     for c in changed:
-        if c[0] != statuses[c[-1]]:
+        if c[0] != c[8]:
             changes[c[0]] += 1
     fault_point("poll_mid_transaction")   # the worker updates are written, not yet committed
-    workers.mark_kill(tx, kills)
     started = [r for r in started if r.worker_id in fresh]
     if started and queue.mode == "push":
         transitions.jobs_running(tx, queue, {r.worker_id: r.batch_id for r in started}, at)
@@ -162,7 +160,7 @@ def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, re
     final_jobs = [(p, u, d) for p, u, d, w in final_jobs if w in fresh]
     jobs.record_final(tx, [(p, updates.status_of(u), d) for p, u, d in final_jobs], at)
     outbox.enqueue(tx, outbox.JOB, [(p, queue.name, u, True) for p, u, _ in final_jobs])
-    return changes, len(kills), len(resubmit), len(final_jobs)
+    return changes, kill_requested, len(resubmit), len(final_jobs)
 
 
 def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tuple[int, dict, str | None, int]]:
@@ -185,7 +183,7 @@ def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tu
             out.append((panda_id, update_, diag, row.worker_id))
             continue
         try:
-            files = backend.fetch_outputs(worker_ref(row), list(pilot_outputs.PILOT_OUTPUTS))
+            files = backend.fetch_outputs(row, list(pilot_outputs.PILOT_OUTPUTS))
         except Exception as exc:  # outputs that cannot be fetched are reported as missing
             log.warning("queue %s: worker %s: cannot fetch outputs: %s", queue.name, row.worker_id, exc)
             files, diag = {}, f"{diag + '; ' if diag else ''}cannot fetch outputs: {exc}"

@@ -156,7 +156,10 @@ def test_each_command_keeps_its_metrics_and_counters_outlive_the_process(harness
     """submit, poll and sweep each rewrite the whole file from the state database: nothing of another
     command goes; the submission failure counter adds up over two processes; a PanDA outage counts."""
     textfile = harness.tmp_path / "prom" / "harvester-cli.prom"
-    harness.write_config({"BROKEN": {"mode": "pull", "backend_options": {"work_dir": "/dev/null/work"}}},
+    broken = harness.tmp_path / "broken-work"   # the queue's work directory is a file: every worker is missed
+    broken.mkdir()
+    (broken / "BROKEN").write_text("")
+    harness.write_config({"BROKEN": {"mode": "pull", "backend_options": {"work_dir": str(broken)}}},
                          metrics={"textfile": str(textfile)})
     for _ in range(2):
         assert harness.cli("submit", "--queue", "BROKEN", "--count", "1").returncode == 1
