@@ -154,6 +154,15 @@ def command_runs(store: Store) -> list[dict]:
     return [dict(r._mapping) for r in rows]
 
 
+def running_commands(store: Store) -> list[dict]:
+    """The commands running now (started, not yet ended), oldest first."""
+    from harvester_cli.state.schema import running_commands as running
+
+    with store.reading() as tx:
+        rows = tx.execute(select(running).order_by(running.c.started)).all()
+    return [dict(r._mapping) for r in rows]
+
+
 def counters(store: Store) -> list[dict]:
     import json
 
