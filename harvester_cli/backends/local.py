@@ -118,7 +118,11 @@ class LocalBackend(Backend):
             return [SubmitResult(s.worker_id, error=f"cannot prepare {self.root} and its worker wrapper: {exc}")
                     for s in specs]
         environment = dict(os.environ)   # read once: a submission starts hundreds of workers
-        return [self._start(spec, wrapper, environment) for spec in specs]
+        results = []
+        for spec in specs:
+            results.append(self._start(spec, wrapper, environment))
+            self.submitted(1)
+        return results
 
     def _wrapper(self) -> str:
         """The wrapper script, (re)written when missing or different. It lives beside the queues' work

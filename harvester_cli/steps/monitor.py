@@ -89,8 +89,8 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
             stats["submitted"] += 1
         if (w.start_time or 0) >= since:
             stats["started"] += 1
-            if w.submit_time:
-                stats["queued"].append(w.start_time - w.submit_time)
+            if w.submit_time:   # never below 0: a backend's clock may be behind this host's
+                stats["queued"].append(max(0.0, w.start_time - w.submit_time))
         ended = w.status in model.WORKER_FINAL and (w.end_time or w.created) >= since
         if not ended:
             continue

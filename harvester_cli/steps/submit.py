@@ -133,7 +133,7 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> Repair:
     results = [f if f is not None else SubmitResult(r.worker_id, error="submission was interrupted and the "
                                                     "backend has no trace of this worker")
                for r, f in zip(rows, found)]
-    record_results(instance, queue, results)
+    record_results(instance, queue, results, min(r.created for r in rows))   # recorded before the backend call
     adopted = sum(1 for f in found if f is not None)
     return Repair(adopted, len(rows) - adopted)
 
@@ -278,9 +278,11 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
     return specs
 
 
-def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitResult]) -> None:
+def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitResult],
+                   sent: float | None = None) -> None:
     """Step 6: store what the backend said per worker, in one transaction (run again whole if another
-    host's transaction deadlocked it); jobs of missed workers go back to wait (or fail)."""
+    host's transaction deadlocked it); jobs of missed workers go back to wait (or fail). `sent`: when the
+    workers went to the backend, their submit time (a batch may start running before the call returns)."""
     at = model.now()
     ok = [r for r in results if r.ok]
     bad = [r for r in results if not r.ok]
@@ -295,7 +297,7 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
                 return name
             return instance.log_url(f"{log_dirs.get(result.worker_id)}/{name}")
 
-        workers.record_submitted(tx, [(r.batch_id, r.submission_host, r.computing_element, at, url(r, r.stdout),
+        workers.record_submitted(tx, [(r.batch_id, r.submission_host, r.computing_element, sent or at, url(r, r.stdout),
                                        url(r, r.stderr), url(r, r.batch_log), r.worker_id) for r in ok])
         workers.record_missed(tx, [(r.worker_id, r.error or "submission failed", r.computing_element,
                                     r.submission_host) for r in bad], at)
@@ -330,6 +332,15 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
                     locks.renew(tx, f"submit:{queue.name}")
                 renewed = model.now()
             fault_point("before_backend_submit")
+            sent = model.now()
+            shown = 0   # workers the backend reported as it went: the progress moves per worker
+
+            def report(n: int) -> None:
+                nonlocal shown
+                shown += n
+                progress(n)
+
+            backend.on_submitted = report if progress else None
             try:
                 results = backend.submit(list(batch))
             except Exception as exc:
@@ -341,13 +352,15 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
                     workers.release(tx, left)
                 result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
                 return
+            finally:
+                backend.on_submitted = None
             fault_point("after_backend_submit")
-            record_results(instance, queue, results)
+            record_results(instance, queue, results, sent)
             del left[:len(batch)]
             result.submitted += [r.worker_id for r in results if r.ok]
             result.failed += [(r.worker_id, r.error or "submission failed") for r in results if not r.ok]
             if progress:
-                progress(len(batch))
+                progress(max(0, len(batch) - shown))
     except KeyboardInterrupt:
         result.interrupted = withdraw(instance, queue, left)
 
@@ -373,7 +386,7 @@ def withdraw(instance: Instance, queue: QueueConfig, worker_ids: list[int]) -> I
         outcome.unknown = len(rows)
         return outcome
     adopted = [f for f in found if f is not None]
-    record_results(instance, queue, adopted)
+    record_results(instance, queue, adopted, min(r.created for r in rows))
     absent = [r.worker_id for r, f in zip(rows, found) if f is None]
     diag = "submission interrupted by the operator before the backend took it"
     at = model.now()
