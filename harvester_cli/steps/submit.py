@@ -166,11 +166,13 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         # every host's workers of this queue in the interval (the queue lease keeps this exact)
         made = workers.made_since(tx, queue.name, at - interval) if interval else None
         started = workers.started_since(tx, queue.name, at - age) if queue.mode == "pull" and age is not None else {}
+    asked = activated is not None and activated.source != job_counts.NOT_ASKED
     total, by_type = (activated.for_queue(queue.site, queue.prod_source_label, queue.resource_types)
-                      if activated is not None else (None, None))
+                      if asked else (None, None))
     return planner.QueueState(
         queued=load.queued, running=load.running, activated=total, activated_by_type=by_type,
-        activated_source=activated.source if activated is not None else "", started_recently=started,
+        activated_source=activated.source if asked else planner.NO_ANSWER if activated is None else "",
+        started_recently=started,
         stats_age=age, waiting_jobs=waiting, streaming_targets=streaming, missed_recent=missed,
         queued_cores=load.queued_cores, queued_memory_mb=load.queued_memory_mb, sizes=sizes,
         registration=registration_problem, made_recently=made, cycle_interval=interval)
@@ -183,16 +185,18 @@ def stats_age(refresh: int, now: float) -> int | None:
     return int(now % refresh) if refresh else None
 
 
-def activated_jobs(instance: Instance, queues: list[QueueConfig],
-                   errors: list[str] | None = None) -> job_counts.ActivatedJobs | None:
-    """Activated jobs from PanDA for the pull queues (one call per run); None if PanDA cannot say (the
-    reason goes to `errors`: pull queues then get only their empty-pilot floor)."""
-    if not any(q.mode == "pull" and not q.pilot_streaming for q in queues):
-        return job_counts.ActivatedJobs(job_counts.TOTALS, {}, {})
+def activated_jobs(instance: Instance, queues: list[QueueConfig], errors: list[str] | None = None, *,
+                   push: bool = False) -> job_counts.ActivatedJobs | None:
+    """Activated jobs from PanDA for the pull queues (one call per run; with `push`, for the push queues too:
+    the jobs waiting at PanDA for fetch-jobs, which a plan mentions); None if PanDA cannot say (the reason
+    goes to `errors` when a pull queue needed it: pull queues then get only their empty-pilot floor)."""
+    pull = any(q.mode == "pull" and not q.pilot_streaming for q in queues)
+    if not pull and not (push and any(q.mode == "push" for q in queues)):
+        return job_counts.ActivatedJobs(job_counts.NOT_ASKED, {}, {})
     try:
         return job_counts.fetch(instance.panda)
     except PandaError as exc:
-        if errors is not None:
+        if errors is not None and pull:
             errors.append(f"cannot get activated jobs from PanDA ({exc}): pull queues get their empty-pilot floor only")
         return None
 
@@ -508,7 +512,7 @@ def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = Fal
     else:
         known = registration.ensure_registered(instance)
         problem = gate = None if known.registered is not None else known.problem
-    activated = activated_jobs(instance, queues, run.errors)
+    activated = activated_jobs(instance, queues, run.errors, push=dry_run)
     remaining = instance.config.max_new_workers_per_run
     for queue in queues:
         result = submit_queue(instance, queue, activated, remaining, dry_run=dry_run, count=count,
