@@ -110,6 +110,20 @@ class PandaJob:
         """The job's own time limit in seconds: maxWalltime, else maxCpuCount; None when it says nothing."""
         return self.max_walltime or self.max_cpu_count
 
+    @property
+    def name(self) -> str | None:
+        """The job's name (jobName), for an operator's eyes only."""
+        value = self.raw.get("jobName")
+        return None if _unset(value) else str(value)
+
+    @property
+    def task_id(self) -> int | None:
+        """The JEDI task the job belongs to (jediTaskID, or taskID from older servers)."""
+        for key in ("jediTaskID", "taskID"):
+            if not _unset(self.raw.get(key)):
+                return bounded_int(self.raw.get(key), 1, MAX_PANDA_ID)
+        return None
+
     @classmethod
     def from_json(cls, text: str) -> PandaJob:
         return cls.from_dict(json.loads(text))
