@@ -100,3 +100,7 @@ def example(g):
     else:
         click.echo(EXAMPLE, nl=False)
     return 0
+
+
+# Neither reads a configuration or a state database, nor keeps a command log.
+keys.without_global_options = example.without_global_options = ("config", "state", "log_memory")

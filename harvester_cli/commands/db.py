@@ -92,3 +92,6 @@ def history(g):
               [(r.revision, r.down_revision, r.description) for r in revisions])
     out.emit({"revisions": [asdict(r) for r in revisions]})
     return 0
+
+
+history.without_global_options = ("config", "state", "log_memory")   # the scripts this code ships, no database
