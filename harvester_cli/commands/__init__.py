@@ -34,6 +34,17 @@ def report(out, problems) -> None:
         out.error(f"{skipped} more PanDA call(s) {PandaUnreachable.SKIPPED}; the next run tries again")
 
 
+def one_at_a_time(out, kind: str, rows: list[dict], key: str, asked: tuple, narrowed: bool) -> list[dict]:
+    """`workers ID...`, `jobs PANDAID...`: the rows in the order asked for; each id the state database does not
+    hold (or the selected queues and states leave out) is an error, one line each."""
+    order = list(dict.fromkeys(asked))
+    found = {r[key] for r in rows}
+    for missing in [i for i in order if i not in found]:
+        out.error(f"{kind} {missing}: not in the state database"
+                  + (" (or the options given leave it out)" if narrowed else ""))
+    return sorted(rows, key=lambda r: order.index(r[key]) if r[key] in order else len(order))
+
+
 def exit_code(partial: bool) -> int:
     return EXIT_PARTIAL if partial else EXIT_OK
 

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import pass_globals, queue_option, wide_option
+from harvester_cli.commands import one_at_a_time, pass_globals, queue_option, wide_option
 from harvester_cli.model import JOB_STATES, JOB_SUB_STATES
 
 
@@ -34,10 +34,10 @@ def command(g, panda_ids, queues, statuses, panda_id_filter, limit, long_, wide)
     wanted = tuple(dict.fromkeys(panda_ids + panda_id_filter))
     rows = list_jobs(g.instance().store, [q.name for q in g.selected(queues)], statuses, max(limit, len(wanted)),
                      panda_ids=wanted, description=blocks)
-    if panda_ids:   # in the order asked for (the filter's own jobs after them)
-        rows.sort(key=lambda j: wanted.index(j["panda_id"]))
     out = g.output()
     out.wide_hint = "--wide"
+    if panda_ids:
+        rows = one_at_a_time(out, "job", rows, "panda_id", panda_ids, bool(queues or g.queues or statuses))
     if blocks:
         for row in rows:   # what the operator reads of the job dict; the dict itself may hold secrets
             job = PandaJob.from_json(row.pop("job_json"))
@@ -45,9 +45,5 @@ def command(g, panda_ids, queues, statuses, panda_id_filter, limit, long_, wide)
         job_blocks(out, rows)
     else:
         job_table(out, "jobs", rows, wide=wide)
-    found = {j["panda_id"] for j in rows}
-    for missing in [p for p in dict.fromkeys(panda_ids) if p not in found]:
-        out.error(f"job {missing}: not in the state database" + (" (or not in the selected queues or states)"
-                                                                if queues or g.queues or statuses else ""))
     out.emit({"jobs": rows})
     return 1 if out.errors else 0

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import Duration, pass_globals, queue_option, wide_option
+from harvester_cli.commands import Duration, one_at_a_time, pass_globals, queue_option, wide_option
 from harvester_cli.model import WORKER_STATES
 
 
@@ -43,16 +43,11 @@ def command(g, worker_ids, queues, statuses, ces, batch_ids, since, limit, long_
                         worker_ids=worker_ids, batch_ids=batch_ids)
     out = g.output()
     out.wide_hint = "--wide"
-    if worker_ids:   # in the order asked for
-        asked = list(dict.fromkeys(worker_ids))
-        rows.sort(key=lambda w: asked.index(w["worker_id"]))
+    if worker_ids:
+        rows = one_at_a_time(out, "worker", rows, "worker_id", worker_ids, bool(queues or g.queues or statuses or ces))
     if worker_ids or long_:
         worker_blocks(out, rows)
     else:
         worker_table(out, "workers", rows, wide=wide)
-    found = {w["worker_id"] for w in rows}
-    for missing in [w for w in dict.fromkeys(worker_ids) if w not in found]:
-        out.error(f"worker {missing}: not in the state database" + (" (or not in the selected queues, states or CEs)"
-                                                                   if queues or g.queues or statuses or ces else ""))
     out.emit({"workers": rows})
     return 1 if out.errors else 0
