@@ -267,8 +267,6 @@ def terminal_width(stream) -> int:
 def text_of(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}"
     return clean(str(value))

@@ -135,7 +135,7 @@ def job_blocks(out: Output, jobs: list[dict], now: float | None = None) -> None:
                                                       if j["core_count"] else None) if x) or None),
             ("attempt", j["attempt_nr"]), ("submit attempts", j["submit_attempts"]),
             ("workers", workers or None), ("created", _moment(j["epoch"]["created"], now)),
-            ("modified", _moment(j["epoch"]["modified"], now)), ("pilot log sent", j["pilot_log_sent"]),
+            ("modified", _moment(j["epoch"]["modified"], now)), ("pilot log sent", "yes" if j["pilot_log_sent"] else "no"),
             ("diag", j["diag"]), ("stdout", latest.get("stdout")), ("stderr", latest.get("stderr")),
             ("batch log", latest.get("batch_log")),
         ]), style=_title_style(j["status"]))
