@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -225,11 +226,67 @@ _AFTER_COMMAND = (
 )
 
 
+_NB_HYPHEN = "\u2011"
+
+
+class HelpFormatter(click.HelpFormatter):
+    """Help that never breaks a word: click's wrapping breaks at hyphens (`harvester-` at the end of a line,
+    `cli` on the next), so hyphens are non-breaking while the text is wrapped and plain again in the result."""
+
+    def write_usage(self, prog: str, args: str = "", prefix: str | None = None) -> None:
+        super().write_usage(prog.replace("-", _NB_HYPHEN), args.replace("-", _NB_HYPHEN), prefix)
+
+    def write_text(self, text: str) -> None:
+        if text.startswith("\b\n"):   # examples: kept as written, but within the terminal's width
+            room = self.width - self.current_indent
+            text = "\n\n".join("\n".join(_fit_example(line, room) for line in p.split("\n"))
+                               for p in text.split("\n\n"))
+        super().write_text(text.replace("-", _NB_HYPHEN))
+
+    def write_dl(self, rows, *args, **kwargs) -> None:
+        super().write_dl([(a.replace("-", _NB_HYPHEN), b.replace("-", _NB_HYPHEN)) for a, b in rows], *args, **kwargs)
+
+    def getvalue(self) -> str:
+        return super().getvalue().replace(_NB_HYPHEN, "-")
+
+
+def _fit_example(line: str, room: int) -> str:
+    """An example line that is too long for the help's width: its comment on a line of its own above it, and
+    a command still too long continued on the next line (` \\`), so that it still pastes into a shell."""
+    if len(line) <= room or line == "\b":
+        return line
+    lead = line[:len(line) - len(line.lstrip())]
+    if not re.match(r"(harvester-cli|curl|python|\* )", line.strip()):   # prose: at words
+        from harvester_cli.output import fold
+
+        return "\n".join(lead + piece for piece in fold(line.strip(), room - len(lead)))
+    command, hash_, comment = line.strip().partition("  # ")
+    out = [f"{lead}# {comment.strip()}"] if hash_ else []
+    words, current = re.findall(r"""(?:"[^"]*"|'[^']*'|\S)+""", command), lead   # "bad node" stays one word
+    for word in words:
+        if current.strip() and len(current) + 1 + len(word) + 2 > room:
+            out.append(current + " \\")
+            current = lead + "    " + word
+        else:
+            current = f"{current} {word}" if current.strip() else current + word
+    return "\n".join(out + [current])
+
+
+class Context(click.Context):
+    formatter_class = HelpFormatter
+
+
 def _with_output_options(command: click.Command) -> click.Command:
+    """The global options after the command's name too, but those it has no use for (a command may name them
+    in `without_global_options`: `config example` reads no state database); examples printed as written."""
     names = {p.name for p in command.params}
+    unused = set(getattr(command, "without_global_options", ()))
     for decls, attrs in _AFTER_COMMAND:
-        if decls[-1] not in names:
+        if decls[-1] not in names and decls[-1].removesuffix("_after") not in unused:
             command.params.append(click.Option(decls, expose_value=False, **attrs))
+    command.context_class = Context
+    if command.epilog and "\b" not in command.epilog:   # an example is never rewrapped into two lines
+        command.epilog = "\n\n".join(f"\b\n{paragraph}" for paragraph in command.epilog.split("\n\n"))
     for sub in getattr(command, "commands", {}).values():
         _with_output_options(sub)
     return command
@@ -282,6 +339,9 @@ def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet, l
     _setup_stderr_logging(_log_level(-1 if quiet else verbose))
     ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose,
                       command=ctx.invoked_subcommand, log_memory=log_memory)
+
+
+cli.context_class = Context
 
 
 def _to_command_log(level: int, message: str, exc_info=None) -> None:

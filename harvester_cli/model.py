@@ -80,3 +80,40 @@ def duration(seconds: float | None) -> str:
     hours, rest = divmod(rest, 3600)
     minutes = rest // 60
     return f"{sign}{days}d{hours:02d}h{minutes:02d}m" if days else f"{sign}{hours}h{minutes:02d}m"
+
+
+def clock(seconds: float | None) -> str:
+    """A run time as squeue's TIME shows it: MM:SS under an hour, HH:MM:SS, D-HH:MM:SS beyond a day."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+
+
+def utc_time(epoch: float | None) -> str | None:
+    """A moment as an operator reads it in a terminal: 2026-01-02 03:04:05 UTC."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def age(seconds: float | None) -> str:
+    """A time span in at most five characters, for a narrow column (as kubectl shows ages): 45s, 12m,
+    5h37m, 1d09h, 12d."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds < 10 * 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    return f"{seconds // 86400}d"

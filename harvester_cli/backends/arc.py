@@ -327,6 +327,7 @@ class ArcBackend(Backend):
         for endpoint, group in assigned.items():
             for chunk in _chunks(group):
                 results.update(self._submit_to(endpoint, chunk))
+                self.submitted(len(chunk))
         return [results[s.worker_id] for s in specs]
 
     def _assign(self, specs: list[WorkerSpec]) -> dict[str, list[WorkerSpec]]:

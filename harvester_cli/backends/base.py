@@ -185,6 +185,14 @@ class Backend(ABC):
         self.queue = queue
         self.context = context
         self.options = queue.backend_options if queue.backend_options is not None else self.Options()
+        # Set by the caller of submit() that shows progress: called with a count as workers reach the backend
+        # (one by one, a cluster or an array at a time), before submit() returns with all of them.
+        self.on_submitted: Callable[[int], None] | None = None
+
+    def submitted(self, n: int) -> None:
+        """`n` more workers of the current submit() have reached the backend (or failed to)."""
+        if self.on_submitted is not None and n:
+            self.on_submitted(n)
 
     @classmethod
     def is_host_bound(cls, options: Any) -> bool:

@@ -303,6 +303,7 @@ class HTCondorBackend(Backend):
                     if not result.ok and result.submission_host is None and self.options.schedds:
                         result.submission_host = schedd_name
                 results += outcome
+                self.submitted(len(outcome))
         order = {s.worker_id: i for i, s in enumerate(specs)}
         return sorted(results, key=lambda r: order[r.worker_id])
 

@@ -131,7 +131,11 @@ class LocalBackend(Backend):
                     for s in specs]
         environment = dict(os.environ)   # read once: a submission starts hundreds of workers
         umask = _worker_umask()
-        return [self._start(spec, wrapper, environment, umask) for spec in specs]
+        results = []
+        for spec in specs:
+            results.append(self._start(spec, wrapper, environment, umask))
+            self.submitted(1)
+        return results
 
     def _wrapper(self) -> str:
         """The wrapper script, (re)written when missing, different, not ours or writable by others (every

@@ -361,8 +361,13 @@ class SlurmBackend(Backend):
             except (OSError, ValueError) as exc:
                 results.append(SubmitResult(spec.worker_id, error=f"cannot prepare the worker's files: {exc}"))
         groups = self._groups(prepared)
+        def sbatch(group):
+            outcome = self._sbatch(*group)
+            self.submitted(len(group[0]))
+            return outcome
+
         with ThreadPoolExecutor(max_workers=self.options.max_concurrent_sbatch) as pool:
-            outcomes = list(pool.map(lambda g: self._sbatch(*g), groups))
+            outcomes = list(pool.map(sbatch, groups))
         self.forget_listing()
         unsure = [o[1] for o in outcomes if o[0] == "unsure"]
         if unsure:

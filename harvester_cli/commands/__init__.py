@@ -14,6 +14,10 @@ pass_globals = click.pass_obj
 queue_option = click.option("--queue", "queues", multiple=True, metavar="NAME",
                             help="Only this queue (repeatable; adds to the global --queue).")
 
+wide_option = click.option("-w", "--wide", is_flag=True,
+                           help="The long form: every column, every value whole (full URLs, times in UTC), however "
+                                "wide the terminal.")
+
 
 def report(out, problems) -> None:
     """Each reason a run was partial, one line each; the calls skipped because PanDA did not answer earlier
@@ -28,6 +32,17 @@ def report(out, problems) -> None:
             out.error(problem)
     if skipped:
         out.error(f"{skipped} more PanDA call(s) {PandaUnreachable.SKIPPED}; the next run tries again")
+
+
+def one_at_a_time(out, kind: str, rows: list[dict], key: str, asked: tuple, narrowed: bool) -> list[dict]:
+    """`workers ID...`, `jobs PANDAID...`: the rows in the order asked for; each id the state database does not
+    hold (or the selected queues and states leave out) is an error, one line each."""
+    order = list(dict.fromkeys(asked))
+    found = {r[key] for r in rows}
+    for missing in [i for i in order if i not in found]:
+        out.error(f"{kind} {missing}: not in the state database"
+                  + (" (or the options given leave it out)" if narrowed else ""))
+    return sorted(rows, key=lambda r: order.index(r[key]) if r[key] in order else len(order))
 
 
 def exit_code(partial: bool) -> int:
@@ -54,9 +69,33 @@ class Duration(click.ParamType):
         return int(seconds)
 
 
+class _FirstError:
+    """The first error a run logged (out.error included): why it failed, in one line, for `status`."""
+
+    def __init__(self):
+        import logging
+
+        self.first: str | None = None
+        self.handler = logging.Handler(logging.ERROR)
+        self.handler.emit = self._emit
+        self.logger = logging.getLogger("harvester_cli")
+
+    def _emit(self, record) -> None:
+        if self.first is None:
+            self.first = record.getMessage()
+
+    def __enter__(self) -> "_FirstError":
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.logger.removeHandler(self.handler)
+
+
 def recorded(name: str):
-    """Record each run of this command (start, end, exit code, items) in the state database, add what it
-    counted to the metric counters, and rewrite [metrics] textfile: `status` shows a stale cron, and
+    """Record each run of this command in the state database: running from its start (pid, host) to its end,
+    then its end, exit code, items and, when it failed, the first line of why; add what it counted to the
+    metric counters, and rewrite [metrics] textfile: `status` shows what runs now and a stale cron, and
     Prometheus the rest. The command sets g.items (and cycle g.step_runs)."""
 
     def wrap(function):
@@ -64,27 +103,35 @@ def recorded(name: str):
         def run(g, *args, **kwargs):
             started = time.time()
             code = EXIT_PARTIAL
-            try:
-                code = function(g, *args, **kwargs)
-                return code
-            except HarvesterError as exc:
-                code = exc.exit_code
-                raise
-            except click.exceptions.Exit as exc:
-                code = exc.exit_code
-                raise
-            except click.ClickException as exc:
-                code = exc.exit_code
-                raise
-            finally:
-                # A run that could not read its configuration has no record; a dry run or a check is not the cron's.
-                if g._config is not None and not (kwargs.get("dry_run") or kwargs.get("check_only")):
-                    from harvester_cli.steps import monitor
+            failure = None
+            # A dry run or a check is not the cron's: it is not recorded.
+            recording = not (kwargs.get("dry_run") or kwargs.get("check_only"))
+            run_id = None
+            with _FirstError() as errors:
+                try:
+                    if recording:
+                        from harvester_cli.steps import monitor
 
-                    ended = time.time()
-                    runs = [monitor.Run(name, started, ended, code if isinstance(code, int) else EXIT_PARTIAL, g.items)]
-                    runs += [monitor.Run(*step) for step in g.step_runs]
-                    monitor.after_command(g.instance(), runs)
+                        g.config()   # a run that cannot read its configuration has no record
+                        run_id = monitor.command_started(g.instance(), name, started)
+                    code = function(g, *args, **kwargs)
+                    return code
+                except (HarvesterError, click.exceptions.Exit, click.ClickException) as exc:
+                    code = exc.exit_code
+                    failure = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+                    raise
+                except BaseException as exc:   # a crash, or Ctrl-C
+                    failure = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                    raise
+                finally:
+                    if g._config is not None and recording:
+                        from harvester_cli.steps import monitor
+
+                        ended = time.time()
+                        code = code if isinstance(code, int) else EXIT_PARTIAL
+                        runs = [monitor.Run(name, started, ended, code, g.items, failure or errors.first)]
+                        runs += [monitor.Run(*step) for step in g.step_runs]
+                        monitor.after_command(g.instance(), runs, run_id)
 
         return run
 

@@ -49,24 +49,39 @@ def _flatten(prefix: str, value) -> list[tuple[str, object]]:
 
 @command.command("keys", epilog="""Examples:
 
-  harvester-cli config keys                 # every key: type, default, range and meaning
+  harvester-cli config keys                     # every key: type, default, range and meaning
+
+  harvester-cli config keys panda               # the keys of [panda]
+
+  harvester-cli config keys queues.max_workers  # one key (max_workers alone finds it too)
+
+  harvester-cli config keys htcondor            # the htcondor backend's backend_options
 
   harvester-cli config keys --markdown > docs/configuration.md""")
-@click.option("--markdown", is_flag=True, help="Print the reference as Markdown tables.")
+@click.argument("names", nargs=-1, metavar="[TABLE|KEY]...")
+@click.option("--markdown", is_flag=True, help="Print the whole reference as Markdown tables.")
 @pass_globals
-def keys(g, markdown):
-    """List every configuration key with its type, default, allowed values and meaning (from the schema)."""
+def keys(g, names, markdown):
+    """List configuration keys, one block each: its dotted name, type, default, allowed values and meaning
+    (from the schema). TABLE or KEY narrows the list: a table (panda, queues, queue_defaults, sweep, a
+    backend's name for its backend_options), a dotted key (queues.max_workers) or a key's name alone.
+    """
     from dataclasses import asdict
 
     from harvester_cli.config import reference
 
     if markdown:
+        if names:
+            raise click.UsageError("--markdown prints the whole reference: give no TABLE or KEY with it")
         click.echo(reference.markdown(), nl=False)
         return 0
-    rows = reference.keys()
+    try:
+        rows = reference.matching(names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="TABLE|KEY") from None
     out = g.output()
-    out.table("configuration keys", ["table", "key", "type", "default", "meaning"],
-              [(k.table, k.key, k.type, k.default, k.meaning) for k in rows])
+    for k in rows:
+        out.block(f"{k.path}  {k.type}, default {k.default}", [("", k.meaning), ("", f"in {k.table}")])
     out.emit({"keys": [asdict(k) for k in rows]})
     return 0
 
@@ -85,3 +100,7 @@ def example(g):
     else:
         click.echo(EXAMPLE, nl=False)
     return 0
+
+
+# Neither reads a configuration or a state database, nor keeps a command log.
+keys.without_global_options = example.without_global_options = ("config", "state", "log_memory")

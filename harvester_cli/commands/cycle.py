@@ -3,7 +3,9 @@ import click
 from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded, report
 
 
-@click.command("cycle", epilog="Example (crontab): * * * * * harvester-cli-cron cycle   (HARVESTER_CLI_CONFIG=... above it)")
+@click.command("cycle", epilog="""Example (crontab, with HARVESTER_CLI_CONFIG=... above it):
+
+  * * * * * harvester-cli-cron cycle""")
 @queue_option
 @pass_globals
 @recorded("cycle")
@@ -15,7 +17,8 @@ def command(g, queues):
 
     results = run_cycle(g.instance(), g.selected(queues))
     g.items = sum(r.items for r in results)
-    g.step_runs = [(r.step, r.started, r.ended, 1 if r.partial else 0, r.items) for r in results]
+    g.step_runs = [(r.step, r.started, r.ended, 1 if r.partial else 0, r.items, r.problems[0] if r.problems else None)
+                   for r in results]
     out = g.output()
     out.table("cycle", ["step", "summary", "partial", "why"],
               [(r.step, r.summary, "yes" if r.partial else "", "; ".join(r.problems)) for r in results])

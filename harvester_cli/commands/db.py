@@ -43,7 +43,8 @@ def upgrade(g, as_sql):
         if g.json:
             out.emit({"url": store.display_url, "sql": script})
         else:
-            click.echo(script or f"-- {store.display_url} is at the newest schema revision: nothing to do", nl=False)
+            text = script or f"-- {store.display_url} is at the newest schema revision: nothing to do"
+            click.echo(text.rstrip("\n") + "\n", nl=False)   # ends its last line, whatever Alembic wrote
         return 0
     before, after = migrations.upgrade(store)
     out.line(f"{store.display_url}: schema revision {before or '(new database)'} -> {after}" if before != after
@@ -91,3 +92,6 @@ def history(g):
               [(r.revision, r.down_revision, r.description) for r in revisions])
     out.emit({"revisions": [asdict(r) for r in revisions]})
     return 0
+
+
+history.without_global_options = ("config", "state", "log_memory")   # the scripts this code ships, no database

@@ -32,3 +32,6 @@ def command(g, jobs_per_queue, keep):
     out.emit({"ok": result.ok, "seconds": round(result.seconds, 2), "cycles": result.cycles, "jobs": result.jobs,
               "workers": result.workers})
     return exit_code(not result.ok)
+
+
+command.without_global_options = ("config", "state", "log_memory")   # its own configuration and state, temporary

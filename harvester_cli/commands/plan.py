@@ -12,16 +12,19 @@ def command(g, queues):
     Exit codes: 0 the plan stands on what PanDA said; 1 part of it could not be learnt (e.g. PanDA unreachable:
     pull queues then get their empty-pilot floor only, and the reason is printed).
     """
+    from harvester_cli.output import Column, number
     from harvester_cli.steps.submit import submit
 
     run = submit(g.instance(), g.selected(queues), dry_run=True)
     out = g.output()
-    out.table("plan", ["queue", "resource type", "new workers"],
+    out.table("plan", [Column("queue", cut="middle", min=12), Column("resource type", cut="never"),
+                       number("new workers")],
               [(q.queue, rt, n) for q in run.queues for rt, n in (q.plan.per_resource_type.items() if q.plan else [])])
     for q in run.queues:
         if q.plan:
             out.line(f"{q.queue}:")
-            out.lines.extend(f"  {step}" for step in q.plan.trace)
+            for step in q.plan.trace:
+                out.line(f"  {step}")
     report(out, run.problems())
     out.emit({"queues": [{"queue": q.queue, "plan": q.plan.per_resource_type if q.plan else {},
                           "trace": [{"rule": s.rule, "inputs": s.inputs, "result": s.result} for s in q.plan.trace]

@@ -5,8 +5,11 @@ from harvester_cli.commands import exit_code, pass_globals, recorded
 
 @click.command("renew-proxy", epilog="Example: harvester-cli renew-proxy --profile atlas_production --check")
 @click.option("--profile", "profiles", multiple=True, metavar="NAME",
-              help="Only this [proxies.NAME] or [tokens.NAME] profile (repeatable). Default: all.")
-@click.option("--check", "check_only", is_flag=True, help="Only report what each proxy or token holds; renew nothing, mail nothing.")
+              help="Only this [proxies.NAME] or [tokens.NAME] profile (repeatable; with --check, `panda` is a "
+                   "[panda] proxy no profile maintains). Default: all.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Only report what each proxy or token holds (a [panda] proxy no profile maintains too); renew "
+                   "nothing, mail nothing.")
 @click.option("--force", is_flag=True, help="Renew even when enough lifetime is left.")
 @click.option("--no-mail", is_flag=True, help="Do not mail problems (they are still printed and logged).")
 @pass_globals
@@ -35,7 +38,8 @@ def command(g, profiles, check_only, force, no_mail):
             out.line(f"{r.profile}: {a.certificate}: {'ok' if a.ok else 'failed'} ({a.seconds:.2f} s)"
                      + (f": {a.reason}" if a.reason else ""))
     if not run.results:
-        out.line("no [proxies.NAME] or [tokens.NAME] profile configured")
+        out.line("no [proxies.NAME] or [tokens.NAME] profile configured"
+                 + ("; --check reports the [panda] proxy too" if config.panda.proxy and not check_only else ""))
     if run.alerts is not None:
         a = run.alerts
         if a.error:

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import pass_globals, queue_option
+from harvester_cli.commands import pass_globals, queue_option, wide_option
 
 
 def _since(_ctx, _param, value: str) -> int:
@@ -23,15 +23,17 @@ def _since(_ctx, _param, value: str) -> int:
 @click.option("--since", default="1h", show_default=True, callback=_since, metavar="DURATION",
               help="Window for rates, medians and errors: 30m, 1h, 6h, 2d (final workers are forgotten after "
                    "[sweep] worker_retention).")
+@wide_option
 @pass_globals
-def command(g, queues, since):
+def command(g, queues, since, wide):
     """What the workers do: workers per queue, CE, resource type and state; over the window submitted,
     started, finished and failed per hour and the median time queued and running; the most frequent error
     codes with one example each; lost and missed workers; updates waiting for PanDA and the oldest one's
-    age; the last run of every command on every host (a stale cron shows here); time left on each proxy
-    and token.
+    age; the last run of every command on every host (a stale cron shows here) with its last failure's first
+    line, and the commands running now (one running longer than its interval stands out); time left on each
+    proxy and token.
     """
-    from harvester_cli.model import duration
+    from harvester_cli.output import status as show
     from harvester_cli.state import outbox
     from harvester_cli.state.schema import HISTORY_STATES
     from harvester_cli.state.views import report_problems, status_counts
@@ -40,44 +42,21 @@ def command(g, queues, since):
     instance = g.instance()
     names = [q.name for q in g.selected(queues)]
     data = summary(instance, names, since)
-    out = g.output()
-    out.table("workers", ["queue", "CE", "type", *HISTORY_STATES, "total"],
-              [(w["queue"], w["computing_element"] or "-", w["resource_type"] or "-",
-                *(w["states"].get(s, 0) for s in HISTORY_STATES), w["total"]) for w in data["workers"]])
     counts = status_counts(instance.store, names)
-    out.table("jobs", ["queue", "jobs (status/step)"],
-              [(q, ", ".join(f"{k}={v}" for k, v in sorted(c["jobs"].items())) or "-") for q, c in counts.items()])
-    window = f"last {_window(since)}"
-    out.table(f"{window}: per hour, and median times", ["queue", "CE", "type", "submitted/h", "started/h",
-                                                        "finished/h", "failed/h", "median queued", "median running"],
-              [(w["queue"], w["computing_element"] or "-", w["resource_type"] or "-",
-                *(w["per_hour"][k] for k in ("submitted", "started", "finished", "failed")),
-                duration(w["median_queued_seconds"]), duration(w["median_running_seconds"]))
-               for w in data["window_stats"]])
-    out.table(f"{window}: most frequent errors", ["code", "meaning", "workers", "example worker", "example diag"],
-              [(e["code"], e["meaning"], e["count"], f'{e["example"]["worker_id"]} ({e["example"]["queue"]})',
-                e["example"]["diag"][:80] or None) for e in data["errors"]])
-    for kind in ("lost", "missed"):
-        found = data[kind]
-        latest = ", ".join(f'{w["worker_id"]} ({w["queue"]}, {w["computing_element"] or "no CE"})'
-                           for w in found["latest"][:5])
-        out.line(f"{window}: {found['count']} {kind} worker(s)" + (f", latest: {latest}" if latest else ""))
-    pending = data["pending_updates"]
-    out.line("updates waiting for PanDA: " + ", ".join(
-        f"{kind}s={p['count']}" + (f" (oldest {duration(p['oldest_age_seconds'])})" if p["oldest_age_seconds"] else "")
-        for kind, p in pending.items()))
-    out.table("command runs", ["command", "host", "last success", "last run", "exit", "items", "seconds"],
-              [(r["command"], r["host"],
-                f'{duration(r["since_last_success_seconds"])} ago' if r["last_success"] else "never",
-                f'{duration(r["since_last_run_seconds"])} ago', r["last_exit"], r["last_items"], r["last_seconds"])
-               for r in data["commands"]])
-    out.table("credentials", ["kind", "profile", "audience", "file", "time left", "problem"],
-              [(c["kind"], c["profile"], c["audience"], c["file"], duration(c["seconds_left"]), c["problem"])
-               for c in data["credentials"]])
     problems = report_problems(instance.store)
+    window = f"last {_window(since)}"
+    out = g.output()
+    out.wide_hint = "--wide"
+    show.workers_table(out, data, names, HISTORY_STATES, wide)
+    show.jobs_table(out, counts, wide)
+    show.window_table(out, data, window, wide)
+    show.errors_table(out, data, window, wide)
+    show.lost_and_missed(out, data, window)
+    show.running_table(out, data, wide)
+    show.commands_table(out, data, wide)
+    show.credentials_table(out, data, wide)
     if problems:
-        out.table("updates PanDA has not accepted (retried every run)", ["kind", "id", "queue", "attempts", "last error"],
-                  [(p["kind"], p["id"], p["queue"], p["attempts"], (p["last_error"] or "")[:100]) for p in problems])
+        show.report_problems_table(out, problems, wide)
     legacy = outbox.pending_counts(instance.store)
     tokens = [{"profile": c["profile"], "file": c["file"], "audience": c["audience"], "exists": c["problem"] is None,
                "seconds_left": c["seconds_left"]} for c in data["credentials"] if c["kind"] == "token"]

@@ -28,6 +28,7 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option, record
 @recorded("submit")
 def command(g, queues, dry_run, count, resource_type, force, wait, timeout, interval):
     """Decide how many workers each queue needs, record them, and submit them to the backend."""
+    from harvester_cli.output import Column, number
     from harvester_cli.steps.submit import submit
 
     selected = g.selected(queues)
@@ -53,23 +54,32 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
                      "adopted": q.adopted, "missed": q.missed, "skipped": q.skipped, "error": q.error,
                      "shortfall": q.shortfall})
     out.table("submit" + (" (dry run)" if dry_run else ""),
-              ["queue", "plan", "submitted", "failed", "adopted", "missed", "note"], rows)
+              [Column("queue", cut="middle", min=12), Column("plan", min=8), number("submitted"), number("failed"),
+               number("adopted", drop=2), number("missed", drop=1), Column("note", fill=True, min=16)], rows)
     if dry_run or g.verbosity > 0:
         for q in run.queues:
             if q.plan:
                 out.line(f"{q.queue}:")
-                out.lines.extend(f"  {step}" for step in q.plan.trace)
+                for step in q.plan.trace:
+                    out.line(f"  {step}")
     final = None
     if wait and not dry_run:
         from harvester_cli.steps.cycle import follow
 
+        from harvester_cli.output import LiveLine
+        from harvester_cli.output.items import wait_summary, worker_table
+        from harvester_cli.state.views import list_workers
+
         ids = [w for q in run.queues for w in q.submitted]
         if ids:
-            show = (lambda s: click.echo("workers: " + ", ".join(f"{w}={st}" for w, st in sorted(s.items())), err=True)) \
-                if not g.json and g.verbosity >= 0 else None
-            final = follow(g.instance(), selected, ids, timeout=timeout, interval=interval, on_round=show)
-            out.table("workers after --wait", ["worker", "status", "diag"],
-                      [(w, s, d) for w, (s, d) in sorted(final.items())])
+            # one line on stderr, rewritten in place on a terminal: 30 workers: 6 running, 24 finished, 0 failed
+            line = LiveLine() if not g.json and g.verbosity >= 0 else None
+            final = follow(g.instance(), selected, ids, timeout=timeout, interval=interval,
+                           on_round=(lambda seen: line.show(wait_summary(seen), force=True)) if line else None)
+            if line:
+                line.keep()
+            worker_table(out, "workers after --wait", list_workers(g.instance().store, [q.name for q in selected],
+                                                                   limit=len(ids), worker_ids=tuple(ids))[::-1])
             for w, (s, d) in sorted(final.items()):
                 if s != "finished":
                     out.error(f"worker {w} ended {s}" + (f": {d}" if d else ""))

@@ -12,27 +12,29 @@ from typing import Any
 from harvester_cli.config import backend_options, sections
 from harvester_cli.config.schema import INT_MAX, REQUIRED, Rule, rule_of
 
-# (table as written in the file, section class)
-TABLES: tuple[tuple[str, type], ...] = (
-    ("", sections.Config),
-    ("[panda]", sections.PandaConfig),
-    ("[queues.NAME] and [queue_defaults]", sections.QueueConfig),
-    ("[sweep]", sections.SweepConfig),
-    ("[proxies.NAME]", sections.ProxyProfile),
-    ("[proxies.NAME] certificates = [{...}]", sections.CertificateConfig),
-    ("[tokens.NAME]", sections.TokenProfile),
-    ("[smtp]", sections.SmtpConfig),
-    ("[log_retention]", sections.LogRetentionConfig),
-    ("[log_retention.CLASS]", sections.RetentionConfig),
-    ("[command_log]", sections.CommandLogConfig),
-    ("[cron]", sections.CronConfig),
-    ("[log_server]", sections.LogServerConfig),
-    ("[metrics]", sections.MetricsConfig),
-    ("[instance]", sections.InstanceConfig),
-    *((f"[queues.NAME.backend_options] of backend = \"{name}\"", cls)
+# (table as written in the file, section class, its keys' dotted names start with)
+TABLES: tuple[tuple[str, type, str], ...] = (
+    ("", sections.Config, ""),
+    ("[panda]", sections.PandaConfig, "panda"),
+    ("[queues.NAME] and [queue_defaults]", sections.QueueConfig, "queues"),
+    ("[sweep]", sections.SweepConfig, "sweep"),
+    ("[proxies.NAME]", sections.ProxyProfile, "proxies"),
+    ("[proxies.NAME] certificates = [{...}]", sections.CertificateConfig, "proxies.certificates"),
+    ("[tokens.NAME]", sections.TokenProfile, "tokens"),
+    ("[smtp]", sections.SmtpConfig, "smtp"),
+    ("[log_retention]", sections.LogRetentionConfig, "log_retention"),
+    ("[log_retention.CLASS]", sections.RetentionConfig, "log_retention.CLASS"),
+    ("[command_log]", sections.CommandLogConfig, "command_log"),
+    ("[cron]", sections.CronConfig, "cron"),
+    ("[log_server]", sections.LogServerConfig, "log_server"),
+    ("[metrics]", sections.MetricsConfig, "metrics"),
+    ("[instance]", sections.InstanceConfig, "instance"),
+    *((f"[queues.NAME.backend_options] of backend = \"{name}\"", cls, f"queues.backend_options.{name}")
       for name, cls in backend_options.BACKEND_OPTIONS.items()),
-    ("[queues.NAME.backend_options] ces = [{...}] (htcondor)", backend_options.CE),
-    ("[queues.NAME.backend_options] schedds = [{...}] (htcondor)", backend_options.Schedd),
+    ("[queues.NAME.backend_options] ces = [{...}] (htcondor)", backend_options.CE,
+     "queues.backend_options.htcondor.ces"),
+    ("[queues.NAME.backend_options] schedds = [{...}] (htcondor)", backend_options.Schedd,
+     "queues.backend_options.htcondor.schedds"),
 )
 
 
@@ -43,6 +45,7 @@ class Key:
     type: str
     default: str
     meaning: str
+    path: str = ""   # the key's dotted name, as `config keys NAME` finds it: queues.max_workers
 
 
 def _type(annotation: Any) -> str:
@@ -89,7 +92,7 @@ def _range(rule: Rule, annotation: Any) -> str:
 
 def keys() -> list[Key]:
     out = []
-    for table, cls in TABLES:
+    for table, cls, prefix in TABLES:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             rule = rule_of(f)
@@ -98,8 +101,39 @@ def keys() -> list[Key]:
             if typing.get_origin(hints[f.name]) is dict and table == "":
                 continue   # [queues], [proxies], [tokens]: tables of their own below
             out.append(Key(table or "(top level)", f.name, _type(hints[f.name]), _default(f),
-                           rule.doc + _range(rule, hints[f.name])))
+                           rule.doc + _range(rule, hints[f.name]), f"{prefix}.{f.name}" if prefix else f.name))
     return out
+
+
+def matching(terms: tuple[str, ...] | list[str]) -> list[Key]:
+    """The keys the operator's words name (every key without any): a table (`panda`, `queues`,
+    `queue_defaults`, a backend's options `htcondor`), a dotted key (`queues.max_workers`, `panda.url`) or
+    a key's own name (`max_workers`). Raises ValueError naming a word that matches nothing, with the
+    nearest names."""
+    every = keys()
+    if not terms:
+        return every
+    def names(key: Key) -> set[str]:
+        parts = key.path.lower().split(".")
+        out = {key.path.lower(), key.key.lower()}
+        out |= {".".join(parts[:n]) for n in range(1, len(parts))}
+        if parts[0] == "queues":   # [queue_defaults] takes the keys of a queue; a backend's name its options
+            out |= {n.replace("queues", "queue_defaults", 1) for n in set(out) if n.startswith("queues")}
+            if parts[1] == "backend_options":   # htcondor, htcondor.ces, htcondor.schedd
+                out |= {".".join(parts[2:n]) for n in range(3, len(parts) + 1)}
+        return out
+
+    found, named = [], {key.path: names(key) for key in every}
+    for term in terms:
+        hits = [k for k in every if term.lower().strip("[]") in named[k.path]]
+        if not hits:
+            import difflib
+
+            near = difflib.get_close_matches(term.lower(), sorted(set().union(*named.values())), n=3)
+            raise ValueError(f"no configuration key or table {term!r}"
+                             + (f" (did you mean {', '.join(near)}?)" if near else ""))
+        found += [k for k in hits if k not in found]
+    return found
 
 
 def markdown() -> str:

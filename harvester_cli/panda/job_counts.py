@@ -16,6 +16,7 @@ from harvester_cli.errors import PandaNoSuchCall, PandaRefused
 
 DETAILED = "per resource type"
 TOTALS = "site totals"
+NOT_ASKED = "not asked"   # no queue of the run needed the counts
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,20 @@ class PandaJob:
         return _inputs(self.raw)
 
     @property
+    def name(self) -> str | None:
+        """The job's name (jobName), for an operator's eyes only."""
+        value = self.raw.get("jobName")
+        return None if _unset(value) else str(value)
+
+    @property
+    def task_id(self) -> int | None:
+        """The JEDI task the job belongs to (jediTaskID, or taskID from older servers)."""
+        for key in ("jediTaskID", "taskID"):
+            if not _unset(self.raw.get(key)):
+                return bounded_int(self.raw.get(key), 1, MAX_PANDA_ID)
+        return None
+
+    @property
     def description(self) -> str:
         """The job as PanDA sent it, JSON: what the pilot reads from pandaJobData.out (never edited here)."""
         if self._description is None:

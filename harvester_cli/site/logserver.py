@@ -3,7 +3,8 @@ Prometheus metrics beside it.
 
 What is served: GET and HEAD only (405 for anything else); a `robots.txt` that denies every crawler;
 plain text for logs (`.out`, `.err`, `.log`, ...), directory listings, `/status` (one HTML page) and
-`/metrics` (the exposition format) when the command hands them over. Nothing outside the tree: every
+`/metrics` (the exposition format) when the command hands them over; `/` redirects to `/status` when the
+tree is served under a prefix (at `/`, its listing links the pages). Nothing outside the tree: every
 path is percent-decoded once and `..` is refused, then the rules hold for the RESOLVED path (symlinks
 followed): it must lie inside the tree, not under `commands/` (each command's private log), and no part
 of it may be a hidden name. A link under `workers/` to `../commands/` or `.state/` is a 404 like the
@@ -163,6 +164,12 @@ class LogRequestHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _redirect(self, location: str, status: HTTPStatus = HTTPStatus.FOUND) -> None:
+        self.send_response(status)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def _bytes(self, body: bytes, ctype: str, extra: dict | None = None) -> None:
         self._headers(HTTPStatus.OK, ctype, len(body), extra)
         if self.command != "HEAD":
@@ -174,6 +181,9 @@ class LogRequestHandler(BaseHTTPRequestHandler):
         url_path = urlsplit(self.path).path
         if url_path == "/robots.txt":
             self._bytes(ROBOTS, "text/plain; charset=utf-8")
+            return
+        if url_path == "/" and self.prefix != "/" and "/status" in self.pages:
+            self._redirect("/status")   # a browser pointed at the server finds what the workers do
             return
         if url_path in self.pages:
             ctype, make = self.pages[url_path]
@@ -192,10 +202,7 @@ class LogRequestHandler(BaseHTTPRequestHandler):
             return
         if os.path.isdir(target):
             if not url_path.endswith("/"):
-                self.send_response(HTTPStatus.MOVED_PERMANENTLY)
-                self.send_header("Location", quote(url_path) + "/")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self._redirect(quote(url_path) + "/", HTTPStatus.MOVED_PERMANENTLY)
                 return
             self._listing(target, url_path)
         else:
@@ -232,6 +239,8 @@ class LogRequestHandler(BaseHTTPRequestHandler):
             return
         title = html.escape(unquote(url_path))
         rows = [] if url_path == self.prefix else ['<a href="../">../</a>']
+        if url_path == "/":   # the tree at the root of the server: the pages beside it too
+            rows += [f'<a href="{quote(page)}">{html.escape(page)}</a>' for page in sorted(self.pages)]
         for entry in entries:
             if entry.name.startswith(".") or public_parts(self.root, os.path.realpath(entry.path)) is None:
                 continue   # hidden, private, or a link to such a place or out of the tree

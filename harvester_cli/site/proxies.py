@@ -429,6 +429,29 @@ def _candidate(profile: ProxyProfile, certificate: CertificateConfig, workdir: P
     return out, info, short
 
 
+# A proxy no profile renews (a plain `[panda] proxy`, kept by the site's own cron): --check says it needs
+# attention when less than this is left.
+UNMANAGED_WARNING = 86400
+
+
+def check_unmanaged(file: Path, name: str = "panda", now: float | None = None) -> ProfileResult:
+    """`renew-proxy --check` of a proxy file no [proxies.NAME] profile maintains: what it holds and how long
+    it lives; "ok", "expires soon" (less than a day), "expired" or "failed" (missing, unreadable, not a proxy)."""
+    started = time.monotonic()
+    info = inspect_proxy(ProxyProfile(name=name, file=file, certificates=[]), now=now)
+    result = ProfileResult(name, "proxy", str(file), time_left=info.time_left, identity=info.identity,
+                           fqans=info.fqans)
+    if info.problem:
+        result.action, result.reason = "failed", info.problem
+    elif info.time_left is None or info.time_left <= 0:
+        result.action, result.reason = "expired", "expired: no [proxies.NAME] profile renews it"
+    elif info.time_left < UNMANAGED_WARNING:
+        result.action = "expires soon"
+        result.reason = f"{duration(info.time_left)} left, and no [proxies.NAME] profile renews it"
+    result.seconds = time.monotonic() - started
+    return result
+
+
 def renew_proxy(profile: ProxyProfile, *, force: bool = False, check_only: bool = False,
                 now: float | None = None) -> ProfileResult:
     started = time.monotonic()

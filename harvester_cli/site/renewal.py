@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harvester_cli.config import Config, ProxyProfile, TokenProfile
 from harvester_cli.errors import ConfigError
@@ -43,17 +44,30 @@ def select_profiles(config: Config, names: tuple[str, ...] | list[str] = ()) -> 
     return list(config.proxies.values()) + list(config.tokens.values())
 
 
+def unmanaged_proxy(config: Config) -> Path | None:
+    """The `[panda] proxy` file when no [proxies.NAME] profile maintains it (renew-proxy --check reports it)."""
+    proxy = config.panda.proxy
+    if proxy is None or config.panda.proxy_profile or proxy in {p.file for p in config.proxies.values()}:
+        return None
+    return proxy
+
+
 def renew(config: Config, names: tuple[str, ...] | list[str] = (), *, force: bool = False, check_only: bool = False,
           mail: bool = True) -> RenewRun:
     """Check every selected profile, renew what needs it, and mail the problems (throttled)."""
     from harvester_cli.site import alerts
 
     run = RenewRun(check_only=check_only)
-    for profile in select_profiles(config, names):
+    # --check also looks at a [panda] proxy the site keeps itself (named "panda", as `status` names it)
+    plain = unmanaged_proxy(config) if check_only else None
+    wanted = [n for n in names if n != "panda"] if plain is not None else list(names)
+    for profile in select_profiles(config, wanted) if wanted or not names else []:
         if isinstance(profile, ProxyProfile):
             run.results.append(proxies.renew_proxy(profile, force=force, check_only=check_only))
         else:
             run.results.extend(tokens.renew_profile(config, profile, force=force, check_only=check_only))
+    if plain is not None and (not names or "panda" in names):
+        run.results.append(proxies.check_unmanaged(plain))
     if not check_only and mail:
         run.alerts = alerts.alert(config.smtp, config.logs, config.harvester_id, "credentials need attention",
                                   run.problems)

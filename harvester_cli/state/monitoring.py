@@ -1,20 +1,24 @@
 """What the monitoring keeps in the state database: worker count snapshots (taken by poll, trimmed by
-sweep), each command's last run per host, and counters that outlive a process. Reads are in `views`."""
+sweep), the commands running now and each command's last run (and last failure) per host, and counters
+that outlive a process. Reads are in `views`."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from harvester_cli import model
+from harvester_cli.state import claims
 from harvester_cli.state.schema import (
     HISTORY_STATES,
     command_runs,
     history_series,
     metric_counters,
+    running_commands,
     status_history,
     workers,
 )
@@ -92,12 +96,27 @@ def trim_history(store: Store, before: float) -> int:
         return tx.execute(delete(status_history).where(status_history.c.taken < int(before))).rowcount
 
 
+def start_run(store: Store, command: str, host: str, pid: int, started: float) -> int:
+    """A command starts on this host: one row until it ends (record_run), which `status` shows as running.
+    Returns the run's id. One statement: the command's previous start here comes along (its interval)."""
+    previous = select(command_runs.c.last_start).where(command_runs.c.command == command,
+                                                       command_runs.c.host == host).scalar_subquery()
+    with store.transaction() as tx:
+        return tx.execute(running_commands.insert().values(command=command, host=host, pid=pid, started=started,
+                                                           previous_start=previous)).inserted_primary_key[0]
+
+
 def record_run(store: Store, command: str, host: str, started: float, ended: float, exit_code: int,
-               items: int | None) -> None:
-    """One run of a command on this host: its last start, end, exit code and items, and the totals."""
+               items: int | None, *, failure: str | None = None, run_id: int | None = None) -> None:
+    """One run of a command on this host: its last start, end, exit code and items, and the totals; a failed
+    run (exit code not 0) also as the last failure, with the first line of why. The run no longer runs
+    (`run_id`), and neither do the runs of this host whose process is gone (killed outright, a reboot)."""
     ok = exit_code == 0
     values = {"last_start": started, "last_end": ended, "last_exit": exit_code, "last_items": items}
+    if not ok:
+        values.update(last_failure_at=ended, last_failure_exit=exit_code, last_failure=_first_line(failure))
     with store.transaction() as tx:
+        _forget_runs(tx, host, run_id)
         changed = tx.execute(update(command_runs).where(command_runs.c.command == command,
                                                           command_runs.c.host == host).values(
             **values, runs=command_runs.c.runs + 1, failed_runs=command_runs.c.failed_runs + (0 if ok else 1),
@@ -111,6 +130,38 @@ def record_run(store: Store, command: str, host: str, started: float, ended: flo
                     failed_runs=0 if ok else 1, items=items or 0))
         except IntegrityError:   # the same command ended on this host at this moment: count it next time
             pass
+
+
+def process_gone(pid: int, started: float, host: str) -> bool:
+    """Whether the process of a run that started at `started` on this host (`host`) no longer exists: no such
+    pid, or the pid now belongs to a process started after the run did (the pid was reused)."""
+    if claims.owner_is_dead(f"{host}:{pid}", host):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):   # no /proc (or not this host's process): alive
+        return False
+    return boot + ticks / os.sysconf("SC_CLK_TCK") > started + 2
+
+
+def _first_line(text: str | None) -> str | None:
+    if not text or not text.strip():
+        return None
+    return text.strip().splitlines()[0][:1000]
+
+
+def _forget_runs(tx: Tx, host: str, run_id: int | None) -> None:
+    """This run's row, and those of this host's runs whose process no longer exists."""
+    gone = [] if run_id is None else [run_id]
+    for other, pid, started in tx.execute(select(running_commands.c.run_id, running_commands.c.pid,
+                                                 running_commands.c.started).where(running_commands.c.host == host)):
+        if other != run_id and process_gone(pid, started, host):
+            gone.append(other)
+    if gone:
+        tx.execute(delete(running_commands).where(running_commands.c.run_id.in_(gone)))
 
 
 def counter_key(labels: Mapping[str, str]) -> str:

@@ -23,7 +23,7 @@ from sqlalchemy import (
 # Every migration in migrations/versions, oldest first; HEAD is what this code needs. Read by every command
 # without importing Alembic (only `db upgrade` and friends pay for it).
 REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history",
-             "0006_multihost")
+             "0006_multihost", "0007_running_commands")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -224,6 +224,23 @@ command_runs = Table(
     Column("runs", BigInteger, nullable=False, default=0),
     Column("failed_runs", BigInteger, nullable=False, default=0),
     Column("items", BigInteger, nullable=False, default=0),
+    # The last run that did not exit 0: when it ended, its exit code and the first line of why.
+    Column("last_failure_at", Epoch),
+    Column("last_failure_exit", Integer),
+    Column("last_failure", Text),
+)
+
+# The commands running now: a row from a run's start to its end (then its command_runs row is written in
+# the same transaction). A run killed outright leaves its row; the next run of any command on that host
+# forgets the rows of processes that are gone.
+running_commands = Table(
+    "running_commands", metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=True),
+    Column("command", String(32), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started", Epoch, nullable=False),
+    Column("previous_start", Epoch),   # the command's start before this one on this host: about its interval
 )
 
 # Counters that outlive a process (Prometheus counters must not go back): PanDA call errors per endpoint,

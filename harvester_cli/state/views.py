@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 
 from harvester_cli import model
 from harvester_cli.state.schema import job_workers, jobs, reports, workers
-from harvester_cli.state.store import Store
+from harvester_cli.state.store import Store, chunks
 
 
 def status_counts(store: Store, queues: list[str]) -> dict[str, dict]:
@@ -27,8 +27,9 @@ def status_counts(store: Store, queues: list[str]) -> dict[str, dict]:
 
 
 def list_workers(store: Store, queues: list[str], statuses: tuple[str, ...] = (), limit: int = 100, *,
-                 ces: tuple[str, ...] = (), since: float | None = None) -> list[dict]:
-    """Newest first; `since`: created at or after this epoch."""
+                 ces: tuple[str, ...] = (), since: float | None = None, worker_ids: tuple[int, ...] = (),
+                 batch_ids: tuple[str, ...] = ()) -> list[dict]:
+    """Newest first; `since`: created at or after this epoch; `worker_ids`, `batch_ids`: only these."""
     query = select(workers).where(workers.c.queue.in_(queues)).order_by(workers.c.worker_id.desc()).limit(limit)
     if statuses:
         query = query.where(workers.c.status.in_(statuses))
@@ -36,40 +37,73 @@ def list_workers(store: Store, queues: list[str], statuses: tuple[str, ...] = ()
         query = query.where(workers.c.computing_element.in_(ces))
     if since is not None:
         query = query.where(workers.c.created >= since)
+    if worker_ids:
+        query = query.where(workers.c.worker_id.in_(worker_ids))
+    if batch_ids:   # a cluster (HTCondor 1234 -> 1234.0, 1234.1) or job array (Slurm 5678 -> 5678_0) whole
+        query = query.where(or_(workers.c.batch_id.in_(batch_ids),
+                                *(workers.c.batch_id.startswith(f"{b}{sep}", autoescape=True)
+                                  for b in batch_ids if b.isdigit() for sep in "._")))
     with store.reading() as tx:
         rows = tx.execute(query).all()
         links = defaultdict(list)
-        for panda_id, worker_id in tx.execute(select(job_workers.c.panda_id, job_workers.c.worker_id).where(
-                job_workers.c.worker_id.in_([r.worker_id for r in rows]))):
-            links[worker_id].append(panda_id)
+        for chunk in chunks([r.worker_id for r in rows], 500):
+            for panda_id, worker_id in tx.execute(select(job_workers.c.panda_id, job_workers.c.worker_id).where(
+                    job_workers.c.worker_id.in_(chunk))):
+                links[worker_id].append(panda_id)
     return [{
-        "worker_id": r.worker_id, "queue": r.queue, "status": r.status, "backend": r.backend,
-        "resource_type": r.resource_type, "n_core": r.n_core, "batch_id": r.batch_id,
-        "computing_element": r.computing_element, "submission_host": r.submission_host,
+        "worker_id": r.worker_id, "queue": r.queue, "status": r.status, "backend": r.backend, "mode": r.mode,
+        "resource_type": r.resource_type, "job_type": r.job_type, "n_core": r.n_core, "memory_mb": r.memory_mb,
+        "batch_id": r.batch_id, "computing_element": r.computing_element, "submission_host": r.submission_host,
+        "harvester_host": r.harvester_host, "created": model.iso_time(r.created),
         "submit_time": model.iso_time(r.submit_time), "start_time": model.iso_time(r.start_time),
-        "end_time": model.iso_time(r.end_time), "native_status": r.native_status, "exit_code": r.native_exit_code,
-        "diag": r.diag, "kill_reason": r.kill_reason, "stdout": r.stdout_url, "stderr": r.stderr_url,
-        "batch_log": r.batch_log_url, "panda_ids": links[r.worker_id],
+        "end_time": model.iso_time(r.end_time), "modified": model.iso_time(r.modified),
+        "native_status": r.native_status, "exit_code": r.native_exit_code, "error_code": r.error_code,
+        "diag": r.diag, "kill_reason": r.kill_reason, "log_dir": r.log_dir, "stdout": r.stdout_url,
+        "stderr": r.stderr_url, "batch_log": r.batch_log_url, "panda_ids": sorted(links[r.worker_id]),
+        # the same times as epoch seconds (ages and run times without parsing)
+        "epoch": {"created": r.created, "submitted": r.submit_time, "started": r.start_time, "ended": r.end_time,
+                  "modified": r.modified},
     } for r in rows]
 
 
-def list_jobs(store: Store, queues: list[str], statuses: tuple[str, ...] = (), limit: int = 100) -> list[dict]:
-    query = (select(jobs.c.panda_id, jobs.c.queue, jobs.c.status, jobs.c.sub_status, jobs.c.resource_type,
-                    jobs.c.attempt_nr, jobs.c.created, jobs.c.modified, jobs.c.diag, workers.c.worker_id,
-                    workers.c.batch_id, workers.c.computing_element, workers.c.stdout_url)
-             .select_from(jobs.outerjoin(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
-                          .outerjoin(workers, workers.c.worker_id == job_workers.c.worker_id))
-             .where(jobs.c.queue.in_(queues)).order_by(jobs.c.panda_id.desc()).limit(limit))
+def list_jobs(store: Store, queues: list[str], statuses: tuple[str, ...] = (), limit: int = 100, *,
+              panda_ids: tuple[int, ...] = (), description: bool = False) -> list[dict]:
+    """Newest first, one row per job with its latest worker (`workers`: every worker it had, newest first);
+    `description`: with the job dict PanDA sent (`job_json`, for one job at a time)."""
+    query = select(jobs.c.panda_id, jobs.c.queue, jobs.c.status, jobs.c.sub_status, jobs.c.resource_type,
+                   jobs.c.attempt_nr, jobs.c.core_count, jobs.c.submit_attempts, jobs.c.created, jobs.c.modified,
+                   jobs.c.diag, jobs.c.pilot_log_sent, *((jobs.c.job_json,) if description else ()))
+    query = query.where(jobs.c.queue.in_(queues)).order_by(jobs.c.panda_id.desc()).limit(limit)
     if statuses:
         query = query.where(jobs.c.status.in_(statuses) | jobs.c.sub_status.in_(statuses))
+    if panda_ids:
+        query = query.where(jobs.c.panda_id.in_(panda_ids))
     with store.reading() as tx:
         rows = tx.execute(query).all()
-    return [{
-        "panda_id": r.panda_id, "queue": r.queue, "status": r.status, "sub_status": r.sub_status,
-        "resource_type": r.resource_type, "attempt_nr": r.attempt_nr, "worker_id": r.worker_id,
-        "batch_id": r.batch_id, "computing_element": r.computing_element, "created": model.iso_time(r.created),
-        "modified": model.iso_time(r.modified), "diag": r.diag, "log": r.stdout_url,
-    } for r in rows]
+        bound = defaultdict(list)
+        for chunk in chunks([r.panda_id for r in rows], 500):
+            for w in tx.execute(select(job_workers.c.panda_id, workers.c.worker_id, workers.c.status,
+                                       workers.c.batch_id, workers.c.computing_element, workers.c.stdout_url,
+                                       workers.c.stderr_url, workers.c.batch_log_url)
+                                .join(workers, workers.c.worker_id == job_workers.c.worker_id)
+                                .where(job_workers.c.panda_id.in_(chunk)).order_by(workers.c.worker_id.desc())):
+                bound[w.panda_id].append({"worker_id": w.worker_id, "status": w.status, "batch_id": w.batch_id,
+                                          "computing_element": w.computing_element, "stdout": w.stdout_url,
+                                          "stderr": w.stderr_url, "batch_log": w.batch_log_url})
+    out = []
+    for r in rows:
+        latest = bound[r.panda_id][0] if bound[r.panda_id] else {}
+        out.append({
+            "panda_id": r.panda_id, "queue": r.queue, "status": r.status, "sub_status": r.sub_status,
+            "resource_type": r.resource_type, "attempt_nr": r.attempt_nr, "core_count": r.core_count,
+            "submit_attempts": r.submit_attempts, "worker_id": latest.get("worker_id"),
+            "batch_id": latest.get("batch_id"), "computing_element": latest.get("computing_element"),
+            "created": model.iso_time(r.created), "modified": model.iso_time(r.modified), "diag": r.diag,
+            "log": latest.get("stdout"), "pilot_log_sent": bool(r.pilot_log_sent), "workers": bound[r.panda_id],
+            "epoch": {"created": r.created, "modified": r.modified},
+            **({"job_json": r.job_json} if description else {}),
+        })
+    return out
 
 
 def report_problems(store: Store, limit: int = 5) -> list[dict]:
@@ -151,6 +185,15 @@ def command_runs(store: Store) -> list[dict]:
 
     with store.reading() as tx:
         rows = tx.execute(select(runs).order_by(runs.c.command, runs.c.host)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def running_commands(store: Store) -> list[dict]:
+    """The commands running now (started, not yet ended), oldest first."""
+    from harvester_cli.state.schema import running_commands as running
+
+    with store.reading() as tx:
+        rows = tx.execute(select(running).order_by(running.c.started)).all()
     return [dict(r._mapping) for r in rows]
 
 

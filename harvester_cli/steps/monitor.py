@@ -9,6 +9,7 @@ site.statuspage (HTML).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -22,6 +23,7 @@ from harvester_cli.errors import StateError
 from harvester_cli.instance import Instance
 from harvester_cli.panda import diagnostics
 from harvester_cli.site.lifetimes import Credential, credentials
+from harvester_cli.site.logs import redact
 from harvester_cli.state import monitoring, views
 from harvester_cli.state.schema import HISTORY_STATES
 
@@ -87,8 +89,8 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
             stats["submitted"] += 1
         if (w.start_time or 0) >= since:
             stats["started"] += 1
-            if w.submit_time:
-                stats["queued"].append(w.start_time - w.submit_time)
+            if w.submit_time:   # never below 0: a backend's clock may be behind this host's
+                stats["queued"].append(max(0.0, w.start_time - w.submit_time))
         ended = w.status in model.WORKER_FINAL and (w.end_time or w.created) >= since
         if not ended:
             continue
@@ -136,7 +138,11 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
                      "last_items": r["last_items"], "last_success": model.iso_time(r["last_success"]),
                      "since_last_success_seconds": round(now - r["last_success"], 1) if r["last_success"] else None,
                      "since_last_run_seconds": round(now - r["last_end"], 1), "runs": r["runs"],
-                     "failed_runs": r["failed_runs"]})
+                     "failed_runs": r["failed_runs"], "last_failure": r["last_failure"],
+                     "last_failure_exit": r["last_failure_exit"],
+                     "last_failure_at": model.iso_time(r["last_failure_at"]),
+                     "since_last_failure_seconds": round(now - r["last_failure_at"], 1) if r["last_failure_at"]
+                     else None})
     jobs = views.job_counts(store, queues)
     return {
         "generated": model.iso_time(now), "harvester_id": config.harvester_id,
@@ -144,9 +150,26 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
         "workers": workers, "jobs": jobs, "window_stats": window_rows, "errors": top[:examples],
         "lost": {"count": len(lost), "latest": lost[-examples:][::-1]},
         "missed": {"count": len(missed), "latest": missed[-examples:][::-1]},
-        "pending_updates": pending, "commands": runs,
+        "pending_updates": pending, "commands": runs, "running": running_now(instance, now),
         "credentials": [asdict(c) for c in credentials(config, now)],
     }
+
+
+def running_now(instance: Instance, now: float) -> list[dict]:
+    """The commands running now on every host: since when, and whether one runs longer than its interval
+    (the time between its last two starts on that host, what cron or a timer keeps) or its process is gone
+    (seen from its own host only; the next run there forgets it)."""
+    out = []
+    for r in views.running_commands(instance.store):
+        seconds = max(0.0, now - r["started"])
+        interval = r["started"] - r["previous_start"] if r["previous_start"] else None
+        here = r["host"] == instance.host
+        out.append({"command": r["command"], "host": r["host"], "pid": r["pid"],
+                    "started": model.iso_time(r["started"]), "seconds": round(seconds, 1),
+                    "interval_seconds": round(interval, 1) if interval else None,
+                    "overdue": bool(interval) and seconds > max(interval, 60.0),
+                    "gone": monitoring.process_gone(r["pid"], r["started"], r["host"]) if here else None})
+    return out
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -228,18 +251,37 @@ class Run:
     ended: float
     exit_code: int
     items: int | None = None
+    failure: str | None = None   # why it exited non-zero (its first error)
 
 
-def after_command(instance: Instance, runs: list[Run]) -> None:
-    """Record a command's run (and a cycle's steps), add what it counted to the counters, rewrite the
-    metrics file. Never raises: monitoring must not turn a good run into a failed one."""
+def command_started(instance: Instance, command: str, started: float) -> int | None:
+    """Record that a command runs on this host from now (`status` shows it); returns the run's id. Never
+    raises: a database this code cannot use is the command's to report, in its own words."""
+    try:
+        if not instance.store_exists():
+            return None
+        return monitoring.start_run(instance.store, command, instance.host, os.getpid(), started)
+    except StateError as exc:
+        log.debug("monitoring before %s: %s", command, exc)
+    except Exception as exc:   # a locked database, a full disk
+        log.warning("monitoring before %s: %s: %s", command, type(exc).__name__, exc)
+        log.debug("details", exc_info=True)
+    return None
+
+
+def after_command(instance: Instance, runs: list[Run], run_id: int | None = None) -> None:
+    """Record a command's run (and a cycle's steps): it runs no more, its end, exit code and, if it failed,
+    the first line of why; add what it counted to the counters, rewrite the metrics file. Never raises:
+    monitoring must not turn a good run into a failed one."""
     try:
         if not instance.store_exists():
             return
         store = instance.store
         host = instance.host
-        for run in runs:
-            monitoring.record_run(store, run.command, host, run.started, run.ended, run.exit_code, run.items)
+        for n, run in enumerate(runs):
+            monitoring.record_run(store, run.command, host, run.started, run.ended, run.exit_code, run.items,
+                                  failure=redact(run.failure) if run.failure else None,
+                                  run_id=run_id if n == 0 else None)
         increments: Counter = Counter()
         if "panda" in instance.__dict__:
             for (endpoint, kind), n in instance.panda.errors.items():

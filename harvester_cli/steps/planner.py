@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from harvester_cli.config import QueueConfig
 
 
+NO_ANSWER = "no answer from PanDA"   # QueueState.activated_source when PanDA was asked and could not say
+
+
 @dataclass(frozen=True)
 class QueueState:
     """Local counts and PanDA's view of one queue."""
@@ -192,8 +195,14 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     else:
         waiting = {rt: state.waiting_jobs.get(rt, 0) for rt in rts}
         headroom = min(headroom, _sum(waiting))
+        if state.activated is not None:   # what fetch-jobs would bring next (a plan asks PanDA)
+            at_panda = f"; at PanDA: activated={state.activated} ({state.activated_source}), for fetch-jobs"
+        elif state.activated_source == NO_ANSWER:
+            at_panda = f"; at PanDA: unknown ({NO_ANSWER})"
+        else:
+            at_panda = ""
         trace.append(Step("waiting jobs", "fetched jobs without a worker: "
-                          + ", ".join(f"{rt}={n}" for rt, n in waiting.items()), headroom))
+                          + ", ".join(f"{rt}={n}" for rt, n in waiting.items()) + at_panda, headroom))
         demand = {rt: float(n) for rt, n in waiting.items()}
 
     if state.made_recently is None:

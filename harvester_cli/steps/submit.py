@@ -140,7 +140,7 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> Repair:
     results = [f if f is not None else SubmitResult(r.worker_id, error="submission was interrupted and the "
                                                     "backend has no trace of this worker")
                for r, f in zip(rows, found)]
-    record_results(instance, queue, results)
+    record_results(instance, queue, results, min(r.created for r in rows))   # recorded before the backend call
     adopted = sum(1 for f in found if f is not None)
     return Repair(adopted, len(rows) - adopted)
 
@@ -173,11 +173,13 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         # every host's workers of this queue in the interval (the queue lease keeps this exact)
         made = workers.made_since(tx, queue.name, at - interval) if interval else None
         started = workers.started_since(tx, queue.name, at - age) if queue.mode == "pull" and age is not None else {}
+    asked = activated is not None and activated.source != job_counts.NOT_ASKED
     total, by_type = (activated.for_queue(queue.site, queue.prod_source_label, queue.resource_types)
-                      if activated is not None else (None, None))
+                      if asked else (None, None))
     return planner.QueueState(
         queued=load.queued, running=load.running, activated=total, activated_by_type=by_type,
-        activated_source=activated.source if activated is not None else "", started_recently=started,
+        activated_source=activated.source if asked else planner.NO_ANSWER if activated is None else "",
+        started_recently=started,
         stats_age=age, waiting_jobs=waiting, streaming_targets=streaming, missed_recent=missed,
         queued_cores=load.queued_cores, queued_memory_mb=load.queued_memory_mb, sizes=sizes,
         registration=registration_problem, made_recently=made, cycle_interval=interval)
@@ -190,16 +192,18 @@ def stats_age(refresh: int, now: float) -> int | None:
     return int(now % refresh) if refresh else None
 
 
-def activated_jobs(instance: Instance, queues: list[QueueConfig],
-                   errors: list[str] | None = None) -> job_counts.ActivatedJobs | None:
-    """Activated jobs from PanDA for the pull queues (one call per run); None if PanDA cannot say (the
-    reason goes to `errors`: pull queues then get only their empty-pilot floor)."""
-    if not any(q.mode == "pull" and not q.pilot_streaming for q in queues):
-        return job_counts.ActivatedJobs(job_counts.TOTALS, {}, {})
+def activated_jobs(instance: Instance, queues: list[QueueConfig], errors: list[str] | None = None, *,
+                   push: bool = False) -> job_counts.ActivatedJobs | None:
+    """Activated jobs from PanDA for the pull queues (one call per run; with `push`, for the push queues too:
+    the jobs waiting at PanDA for fetch-jobs, which a plan mentions); None if PanDA cannot say (the reason
+    goes to `errors` when a pull queue needed it: pull queues then get only their empty-pilot floor)."""
+    pull = any(q.mode == "pull" and not q.pilot_streaming for q in queues)
+    if not pull and not (push and any(q.mode == "push" for q in queues)):
+        return job_counts.ActivatedJobs(job_counts.NOT_ASKED, {}, {})
     try:
         return job_counts.fetch(instance.panda)
     except PandaError as exc:
-        if errors is not None:
+        if errors is not None and pull:
             errors.append(f"cannot get activated jobs from PanDA ({exc}): pull queues get their empty-pilot floor only")
         return None
 
@@ -285,9 +289,11 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
     return specs
 
 
-def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitResult]) -> None:
+def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitResult],
+                   sent: float | None = None) -> None:
     """Step 6: store what the backend said per worker, in one transaction (run again whole if another
-    host's transaction deadlocked it); jobs of missed workers go back to wait (or fail)."""
+    host's transaction deadlocked it); jobs of missed workers go back to wait (or fail). `sent`: when the
+    workers went to the backend, their submit time (a batch may start running before the call returns)."""
     at = model.now()
     ok = [r for r in results if r.ok]
     bad = [r for r in results if not r.ok]
@@ -302,7 +308,7 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
                 return name
             return instance.log_url(f"{log_dirs.get(result.worker_id)}/{name}")
 
-        workers.record_submitted(tx, [(r.batch_id, r.submission_host, r.computing_element, at, url(r, r.stdout),
+        workers.record_submitted(tx, [(r.batch_id, r.submission_host, r.computing_element, sent or at, url(r, r.stdout),
                                        url(r, r.stderr), url(r, r.batch_log), r.worker_id) for r in ok])
         workers.record_missed(tx, [(r.worker_id, r.error or "submission failed", r.computing_element,
                                     r.submission_host) for r in bad], at)
@@ -337,6 +343,15 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
                     locks.renew(tx, f"submit:{queue.name}")
                 renewed = model.now()
             fault_point("before_backend_submit")
+            sent = model.now()
+            shown = 0   # workers the backend reported as it went: the progress moves per worker
+
+            def report(n: int) -> None:
+                nonlocal shown
+                shown += n
+                progress(n)
+
+            backend.on_submitted = report if progress else None
             try:
                 results = backend.submit(list(batch))
             except Exception as exc:
@@ -348,13 +363,15 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
                     workers.release(tx, left)
                 result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
                 return
+            finally:
+                backend.on_submitted = None
             fault_point("after_backend_submit")
-            record_results(instance, queue, results)
+            record_results(instance, queue, results, sent)
             del left[:len(batch)]
             result.submitted += [r.worker_id for r in results if r.ok]
             result.failed += [(r.worker_id, r.error or "submission failed") for r in results if not r.ok]
             if progress:
-                progress(len(batch))
+                progress(max(0, len(batch) - shown))
     except KeyboardInterrupt:
         result.interrupted = withdraw(instance, queue, left)
 
@@ -380,7 +397,7 @@ def withdraw(instance: Instance, queue: QueueConfig, worker_ids: list[int]) -> I
         outcome.unknown = len(rows)
         return outcome
     adopted = [f for f in found if f is not None]
-    record_results(instance, queue, adopted)
+    record_results(instance, queue, adopted, min(r.created for r in rows))
     absent = [r.worker_id for r, f in zip(rows, found) if f is None]
     diag = "submission interrupted by the operator before the backend took it"
     at = model.now()
@@ -511,7 +528,7 @@ def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = Fal
     else:
         known = registration.ensure_registered(instance)
         problem = gate = None if known.registered is not None else known.problem
-    activated = activated_jobs(instance, queues, run.errors)
+    activated = activated_jobs(instance, queues, run.errors, push=dry_run)
     remaining = instance.config.max_new_workers_per_run
     for queue in queues:
         result = submit_queue(instance, queue, activated, remaining, dry_run=dry_run, count=count,

@@ -104,7 +104,8 @@ def test_status_command_shows_the_summary_and_json(site):
     for heading in ("workers", "last 2h: per hour, and median times", "last 2h: most frequent errors",
                     "command runs", "credentials", "updates waiting for PanDA: jobs=0, workers=0"):
         assert heading in result.stdout, result.stdout
-    assert re.search(r"^1060 +pilot exited with an error +1 +1 \(Q\)", result.stdout, re.M), result.stdout
+    assert re.search(r"^1060 +pilot exited with an error +1 +1 +Q +pilot exited with code 3$", result.stdout,
+                     re.M), result.stdout
     data = harness.cli_json("status", "--since", "30m")
     assert data["window"]["seconds"] == 1800 and data["errors"][0]["code"] == 1060
     assert data["queues"]["Q"]["workers"] == {"failed": 1}   # the shape scripts already read

@@ -128,16 +128,19 @@ def test_config_example_json_is_json_and_demo_keep_keeps_its_configuration(harne
 
 
 def test_log_urls_stay_whole_in_a_terminal_table(monkeypatch, capsys):
+    """The long form (--wide) prints a log URL whole, as text a terminal makes clickable (an OSC 8 link
+    behind a short text is dropped by tmux and many ssh terminals); the narrow form cuts it to the width."""
     from harvester_cli.output import Output
 
     url = "http://my-host.example.org:8080/logs/workers/2026-12-02/A_QUEUE_WITH_A_LONG_NAME/123456/pilot.out"
     monkeypatch.setenv("COLUMNS", "160")
-    out = Output()
     monkeypatch.setattr(Output, "terminal", property(lambda self: True))
-    out.table("workers", ["id", "queue", "status", "diag", "stdout"],
-              [(123456, "A_QUEUE_WITH_A_LONG_NAME", "running", "held: a diag " * 5, url)], no_wrap=("stdout",))
-    out.emit({})
-    text = capsys.readouterr().out
-    assert "…/123456/pilot.out" in text               # one line, the rest of the URL behind the link
-    assert "\x1b]8;" in text and url in text          # an OSC 8 terminal hyperlink to the whole URL
-    assert not re.search(r"…/123456/pilot\.\s*\n", text)
+    for fit in (False, True):
+        out = Output()
+        out.table("workers", ["id", "queue", "status", "diag", "stdout"],
+                  [(123456, "A_QUEUE_WITH_A_LONG_NAME", "running", "held: a diag " * 5, url)], fit=fit)
+        out.emit({})
+        text = capsys.readouterr().out
+        assert "\x1b]8;" not in text
+        assert (url in text) is not fit and not re.search(r"…/123456/pilot\.\s*\n", text)
+        assert fit is False or all(len(line) <= 160 for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines())

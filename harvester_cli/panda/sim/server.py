@@ -906,24 +906,47 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, json.dumps(data, default=str).encode())
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the simulator standalone: python -m harvester_cli.panda.sim --dir DIR [--port N] [--jobs SITE:N ...]."""
+def _port(text: str) -> int:
     import argparse
+
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: 0 (any free port) to 65535")
+    return port
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run harvester-cli's PanDA simulator standalone (HTTPS with a test CA, for the demo and tests): python -m
+    harvester_cli.panda.sim --dir DIR [--port N] [--jobs SITE:N ...]."""
+    import argparse
+    import errno
     from pathlib import Path
 
     from harvester_cli.panda.sim import certs
 
     parser = argparse.ArgumentParser(prog="python -m harvester_cli.panda.sim", description=main.__doc__)
-    parser.add_argument("--dir", type=Path, required=True, help="directory for the test CA and certificates")
-    parser.add_argument("--port", type=int, default=25443)
-    parser.add_argument("--jobs", action="append", default=[], help="SITE:N activated jobs to add")
-    parser.add_argument("--finish-delay", type=float, default=5.0)
-    parser.add_argument("--stats-refresh", type=float, default=60.0,
-                        help="seconds between refreshes of the job counts (the materialized view)")
+    parser.add_argument("--dir", type=Path, required=True, help="directory for the test CA and certificates "
+                        "(made on first use, reused after)")
+    parser.add_argument("--port", type=_port, default=25443,
+                        help="port on 127.0.0.1 (default: 25443, PanDA's own; 0: a free one, printed on the first "
+                             "line)")
+    parser.add_argument("--jobs", action="append", default=[], metavar="SITE:N",
+                        help="activated jobs to add for a PanDA queue (repeatable)")
+    parser.add_argument("--finish-delay", type=float, default=5.0, metavar="SECONDS",
+                        help="how long a job of the test pilot takes (default: 5)")
+    parser.add_argument("--stats-refresh", type=float, default=60.0, metavar="SECONDS",
+                        help="seconds between refreshes of the job counts, the materialized view (default: 60)")
     options = parser.parse_args(argv)
     pki = certs.TestPKI(options.dir) if (options.dir / "ca.pem").exists() else certs.create(options.dir)
-    sim = PandaSimulator(pki, port=options.port, finish_delay=options.finish_delay,
-                         stats_refresh=options.stats_refresh).start()
+    try:
+        sim = PandaSimulator(pki, port=options.port, finish_delay=options.finish_delay,
+                             stats_refresh=options.stats_refresh).start()
+    except OSError as exc:   # the port is taken (often: another simulator still runs)
+        parser.exit(2, f"{parser.prog}: cannot listen on 127.0.0.1:{options.port}: {exc.strerror}"
+                       f"{' (try --port 0 for a free one)' if exc.errno == errno.EADDRINUSE else ''}\n")
     for item in options.jobs:
         site, _, count = item.partition(":")
         sim.add_jobs(site, int(count or 1))
