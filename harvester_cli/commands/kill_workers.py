@@ -46,7 +46,8 @@ def command(g, queues, worker_ids, ces, statuses, older_than, reason, dry_run, f
               [(w["worker_id"], w["queue"], w["status"], w["computing_element"]) for w in marks.matched])
     for line in marks.unmatched:
         out.error(line)
-    out.lines.extend(marks.done)
+    for done in marks.done:
+        out.line(done)
     if marks.refused:
         out.error(marks.refused)
     elif not dry_run:

@@ -224,8 +224,8 @@ def test_the_cron_wrapper_says_once_when_the_same_failure_lasts_past_alert_after
     assert str(logs / "cron" / "submit.log") in line and len(runs[1].stderr.splitlines()) == 1
     assert runs[2].stderr == ""   # said once
     config = Path(env["HARVESTER_CLI_CONFIG"])
-    keys = _cli(config, "config", "keys")
-    assert re.search(r"^\[cron\] +alert_after +int +3600 ", keys.stdout, re.M), keys.stdout
+    keys = _cli(config, "config", "keys", "cron.alert_after")
+    assert re.search(r"^cron.alert_after +int, default 3600\n.*\n +in \[cron\]$", keys.stdout, re.M), keys.stdout
     reference = (ROOT / "docs" / "configuration.md").read_text()
     assert "| `alert_after` | int | `3600` |" in reference.split("## [cron]", 1)[1].split("## ", 1)[0]
 

@@ -4,12 +4,13 @@ test runs once on each server (`server_url`, marked `postgres` or `mariadb`)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from harvester_cli.state import claims
+from harvester_cli.state import claims, monitoring, views
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.state.store import Store
 from tests.support.databases import assert_state_errors
@@ -80,3 +81,21 @@ def test_a_server_that_does_not_answer_is_an_outage_and_a_refusal_is_configurati
     """Exit 1 (the next run tries again) for a server that is down; exit 2 (fix the configuration) for a
     wrong password or database; one line each, no password."""
     assert_state_errors(outage_cases(server_url), tmp_path)
+
+
+def test_runs_and_failures_are_recorded_and_the_running_ones_listed(server_url):
+    """What `status` shows of the commands: each run's end and first failure line, the ones running now."""
+    url = server_url
+    new_state(url)
+    store = Store(url)
+    monitoring.record_run(store, "cycle", "h1", 100.0, 130.0, 0, 3)
+    first = monitoring.start_run(store, "cycle", "h1", os.getpid(), 160.0)
+    second = monitoring.start_run(store, "poll", "h2", 4242, 170.0)
+    assert first != second
+    running = {r["command"]: r for r in views.running_commands(store)}
+    assert running["cycle"]["previous_start"] == 100.0 and running["poll"]["previous_start"] is None
+    monitoring.record_run(store, "cycle", "h1", 160.0, 200.0, 1, 0, failure="why\nmore", run_id=first)
+    assert [r["command"] for r in views.running_commands(store)] == ["poll"]
+    (cycle,) = views.command_runs(store)
+    assert (cycle["last_failure"], cycle["last_failure_exit"], cycle["last_failure_at"]) == ("why", 1, 200.0)
+    store.close()

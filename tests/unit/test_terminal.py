@@ -30,7 +30,7 @@ from harvester_cli import model
 from harvester_cli.state import monitoring, views
 from harvester_cli.state.schema import command_runs, job_workers, jobs, workers
 from harvester_cli.state.store import Store
-from tests.conftest import new_state, to_toml
+from tests.support.harness import new_state, to_toml
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\x1b\]")
 BOX = re.compile(r"[\u2500-\u257f\u2580-\u259f]")   # box drawing and block elements
@@ -258,7 +258,6 @@ def test_config_keys_read_at_80_columns_one_block_each(tmp_path):
     assert [k["path"] for k in data["keys"]] == ["queues.max_workers"]
 
 
-@pytest.mark.integration
 def test_plan_reads_at_80_columns_and_a_push_queue_mentions_the_jobs_at_panda(tmp_path, sim, pki):
     queues = {"LOCAL_PULL_WITH_A_LONGER_NAME": {"mode": "pull"}, "LOCAL_PUSH": {"mode": "push"}}
     config = tmp_path / "config.toml"
@@ -280,7 +279,6 @@ def test_plan_reads_at_80_columns_and_a_push_queue_mentions_the_jobs_at_panda(tm
     assert_rows(lines, [("LOCAL_PULL_WITH_A_LONGER_NAME", "SCORE", 1), ("LOCAL_PUSH", "SCORE", 0)])
 
 
-@pytest.mark.integration
 def test_submit_wait_of_a_thousand_workers_at_80_columns(tmp_path, sim, pki):
     config = tmp_path / "config.toml"
     config.write_text(to_toml({
@@ -487,7 +485,6 @@ def test_status_never_shows_a_negative_median_queue_time(tmp_path):
     assert stats["median_queued_seconds"] == 0
 
 
-@pytest.mark.integration
 def test_submit_time_is_taken_before_the_backend_call(harness, monkeypatch):
     """A batch of workers may start before the backend call returns (a slow schedd, 100 at a time): their
     submit time is when they went to the backend, never after they started."""
@@ -516,7 +513,6 @@ def test_submit_time_is_taken_before_the_backend_call(harness, monkeypatch):
     instance.close()
 
 
-@pytest.mark.integration
 def test_submission_progress_moves_per_worker(harness):
     from harvester_cli import config as config_module
     from harvester_cli.instance import Instance
@@ -681,26 +677,6 @@ def test_a_table_in_a_terminal_fits_and_in_a_pipe_is_whole(monkeypatch, capsys):
     monkeypatch.setattr(Output, "terminal", property(lambda self: False))
     out.emit({})
     assert url in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("server", [pytest.param("pg_url", marks=pytest.mark.postgres),
-                                    pytest.param("maria_url", marks=pytest.mark.mariadb)])
-@pytest.mark.integration
-def test_runs_and_failures_are_recorded_on_postgresql_and_mariadb(server, request):
-    url = request.getfixturevalue(server)
-    new_state(url)
-    store = Store(url)
-    monitoring.record_run(store, "cycle", "h1", 100.0, 130.0, 0, 3)
-    first = monitoring.start_run(store, "cycle", "h1", os.getpid(), 160.0)
-    second = monitoring.start_run(store, "poll", "h2", 4242, 170.0)
-    assert first != second
-    running = {r["command"]: r for r in views.running_commands(store)}
-    assert running["cycle"]["previous_start"] == 100.0 and running["poll"]["previous_start"] is None
-    monitoring.record_run(store, "cycle", "h1", 160.0, 200.0, 1, 0, failure="why\nmore", run_id=first)
-    assert [r["command"] for r in views.running_commands(store)] == ["poll"]
-    (cycle,) = views.command_runs(store)
-    assert (cycle["last_failure"], cycle["last_failure_exit"], cycle["last_failure_at"]) == ("why", 1, 200.0)
-    store.close()
 
 
 def test_the_new_schema_revision_is_there(tmp_path):
