@@ -74,10 +74,12 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
         if ids:
             # one line on stderr, rewritten in place on a terminal: 30 workers: 6 running, 24 finished, 0 failed
             line = LiveLine() if not g.json and g.verbosity >= 0 else None
-            final = follow(g.instance(), selected, ids, timeout=timeout, interval=interval,
-                           on_round=(lambda seen: line.show(wait_summary(seen), force=True)) if line else None)
-            if line:
-                line.keep()
+            try:
+                final = follow(g.instance(), selected, ids, timeout=timeout, interval=interval,
+                               on_round=(lambda seen: line.show(wait_summary(seen))) if line else None)
+            finally:
+                if line:
+                    line.keep()
             worker_table(out, "workers after --wait", list_workers(g.instance().store, [q.name for q in selected],
                                                                    limit=len(ids), worker_ids=tuple(ids))[::-1])
             for w, (s, d) in sorted(final.items()):

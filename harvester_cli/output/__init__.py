@@ -13,27 +13,24 @@ A block is one item with every field (`workers ID`, `jobs PANDAID`, `config keys
 then one `label  value` line per field; prose is wrapped at words on a terminal, URLs and paths never.
 
 Errors (what made a run partial) go to stderr and the command's own log whatever the output mode, -q
-included: cron mails stderr, and an operator reading the log sees why a run exited 1. Nothing here
-imports a library beyond Python's own: cron starts these commands many times a minute."""
+included: cron mails stderr, and an operator reading the log sees why a run exited 1.
+
+What a terminal shows goes through rich (output/terminal.py: colour, cell widths, the terminal's width,
+the progress bar, the line rewritten in place); rich is imported only then. Piped or under cron nothing
+here imports a library beyond Python's own: cron starts these commands many times a minute."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
-
-from harvester_cli import model
+from typing import Any, NamedTuple
 
 GAP = 2   # spaces between columns
 
-_SGR = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cyan": "36", "red bold": "1;31"}
 # Worker and job states as systemctl colours its units: what failed red, what runs green, what was stopped yellow.
 _STATE_STYLES = {"failed": "red", "missed": "red", "cancelled": "yellow", "held": "yellow", "running": "green",
                  "STUCK": "red bold", "gone": "yellow"}
@@ -58,7 +55,8 @@ class Column:
     min: the narrowest the column may get (0: its header's width); max: the widest it gets on a terminal (0: as
     wide as its widest cell; a batch id of 40 hex digits says enough in 16). drop: 0, always shown; 1, 2, ...: left out
     on a narrow terminal, the highest number first. fill: takes the room left (diag, meaning); it gives
-    way before the others. style: a cell's colour from its text."""
+    way before the others. style: a cell's colour from its text (a rich style: "red", "red bold"; a terminal's
+    only)."""
 
     name: str
     align: str = "<"
@@ -111,14 +109,6 @@ class Output:
         return sys.stdout.isatty() and not self.json_mode
 
     @property
-    def colour(self) -> bool:
-        return self.terminal and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-
-    @property
-    def width(self) -> int:
-        return terminal_width(sys.stdout)
-
-    @property
     def tables(self) -> list[Table]:
         return [p for p in self.parts if isinstance(p, Table)]
 
@@ -163,53 +153,55 @@ class Output:
             return
         if self.quiet:
             return
-        sys.stdout.write("".join(self.render()))
+        if self.terminal:
+            from harvester_cli.output import terminal
 
-    def render(self) -> Iterator[str]:
-        """Every part as text lines (each ending in a newline), for this stdout."""
-        terminal = self.terminal
-        paint = _painter(self.colour)
-        width = self.width if terminal else None
+            terminal.show(self.render)
+        else:
+            sys.stdout.write("".join("".join(text for text, _ in line.pieces) + "\n" for line in self.render()))
+
+    def render(self, width: int | None = None, measure: Callable[[str], int] | None = None,
+               cut: Callable[[str, int, str], str] | None = None) -> Iterator[Line]:
+        """Every part as lines within `width` cells (None: plain text, every value whole), cells measured by
+        `measure` and cut by `cut` (a terminal's: rich's; plain text: Python's own count, nothing cut)."""
+        measure = measure or cells
         after_line = False
         for part in self.parts:
             if after_line and not isinstance(part, str):
-                yield "\n"   # a table or a block stands apart from the lines above it
+                yield Line()   # a table or a block stands apart from the lines above it
             after_line = isinstance(part, str)
             if isinstance(part, Table):
-                yield from _table(part, width if part.fit else None, paint, self.wide_hint)
+                yield from _table(part, width if part.fit else None, measure, cut, self.wide_hint)
             elif isinstance(part, Block):
-                yield from _block(part, width, paint)
+                yield from _block(part, width, measure)
             else:
-                yield from (line + "\n" for line in wrap(clean(part), width))
+                yield from (Line(((line, None),)) for line in wrap(clean(part), width, measure=measure))
 
     @contextmanager
     def progress(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-        """A progress line on a terminal (stderr), nothing otherwise; yields advance(n, expected=0): n items
-        done, and `expected` more items known to come (the total grows as the work is planned). Safe to call
-        from several threads (a backend's submissions in parallel)."""
-        if not sys.stderr.isatty() or self.json_mode or self.quiet:
+        """A progress bar on a terminal (stderr; rich.progress), nothing otherwise; yields advance(n,
+        expected=0): n items done, and `expected` more items known to come (the total grows as the work is
+        planned). Safe to call from several threads (a backend's submissions in parallel)."""
+        if not live_terminal(sys.stderr) or self.json_mode or self.quiet:
             yield lambda n, expected=0: None
             return
-        live = LiveLine(sys.stderr, redraw_every=0.1)
-        lock = threading.Lock()
-        counts = {"done": 0, "total": total or 0}
-        started = time.monotonic()
+        from harvester_cli.output import terminal
 
-        def advance(n: int, expected: int = 0) -> None:
-            with lock:
-                counts["total"] += expected
-                counts["done"] += n
-                done, all_ = counts["done"], max(counts["total"], counts["done"])
-                elapsed = model.clock(time.monotonic() - started)
-                room = max(10, min(40, live.width - len(description) - 2 * len(str(all_)) - len(elapsed) - 10))
-                filled = room * done // all_ if all_ else 0
-                live.show(f"{description}  [{'#' * filled}{'-' * (room - filled)}]  {done}/{all_}  {elapsed}",
-                          force=done >= all_)
-
-        try:
+        with terminal.progress(description, total) as advance:
             yield advance
-        finally:
-            live.clear()
+
+
+class Line(NamedTuple):
+    """One printed line: its pieces of text, each with a style (None: plain)."""
+
+    pieces: tuple[tuple[str, str | None], ...] = ()
+    edge: bool = False   # a fitted table's row: cut at the terminal's right edge (prose wraps, a URL stays whole)
+
+
+def live_terminal(stream) -> bool:
+    """`stream` is a terminal that can rewrite a line in place (rich's live display draws nothing on a dumb
+    one)."""
+    return stream.isatty() and os.environ.get("TERM", "").lower() not in ("dumb", "unknown")
 
 
 def stdout_closed() -> None:
@@ -228,61 +220,34 @@ def stdout_closed() -> None:
 
 
 class LiveLine:
-    """One line on a terminal rewritten in place (carriage return and spaces, no escape sequences), never
-    wider than the terminal so that it never wraps; elsewhere (a file, cron) each new text is one line."""
+    """One line on a terminal rewritten in place (rich.live), cut to the terminal's width so that it never
+    wraps; elsewhere (a file, cron, a dumb terminal) each new text is one line."""
 
-    def __init__(self, stream=None, redraw_every: float = 0.0):
+    def __init__(self, stream=None):
         self.stream = stream or sys.stderr
-        self.in_place = self.stream.isatty()
-        self.redraw_every = redraw_every
+        self.in_place = live_terminal(self.stream)
+        self._live = None
         self._shown = ""
-        self._drawn = 0.0
 
-    @property
-    def width(self) -> int:
-        return terminal_width(self.stream)
-
-    def show(self, text: str, force: bool = False) -> None:
+    def show(self, text: str) -> None:
         if text == self._shown:
             return
-        if not self.in_place:
-            self.stream.write(text + "\n")
-            self._shown = text
-            self.stream.flush()
-            return
-        if not force and time.monotonic() - self._drawn < self.redraw_every:
-            return
-        text = cut(text, self.width - 1, "end")
-        self.stream.write("\r" + text + " " * max(0, cells(self._shown) - cells(text)) + "\r")
-        self.stream.flush()
-        self._shown, self._drawn = text, time.monotonic()
+        self._shown = text
+        if self.in_place:
+            from harvester_cli.output import terminal
 
-    def clear(self) -> None:
-        if self.in_place and self._shown:
-            self.stream.write("\r" + " " * cells(self._shown) + "\r")
-            self.stream.flush()
-        self._shown = ""
+            self._live = self._live or terminal.InPlace(self.stream)
+            self._live.show(text)
+            return
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def keep(self) -> None:
         """Leave the last text on the screen and move below it."""
-        if self.in_place and self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
         self._shown = ""
-
-
-def terminal_width(stream) -> int:
-    """COLUMNS if set, else the terminal's width, else 80."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-        if columns > 0:
-            return columns
-    except ValueError:
-        pass
-    try:
-        return os.get_terminal_size(stream.fileno()).columns or 80
-    except (OSError, ValueError, AttributeError):
-        return 80
 
 
 # -- text ------------------------------------------------------------------------------------------
@@ -304,19 +269,9 @@ def clean(text: str) -> str:
     return text if text.isprintable() else text.translate(_CONTROL)
 
 
-def _encodable(character: str) -> bool:
-    try:
-        character.encode(sys.stdout.encoding or "ascii")
-        return True
-    except (UnicodeEncodeError, LookupError):
-        return False
-
-
-ELLIPSIS = "…" if _encodable("…") else "~"
-
-
 def cells(text: str) -> int:
-    """The terminal cells a text takes (East Asian wide characters take two, combining marks none)."""
+    """The terminal cells a text takes (East Asian wide characters take two, combining marks none): how plain
+    text and help are aligned, where rich is not imported (a terminal's output measures with rich.cells)."""
     if text.isascii():
         return len(text)
     import unicodedata
@@ -324,53 +279,19 @@ def cells(text: str) -> int:
     return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
-def _take(text: str, room: int) -> str:
-    """The longest start of `text` within `room` cells."""
-    if text.isascii():
-        return text[:room]
-    out, used = [], 0
-    for c in text:
-        used += cells(c)
-        if used > room:
-            break
-        out.append(c)
-    return "".join(out)
-
-
-def _take_end(text: str, room: int) -> str:
-    return _take(text[::-1], room)[::-1]
-
-
-def cut(text: str, room: int, how: str = "end") -> str:
-    """`text` within `room` cells: cut at the end, at the last word that fits ("word"), or in the middle."""
-    if cells(text) <= room:
-        return text
-    if room <= 1:
-        return ELLIPSIS[:room]
-    if how == "middle":
-        head = _take(text, (room - 1 + 1) // 2)
-        return head + ELLIPSIS + _take_end(text, room - 1 - cells(head))
-    start = _take(text, room - 1)
-    if how == "word":
-        space = start.rfind(" ")
-        if space >= room // 2:
-            start = start[:space].rstrip(" ,;:(")
-    return start + ELLIPSIS
-
-
-def wrap(text: str, width: int | None, indent: int | None = None) -> list[str]:
+def wrap(text: str, width: int | None, indent: int | None = None, measure: Callable[[str], int] = cells) -> list[str]:
     """A line of prose as lines within `width` (None: as it is), broken at spaces only: a URL or a path
     longer than the width stays whole on a line of its own. Continuations are indented by the line's own
     indentation plus two (or `indent`)."""
-    if width is None or cells(text) <= width:
+    if width is None or measure(text) <= width:
         return [text]
     lead = len(text) - len(text.lstrip(" "))
     hang = lead + 2 if indent is None else indent
-    pieces = fold(text[lead:], width - lead, width - hang)
+    pieces = fold(text[lead:], width - lead, width - hang, measure)
     return [" " * lead + pieces[0]] + [" " * hang + p for p in pieces[1:]]
 
 
-def fold(text: str, first: int, rest: int | None = None) -> list[str]:
+def fold(text: str, first: int, rest: int | None = None, measure: Callable[[str], int] = cells) -> list[str]:
     """Words of `text` into pieces of at most `first` cells (then `rest`); a word longer than that is a
     piece of its own, whole."""
     rest = first if rest is None else rest
@@ -379,7 +300,7 @@ def fold(text: str, first: int, rest: int | None = None) -> list[str]:
         if not word:
             continue
         candidate = f"{current} {word}" if current else word
-        if not current or cells(candidate) <= room:
+        if not current or measure(candidate) <= room:
             current = candidate
         else:
             pieces.append(current)
@@ -387,25 +308,21 @@ def fold(text: str, first: int, rest: int | None = None) -> list[str]:
     return pieces + [current] if current or not pieces else pieces
 
 
-def _painter(on: bool) -> Callable[[str, str | None], str]:
-    if not on:
-        return lambda text, style: text
-    return lambda text, style: f"\x1b[{_SGR[style]}m{text}\x1b[0m" if style and text.strip() else text
-
-
 # -- tables -----------------------------------------------------------------------------------------
 
-def layout(columns: list[Column], cells_: list[list[str]], width: int | None) -> tuple[list[int], dict[int, int]]:
+# Hand-written: rich's Table shrinks or wraps every column alike; it cannot leave the least important out.
+def layout(columns: list[Column], cells_: list[list[str]], width: int | None,
+           measure: Callable[[str], int] = cells) -> tuple[list[int], dict[int, int]]:
     """Which columns show (their indices) and how wide each is, within `width` (None: all, whole)."""
-    natural = [max([cells(c.name)] + [cells(r[i]) for r in cells_]) for i, c in enumerate(columns)]
+    natural = [max([measure(c.name)] + [measure(r[i]) for r in cells_]) for i, c in enumerate(columns)]
     shown = list(range(len(columns)))
     if width is None:
         return shown, dict(enumerate(natural))
-    natural = [min(n, max(c.max, cells(c.name))) if c.max else n for n, c in zip(natural, columns)]
+    natural = [min(n, max(c.max, measure(c.name))) if c.max else n for n, c in zip(natural, columns)]
 
     def least(i: int) -> int:
         c = columns[i]
-        return natural[i] if c.cut == "never" else min(natural[i], max(cells(c.name), c.min))
+        return natural[i] if c.cut == "never" else min(natural[i], max(measure(c.name), c.min))
 
     def total(widths: dict[int, int]) -> int:
         return sum(widths.values()) + GAP * (len(widths) - 1)
@@ -431,57 +348,48 @@ def layout(columns: list[Column], cells_: list[list[str]], width: int | None) ->
     return shown, widths
 
 
-def _table(table: Table, width: int | None, paint, wide_hint: str) -> Iterator[str]:
+def _table(table: Table, width: int | None, measure: Callable[[str], int], cut: Callable[[str, int, str], str] | None,
+           wide_hint: str) -> Iterator[Line]:
     if table.title:
-        yield from (paint(line, "bold") + "\n" for line in wrap(clean(table.title), width))
+        yield from (Line(((line, "bold"),)) for line in wrap(clean(table.title), width, measure=measure))
     rows = [[text_of(v) for v in row] for row in table.rows]
-    shown, widths = layout(table.columns, rows, width)
+    shown, widths = layout(table.columns, rows, width, measure)
 
-    def line(values: list[str], styles: list[str | None]) -> str:
-        parts = []
+    def line(values: list[str], styles: list[str | None]) -> Line:
+        pieces: list[tuple[str, str | None]] = []
         for i in shown:
             column = table.columns[i]
             text = cut(values[i], widths[i], column.cut if column.cut != "never" else "end") if width else values[i]
-            pad = " " * (widths[i] - cells(text))
-            parts.append(paint(text, styles[i]) + pad if column.align == "<" else pad + paint(text, styles[i]))
-        joined = (" " * GAP).join(parts).rstrip()
-        return _cut_painted(joined, width) if width else joined
+            pad = (" " * (widths[i] - measure(text)), None)
+            if pieces:
+                pieces.append((" " * GAP, None))
+            pieces += [(text, styles[i]), pad] if column.align == "<" else [pad, (text, styles[i])]
+        return Line(_rstrip(pieces), edge=width is not None)
 
-    yield line([c.name for c in table.columns], ["bold"] * len(table.columns)) + "\n"
+    yield line([c.name for c in table.columns], ["bold"] * len(table.columns))
     for row in rows:
-        yield line(row, [c.style(v) if c.style else None for c, v in zip(table.columns, row)]) + "\n"
+        yield line(row, [c.style(v) if c.style else None for c, v in zip(table.columns, row)])
     if not rows:
-        yield "(none)\n"
+        yield Line((("(none)", None),))
     left_out = [c.name for i, c in enumerate(table.columns) if i not in shown]
     if left_out:
         note = f"({', '.join(left_out)}: not shown at {width} columns; {wide_hint} shows them)"
-        yield from (paint(text, "dim") + "\n" for text in wrap(note, width))
-    yield "\n"
+        yield from (Line(((text, "dim"),)) for text in wrap(note, width, measure=measure))
+    yield Line()
 
 
-def _cut_painted(text: str, width: int) -> str:
-    """A rendered line within `width` cells (escape sequences take none): the row cut at the right edge."""
-    if "\x1b" not in text:
-        return cut(text, width, "end")
-    parts = re.split(r"(\x1b\[[0-9;]*m)", text)
-    if cells("".join(p for p in parts if not p.startswith("\x1b"))) <= width:
-        return text
-    out, used = [], 0
-    for part in parts:
-        if part.startswith("\x1b"):
-            out.append(part)
-            continue
-        piece = _take(part, width - 1 - used)
-        out.append(piece)
-        used += cells(piece)
-        if len(piece) < len(part):
-            break
-    return "".join(out) + ELLIPSIS + "\x1b[0m"
+def _rstrip(pieces: list[tuple[str, str | None]]) -> tuple[tuple[str, str | None], ...]:
+    """The pieces of a line without its trailing spaces."""
+    while pieces and not pieces[-1][0].rstrip():
+        pieces.pop()
+    if pieces:
+        pieces[-1] = (pieces[-1][0].rstrip(), pieces[-1][1])
+    return tuple(pieces)
 
 
-def _block(block: Block, width: int | None, paint) -> Iterator[str]:
-    yield from (paint(line, block.style or "bold") + "\n" for line in wrap(clean(block.title), width))
-    label_width = max((cells(label) for label, _ in block.fields), default=0)
+def _block(block: Block, width: int | None, measure: Callable[[str], int]) -> Iterator[Line]:
+    yield from (Line(((line, block.style or "bold"),)) for line in wrap(clean(block.title), width, measure=measure))
+    label_width = max((measure(label) for label, _ in block.fields), default=0)
     indent = 2 + label_width + (GAP if label_width else 0)   # fields without labels: prose under the title
     for label, value in block.fields:
         values = value if isinstance(value, list) else [value]
@@ -489,10 +397,10 @@ def _block(block: Block, width: int | None, paint) -> Iterator[str]:
             head = (f"  {label.ljust(label_width)}" if n == 0 else " " * (2 + label_width)) + " " * (indent - 2 -
                                                                                                label_width)
             text = text_of(item)
-            pieces = fold(text, width - indent) if width and cells(text) > width - indent else [text]
-            yield head + pieces[0] + "\n"
-            yield from (" " * indent + piece + "\n" for piece in pieces[1:])
-    yield "\n"
+            pieces = fold(text, width - indent, measure=measure) if width and measure(text) > width - indent else [text]
+            yield Line(((head + pieces[0], None),))
+            yield from (Line(((" " * indent + piece, None),)) for piece in pieces[1:])
+    yield Line()
 
 
 # -- short forms for narrow columns ---------------------------------------------------------------------
