@@ -164,6 +164,15 @@ def test_root_help_imports_nothing_heavy_importtime(env, tmp_path):
     assert imported & set(HEAVY) == set()
 
 
+@pytest.mark.parametrize("args", [("status",), ("workers",), ("poll",)], ids=" ".join)
+def test_a_command_in_a_pipe_imports_no_rich(instance, env, tmp_path, args):
+    """Piped or under cron (stdout and stderr not a terminal) output is plain text: rich, which paints a
+    terminal's output and draws its progress, is not imported."""
+    cfg, state, _ = instance
+    outcome = probe_imports(env, tmp_path, "--config", str(cfg), "--state", str(state), *args)
+    assert outcome["code"] == 0 and "rich" not in outcome["heavy"], outcome
+
+
 @pytest.mark.parametrize("name", [n for n in cli.COMMANDS])
 def test_command_help_imports_nothing_heavy(env, tmp_path, name):
     outcome = probe_imports(env, tmp_path, name, "--help")
