@@ -250,8 +250,9 @@ def test_status_reads_at_80_columns(site):
     assert "last 2d: per hour, and median times" in text and "command runs" in text
     # the last failure's first line, under its command's run, whole (wrapped at words)
     failures = " ".join(lines[lines.index("last failure of each command:") + 1:]).split()
-    assert " ".join(failures).startswith("submit on aipanda024, 50s ago, exit 1: queue CERN-PROD_UCORE: backend "
-                                         "htcondor failed: schedd aipanda024 not answering"), text
+    # the age is counted from the fixture's clock: a loaded machine may take a second or two to get here
+    assert re.match(r"submit on aipanda024, 5\ds ago, exit 1: queue CERN-PROD_UCORE: backend htcondor failed: "
+                    r"schedd aipanda024 not answering", " ".join(failures)), text
 
 
 def test_config_keys_read_at_80_columns_one_block_each(tmp_path):
