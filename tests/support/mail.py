@@ -23,6 +23,7 @@ class Mailbox:
         return "250 OK"
 
     def wait(self, count: int, timeout: float = 10.0) -> list:
+        """The first `count` mails (or what arrived by the timeout); read their text with body()."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and len(self.messages) < count:
             time.sleep(0.05)
@@ -39,3 +40,10 @@ def smtp():
     box.port = controller.port
     yield box
     controller.stop()
+
+
+def body(mail: email.message.Message) -> str:
+    """A mail's text as its reader sees it: long lines (a long certificate path) arrive quoted-printable,
+    cut with soft line breaks, so the raw payload is never what a test should search."""
+    payload = mail.get_payload(decode=True)
+    return payload.decode(mail.get_content_charset() or "utf-8")

@@ -16,6 +16,7 @@ from harvester_cli import config as config_module
 from harvester_cli.site import renewal
 from tests.support.credentials import SECRET, cert, mode, token_config, token_site
 from tests.support.harness import free_port
+from tests.support.mail import body
 
 pytestmark = pytest.mark.credentials
 
@@ -31,8 +32,8 @@ def test_all_certificates_fail_keeps_the_old_proxy(site, ca, smtp):
     assert data["profiles"][0]["action"] == "failed"
     assert proxy.read_bytes() == before and mode(proxy) == 0o600
     (mail,) = smtp.wait(1)
-    body = mail.get_payload()
-    assert "renewal failed with all 1 certificate(s)" in body and "expired" in body
+    text = body(mail)
+    assert "renewal failed with all 1 certificate(s)" in text and "expired" in text
 
 
 def test_alert_mail_is_throttled(site, ca, smtp):
@@ -95,7 +96,7 @@ def test_token_endpoint_refusal_is_an_alert(site, token_endpoint, pki, smtp):
     assert len(token_endpoint.requests) == 1   # a refusal is not retried
     assert not token.exists()
     (mail,) = smtp.wait(1)
-    assert "not-the-right-secret" not in mail.get_payload()
+    assert "not-the-right-secret" not in body(mail)
     assert "not-the-right-secret" not in result.stdout + result.stderr + site.command_log()
 
 
@@ -112,4 +113,4 @@ def test_issuer_refusal_is_reported_per_ce_and_mailed_once(tmp_path, issuer, pki
     second = renewal.renew(config)
     assert sorted(second.alerts.throttled) == sorted(first.alerts.sent) and len(first.alerts.sent) == 2
     (mail,) = smtp.wait(1)
-    assert "https://arc1.example.org:443" in mail.get_payload() and SECRET not in mail.get_payload()
+    assert "https://arc1.example.org:443" in body(mail) and SECRET not in body(mail)

@@ -17,6 +17,7 @@ from harvester_cli import config as config_module
 from harvester_cli.site import credentials, proxies
 from tests.support.credentials import cert, mode, need_tool
 from tests.support.harness import free_port
+from tests.support.mail import body
 
 pytestmark = pytest.mark.credentials
 
@@ -55,7 +56,7 @@ def test_fallback_picks_the_valid_certificate(site, ca, smtp, tool):
         assert identity.stdout.strip() == ca.valid.dn
     # the alert arrived, once
     (mail,) = smtp.wait(1)
-    assert "expired user" in mail.get_payload() or "expired-user-cert.pem" in mail.get_payload()
+    assert "expired user" in body(mail) or "expired-user-cert.pem" in body(mail)
     assert mail["To"] == "ops@example.org"
     assert data["alerts"]["sent"] and not data["alerts"]["error"]
 
