@@ -628,8 +628,9 @@ class HTCondorBackend(Backend):
     @staticmethod
     def _removed_by(ad, text: str) -> bool:
         """Whether a job ad shows a removal with this reason (a retirement of ours: this call's, or an earlier
-        one whose answer was lost)."""
-        return status_map.value(ad, "JobStatus") == 3 and status_map.value(ad, "RemoveReason") == text
+        one whose answer was lost). The schedd appends who removed it: "<reason> (by user NAME)"."""
+        reason = status_map.value(ad, "RemoveReason")
+        return status_map.value(ad, "JobStatus") == 3 and isinstance(reason, str) and reason.startswith(text)
 
     # -- crash repair ------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ class Decision:
     retire: list[int] = field(default_factory=list)     # mark these now
     withdraw: list[int] = field(default_factory=list)   # take their marks off: the demand came back
     keep: list[int] = field(default_factory=list)       # marked before, still to retire
-    step: Step = Step(RULE, "", 0)
+    step: Step = field(default_factory=lambda: Step(RULE, "", 0))
     reason: str = "not needed"                          # the marks' kill reason (then the retired pilot's diag)
 
     @property
@@ -95,8 +95,8 @@ def _demand(queue: QueueConfig, state: QueueState, rts: list[str]) -> tuple[dict
                              f"floor={floor}")
     left = max(0, state.activated - sum(started.values()))
     total = max(int(left * factor), floor)
-    return None, total, f"activated={state.activated} ({state.activated_source}){since} -> {left} x {factor:g}, " \
-                        f"floor={floor} -> need {total}"
+    return None, total, (f"activated={state.activated} ({state.activated_source}){since} -> {left} x {factor:g}, "
+                         f"floor={floor} -> need {total}")
 
 
 def decide(queue: QueueConfig, state: QueueState, pilots: list[Pilot], now: float, *,
