@@ -1,6 +1,6 @@
 """Retiring queued pilots nobody needs any more: the rule (pure, steps/retire.py), and the way through submit,
-sweep, PanDA, `status` and the metrics against a backend that answers as told (the real pool and Slurm:
-tests/integration/htcondor/test_retire.py, tests/integration/slurm/test_retire.py)."""
+sweep, PanDA, `status` and the metrics against a backend that answers as told (the real pool, Slurm and A-REX:
+tests/integration/{htcondor,slurm,arc}/test_retire.py)."""
 
 from __future__ import annotations
 
