@@ -94,6 +94,10 @@ class Instance:
             self._backends[queue.name] = backends.create(queue.backend, queue, context)
         return self._backends[queue.name]
 
+    def retires_queued(self, queue: QueueConfig) -> bool:
+        """Whether the queue's backend can remove a worker only while it still waits in its batch queue."""
+        return backends.backend_class(queue.backend).retires_queued
+
     def host_bound(self, queue: QueueConfig) -> bool:
         """Whether only the host that made a worker of this queue may poll, kill and clean it."""
         return backends.backend_class(queue.backend).is_host_bound(queue.backend_options)

@@ -25,6 +25,17 @@ WORKER_STATES = (PENDING, *WORKER_ACTIVE, *WORKER_FINAL)
 HELD = "held"
 MISSING = "missing"
 
+# A kill mark (the workers table's kill_reason) that asks sweep to retire a queued pilot nobody needs any
+# more: removed only while it still waits in the batch queue (a pilot that started meanwhile is left alone).
+# Its diag once retired starts with RETIRED.
+RETIRE_MARK = "retire: "
+RETIRED = "retired"
+
+
+def is_retirement(kill_reason: str | None) -> bool:
+    """Whether a kill mark asks for a retirement (conditional on the pilot still queued), not a kill."""
+    return kill_reason is not None and kill_reason.startswith(RETIRE_MARK)
+
 # Job states as PanDA sees them, and our pipeline step (sub_status).
 JOB_STARTING = "starting"
 JOB_RUNNING = "running"

@@ -53,6 +53,10 @@ next submit's repair asks the CE again, so an outage costs a job at most one att
 check keeps every worker's status (an error of the poll when no CE of the batch answers); kill reports
 the workers not killed (sweep retries); clean raises (sweep keeps the workers until the CE answers).
 
+Retiring a queued pilot (`retire`): only while A-REX itself still holds the job (ACCEPTING..PREPARED), read
+with `action=status` just before `action=kill`; A-REX 6.17's REST has no conditional kill and shows a job in
+its batch system as RUNNING whether it waits there or runs, so such a job is left alone.
+
 Example queue (TOML):
 
     [queues.SITE_ARC]
@@ -89,6 +93,7 @@ from harvester_cli.backends.base import (
     Backend,
     KillResult,
     Observation,
+    RetireResult,
     SubmitResult,
     WorkerRef,
     WorkerSpec,
@@ -105,6 +110,10 @@ log = logging.getLogger(__name__)
 QUEUED = frozenset({"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING", "QUEUING"})
 RUNNING = frozenset({"RUNNING", "EXITINGLRMS", "EXECUTED", "FINISHING"})
 ENDED = frozenset({"FINISHED", "FAILED", "KILLED", "WIPED"})
+# Held by A-REX itself, not yet given to its batch system: a kill there ends the job before any batch job
+# exists (retire). SUBMITTING is not: A-REX defers a cancel until the submission is done, then cancels the
+# batch job, which may have started.
+HELD_BY_AREX = frozenset({"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED"})
 # A job in these states may still wait for the files its submitter uploads (crash repair re-uploads).
 WAITING_FOR_UPLOADS = frozenset({"ACCEPTING", "ACCEPTED", "PREPARING"})
 
@@ -218,6 +227,7 @@ class ArcBackend(Backend):
     delivers_files = True
 
     Options = ArcOptions
+    retires_queued = True
 
     def __init__(self, queue, context):
         super().__init__(queue, context)
@@ -622,6 +632,61 @@ class ArcBackend(Backend):
         if any(r.ok for r in done.values()):
             log.info("queue %s: asked ARC to kill %d workers (%s)", self.queue.name,
                      sum(r.ok for r in done.values()), reason)
+        return [done[w.worker_id] for w in workers]
+
+    # -- retire --------------------------------------------------------------------------------
+
+    def retire(self, workers: list[WorkerRef], reason: str) -> list[RetireResult]:
+        """Kill each job only while A-REX still holds it, before its batch system has it. A-REX 6.17's REST
+        interface (1.0) has no conditional kill (`action=kill` cancels whatever the job does) and reports a job
+        in its batch system as RUNNING whether it waits there or runs ("talking to LRMS would be too heavy"),
+        so the only state in which a pilot surely has not started is one before A-REX submits it
+        (ACCEPTING, ACCEPTED, PREPARING, PREPARED: a cancel request there ends the job without a batch job).
+        The status is read, then those are killed; a job A-REX hands to its batch system in between is
+        cancelled there (a window of A-REX's own processing loop). Every other live job is left alone."""
+        done: dict[int, RetireResult] = {}
+        for endpoint, group in self._by_ce(workers).items():
+            if endpoint is None:   # never reached a CE
+                done.update({w.worker_id: RetireResult(w.worker_id, RetireResult.GONE, "no ARC job id recorded")
+                             for w in group})
+                continue
+            try:
+                client = self._client(endpoint)
+                for chunk in _chunks(group):
+                    holding = []
+                    for w, outcome in zip(chunk, client.getJobsStatus([w.batch_id for w in chunk])):
+                        if outcome.error:
+                            if _http_status(outcome.value) == 404:
+                                done[w.worker_id] = RetireResult(w.worker_id, RetireResult.GONE, "unknown to the CE")
+                            else:
+                                done[w.worker_id] = RetireResult(w.worker_id, RetireResult.FAILED,
+                                                                 f"ARC status: {outcome.value}")
+                        elif str(outcome.value) in HELD_BY_AREX:
+                            holding.append((w, str(outcome.value)))
+                        elif str(outcome.value) in ENDED:
+                            done[w.worker_id] = RetireResult(w.worker_id, RetireResult.GONE, str(outcome.value))
+                        else:   # in the batch system (or on its way there): it may run any moment
+                            done[w.worker_id] = RetireResult(w.worker_id, RetireResult.STARTED, str(outcome.value))
+                    if not holding:
+                        continue
+                    killed = client.killJobs([w.batch_id for w, _ in holding])
+                    for (w, state), outcome in zip(holding, killed):
+                        if not outcome.error:
+                            done[w.worker_id] = RetireResult(w.worker_id, RetireResult.RETIRED, state)
+                        elif _http_status(outcome.value) == 404:
+                            done[w.worker_id] = RetireResult(w.worker_id, RetireResult.GONE, "unknown to the CE")
+                        else:
+                            done[w.worker_id] = RetireResult(w.worker_id, RetireResult.FAILED, f"ARC kill: {outcome.value}")
+            except Exception as exc:
+                if not _unreachable(exc) and _http_status(exc) is None:
+                    raise
+                self._drop(endpoint)
+                for w in group:
+                    done.setdefault(w.worker_id, RetireResult(w.worker_id, RetireResult.FAILED,
+                                                              f"ARC CE {endpoint} unreachable: {exc}"))
+        retired = sum(r.outcome == RetireResult.RETIRED for r in done.values())
+        if retired:
+            log.info("queue %s: asked ARC to kill %d queued workers (%s)", self.queue.name, retired, reason)
         return [done[w.worker_id] for w in workers]
 
     # -- crash repair --------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The one small interface every backend implements, and the typed results it returns per worker."""
+"""The one small interface every backend implements, and the typed results it returns per worker: submit
+(SubmitResult), check (Observation), kill (KillResult), retire (RetireResult: removed only while still
+queued), find."""
 
 from __future__ import annotations
 
@@ -171,6 +173,26 @@ class KillResult:
     error: str | None = None
 
 
+@dataclass
+class RetireResult:
+    """What became of one queued pilot asked to retire (`Backend.retire`): `outcome` is one of
+
+    - RETIRED: removed while it still waited in the batch queue;
+    - STARTED: it no longer waits there (it started, or was held or suspended meanwhile): left alone;
+    - GONE: the backend no longer has it as a live job (it ended, or someone else removed it): poll says how;
+    - FAILED: the backend could not be asked, or refused (`detail` says why): nothing changed, try again.
+    `detail` is the backend's own word for what it saw (a job status, a state, an error)."""
+
+    RETIRED: ClassVar[str] = "retired"
+    STARTED: ClassVar[str] = "started"
+    GONE: ClassVar[str] = "gone"
+    FAILED: ClassVar[str] = "failed"
+
+    worker_id: int
+    outcome: str
+    detail: str | None = None
+
+
 class Backend(ABC):
     """Submit many workers, check many workers, kill many workers: per-worker results, never None."""
 
@@ -180,6 +202,9 @@ class Backend(ABC):
     delivers_files: ClassVar[bool] = False
     # The queue's `backend_options` table (its section in config.backend_options.BACKEND_OPTIONS).
     Options: ClassVar[type]
+    # Whether workers wait in a batch queue the backend can remove them from only while they still wait there
+    # (`retire`). A backend without one (local processes start at once) is never asked to retire a pilot.
+    retires_queued: ClassVar[bool] = False
 
     def __init__(self, queue: Any, context: BackendContext):
         self.queue = queue
@@ -219,6 +244,13 @@ class Backend(ABC):
     @abstractmethod
     def kill(self, workers: list[WorkerRef], reason: str) -> list[KillResult]:
         """Ask the backend to stop each worker; a worker it no longer knows counts as killed."""
+
+    def retire(self, workers: list[WorkerRef], reason: str) -> list[RetireResult]:
+        """Remove each worker only if it still waits in the batch queue, decided by the backend itself at the
+        moment of removal (a pilot that starts between poll and this call is never killed); one result per
+        worker, same order. Backends with `retires_queued` override this."""
+        return [RetireResult(w.worker_id, RetireResult.FAILED, f"the {self.name} backend cannot remove a worker "
+                                                               "only while it is queued") for w in workers]
 
     @abstractmethod
     def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:

@@ -22,7 +22,10 @@ the round's worker id range), then `Schedd.history` bounded in age (`history_win
 in the queue. Held jobs stay idle with the hold reason; the policy asks for removal when held longer than
 `held_timeout`, for a hold reason on `kill_hold_reasons`, or when a grid job's CE has been unreachable for
 `unavailable_timeout`. `kill` removes with `Schedd.act(JobAction.Remove, ids, reason=(text, code))` and
-checks the counts. `find` (crash repair) looks the tags up in the queue and the history.
+checks the counts. `retire` removes with a constraint that adds `JobStatus == 1`, which the schedd evaluates
+as it removes: a pilot that started meanwhile is left running. For grid jobs JobStatus is the gridmanager's
+view of the CE, as fresh as its last probe (GRIDMANAGER_JOB_PROBE_INTERVAL): a pilot that started at the CE
+since then is idle here, and removing it ends it at the CE. `find` (crash repair) looks the tags up in the queue and the history.
 
 Identity: the schedd runs jobs as the authenticated user and refuses Owner root. Run harvester-cli as the
 submitting account; if it must run as root (the test suite does), authenticate as another account (e.g.
@@ -78,6 +81,7 @@ from harvester_cli.backends.base import (
     Backend,
     KillResult,
     Observation,
+    RetireResult,
     SubmitResult,
     WorkerRef,
     WorkerSpec,
@@ -101,6 +105,7 @@ class HTCondorBackend(Backend):
     delivers_files = True
 
     Options = HTCondorOptions
+    retires_queued = True
 
     def __init__(self, queue, context):
         super().__init__(queue, context)
@@ -558,6 +563,74 @@ class HTCondorBackend(Backend):
                 for worker in targets:
                     results[worker.worker_id] = KillResult(worker.worker_id, False, f"schedd {schedd_name}: {exc}")
         return [results[w.worker_id] for w in workers]
+
+    # -- retire ------------------------------------------------------------------------------
+
+    def retire(self, workers: list[WorkerRef], reason: str) -> list[RetireResult]:
+        """Remove each job only while it is idle: one `Schedd.act(Remove, constraint)` per schedd whose
+        constraint names the workers and `JobStatus == 1`, evaluated by the schedd as it removes, so a job that
+        started meanwhile is not touched. The answer counts what was removed; the queue (and, when the count
+        says some removed jobs left it, the history) tells which."""
+        import htcondor2
+
+        results: dict[int, RetireResult] = {}
+        for schedd_name, group in self._by_schedd(workers).items():
+            targets = [w for w in group if w.batch_id]
+            results.update({w.worker_id: RetireResult(w.worker_id, RetireResult.GONE, "no batch id recorded")
+                            for w in group if not w.batch_id})
+            if not targets:
+                continue
+            ids = [w.worker_id for w in targets]
+            text = f"harvester-cli: {reason}"
+            try:
+                with self.schedd_auth():
+                    schedd = self.schedd(schedd_name)
+                    answer = schedd.act(htcondor2.JobAction.Remove, f"{self._constraint(ids, exact=True)} && "
+                                        "JobStatus == 1", reason=(text, REMOVE_CODE))
+                    projection = ["ClusterId", "ProcId", "JobStatus", "harvesterWorkerID", "RemoveReason"]
+                    ads = {status_map.batch_id(ad): ad for ad in schedd.query(self._constraint(ids, exact=True),
+                                                                              projection)}
+                    removed = int(answer.get("TotalSuccess") or 0)
+                    left = [w for w in targets if w.batch_id not in ads]
+                    ours = [w for w in targets if w.batch_id in ads and self._removed_by(ads[w.batch_id], text)]
+                    if left and removed < len(ours) + len(left):   # some left the queue for another reason
+                        history = {status_map.batch_id(ad): ad for ad in schedd.history(
+                            self._constraint([w.worker_id for w in left], exact=True), projection, match=len(left))}
+                    else:   # every job that left the queue is one this call removed
+                        history = {w.batch_id: {"JobStatus": 3, "RemoveReason": text} for w in left}
+            except Exception as exc:
+                results.update({w.worker_id: RetireResult(w.worker_id, RetireResult.FAILED, f"schedd {schedd_name}: {exc}")
+                                for w in targets})
+                continue
+            for worker in targets:
+                ad = ads.get(worker.batch_id) or history.get(worker.batch_id)
+                state = status_map.value(ad, "JobStatus") if ad is not None else None
+                name = status_map.STATUS_NAMES.get(state, f"JobStatus {state}")
+                if ad is None:
+                    outcome = RetireResult(worker.worker_id, RetireResult.GONE, "neither in the queue nor the history")
+                elif self._removed_by(ad, text):
+                    outcome = RetireResult(worker.worker_id, RetireResult.RETIRED, "IDLE")
+                elif state == 1:
+                    outcome = RetireResult(worker.worker_id, RetireResult.FAILED,
+                                           f"schedd {schedd_name} left {worker.batch_id} idle "
+                                           f"(TotalSuccess={removed})")
+                elif state in (3, 4):
+                    outcome = RetireResult(worker.worker_id, RetireResult.GONE, name)
+                else:   # running, transferring output, held or suspended: it is not waiting any more
+                    outcome = RetireResult(worker.worker_id, RetireResult.STARTED, name)
+                results[worker.worker_id] = outcome
+            retired = sum(results[w.worker_id].outcome == RetireResult.RETIRED for w in targets)
+            if retired != removed:
+                log.warning("queue %s: schedd %s removed %d idle jobs, %d of them known to be ours", self.queue.name,
+                            schedd_name, removed, retired)
+        return [results[w.worker_id] for w in workers]
+
+    @staticmethod
+    def _removed_by(ad, text: str) -> bool:
+        """Whether a job ad shows a removal with this reason (a retirement of ours: this call's, or an earlier
+        one whose answer was lost). The schedd appends who removed it: "<reason> (by user NAME)"."""
+        reason = status_map.value(ad, "RemoveReason")
+        return status_map.value(ad, "JobStatus") == 3 and isinstance(reason, str) and reason.startswith(text)
 
     # -- crash repair ------------------------------------------------------------------------
 

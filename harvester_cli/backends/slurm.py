@@ -36,7 +36,10 @@ BOOT_FAIL, DEADLINE, PREEMPTED -> failed with the state and exit code in the dia
 A pending reason on `kill_pending_reasons` asks sweep to kill the worker. If Slurm cannot answer (slurmctld
 down or slower than `command_timeout`), check raises: the poll records the error, nothing changes state.
 
-Killing: one `scancel` for many jobs; a job Slurm no longer knows counts as killed.
+Killing: one `scancel` for many jobs; a job Slurm no longer knows counts as killed. Retiring a queued pilot
+(`retire`): `scontrol hold`, then the states, then `scancel --state=PENDING` of those held pending and
+`scontrol release` of those that started: slurmctld decides under its lock, so a job that starts meanwhile
+is never cancelled.
 
 Without slurmdbd, array tasks that ended more than MinJobAge (300 s by default) ago are only in the
 job-completion log, which Slurm 22.05 writes without the array task id: poll more often than that, or
@@ -84,6 +87,7 @@ from harvester_cli.backends.base import (
     Backend,
     KillResult,
     Observation,
+    RetireResult,
     SubmitResult,
     WorkerRef,
     WorkerSpec,
@@ -116,6 +120,7 @@ class SlurmBackend(Backend):
     name = "slurm"
 
     Options = SlurmOptions
+    retires_queued = True
 
     @classmethod
     def is_host_bound(cls, options: SlurmOptions | None) -> bool:
@@ -529,6 +534,99 @@ class SlurmBackend(Backend):
             log.warning("queue %s: scancel failed for %d workers (%s)", self.queue.name,
                         sum(not r.ok for r in results.values()), reason)
         return [results[w.worker_id] for w in workers]
+
+    # -- retire ------------------------------------------------------------------------------
+
+    def _hold_or_release(self, op: str, job_ids: list[str], cluster: str | None) -> dict[str, str]:
+        """`scontrol hold|release` of these jobs; Slurm's complaints per job id."""
+        result = self._run(["scontrol", *(["-M", cluster] if cluster else []), op, ",".join(job_ids)])
+        if result.returncode != 0 and self._unreachable(result.stderr + result.stdout):
+            raise _Unreachable(f"scontrol {op} failed: {self._message(result)}")
+        complaints = {}
+        for line in (result.stderr or "").splitlines():   # "<message> for job <id>" or "<id>: <message>"
+            line = line.strip()
+            if " for job " in line:
+                message, _, job = line.rpartition(" for job ")
+                complaints[job.strip()] = message
+            elif ": " in line:
+                job, _, message = line.partition(": ")
+                complaints[job.strip()] = message
+        return complaints
+
+    def retire(self, workers: list[WorkerRef], reason: str) -> list[RetireResult]:
+        """Cancel each job only while it is still pending, decided by slurmctld: hold the jobs first (a held job
+        never starts; a running job does not mind), then read their states, cancel those that are pending and
+        now held, and release the others. `scancel --state=PENDING` alone filters in the client on Slurm before
+        24.05 (its --ctld applies the filter in slurmctld): a job starting between its listing and its kill
+        would be killed."""
+        results: dict[int, RetireResult] = {w.worker_id: RetireResult(w.worker_id, RetireResult.GONE,
+                                                                      "no batch id recorded")
+                                             for w in workers if not w.batch_id}
+        by_cluster: dict[str | None, list[WorkerRef]] = defaultdict(list)
+        for worker in workers:
+            if worker.batch_id:
+                by_cluster[self._cluster_of(worker)].append(worker)
+        for cluster, group in by_cluster.items():
+            for start in range(0, len(group), 500):
+                chunk = group[start:start + 500]
+                try:
+                    results.update(self._retire_chunk(chunk, cluster))
+                except BackendError as exc:
+                    results.update({w.worker_id: RetireResult(w.worker_id, RetireResult.FAILED, str(exc))
+                                    for w in chunk if w.worker_id not in results})
+        self.forget_listing()
+        return [results[w.worker_id] for w in workers]
+
+    def _retire_chunk(self, chunk: list[WorkerRef], cluster: str | None) -> dict[int, RetireResult]:
+        out: dict[int, RetireResult] = {}
+        held = []
+        try:
+            self._hold_or_release("hold", [w.batch_id for w in chunk], cluster)
+            listing = self._squeue(frozenset({cluster}), fresh=True)
+            started = []
+            for worker in chunk:
+                record = listing.get((cluster, worker.batch_id))
+                if record is None or record.state in status.ENDED_STATES:
+                    out[worker.worker_id] = RetireResult(worker.worker_id, RetireResult.GONE,
+                                                         record.state if record else "not in squeue")
+                elif record.state == "PENDING":
+                    held.append(worker)
+                else:   # running, completing, suspended, configuring: it started, and it keeps running
+                    started.append(worker)
+                    out[worker.worker_id] = RetireResult(worker.worker_id, RetireResult.STARTED, record.state)
+            if started:   # a hold on a running job would keep it held if it were ever requeued
+                self._hold_or_release("release", [w.batch_id for w in started], cluster)
+            if not held:
+                return out
+            # Held and pending: it cannot start now. Cancel what is still pending.
+            result = self._run(["scancel", *(["-M", cluster] if cluster else []), "--state=PENDING",
+                                *[w.batch_id for w in held]])
+            if result.returncode != 0 and self._unreachable(result.stderr):
+                raise _Unreachable(f"scancel failed: {self._message(result)}")
+            after = self._squeue(frozenset({cluster}), fresh=True)
+        except BackendError:
+            # Never leave a pilot held behind (the next sweep, or the demand coming back, decides): release
+            # every job of the chunk; on one that was not held this changes nothing.
+            try:
+                self._hold_or_release("release", [w.batch_id for w in chunk], cluster)
+            except BackendError as exc:
+                log.warning("queue %s: cannot release %d jobs after a failed retirement: %s", self.queue.name,
+                            len(chunk), exc)
+            raise
+        still = [w for w in held if (after.get((cluster, w.batch_id)) or status.JobRecord("", "")).state == "PENDING"]
+        for worker in held:
+            record = after.get((cluster, worker.batch_id))
+            if worker in still:
+                out[worker.worker_id] = RetireResult(worker.worker_id, RetireResult.FAILED,
+                                                     f"scancel left {worker.batch_id} pending: {self._message(result)}")
+            elif record is not None and record.state in status.CANCELLED_STATES:
+                out[worker.worker_id] = RetireResult(worker.worker_id, RetireResult.RETIRED, "PENDING")
+            else:
+                out[worker.worker_id] = RetireResult(worker.worker_id, RetireResult.GONE,
+                                                     record.state if record else "not in squeue")
+        if still:
+            self._hold_or_release("release", [w.batch_id for w in still], cluster)
+        return out
 
     # -- crash repair ------------------------------------------------------------------------
 

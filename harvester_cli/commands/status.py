@@ -28,7 +28,8 @@ def _since(_ctx, _param, value: str) -> int:
 def command(g, queues, since, wide):
     """What the workers do: workers per queue, CE, resource type and state; over the window submitted,
     started, finished and failed per hour and the median time queued and running; the most frequent error
-    codes with one example each; lost and missed workers; updates waiting for PanDA and the oldest one's
+    codes with one example each; lost and missed workers; queued pilots retired as no longer needed (and
+    those that had started when sweep came, left running); updates waiting for PanDA and the oldest one's
     age; the last run of every command on every host (a stale cron shows here) with its last failure's first
     line, and the commands running now (one running longer than its interval stands out); time left on each
     proxy and token.

@@ -11,18 +11,21 @@ from harvester_cli.commands import exit_code, pass_globals, queue_option, record
 @pass_globals
 @recorded("sweep")
 def command(g, queues, force, retention):
-    """Kill workers marked for killing (by PanDA, by poll's policies, or by an operator with kill-workers);
-    forget old final workers and done jobs."""
+    """Kill workers marked for killing (by PanDA, by poll's policies, or by an operator with kill-workers),
+    retire queued pilots submit marked as no longer needed (removed only while still queued: one that started
+    is left running); forget old final workers and done jobs."""
     from dataclasses import asdict
 
     from harvester_cli.steps.sweep import sweep
 
     run = sweep(g.instance(), g.selected(queues), force=force, retention=retention)
-    g.items = sum(q.killed + q.cleaned for q in run.queues)
+    g.items = sum(q.killed + q.retired + q.cleaned for q in run.queues)
     out = g.output()
-    out.table("sweep", ["queue", "to kill", "killed", "kill failed", "cleaned workers", "deleted jobs", "note"],
-              [(q.queue, q.to_kill, q.killed, len(q.kill_failed), q.cleaned, q.jobs_deleted,
-                q.refused or "; ".join(f"{w}: {e}" for w, e in q.kill_failed[:3])) for q in run.queues])
+    out.table("sweep", ["queue", "to kill", "killed", "retired", "left running", "kill failed", "cleaned workers",
+                        "deleted jobs", "note"],
+              [(q.queue, q.to_kill, q.killed, q.retired, q.retire_started, len(q.kill_failed), q.cleaned,
+                q.jobs_deleted, q.refused or "; ".join(f"{w}: {e}" for w, e in q.kill_failed[:3]))
+               for q in run.queues])
     out.line(f"history: {run.history_trimmed} snapshot rows older than the retention deleted")
     report(out, run.problems())
     out.emit({"queues": [asdict(q) for q in run.queues], "history_trimmed": run.history_trimmed})

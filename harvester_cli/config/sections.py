@@ -151,6 +151,15 @@ class QueueConfig(Section):
     job_heartbeat_seconds: int = setting(1800, doc="push: re-send 'running' this often so PanDA can answer "
                                                    "tobekilled (0: never)")
     max_queued_seconds: int = setting(2 * DAY, doc="kill workers queued longer", minimum=60)
+    retire_max_per_run: int = setting(20, doc="queued pilots beyond the demand (pull: activated jobs x "
+                                              "activated_factor, never below empty_pilot_floor; push: jobs that "
+                                              "wait for them) marked per submit run for sweep to remove, youngest "
+                                              "first and only while still queued at the backend; marks not yet "
+                                              "carried out count against it (0: never retire)",
+                                      maximum=100_000)
+    retire_min_age: int = setting(600, doc="seconds a pilot must have waited in the batch queue before it may be "
+                                           "retired (the demand's dips shorter than this keep their pilots)",
+                                  minimum=60)
     lost_grace_seconds: int = setting(600, doc="fail workers the backend lost after this long")
     proxy_profile: str | None = setting(None, doc="the [proxies.NAME] whose proxy this queue's workers get")
     ce_credentials: str = setting("proxy", doc="how the backend authenticates to the CEs: proxy (X.509, delegated "

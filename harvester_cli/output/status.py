@@ -87,6 +87,12 @@ def lost_and_missed(out: Output, data: dict, window: str) -> None:
         found = data[kind]
         latest = [str(w["worker_id"]) for w in found["latest"][:5]]
         out.line(f"{window}: {found['count']} {kind} worker(s)" + (f", latest {', '.join(latest)}" if latest else ""))
+    retired = data["retired"]
+    latest = [str(w["worker_id"]) for w in retired["latest"][:5]]
+    out.line(f"{window}: {retired['count']} queued pilot(s) retired as no longer needed"
+             + (f", latest {', '.join(latest)}" if latest else "")
+             + f" (all counted: {retired['total']} retired, {retired['started_during_removal']} had started "
+               "when sweep came and were left running)")
     pending = data["pending_updates"]
     out.line("updates waiting for PanDA: " + ", ".join(
         f"{kind}s={p['count']}" + (f" (oldest {model.duration(p['oldest_age_seconds'])})" if p["oldest_age_seconds"]

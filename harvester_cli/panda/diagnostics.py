@@ -9,6 +9,9 @@ from harvester_cli import model
 
 # (pattern on the worker's diag, error code, short message); first match wins.
 RULES: tuple[tuple[str, int, str], ...] = (
+    # A queued pilot nobody needed any more, removed while it still waited (steps/retire.py): cancelled on
+    # purpose, not a failure of the site's.
+    (r"^retired", 1014, "queued pilot retired: no longer needed"),
     (r"^killed: PanDA", 1010, "killed on PanDA's request"),
     (r"^killed: .*held", 1011, "removed after being held"),
     (r"^killed: .*queued longer", 1012, "removed after queuing too long"),

@@ -52,6 +52,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "harvester_cli_panda_call_errors_total": (
         "counter", "PanDA calls that failed, per API endpoint and kind (network, http, refused).",
         ("endpoint", "kind", "host")),
+    "harvester_cli_pilots_retired_total": (
+        "counter", "Queued pilots nobody needed any more, removed while they still waited, per queue and CE.",
+        ("queue", "computing_element", "host")),
+    "harvester_cli_pilots_started_during_retirement_total": (
+        "counter", "Pilots marked for retirement that had started when sweep came to remove them: left running.",
+        ("queue", "computing_element", "host")),
     "harvester_cli_submission_failures_total": (
         "counter", "Workers whose submission failed (missed), per queue and CE.", ("queue", "computing_element",
                                                                                    "host")),

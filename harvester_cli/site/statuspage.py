@@ -159,7 +159,8 @@ def render(data: dict, charts: dict[str, list], prefix: str, now: float | None =
 <h2>Most frequent errors</h2>
 {_table(["code", "meaning", "queues", "workers", "example worker", "example diag"], error_rows, "errors",
         "no failed workers in the window")}
-<h2>Lost and missed workers ({data["lost"]["count"]} lost, {data["missed"]["count"]} missed)</h2>
+<h2>Lost and missed workers ({data["lost"]["count"]} lost, {data["missed"]["count"]} missed; {data["retired"]["count"]}
+queued pilots retired as no longer needed)</h2>
 {_table(["kind", "queue", "CE", "worker", "ended", "diag"], lost_rows, "lost", "none in the window")}
 <h2>Updates waiting for PanDA</h2>
 {_table(["kind", "waiting", "oldest"], pending_rows, "pending")}

@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, exists, func, literal_column, null, select, tr
 
 from harvester_cli import model
 from harvester_cli.state import bulk, claims
-from harvester_cli.state.schema import job_workers, reports, workers
+from harvester_cli.state.schema import job_workers, jobs, reports, workers
 from harvester_cli.state.store import Tx, chunks
 
 
@@ -149,6 +149,62 @@ def started_since(tx: Tx, queue: str, since: float) -> dict[str, int]:
     return dict(tx.execute(select(workers.c.resource_type, func.count())
                            .where(workers.c.queue == queue, workers.c.start_time >= since)
                            .group_by(workers.c.resource_type)).all())
+
+
+# -- retirement: queued pilots nobody needs any more ----------------------------------------------
+
+@dataclass(frozen=True)
+class QueuedWorker:
+    """A worker that waits in the batch queue (pending, submitted or idle), as the retirement rule sees it."""
+
+    worker_id: int
+    resource_type: str | None
+    status: str
+    submit_time: float | None
+    started_before: bool      # it ran once (idle again: suspended, requeued)
+    kill_mark: str | None     # None, "retire" (marked for retirement, not carried out yet) or "kill"
+    carries_job: bool         # push: a job waits for it to run
+
+
+def queued_workers(tx: Tx, queue: str) -> list[QueuedWorker]:
+    """Every worker of the queue waiting in the batch queue, oldest first."""
+    carries = exists().where(job_workers.c.worker_id == workers.c.worker_id, jobs.c.panda_id == job_workers.c.panda_id,
+                             jobs.c.sub_status.in_([model.SUB_FETCHED, model.SUB_SUBMITTED]))
+    rows = tx.execute(select(workers.c.worker_id, workers.c.resource_type, workers.c.status, workers.c.submit_time,
+                             workers.c.start_time, workers.c.kill_reason, carries.label("carries"))
+                      .where(workers.c.queue == queue, workers.c.status.in_(model.WORKER_QUEUED))
+                      .order_by(workers.c.worker_id))
+    return [QueuedWorker(w, rt, status, submitted, started is not None,
+                         None if reason is None else "retire" if model.is_retirement(reason) else "kill", bool(job))
+            for w, rt, status, submitted, started, reason, job in rows]
+
+
+def mark_retirement(tx: Tx, worker_ids: Sequence[int], reason: str) -> int:
+    """Mark these workers for sweep to retire (kill_reason = model.RETIRE_MARK + reason): only those still
+    submitted, never started and not marked for anything else (compare-and-set); returns how many were."""
+    count = 0
+    for chunk in chunks(list(worker_ids), 500):
+        count += tx.execute(update(workers).where(
+            workers.c.worker_id.in_(chunk), workers.c.status == model.SUBMITTED, workers.c.start_time.is_(None),
+            workers.c.kill_reason.is_(None)).values(kill_reason=model.RETIRE_MARK + reason)).rowcount
+    return count
+
+
+def withdraw_retirement(tx: Tx, worker_ids: Sequence[int], *, claimed: bool = False) -> int:
+    """Take the retirement mark off these workers (the demand came back, or the pilot started): not claimed by
+    a sweep, or (`claimed`) claimed by this run, whose claim is then released. A kill mark of another kind
+    stays. Returns how many marks were taken off."""
+    count = 0
+    for chunk in chunks(list(worker_ids), 500):
+        where = [workers.c.worker_id.in_(chunk), workers.c.kill_reason.startswith(model.RETIRE_MARK, autoescape=True)]
+        if claimed:
+            where.append(claims.owned(tx, workers))
+        else:
+            where.append(claims.free(workers, model.now()))
+        count += tx.execute(update(workers).where(*where).values(kill_reason=None)).rowcount
+    if claimed:
+        release(tx, worker_ids)
+    return count
 
 
 # -- poll: pages of active workers, and what changed ----------------------------------------------

@@ -56,7 +56,8 @@ def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention:
     def sweep_step():
         r = sweep.sweep(instance, queues, retention=sweep_retention)
         killed, cleaned = sum(q.killed for q in r.queues), sum(q.cleaned for q in r.queues)
-        return f"killed {killed}, cleaned {cleaned}", r.problems(), killed + cleaned
+        retired = sum(q.retired for q in r.queues)
+        return f"killed {killed}, retired {retired}, cleaned {cleaned}", r.problems(), killed + retired + cleaned
 
     instance.store   # a state database this code cannot use stops the cycle here, with exit 2, not per step
     results = []

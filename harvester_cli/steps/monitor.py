@@ -29,6 +29,10 @@ from harvester_cli.state.schema import HISTORY_STATES
 
 log = logging.getLogger(__name__)
 
+# The error code of a queued pilot retired as no longer needed (steps/retire.py), and the counters of them.
+RETIRED_CODE = diagnostics.classify(model.CANCELLED, model.RETIRED, None)[0]
+RETIREMENT_COUNTERS = {"harvester_cli_pilots_retired_total": "retired",
+                       "harvester_cli_pilots_started_during_retirement_total": "started"}
 # Commands whose runs are recorded (what cron runs); cycle also records each of its steps.
 RECORDED = ("fetch-jobs", "submit", "poll", "propagate", "sweep", "cycle", "renew-proxy", "clean-logs")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -81,7 +85,7 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
     window: dict[tuple, dict] = defaultdict(lambda: {"submitted": 0, "started": 0, "finished": 0, "failed": 0,
                                                      "cancelled": 0, "missed": 0, "queued": [], "running": []})
     errors: dict[int, dict] = {}
-    lost, missed = [], []
+    lost, missed, retired = [], [], []
     for w in views.workers_since(store, queues, since):
         key = (w.queue, w.computing_element or "", w.resource_type or "")
         stats = window[key]
@@ -111,6 +115,8 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
         entry["example"] = example   # the latest (rows come by worker id)
         if code == 1030:
             lost.append(example)
+        if code == RETIRED_CODE:
+            retired.append(example)
         if w.status == model.MISSED:
             missed.append(example)
     window_rows = []
@@ -144,12 +150,20 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
                      "since_last_failure_seconds": round(now - r["last_failure_at"], 1) if r["last_failure_at"]
                      else None})
     jobs = views.job_counts(store, queues)
+    # Every host's retirements since the counters began: removed while queued, and started before removal.
+    counted = {"retired": 0, "started": 0}
+    for c in views.counters(store):
+        kind = RETIREMENT_COUNTERS.get(c["name"])
+        if kind and c["labels"].get("queue") in queues:
+            counted[kind] += int(c["value"])
     return {
         "generated": model.iso_time(now), "harvester_id": config.harvester_id,
         "window": {"since": model.iso_time(since), "seconds": since_seconds},
         "workers": workers, "jobs": jobs, "window_stats": window_rows, "errors": top[:examples],
         "lost": {"count": len(lost), "latest": lost[-examples:][::-1]},
         "missed": {"count": len(missed), "latest": missed[-examples:][::-1]},
+        "retired": {"count": len(retired), "latest": retired[-examples:][::-1], "total": counted["retired"],
+                    "started_during_removal": counted["started"]},
         "pending_updates": pending, "commands": runs, "running": running_now(instance, now),
         "credentials": [asdict(c) for c in credentials(config, now)],
     }

@@ -10,7 +10,8 @@ tagged with its worker id and adopts it, or records it missed.
 One queue's submission, in order (`submit_queue`):
   1. lease "submit:QUEUE"          one run per queue over every host
   2. repair_pending                adopt or miss what an interrupted run left pending
-  3. plan                          how many workers, per resource type (steps.planner, pure)
+  3. plan                          how many workers, per resource type (steps.planner, pure); and which
+                                   queued pilots nobody needs any more, marked for sweep (steps.retire)
   4. record_pending                one transaction: the rows and their jobs' bindings, only while the lease holds
   5. backend.submit                each batch job tagged with the harvester id and its worker id
   6. record_results                one transaction: submitted or missed, rows still pending only; jobs follow
@@ -33,7 +34,7 @@ from harvester_cli.panda import job_counts, resource_types
 from harvester_cli.panda.jobs import MAX_INT32, PandaJob
 from harvester_cli.state import jobs, locks, meta, outbox, targets, workers
 from harvester_cli.state.store import Tx, chunks
-from harvester_cli.steps import planner, registration, transitions
+from harvester_cli.steps import planner, registration, retire, transitions
 
 log = logging.getLogger(__name__)
 
@@ -449,6 +450,10 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
         else:
             result.plan = planner.plan(queue, state, run_remaining)
+            # queued pilots beyond the demand: marked for sweep to retire (under this lease: one host decides)
+            step = retire.mark_excess(instance, queue, state, dry_run=dry_run)
+            trace = result.plan.trace
+            trace.insert(len(trace) - 1 if trace and trace[-1].rule == "PanDA registration" else len(trace), step)
         if registration_problem and not dry_run:
             result.error = f"not registered at PanDA, nothing submitted: {registration_problem}"
         if dry_run or result.plan.total == 0 or result.error:   # a backend that cannot be asked gets nothing new

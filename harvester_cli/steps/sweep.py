@@ -1,5 +1,6 @@
-"""sweep: kill workers marked for killing (with a cap against mass accidents), then forget final workers
-and done jobs after their retention time."""
+"""sweep: kill workers marked for killing (with a cap against mass accidents; queued pilots marked for
+retirement are removed only while still queued, steps/retire.py), then forget final workers and done jobs
+after their retention time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from harvester_cli.config import QueueConfig
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance, worker_ref
 from harvester_cli.state import jobs, monitoring, outbox, workers
-from harvester_cli.steps import transitions
+from harvester_cli.steps import retire, transitions
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ class QueueSweep:
     queue: str
     to_kill: int = 0
     killed: int = 0
+    retired: int = 0            # queued pilots nobody needed, removed while still queued (steps/retire.py)
+    retire_started: int = 0     # marked for retirement but started meanwhile: left running
     kill_failed: list[tuple[int, str]] = field(default_factory=list)
     refused: str | None = None
     cleaned: int = 0
@@ -113,6 +116,19 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
             rows = workers.claim_to_kill(tx, queue.name, host, 500)
         if not rows:
             return
+        retiring = [r for r in rows if model.is_retirement(r.kill_reason)]
+        if retiring:   # removed only while still queued, at the backend's own word
+            retirement = retire.carry_out(instance, queue, retiring)
+            result.retired += retirement.retired
+            result.retire_started += retirement.started
+            result.kill_failed += retirement.failed
+            rows = [r for r in rows if not model.is_retirement(r.kill_reason)]
+            if retirement.failed:
+                with store.transaction() as tx:
+                    workers.release(tx, [r.worker_id for r in rows])
+                return   # the backend refuses: the next run retries
+            if not rows:
+                continue
         refs = [worker_ref(r) for r in rows]
         try:
             outcomes = instance.backend(queue).kill(refs, "killed by harvester-cli sweep")

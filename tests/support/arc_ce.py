@@ -101,3 +101,11 @@ def arc_queue(ce: ArcCE, pilot_zip: Path, mode: str, url: str | None = None, **o
     return {"mode": mode, "backend": "arc", "backend_options": {
         "endpoints": [url or ce.url], "queue": "fork", "ca": str(ce.ca_dir), "input_files": [str(pilot_zip)],
         "environment": {"PYTHONPATH": f"$PWD/{PILOT_ZIP}"}, **options}}
+
+
+def ce_state(instance, queue: str, job_id: str) -> str:
+    """The CE's own answer for one job (REST), through the backend's client: a state or the HTTP status."""
+    backend = instance.backend(instance.config.queues[queue])
+    endpoint = backend.options.endpoints[0]
+    (result,) = backend._client(endpoint).getJobsStatus([job_id])
+    return str(getattr(result.value, "status", "")) if result.error else result.value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,14 +33,18 @@ def _toml_value(value) -> str:
     return json.dumps(str(value))
 
 
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)   # "+GoAhead" needs quotes
+
+
 def to_toml(data: dict, prefix: str = "") -> str:
     """Enough TOML for test configurations (scalars, lists, nested tables)."""
     lines, tables = [], []
     for key, value in data.items():
         if isinstance(value, dict):
-            tables.append((f"{prefix}{key}", value))
+            tables.append((f"{prefix}{_toml_key(key)}", value))
         else:
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
     text = "\n".join(lines) + "\n"
     for name, table in tables:
         text += f"\n[{name}]\n" + to_toml(table, f"{name}.")

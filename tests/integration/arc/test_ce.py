@@ -35,7 +35,7 @@ from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
 from harvester_cli.steps.cycle import run_cycle
-from tests.support.arc_ce import PILOT_ZIP, arc_queue
+from tests.support.arc_ce import PILOT_ZIP, arc_queue, ce_state
 from tests.support.harness import cycle_until, free_port, rows, wait_until
 
 pytestmark = pytest.mark.arc
@@ -143,14 +143,6 @@ class Forwarder:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def ce_state(instance, queue: str, job_id: str) -> str:
-    """The CE's own answer for one job (REST), through the backend's client: a state or the HTTP status."""
-    backend = instance.backend(instance.config.queues[queue])
-    endpoint = backend.options.endpoints[0]
-    (result,) = backend._client(endpoint).getJobsStatus([job_id])
-    return str(getattr(result.value, "status", "")) if result.error else result.value
 
 
 class Turnaround:
