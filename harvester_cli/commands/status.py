@@ -54,6 +54,7 @@ def command(g, queues, since, wide):
     show.lost_and_missed(out, data, window)
     show.running_table(out, data, wide)
     show.commands_table(out, data, wide)
+    show.login_nodes_table(out, data, wide)
     show.credentials_table(out, data, wide)
     if problems:
         show.report_problems_table(out, problems, wide)
