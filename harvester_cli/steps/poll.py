@@ -88,7 +88,7 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
             observations = backend.check(rows)
             fault_point("poll_after_check")
         except Exception as exc:  # one backend failing must not stop the other queues
-            log.warning("queue %s: backend check failed: %s", queue.name, exc,
+            log.info("queue %s: backend check failed: %s", queue.name, exc,
                         exc_info=log.isEnabledFor(logging.DEBUG))
             result.error = f"backend check failed: {exc}"
             result.exit_code = exit_code_of(exc)

@@ -133,7 +133,7 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> Repair:
     try:
         found = instance.backend(queue).find([worker_ref(r) for r in rows])
     except Exception as exc:   # cannot tell: keep them pending (released) and ask again next run
-        log.warning("queue %s: backend lookup of interrupted submissions failed: %s", queue.name, exc,
+        log.info("queue %s: backend lookup of interrupted submissions failed: %s", queue.name, exc,
                     exc_info=log.isEnabledFor(logging.DEBUG))
         at = model.now()
         overdue = [r for r in rows if at - r.created > queue.lost_grace_seconds]
@@ -365,7 +365,7 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
             except Exception as exc:
                 # Some workers of the batch may have started: release them as pending, so the next submit's
                 # repair asks the backend (find) instead of guessing, and no job runs twice.
-                log.warning("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
+                log.info("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
                             exc_info=log.isEnabledFor(logging.DEBUG))   # a traceback with -vv only
                 with store.transaction() as tx:
                     workers.release(tx, left)

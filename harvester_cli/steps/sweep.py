@@ -50,7 +50,12 @@ class SweepRun:
                 out.append(f"queue {q.queue}: {q.refused}")
             if q.clean_failed and q.exit_code > 1:
                 out.append(f"queue {q.queue}: clean failed: {q.clean_failed}")
-            out += [f"queue {q.queue}: worker {w}: kill failed: {e}" for w, e in q.kill_failed]
+            by_error: dict[str, list[int]] = {}
+            for w, e in q.kill_failed:   # a backend that failed as a whole: one line for its workers, not one each
+                by_error.setdefault(e, []).append(w)
+            for e, ids in by_error.items():
+                who = f"worker {ids[0]}" if len(ids) == 1 else f"{len(ids)} workers ({ids[0]}, ...)"
+                out.append(f"queue {q.queue}: {who}: kill failed: {e}")
         return out
 
 
@@ -126,7 +131,7 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
         try:
             outcomes = instance.backend(queue).kill(refs, "killed by harvester-cli sweep")
         except Exception as exc:   # release at once, or these workers stay claimed for a whole lease
-            log.warning("queue %s: backend kill failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.info("queue %s: backend kill failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             with store.transaction() as tx:
                 workers.release(tx, [r.worker_id for r in rows])
             result.kill_failed += [(r.worker_id, f"backend error: {exc}") for r in rows]
