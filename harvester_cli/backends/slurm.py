@@ -42,6 +42,15 @@ Without slurmdbd, array tasks that ended more than MinJobAge (300 s by default) 
 job-completion log, which Slurm 22.05 writes without the array task id: poll more often than that, or
 set max_array_size = 1 on such a cluster.
 
+Through a login node (`login_nodes`): the commands above run on the first login node that answers, over the
+run's one SSH connection (transport.py), and `work_dir` is a directory of the login node's shared file
+system. The workers' files are staged there in one stream per submit (the job description 0600, the jobs'
+proxy and tokens copied under credentials/ at every submit); the pilot and batch logs are written beside them
+(<work_dir>/<queue>/<worker id>/logs) and come back, with heartbeat.json and jobReport.json, into the
+worker's log directory when poll sees it end, all ended workers of a check in one transfer. A login node
+that is down is skipped; a changed host key or a refused key is a ConfigError (exit 2). squeue and sacct are
+run as `ssh_user`. The README's "Slurm through a login node" has a worked configuration.
+
 Example queue (TOML):
 
     [queues.SITE_SLURM]
@@ -160,7 +169,9 @@ class SlurmBackend(Backend):
     @property
     def user(self) -> str:
         """Whose jobs these are: the account on the login node, or this account."""
-        return self.options.ssh_user or pwd.getpwuid(os.geteuid()).pw_name
+        if self.options.login_nodes and self.options.ssh_user:
+            return self.options.ssh_user
+        return pwd.getpwuid(os.geteuid()).pw_name
 
     @cached_property
     def transport(self) -> Transport:

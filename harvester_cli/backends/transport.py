@@ -276,12 +276,8 @@ def remote_command(args: Sequence[str], set_env: Mapping[str, str] | None = None
 _PUT = ('umask 077 && mkdir -p -- "$1" && cd -- "$1" && tar -x -m --no-same-owner -f - && shift && '
         'while [ $# -gt 1 ]; do mv -f -- "$1" "$2" || exit 1; shift 2; done')
 # get: the regular files (not links) asked for, those of a directory one level deep, at most $2 bytes each.
-_GET = ('cd -- "$1" 2>/dev/null || exit 0; max=$2; shift 2; '
-        'for p do if [ -d "$p" ] && [ ! -L "$p" ]; then for f in "$p"/* "$p"/.[!.]*; do '
-        '[ -f "$f" ] && [ ! -L "$f" ] && printf "%s\\n" "$f"; done; '
-        'elif [ -f "$p" ] && [ ! -L "$p" ]; then printf "%s\\n" "$p"; fi; done | '
-        'while IFS= read -r f; do [ "$(wc -c < "$f")" -le "$max" ] && printf "%s\\0" "$f"; done | '
-        'tar -c -f - --null --no-recursion -T -')
+_GET = ('cd -- "$1" 2>/dev/null || exit 0; max=$(($2 + 1)); shift 2; '
+        'find "$@" -maxdepth 1 -type f -size "-${max}c" -print0 2>/dev/null | tar -c -f - --null --no-recursion -T -')
 # remove: the first $2 paths whole, then each further directory that holds no symbolic link.
 _REMOVE = ('cd -- "$1" 2>/dev/null || exit 0; n=$2; shift 2; i=0; for p do i=$((i + 1)); '
            'if [ "$i" -le "$n" ]; then rm -rf -- "$p"; '

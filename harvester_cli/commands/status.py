@@ -30,8 +30,8 @@ def command(g, queues, since, wide):
     started, finished and failed per hour and the median time queued and running; the most frequent error
     codes with one example each; lost and missed workers; updates waiting for PanDA and the oldest one's
     age; the last run of every command on every host (a stale cron shows here) with its last failure's first
-    line, and the commands running now (one running longer than its interval stands out); time left on each
-    proxy and token.
+    line, and the commands running now (one running longer than its interval stands out); which login node
+    answered each queue that submits through login nodes; time left on each proxy and token.
     """
     from harvester_cli.output import status as show
     from harvester_cli.state import outbox

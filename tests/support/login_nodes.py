@@ -279,32 +279,3 @@ class LoginSite:
                 "known_hosts": str(self.known_hosts), "work_dir": str(work_dir), "connect_timeout": 3,
                 "command_timeout": 20, **extra}
 
-
-# -- fixtures (imported by tests/integration/ssh/conftest.py) -------------------------------------------
-
-import pytest  # noqa: E402  (fixtures below; the module above is plain code the bench uses too)
-
-
-@pytest.fixture(scope="session")
-def login_site():
-    try:
-        site = LoginSite().__enter__()
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield site
-    site.__exit__()
-
-
-@pytest.fixture
-def login(login_site, harness):
-    """The site, as every test leaves it: each run's connection closed, no job of ours left, every login node up
-    with its own host key and reachable."""
-    yield login_site
-    from harvester_cli.backends import transport
-
-    transport.close_all()
-    login_site.cancel_all()
-    for i in range(1, login_site.nodes + 1):
-        login_site.mend(i)
-        if i not in login_site.sshd:
-            login_site.start_sshd(i)

@@ -20,7 +20,7 @@ TESTS = ROOT / "tests"
 PEER_MARKERS = {"htcondor", "arc", "slurm", "postgres", "mariadb", "voms", "tokens", "metrics", "browser", "multihost", "ssh"}
 # The support modules whose fixtures start a real daemon (or, for mail, the SMTP server tests count as a peer).
 PEER_MODULES = {"tests.support.arc_ce", "tests.support.condor_pool", "tests.support.databases", "tests.support.mail",
-                "tests.support.monitoring", "tests.support.login_nodes"}
+                "tests.support.monitoring"}
 
 
 def test_no_test_module_imports_another_test_module():
