@@ -22,15 +22,16 @@ SSH, for sites whose batch system only a login node reaches (PanDA Harvester's S
   within a run is opened again.
 - Login nodes are tried in order, each for `connect_timeout` seconds; the first that answers serves the
   whole run. One that is down (refused, timed out, no route, unknown name) is skipped; when none answers,
-  `LoginNodesDown` (exit 1: the next run tries again). A changed or unknown host key, a refused or expired
-  key (certificates are used when `<key>-cert.pub` is beside it) is `SSHConfigError` (exit 2): a
-  configuration problem that trying other nodes would only hide.
+  `LoginNodesDown` (exit 1: the next run tries again). A changed or unknown host key, a refused key or an
+  expired certificate (ssh uses `<key>-cert.pub` when it is beside the key; its validity is read from it,
+  the node does not say why it refused) is `SSHConfigError` (exit 2): a configuration problem that trying
+  other nodes would only hide.
 - A connection lost during a command (the master gone) raises `ConnectionLost`: what the command did is
   unknown (an sbatch may have been taken); the rest of the run's calls fail at once with the same reason.
 - Every command has a timeout (the caller's); the connection keeps alive and notices a dead peer with
   ServerAlive probes every `connect_timeout` seconds.
 
-Imported by backends; imports base (copy_into_place) and errors only.
+Imported by backends; imports base (copy_into_place), config.ssh_certificate and errors only.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from harvester_cli.backends.base import Contact, copy_into_place
+from harvester_cli.config import ssh_certificate
 from harvester_cli.errors import BackendError, ConfigError
 
 # -- results and errors -----------------------------------------------------------------------------
@@ -60,8 +62,8 @@ from harvester_cli.errors import BackendError, ConfigError
 @dataclass(frozen=True)
 class StagedFile:
     """A file to put under a transport's root: `path` relative to it ('/'-separated), its bytes and mode, or a
-    symbolic link to `link`, or an empty directory (mode 0700). `replace`: others may read it meanwhile (a proxy renewed under running jobs), so
-    it appears whole, by rename."""
+    symbolic link to `link`, or an empty directory (mode 0700). `replace`: others may read it meanwhile (a
+    proxy renewed under running jobs), so it appears whole, by rename."""
 
     path: str
     data: bytes = b""
@@ -236,10 +238,10 @@ class SSHSettings:
 
 
 # What ssh prints when the configuration is wrong (exit 2), as opposed to a node that is down (try the next).
-_HOST_KEY_CHANGED = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", re.I)
-_HOST_KEY_UNKNOWN = re.compile(r"No \S+ host key is known for|Host key verification failed", re.I)
+_HOST_KEY_CHANGED = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", re.IGNORECASE)
+_HOST_KEY_UNKNOWN = re.compile(r"No \S+ host key is known for|Host key verification failed", re.IGNORECASE)
 _KEY_REFUSED = re.compile(r"Permission denied \(|Too many authentication failures|"
-                          r"no mutual signature algorithm|Identity file .* not accessible|Load key .*:", re.I)
+                          r"no mutual signature algorithm|Identity file .* not accessible|Load key .*:", re.IGNORECASE)
 
 
 def classify(stderr: str) -> tuple[str, str]:
@@ -382,8 +384,16 @@ class SSHTransport(Transport):
             raise SSHConfigError(f"{where}: no host key for it in {s.known_hosts} (ssh: {line}); add the key the "
                                  "site publishes (harvester-cli never accepts an unknown key)")
         if kind == "key refused":
+            # The node says only "Permission denied": the certificate beside the key tells whether it expired.
+            certificate = ssh_certificate.certificate_of(s.key)
+            found = ssh_certificate.validity(certificate)
+            invalid = found.problem() if found else None
+            if invalid:
+                raise SSHConfigError(f"{where} refused the key {s.key} for user {s.user} (ssh: {line}): its "
+                                     f"certificate {certificate} {invalid}: the site issues a new one")
             raise SSHConfigError(f"{where} refused the key {s.key} for user {s.user} (ssh: {line}): not in its "
-                                 "authorized_keys, or expired (a certificate's validity), or the wrong user")
+                                 "authorized_keys" + (" (nor its certificate's CA or principal trusted there)"
+                                                      if found else "") + ", or the wrong user")
         return line
 
     def _ssh(self, command: str, *, timeout: float, input: bytes | None, what: str) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from harvester_cli.config.ssh_certificate import certificate_of, validity
 from harvester_cli.config.schema import rule_of
 from harvester_cli.config.sections import Config
 
@@ -28,9 +29,11 @@ def _walk(section: Any, where: str):
             yield where, f.name, rule_of(f), value
 
 
-def environment_problems(config: Config) -> list[str]:
+def environment_problems(config: Config, *, lifetimes: bool = False) -> list[str]:
     """What only this host can tell: files named in the configuration that do not exist, secrets that
-    others can read, and configurations that cannot work (no queues, no credentials for PanDA)."""
+    others can read, and configurations that cannot work (no queues, no credentials for PanDA). With
+    `lifetimes` (config check), also credentials that are not valid now; not for the work commands, whose
+    runs would stop whole: the queue that uses one says so (exit 2) and the other queues still run."""
     source = str(config.path or "<config>")
     problems = []
     sections: list[tuple[str, Any]] = [("panda", config.panda), ("smtp", config.smtp)]
@@ -56,6 +59,8 @@ def environment_problems(config: Config) -> list[str]:
                 problems.append(f"{source}: [{where}] {key}: {value} is readable by others "
                                 f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {value}")
     problems += _login_nodes(config, source)
+    if lifetimes:
+        problems += _certificates(config, source)
     problems += _client_libraries(config, source)
     problems += _directories(config, source)
     problems += _loose_state_files(config, source)
@@ -140,6 +145,22 @@ def _login_nodes(config: Config, source: str) -> list[str]:
                 problems.append(f"{source}: [queues.{name}.backend_options] known_hosts: {known} has no key for "
                                 f"login node {entry}: add the key the site publishes (ssh-keyscan only to compare "
                                 "with it: an unchecked key is what strict checking is there to refuse)")
+    return problems
+
+
+def _certificates(config: Config, source: str) -> list[str]:
+    """The certificate beside a login node key (<key>-cert.pub) that is not valid now: every login node refuses
+    that key, and says only "Permission denied"."""
+    problems = []
+    for name, queue in config.queues.items():
+        options = queue.backend_options
+        if not getattr(options, "login_nodes", None) or options.ssh_key is None:
+            continue
+        certificate = certificate_of(options.ssh_key)
+        found = validity(certificate)
+        if found and (invalid := found.problem()):
+            problems.append(f"{source}: [queues.{name}.backend_options] ssh_key: its certificate {certificate} "
+                            f"{invalid}: the login nodes refuse it (the site issues a new one)")
     return problems
 
 

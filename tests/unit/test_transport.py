@@ -5,6 +5,7 @@ options of a login node, and what `config check` says of them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -16,7 +17,8 @@ import pytest
 
 from harvester_cli import config
 from harvester_cli.backends import transport
-from harvester_cli.backends.transport import LocalTransport, SSHSettings, SSHTransport, StagedFile
+from harvester_cli.backends.transport import LocalTransport, SSHSettings, StagedFile
+from harvester_cli.config import ssh_certificate
 from harvester_cli.errors import ConfigError
 
 # What OpenSSH 9.2 prints (captured against Debian's sshd).
@@ -71,7 +73,7 @@ def files() -> list[StagedFile]:
 
 
 def check_put(root: Path) -> None:
-    mode = lambda p: stat.S_IMODE(os.lstat(root / p).st_mode)   # noqa: E731
+    mode = lambda p: stat.S_IMODE(os.lstat(root / p).st_mode)
     assert mode("12") == 0o700 and mode("12/logs") == 0o700 and mode("credentials") == 0o700
     assert mode("12/pandaJobData.out") == 0o600 and mode("12/harvester-worker.sh") == 0o700
     assert os.readlink(root / "arrays/12/0") == "/somewhere/12/logs"
@@ -211,6 +213,48 @@ def test_a_host_key_or_key_problem_is_a_configuration_error_and_stops_at_that_no
     assert "login2" not in fake_ssh.read_text()   # another node would only hide it
 
 
+def certified(tmp_path: Path, key: Path, validity: str | None) -> Path:
+    """A key pair at `key`, with a certificate of a CA of its own beside it (valid for `validity`, ssh-keygen -V)."""
+    ca = tmp_path / "user_ca"
+    if not ca.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-s", str(ca), "-I", "harvester", "-n", "hclogin",
+                    *(["-V", validity] if validity else []), f"{key}.pub"], check=True)
+    return ssh_certificate.certificate_of(key)
+
+
+def test_a_certificates_validity_is_read_from_it(tmp_path):
+    key = tmp_path / "id"
+    expired = ssh_certificate.validity(certified(tmp_path, key, "20200101:20200102"))
+    assert expired == ssh_certificate.Validity(1577836800, 1577923200)
+    assert expired.problem() == "expired at 2020-01-02 00:00:00 UTC" and expired.problem(1577836900) is None
+    assert expired.problem(1577836000) == "is valid only from 2020-01-01 00:00:00 UTC"
+    forever = ssh_certificate.validity(certified(tmp_path, key, None))
+    assert forever == ssh_certificate.Validity(0, None) and forever.problem() is None
+    for not_one in (Path(f"{key}.pub"), tmp_path / "missing", key):   # a plain public key, nothing, a private key
+        assert ssh_certificate.validity(not_one) is None
+    blob = (tmp_path / "id-cert.pub").read_text().split()[1]
+    assert ssh_certificate.parse(base64.b64decode(blob)[:60]) is None   # cut short
+
+
+@pytest.mark.parametrize("validity,says,not_said", [
+    (None, "not in its authorized_keys, or the wrong user", "certificate"),
+    ("20200101:20200102", "its certificate {cert} expired at 2020-01-02 00:00:00 UTC", "authorized_keys"),
+    ("-5m:+1h", "nor its certificate's CA or principal trusted there", "expired"),
+])
+def test_a_refused_key_says_when_its_certificate_expired(tmp_path, fake_ssh, monkeypatch, validity, says, not_said):
+    if validity:
+        certified(tmp_path, tmp_path / "id", validity)
+    monkeypatch.setenv("FAKE_SSH_NODES", "login1=refused")
+    with pytest.raises(transport.SSHConfigError) as caught:
+        transport.ssh(settings(tmp_path)).run(["true"], timeout=10)
+    text = str(caught.value)
+    assert f"refused the key {tmp_path / 'id'} for user hclogin (ssh: hclogin@login1: Permission denied" in text
+    assert says.format(cert=tmp_path / "id-cert.pub") in text and not_said not in text
+
+
 def test_a_connection_lost_during_a_command_is_said_once_and_ends_the_runs_calls(tmp_path, fake_ssh, monkeypatch):
     t = transport.ssh(settings(tmp_path))
     assert t.run(["true"], timeout=10).returncode == 0
@@ -293,3 +337,9 @@ def test_config_check_looks_at_the_key_and_the_known_hosts_here_not_at_the_login
     problems = config.environment_problems(cfg)
     assert any(f"known_hosts: {known}: No such file or directory" in p for p in problems)
     assert not any("ssh_key" in p for p in problems)
+    certificate = certified(tmp_path, key, "20200101:20200102")
+    assert any(f"ssh_key: its certificate {certificate} expired at 2020-01-02 00:00:00 UTC: the login nodes refuse"
+               in p for p in config.environment_problems(cfg, lifetimes=True))
+    assert not any("ssh_key" in p for p in config.environment_problems(cfg))   # a run's queue says it, not the run
+    certified(tmp_path, key, "-5m:+1h")
+    assert not any("ssh_key" in p for p in config.environment_problems(cfg, lifetimes=True))
