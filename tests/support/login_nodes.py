@@ -1,23 +1,24 @@
 """A Slurm cluster that the harvester reaches only through login nodes over SSH, for tests/integration/ssh and
 bench/bench_slurm_ssh.py.
 
-    harvester (this namespace) --hcsbr0 10.78.0.0/24--  login node 1 (hcsl1: sshd, Slurm client) --hcsbr1--  cluster
+    harvester (this namespace) --hcsbr0 10.79.0.0/24--  login node 1 (hcsl1: sshd, Slurm client) --hcsbr1--  cluster
                                                           login node 2 (hcsl2: sshd, Slurm client)          (hcsc)
 
 - The cluster is tests/support/peers/slurm.sh run inside the network namespace `hcsc`: munged, slurmctld and
-  slurmd on that namespace's own loopback, its controller also on 10.78.1.2 of the cluster bridge.
+  slurmd on that namespace's own loopback, its controller also on 10.79.1.2 of the cluster bridge.
 - Each login node is a namespace with a leg on each bridge: Debian's sshd (`sshd -D -e -f CONFIG`, as root,
   port 22 of its own namespace) and the Slurm client, whose slurm.conf (the site's, given to the sessions
   with sshd's SetEnv) names the controller by its cluster address. This namespace has an address only on the
   harvester bridge: it reaches the login nodes, never the controller.
 - The login account is `hclogin` (made here, removed at the end), with an empty home, so a session costs what
   a lean login node's does. Jobs run as hclogin; the "shared file system" is a directory it owns.
-- Keys: a user key (in authorized_keys), host keys per login node and the known_hosts file a site would
-  publish, all made here. One machine, one file system: the namespaces separate the network only, so what a
-  test checks crossed the SSH connection because only the transport writes the remote directories.
+- Keys: a user key (in authorized_keys), a user CA the login nodes trust (certificates with a validity),
+  host keys per login node and the known_hosts file a site would publish, all made here. One machine, one
+  file system: the namespaces separate the network only, so what a test checks crossed the SSH connection
+  because only the transport writes the remote directories.
 
-Names (hcs*, 10.78.*) differ from the multihost tests' (hc*, 10.77.*). Everything is torn down at the end,
-and whatever a killed run left is removed at the start.
+Names (hcs*, 10.79.*) differ from the multihost tests' (hc*, 10.77.*) and the Slurm node tests' (hs*,
+10.78.*). Everything is torn down at the end, and whatever a killed run left is removed at the start.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from pathlib import Path
 from tests.support import PEERS
 
 HARVESTER_BRIDGE, CLUSTER_BRIDGE = "hcsbr0", "hcsbr1"
-HARVESTER_SIDE = "10.78.0.1"
-CLUSTER_NS, CONTROLLER = "hcsc", "10.78.1.2"
+HARVESTER_SIDE = "10.79.0.1"
+CLUSTER_NS, CONTROLLER = "hcsc", "10.79.1.2"
 USER = "hclogin"
+# The cluster's network namespace only: `ip netns exec` would also give it a sysfs of its own, without the
+# cgroup file system slurmd 22.05 looks for.
+IN_CLUSTER = ("nsenter", f"--net=/run/netns/{CLUSTER_NS}")
 LOGIN_NODES = 2
 
 
@@ -50,7 +54,7 @@ def login_ns(i: int) -> str:
 
 def address(i: int) -> str:
     """Login node i's address on the harvester's bridge."""
-    return f"10.78.0.{10 + i}"
+    return f"10.79.0.{10 + i}"
 
 
 class LoginSite:
@@ -62,7 +66,7 @@ class LoginSite:
 
     # -- set-up and tear-down ------------------------------------------------------------------------
 
-    def __enter__(self) -> "LoginSite":
+    def __enter__(self) -> LoginSite:
         if os.geteuid() != 0:
             raise RuntimeError("the login-node tests make network namespaces, a user and start sshd: run as root")
         for tool in ("sshd", "ssh", "slurmctld", "slurmd", "munged"):
@@ -70,6 +74,9 @@ class LoginSite:
                 raise RuntimeError(f"{tool} is not installed: bash scripts/test as root installs "
                                    "scripts/apt-packages.txt (openssh-server, openssh-client, slurm-wlm, munge)")
         self._teardown_network()
+        taken = [line for line in _run("ip", "-o", "-4", "addr", "show").stdout.splitlines() if " 10.79." in line]
+        if taken:   # another bridge on our subnet would take our packets: "Connection refused" from a stranger
+            raise RuntimeError(f"10.79.0.0/16 is in use on this host, the login-node tests need it: {taken[0]}")
         self.base = Path(tempfile.mkdtemp(prefix="hcli-login-", dir="/var/tmp"))
         self.base.chmod(0o755)
         try:
@@ -89,7 +96,7 @@ class LoginSite:
             self.stop_sshd(i)
         if hasattr(self, "slurm_env"):
             self.cancel_all()
-            _run("ip", "netns", "exec", CLUSTER_NS, "bash", str(PEERS / "slurm.sh"), "stop", env=self.slurm_env,
+            _run(*IN_CLUSTER, "bash", str(PEERS / "slurm.sh"), "stop", env=self.slurm_env,
                  check=False, timeout=120)
         self._teardown_network()
         try:
@@ -124,6 +131,8 @@ class LoginSite:
         except KeyError:
             _run("useradd", "--system", "--no-create-home", "--home-dir", str(self.home), "--shell", "/bin/bash",
                  "--user-group", USER)
+        # no password, and not locked either: without PAM, sshd refuses a locked account ("!" in /etc/shadow)
+        _run("usermod", "-p", "*", USER)
         for directory in (self.home, self.shared):
             shutil.chown(directory, USER, USER)
 
@@ -135,7 +144,7 @@ class LoginSite:
         legs = [(CLUSTER_NS, "hcsqc", "eth0", CLUSTER_BRIDGE, f"{CONTROLLER}/24")]
         for i in range(1, self.nodes + 1):
             legs += [(login_ns(i), f"hcsp{i}", "eth0", HARVESTER_BRIDGE, f"{address(i)}/24"),
-                     (login_ns(i), f"hcsq{i}", "eth1", CLUSTER_BRIDGE, f"10.78.1.{10 + i}/24")]
+                     (login_ns(i), f"hcsq{i}", "eth1", CLUSTER_BRIDGE, f"10.79.1.{10 + i}/24")]
         for ns in {leg[0] for leg in legs}:
             _run("ip", "netns", "add", ns)
             _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
@@ -150,10 +159,11 @@ class LoginSite:
         self.slurm_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SQUEUE_"))},
                           "SLURM_BASE": str(slurm), "SLURMCTLD_PORT": "6817", "SLURMD_PORT": "6818",
                           "SLURM_CONF": str(slurm / "slurm.conf")}
-        result = _run("ip", "netns", "exec", CLUSTER_NS, "bash", str(PEERS / "slurm.sh"), "start", env=self.slurm_env,
+        result = _run(*IN_CLUSTER, "bash", str(PEERS / "slurm.sh"), "start", env=self.slurm_env,
                       check=False, timeout=120)
         if result.returncode != 0:
-            raise RuntimeError(f"Slurm did not start in namespace {CLUSTER_NS}: {result.stdout}\n{result.stderr}")
+            raise RuntimeError(f"Slurm did not start in namespace {CLUSTER_NS} (slurm.sh start exited "
+                               f"{result.returncode}): {result.stdout}\n{result.stderr}\n{self.slurm_logs()}")
         slurm.chmod(0o755)
         for sub in ("log",):
             (slurm / sub).chmod(0o755)
@@ -161,7 +171,8 @@ class LoginSite:
         text = (slurm / "slurm.conf").read_text()
         host = _run("hostname", "-s").stdout.strip()
         self.login_conf = self.base / "login-slurm.conf"
-        self.login_conf.write_text(text.replace(f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldHost={host}({CONTROLLER})"))
+        self.login_conf.write_text(text.replace(f"SlurmctldHost={host}(127.0.0.1)",
+                                                f"SlurmctldHost={host}({CONTROLLER})"))
         self.login_conf.chmod(0o644)
 
     def _keys(self) -> None:
@@ -169,6 +180,8 @@ class LoginSite:
         keys.mkdir(mode=0o700)
         self.key = keys / "id_ed25519"
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "harvester", "-f", str(self.key))
+        self.user_ca = keys / "user_ca"   # the site's CA for user certificates (TrustedUserCAKeys)
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "site user CA", "-f", str(self.user_ca))
         self.authorized = self.base / "authorized_keys"
         shutil.copy(f"{self.key}.pub", self.authorized)
         self.authorized.chmod(0o644)
@@ -179,6 +192,14 @@ class LoginSite:
             self.host_keys[i] = self.new_host_key(i)
             lines.append(f"{address(i)} {' '.join(Path(f'{self.host_keys[i]}.pub').read_text().split()[:2])}")
         self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    def certified_key(self, directory: Path, validity: str) -> Path:
+        """A key of its own (not in authorized_keys) with a certificate of the site's CA for hclogin, valid for
+        `validity` (ssh-keygen -V, e.g. "-5m:+1h", or "20200101:20200102" for one long expired)."""
+        key = directory / f"cert-key-{time.monotonic_ns()}"
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        _run("ssh-keygen", "-q", "-s", str(self.user_ca), "-I", "harvester", "-n", USER, "-V", validity, f"{key}.pub")
+        return key
 
     def new_host_key(self, i: int) -> Path:
         path = self.base / "keys" / f"host{i}-{time.monotonic_ns()}"
@@ -194,6 +215,7 @@ class LoginSite:
             f"PidFile {self.base}/sshd{i}.pid", f"AuthorizedKeysFile {self.authorized}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin no", "UsePAM no",
             "StrictModes no", f"AllowUsers {USER}", "MaxSessions 20", "LogLevel INFO",
+            f"TrustedUserCAKeys {self.user_ca}.pub",
             f"SetEnv SLURM_CONF={self.login_conf}", "Subsystem sftp internal-sftp", ""]))
         return path
 
@@ -244,7 +266,7 @@ class LoginSite:
 
     def slurm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """A Slurm command on the cluster (in its namespace), as root."""
-        result = _run("ip", "netns", "exec", CLUSTER_NS, *args, env=self.slurm_env, check=False, timeout=120)
+        result = _run(*IN_CLUSTER, *args, env=self.slurm_env, check=False, timeout=120)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result

@@ -15,12 +15,13 @@ import pwd
 import signal
 import stat
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from harvester_cli.backends import transport
 from harvester_cli.state.schema import workers
 from harvester_cli.steps import fetch_jobs as fetching
 from harvester_cli.steps import poll as monitoring
@@ -101,8 +102,10 @@ def test_submit_poll_kill_and_fetch_outputs_through_the_login_node(login, harnes
     assert killed.returncode == 0 and "killed now: 1" in killed.stdout, killed.stderr
     wait_until(lambda: [j[1] for j in ours(login, hid) if j[0] == long["batch_id"]] == ["CANCELLED"], 30, 0.5,
                "the job cancelled in Slurm")
-    # and the worker's files on the login node go when sweep forgets it
+    # and the workers' files on the login node go when sweep forgets them (once PanDA has their last update)
+    harness.cli("propagate", check=True)
     harness.cli("sweep", "--retention", "0", check=True)
+    assert harness.cli_json("workers", "--queue", "SSH_PULL")["workers"] == []
     assert not (work / "SSH_PULL" / str(long["worker_id"])).exists()
     assert not [p for p in (work / "SSH_PULL").iterdir() if p.name.isdigit()]
     assert not list((work / "SSH_PULL" / "arrays").iterdir())   # the array's links went with its last task
@@ -122,7 +125,8 @@ def test_push_job_file_arrives_0600_and_the_pilot_outputs_come_back(login, harne
     assert info.st_uid == pwd.getpwnam(USER).pw_uid and stat.S_IMODE(info.st_mode) == 0o600
     assert stat.S_IMODE(remote.stat().st_mode) == 0o700
     assert str(panda_id) in job_file.read_text()
-    proxy = work / "SSH_PUSH" / "credentials" / "x509_user_proxy"   # the jobs' proxy: staged, 0600, never on a command line
+    # the jobs' proxy: staged, 0600, never on a command line
+    proxy = work / "SSH_PUSH" / "credentials" / "x509_user_proxy"
     assert stat.S_IMODE(proxy.stat().st_mode) == 0o600 and proxy.read_bytes() == harness.pki.proxy.read_bytes()
     assert f"X509_USER_PROXY={proxy}" in (remote / "harvester-worker.sh").read_text()
     queues = list(instance.config.queues.values())
@@ -141,40 +145,64 @@ def test_push_job_file_arrives_0600_and_the_pilot_outputs_come_back(login, harne
     instance.close()
 
 
-def test_connection_cut_mid_submit_loses_nothing_and_submits_nothing_twice(login, harness):
+def test_connection_cut_mid_submit_loses_nothing_and_submits_nothing_twice(login, harness, monkeypatch):
+    """Three workers, one sbatch each, one at a time. When the first sbatch is sent, slurmctld is stopped, so
+    that sbatch waits on the login node; the harvester's cable is cut, slurmctld goes on and takes the job, whose
+    id never comes back. The run is this process's (the one seam: the moment of the fault), the repair a CLI's."""
     work = login.work_dir("cut")
-    harness.write_config({"SSH_CUT": queue(login, work)})
+    queues = {"SSH_CUT": queue(login, work, pilot="sleep 600", max_array_size=1, max_concurrent_sbatch=1)}
+    harness.write_config(queues)
+    instance = harness.instance(queues)
     hid = harness.harvester_id
     controller = login.controller_pid()
-    os.kill(controller, signal.SIGSTOP)   # slurmctld holds the sbatch request until the connection is cut
+    sent = threading.Event()
+    cutter_done = threading.Event()
+
+    def cut_when_sbatch_waits():
+        try:   # it waits for slurmctld: seen for sure, already running on the login node whatever the cable does
+            wait_until(lambda: sbatch_running(hid), 30, 0.05, "the first sbatch running on the login node")
+            login.cut(1)
+        finally:
+            os.kill(controller, signal.SIGCONT)
+            cutter_done.set()
+
+    original = transport.SSHTransport.run
+
+    def run(self, args, **kwargs):
+        if args[0] == "sbatch" and not sent.is_set():
+            sent.set()
+            os.kill(controller, signal.SIGSTOP)
+            threading.Thread(target=cut_when_sbatch_waits, daemon=True).start()
+        return original(self, args, **kwargs)
+
+    monkeypatch.setattr(transport.SSHTransport, "run", run)
     try:
-        env = {**os.environ, "XDG_CONFIG_HOME": str(harness.tmp_path / "xdg-config"),
-               "XDG_STATE_HOME": str(harness.tmp_path / "xdg-state")}
-        submit = subprocess.Popen([sys.executable, "-m", "harvester_cli", "--config", str(harness.tmp_path / "config.toml"),
-                                   "submit", "--queue", "SSH_CUT", "--count", "1"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env)
-        wait_until(lambda: sbatch_running(hid), 30, 0.05, "sbatch running on the login node")
-        login.cut(1)
+        result = submission.submit(instance, list(instance.config.queues.values()), count=3)
     finally:
+        if sent.is_set():
+            cutter_done.wait(60)
         os.kill(controller, signal.SIGCONT)
-    out, err = submit.communicate(timeout=120)
-    assert submit.returncode == 1, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "the next submit" in lines[0] and address(1) in lines[0], err
-    wait_until(lambda: len(ours(login, hid)) == 1, 30, 0.5, "the job slurmctld took")
+        instance.close()
+    assert sent.is_set() and result.exit_code == 1, result.problems()
+    (problem,) = result.problems()
+    assert "the next submit" in problem and "lost during sbatch" in problem and address(1) in problem, problem
+    wait_until(lambda: len(ours(login, hid)) == 1, 30, 0.2, "the job slurmctld took")
     (job,) = ours(login, hid)
     listing = harness.cli_json("workers", "--queue", "SSH_CUT")["workers"]
-    assert [w["status"] for w in listing] == ["pending"]   # not known to be submitted: left for the repair
+    assert [w["status"] for w in listing] == ["pending"] * 3   # not known to be submitted: left for the repair
 
     login.mend(1)
-    repaired = harness.cli("submit", "--queue", "SSH_CUT")   # no new worker (no jobs): only the repair
+    repaired = harness.cli("submit", "--queue", "SSH_CUT")   # no new worker (no activated jobs): the repair only
     assert repaired.returncode == 0, repaired.stderr
-    (worker,) = harness.cli_json("workers", "--queue", "SSH_CUT")["workers"]
-    assert worker["status"] in ("submitted", "running", "finished") and worker["batch_id"] == job[0]
-    assert len(ours(login, hid)) == 1   # adopted by its tag, not submitted again
+    assert len(ours(login, hid)) == 1   # nothing submitted twice
+    after = {w["worker_id"]: w for w in harness.cli_json("workers", "--queue", "SSH_CUT")["workers"]}
+    (first,) = [w for w in after.values() if w["worker_id"] == int(job[2].split(":")[1])]
+    assert first["status"] in ("submitted", "running") and first["batch_id"] == job[0]   # adopted by its tag
+    assert sorted(w["status"] for w in after.values() if w is not first) == ["missed", "missed"]   # never sent
 
 
 def sbatch_running(harvester_id: str) -> bool:
+    """Whether an sbatch of this harvester runs on the login node."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -206,7 +234,7 @@ def test_login_node_down_is_one_line_exit_1_and_the_next_run_tries_again(login, 
     assert node["answering"] and node["problem"] is None
 
 
-def test_changed_host_key_or_refused_key_is_one_line_exit_2(login, harness, tmp_path):
+def test_changed_host_key_refused_or_expired_key_is_one_line_exit_2(login, harness, tmp_path):
     work = login.work_dir("keys")
     config = harness.write_config({"SSH_KEYS": queue(login, work, pilot="sleep 600")})
     assert harness.cli("submit", "--queue", "SSH_KEYS", "--count", "1").returncode == 0
@@ -222,13 +250,26 @@ def test_changed_host_key_or_refused_key_is_one_line_exit_2(login, harness, tmp_
         login.replace_host_key(1, original)
     assert harness.cli("poll").returncode == 0
 
-    other = tmp_path / "other_key"
+    other = tmp_path / "other_key"   # a key the login node does not know
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     config.write_text(config.read_text().replace(str(login.key), str(other)))
     refused = harness.cli("poll")
     assert refused.returncode == 2, refused.stderr
     (line,) = errors(refused)
-    assert f"refused the key {other}" in line and "Permission denied" in line
+    assert f"refused the key {other}" in line and "Permission denied" in line and "expired" not in line
+
+    valid = login.certified_key(tmp_path, "-5m:+1h")   # a certificate of the site's CA, beside its key
+    config.write_text(config.read_text().replace(str(other), str(valid)))
+    assert harness.cli("poll").returncode == 0
+    expired = login.certified_key(tmp_path, "20200101:20200102")
+    config.write_text(config.read_text().replace(str(valid), str(expired)))
+    late = harness.cli("poll")
+    assert late.returncode == 2, late.stderr
+    (line,) = errors(late)
+    assert f"refused the key {expired}" in line and "Permission denied" in line
+    assert f"its certificate {expired}-cert.pub expired at 2020-01-02 00:00:00 UTC" in line
+    checked = harness.cli("config", "check")   # and config check says it before a run finds out
+    assert checked.returncode == 2 and f"its certificate {expired}-cert.pub expired" in checked.stdout + checked.stderr
 
 
 def test_the_second_login_node_answers_when_the_first_is_down(login, harness):
