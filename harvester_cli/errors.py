@@ -58,3 +58,9 @@ class PandaNoSuchCall(PandaError):
 
 class BackendError(HarvesterError):
     """A batch system or CE call failed as a whole."""
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code an error caught on the way asks of the run: 2 for a configuration problem (a login node's
+    host key that changed, a key it refuses), 1 for the rest (an outage the next run tries again)."""
+    return exc.exit_code if isinstance(exc, HarvesterError) else EXIT_PARTIAL

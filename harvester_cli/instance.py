@@ -137,6 +137,11 @@ class Instance:
 
         return ce_statistics(self.store, queue, since, by)
 
+    def contacts(self) -> list[tuple[str, str, bool, str | None, float]]:
+        """(queue, login node, answered, why not, when) of every login node the backends of this run tried."""
+        return [(queue, c.endpoint, c.answered, c.problem, c.at) for queue, backend in self._backends.items()
+                for c in backend.contacts()]
+
     def close(self) -> None:
         for backend in self._backends.values():
             close = getattr(backend, "close", None)

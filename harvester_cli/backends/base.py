@@ -166,6 +166,17 @@ class Observation:
     resubmit: bool = False
 
 
+@dataclass(frozen=True)
+class Contact:
+    """One attempt of this run to reach the remote place a backend works through (a login node): whether it
+    answered, and if not, why (ssh's own line)."""
+
+    endpoint: str
+    answered: bool
+    problem: str | None
+    at: float
+
+
 @dataclass
 class KillResult:
     worker_id: int
@@ -255,6 +266,11 @@ class Backend(ABC):
     @abstractmethod
     def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
         """Crash repair: look each (pending) worker up by its tag; a result if it exists, else None."""
+
+    def contacts(self) -> list[Contact]:
+        """The login nodes (or other remote places) this run tried, in order: `status` shows which answered.
+        Backends that reach their batch system directly have none."""
+        return []
 
     def fetch_outputs(self, worker: WorkerRef, names: list[str]) -> dict[str, Path]:
         """Push mode: bring the pilot's named output files into the worker's log directory.

@@ -45,6 +45,15 @@ Without slurmdbd, array tasks that ended more than MinJobAge (300 s by default) 
 job-completion log, which Slurm 22.05 writes without the array task id: poll more often than that, or
 set max_array_size = 1 on such a cluster.
 
+Through a login node (`login_nodes`): the commands above run on the first login node that answers, over the
+run's one SSH connection (transport.py), and `work_dir` is a directory of the login node's shared file
+system. The workers' files are staged there in one stream per submit (the job description 0600, the jobs'
+proxy and tokens copied under credentials/ at every submit); the pilot and batch logs are written beside them
+(<work_dir>/<queue>/<worker id>/logs) and come back, with heartbeat.json and jobReport.json, into the
+worker's log directory when poll sees it end, all ended workers of a check in one transfer. A login node
+that is down is skipped; a changed host key or a refused key is a ConfigError (exit 2). squeue and sacct are
+run as `ssh_user`. The README's "Slurm through a login node" has a worked configuration.
+
 Example queue (TOML):
 
     [queues.SITE_SLURM]
@@ -66,42 +75,50 @@ An HPC queue whose worker is a 4-node job running one pilot per node: `nodes = 4
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pwd
 import random
-import shutil
 import socket
 import subprocess
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 from harvester_cli import model
 from harvester_cli.backends import _slurm_script as script
 from harvester_cli.backends import _slurm_status as status
-from harvester_cli.backends import ce_choice
+from harvester_cli.backends import ce_choice, transport
 from harvester_cli.backends.base import (
     Backend,
+    Contact,
     KillResult,
     Observation,
     RetireResult,
     SubmitResult,
     WorkerRef,
     WorkerSpec,
-    copy_into_place,
 )
+from harvester_cli.backends.transport import StagedFile, Transport
 from harvester_cli.config.backend_options import SlurmOptions
 from harvester_cli.errors import BackendError, ConfigError
-from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION
+from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION, PILOT_OUTPUTS
 from harvester_cli.site.logs import make_dirs
-from harvester_cli.site.secretfiles import write_private
 
 log = logging.getLogger(__name__)
 
 ARRAYS_DIR = "arrays"
+LOGS_DIR = "logs"               # through a login node: the worker's logs beside its files, fetched when it ends
+CREDENTIALS_DIR = "credentials"  # through a login node: the jobs' proxy and tokens, staged at each submit
+# The caller's own Slurm settings must not leak into our jobs or reshape our listings (a harvester started inside
+# a Slurm job has SLURM_JOB_ID; SQUEUE_FORMAT, here or in a login node's profile, would change squeue's output).
+SLURM_PREFIXES = ("SLURM_", "SBATCH_", "SQUEUE_", "SACCT_", "SINFO_", "SCANCEL_", "SCONTROL_", "SALLOC_", "SRUN_")
+# Pilot variables that name a credential file: through a login node the file is staged and the variable follows.
+CREDENTIAL_VARIABLES = ("X509_USER_PROXY", "BEARER_TOKEN_FILE", "PANDA_AUTH_TOKEN", "PANDA_AUTH_TOKEN_KEY")
 # sbatch/scancel messages that mean slurmctld did not take the request (or we cannot tell whether it did).
 UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Zero Bytes were transmitted",
                "backup controller in standby", "Communication connection failure", "Connection refused",
@@ -144,6 +161,7 @@ class SlurmBackend(Backend):
 
     @property
     def root(self) -> Path:
+        """The queue's directory of worker files: on this host, or on the login node's shared file system."""
         return (self.options.work_dir or self.context.work_root) / self.queue.name
 
     def work_dir(self, worker_id: int) -> Path:
@@ -155,28 +173,48 @@ class SlurmBackend(Backend):
 
     @property
     def user(self) -> str:
+        """Whose jobs these are: the account on the login node, or this account."""
+        if self.options.login_nodes and self.options.ssh_user:
+            return self.options.ssh_user
         return pwd.getpwuid(os.geteuid()).pw_name
 
-    def _env(self) -> dict[str, str]:
-        # The caller's own Slurm settings must not leak into our jobs or reshape our listings (a harvester
-        # started inside a Slurm job has SLURM_JOB_ID; SQUEUE_FORMAT would change squeue's output).
-        prefixes = ("SLURM_", "SBATCH_", "SQUEUE_", "SACCT_", "SINFO_", "SCANCEL_", "SCONTROL_", "SALLOC_", "SRUN_")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) or k == "SLURM_CONF"}
-        if self.options.slurm_conf:
-            env["SLURM_CONF"] = str(self.options.slurm_conf)
-        return env
+    @cached_property
+    def transport(self) -> Transport:
+        """Where the Slurm commands run and the worker files live (transport.py): this host, or the first login
+        node that answers, over the run's one SSH connection (shared with the queues that reach it the same way)."""
+        o = self.options
+        if not o.login_nodes:
+            return transport.LocalTransport()
+        return transport.ssh(transport.SSHSettings(
+            nodes=tuple(o.login_nodes), user=self.user, key=o.ssh_key, known_hosts=o.known_hosts, port=o.ssh_port,
+            config_file=o.ssh_config, connect_timeout=o.connect_timeout, control_persist=o.control_persist))
+
+    def contacts(self) -> list[Contact]:
+        """The login nodes this run tried, and which answered (`status` shows them)."""
+        return self.transport.contacts() if "transport" in self.__dict__ else []
+
+    def close(self) -> None:
+        if "transport" in self.__dict__:
+            self.transport.close()
 
     def _run(self, args: list[str]) -> subprocess.CompletedProcess:
-        """Run one Slurm command; raises _Unreachable when it does not finish within command_timeout."""
+        """Run one Slurm command where Slurm is; raises _Unreachable when it (or the login node) does not answer
+        within command_timeout, SSHConfigError (exit 2) for a host key or key the login node refuses."""
+        conf = {"SLURM_CONF": str(self.options.slurm_conf)} if self.options.slurm_conf else {}
         try:
-            return subprocess.run(args, capture_output=True, text=True, timeout=self.options.command_timeout,
-                                  env=self._env(), stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise _Unreachable(f"{args[0]} did not answer within {self.options.command_timeout:g} s "
-                               "(slurmctld down or overloaded?)") from None
+            result = self.transport.run(args, timeout=self.options.command_timeout, set_env=conf,
+                                        drop_env=SLURM_PREFIXES, keep_env=("SLURM_CONF",))
+        except transport.CommandTimeout as exc:
+            raise _Unreachable(f"{exc} (slurmctld down or overloaded?)") from None
+        except transport.TransportError as exc:
+            raise _Unreachable(str(exc)) from None
         except FileNotFoundError:
             raise BackendError(f"{args[0]}: command not found: install Slurm's client commands (Debian: "
                                "slurm-client) on this host or put them on PATH") from None
+        if result.returncode == 127 and not self.transport.shares_files:
+            raise BackendError(f"{args[0]}: command not found on login node {self.transport.where()} "
+                               f"({self._message(result)}): Slurm's client commands must be on its PATH")
+        return result
 
     @staticmethod
     def _message(result: subprocess.CompletedProcess) -> str:
@@ -245,32 +283,64 @@ class SlurmBackend(Backend):
     def _template(self) -> str:
         return script.template_text(self.options.shipped_template, self.options.template)
 
-    def _prepare(self, spec: WorkerSpec, partition: str | None, template: str) -> str:
-        """The worker's directories and files; returns its rendered batch script."""
-        work = self.work_dir(spec.worker_id)
-        make_dirs(spec.log_dir)
-        make_dirs(work, 0o700)
-        work.chmod(0o700)   # the job dict may carry secrets (pilotSecrets)
-        if spec.job is not None:
-            write_private(work / JOB_DESCRIPTION, spec.job.description.encode())
-        environment = dict(spec.environment)
+    def _logs(self, spec: WorkerSpec) -> Path:
+        """Where the worker's pilot and batch logs are written: its log directory on a shared file system, or
+        beside its files on the login node's (brought back when it ends)."""
+        return spec.log_dir if self.transport.shares_files else self.work_dir(spec.worker_id) / LOGS_DIR
+
+    def _credentials(self, environment: dict[str, str]) -> tuple[dict[str, str], list[StagedFile]]:
+        """Through a login node: the credential files the jobs use (proxy, tokens) are staged under the queue's
+        directory at each submit (renewals reach the running jobs there too), 0600, replaced whole; the
+        variables naming them point at the copies. On a shared file system they stay where they are."""
+        if self.transport.shares_files:
+            return environment, []
+        files, out = [], dict(environment)
+        for variable in CREDENTIAL_VARIABLES:
+            local = environment.get(variable)
+            if not local or not os.path.isabs(local):
+                continue
+            try:
+                data = Path(local).read_bytes()
+            except OSError as exc:
+                raise OSError(f"cannot read {local} ({variable}) to stage it on the login node: {exc.strerror}") from None
+            name = f"{CREDENTIALS_DIR}/{variable.lower()}"
+            files.append(StagedFile(name, data, 0o600, replace=True))
+            out[variable] = str(self.root / name)
+        return out, files
+
+    def _environment(self) -> dict[str, str]:
+        environment = {}
         if self.proxy:
             environment["X509_USER_PROXY"] = str(self.proxy)
         if self.options.token_file:
             environment["BEARER_TOKEN_FILE"] = str(self.options.token_file)
-        wrapper = work / script.WRAPPER_NAME
-        wrapper.write_text(script.wrapper(spec, self.context.harvester_id, work, environment))
-        wrapper.chmod(0o700)
+        return environment
+
+    def _prepare(self, spec: WorkerSpec, partition: str | None, template: str,
+                 environment: dict[str, str]) -> tuple[str, list[StagedFile]]:
+        """The worker's rendered batch script and the files to stage for it (under the queue's root)."""
+        make_dirs(spec.log_dir)   # on this host: the submitted script's copy, and the outputs
+        work = self.work_dir(spec.worker_id)
+        there = dataclasses.replace(spec, log_dir=self._logs(spec))
+        prefix = str(spec.worker_id)
+        files = [StagedFile(prefix, directory=True)]
+        if not self.transport.shares_files:
+            files.append(StagedFile(f"{prefix}/{LOGS_DIR}", directory=True))
+        if spec.job is not None:   # the job dict may carry secrets (pilotSecrets): 0600 in a 0700 directory
+            files.append(StagedFile(f"{prefix}/{JOB_DESCRIPTION}", spec.job.description.encode(), 0o600))
+        environment = {**spec.environment, **environment}
+        wrapper = script.wrapper(there, self.context.harvester_id, work, environment)
+        files.append(StagedFile(f"{prefix}/{script.WRAPPER_NAME}", wrapper.encode(), 0o700))
         name = self.options.partition(partition).name if partition else None
-        values = script.values(spec, harvester_id=self.context.harvester_id, queue=self.queue, nodes=self.options.nodes,
-                               work_dir=work, partition=name, options=self.options, proxy=self.proxy,
-                               token=self.options.token_file)
+        values = script.values(there, harvester_id=self.context.harvester_id, queue=self.queue,
+                               nodes=self.options.nodes, work_dir=work, partition=name, options=self.options,
+                               proxy=Path(environment["X509_USER_PROXY"]) if "X509_USER_PROXY" in environment else None,
+                               token=Path(environment["BEARER_TOKEN_FILE"]) if "BEARER_TOKEN_FILE" in environment
+                               else None)
         text = script.render(template, values)
-        job = work / script.SCRIPT_NAME
-        job.write_text(text)
-        job.chmod(0o700)
+        files.append(StagedFile(f"{prefix}/{script.SCRIPT_NAME}", text.encode(), 0o700))
         (spec.log_dir / script.SUBMIT_COPY).write_text(text)
-        return text
+        return text, files
 
     def _common(self, partition: str | None) -> list[str]:
         """sbatch options every job of this queue and partition gets."""
@@ -287,25 +357,22 @@ class SlurmBackend(Backend):
         return options + list(self.options.sbatch_options)
 
     def _single(self, spec: WorkerSpec, partition: str | None) -> list[str]:
-        batch_log = spec.log_dir / script.BATCH_LOG
+        batch_log = self._logs(spec) / script.BATCH_LOG
         hid = self.context.harvester_id
         return ["sbatch", "--parsable", f"--job-name={status.job_name(hid, spec.worker_id)}",
                 f"--comment=harvester-cli harvester {hid} queue {self.queue.name} worker {spec.worker_id}",
                 f"--output={batch_log}", f"--error={batch_log}", f"--chdir={self.work_dir(spec.worker_id)}",
                 *self._common(partition), str(self.work_dir(spec.worker_id) / script.SCRIPT_NAME)]
 
-    def _array(self, members: list[tuple[WorkerSpec, str]], partition: str | None) -> list[str]:
-        """Write the array's links and dispatcher; returns its sbatch command."""
+    def _array(self, members: list[tuple[WorkerSpec, str]], partition: str | None) -> tuple[list[str], list[StagedFile]]:
+        """The array's sbatch command, and its files: a link per task to the task's log directory (Slurm writes
+        batch.log through it) and the dispatcher."""
         base = members[0][0].worker_id
         links = self.root / ARRAYS_DIR / str(base)
-        if links.exists():   # left by a submission that failed before sbatch: start afresh
-            shutil.rmtree(links)
-        make_dirs(links)
-        for spec, _ in members:
-            (links / str(spec.worker_id - base)).symlink_to(spec.log_dir, target_is_directory=True)
-        dispatcher = links / "array.sbatch"
-        dispatcher.write_text(script.dispatcher(members[0][1], queue=self.queue.name, base=base, root=self.root,
-                                                links=links))
+        relative = f"{ARRAYS_DIR}/{base}"
+        files = [StagedFile(f"{relative}/{spec.worker_id - base}", link=str(self._logs(spec))) for spec, _ in members]
+        dispatcher = script.dispatcher(members[0][1], queue=self.queue.name, base=base, root=self.root, links=links)
+        files.append(StagedFile(f"{relative}/array.sbatch", dispatcher.encode(), 0o700))
         hid = self.context.harvester_id
         ids = [s.worker_id for s, _ in members]
         batch_log = links / "%a" / script.BATCH_LOG
@@ -313,7 +380,7 @@ class SlurmBackend(Backend):
                 (f"--comment=harvester-cli harvester {hid} queue {self.queue.name} workers {base} + array task id "
                  f"({status.compress(ids)})"),
                 f"--array={status.compress([i - base for i in ids])}", f"--output={batch_log}", f"--error={batch_log}",
-                f"--chdir={self.root}", *self._common(partition), str(dispatcher)]
+                f"--chdir={self.root}", *self._common(partition), str(links / "array.sbatch")], files
 
     def _groups(self, prepared: list[tuple[WorkerSpec, str | None, str]]) -> list[tuple[list, str | None, bool]]:
         """Submissions: (members, partition, as array). Identical #SBATCH lines and partition -> arrays of
@@ -336,12 +403,8 @@ class SlurmBackend(Backend):
                 out.append((chunk, partition, len(chunk) > 1))
         return out
 
-    def _sbatch(self, members: list[tuple[WorkerSpec, str]], partition: str | None, array: bool):
+    def _sbatch(self, args: list[str]):
         """One sbatch: ("ok", job id, cluster) | ("refused", message) | ("unsure", message)."""
-        try:
-            args = self._array(members, partition) if array else self._single(members[0][0], partition)
-        except OSError as exc:
-            return "refused", f"cannot write the job array's files: {exc}"
         try:
             result = self._run(args)
         except _Unreachable as exc:
@@ -357,30 +420,58 @@ class SlurmBackend(Backend):
     def submit(self, specs: list[WorkerSpec]) -> list[SubmitResult]:
         if not specs:
             return []
+        order = {s.worker_id: i for i, s in enumerate(specs)}
         assigned, results = self.assign(specs)
         template = self._template()
+        try:
+            environment, staged = self._credentials(self._environment())
+        except OSError as exc:
+            results += [SubmitResult(spec.worker_id, error=str(exc)) for spec, _ in assigned]
+            return sorted(results, key=lambda r: order[r.worker_id])
         prepared = []
         for spec, partition in assigned:
             try:
-                prepared.append((spec, partition, self._prepare(spec, partition, template)))
+                text, files = self._prepare(spec, partition, template, environment)
             except (OSError, ValueError) as exc:
                 results.append(SubmitResult(spec.worker_id, error=f"cannot prepare the worker's files: {exc}"))
-        groups = self._groups(prepared)
-        def sbatch(group):
-            outcome = self._sbatch(*group)
-            self.submitted(len(group[0]))
+                continue
+            prepared.append((spec, partition, text))
+            staged += files
+        groups, commands = [], []
+        for members, partition, array in self._groups(prepared):
+            if array:
+                args, files = self._array(members, partition)
+                staged += files
+            else:
+                args = self._single(members[0][0], partition)
+            groups.append((members, partition, array))
+            commands.append(args)
+        try:   # every file of this call in one go (through a login node: one stream), before any sbatch
+            self.transport.put(str(self.root), staged, timeout=self.options.command_timeout)
+        except ConfigError:
+            raise
+        except (OSError, BackendError) as exc:   # no sbatch ran: these workers were not submitted
+            error = f"cannot write the workers' files ({exc})"
+            results += [SubmitResult(spec.worker_id, error=error) for members, _, _ in groups for spec, _ in members]
+            groups, commands = [], []
+
+        def sbatch(index: int):
+            outcome = self._sbatch(commands[index])
+            self.submitted(len(groups[index][0]))
             return outcome
 
         with ThreadPoolExecutor(max_workers=self.options.max_concurrent_sbatch) as pool:
-            outcomes = list(pool.map(sbatch, groups))
+            outcomes = list(pool.map(sbatch, range(len(groups))))
         self.forget_listing()
         unsure = [o[1] for o in outcomes if o[0] == "unsure"]
         if unsure:
-            # Some may exist in Slurm (a timeout after slurmctld took the job): leave every worker of this
-            # call pending; the next submit's repair adopts what Slurm has and misses the rest (find).
+            # Some may exist in Slurm (a timeout after slurmctld took the job, a connection lost after sbatch
+            # started): leave every worker of this call pending; the next submit's repair adopts what Slurm has
+            # and misses the rest (find).
             raise BackendError(f"sbatch could not complete {len(unsure)} of {len(groups)} submissions "
                                f"({unsure[0]}); the workers stay pending and the next submit looks them up")
         host = socket.gethostname()
+        refused_arrays = []
         for (members, partition, array), outcome in zip(groups, outcomes):
             if outcome[0] == "ok":
                 job_id = outcome[1]
@@ -393,8 +484,12 @@ class SlurmBackend(Backend):
                 results += [SubmitResult(spec.worker_id, error=f"sbatch refused the worker{where}: {outcome[1]}",
                                          computing_element=partition) for spec, _ in members]
                 if array:
-                    shutil.rmtree(self.root / ARRAYS_DIR / str(members[0][0].worker_id), ignore_errors=True)
-        order = {s.worker_id: i for i, s in enumerate(specs)}
+                    refused_arrays.append(f"{ARRAYS_DIR}/{members[0][0].worker_id}")
+        if refused_arrays:   # their links would never be cleaned: no task of theirs has a batch id
+            try:
+                self.transport.remove(str(self.root), refused_arrays, timeout=self.options.command_timeout)
+            except (OSError, BackendError) as exc:
+                log.warning("queue %s: cannot remove the files of refused job arrays: %s", self.queue.name, exc)
         return sorted(results, key=lambda r: order[r.worker_id])
 
     def _result(self, worker_id: int, batch_id: str, host: str, ce: str | None) -> SubmitResult:
@@ -413,12 +508,17 @@ class SlurmBackend(Backend):
         return frozenset({None, *self.options.clusters, *map(self._cluster_of, workers)})
 
     def _listing_key(self, clusters: frozenset) -> tuple:
-        return (str(self.options.slurm_conf or os.environ.get("SLURM_CONF", "")), self.user, clusters)
+        """The queues that see the same cluster share a listing: same place (this host, or the same login
+        nodes), Slurm configuration and user."""
+        o = self.options
+        place = ("ssh", tuple(o.login_nodes), o.ssh_port) if o.login_nodes else ("local",)
+        return (place, str(o.slurm_conf or ("" if o.login_nodes else os.environ.get("SLURM_CONF", ""))), self.user,
+                clusters)
 
     def forget_listing(self) -> None:
         """After a submit or a kill the listing is stale: the next check asks squeue again."""
         with _LISTINGS_LOCK:
-            for key in [k for k in _LISTINGS if k[:2] == self._listing_key(frozenset())[:2]]:
+            for key in [k for k in _LISTINGS if k[:3] == self._listing_key(frozenset())[:3]]:
                 del _LISTINGS[key]
 
     def _squeue(self, clusters: frozenset, *, fresh: bool = False) -> dict[tuple[str | None, str], status.JobRecord]:
@@ -459,15 +559,18 @@ class SlurmBackend(Backend):
             return []
         return status.parse_sacct(completed.stdout, source="jobcomp")
 
-    def _scontrol(self, job_id: str, cluster: str | None) -> status.JobRecord | None:
-        args = ["scontrol", "-o", "show", "job", job_id] + (["-M", cluster] if cluster else [])
-        result = self._run(args)
-        if result.returncode == 0:
-            return status.parse_scontrol(result.stdout)
-        message = self._message(result)
-        if "Invalid job id" in message:
-            return None
-        raise _Unreachable(f"scontrol show job {job_id} failed: {message}")
+    def _scontrol(self, job_ids: list[str], cluster: str | None) -> dict[str, status.JobRecord]:
+        """`scontrol show job` of each id, in one command (one shell running them in turn: through a login node,
+        one round trip however many jobs are left to ask about)."""
+        extra = ' -M "$0"' if cluster else ""
+        loop = f'for id do scontrol -o show job "$id"{extra} || echo "$id: exit $?" >&2; done'
+        result = self._run(["/bin/sh", "-c", loop, cluster or "sh", *job_ids])
+        problems = [line for line in result.stderr.splitlines()
+                    if line.strip() and "Invalid job id" not in line and ": exit " not in line]
+        if problems or (result.returncode != 0 and not result.stderr.strip()):
+            raise _Unreachable(f"scontrol show job failed: {problems[-1] if problems else self._message(result)}")
+        records = (status.parse_scontrol(line) for line in result.stdout.splitlines() if line.startswith("JobId="))
+        return {r.job_id: r for r in records if r is not None}
 
     # -- check -------------------------------------------------------------------------------
 
@@ -484,8 +587,10 @@ class SlurmBackend(Backend):
                 missing[cluster].append(worker)
         for cluster, group in missing.items():
             history = {r.job_id: r for r in self._sacct(["-j", ",".join(w.batch_id for w in group)], cluster)}
+            left = [w for w in group if w.batch_id not in history]
+            controller = self._scontrol([w.batch_id for w in left], cluster) if left else {}
             for worker in group:
-                record = history.get(worker.batch_id) or self._scontrol(worker.batch_id, cluster)
+                record = history.get(worker.batch_id) or controller.get(worker.batch_id)
                 if record is not None:
                     found[worker.worker_id] = record
         reasons = tuple(self.options.kill_pending_reasons)
@@ -498,7 +603,26 @@ class SlurmBackend(Backend):
                                        diag=f"Slurm has no trace of {what} (squeue, sacct and scontrol)"))
             else:
                 out.append(status.observe(worker.worker_id, worker.status, record, reasons))
+        if not self.transport.shares_files:
+            self._bring_back([w for w, o in zip(workers, out) if o.status in model.WORKER_FINAL])
         return out
+
+    def _bring_back(self, ended: list[WorkerRef]) -> None:
+        """Through a login node: the logs and pilot outputs of workers that ended come back into their log
+        directories, all in one transfer, as poll sees them end. A transfer that fails is tried again by
+        fetch_outputs (push) and leaves the logs on the login node (pull)."""
+        items = []
+        for worker in ended:
+            if worker.log_dir is not None:
+                items.append((f"{worker.worker_id}/{LOGS_DIR}", worker.log_dir))
+                items += [(f"{worker.worker_id}/{name}", worker.log_dir / name) for name in PILOT_OUTPUTS]
+        if not items:
+            return
+        try:
+            self.transport.get(str(self.root), items, timeout=self.options.command_timeout)
+        except (OSError, BackendError) as exc:
+            log.warning("queue %s: cannot bring back the logs of %d ended workers from login node %s: %s",
+                        self.queue.name, len(ended), self.transport.where(), exc)
 
     # -- kill --------------------------------------------------------------------------------
 
@@ -659,29 +783,20 @@ class SlurmBackend(Backend):
     def fetch_outputs(self, worker: WorkerRef, names: list[str]) -> dict[str, Path]:
         if worker.log_dir is None:
             return {}
-        work = self.work_dir(worker.worker_id)
-        fetched = {}
-        for name in names:
-            target = worker.log_dir / name
-            if (work / name).is_file():
-                make_dirs(worker.log_dir)
-                copy_into_place(work / name, target)
-            if target.is_file():
-                fetched[name] = target
-        return fetched
+        wanted = [n for n in names if self.transport.shares_files or not (worker.log_dir / n).is_file()]
+        if wanted:   # through a login node, poll brought them back when it saw the worker end: ask only for the rest
+            self.transport.get(str(self.root), [(f"{worker.worker_id}/{n}", worker.log_dir / n) for n in wanted],
+                               timeout=self.options.command_timeout)
+        return {n: worker.log_dir / n for n in names if (worker.log_dir / n).is_file()}
 
     def clean(self, workers: list[WorkerRef]) -> None:
-        arrays = set()
+        paths, arrays = [str(w.worker_id) for w in workers], set()
         for worker in workers:
-            shutil.rmtree(self.work_dir(worker.worker_id), ignore_errors=True)
             task = (worker.batch_id or "").partition("_")[2]
             if task.isdigit():
-                links = self.root / ARRAYS_DIR / str(worker.worker_id - int(task))
-                (links / task).unlink(missing_ok=True)
-                arrays.add(links)
-        for links in arrays:
-            if links.is_dir() and not any(p.is_symlink() for p in links.iterdir()):
-                shutil.rmtree(links, ignore_errors=True)
-
+                arrays.add(f"{ARRAYS_DIR}/{worker.worker_id - int(task)}")
+                paths.append(f"{ARRAYS_DIR}/{worker.worker_id - int(task)}/{task}")
+        # an array's directory goes with the link of its last task
+        self.transport.remove(str(self.root), paths, prune=sorted(arrays), timeout=self.options.command_timeout)
 
 BACKEND = SlurmBackend

@@ -14,14 +14,15 @@ def check(g):
     """Validate the configuration file and print it resolved (defaults filled in, paths absolute).
 
     Beyond what every command checks, this looks at the host: files the configuration names must exist,
-    files holding secrets must not be readable by others, and PanDA needs credentials and a queue.
+    files holding secrets must not be readable by others, a login node key's certificate must be valid
+    now, and PanDA needs credentials and a queue.
     Every problem is printed, one line each; exit 2 if there is any.
     """
     from harvester_cli.config import as_dict, display_url, environment_problems, state_url_from
     from harvester_cli.errors import ConfigError
 
     config = g.config()
-    problems = environment_problems(config)
+    problems = environment_problems(config, lifetimes=True)
     if problems:
         raise ConfigError("\n".join(problems))
     data = as_dict(config)

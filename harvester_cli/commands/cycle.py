@@ -17,11 +17,11 @@ def command(g, queues):
 
     results = run_cycle(g.instance(), g.selected(queues))
     g.items = sum(r.items for r in results)
-    g.step_runs = [(r.step, r.started, r.ended, 1 if r.partial else 0, r.items, r.problems[0] if r.problems else None)
+    g.step_runs = [(r.step, r.started, r.ended, r.exit_code, r.items, r.problems[0] if r.problems else None)
                    for r in results]
     out = g.output()
     out.table("cycle", ["step", "summary", "partial", "why"],
               [(r.step, r.summary, "yes" if r.partial else "", "; ".join(r.problems)) for r in results])
     report(out, [f"{r.step}: {problem}" for r in results for problem in r.problems])
     out.emit({"steps": [asdict(r) for r in results]})
-    return exit_code(any(r.partial for r in results))
+    return max([r.exit_code for r in results] + [exit_code(any(r.partial for r in results))])

@@ -53,7 +53,7 @@ def command(g, queues, worker_ids, ces, statuses, older_than, reason, dry_run, f
     elif not dry_run:
         out.line(f"{marks.marked} worker(s) marked for killing"
                  + ("" if now else "; `harvester-cli sweep` kills them (cron runs it)"))
-    killed = None
+    killed, code = None, 0
     if now and marks.marked:
         run = sweep(instance, [q for q in selected if q.name in {w["queue"] for w in marks.matched}],
                     force=force, retention=None)
@@ -61,7 +61,8 @@ def command(g, queues, worker_ids, ces, statuses, older_than, reason, dry_run, f
         out.line(f"killed now: {killed}")
         for problem in run.problems():
             out.error(problem)
+        code = run.exit_code
     out.emit({"dry_run": dry_run, "matched": marks.matched, "marked": marks.marked, "refused": marks.refused,
               "unmatched": marks.unmatched, "done": marks.done, "killed": killed})
-    return exit_code(bool(out.errors))
+    return max(code, exit_code(bool(out.errors)))
 

@@ -22,4 +22,4 @@ def command(g, queues):
     out.emit({"queues": [{"queue": q.queue, "checked": q.checked, "changes": dict(q.changes),
                           "jobs_final": q.jobs_final, "kill_requested": q.kill_requested, "error": q.error}
                          for q in run.queues]})
-    return exit_code(run.partial)
+    return run.exit_code

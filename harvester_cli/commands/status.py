@@ -31,8 +31,8 @@ def command(g, queues, since, wide):
     codes with one example each; lost and missed workers; queued pilots retired as no longer needed (and
     those that had started when sweep came, left running); updates waiting for PanDA and the oldest one's
     age; the last run of every command on every host (a stale cron shows here) with its last failure's first
-    line, and the commands running now (one running longer than its interval stands out); time left on each
-    proxy and token.
+    line, and the commands running now (one running longer than its interval stands out); which login node
+    answered each queue that submits through login nodes; time left on each proxy and token.
     """
     from harvester_cli.output import status as show
     from harvester_cli.state import outbox
@@ -55,6 +55,7 @@ def command(g, queues, since, wide):
     show.lost_and_missed(out, data, window)
     show.running_table(out, data, wide)
     show.commands_table(out, data, wide)
+    show.login_nodes_table(out, data, wide)
     show.credentials_table(out, data, wide)
     if problems:
         show.report_problems_table(out, problems, wide)

@@ -90,4 +90,4 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
               **({"workers": [{"worker_id": w, "status": s, "diag": d} for w, (s, d) in sorted(final.items())]}
                  if final else {})})
     failed = bool(final) and any(s != "finished" for s, _ in final.values())
-    return exit_code(run.partial or failed)
+    return max(run.exit_code, exit_code(failed))

@@ -29,4 +29,4 @@ def command(g, queues, force, retention):
     out.line(f"history: {run.history_trimmed} snapshot rows older than the retention deleted")
     report(out, run.problems())
     out.emit({"queues": [asdict(q) for q in run.queues], "history_trimmed": run.history_trimmed})
-    return exit_code(run.partial)
+    return run.exit_code

@@ -18,6 +18,9 @@ from harvester_cli.config.schema import Section, section, setting
 # ARC errors after which a push job gets a new worker instead of failing.
 ARC_TRANSIENT_ERRORS = ("Job submission to LRMS failed", "Failed in data staging", "Job was lost", "Job disappeared")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# A login node: a host name or an IPv4/IPv6 address, never anything ssh could read as an option.
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*\Z")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?\Z")
 
 
 @section
@@ -167,7 +170,8 @@ class SlurmPartition:
 
 @section
 class SlurmOptions(Section):
-    """`slurm`: a Slurm cluster through sbatch, squeue, sacct, scontrol and scancel on this host."""
+    """`slurm`: a Slurm cluster through sbatch, squeue, sacct, scontrol and scancel on this host, or on a login node
+    over SSH (login_nodes)."""
 
     partitions: list[str] = setting(doc="partitions: \"name\" or \"name@cluster\" (--clusters, needs slurmdbd); "
                                         "several: the CE fanout picks one per worker; none: the default partition",
@@ -204,10 +208,30 @@ class SlurmOptions(Section):
                                            "readable on the compute nodes", must_exist="file", secret=True)
     token_file: Path | None = setting(None, doc="token file the jobs get as BEARER_TOKEN_FILE", must_exist="file",
                                       secret=True)
-    slurm_conf: Path | None = setting(None, doc="SLURM_CONF for this queue's commands (default: the system's)",
-                                      must_exist="file")
+    slurm_conf: Path | None = setting(None, doc="SLURM_CONF for this queue's commands (default: the system's); "
+                                                "with login_nodes, a file on the login node", must_exist="file")
     work_dir: Path | None = setting(None, doc="private per-worker files, on a file system the nodes share "
-                                              "(default: the instance's work_dir)")
+                                              "(default: the instance's work_dir); with login_nodes, a directory "
+                                              "of the login node's shared file system (required)")
+    # Through a login node over SSH (transport.py): the Slurm commands run there, the files go there.
+    login_nodes: list[str] = setting(doc="submit through these login nodes over SSH (OpenSSH), tried in order "
+                                         "each run; none: Slurm's commands run on this host", factory=list)
+    ssh_user: str | None = setting(None, doc="the account on the login nodes (default: this account's name)")
+    ssh_port: int = setting(22, doc="the login nodes' SSH port", minimum=1, maximum=65535)
+    ssh_key: Path | None = setting(None, doc="the private key (mode 0600; a certificate beside it as <key>-cert.pub "
+                                             "is used too) that logs in to the login nodes", must_exist="file",
+                                   secret=True)
+    known_hosts: Path | None = setting(None, doc="the login nodes' host keys, as the site publishes them: strict "
+                                                 "checking, an unknown or changed key is refused (exit 2)",
+                                       must_exist="file")
+    ssh_config: Path | None = setting(None, doc="an ssh_config file for what a site needs beyond these keys "
+                                                "(ProxyJump, ...); none: no ssh_config is read", must_exist="file")
+    connect_timeout: float = setting(10.0, doc="seconds a login node may take to answer before the next is tried; "
+                                               "also the keep-alive interval of the connection", above=0,
+                                     maximum=600)
+    control_persist: int = setting(30, doc="seconds the run's SSH connection outlives its last use (a run that "
+                                           "ends closes it; this bounds one that was killed)", minimum=1,
+                                   maximum=3600)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -225,7 +249,30 @@ class SlurmOptions(Section):
         (the configuration may have changed since), or Slurm's default partition."""
         return self.parsed_partitions.get(entry) or SlurmPartition.parse(entry)
 
+    def remote_keys(self) -> frozenset[str]:
+        """Keys that name paths on the login node, not on this host (config check does not look for them)."""
+        return frozenset({"work_dir", "slurm_conf"}) if self.login_nodes else frozenset()
+
     def problems(self):
+        if self.login_nodes:
+            for node in self.login_nodes:
+                if not _HOST.match(node):
+                    yield "login_nodes", f"{node!r} is not a host name (a name or an address, no user, no port: " \
+                                         "ssh_user and ssh_port say those)"
+            if len(set(self.login_nodes)) != len(self.login_nodes):
+                yield "login_nodes", "a login node is listed twice"
+            for key in ("ssh_key", "known_hosts"):
+                if getattr(self, key) is None:
+                    yield key, f"login_nodes need {key} (" + ("the private key that logs in" if key == "ssh_key" else
+                                                            "the file of the login nodes' host keys the site "
+                                                            "publishes") + ")"
+            if self.work_dir is None:
+                yield "work_dir", "login_nodes need work_dir: the directory on the login node's shared file system " \
+                                  "where the workers' files go (the compute nodes must see it)"
+            if self.ssh_user is not None and not _USER.match(self.ssh_user):
+                yield "ssh_user", f"{self.ssh_user!r} is not a user name"
+            if self.host_bound:
+                yield "host_bound", "with login_nodes any host with the key reaches the cluster: leave host_bound unset"
         for partition in self.parsed_partitions.values():
             entry = partition.entry
             if not partition.name or any(c in entry for c in " ,\t") or entry.count("@") > 1 or entry.endswith("@"):

@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from harvester_cli.config.ssh_certificate import certificate_of, validity
 from harvester_cli.config.schema import rule_of
 from harvester_cli.config.sections import Config
 
@@ -28,9 +29,11 @@ def _walk(section: Any, where: str):
             yield where, f.name, rule_of(f), value
 
 
-def environment_problems(config: Config) -> list[str]:
+def environment_problems(config: Config, *, lifetimes: bool = False) -> list[str]:
     """What only this host can tell: files named in the configuration that do not exist, secrets that
-    others can read, and configurations that cannot work (no queues, no credentials for PanDA)."""
+    others can read, and configurations that cannot work (no queues, no credentials for PanDA). With
+    `lifetimes` (config check), also credentials that are not valid now; not for the work commands, whose
+    runs would stop whole: the queue that uses one says so (exit 2) and the other queues still run."""
     source = str(config.path or "<config>")
     problems = []
     sections: list[tuple[str, Any]] = [("panda", config.panda), ("smtp", config.smtp)]
@@ -38,8 +41,9 @@ def environment_problems(config: Config) -> list[str]:
     sections += [(f"tokens.{n}", t) for n, t in config.tokens.items()]
     sections += [(f"queues.{n}.backend_options", q.backend_options) for n, q in config.queues.items()]
     for table, section in sections:
+        remote = section.remote_keys() if hasattr(section, "remote_keys") else frozenset()
         for where, key, rule, value in _walk(section, table):
-            if not rule.must_exist or not isinstance(value, Path):
+            if not rule.must_exist or not isinstance(value, Path) or (where == table and key in remote):
                 continue
             kind = {"file": "file", "dir": "directory", "any": "file or directory"}[rule.must_exist]
             try:
@@ -54,6 +58,9 @@ def environment_problems(config: Config) -> list[str]:
             elif rule.secret and info.st_mode & 0o077:
                 problems.append(f"{source}: [{where}] {key}: {value} is readable by others "
                                 f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {value}")
+    problems += _login_nodes(config, source)
+    if lifetimes:
+        problems += _certificates(config, source)
     problems += _client_libraries(config, source)
     problems += _directories(config, source)
     problems += _loose_state_files(config, source)
@@ -109,6 +116,54 @@ def _sqlite_on_network(config: Config, source: str, mounts: str = "/proc/mounts"
             "several hosts one PostgreSQL or MariaDB server (state = \"postgresql://...\" or \"mariadb://...\")"]
 
 
+def _login_nodes(config: Config, source: str) -> list[str]:
+    """Queues that reach their cluster through login nodes over SSH: the ssh client is there, and the site's
+    known_hosts file has a key for every login node (harvester-cli never accepts an unknown one). The key's
+    own mode is checked with the other secret files above."""
+    import shutil
+    import subprocess
+
+    problems = []
+    ssh_queues = [(n, q.backend_options) for n, q in config.queues.items()
+                  if getattr(q.backend_options, "login_nodes", None)]
+    if ssh_queues and shutil.which("ssh") is None:
+        problems.append(f"{source}: [queues.{ssh_queues[0][0]}.backend_options] login_nodes: ssh is not installed "
+                        "(Debian: apt install openssh-client; EL: dnf install openssh-clients)")
+    keygen = shutil.which("ssh-keygen")
+    for name, options in ssh_queues:
+        known = options.known_hosts
+        if keygen is None or known is None or not known.is_file():
+            continue
+        for node in options.login_nodes:
+            entry = node if options.ssh_port == 22 else f"[{node}]:{options.ssh_port}"
+            try:
+                found = subprocess.run([keygen, "-F", entry, "-f", str(known)], capture_output=True, timeout=10,
+                                       stdin=subprocess.DEVNULL).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if not found:
+                problems.append(f"{source}: [queues.{name}.backend_options] known_hosts: {known} has no key for "
+                                f"login node {entry}: add the key the site publishes (ssh-keyscan only to compare "
+                                "with it: an unchecked key is what strict checking is there to refuse)")
+    return problems
+
+
+def _certificates(config: Config, source: str) -> list[str]:
+    """The certificate beside a login node key (<key>-cert.pub) that is not valid now: every login node refuses
+    that key, and says only "Permission denied"."""
+    problems = []
+    for name, queue in config.queues.items():
+        options = queue.backend_options
+        if not getattr(options, "login_nodes", None) or options.ssh_key is None:
+            continue
+        certificate = certificate_of(options.ssh_key)
+        found = validity(certificate)
+        if found and (invalid := found.problem()):
+            problems.append(f"{source}: [queues.{name}.backend_options] ssh_key: its certificate {certificate} "
+                            f"{invalid}: the login nodes refuse it (the site issues a new one)")
+    return problems
+
+
 def _client_libraries(config: Config, source: str) -> list[str]:
     """A queue whose backend's client library is not installed could never submit, poll or repair a worker."""
     import importlib.util
@@ -151,7 +206,8 @@ def _directories(config: Config, source: str) -> list[str]:
     """The directories every worker and run writes to: a wrong one would fail each worker, every minute."""
     places = [("", "log_dir", config.logs), ("", "work_dir", config.work_root)]
     places += [(f"[queues.{n}.backend_options] ", "work_dir", q.backend_options.work_dir)
-               for n, q in config.queues.items() if getattr(q.backend_options, "work_dir", None)]
+               for n, q in config.queues.items() if getattr(q.backend_options, "work_dir", None)
+               and "work_dir" not in getattr(q.backend_options, "remote_keys", frozenset)()]
     problems = [f"{source}: {table}{key}: {path}: {problem}: fix the path or the permissions"
                 for table, key, path in places if (problem := directory_problem(path))]
     database = config.state_url

@@ -151,6 +151,24 @@ def running_table(out: Output, data: dict, wide: bool) -> None:
         for r in running], fit=not wide)
 
 
+def login_nodes_table(out: Output, data: dict, wide: bool) -> None:
+    """Queues that submit through login nodes: which node answered each host's runs, when each last
+    answered, and why one did not the last time it was tried."""
+    rows = data.get("login_nodes") or []
+    if not rows:
+        return
+    hosts = _names([r["host"] for r in rows], wide)
+    out.table("login nodes", [
+        Column("queue", cut="middle", min=8), Column("login node", cut="middle", min=8),
+        Column("host", cut="middle", min=8, max=20, drop=2), Column("answered", align=">", cut="never"),
+        Column("in use", cut="never", drop=1),
+        Column("problem", fill=True, min=16, style=lambda t: "red" if t != "-" else None),
+    ], [(r["queue"], r["node"], hosts.get(r["host"]), _ago(r["since_last_answer_seconds"], wide) or "never",
+         "yes" if r["answering"] else "",
+         f"{r['problem']} ({_ago(r['since_last_try_seconds'], wide)})" if r["problem"] else None)
+        for r in rows], fit=not wide)
+
+
 def credentials_table(out: Output, data: dict, wide: bool) -> None:
     out.table("credentials", [
         Column("kind", cut="never"), Column("profile", cut="middle", min=8), Column("audience", cut="middle", min=8,

@@ -17,6 +17,7 @@ from harvester_cli.state.schema import (
     HISTORY_STATES,
     command_runs,
     history_series,
+    login_nodes,
     metric_counters,
     running_commands,
     status_history,
@@ -130,6 +131,28 @@ def record_run(store: Store, command: str, host: str, started: float, ended: flo
                     failed_runs=0 if ok else 1, items=items or 0))
         except IntegrityError:   # the same command ended on this host at this moment: count it next time
             pass
+
+
+def record_login_nodes(store: Store, host: str, contacts: list[tuple[str, str, bool, str | None, float]]) -> None:
+    """What this run learnt of each queue's login nodes, from this host: (queue, node, answered, why not, when),
+    in the order tried. A node that answered has its problem cleared; one that did not keeps when it last did."""
+    latest: dict[tuple[str, str], tuple[bool, str | None, float]] = {}
+    for queue, node, answered, problem, at in contacts:
+        latest[(queue, node)] = (answered, problem, at)
+    if not latest:
+        return
+    with store.transaction() as tx:
+        for (queue, node), (answered, problem, at) in sorted(latest.items()):
+            values = {"tried": at, "problem": None if answered else (problem or "did not answer")[:1000],
+                      **({"answered": at} if answered else {})}
+            where = (login_nodes.c.queue == queue, login_nodes.c.host == host, login_nodes.c.node == node)
+            if tx.execute(update(login_nodes).where(*where).values(**values)).rowcount:
+                continue
+            try:
+                with tx.conn.begin_nested():
+                    tx.execute(login_nodes.insert().values(queue=queue, host=host, node=node, **values))
+            except IntegrityError:   # a run of this host wrote the same node at this moment: its row stands
+                pass
 
 
 def process_gone(pid: int, started: float, host: str) -> bool:

@@ -23,7 +23,7 @@ from sqlalchemy import (
 # Every migration in migrations/versions, oldest first; HEAD is what this code needs. Read by every command
 # without importing Alembic (only `db upgrade` and friends pay for it).
 REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history",
-             "0006_multihost", "0007_running_commands")
+             "0006_multihost", "0007_running_commands", "0008_login_nodes")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -241,6 +241,18 @@ running_commands = Table(
     Column("pid", Integer, nullable=False),
     Column("started", Epoch, nullable=False),
     Column("previous_start", Epoch),   # the command's start before this one on this host: about its interval
+)
+
+# What each queue's backend reached through a remote place, per harvester host (`status`): for a Slurm queue
+# behind login nodes, each login node tried, when it last answered, and why it did not the last time it failed.
+login_nodes = Table(
+    "login_nodes", metadata,
+    Column("queue", String(128), primary_key=True),
+    Column("host", String(255), primary_key=True),   # the harvester host that tried
+    Column("node", String(255), primary_key=True),   # the login node
+    Column("tried", Epoch, nullable=False),          # the last attempt
+    Column("answered", Epoch),                       # the last attempt it answered (NULL: never)
+    Column("problem", Text),                         # why the last attempt failed (NULL: it answered)
 )
 
 # Counters that outlive a process (Prometheus counters must not go back): PanDA call errors per endpoint,

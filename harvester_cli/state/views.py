@@ -188,6 +188,16 @@ def command_runs(store: Store) -> list[dict]:
     return [dict(r._mapping) for r in rows]
 
 
+def login_nodes(store: Store, queues: list[str]) -> list[dict]:
+    """Each queue's login nodes as each harvester host last tried them."""
+    from harvester_cli.state.schema import login_nodes as nodes
+
+    with store.reading() as tx:
+        rows = tx.execute(select(nodes).where(nodes.c.queue.in_(queues))
+                          .order_by(nodes.c.queue, nodes.c.host, nodes.c.node)).all()
+    return [dict(r._mapping) for r in rows]
+
+
 def running_commands(store: Store) -> list[dict]:
     """The commands running now (started, not yet ended), oldest first."""
     from harvester_cli.state.schema import running_commands as running

@@ -27,6 +27,7 @@ class StepResult:
     items: int = 0
     started: float = 0.0
     ended: float = 0.0
+    exit_code: int = 0   # 1 partial, 2 a configuration problem found on the way (a login node's host key)
 
 
 def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention: int | None = None) -> list[StepResult]:
@@ -34,43 +35,47 @@ def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention:
     def fetch_step():
         r = fetch_jobs.fetch_jobs(instance, queues)
         stored = sum(q.stored for q in r.queues)
-        return f"stored {stored} jobs", r.problems(), stored
+        return f"stored {stored} jobs", r.problems(), stored, None
 
     def submit_step():
         r = submit.submit(instance, queues)
         if r.interrupted:   # what the backend did not take is withdrawn: the cycle stops here
             raise KeyboardInterrupt(str(r.interrupted))
         submitted = sum(len(q.submitted) for q in r.queues)
-        return f"submitted {submitted}, failed {sum(len(q.failed) for q in r.queues)}", r.problems(), submitted
+        return (f"submitted {submitted}, failed {sum(len(q.failed) for q in r.queues)}", r.problems(), submitted,
+                r.exit_code)
 
     def poll_step():
         r = poll.poll(instance, queues)
         changes = sum(sum(q.changes.values()) for q in r.queues)
         checked = sum(q.checked for q in r.queues)
-        return f"checked {checked}, {changes} changed", r.problems(), checked
+        return f"checked {checked}, {changes} changed", r.problems(), checked, r.exit_code
 
     def propagate_step():
         r = propagate.propagate(instance, queues)
-        return f"jobs sent {r.jobs_sent}, workers sent {r.workers_sent}", r.problems(), r.jobs_sent + r.workers_sent
+        return (f"jobs sent {r.jobs_sent}, workers sent {r.workers_sent}", r.problems(), r.jobs_sent + r.workers_sent,
+                None)
 
     def sweep_step():
         r = sweep.sweep(instance, queues, retention=sweep_retention)
         killed, cleaned = sum(q.killed for q in r.queues), sum(q.cleaned for q in r.queues)
         retired = sum(q.retired for q in r.queues)
-        return f"killed {killed}, retired {retired}, cleaned {cleaned}", r.problems(), killed + retired + cleaned
+        return (f"killed {killed}, retired {retired}, cleaned {cleaned}", r.problems(), killed + retired + cleaned,
+                r.exit_code)
 
     instance.store   # a state database this code cannot use stops the cycle here, with exit 2, not per step
     results = []
     for name, action in zip(STEPS, (fetch_step, submit_step, poll_step, propagate_step, sweep_step)):
         started = time.time()
         try:
-            summary, problems, items = action()
+            summary, problems, items, code = action()
         except (HarvesterError, DatabaseFailure, OSError) as exc:   # one failing step must not stop the others
             if isinstance(exc, HarvesterError) and exc.exit_code == EXIT_USAGE:
                 raise
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            summary, problems, items = f"error: {reason}", [reason], 0
-        results.append(StepResult(name, summary, bool(problems), problems, items, started, time.time()))
+            summary, problems, items, code = f"error: {reason}", [reason], 0, None
+        code = (1 if problems else 0) if code is None else code
+        results.append(StepResult(name, summary, bool(problems), problems, items, started, time.time(), code))
     return results
 
 

@@ -166,7 +166,26 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
                     "started_during_removal": counted["started"]},
         "pending_updates": pending, "commands": runs, "running": running_now(instance, now),
         "credentials": [asdict(c) for c in credentials(config, now)],
+        "login_nodes": login_nodes(store, queues, now),
     }
+
+
+def login_nodes(store, queues: list[str], now: float) -> list[dict]:
+    """Per queue and harvester host, the login nodes tried: when each last answered and why it did not the
+    last time; `answering` marks the one that answered the host's latest attempt (the one its runs use)."""
+    rows = views.login_nodes(store, queues)
+    latest: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if r["answered"] is not None:
+            key = (r["queue"], r["host"])
+            latest[key] = max(latest.get(key, 0.0), r["answered"])
+    return [{"queue": r["queue"], "host": r["host"], "node": r["node"],
+             "answering": r["answered"] is not None and r["answered"] == latest.get((r["queue"], r["host"]))
+             and r["problem"] is None,
+             "last_answer": model.iso_time(r["answered"]),
+             "since_last_answer_seconds": round(now - r["answered"], 1) if r["answered"] else None,
+             "last_try": model.iso_time(r["tried"]), "since_last_try_seconds": round(now - r["tried"], 1),
+             "problem": r["problem"]} for r in rows]
 
 
 def running_now(instance: Instance, now: float) -> list[dict]:
@@ -304,6 +323,7 @@ def after_command(instance: Instance, runs: list[Run], run_id: int | None = None
         for (family, labels), n in instance.tally.items():
             increments[(family, monitoring.counter_key(dict(labels)))] += n
         monitoring.add_counters(store, host, increments)
+        monitoring.record_login_nodes(store, host, instance.contacts())
         write_metrics(instance)
     except StateError as exc:   # the command itself has said so, in its own line
         log.debug("monitoring after %s: %s", runs[0].command if runs else "?", exc)

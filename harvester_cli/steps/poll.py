@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from harvester_cli import model
 from harvester_cli.backends.base import Observation, WorkerRef
 from harvester_cli.config import QueueConfig
+from harvester_cli.errors import exit_code_of
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance
 from harvester_cli.panda import pilot_outputs, updates
@@ -34,6 +35,7 @@ class QueuePoll:
     kill_requested: int = 0
     resubmitted: int = 0
     error: str | None = None
+    exit_code: int = 0   # what the error asks of the run: 2 for a configuration problem, else 1
 
 
 @dataclass
@@ -43,6 +45,10 @@ class PollRun:
     @property
     def partial(self) -> bool:
         return any(q.error for q in self.queues)
+
+    @property
+    def exit_code(self) -> int:
+        return max([q.exit_code for q in self.queues if q.error] + [0])
 
     def problems(self) -> list[str]:
         return [f"queue {q.queue}: {q.error}" for q in self.queues if q.error]
@@ -82,9 +88,10 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
             observations = backend.check(rows)
             fault_point("poll_after_check")
         except Exception as exc:  # one backend failing must not stop the other queues
-            log.warning("queue %s: backend check failed: %s", queue.name, exc,
+            log.info("queue %s: backend check failed: %s", queue.name, exc,
                         exc_info=log.isEnabledFor(logging.DEBUG))
             result.error = f"backend check failed: {exc}"
+            result.exit_code = exit_code_of(exc)
             break
         apply_observations(instance, queue, rows, observations, result)
         result.checked += len(rows)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from harvester_cli import model
 from harvester_cli.backends.base import SubmitResult, WorkerSpec
 from harvester_cli.config import QueueConfig
-from harvester_cli.errors import PandaError, PandaRefused, StateError
+from harvester_cli.errors import PandaError, PandaRefused, StateError, exit_code_of
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance, worker_ref
 from harvester_cli.panda import job_counts, resource_types
@@ -54,6 +54,7 @@ class QueueSubmit:
     missed: int = 0
     skipped: str | None = None
     error: str | None = None
+    error_exit: int = 1   # what `error` asks of the run: 2 for a configuration problem
     interrupted: Interrupted | None = None
 
     @property
@@ -89,6 +90,12 @@ class SubmitRun:
         return bool(self.errors) or any(q.failed or q.error or q.shortfall for q in self.queues)
 
     @property
+    def exit_code(self) -> int:
+        """0, 1 (partial: the next run retries), 2 when a queue's backend found a configuration problem."""
+        worst = max([q.error_exit for q in self.queues if q.error] + [0])
+        return max(worst, 1 if self.partial else 0)
+
+    @property
     def interrupted(self) -> Interrupted | None:
         return next((q.interrupted for q in self.queues if q.interrupted), None)
 
@@ -111,6 +118,7 @@ class Repair:
     adopted: int = 0
     missed: int = 0
     problem: str | None = None   # the backend could not be asked
+    exit_code: int = 1           # what the problem asks of the run (2: a configuration problem)
 
 
 def repair_pending(instance: Instance, queue: QueueConfig) -> Repair:
@@ -126,7 +134,7 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> Repair:
     try:
         found = instance.backend(queue).find([worker_ref(r) for r in rows])
     except Exception as exc:   # cannot tell: keep them pending (released) and ask again next run
-        log.warning("queue %s: backend lookup of interrupted submissions failed: %s", queue.name, exc,
+        log.info("queue %s: backend lookup of interrupted submissions failed: %s", queue.name, exc,
                     exc_info=log.isEnabledFor(logging.DEBUG))
         at = model.now()
         overdue = [r for r in rows if at - r.created > queue.lost_grace_seconds]
@@ -134,7 +142,7 @@ def repair_pending(instance: Instance, queue: QueueConfig) -> Repair:
             workers.release(tx, [r.worker_id for r in rows if r not in overdue])
         if overdue:
             _end_unknown(instance, queue, overdue, exc, at)
-        return Repair(missed=len(overdue), problem=(
+        return Repair(missed=len(overdue), exit_code=exit_code_of(exc), problem=(
             f"{len(rows)} worker(s) left pending by an interrupted submission: the backend could not be asked "
             f"({exc}); {len(overdue)} pending longer than lost_grace_seconds={queue.lost_grace_seconds} ended "
             "missed, the others are asked about again by the next submit"))
@@ -358,11 +366,12 @@ def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec]
             except Exception as exc:
                 # Some workers of the batch may have started: release them as pending, so the next submit's
                 # repair asks the backend (find) instead of guessing, and no job runs twice.
-                log.warning("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
+                log.info("queue %s: backend %s failed during submission: %s", queue.name, queue.backend, exc,
                             exc_info=log.isEnabledFor(logging.DEBUG))   # a traceback with -vv only
                 with store.transaction() as tx:
                     workers.release(tx, left)
                 result.error = f"backend {queue.backend} failed: {exc}; the next submit repairs these workers"
+                result.error_exit = exit_code_of(exc)
                 return
             finally:
                 backend.on_submitted = None
@@ -443,6 +452,7 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
         if not dry_run:   # under the queue lock: never repair the pending workers of a live submission
             repair = repair_pending(instance, queue)
             result.adopted, result.missed, result.error = repair.adopted, repair.missed, repair.problem
+            result.error_exit = repair.exit_code
         definitions = resource_types.definitions(instance.panda, instance.cache_dir / "resource_types.json")
         sizes = {rt: resource_types.worker_size(queue, rt, definitions) for rt in queue.resource_types}
         state = queue_state(instance, queue, activated, sizes, registration_problem)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
+from harvester_cli.errors import exit_code_of
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance, worker_ref
 from harvester_cli.state import jobs, monitoring, outbox, workers
@@ -28,6 +29,8 @@ class QueueSweep:
     refused: str | None = None
     cleaned: int = 0
     jobs_deleted: int = 0
+    clean_failed: str | None = None   # the backend could not clean (the next sweep tries again)
+    exit_code: int = 0                # what a backend error asks of the run: 2 for a configuration problem
 
 
 @dataclass
@@ -39,12 +42,23 @@ class SweepRun:
     def partial(self) -> bool:
         return any(q.kill_failed or q.refused for q in self.queues)
 
+    @property
+    def exit_code(self) -> int:
+        return max([q.exit_code for q in self.queues] + [1 if self.partial else 0])
+
     def problems(self) -> list[str]:
         out = []
         for q in self.queues:
             if q.refused:
                 out.append(f"queue {q.queue}: {q.refused}")
-            out += [f"queue {q.queue}: worker {w}: kill failed: {e}" for w, e in q.kill_failed]
+            if q.clean_failed and q.exit_code > 1:
+                out.append(f"queue {q.queue}: clean failed: {q.clean_failed}")
+            by_error: dict[str, list[int]] = {}
+            for w, e in q.kill_failed:   # a backend that failed as a whole: one line for its workers, not one each
+                by_error.setdefault(e, []).append(w)
+            for e, ids in by_error.items():
+                who = f"worker {ids[0]}" if len(ids) == 1 else f"{len(ids)} workers ({ids[0]}, ...)"
+                out.append(f"queue {q.queue}: {who}: kill failed: {e}")
         return out
 
 
@@ -133,10 +147,11 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
         try:
             outcomes = instance.backend(queue).kill(refs, "killed by harvester-cli sweep")
         except Exception as exc:   # release at once, or these workers stay claimed for a whole lease
-            log.warning("queue %s: backend kill failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.info("queue %s: backend kill failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             with store.transaction() as tx:
                 workers.release(tx, [r.worker_id for r in rows])
             result.kill_failed += [(r.worker_id, f"backend error: {exc}") for r in rows]
+            result.exit_code = max(result.exit_code, exit_code_of(exc))
             return
         fault_point("sweep_after_backend_kill")
         at = model.now()
@@ -173,6 +188,9 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
             log.warning("queue %s: backend clean failed: %s", queue.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             with store.transaction() as tx:
                 workers.release(tx, [r.worker_id for r in rows])
+            result.clean_failed = str(exc)
+            if exit_code_of(exc) > 1:   # a configuration problem says so; an outage waits for the next sweep
+                result.exit_code = max(result.exit_code, exit_code_of(exc))
             return
         with store.transaction() as tx:
             result.cleaned += workers.forget(tx, [r.worker_id for r in rows])

@@ -288,7 +288,8 @@ def test_environment_of_slurm_commands_drops_the_callers_slurm_settings(tmp_path
     monkeypatch.setenv("SLURM_JOB_ID", "5")
     monkeypatch.setenv("SQUEUE_FORMAT", "%i")
     monkeypatch.setenv("SBATCH_PARTITION", "x")
-    env = backend(tmp_path, slurm_conf="/etc/slurm/other.conf")._env()
+    out = backend(tmp_path, slurm_conf="/etc/slurm/other.conf")._run(["env"]).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert env["SLURM_CONF"] == "/etc/slurm/other.conf"
     assert not {"SLURM_JOB_ID", "SQUEUE_FORMAT", "SBATCH_PARTITION"} & set(env)
 
