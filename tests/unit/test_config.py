@@ -727,3 +727,119 @@ def test_every_queue_key_is_in_the_readme_queue_table():
     for key in reference.keys():
         if key.table == "[queues.NAME] and [queue_defaults]":
             assert f"`{key.key}`" in readme, key.key
+
+
+
+# Every numeric setting's range as validation must enforce it, written out here (not read from the schema):
+# a bound lost from the schema, or a minimum of 0 no longer checked, fails a test, not only the generated
+# docs' comparison. `> X`: more than X; INT_MAX: what the database's integer holds; none: no upper bound.
+RANGES = """
+lease_seconds 10 INT_MAX                     max_new_workers_per_run 0 INT_MAX
+panda.timeout >0 3600                        panda.retries 0 20
+panda.bulk_size 1 10000                      panda.stats_refresh 0 3600
+queues.core_count 1 100000                   queues.memory_mb_per_core 1 10000000
+queues.walltime 60 INT_MAX                   queues.n_queue_limit_worker 0 INT_MAX
+queues.n_queue_limit_worker_ratio 0 100000   queues.n_queue_limit_worker_min 0 INT_MAX
+queues.max_workers 0 INT_MAX                 queues.max_new_workers_per_cycle 0 INT_MAX
+queues.max_queued_cores 0 INT_MAX            queues.max_queued_memory_mb 0 INT_MAX
+queues.throttle_missed 0 INT_MAX             queues.throttle_window 1 INT_MAX
+queues.activated_factor 0 1000               queues.empty_pilot_floor 0 1
+queues.n_queue_limit_job 0 INT_MAX           queues.max_submit_attempts 1 INT_MAX
+queues.job_heartbeat_seconds 0 INT_MAX       queues.max_queued_seconds 60 INT_MAX
+queues.lost_grace_seconds 0 INT_MAX          sweep.worker_retention 0 INT_MAX
+sweep.job_retention 0 INT_MAX                sweep.max_kills_per_run 0 INT_MAX
+sweep.history_retention 3600 INT_MAX         proxies.lifetime 600 INT_MAX
+proxies.min_lifetime 0 INT_MAX               proxies.bits 0 INT_MAX
+proxies.timeout >0 3600                      tokens.min_lifetime 0 INT_MAX
+tokens.timeout >0 3600                       tokens.retries 0 20
+smtp.port 1 65535                            smtp.throttle 0 INT_MAX
+smtp.timeout >0 3600                         smtp.retries 0 20
+log_retention.CLASS.max_age 0 INT_MAX        log_retention.CLASS.max_bytes 0 none
+command_log.max_bytes >0 none                command_log.backups 0 1000
+cron.alert_after 0 604800                    log_server.port 0 65535
+log_server.max_connections 8 100000          log_server.threads 1 256
+log_server.header_timeout >0 3600            log_server.idle_timeout >0 3600
+metrics.panda_interval 0 86400               instance.cycle_interval 0 86400
+instance.db_timeout 1 86400
+queues.backend_options.htcondor.max_at_once 1 INT_MAX
+queues.backend_options.htcondor.ce_fair_share 0 1
+queues.backend_options.htcondor.ce_stats_window 60 INT_MAX
+queues.backend_options.htcondor.ce_backoff_seconds 0 INT_MAX
+queues.backend_options.htcondor.ce_backoff_failures 1 INT_MAX
+queues.backend_options.htcondor.held_timeout 0 INT_MAX
+queues.backend_options.htcondor.unavailable_timeout 0 INT_MAX
+queues.backend_options.htcondor.history_window 60 INT_MAX
+queues.backend_options.htcondor.disk_mb_per_core 0 INT_MAX
+queues.backend_options.arc.timeout >0 3600
+queues.backend_options.arc.delegation_min_lifetime 0 INT_MAX
+queues.backend_options.slurm.nodes 1 100000
+queues.backend_options.slurm.max_array_size 1 1000000
+queues.backend_options.slurm.max_concurrent_sbatch 1 256
+queues.backend_options.slurm.command_timeout >0 3600
+queues.backend_options.slurm.squeue_cache_seconds 0 3600
+queues.backend_options.slurm.history_window 60 INT_MAX
+queues.backend_options.slurm.ce_fair_share 0 1
+queues.backend_options.slurm.ce_stats_window 60 INT_MAX
+queues.backend_options.slurm.ce_backoff_seconds 0 INT_MAX
+queues.backend_options.slurm.ce_backoff_failures 1 INT_MAX
+"""
+
+
+def _numeric_settings() -> dict:
+    """Dotted key -> (section class, key, number type) of every numeric setting in every table."""
+    import dataclasses
+    import typing
+
+    from harvester_cli.config import reference
+    from harvester_cli.config.schema import rule_of
+
+    out = {}
+    for _, cls, prefix in reference.TABLES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if t in (int, float)]
+            if rule_of(f) is not None and kinds and f.init:
+                out[f"{prefix}.{f.name}" if prefix else f.name] = (cls, f.name, kinds[0])
+    return out
+
+
+def _ranges() -> dict:
+    words = RANGES.split()
+    return {words[i]: (words[i + 1], words[i + 2]) for i in range(0, len(words), 3)}
+
+
+def test_every_numeric_setting_has_its_range_written_in_this_test():
+    assert sorted(_numeric_settings()) == sorted(_ranges()), "a numeric setting was added or removed: add its range"
+
+
+@pytest.mark.parametrize("path", sorted(_ranges()))
+def test_every_numeric_setting_refuses_what_is_out_of_its_range_and_takes_both_ends(path):
+    """Validation itself checks each bound: no number is negative (a minimum of 0 included), a lowest value
+    above 0 refuses what is below it, a `> 0` refuses 0, and the highest value is taken, one more refused."""
+    from harvester_cli.config.schema import INT_MAX, Validator
+
+    cls, key, kind = _numeric_settings()[path]
+    low, high = _ranges()[path]
+
+    def refused(value) -> str | None:
+        validator = Validator(SOURCE, Path("/srv"))
+        return None if validator.key_of(cls, key, kind(value), "T") else "\n".join(validator.problems)
+
+    step = 1 if kind is int else 0.5
+    for negative in (-1, -step):
+        problem = refused(negative)
+        assert problem is not None, f"{path} = {negative} is accepted"
+        assert key in problem and re.search("must not be negative|must be at least|must be more than", problem)
+    if low.startswith(">"):
+        bound = float(low[1:])
+        assert refused(bound) is not None, f"{path} = {bound:g} is accepted (must be more than {bound:g})"
+        lowest = bound + step
+    else:
+        lowest = float(low)
+        if lowest > 0:
+            assert refused(lowest - step) is not None, f"{path} = {lowest - step:g} is accepted (lowest {low})"
+    assert refused(lowest) is None, f"{path} = {lowest:g} is refused: {refused(lowest)}"
+    if high != "none":
+        highest = INT_MAX if high == "INT_MAX" else float(high)
+        assert refused(highest) is None, f"{path} = {highest:g}, its highest value, is refused"
+        assert refused(highest + 1) is not None, f"{path} = {highest:g} + 1 is accepted"

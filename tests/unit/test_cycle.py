@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harvester_cli.state.schema import job_workers, jobs, reports, workers
 from harvester_cli.steps import fetch_jobs as fetching
 from harvester_cli.steps import poll as monitoring
@@ -282,3 +284,115 @@ def test_long_running_push_job_gets_a_heartbeat_and_panda_can_kill_it(harness, s
     run = propagation.propagate(instance, queues)   # heartbeat due: PanDA answers tobekilled
     assert run.job_heartbeats == 1 and run.kills_from_panda == 1
     assert rows(instance, workers)[0].kill_reason
+
+
+# -- the mass-kill cap at its boundary, and a worker cancelled while its submission goes on ------------
+
+SLEEPERS = {"SLEEP_Q": {"mode": "pull", "pilot": "sleep 60", "max_workers": 10, "n_queue_limit_worker": 10}}
+
+
+def _marked(instance, n: int) -> None:
+    queues = list(instance.config.queues.values())
+    assert len(submission.submit(instance, queues, count=n).queues[0].submitted) == n
+    with instance.store.transaction() as conn:
+        conn.execute(workers.update().values(kill_reason="operator"))
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_sweep_kills_exactly_the_cap_and_refuses_one_more(harness, sim, cap):
+    instance = harness.instance(SLEEPERS, sweep={"max_kills_per_run": cap})
+    queues = list(instance.config.queues.values())
+    _marked(instance, cap + 1)
+    refused = sweeping.sweep(instance, queues)
+    assert refused.queues[0].refused and f"{cap + 1} workers marked for killing exceed the cap of {cap}" \
+        in refused.queues[0].refused
+    assert refused.queues[0].killed == 0 and all(w.status == "submitted" for w in rows(instance, workers))
+    with instance.store.transaction() as conn:   # one less: exactly the cap
+        conn.execute(workers.update().where(workers.c.worker_id == rows(instance, workers)[0].worker_id)
+                     .values(kill_reason=None))
+    at_cap = sweeping.sweep(instance, queues)
+    assert at_cap.queues[0].refused is None and at_cap.queues[0].killed == cap and not at_cap.partial
+    assert sorted(w.status for w in rows(instance, workers)) == ["cancelled"] * cap + ["submitted"]
+
+
+def test_a_cap_of_zero_refuses_every_kill_unless_forced(harness, sim):
+    instance = harness.instance(SLEEPERS, sweep={"max_kills_per_run": 0})
+    queues = list(instance.config.queues.values())
+    _marked(instance, 1)
+    assert sweeping.sweep(instance, queues).queues[0].refused
+    assert sweeping.sweep(instance, queues, force=True).queues[0].killed == 1
+
+
+@pytest.mark.parametrize("cap", [1, 2])
+def test_kill_workers_marks_exactly_the_cap_and_refuses_one_more(harness, sim, cap):
+    instance = harness.instance(SLEEPERS, sweep={"max_kills_per_run": cap})
+    queues = list(instance.config.queues.values())
+    ids = submission.submit(instance, queues, count=cap + 1).queues[0].submitted
+    over = sweeping.mark_for_kill(instance, ["SLEEP_Q"], worker_ids=tuple(ids))
+    assert over.refused and f"{cap + 1} workers match, more than sweep.max_kills_per_run={cap}" in over.refused
+    assert over.marked == 0 and not any(w.kill_reason for w in rows(instance, workers))
+    exact = sweeping.mark_for_kill(instance, ["SLEEP_Q"], worker_ids=tuple(ids[:cap]))
+    assert exact.refused is None and exact.marked == cap
+    forced = sweeping.mark_for_kill(instance, ["SLEEP_Q"], worker_ids=tuple(ids), force=True)
+    assert forced.refused is None and forced.marked == 1
+
+
+def test_a_worker_cancelled_while_the_backend_submits_it_stays_cancelled_and_its_job_untouched(harness, sim):
+    """The backend takes the worker, but meanwhile its submission was withdrawn (the worker cancelled, its
+    job given back to wait): the backend's answer moves only workers still pending."""
+    from harvester_cli import model
+    from harvester_cli.steps import transitions
+
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="sleep 30")
+    instance = harness.instance(PUSH)
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    backend = instance.backend(queues[0])
+    real_submit = backend.submit
+
+    def submit_while_cancelled(specs):
+        results = real_submit(specs)
+        with instance.store.transaction() as tx:
+            tx.execute(workers.update().values(status=model.CANCELLED, diag="cancelled meanwhile"))
+            transitions.requeue_jobs(tx, queues[0], {s.worker_id: "cancelled meanwhile" for s in specs},
+                                     model.now(), attempt=False)
+        return results
+
+    backend.submit = submit_while_cancelled
+    run = submission.submit(instance, queues)
+    assert len(run.queues[0].submitted) == 1   # the backend took it
+    (worker,) = rows(instance, workers)
+    assert worker.status == "cancelled" and worker.batch_id is None and worker.diag == "cancelled meanwhile"
+    (job,) = rows(instance, jobs)
+    assert (job.status, job.sub_status, job.submit_attempts) == ("starting", "fetched", 0)
+    assert not rows(instance, job_workers)
+    propagation.propagate(instance, queues)
+    assert all(u["job_status"] != "starting" or "batch_id" not in u for u in sim.jobs[panda_id].updates)
+    assert sim.workers(harness.harvester_id)[worker.worker_id]["status"] == "cancelled"
+
+
+def test_pilot_log_goes_with_one_acknowledged_update_per_job_never_again(harness, sim):
+    """PanDA stores a new log record for every update carrying pilot_log: it goes with the first update PanDA
+    takes (here `starting`, after a refused try), not with `running` nor the final one."""
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="sleep 60")
+    instance = harness.instance(PUSH)
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    submission.submit(instance, queues)
+    sim.fail_next = [503] * 10   # refused: not acknowledged, so pilot_log is still to send
+    assert propagation.propagate(instance, queues).partial
+    sim.fail_next = []
+    assert propagation.propagate(instance, queues).jobs_sent == 1   # starting, with pilot_log
+    assert [u["job_status"] for u in sim.jobs[panda_id].updates] == ["starting"]
+    assert rows(instance, jobs)[0].pilot_log_sent
+    wait_until(lambda: monitoring.poll(instance, queues) and rows(instance, jobs)[0].sub_status == "running",
+               what="job running")
+    assert propagation.propagate(instance, queues).jobs_sent == 1   # running, without pilot_log
+    with instance.store.transaction() as conn:
+        conn.execute(workers.update().values(kill_reason="operator"))
+    assert sweeping.sweep(instance, queues).queues[0].killed == 1
+    assert propagation.propagate(instance, queues).jobs_sent == 1   # failed, without pilot_log
+    updates = sim.jobs[panda_id].updates
+    assert [u["job_status"] for u in updates] == ["starting", "running", "failed"]
+    assert ["pilot_log" in u for u in updates] == [True, False, False]
+    assert [log.rsplit("/", 1)[-1] for log in sim.jobs[panda_id].pilot_logs] == ["batch.log"]

@@ -428,3 +428,42 @@ def test_a_long_running_command_rotates_while_it_runs(tmp_path):
     text = "".join((directory / n).read_text() for n in names)
     assert "pilot.out 200" in text and "abcdefghijkl" not in text and "Bearer [redacted]" in text
     assert "Q/199/" in (directory / "serve-logs.log").read_text()
+
+
+@pytest.mark.parametrize("url", ["postgresql://harvester:pg-Secret-99@db.example.org/harvester",
+                                 "postgresql+psycopg://harvester:pg-Secret-99@db.example.org:5432/harvester",
+                                 "mariadb+pymysql://harvester:pg-Secret-99@127.0.0.1/harvester"])
+def test_database_url_passwords_and_exception_text_never_reach_a_command_log(tmp_path, url):
+    """A password in a database URL, and a secret inside an exception's text (its message and its traceback),
+    are redacted in the lines a command log gets: in the message, in its arguments, in exc_info."""
+    import logging
+
+    logs.register_secret("tok-ABCDEFGH-123456")
+    handler = logs.open_command_log(tmp_path, "cycle", max_bytes=0, backups=0)
+    logger = logging.getLogger("test-redaction")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info(f"state database {url} opened")
+        logger.warning("could not connect to %s", url)
+        try:
+            raise RuntimeError(f"connection to {url} failed with token tok-ABCDEFGH-123456")
+        except RuntimeError as exc:
+            logger.warning("step failed: %s", exc, exc_info=True)
+            logger.exception("step failed")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    text = (tmp_path / "commands" / "cycle.log").read_text()
+    assert "pg-Secret-99" not in text and "tok-ABCDEFGH-123456" not in text, text
+    assert "Traceback" in text and "RuntimeError: connection to" in text   # the traceback stays, redacted
+    assert "state database " + url.split(":pg-")[0] + ":***@" in text and "with token [redacted]" in text, text
+
+
+def test_redact_hides_the_password_of_any_url_and_keeps_the_rest():
+    assert logs.redact("postgresql://u:p4ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert logs.redact("mysql+pymysql://user:s3cr3t@127.0.0.1/x?charset=utf8") == \
+        "mysql+pymysql://user:***@127.0.0.1/x?charset=utf8"
+    assert logs.redact("https://host:9619/path and sqlite:////var/lib/state.db") == \
+        "https://host:9619/path and sqlite:////var/lib/state.db"   # no password: nothing to hide

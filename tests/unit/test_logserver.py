@@ -299,3 +299,24 @@ def test_any_request_gets_an_http_answer_and_never_a_private_byte(generated_serv
     assert not any(secret in answer for secret in SECRETS), (request, answer[:300])
     status, _, body = get(server.address, "GET", "/logs/workers/2026-01-01/Q/7/pilot.out")
     assert status == 200 and body == b"pilot says hello\n"
+
+
+def test_a_sibling_tree_whose_name_starts_like_the_root_is_outside_it(tmp_path):
+    """`logs-old/` beside `logs/` shares its prefix: a link into it is outside the tree (the separator counts)."""
+    from harvester_cli.site.logserver import public_parts
+
+    root = _make_tree(tmp_path)
+    sibling = tmp_path / "logs-old"
+    (sibling / "workers").mkdir(parents=True)
+    (sibling / "workers" / "old.out").write_text("outside the tree: an old log\n")
+    (root / "workers" / "old").symlink_to(sibling / "workers")
+    (root / "workers" / "old.out").symlink_to(sibling / "workers" / "old.out")
+    assert public_parts(str(root), str(sibling / "workers" / "old.out")) is None
+    assert public_parts(str(root), str(sibling)) is None
+    assert public_parts(str(root), str(root / "workers" / "x.out")) == ["workers", "x.out"]
+    with LogServer(root, "127.0.0.1", 0, "/logs") as server:
+        for path in ("/logs/workers/old/old.out", "/logs/workers/old.out", "/logs/workers/old/"):
+            status, _, body = get(server.address, "GET", path)
+            assert status == 404 and b"an old log" not in body, (path, status, body)
+        status, _, listing = get(server.address, "GET", "/logs/workers/")
+        assert status == 200 and b"old" not in listing, listing

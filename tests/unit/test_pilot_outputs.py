@@ -51,3 +51,27 @@ def test_job_report_is_slimmed_and_missing_heartbeat_synthesises_a_failure(tmp_p
     assert json.loads(update["meta_data"])["executor"][0]["logfileReport"] == {}
     assert len(update["meta_data"]) < 200
     assert "pilot_log" not in update   # sent once per job, by propagate, not with every final update
+
+
+def test_a_heartbeat_without_a_state_is_reported_failed_never_finished():
+    for heartbeat in ({"jobId": 123}, {"jobId": 123, "state": None}, {"jobId": 123, "state": ""},
+                      {"jobId": 123, "exeErrorCode": 0, "transExitCode": 0}):
+        update, problems = pilot_outputs.from_heartbeat(JOB, heartbeat)
+        assert update["job_status"] == "failed", heartbeat
+
+
+def test_a_heartbeat_for_another_job_is_not_taken_for_this_one():
+    update, problems = pilot_outputs.from_heartbeat(JOB, {"jobId": 999, "state": "finished", "exeErrorCode": 0,
+                                                          "node": "wn1"})
+    assert update["job_status"] == "failed" and update["pilot_error_code"] == pilot_outputs.ERR_BAD_HEARTBEAT
+    assert "exe_error_code" not in update and "node" not in update   # nothing of the other job's is sent
+    assert problems == ["heartbeat is for job 999, not 123"]
+    # the same job written as a string is this job
+    update, problems = pilot_outputs.from_heartbeat(JOB, {"jobId": "123", "state": "finished"})
+    assert update["job_status"] == "finished" and problems == []
+
+
+def test_a_heartbeat_file_for_another_job_fails_the_final_update(tmp_path):
+    (tmp_path / "heartbeat.json").write_text(json.dumps({"jobId": 7, "state": "finished"}))
+    update, note = pilot_outputs.final_update(JOB, {"heartbeat.json": tmp_path / "heartbeat.json"}, None)
+    assert update["job_status"] == "failed" and "heartbeat is for job 7, not 123" in note

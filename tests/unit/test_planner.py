@@ -27,6 +27,10 @@ def queue(**kw):
     ({"empty_pilot_floor": 0}, QueueState(activated=0), 100, 0, "activated jobs"),  # floor 0
     ({}, QueueState(queued={"SCORE": 1}, activated=0), 100, 0, "activated jobs"),   # one queued is enough
     ({}, QueueState(activated=None), 100, 1, "activated jobs"),                     # PanDA silent: floor only
+    # PanDA silent and a pilot already queued: the floor counts the queued pilots, none more
+    ({}, QueueState(queued={"SCORE": 1}, activated=None), 100, 0, "activated jobs"),
+    ({}, QueueState(queued={"SCORE": 3}, activated=None), 100, 0, "activated jobs"),
+    ({"empty_pilot_floor": 0}, QueueState(activated=None), 100, 0, "activated jobs"),
     ({"mode": "push"}, QueueState(waiting_jobs={"SCORE": 3}), 100, 3, "waiting jobs"),
     # PanDA's counts are a minute old: pilots started since they were made took some of the jobs counted
     ({}, QueueState(activated=5, started_recently={"SCORE": 3}, stats_age=20), 100, 2, "activated jobs"),
