@@ -74,6 +74,8 @@ class Globals:
             from harvester_cli import config
 
             loaded = config.load(self.config_path)
+            if self.state is not None and (problem := config.state_url_problem(self.state)):
+                raise config.ConfigError(f"--state: {problem}")
             problems = []
             if self.command in HOST_CHECKED:
                 import dataclasses

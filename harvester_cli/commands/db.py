@@ -10,9 +10,11 @@ def command():
 
 
 def _store(g):
-    from harvester_cli.config import state_url_from
+    from harvester_cli.config import ConfigError, state_url_from, state_url_problem
     from harvester_cli.state.store import Store
 
+    if g.state and (problem := state_url_problem(g.state)):
+        raise ConfigError(f"--state: {problem}")
     if g.state:
         try:
             g.config()   # for the command log in its log_dir; --state alone needs no configuration

@@ -51,6 +51,7 @@ from harvester_cli.config.sections import (
     default_state_dir,
     is_test_pilot,
     state_url_from,
+    state_url_problem,
     xdg_dir,
 )
 from harvester_cli.errors import ConfigError  # noqa: F401  (callers catch config.ConfigError)
@@ -59,7 +60,7 @@ __all__ = [
     "PILOT_PLACEHOLDERS", "PROXY_TOOLS", "QUEUE_STATUSES", "SUBMIT_FILE_PATTERNS", "CertificateConfig",
     "CommandLogConfig", "Config", "LogRetentionConfig", "LogServerConfig", "MetricsConfig", "PandaConfig", "ProxyProfile",
     "QueueConfig", "RetentionConfig", "SmtpConfig", "SweepConfig", "TokenProfile", "default_state_dir",
-    "state_url_from", "EXAMPLE", "load", "parse", "as_dict", "display_url", "default_config_path",
+    "state_url_from", "state_url_problem", "EXAMPLE", "load", "parse", "as_dict", "display_url", "default_config_path",
     "environment_problems", "is_test_pilot", "xdg_dir",
 ]
 

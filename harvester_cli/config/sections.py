@@ -60,6 +60,24 @@ _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+
                     "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
 
 
+# The state databases harvester-cli can open: a URL's scheme, before any +driver.
+STATE_SCHEMES = ("sqlite", "postgresql", "postgres", "mariadb", "mysql")
+
+
+def state_url_problem(value: str) -> str | None:
+    """What is wrong with a `state` (the key or --state) before anything opens it, or None. Names the scheme,
+    never the URL (it may hold a password)."""
+    if not value.strip():
+        return "empty: a SQLite file path or a database URL"
+    if "://" not in value:
+        return None
+    scheme = value.partition("://")[0]
+    if scheme.partition("+")[0].lower() not in STATE_SCHEMES:
+        return (f"unknown database scheme {scheme}://: a SQLite file path, or a postgresql://, mariadb://, mysql:// "
+                "or sqlite:/// URL")
+    return None
+
+
 def state_url_from(value: str) -> str:
     """A SQLAlchemy URL from what an operator writes: a plain file path (SQLite), or a server URL whose
     bare scheme (`postgresql://`, `postgres://`, `mariadb://`, `mysql://`) gets the driver harvester-cli
@@ -455,6 +473,10 @@ class Config(Section):
     log_server: LogServerConfig = setting(doc="[log_server]", factory=LogServerConfig)
     metrics: MetricsConfig = setting(doc="[metrics]", factory=MetricsConfig)
     path: Path | None = None
+
+    def problems(self):
+        if self.state is not None and (problem := state_url_problem(self.state)):
+            yield "state", problem
 
     @property
     def state_url(self) -> str:

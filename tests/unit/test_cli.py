@@ -627,3 +627,42 @@ def test_a_missing_database_driver_is_one_line_naming_the_driver_and_the_fix(tmp
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "(psycopg2)" in result.stderr and "write postgresql://" in result.stderr and "[postgres]" in result.stderr
     assert "[mariadb]" not in result.stderr and ":pw@" not in result.stderr
+
+
+GOOD_QUEUE = '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n'
+
+
+@pytest.mark.parametrize("top,queues", [
+    ("queues = 3", ""),
+    ("queue_defaults = 3", GOOD_QUEUE),
+    ("", "[queues]\nQ = 3\n"),
+    ('state = "nosuch://x/y"', GOOD_QUEUE),
+    ('state = "oracle+pymysql://u:pw@h/x"', GOOD_QUEUE),
+    ('state = ""', GOOD_QUEUE),
+], ids=["queues-not-a-table", "queue-defaults-not-a-table", "queue-not-a-table", "unknown-scheme",
+        "unknown-scheme-with-password", "empty-state"])
+def test_every_work_command_refuses_what_config_check_refuses(tmp_path, run, top, queues):
+    """The same lines and exit 2 from `config check` and from every command cron runs, in a configuration
+    that is right but for one thing: none of them starts with what `config check` calls wrong (one read
+    `queues = 3` as no queues and exited 0; `state = "nosuch://x/y"` passed `config check`)."""
+    proxy = tmp_path / "proxy.pem"
+    proxy.write_text("not a real proxy")
+    proxy.chmod(0o600)
+    path = tmp_path / "config.toml"
+    path.write_text(f'harvester_id = "h"\nlog_dir = "{tmp_path / "logs"}"\nwork_dir = "{tmp_path / "work"}"\n{top}\n'
+                    f'[panda]\nurl = "{PANDA_URL}"\nproxy = "{proxy}"\n{queues}')
+    checked = run("--config", str(path), "config", "check")
+    assert checked.returncode == 2 and checked.stderr.startswith("harvester-cli: error: "), checked
+    assert len(checked.stderr.splitlines()) == 1 and "pw" not in checked.stderr, checked.stderr
+    for command in cli.HOST_CHECKED + ("db upgrade", "status", "workers"):
+        result = run("--config", str(path), *command.split(), *(["--worker", "1"] if command == "kill-workers" else []))
+        assert (result.returncode, result.stderr) == (2, checked.stderr), (command, result.stderr)
+
+
+def test_a_state_given_on_the_command_line_is_checked_as_the_key_is(tmp_path, run):
+    path = write_config(tmp_path)
+    for command in ("config check", "cycle", "db upgrade", "workers"):
+        result = run("--config", str(path), "--state", "nosuch://u:secret@x/y", *command.split())
+        assert result.returncode == 2 and "--state: unknown database scheme nosuch://" in result.stderr, \
+            (command, result.stderr)
+        assert "secret" not in result.stderr and len(result.stderr.splitlines()) == 1
