@@ -73,7 +73,11 @@ def from_heartbeat(job: PandaJob, heartbeat: dict) -> tuple[dict, list[str]]:
             update[target] = _convert(value, kind)
         except (TypeError, ValueError, OverflowError):
             problems.append(f"{name}={value!r} is not {getattr(kind, '__name__', 'a number')}")
-    if update.get("job_status") not in ("finished", "failed"):
+    if heartbeat.get("state") in (None, ""):   # never read as finished: the pilot did not say how it ended
+        problems.append("heartbeat has no state")
+        update["job_status"] = "failed"
+        update.setdefault("pilot_error_code", ERR_BAD_HEARTBEAT)
+    elif update.get("job_status") not in ("finished", "failed"):
         problems.append(f"pilot's last state was {update.get('job_status')!r}, not finished or failed")
         update["job_status"] = "failed"
         update.setdefault("pilot_error_code", ERR_BAD_HEARTBEAT)

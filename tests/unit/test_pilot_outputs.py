@@ -75,3 +75,77 @@ def test_a_heartbeat_file_for_another_job_fails_the_final_update(tmp_path):
     (tmp_path / "heartbeat.json").write_text(json.dumps({"jobId": 7, "state": "finished"}))
     update, note = pilot_outputs.final_update(JOB, {"heartbeat.json": tmp_path / "heartbeat.json"}, None)
     assert update["job_status"] == "failed" and "heartbeat is for job 7, not 123" in note
+
+
+def test_a_heartbeat_without_a_state_says_so_with_the_bad_heartbeat_code():
+    update, problems = pilot_outputs.from_heartbeat(JOB, {"jobId": 123, "exeErrorCode": 0})
+    assert update["job_status"] == "failed" and update["pilot_error_code"] == pilot_outputs.ERR_BAD_HEARTBEAT
+    assert problems == ["heartbeat has no state"] and update["exe_error_code"] == 0
+
+
+def test_values_convert_to_what_each_field_is():
+    update, problems = pilot_outputs.from_heartbeat(JOB, {
+        "state": "finished", "cpuConsumptionTime": 12.6, "coreCount": 8.0, "maxRSS": "2048", "maxPSS": "10.5",
+        "avgVMEM": 3, "node": 5, "jobMetrics": {"nEvents": 2}, "pilotErrorDiag": "ok", "xml": ["a"]})
+    assert problems == []
+    assert update["cpu_consumption_time"] == 13 and isinstance(update["cpu_consumption_time"], int)   # rounded
+    assert update["core_count"] == 8 and isinstance(update["core_count"], int)
+    assert update["max_rss"] == 2048 and isinstance(update["max_rss"], int)   # a whole number from text: an int
+    assert update["max_pss"] == 10.5 and update["avg_vmem"] == 3 and isinstance(update["avg_vmem"], int)
+    assert update["node"] == "5" and update["job_metrics"] == '{"nEvents": 2}' and update["pilot_error_diag"] == "ok"
+    assert update["job_output_report"] == '["a"]'
+
+
+def test_empty_and_null_values_are_left_out_quietly_and_bad_ones_named_by_type():
+    update, problems = pilot_outputs.from_heartbeat(JOB, {"state": "failed", "exeErrorCode": "", "node": None,
+                                                          "transExitCode": None})
+    assert problems == [] and "exe_error_code" not in update and "node" not in update
+    update, problems = pilot_outputs.from_heartbeat(JOB, {"state": "failed", "maxRSS": "lots", "nEvents": True})
+    assert problems == ["maxRSS='lots' is not a number", "nEvents=True is not int"]
+
+
+def test_problems_are_said_exactly():
+    _, problems = pilot_outputs.from_heartbeat(JOB, {"state": "running"})
+    assert problems == ["pilot's last state was 'running', not finished or failed"]
+    update, _ = pilot_outputs.from_heartbeat(JOB, {"jobId": 5, "state": "finished"})
+    assert update["pilot_error_diag"] == "heartbeat.json belongs to another job"
+
+
+def test_only_logfile_reports_are_slimmed(tmp_path):
+    report = {"executor": [{"name": "a"}, "not a dict", {"name": "b", "logfileReport": {"x": 1}}]}
+    assert pilot_outputs.slim_job_report(report) == {
+        "executor": [{"name": "a"}, "not a dict", {"name": "b", "logfileReport": {}}]}
+
+
+def test_final_update_notes(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"jobId": 123, "state": "finished"}))
+    update, note = pilot_outputs.final_update(JOB, {"heartbeat.json": good}, None)
+    assert update["job_status"] == "finished" and note is None
+    update, note = pilot_outputs.final_update(JOB, {}, None)
+    assert note == "no heartbeat.json from the worker" and update["pilot_error_diag"] == note
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    update, note = pilot_outputs.final_update(JOB, {"heartbeat.json": listed}, None)
+    assert note == "unreadable heartbeat.json: not a JSON object"
+    assert (update["job_status"], update["pilot_error_code"], update["pilot_error_diag"]) == \
+        ("failed", pilot_outputs.ERR_BAD_HEARTBEAT, note)
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"jobId": 123, "state": "running", "nEvents": "x"}))
+    bad_report = tmp_path / "report.json"
+    bad_report.write_text("{")
+    update, note = pilot_outputs.final_update(JOB, {"heartbeat.json": two, "jobReport.json": bad_report}, None)
+    assert note.startswith("nEvents='x' is not int; pilot's last state was 'running', not finished or failed; "
+                           "unreadable jobReport.json: ")
+    update, note = pilot_outputs.final_update(JOB, {"jobReport.json": listed}, None)   # a report not an object
+    assert "meta_data" not in update and note == "no heartbeat.json from the worker"
+    update, note = pilot_outputs.final_update(JOB, {"heartbeat.json": good, "jobReport.json": bad_report}, None)
+    assert note.startswith("unreadable jobReport.json: ") and update["job_status"] == "finished"
+
+
+def test_a_job_report_of_exactly_the_limit_is_sent_and_one_byte_more_is_not(tmp_path):
+    report = tmp_path / "jobReport.json"
+    for size, sent in ((pilot_outputs.MAX_META_DATA, True), (pilot_outputs.MAX_META_DATA + 1, False)):
+        report.write_text(json.dumps({"x": "a" * (size - len('{"x": ""}'))}))
+        update, _ = pilot_outputs.final_update(JOB, {"jobReport.json": report}, None)
+        assert ("meta_data" in update) is sent and (not sent or len(update["meta_data"]) == size)
