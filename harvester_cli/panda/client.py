@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from harvester_cli import __version__
 from harvester_cli.config import PandaConfig
 from harvester_cli.errors import PandaError, PandaNoSuchCall, PandaRefused, PandaUnreachable
 from harvester_cli.panda import commands as panda_commands
+from harvester_cli.site import bearer
+from harvester_cli.site.secretfiles import SecretFileError, read_token
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,7 @@ class PandaClient:
         # Passed with every request: requests lets REQUESTS_CA_BUNDLE override Session.verify.
         self.verify: str | bool = str(config.ca) if config.ca else True
         self._token_stamp: tuple[float, int] | None = None
+        self._token_expiry: float | None = None   # the token's exp claim, when it has one
         # (endpoint, kind) -> failed calls in this process; kind is network, http or refused. The metrics
         # add them to the counters in the state database after the command.
         self.errors: Counter[tuple[str, str]] = Counter()
@@ -141,10 +145,20 @@ class PandaClient:
             raise PandaError(f"token file {path}: {exc.strerror}") from None
         stamp = (stat.st_mtime, stat.st_size)
         if stamp != self._token_stamp:
-            token = path.read_text().strip()
+            try:
+                token = read_token(path)
+            except SecretFileError as exc:
+                raise PandaError(str(exc)) from None
             self.session.headers["Authorization"] = f"Bearer {token}"
             self.session.headers["Origin"] = self.config.token_origin or ""
-            self._token_stamp = stamp
+            self._token_stamp, self._token_expiry = stamp, bearer.expiry(token)
+        if self._token_expiry is not None and self._token_expiry <= time.time():
+            # PanDA would only refuse it: say what is wrong and what renews it, and send nothing
+            renews = (f"`harvester-cli renew-proxy` renews it ([tokens.{self.config.token_profile}])"
+                      if self.config.token_profile else
+                      "renew it (a [tokens.NAME] profile with `harvester-cli renew-proxy` in cron keeps it fresh)")
+            raise PandaError(f"token file {path}: the token expired {int(time.time() - self._token_expiry)} s ago: "
+                             f"{renews}")
 
     def _send(self, method: str, path: str, body: dict | None, params: dict | None) -> Any:
         self._refresh_token()

@@ -45,9 +45,12 @@ def credentials(config: Config, now: float | None = None) -> list[Credential]:
                               None if token["exists"] else "no token file", token["audience"]))
     token_file = config.panda.token_file
     if token_file and str(token_file) not in {t["file"] for t in tokens}:
+        from harvester_cli.site.secretfiles import SecretFileError, read_token
+
         try:
-            expires = token_expiry(token_file.read_text().strip())
+            expires = token_expiry(read_token(token_file))
             out.append(Credential("token", "panda", str(token_file), expires - now if expires else None, expires))
-        except OSError as exc:
-            out.append(Credential("token", "panda", str(token_file), None, None, exc.strerror))
+        except SecretFileError as exc:   # unreadable, or not a token
+            out.append(Credential("token", "panda", str(token_file), None, None,
+                                  str(exc).removeprefix(f"token file {token_file}: ")))
     return out

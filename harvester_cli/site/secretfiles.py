@@ -46,6 +46,23 @@ def read_secret_file(path: Path, what: str = "secret file") -> str:
     return value
 
 
+def read_token(path: Path) -> str:
+    """A bearer token file's token: one word of printable ASCII (what an HTTP header can carry), registered
+    for redaction. A file that is not that (binary, another text, a link to some other file) is a
+    SecretFileError of one line that shows none of its content."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SecretFileError(f"token file {path}: {exc.strerror}") from None
+    token = data.strip()
+    if not token or not all(33 <= b < 127 for b in token):
+        what = "empty" if not token else "not a bearer token (one line of ASCII text without spaces)"
+        raise SecretFileError(f"token file {path}: {what}")
+    text = token.decode("ascii")
+    register_secret(text)
+    return text
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write atomically (temporary file in the same directory, fsync, rename) with mode 0600."""
     make_dirs(path.parent, 0o700)

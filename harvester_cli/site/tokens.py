@@ -27,6 +27,7 @@ from harvester_cli.site.secretfiles import (
     SecretFileError,
     locked,
     read_secret_file,
+    read_token,
     write_private,
 )
 
@@ -107,13 +108,12 @@ def inspect_file(path: Path, now: float | None = None) -> tuple[bool, float | No
     """(file exists, seconds left). The lifetime is the JWT's `exp`, else what the endpoint said (expires_in),
     recorded beside the file when it was written."""
     now = time.time() if now is None else now
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
+    if not path.exists():
         return False, None
-    except OSError:
+    try:
+        token = read_token(path)
+    except SecretFileError:   # unreadable, or not a token: its lifetime is unknown
         return True, None
-    register_secret(token)
     expires = bearer.expiry(token)
     if expires is None:
         try:
@@ -148,8 +148,8 @@ def list_tokens(config: Config, now: float | None = None) -> list[dict]:
                     continue
                 exists, left = inspect_file(path, now)
                 try:
-                    aud = (bearer.claims(path.read_text()) or {}).get("aud")
-                except OSError:
+                    aud = (bearer.claims(read_token(path)) or {}).get("aud")
+                except SecretFileError:
                     aud = None
                 rows.append({"profile": profile.name, "file": str(path), "audience": aud, "ces": [],
                              "exists": exists, "seconds_left": left})

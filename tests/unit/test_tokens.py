@@ -129,3 +129,77 @@ def test_missing_ce_token_fails_each_worker_with_the_reason_before_any_ce_is_ask
         for result in results:
             assert re.match(expected, result.error), result.error
             assert "does not exist" in result.error and "renew-proxy" in result.error
+
+
+def _panda_token_config(harness, token: Path) -> None:
+    """The harness's configuration with a [panda] token file instead of the proxy (and the test's queues)."""
+    from tests.support.harness import new_state, to_toml
+
+    data = harness.config_data({"PULL_Q": {"mode": "pull", "pilot": "sleep 30"}})
+    del data["panda"]["proxy"]
+    data["panda"].update(token_file=str(token), token_origin="atlas", retries=0)
+    (harness.tmp_path / "config.toml").write_text(to_toml(data))
+    new_state(data["state"])
+
+
+def _jwt(**payload) -> str:
+    import base64
+    import json
+
+    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")   # noqa: E731
+    return f"{part({'alg': 'none'})}.{part(payload)}.c2ln"
+
+
+@pytest.mark.parametrize("content", ["binary", "link to a binary", "utf-8 text", "empty"])
+def test_a_token_file_that_holds_no_token_is_one_line_per_step_and_the_other_steps_go_on(harness, content):
+    token = harness.tmp_path / "token"
+    if content == "binary":
+        token.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe" * 50)
+    elif content == "link to a binary":
+        binary = harness.tmp_path / "sh"
+        binary.write_bytes(Path("/bin/sh").resolve().read_bytes())
+        binary.chmod(0o600)
+        token.symlink_to(binary)
+    elif content == "utf-8 text":
+        token.write_text("jeton-für-panda\n")
+    else:
+        token.write_text("\n")
+    if not token.is_symlink():
+        token.chmod(0o600)
+    _panda_token_config(harness, token)
+    result = harness.cli("--json", "cycle")
+    assert "Traceback" not in result.stderr and "UnicodeDecodeError" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    import json
+
+    steps = {s["step"]: s for s in json.loads(result.stdout)["steps"]}
+    assert list(steps) == ["fetch-jobs", "submit", "poll", "propagate", "sweep"]   # every step ran
+    assert not steps["poll"]["partial"] and not steps["sweep"]["partial"]
+    for problem in steps["propagate"]["problems"]:
+        assert f"token file {token}: " in problem and len(problem.splitlines()) == 1
+        assert ("empty" if content == "empty" else "not a bearer token") in problem
+    assert steps["propagate"]["problems"]
+
+
+def test_an_expired_panda_token_is_not_sent_and_the_error_says_what_renews_it(harness, sim):
+    import json
+    import time
+
+    token = harness.tmp_path / "token"
+    expired = _jwt(sub="pilot", exp=int(time.time()) - 120)
+    token.write_text(expired + "\n")
+    token.chmod(0o600)
+    sim.tokens.add(expired)   # PanDA would take it: harvester-cli must not send it at all
+    _panda_token_config(harness, token)
+    result = harness.cli("--json", "cycle")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    problems = [p for s in json.loads(result.stdout)["steps"] for p in s["problems"]]
+    assert problems and all("the token expired 1" in p and "renew-proxy" in p for p in problems if "token" in p)
+    assert any(f"token file {token}: the token expired" in p for p in problems), problems
+    assert harness.harvester_id not in sim.harvesters   # no heartbeat reached PanDA with it
+    assert expired not in result.stdout + result.stderr
+    fresh = _jwt(sub="pilot", exp=int(time.time()) + 3600)
+    token.write_text(fresh + "\n")
+    sim.tokens.add(fresh)
+    harness.cli("propagate")
+    assert harness.harvester_id in sim.harvesters   # a renewed token is read and sent
