@@ -44,7 +44,8 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        # Only settings of this connection: WAL mode is written into the file, so it waits until the file is
+        # known to be a harvester-cli database (Store.use_wal); another application's file stays as it was.
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -286,6 +287,21 @@ class Store:
         problem = schema_problem(revision)
         if problem:
             raise StateError(f"state database {self.display_url} {problem}")
+        self.use_wal()
+
+    def use_wal(self) -> None:
+        """Put a SQLite file known to be harvester-cli's in WAL mode (readers never wait for a writer). The mode
+        is kept in the file, so this changes it once; it is never done to a file before it is known to be ours."""
+        if not self.is_sqlite or self.sqlite_path is None:
+            return
+        connection = self.engine.raw_connection()   # outside any transaction: SQLite switches modes only there
+        try:
+            cursor = connection.cursor()
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.close()
+        finally:
+            connection.close()
 
 
 # Another transaction won: PostgreSQL's serialization failure and deadlock, MariaDB's deadlock and lock wait
@@ -338,14 +354,25 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
+# Tables every harvester-cli database has had since its first schema: another application's database may
+# have an alembic_version or a meta table too, but not these.
+_OWN_TABLES = {"workers", "jobs"}
+
+
 def read_revision(conn: Connection) -> str | None:
     """See Store.revision (one connection's view, so an upgrade can re-read under its lock)."""
-    tables = set(inspect(conn).get_table_names())
+    inspector = inspect(conn)
+    tables = set(inspector.get_table_names())
     if "alembic_version" in tables:
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() or ""
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar() or ""
+        return revision if revision in REVISIONS or _OWN_TABLES <= tables else ""
     if "meta" in tables:
+        if not {"key", "ivalue"} <= {c["name"] for c in inspector.get_columns("meta")}:
+            return ""
         row = conn.execute(select(meta.c.ivalue).where(meta.c.key == "schema_version")).first()
-        version = int(row[0]) if row else 0
+        version = int(row[0]) if row and row[0] is not None else 0
+        if version not in LEGACY_VERSIONS and not _OWN_TABLES <= tables:
+            return ""
         return LEGACY_VERSIONS.get(version, f"legacy:{version}")
     return "" if tables else None
 

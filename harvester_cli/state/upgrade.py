@@ -103,9 +103,14 @@ def upgrade(store: Store) -> tuple[str | None, str]:
     # once, without the busy timeout. Shortly again; anything else is an error at once.
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random
 
+    def upgrade_then_wal() -> tuple[str | None, str]:
+        done = _upgrade(store)
+        store.use_wal()   # known to be ours only now
+        return done
+
     locked = retry_if_exception(lambda e: "database is locked" in str(e))
     return Retrying(retry=locked, stop=stop_after_attempt(20), wait=wait_random(0.05, 0.3), reraise=True)(
-        _upgrade, store)
+        upgrade_then_wal)
 
 
 def _upgrade(store: Store) -> tuple[str | None, str]:

@@ -129,6 +129,57 @@ def test_a_newer_or_foreign_database_is_refused_with_exit_2(tmp_path, setup, cod
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+FOREIGN = {   # other applications' SQLite files, each with a table name harvester-cli also uses
+    "another Alembic application": "CREATE TABLE alembic_version (version_num TEXT); "
+                                   "INSERT INTO alembic_version VALUES ('3f2a9c1b7e');",
+    "a meta table of its own": "CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('schema_version', '9');",
+    "tables of its own": "CREATE TABLE items (a); CREATE TABLE workers (name TEXT);",
+}
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_another_applications_sqlite_file_is_refused_without_changing_a_byte(tmp_path, kind):
+    """db upgrade (and every command) switched another application's file to WAL before refusing it, and
+    called it newer than this harvester-cli or failed with an SQL error: now one line, exit 2, the file as it was."""
+    path = tmp_path / "theirs.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(FOREIGN[kind])
+    db.close()
+    path.chmod(0o600)   # so that cycle's file checks pass and it opens the database
+    before = path.read_bytes()
+    for args in (("db", "upgrade"), ("db", "upgrade", "--sql"), ("cycle",), ("status",)):
+        result = _cli("--state", str(path), *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            f"harvester-cli: error: state database sqlite:///{path} holds tables but is not a harvester-cli database: "
+            "point `state` at another database"], (args, result.stderr)
+    current = _cli("--state", str(path), "db", "current", cwd=tmp_path)
+    assert current.returncode == 2 and "not a harvester-cli database" in current.stdout, current
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.glob("theirs.db*")) == ["theirs.db"]   # no -wal, -shm or journal
+
+
+def test_a_harvester_database_is_put_in_wal_mode_by_upgrade_and_kept_there(tmp_path):
+    """WAL waits until a file is known to be ours: db upgrade makes a new one WAL, and a copy that lost it
+    (restored by a tool that wrote it in rollback-journal mode) gets it back from the next command."""
+    path = tmp_path / "state.db"
+    assert _cli("--state", str(path), "db", "upgrade", cwd=tmp_path).returncode == 0
+
+    def mode() -> str:
+        with sqlite3.connect(path) as db:
+            found = db.execute("PRAGMA journal_mode").fetchone()[0]
+        db.close()
+        return found
+
+    assert mode() == "wal"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode = DELETE")
+    db.close()
+    assert mode() == "delete"
+    assert _cli("--state", str(path), "status", cwd=tmp_path).returncode == 0
+    assert mode() == "wal"
+
+
 def test_only_db_commands_import_alembic(tmp_path):
     path = tmp_path / "state.db"
     new_state(path)
