@@ -9,19 +9,34 @@ def command():
     """State database maintenance: schema migrations (upgrade, current, history)."""
 
 
-def _store(g):
+def _store(g, *, long_waits: bool = False):
+    """The state database, its server's answer first bounded by [instance] db_timeout (a server that is down
+    or silent is one line and exit 1, as for the other commands). With `long_waits` (an upgrade: a migration
+    and the upgrade lock may take long) no bound holds once the server has answered."""
     from harvester_cli.config import ConfigError, state_url_from, state_url_problem
+    from harvester_cli.config.sections import InstanceConfig
     from harvester_cli.state.store import Store
 
     if g.state and (problem := state_url_problem(g.state)):
         raise ConfigError(f"--state: {problem}")
+    config = None
     if g.state:
         try:
-            g.config()   # for the command log in its log_dir; --state alone needs no configuration
+            config = g.config()   # for the command log in its log_dir; --state alone needs no configuration
         except HarvesterError:
             pass
-    url = state_url_from(g.state) if g.state else g.config().state_url
-    return Store(url, check_schema=False, timeout=None)   # a migration and the upgrade lock may wait long
+    else:
+        config = g.config()
+    url = state_url_from(g.state) if g.state else config.state_url
+    timeout = (config.instance if config else InstanceConfig()).db_timeout
+    store = Store(url, check_schema=False, timeout=timeout)
+    if not long_waits or store.is_sqlite:
+        return store
+    try:
+        store.revision()   # the server answers (or the command ends here, within db_timeout)
+    finally:
+        store.close()
+    return Store(url, check_schema=False, timeout=None)
 
 
 @command.command("upgrade", epilog="""Examples:
@@ -38,7 +53,7 @@ def upgrade(g, as_sql):
     """
     from harvester_cli.state import upgrade as migrations
 
-    store = _store(g)
+    store = _store(g, long_waits=not as_sql)
     out = g.output()
     if as_sql:
         script = migrations.upgrade_sql(store)

@@ -251,11 +251,16 @@ class Store:
             hint = ""
             if path is not None and not os.access(path.parent, os.W_OK):
                 hint = f" ({path.parent} is read-only: SQLite writes its journal beside the database)"
-            reason = " ".join(str(exc.orig).split())   # the drivers' messages run over several lines
-            if not self.is_sqlite and not _server_answered(exc.orig):
-                raise StateUnreachable(f"state database {self.display_url}: no answer: {reason} (is the server up? "
-                                       "nothing was changed; the next run tries again)") from None
-            raise StateError(f"state database {self.display_url}: cannot read: {reason}{hint}") from None
+            raise self.failure(exc, "cannot read", hint) from None
+
+    def failure(self, exc: DatabaseError, doing: str, hint: str = "") -> StateError | StateUnreachable:
+        """The one-line error for a database error: a server that did not answer is an outage (the next run
+        tries again), anything else (a refusal, a file that is not a database) a problem to fix."""
+        reason = " ".join(str(exc.orig).split())   # the drivers' messages run over several lines
+        if not self.is_sqlite and not _server_answered(exc.orig):
+            return StateUnreachable(f"state database {self.display_url}: no answer: {reason} (is the server up? "
+                                    "nothing was changed; the next run tries again)")
+        return StateError(f"state database {self.display_url}: {doing}: {reason}{hint}")
 
     def _check_schema_when_unlocked(self) -> None:
         """Two runs opening a brand-new SQLite file at once: switching it to WAL can answer "database is

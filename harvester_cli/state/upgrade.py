@@ -131,7 +131,7 @@ def _upgrade(store: Store) -> tuple[str | None, str]:
             log.info("state database %s: schema revision %s -> %s", store.display_url, before or "(new)", HEAD)
             return before, HEAD
     except DatabaseError as exc:
-        raise StateError(f"state database {store.display_url}: cannot upgrade: {exc.orig}") from None
+        raise store.failure(exc, "cannot upgrade") from None
 
 
 def upgrade_sql(store: Store) -> str:

@@ -82,15 +82,16 @@ def maria_url(mariadb_server):
 
 
 def assert_state_errors(cases: dict[str, tuple[int, str]], tmp_path: Path) -> None:
-    """`status` on each state URL exits with the given code, one line on stderr saying the given words and no
-    password (cases: URL -> (exit code, words))."""
+    """`status` and `db upgrade` on each state URL exit with the given code, one line on stderr saying the given
+    words and no password (cases: URL -> (exit code, words))."""
     import sys
 
     config = tmp_path / "config.toml"
     config.write_text('harvester_id = "outage"\n[panda]\nurl = "https://127.0.0.1:9/api/v1"\n'
                       '[queues.Q]\nmode = "pull"\nbackend = "local"\npilot = "true"\n')
     for url, (code, says) in cases.items():
-        result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url, "status"],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == code and says in result.stderr, (url, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1 and "wrong-password" not in result.stderr
+        for command in (["status"], ["db", "upgrade"]):
+            result = subprocess.run([sys.executable, "-m", "harvester_cli", "--config", str(config), "--state", url,
+                                     *command], capture_output=True, text=True, timeout=60)
+            assert result.returncode == code and says in result.stderr, (url, command, result.stderr)
+            assert len(result.stderr.strip().splitlines()) == 1 and "wrong-password" not in result.stderr, result.stderr

@@ -100,6 +100,22 @@ def test_a_silent_panda_costs_one_call_and_its_retries_not_one_per_call(tmp_path
     assert outbox.pending_counts(Store(f"sqlite:///{tmp_path / 'state.db'}")) == {"job": 1}   # nothing lost
 
 
+@pytest.mark.parametrize("scheme", ["postgresql", "mariadb"])
+def test_db_commands_give_up_on_a_silent_or_down_database_server_within_db_timeout(tmp_path, silent, scheme):
+    """db upgrade waited 130 s on a server that never answers, whatever db_timeout said, and called one that
+    is down a configuration error (exit 2, two lines): now exit 1 and one line, as every other command."""
+    from tests.support.harness import free_port
+
+    config = _config(tmp_path, extra="[instance]\ndb_timeout = 2")
+    # (MariaDB's client waits db_timeout + 5 s for a silent server's greeting: db upgrade alone there)
+    commands = [("db", "upgrade"), ("db", "current")] if scheme == "postgresql" else [("db", "upgrade")]
+    for port, cases, words in ((silent.port, commands, "time"), (free_port(), [("db", "upgrade")], "refused")):
+        url = f"{scheme}://harvester:pw-never-shown@127.0.0.1:{port}/harvester"
+        for command in cases:
+            line = _one_error_line(_cli(config, "--state", url, *command, timeout=60), 1, "no answer", "next run tries again")
+            assert words in line.lower() and "pw-never-shown" not in line, (command, line)
+
+
 # -- the host, checked before the work starts ---------------------------------------------------------
 
 def test_work_commands_refuse_a_missing_proxy_as_config_check_does(tmp_path):
