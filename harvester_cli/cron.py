@@ -3,8 +3,9 @@
     harvester-cli-cron [GLOBAL OPTIONS] COMMAND [ARGS...]      e.g.  harvester-cli-cron --queue Q cycle
 
 - Never two runs of the same command at once on this host: harvester-cli is safe when they overlap, this
-  only stops a slow PanDA or batch system from piling runs up. A run that finds the previous one still
-  going logs that it skipped and exits 0; when the previous one has been going longer than
+  only stops a slow PanDA or batch system from piling runs up. The lock is held by the command as well as
+  the wrapper, so a wrapper killed alone (kill -9, an OOM kill) leaves it held until its command ends. A run
+  that finds the previous one still going logs that it skipped and exits 0; when the previous one has been going longer than
   HARVESTER_CLI_CRON_STUCK_AFTER seconds (default 3600) it also says so on stderr (which cron mails)
   and exits 1, every minute until someone looks.
 - The command's output is appended to <log_dir>/cron/<command>.log (rotated at 10 MB, 5 kept), between a
@@ -13,8 +14,9 @@
   it) also prints its error lines on stderr, which cron mails; a partial run (exit 1: retried by the next
   run, and shown by `status`) stays in the log, so an outage does not mail every minute.
 - When a command keeps failing with the same exit code (every run exit 1 while PanDA is down, say) for
-  longer than `[cron] alert_after` seconds (3600), the run that passes it says so once on stderr, so cron
-  mails one line and not one a minute; a success, or another exit code, starts over.
+  longer than `[cron] alert_after` seconds (3600) after its first failing run ended, the run that passes it
+  says so once on stderr, so cron mails one line and not one a minute; a success, or another exit code,
+  starts over. One run, however long, is never a streak: a run that stays is what STUCK is for.
 - SIGTERM and SIGINT (a shutdown, `kill`, Ctrl-C) are passed on to the command, and the wrapper waits for
   it to end, logs its exit code and exits with it (128 + the signal's number when the signal ended it).
   The command runs in a session of its own, so a Ctrl-C reaches it once, through the wrapper.
@@ -87,22 +89,25 @@ def _write_holder(lock_fd: int, holder: dict) -> None:
     os.pwrite(lock_fd, json.dumps(holder).encode(), 0)
 
 
-def failing_streak(previous: dict | None, code: int, started: float) -> dict | None:
-    """The command's failing streak once a run started at `started` ended with `code`: {"code", "since" (when
-    the first run of the streak started), "said" (whether the wrapper has told cron)}; None after a success."""
+def failing_streak(previous: dict | None, code: int, ended: float) -> dict | None:
+    """The command's failing streak once a run that ended at `ended` exited with `code`: {"code", "since" (when
+    the first run of the streak ended: the failure was known from then), "said" (whether the wrapper has told
+    cron)}; None after a success."""
     if code == 0:
         return None
     if isinstance(previous, dict) and previous.get("code") == code and "since" in previous:
         return previous
-    return {"code": code, "since": started, "said": False}
+    return {"code": code, "since": ended, "said": False}
 
 
 MEANINGS = {1: "partial: something did not answer or some items failed, retried every run",
             2: "configuration or usage", 130: "interrupted"}
 
 
-def _run(argv: list[str], log) -> int:
-    """Run the command with its output in `log`; SIGTERM and SIGINT are passed on to it, and it is waited for."""
+def _run(argv: list[str], log, lock_fd: int, started: float, previous: dict | None) -> int:
+    """Run the command with its output in `log`; SIGTERM and SIGINT are passed on to it, and it is waited for.
+    The command inherits the lock (`lock_fd`: an flock lives as long as any process holds the file open), and
+    the lock file names it, the process to look at."""
     child: list[subprocess.Popen] = []
 
     def forward(signum, _frame) -> None:
@@ -115,7 +120,8 @@ def _run(argv: list[str], log) -> int:
     handlers = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         child.append(subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                      start_new_session=True))
+                                      start_new_session=True, pass_fds=(lock_fd,)))
+        _write_holder(lock_fd, {"pid": child[0].pid, "wrapper": os.getpid(), "started": started, "failing": previous})
         code = child[0].wait()
     finally:
         for number, handler in handlers.items():
@@ -165,9 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         log.write(f"--- {stamp} harvester-cli {redact(' '.join(args))}\n")
         log.flush()
         run_starts = log.tell()
-        code = _run([sys.executable, "-m", "harvester_cli", *args], log)
+        code = _run([sys.executable, "-m", "harvester_cli", *args], log, lock_fd, started, previous)
         log.write(f"--- exit {code} after {time.time() - started:.1f} s\n")
-    streak = failing_streak(previous, code, started)
+    streak = failing_streak(previous, code, time.time())
     alert = bool(streak and not streak["said"] and alert_after and time.time() - streak["since"] > alert_after)
     if alert:
         streak = {**streak, "said": True}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import new_state
+from tests.support.harness import SilentServer, new_state
 
 ROOT = Path(__file__).resolve().parents[2]
 CRON = [sys.executable, "-c", "from harvester_cli.cron import main; main()"]
@@ -211,14 +211,70 @@ def test_the_cron_wrapper_passes_sigterm_and_sigint_on_and_waits_for_its_command
             os.kill(command, signal.SIGKILL)
 
 
-def test_the_cron_wrapper_says_once_when_the_same_failure_lasts_past_alert_after(tmp_path):
-    logs, env = _cron_site(tmp_path, "[cron]\nalert_after = 1\n")   # submit: PanDA never answers -> exit 1
-    runs = []
-    for _ in range(3):
-        runs.append(subprocess.run([*CRON, "submit"], env=env, capture_output=True, text=True, timeout=120))
-        time.sleep(1.1)
+def test_a_cron_wrapper_killed_alone_leaves_the_lock_to_its_command(tmp_path):
+    """kill -9 of the wrapper alone freed the lock while its command ran on, so the next minute's run started a
+    second one beside it: the command holds the lock too, and the next run skips, naming the command."""
+    import fcntl
+
+    from tests.support.harness import wait_until
+
+    logs, env = _cron_site(tmp_path)
+    wrapper = subprocess.Popen([*CRON, "serve-logs", "--port", "0"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    log = logs / "cron" / "serve-logs.log"
+    wait_until(lambda: "serving" in (log.read_text() if log.exists() else "") or wrapper.poll() is not None, 30,
+               0.1, "serve-logs serving")
+    (command,) = _children(wrapper.pid)
+    strays = [command]
+    try:
+        wrapper.kill()
+        wrapper.wait(timeout=30)
+        assert Path(f"/proc/{command}").exists()   # the command runs on, as the wrapper's kill -9 left it
+        second = subprocess.Popen([*CRON, "serve-logs", "--port", "0"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert second.wait(timeout=60) == 0, second.stderr.read()
+        except subprocess.TimeoutExpired:   # it started a second serve-logs
+            strays += _children(second.pid) + [second.pid]
+            raise
+        assert re.search(rf"skipped: the previous `serve-logs` \(pid {command}\) has been running", log.read_text())
+        os.kill(command, signal.SIGTERM)
+
+        def lock_free() -> bool:
+            fd = os.open(logs / ".state" / "cron-serve-logs.lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+            finally:
+                os.close(fd)
+
+        wait_until(lock_free, 30, 0.1, "the lock freed by the command's end")
+    finally:
+        for pid in strays:
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_cron_wrapper_says_once_when_the_same_failure_lasts_past_alert_after(tmp_path, pki):
+    """A streak counts from the end of its first failing run: each run here takes over 2 s (two PanDA calls
+    that time out after 1 s), past alert_after = 1, yet the first is not news (it alerted when the streak
+    counted from its start); the second is, once."""
+    silent = SilentServer()
+    try:
+        logs, env = _cron_site(tmp_path, "[cron]\nalert_after = 1\n")
+        config = Path(env["HARVESTER_CLI_CONFIG"])
+        config.write_text(config.read_text().replace("https://127.0.0.1:9/", f"https://127.0.0.1:{silent.port}/")
+                          .replace(str(tmp_path / "proxy.pem"), str(pki.proxy)))   # a proxy TLS can use: it waits
+        runs = [subprocess.run([*CRON, "submit"], env=env, capture_output=True, text=True, timeout=120)
+                for _ in range(3)]
+    finally:
+        silent.close()
     assert [r.returncode for r in runs] == [1, 1, 1]
-    assert runs[0].stderr == ""   # one failing run is not news: status and the log show it
+    log = (logs / "cron" / "submit.log").read_text()
+    assert log.count("Read timed out") >= 3, log   # each run waited for PanDA
+    assert runs[0].stderr == ""   # one failing run is not news, however long: status and the log show it
     line = runs[1].stderr.strip()
     assert line.startswith("harvester-cli-cron: `submit` has exited 1 (partial") and "[cron] alert_after = 1 s" in line
     assert str(logs / "cron" / "submit.log") in line and len(runs[1].stderr.splitlines()) == 1

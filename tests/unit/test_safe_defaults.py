@@ -4,17 +4,15 @@ code and the one line that says what is wrong."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from harvester_cli.state import outbox
 from harvester_cli.state.store import Store
-from tests.support.harness import new_state
+from tests.support.harness import SilentServer, new_state
 
 PILOT = "sleep 60"
 
@@ -51,31 +49,6 @@ def _one_error_line(result: subprocess.CompletedProcess, code: int, *words: str)
 
 
 # -- a PanDA server that accepts connections and never answers --------------------------------------
-
-class SilentServer:
-    """Accepts TCP connections on loopback and never says a word: what a hung PanDA looks like."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections.append(conn)
-
-    def close(self):
-        self.sock.close()
-        for conn in self.connections:
-            conn.close()
-
 
 @pytest.fixture
 def silent():
