@@ -111,7 +111,8 @@ class Globals:
         root.addHandler(handler)
         root.setLevel(min(root.level or logging.WARNING, handler.level))
         self.command_log_file = Path(handler.baseFilename)
-        logging.getLogger("harvester_cli").info("start: harvester-cli %s (pid %d)", " ".join(sys.argv[1:]), os.getpid())
+        logging.getLogger("harvester_cli").info("start: harvester-cli %s (pid %d)", logs.command_line(sys.argv[1:]),
+                                                os.getpid())
 
     def instance(self):
         """The configured instance (config loaded and validated; store and PanDA made on first use)."""
@@ -341,6 +342,26 @@ def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet, l
     _setup_stderr_logging(_log_level(-1 if quiet else verbose))
     ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose,
                       command=ctx.invoked_subcommand, log_memory=log_memory)
+    _refuse_bytes_that_are_not_text(ctx.obj)
+
+
+def _refuse_bytes_that_are_not_text(g: Globals) -> None:
+    """Names, paths, reasons and URLs go to the state database, PanDA, sockets and UTF-8 logs as text: an
+    argument holding bytes that are not UTF-8 is refused before anything is done (after the command log's
+    start line, which shows them escaped)."""
+    for arg in sys.argv[1:]:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            from harvester_cli.errors import UsageError
+            from harvester_cli.site.logs import command_line
+
+            try:
+                g.config()   # the command log's start line
+            except HarvesterError:
+                pass
+            raise UsageError(f"argument '{command_line([arg])}' is not UTF-8 text: harvester-cli takes its arguments "
+                             "(names, paths, reasons) as UTF-8; nothing was done") from None
 
 
 cli.context_class = Context

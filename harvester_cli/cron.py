@@ -131,7 +131,8 @@ def _run(argv: list[str], log, lock_fd: int, started: float, previous: dict | No
 
 def _open_log(path: Path):
     """The run log, appended to; never writable by group or others, whatever the umask."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "a")
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), "a", encoding="utf-8",
+                     errors="backslashreplace")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
-    from harvester_cli.site.logs import make_dirs, redact, rotate_if_full
+    from harvester_cli.site.logs import command_line, make_dirs, redact, rotate_if_full
 
     logs, alert_after = settings(args)
     make_dirs(logs / ".state", 0o700)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     _write_holder(lock_fd, {"pid": os.getpid(), "started": started, "failing": previous})
     rotate_if_full(output, MAX_BYTES, BACKUPS)
     with _open_log(output) as log:
-        log.write(f"--- {stamp} harvester-cli {redact(' '.join(args))}\n")
+        log.write(f"--- {stamp} harvester-cli {redact(command_line(args))}\n")
         log.flush()
         run_starts = log.tell()
         code = _run([sys.executable, "-m", "harvester_cli", *args], log, lock_fd, started, previous)

@@ -11,6 +11,10 @@ from harvester_cli.errors import EXIT_OK, EXIT_PARTIAL, HarvesterError
 
 pass_globals = click.pass_obj
 
+# A worker id or PandaID: the state database keeps them as 64-bit integers, so a larger number is a usage
+# error here rather than the database driver's OverflowError.
+ID = click.IntRange(1, 2**63 - 1)
+
 queue_option = click.option("--queue", "queues", multiple=True, metavar="NAME",
                             help="Only this queue (repeatable; adds to the global --queue).")
 

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import one_at_a_time, pass_globals, queue_option, wide_option
+from harvester_cli.commands import ID, one_at_a_time, pass_globals, queue_option, wide_option
 from harvester_cli.model import JOB_STATES, JOB_SUB_STATES
 
 
@@ -9,11 +9,11 @@ from harvester_cli.model import JOB_STATES, JOB_SUB_STATES
   harvester-cli jobs --status failed --json
 
   harvester-cli jobs 6400123456        # every field of this job and each of its workers""")
-@click.argument("panda_ids", nargs=-1, type=click.IntRange(1), metavar="[PANDAID]...")
+@click.argument("panda_ids", nargs=-1, type=ID, metavar="[PANDAID]...")
 @queue_option
 @click.option("--status", "statuses", multiple=True, type=click.Choice(JOB_STATES + JOB_SUB_STATES), metavar="STATUS",
               help=f"Only this status or sub-status (repeatable): {', '.join(JOB_STATES + JOB_SUB_STATES)}.")
-@click.option("--panda-id", "panda_id_filter", multiple=True, type=click.IntRange(1), metavar="PANDAID",
+@click.option("--panda-id", "panda_id_filter", multiple=True, type=ID, metavar="PANDAID",
               help="Only this job (repeatable), one row each.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
 @click.option("-l", "--long", "long_", is_flag=True,

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import Duration, exit_code, pass_globals, queue_option
+from harvester_cli.commands import ID, Duration, exit_code, pass_globals, queue_option
 from harvester_cli.model import WORKER_ACTIVE
 
 
@@ -12,7 +12,7 @@ from harvester_cli.model import WORKER_ACTIVE
 
   harvester-cli kill-workers --queue Q --status submitted --older-than 12h""")
 @queue_option
-@click.option("--worker", "worker_ids", multiple=True, type=click.IntRange(1), metavar="ID",
+@click.option("--worker", "worker_ids", multiple=True, type=ID, metavar="ID",
               help="This worker (repeatable).")
 @click.option("--ce", "ces", multiple=True, metavar="CE", help="Workers of this CE (repeatable).")
 @click.option("--status", "statuses", multiple=True, type=click.Choice(WORKER_ACTIVE),

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import Duration, one_at_a_time, pass_globals, queue_option, wide_option
+from harvester_cli.commands import ID, Duration, one_at_a_time, pass_globals, queue_option, wide_option
 from harvester_cli.model import WORKER_STATES
 
 
@@ -13,7 +13,7 @@ from harvester_cli.model import WORKER_STATES
   harvester-cli workers --batch-id 4711      # the workers of an HTCondor cluster (4711.0, 4711.1 ...)
 
   harvester-cli workers --wide | less -S     # every column, whole""")
-@click.argument("worker_ids", nargs=-1, type=click.IntRange(1), metavar="[WORKER_ID]...")
+@click.argument("worker_ids", nargs=-1, type=ID, metavar="[WORKER_ID]...")
 @queue_option
 @click.option("--status", "statuses", multiple=True, type=click.Choice(WORKER_STATES), metavar="STATUS",
               help=f"Only this status (repeatable): {', '.join(WORKER_STATES)}.")

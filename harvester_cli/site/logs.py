@@ -60,6 +60,12 @@ def redact(text: str) -> str:
     return text
 
 
+def command_line(args: list[str]) -> str:
+    """A command line for a log's start line: bytes that are not UTF-8 (a shell's $'\\xff') written as \\xff,
+    where they would stop the line (and a UTF-8 log) from being written."""
+    return " ".join(os.fsencode(arg).decode("utf-8", "backslashreplace") for arg in args)
+
+
 class RedactingFilter(logging.Filter):
     """Formats the record's message once, redacted; attached to every handler this program adds."""
 
@@ -185,7 +191,8 @@ class CommandLogHandler(logging.FileHandler):
         self.lock_path = path.parent / f".{path.name.removesuffix('.log')}.lock"
         with _Locked(self.lock_path):
             rotate_if_full(path, max_bytes, backups)
-            super().__init__(path, mode="a", encoding="utf-8")
+            # A line holding bytes that are not UTF-8 is written with them escaped rather than lost.
+            super().__init__(path, mode="a", encoding="utf-8", errors="backslashreplace")
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.max_bytes and self.stream is not None:

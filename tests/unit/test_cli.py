@@ -659,6 +659,40 @@ def test_every_work_command_refuses_what_config_check_refuses(tmp_path, run, top
         assert (result.returncode, result.stderr) == (2, checked.stderr), (command, result.stderr)
 
 
+def test_an_id_beyond_64_bits_is_a_usage_error_not_a_traceback(tmp_path, run):
+    """kill-workers --worker 2**63 was an OverflowError traceback from the database driver."""
+    path = write_config(tmp_path, extra=f'state = "{tmp_path / "state.db"}"')
+    new_state(tmp_path / "state.db")
+    beyond = str(2**63)
+    for args in (("kill-workers", "--worker", beyond), ("workers", beyond), ("jobs", beyond), ("jobs", "--panda-id", beyond)):
+        result = run("--config", str(path), *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert f"{beyond} is not in the range 1<=x<={2**63 - 1}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_argument_that_is_not_utf8_is_refused_in_one_line_after_the_start_line(tmp_path, run, env):
+    """An argument with bytes that are not UTF-8 printed a logging traceback, lost the command log's start
+    line, and (--ce, --batch-id, --state, serve-logs --host) ended in a UnicodeEncodeError traceback."""
+    path = write_config(tmp_path, extra=f'log_dir = "{tmp_path / "logs"}"')
+    bad = os.fsdecode(b"Q\xff")   # what Python makes of a shell's $'Q\xff'
+    cases = [("kill-workers", "--ce", bad), ("kill-workers", "--queue", "Q", "--reason", bad), ("workers", "--queue", bad),
+             ("workers", "--batch-id", bad), ("--state", bad, "status"), ("serve-logs", "--host", bad)]
+    for args in cases:
+        result = run("--config", str(path), *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.splitlines() == [
+            "harvester-cli: error: argument 'Q\\xff' is not UTF-8 text: harvester-cli takes its arguments (names, "
+            "paths, reasons) as UTF-8; nothing was done"], (args, result.stderr)
+        command = next(a for a in args if a in ("kill-workers", "workers", "status", "serve-logs"))
+        log = (tmp_path / "logs" / "commands" / f"{command}.log").read_text()
+        shown = " ".join("Q\\xff" if a == bad else a for a in args)
+        assert f"start: harvester-cli --config {path} {shown} (pid " in log, log
+    cron = subprocess.run([sys.executable, "-c", "from harvester_cli.cron import main; main()", "--config", str(path),
+                           "workers", "--ce", bad], capture_output=True, text=True, env=env, timeout=120)
+    assert cron.returncode == 2 and "Traceback" not in cron.stderr, cron.stderr
+    assert f"harvester-cli --config {path} workers --ce Q\\xff\n" in (tmp_path / "logs" / "cron" / "workers.log").read_text()
+
+
 def test_a_state_given_on_the_command_line_is_checked_as_the_key_is(tmp_path, run):
     path = write_config(tmp_path)
     for command in ("config check", "cycle", "db upgrade", "workers"):
