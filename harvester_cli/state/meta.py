@@ -4,6 +4,7 @@ sent its service metrics. Worker ids are never reused, over every host."""
 from __future__ import annotations
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from harvester_cli.state.schema import meta
 from harvester_cli.state.store import Store, Tx
@@ -19,16 +20,40 @@ def get(store: Store, key: str) -> int | None:
 
 def put(tx: Tx, key: str, ivalue: int) -> None:
     if not tx.execute(update(meta).where(meta.c.key == key).values(ivalue=ivalue)).rowcount:
-        tx.execute(meta.insert().values(key=key, ivalue=ivalue))
+        if not _create(tx, key, ivalue):   # another run created it meanwhile: ours is the newer value
+            tx.execute(update(meta).where(meta.c.key == key).values(ivalue=ivalue))
+
+
+def _create(tx: Tx, key: str, ivalue: int) -> bool:
+    """Insert the key's row; False when another run's transaction inserted it first (PostgreSQL and MariaDB
+    make the insert wait for that transaction, then refuse it as a duplicate)."""
+    try:
+        with tx.conn.begin_nested():
+            tx.execute(meta.insert().values(key=key, ivalue=ivalue))
+        return True
+    except IntegrityError:
+        return False
 
 
 def allocate_worker_ids(store: Store, count: int, floor: int = 0) -> list[int]:
     """Reserve `count` new worker ids, never reused; `floor` is the highest id PanDA has seen."""
     if count <= 0:
         return []
-    with store.transaction() as tx:
+    last_id = select(meta.c.ivalue).where(meta.c.key == LAST_WORKER_ID).with_for_update()
+
+    def allocate(tx: Tx) -> int:
         # FOR UPDATE: two submits for different queues on PostgreSQL/MariaDB must not read the same value.
-        row = tx.execute(select(meta.c.ivalue).where(meta.c.key == LAST_WORKER_ID).with_for_update()).first()
-        last = max(int(row[0]) if row else 0, floor)
+        row = tx.execute(last_id).first()
+        if row is None:
+            # The first ids of a new database: FOR UPDATE locked no row, so two first submits would both start
+            # from 0. The row is created first (one of them waits for the other's, then reads it, locked).
+            _create(tx, LAST_WORKER_ID, 0)
+            row = tx.execute(last_id).first()
+        last = max(int(row[0]), floor)
         put(tx, LAST_WORKER_ID, last + count)
+        return last
+
+    # Run again whole when it lost a deadlock: InnoDB keeps the lock a refused duplicate insert took, and two
+    # of three first submits can deadlock on it.
+    last = store.retrying(allocate)
     return list(range(last + 1, last + count + 1))

@@ -7,14 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
+from sqlalchemy import text
 
-from harvester_cli.state import claims, monitoring, views
+from harvester_cli.state import claims, meta, monitoring, views
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.state.store import Store
 from tests.support.databases import assert_state_errors
-from tests.support.harness import cycle_until, new_state, rows
+from tests.support.harness import cycle_until, new_state, rows, wait_until
 
 
 def test_claims_are_exclusive_and_times_keep_their_precision(server_url):
@@ -99,3 +101,52 @@ def test_runs_and_failures_are_recorded_and_the_running_ones_listed(server_url):
     (cycle,) = views.command_runs(store)
     assert (cycle["last_failure"], cycle["last_failure_exit"], cycle["last_failure_at"]) == ("why", 1, 200.0)
     store.close()
+
+
+def _waiting_on_a_lock(store: Store) -> int:
+    """Transactions of this server waiting for a row lock now."""
+    with store.reading() as tx:
+        if tx.dialect == "postgresql":
+            return tx.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                  "AND wait_event_type = 'Lock'"))
+        return tx.scalar(text("SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"))
+
+
+def test_two_first_submits_at_once_number_their_workers_one_after_the_other(server_url, monkeypatch):
+    """The first worker ids of a new database: FOR UPDATE locked no row, both submits inserted last_worker_id
+    and one failed with a raw duplicate key on meta. Here the first holds its transaction open until the
+    second waits on the server; the second then numbers after it."""
+    new_state(server_url)
+    first, second, probe = Store(server_url), Store(server_url), Store(server_url)
+    inside, go = threading.Event(), threading.Event()
+    put = meta.put
+
+    def held_put(tx, key, value):   # the first submit, its last_worker_id written and not yet committed
+        put(tx, key, value)
+        inside.set()
+        go.wait(60)
+
+    monkeypatch.setattr(meta, "put", held_put)
+    results: dict[str, object] = {}
+
+    def allocate(name: str, store: Store) -> None:
+        try:
+            results[name] = meta.allocate_worker_ids(store, 3)
+        except Exception as exc:   # the test's answer, not a crash of its thread
+            results[name] = exc
+
+    threads = {"first": threading.Thread(target=allocate, args=("first", first))}
+    threads["first"].start()
+    try:
+        assert inside.wait(30), results
+        threads["second"] = threading.Thread(target=allocate, args=("second", second))
+        threads["second"].start()
+        wait_until(lambda: _waiting_on_a_lock(probe) or "second" in results, 30, 0.05, "the second submit waiting")
+    finally:
+        go.set()
+        for thread in threads.values():
+            thread.join(60)
+    assert results == {"first": [1, 2, 3], "second": [4, 5, 6]}, results
+    assert meta.get(probe, meta.LAST_WORKER_ID) == 6
+    for store in (first, second, probe):
+        store.close()
