@@ -181,7 +181,10 @@ def test_pull_queue_without_activated_jobs_keeps_at_most_one_queued_pilot(harnes
 # -- crash safety (the process is killed at the worst moment) -----------------------------------
 
 def test_crash_after_backend_submit_is_adopted_not_resubmitted(harness, sim):
-    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="sleep 3")
+    # The job runs until the test has counted its process groups (it ran `sleep 3`, and under load it could end
+    # before they were counted: then none was found).
+    go = harness.tmp_path / "go"
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars=f"while [ ! -e {go} ]; do sleep 0.1; done")
     harness.write_config(PUSH)
     harness.cli("fetch-jobs", check=True)
     crashed = harness.cli("submit", env={"HARVESTER_CLI_CRASH_AT": "after_backend_submit"})
@@ -194,7 +197,8 @@ def test_crash_after_backend_submit_is_adopted_not_resubmitted(harness, sim):
     (worker,) = rows(instance, workers)
     assert worker.status == "submitted" and worker.batch_id
     tagged = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _tagged(p, harness.harvester_id, worker.worker_id)]
-    assert len({_pgid(p) for p in tagged}) == 1   # one worker process group, not two
+    assert len({_pgid(p) for p in tagged} - {None}) == 1   # one worker process group, not two
+    go.touch()
     cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", what="adopted job finished")
 
 
@@ -220,8 +224,12 @@ def _tagged(proc: Path, harvester_id: str, worker_id: int) -> bool:
             and f"HARVESTER_WORKER_ID={worker_id}\0".encode() in environ)
 
 
-def _pgid(proc: Path) -> int:
-    text = (proc / "stat").read_text()
+def _pgid(proc: Path) -> int | None:
+    """The process group of a process, None when it ended meanwhile (a job's short-lived children)."""
+    try:
+        text = (proc / "stat").read_text()
+    except OSError:
+        return None
     return int(text[text.rindex(")") + 2:].split()[2])
 
 
