@@ -1,7 +1,9 @@
 """The outbox: what still has to reach PanDA, one row per job or worker (`pending_reports`).
 
 A newer update of the same item bumps the row's version and replaces its payload; after PanDA's success
-only the version that was sent is deleted, so nothing newer is lost. Job rows carry their update; worker
+only the version that was sent is deleted, so nothing newer is lost. A final update is never replaced by
+one that is not final: on PostgreSQL and MariaDB a run that read a job as running (propagate's periodic
+'running') can queue its update just after another run queued the job's final one. Job rows carry their update; worker
 rows carry none (the update is built from the worker's row when it is sent).
 """
 
@@ -11,7 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, literal_column, select, tuple_, update
+from sqlalchemy import bindparam, case, delete, func, literal_column, select, tuple_, update
 
 from harvester_cli import model
 from harvester_cli.state import bulk, claims
@@ -91,19 +93,26 @@ def _upsert(dialect: str):
         # `+ 1` as a literal: PyMySQL's executemany formats what follows VALUES (...) without parameters,
         # so a bound 1 there fails every bulk upsert of two rows or more ("format requires a mapping").
         newer = reports.c.version + literal_column("1")
+
+        def assignments(incoming) -> list[tuple[str, object]]:
+            # A pending final update stays as it is (version too: a run sending it now deletes it after).
+            keep = reports.c.final & ~incoming.final
+            # In this order: MariaDB evaluates each assignment with the columns assigned before it.
+            return [("version", case((keep, reports.c.version), else_=newer)),
+                    ("payload", case((keep, reports.c.payload), else_=incoming.payload)),
+                    ("final", reports.c.final | incoming.final)]
+
         if dialect in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import insert
 
             stmt = insert(reports).values(values)
-            _upserts[dialect] = stmt.on_duplicate_key_update(version=newer, payload=stmt.inserted.payload,
-                                                             final=stmt.inserted.final)
+            _upserts[dialect] = stmt.on_duplicate_key_update(assignments(stmt.inserted))
         else:
             if dialect == "postgresql":
                 from sqlalchemy.dialects.postgresql import insert
             else:
                 from sqlalchemy.dialects.sqlite import insert
             stmt = insert(reports).values(values)
-            _upserts[dialect] = stmt.on_conflict_do_update(
-                index_elements=[reports.c.kind, reports.c.key],
-                set_={"version": newer, "payload": stmt.excluded.payload, "final": stmt.excluded.final})
+            _upserts[dialect] = stmt.on_conflict_do_update(index_elements=[reports.c.kind, reports.c.key],
+                                                           set_=dict(assignments(stmt.excluded)))
     return _upserts[dialect]

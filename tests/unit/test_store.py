@@ -13,6 +13,7 @@ from harvester_cli.state import claims, meta, outbox
 from harvester_cli.state.schema import reports, workers
 from harvester_cli.state.store import Store
 from tests.support.harness import new_state
+from tests.support.outbox import assert_final_update_stays
 
 
 def worker_rows(n):
@@ -61,6 +62,12 @@ def test_a_newer_update_survives_the_acknowledgement_of_an_older_one(url):
         outbox.sent(tx, "job", [(7, row.version)])
         (left,) = tx.execute(select(reports)).all()
     assert left.version == 2 and left.final and "finished" in left.payload
+
+
+def test_a_final_update_is_never_replaced_by_one_that_is_not_final(url):
+    """On PostgreSQL and MariaDB propagate's periodic 'running' for a job it read as running could be queued
+    just after poll queued the job's final update, and replaced it: PanDA got 'running' last, for ever."""
+    assert_final_update_stays(Store(url))
 
 
 def test_worker_ids_are_never_reused_and_respect_pandas_floor(url):

@@ -17,6 +17,7 @@ from harvester_cli.state.schema import jobs, workers
 from harvester_cli.state.store import Store
 from tests.support.databases import assert_state_errors
 from tests.support.harness import cycle_until, new_state, rows, wait_until
+from tests.support.outbox import assert_final_update_stays
 
 
 def test_claims_are_exclusive_and_times_keep_their_precision(server_url):
@@ -150,3 +151,11 @@ def test_two_first_submits_at_once_number_their_workers_one_after_the_other(serv
     assert meta.get(probe, meta.LAST_WORKER_ID) == 6
     for store in (first, second, probe):
         store.close()
+
+
+def test_a_final_update_is_never_replaced_by_one_that_is_not_final(server_url):
+    """The outbox's upsert on each server (MariaDB assigns its columns in order: the final flag last)."""
+    new_state(server_url)
+    store = Store(server_url)
+    assert_final_update_stays(store)
+    store.close()
