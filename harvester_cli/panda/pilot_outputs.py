@@ -63,7 +63,7 @@ def _convert(value: Any, kind: Any) -> Any:
 
 def from_heartbeat(job: PandaJob, heartbeat: dict) -> tuple[dict, list[str]]:
     """The final update from a heartbeat; returns (update, problems)."""
-    update = job_update(job, "failed")
+    update = job_update(job, "failed")   # unless the heartbeat's state says finished
     problems = []
     for name, value in heartbeat.items():
         if name not in _FIELDS or value is None or value == "":
@@ -75,7 +75,6 @@ def from_heartbeat(job: PandaJob, heartbeat: dict) -> tuple[dict, list[str]]:
             problems.append(f"{name}={value!r} is not {getattr(kind, '__name__', 'a number')}")
     if heartbeat.get("state") in (None, ""):   # never read as finished: the pilot did not say how it ended
         problems.append("heartbeat has no state")
-        update["job_status"] = "failed"
         update.setdefault("pilot_error_code", ERR_BAD_HEARTBEAT)
     elif update.get("job_status") not in ("finished", "failed"):
         problems.append(f"pilot's last state was {update.get('job_status')!r}, not finished or failed")

@@ -58,6 +58,7 @@ def test_a_heartbeat_without_a_state_is_reported_failed_never_finished():
                       {"jobId": 123, "exeErrorCode": 0, "transExitCode": 0}):
         update, problems = pilot_outputs.from_heartbeat(JOB, heartbeat)
         assert update["job_status"] == "failed", heartbeat
+        assert "heartbeat has no state" in problems and update["pilot_error_code"] == pilot_outputs.ERR_BAD_HEARTBEAT
 
 
 def test_a_heartbeat_for_another_job_is_not_taken_for_this_one():
