@@ -19,9 +19,10 @@ def get(store: Store, key: str) -> int | None:
 
 
 def put(tx: Tx, key: str, ivalue: int) -> None:
-    if not tx.execute(update(meta).where(meta.c.key == key).values(ivalue=ivalue)).rowcount:
-        if not _create(tx, key, ivalue):   # another run created it meanwhile: ours is the newer value
-            tx.execute(update(meta).where(meta.c.key == key).values(ivalue=ivalue))
+    change = update(meta).where(meta.c.key == key).values(ivalue=ivalue)
+    # When another run created the row meanwhile, ours is the newer value.
+    if not tx.execute(change).rowcount and not _create(tx, key, ivalue):
+        tx.execute(change)
 
 
 def _create(tx: Tx, key: str, ivalue: int) -> bool:

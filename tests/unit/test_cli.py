@@ -681,8 +681,8 @@ def test_an_argument_that_is_not_utf8_is_refused_in_one_line_after_the_start_lin
         result = run("--config", str(path), *args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.splitlines() == [
-            "harvester-cli: error: argument 'Q\\xff' is not UTF-8 text: harvester-cli takes its arguments (names, "
-            "paths, reasons) as UTF-8; nothing was done"], (args, result.stderr)
+            ("harvester-cli: error: argument 'Q\\xff' is not UTF-8 text: harvester-cli takes its arguments (names, "
+             "paths, reasons) as UTF-8; nothing was done")], (args, result.stderr)
         command = next(a for a in args if a in ("kill-workers", "workers", "status", "serve-logs"))
         log = (tmp_path / "logs" / "commands" / f"{command}.log").read_text()
         shown = " ".join("Q\\xff" if a == bad else a for a in args)

@@ -151,8 +151,8 @@ def test_another_applications_sqlite_file_is_refused_without_changing_a_byte(tmp
         result = _cli("--state", str(path), *args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.strip().splitlines() == [
-            f"harvester-cli: error: state database sqlite:///{path} holds tables but is not a harvester-cli database: "
-            "point `state` at another database"], (args, result.stderr)
+            (f"harvester-cli: error: state database sqlite:///{path} holds tables but is not a harvester-cli database: "
+             "point `state` at another database")], (args, result.stderr)
     current = _cli("--state", str(path), "db", "current", cwd=tmp_path)
     assert current.returncode == 2 and "not a harvester-cli database" in current.stdout, current
     assert path.read_bytes() == before

@@ -146,7 +146,7 @@ def _jwt(**payload) -> str:
     import base64
     import json
 
-    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")   # noqa: E731
+    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
     return f"{part({'alg': 'none'})}.{part(payload)}.c2ln"
 
 
