@@ -97,6 +97,14 @@ def unbound_by_type(tx: Tx, queue: str, at: float) -> dict[str, int]:
         .group_by(jobs.c.resource_type)).all())
 
 
+def release_dead_claims(tx: Tx, queue: str) -> None:
+    """Free the queue's fetched jobs claimed by a submit of this host that ended before it bound them to
+    workers (killed, or failed on a database error): the plan counts only unclaimed jobs, so they would wait
+    for the claim to expire. Looked at every time, as the interrupted workers are."""
+    claims.release_dead(tx, jobs, (jobs.c.queue == queue) & (jobs.c.sub_status == model.SUB_FETCHED),
+                        every_time=True)
+
+
 def claim_unbound(tx: Tx, queue: str, resource_type: str, limit: int) -> list:
     """Claim up to `limit` fetched jobs of this resource type, oldest first, for new workers."""
     return claims.claim(tx, jobs, (jobs.c.queue == queue) & (jobs.c.sub_status == model.SUB_FETCHED)

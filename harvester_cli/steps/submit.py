@@ -122,12 +122,14 @@ class Repair:
 
 
 def repair_pending(instance: Instance, queue: QueueConfig) -> Repair:
-    """Adopt or miss workers left `pending` by an interrupted submit. When the backend cannot be asked, they
-    stay pending (and count as queued) for lost_grace_seconds, then end missed: a worker whose fate nobody
-    can learn must not hold its place for good. Its push job is then reported failed, never given to
-    another worker: the first may still run it."""
+    """Adopt or miss workers left `pending` by an interrupted submit (and free the push jobs it had claimed
+    for workers it never recorded). When the backend cannot be asked, they stay pending (and count as queued)
+    for lost_grace_seconds, then end missed: a worker whose fate nobody can learn must not hold its place for
+    good. Its push job is then reported failed, never given to another worker: the first may still run it."""
     store = instance.store
     with store.transaction() as tx:
+        if queue.mode == "push":
+            jobs.release_dead_claims(tx, queue.name)
         rows = workers.claim_interrupted(tx, queue.name, instance.host_filter(queue), 1000)
     if not rows:
         return Repair()
@@ -262,6 +264,7 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
         items = [(rt, None) for rt, n in counts.items() for _ in range(n)]
     if not items:
         return []
+    fault_point("submit_after_job_claims")   # push jobs claimed, no worker recorded for them yet
     ids = meta.allocate_worker_ids(store, len(items), floor)
     specs, rows, links = [], [], []
     log_root = instance.worker_log_root(queue.name, at)

@@ -202,6 +202,21 @@ def test_crash_after_backend_submit_is_adopted_not_resubmitted(harness, sim):
     cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", what="adopted job finished")
 
 
+def test_jobs_claimed_by_a_submit_that_died_go_to_the_next_submit(harness, sim):
+    """A submit that claimed push jobs for its workers and ended before it recorded them (killed; or on a new
+    PostgreSQL database the race for the first worker ids, which failed one of two submits) hid the jobs from
+    the next submits' plans until the claim expired (lease_seconds, 600 s): the overlapping-runs fault test
+    then waited past its 90 s. The next submit frees them at once."""
+    (panda_id,) = sim.add_jobs("PUSH_Q", 1, jobPars="true")
+    harness.write_config(PUSH)
+    harness.cli("fetch-jobs", check=True)
+    assert harness.cli("submit", env={"HARVESTER_CLI_CRASH_AT": "submit_after_job_claims"}).returncode == 99
+    again = harness.cli_json("submit")
+    assert len(again["queues"][0]["submitted"]) == 1, again["queues"][0]
+    instance = harness.instance(PUSH)
+    cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", what="the job finished")
+
+
 def test_crash_before_backend_submit_marks_missed_and_resubmits_the_job(harness, sim):
     (panda_id,) = sim.add_jobs("PUSH_Q", 1)
     harness.write_config(PUSH)
