@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -467,3 +468,141 @@ def test_redact_hides_the_password_of_any_url_and_keeps_the_rest():
         "mysql+pymysql://user:***@127.0.0.1/x?charset=utf8"
     assert logs.redact("https://host:9619/path and sqlite:////var/lib/state.db") == \
         "https://host:9619/path and sqlite:////var/lib/state.db"   # no password: nothing to hide
+
+
+# -- the logging machinery in-process (what the CLI tests above see only through a subprocess) ---------
+
+@pytest.fixture
+def umask0():
+    """No umask: a mode that shows is the one the code asked for."""
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+def test_registered_secrets_are_redacted_longest_first_and_short_values_are_not_secrets():
+    logs.register_secret(b"tok\xffen-4f1c2b")                  # bytes that are not UTF-8: kept, the bad byte replaced
+    logs.register_secret("  sk-7d3e  ")                        # 4 characters once stripped: a secret
+    logs.register_secret("ab3")                                # 3: too short to redact every "ab3" of every line
+    logs.register_secret("sk-7d3e-and-more")                   # contains the other: redacted whole, longest first
+    logs.register_secret(None)
+    logs.register_secret("")
+    assert logs.redact("a tok\ufffden-4f1c2b b") == "a [redacted] b"
+    assert logs.redact("x sk-7d3e-and-more y sk-7d3e z ab3") == "x [redacted] y [redacted] z ab3"
+
+
+def _record(message: str, *args, exc_info=None) -> logging.LogRecord:
+    return logging.getLogger("harvester_cli").makeRecord("harvester_cli", logging.ERROR, __file__, 1, message, args,
+                                                         exc_info)
+
+
+def test_the_redacting_filter_redacts_the_message_and_the_exception_and_keeps_a_broken_record():
+    logs.register_secret("pw-5e9a1")
+    try:
+        raise ValueError("connect failed: password=pw-5e9a1")
+    except ValueError:
+        record = _record("login as %s failed", "pw-5e9a1", exc_info=sys.exc_info())
+    assert logs.RedactingFilter().filter(record)
+    text = logging.Formatter("%(message)s").format(record)
+    assert text.startswith("login as [redacted] failed\nTraceback (most recent call last):\n"), text
+    assert text.endswith("ValueError: connect failed: password=[redacted]") and "pw-5e9a1" not in text
+    assert record.exc_info is None and record.exc_text is None   # what the handler's formatter would add: nothing
+    # an exception without its traceback object is redacted as well
+    record = _record("failed", exc_info=(ValueError, ValueError("password=pw-5e9a1"), None))
+    assert logs.RedactingFilter().filter(record)
+    assert "pw-5e9a1" not in logging.Formatter("%(message)s").format(record)
+    broken = _record("%d items", "not a number")   # logging reports a bad format string itself
+    assert logs.RedactingFilter().filter(broken)
+
+
+def test_memory_is_this_processes_resident_set_and_the_filter_appends_it(monkeypatch):
+    rss = int(re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+    assert abs(logs.memory_mb() - rss) < max(5.0, rss / 10), (logs.memory_mb(), rss)
+    record = _record("x")
+    assert logs.MemoryFilter().filter(record)
+    assert re.fullmatch(r" rss=\d+\.\dMiB", record.rss), record.rss
+    import builtins
+    import resource
+
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)   # no /proc: the peak RSS instead
+    assert logs.memory_mb() == resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_make_dirs_gives_the_leaf_its_mode_and_the_parents_theirs_whatever_the_umask(tmp_path, umask0, monkeypatch):
+    leaf = tmp_path / "a" / "b" / "leaf"
+    logs.make_dirs(f"{leaf}/", 0o700)   # a trailing slash too
+    assert [oct(p.stat().st_mode & 0o777) for p in (tmp_path / "a", tmp_path / "a" / "b", leaf)] == \
+        [oct(logs.DIRECTORY_MODE)] * 2 + ["0o700"]
+    logs.make_dirs(leaf, 0o700)   # there already: fine
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError):
+        logs.make_dirs(tmp_path / "file")
+    real_mkdir = os.mkdir
+    raced = tmp_path / "c" / "raced"
+
+    def another_run_first(path, mode=0o777):   # another run makes the leaf just before this one does
+        real_mkdir(path, mode)
+        if os.fspath(path) == os.fspath(raced):
+            raise FileExistsError(path)
+
+    monkeypatch.setattr(os, "mkdir", another_run_first)
+    logs.make_dirs(raced)
+    assert raced.is_dir()
+
+
+def test_rotation_keeps_the_backups_asked_for_and_rotates_at_max_bytes(tmp_path, umask0):
+    path = tmp_path / "cycle.log"
+    path.write_text("x" * 10)
+    logs.rotate_if_full(path, 0, 3)   # 0: never rotated
+    logs.rotate_if_full(path, 11, 3)  # below the size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cycle.log"]
+    logs.rotate_if_full(path, 10, 1)  # at the size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cycle.log.1"]
+    path.write_text("y" * 10)
+    logs.rotate_if_full(path, 10, 0)  # no backups: dropped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cycle.log.1"]
+    logs.rotate_if_full(tmp_path / "missing.log", 10, 3)   # nothing to rotate: fine
+
+
+def test_a_command_log_appends_private_lines_rotates_when_full_and_escapes_bytes_that_are_not_text(tmp_path, umask0):
+    commands = tmp_path / "commands"
+    commands.mkdir()
+    (commands / "cycle.log").write_text("an earlier run\n" + "x" * 200 + "\n")
+    handler = logs.open_command_log(tmp_path, "cycle", max_bytes=100, backups=2, memory=True, level=logging.INFO)
+    try:   # the file was full: rotated when the run started, under the command's lock file
+        assert handler.name == "harvester-cli-command-log" and handler.level == logging.INFO
+        assert (commands / "cycle.log.1").read_text().startswith("an earlier run\n")
+        assert oct((commands / "cycle.log").stat().st_mode & 0o777) == "0o640"
+        assert oct((commands / ".cycle.lock").stat().st_mode & 0o777) == "0o600"
+        handler.handle(_record("start: harvester-cli --queue Q\udcff"))
+        handler.flush()
+        line = (commands / "cycle.log").read_text()
+        assert re.fullmatch(r"\S+ \S+ \d+ ERROR harvester_cli: start: harvester-cli --queue Q\\udcff rss=[\d.]+MiB\n",
+                            line), line
+        handler.handle(_record("y" * 150))   # the file passes max_bytes while the command runs
+        handler.handle(_record("after"))
+        handler.flush()
+        assert "after" in (commands / "cycle.log").read_text() and "y" * 150 in (commands / "cycle.log.1").read_text()
+    finally:
+        handler.close()
+    plain = logs.open_command_log(tmp_path, "poll", max_bytes=0, backups=2)
+    try:
+        plain.handle(_record("z" * 300))
+        plain.handle(_record("z"))
+        plain.flush()
+        assert not (commands / "poll.log.1").exists() and "rss=" not in (commands / "poll.log").read_text()
+    finally:
+        plain.close()
+
+
+def test_a_command_line_shows_bytes_that_are_not_utf8_escaped():
+    shown = logs.command_line(["--queue", os.fsdecode(b"Q\xff\xfe"), "cycle", "caf\u00e9"])
+    assert shown == "--queue Q\\xff\\xfe cycle caf\u00e9"
+    assert logs.command_line([]) == ""
