@@ -143,7 +143,9 @@ def test_every_panda_fault_mode_loses_nothing_and_conflicts_nothing(harness, sim
     cycles_until_done(harness, sim, ids, timeout=150)
     assert sim.faults_seen.get(mode), f"{mode} was never injected"
     sim.faults = {}
-    harness.cli("-q", "cycle")
+    # Until everything is final again: a cycle here may start one more (empty) pull pilot, when PanDA's job
+    # counts, refreshed once a minute, still show a job that a pilot started before the refresh took since.
+    cycles_until_done(harness, sim, ids)
     assert_recovered(harness, sim, ids)
 
 
@@ -272,7 +274,7 @@ def test_secrets_never_reach_output_or_logs_and_their_files_are_private(harness,
 # Each runner goes round these, starting at a different one, so every command overlaps itself and the others.
 OVERLAPPING = ("cycle", "fetch-jobs", "submit", "poll", "propagate", "sweep")
 # What a lost race looks like when it surfaces instead of being retried or skipped.
-RACE_ERRORS = ("database is locked", "deadlock detected", "could not serialize", "Traceback")
+RACE_ERRORS = ("database is locked", "deadlock detected", "could not serialize", "IntegrityError", "Traceback")
 
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
