@@ -33,16 +33,25 @@ class Instance:
         # What this process counted for the metrics' counters: (family, sorted label pairs) -> amount. Added
         # to the state database's counters after the command (steps.monitor.after_command).
         self.tally: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self._unreachable: Exception | None = None   # the state database did not answer: not asked again this run
 
     def count(self, family: str, amount: float = 1, **labels: object) -> None:
         self.tally[(family, tuple(sorted((k, "" if v is None else str(v)) for k, v in labels.items())))] += amount
 
     @cached_property
     def store(self):
+        from harvester_cli.errors import StateUnreachable
         from harvester_cli.state.store import Store
 
-        return Store(self.state_url, lease_seconds=self.config.lease_seconds, host=self.host,
-                     timeout=self.config.instance.db_timeout)
+        if self._unreachable is not None:   # waited for once (db_reconnect_seconds): the run's one line says so
+            raise self._unreachable
+        try:
+            return Store(self.state_url, lease_seconds=self.config.lease_seconds, host=self.host,
+                         timeout=self.config.instance.db_timeout,
+                         reconnect_seconds=self.config.instance.db_reconnect_seconds)
+        except StateUnreachable as exc:
+            self._unreachable = exc
+            raise
 
     @property
     def host(self) -> str:
