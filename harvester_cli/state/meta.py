@@ -23,12 +23,17 @@ def put(tx: Tx, key: str, ivalue: int) -> None:
 
 
 def allocate_worker_ids(store: Store, count: int, floor: int = 0) -> list[int]:
-    """Reserve `count` new worker ids, never reused; `floor` is the highest id PanDA has seen."""
+    """Reserve `count` new worker ids, never reused; `floor` is the highest id PanDA has seen. A COMMIT whose
+    answer never came reserves again: ids left unused are a gap, never a reuse."""
     if count <= 0:
         return []
-    with store.transaction() as tx:
+
+    def reserve(tx: Tx) -> int:
         # FOR UPDATE: two submits for different queues on PostgreSQL/MariaDB must not read the same value.
         row = tx.execute(select(meta.c.ivalue).where(meta.c.key == LAST_WORKER_ID).with_for_update()).first()
         last = max(int(row[0]) if row else 0, floor)
         put(tx, LAST_WORKER_ID, last + count)
+        return last
+
+    last = store.retrying(reserve, rerun_unknown=True)
     return list(range(last + 1, last + count + 1))
