@@ -18,6 +18,7 @@ from pathlib import Path
 from harvester_cli import backends
 from harvester_cli.backends.base import Backend, BackendContext, WorkerRef
 from harvester_cli.config import Config, PandaConfig, QueueConfig
+from harvester_cli.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,14 @@ class Instance:
         if self._unreachable is not None:   # waited for once (db_reconnect_seconds): the run's one line says so
             raise self._unreachable
         try:
-            return Store(self.state_url, lease_seconds=self.config.lease_seconds, host=self.host,
-                         timeout=self.config.instance.db_timeout,
-                         reconnect_seconds=self.config.instance.db_reconnect_seconds)
+            store = Store(self.state_url, lease_seconds=self.config.lease_seconds, host=self.host,
+                          timeout=self.config.instance.db_timeout,
+                          reconnect_seconds=self.config.instance.db_reconnect_seconds)
         except StateUnreachable as exc:
             self._unreachable = exc
             raise
+        fault_point("store_opened")   # connected, its connection idle: the failover tests move the server now
+        return store
 
     @property
     def host(self) -> str:

@@ -44,6 +44,12 @@ target_session_attrs load_balance_hosts
 _KEYWORD_START = re.compile(r"\s*([A-Za-z_]+)\s*=")
 
 
+def is_file_path(value: str) -> bool:
+    """Whether `state` names a SQLite file (neither a URL nor libpq's keyword/value form)."""
+    start = _KEYWORD_START.match(value)
+    return "://" not in value and not (start and start.group(1) in LIBPQ_KEYWORDS)
+
+
 def state_url_from(value: str) -> str:
     """A SQLAlchemy URL from what an operator writes (see the module's text); ConfigError when it is a
     server URL harvester-cli cannot use as written (several hosts without a writable target, MariaDB with

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Column, create_engine, event, inspect, or_, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, DBAPIError, DisconnectionError, SQLAlchemyError
 
 from harvester_cli.errors import CommitUnknown, StateError, StateUnreachable
 from harvester_cli.state.schema import HEAD, LEGACY_VERSIONS, REVISIONS, meta
@@ -201,6 +201,7 @@ class Store:
         self._had_server = False      # this process has been connected: losing it is worth waiting for
         self._gave_up = False         # waited out reconnect_seconds once: the rest of the run does not wait again
         self._lost: tuple[str | None, str, float] | None = None   # (server, why, when) of the connection lost last
+        self._disconnect = ""         # the driver's words for the last connection found dead
         self.lease_seconds = lease_seconds
         # The host part is the [instance] host: several hosts may share one machine's name (containers), and a
         # claim's owner says which host may judge whether its process still lives (claims.owner_is_dead).
@@ -235,10 +236,17 @@ class Store:
             self._had_server = True
             record.info["where"] = _where(dbapi_connection)
 
+        @event.listens_for(self.engine, "handle_error")
+        def failed(context):
+            if context.is_disconnect or context.is_pre_ping:   # what the invalidation below is about
+                self._disconnect = _reason(context.original_exception, 160)
+
         @event.listens_for(self.engine, "invalidate")
         def invalidated(_dbapi_connection, record, exception):
             if exception is not None:   # not our own close: the server went away under this connection
-                self._lost = (record.info.get("where"), _reason(exception, 160), time.monotonic())
+                # A failed pre-ping invalidates with an empty DisconnectionError: the driver's words are the reason.
+                why = self._disconnect if isinstance(exception, DisconnectionError) else _reason(exception, 160)
+                self._lost = (record.info.get("where"), why or "the connection was closed", time.monotonic())
 
         @event.listens_for(self.engine, "before_cursor_execute")
         def statement(*_args):

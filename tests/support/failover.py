@@ -54,12 +54,13 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 class Server:
     """One PostgreSQL server of the pair: its data directory and port."""
 
-    def __init__(self, bin_dir: Path, data: Path, port: int):
-        self.bin, self.data, self.port = bin_dir, data, port
+    def __init__(self, bin_dir: Path, data: Path, port: int, listen: str = "127.0.0.1"):
+        self.bin, self.data, self.port, self.listen = bin_dir, data, port, listen
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """host:port as the harvester hosts reach it."""
+        return f"{self.listen}:{self.port}"
 
     def pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), *args, check=check)
@@ -86,9 +87,11 @@ class Server:
 
 
 class StandbyPair:
-    """A primary and its synchronous standby, started on enter, removed on exit."""
+    """A primary and its synchronous standby, started on enter, removed on exit. `listen`: the address the
+    harvester hosts reach them on besides loopback (the multihost bridge's, for hosts in namespaces)."""
 
-    def __init__(self, primary_port: int = PRIMARY_PORT, standby_port: int = STANDBY_PORT):
+    def __init__(self, primary_port: int = PRIMARY_PORT, standby_port: int = STANDBY_PORT, listen: str = "127.0.0.1"):
+        self.listen = listen
         versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres")) if Path("/usr/lib/postgresql").exists() \
             else []
         if not versions:
@@ -98,8 +101,8 @@ class StandbyPair:
 
     def __enter__(self) -> StandbyPair:
         self.dir = _private_dir("failover", "postgres")
-        self.primary = Server(self.bin, self.dir / "primary", self.ports[0])
-        self.standby = Server(self.bin, self.dir / "standby", self.ports[1])
+        self.primary = Server(self.bin, self.dir / "primary", self.ports[0], self.listen)
+        self.standby = Server(self.bin, self.dir / "standby", self.ports[1], self.listen)
         try:
             self._make()
         except BaseException:
@@ -112,7 +115,7 @@ class StandbyPair:
                      "--no-sync")
         with open(self.primary.data / "postgresql.conf", "a") as conf:
             conf.write(f"""
-listen_addresses = '127.0.0.1'
+listen_addresses = '{",".join(dict.fromkeys(["127.0.0.1", self.listen]))}'
 port = {self.primary.port}
 unix_socket_directories = '{self.dir}'
 wal_level = replica
@@ -128,12 +131,13 @@ shared_buffers = 32MB
         (self.primary.data / "pg_hba.conf").write_text(
             "local all postgres trust\n"
             "host replication postgres 127.0.0.1/32 trust\n"
-            f"host all {USER} 127.0.0.1/32 scram-sha-256\n")
+            f"host all {USER} 127.0.0.1/32 scram-sha-256\n"
+            f"host all {USER} {self.listen}/24 scram-sha-256\n")
         self.primary.start()
         self.primary.sql(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")
         self.primary.sql(f"CREATE DATABASE {DATABASE} OWNER {USER}")
         _as_postgres(str(self.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres",
-                     "-D", str(self.standby.data), "-R", "-X", "stream", "--no-sync")
+                     "-D", str(self.standby.data), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast")
         with open(self.standby.data / "postgresql.auto.conf", "a") as conf:   # after what -R wrote: it wins
             conf.write(f"port = {self.standby.port}\n"
                        f"primary_conninfo = 'host=127.0.0.1 port={self.primary.port} user=postgres "
