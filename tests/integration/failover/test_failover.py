@@ -20,14 +20,17 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from harvester_cli import model
+from harvester_cli.config import load
 from harvester_cli.config.sections import TEST_PILOT
+from harvester_cli.instance import Instance
 from harvester_cli.panda.sim import certs
 from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state.schema import job_workers, reports, workers
+from harvester_cli.steps import fetch_jobs, poll, propagate, submit
 from tests.support import multihost
 from tests.support.failover import (DATABASE, PASSWORD, USER, CommitCutter, PrivateMariaDB, StandbyPair, wait_for,
                                     wait_stopped)
-from tests.support.harness import kill_local_workers, to_toml
+from tests.support.harness import kill_local_workers, rows, to_toml
 from tests.support.multihost import SERVER, Network, Site, netns
 
 pytestmark = pytest.mark.failover
@@ -163,14 +166,17 @@ def test_a_commit_cut_off_by_the_failover_does_not_send_a_final_update_twice(har
             url = (f"postgresql://{USER}:{PASSWORD}@{cutter.address},{pair.standby.address}/{DATABASE}"
                    "?target_session_attrs=read-write")
             pilot = multihost.pilot_template(starts, TEST_PILOT)
-            harness.write_config({"FO": {"mode": "push", "pilot": pilot}}, state=url,
-                                 instance={"db_reconnect_seconds": RECONNECT})
+            config = harness.write_config({"FO": {"mode": "push", "pilot": pilot}}, state=url,
+                                          instance={"db_reconnect_seconds": RECONNECT})
             ids = sim.add_jobs("FO", 2, jobPars="true")
-            harness.cli("fetch-jobs", check=True)
-            harness.cli("submit", check=True)
-            primary = direct(pair.primary)
-            wait_for(lambda: harness.cli("poll", check=True) and len(db_rows(primary, workers)) == 2
-                     and all(r.status == model.FINISHED for r in db_rows(primary, workers)), 60, "the workers finished")
+            # Up to the final updates waiting in the outbox, in this process (quicker than a command each).
+            before = Instance(load(config))
+            queues = list(before.config.queues.values())
+            fetch_jobs.fetch_jobs(before, queues)
+            submit.submit(before, queues)
+            wait_for(lambda: poll.poll(before, queues) and all(r.status == model.FINISHED for r in rows(before, workers)),
+                     60, "the workers finished")
+            before.store.close()
             env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
                    "XDG_STATE_HOME": str(tmp_path / "xdg-state")}
             held = stopped_command([sys.executable, "-m", "harvester_cli", "--config", str(tmp_path / "config.toml"),
@@ -191,8 +197,9 @@ def test_a_commit_cut_off_by_the_failover_does_not_send_a_final_update_twice(har
             cutter.close()
         new_primary = direct(pair.standby)
         assert not db_rows(new_primary, reports, reports.c.kind == "job")   # the outbox knows PanDA has them
-        harness.cli("propagate", check=True)   # through the fenced primary's place to the new one
-        harness.cli("cycle", check=True)
+        after = Instance(load(config))   # the next run: nothing left to send
+        propagate.propagate(after, list(after.config.queues.values()))
+        after.store.close()
         check_jobs_once(sim, ids, new_primary)
         check_started_once(starts, new_primary)
 
