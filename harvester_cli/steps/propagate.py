@@ -137,7 +137,7 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
         # COMMIT, would send them again.
         keys = [r.key for r in sent]
         run.kills_from_panda += store.retrying(
-            record, committed=lambda tx: not outbox.still_claimed(tx, outbox.JOB, keys))
+            record, committed=lambda tx: bool(keys) and not outbox.still_claimed(tx, outbox.JOB, keys))
         outbox.refused(store, outbox.JOB, refused)
         run.jobs_sent += len(sent)
         run.jobs_refused += len(refused)
@@ -230,8 +230,10 @@ def handle_commands(instance: Instance, run: PropagateRun) -> None:
         received = []
     at = model.now()
     if received:
-        with store.transaction() as tx:
-            run.commands_received += commands.record_received(tx, received, at)
+        # PanDA has handed these out: a COMMIT whose answer never came stores them again (what was kept is
+        # skipped), rather than leave them unknown here
+        run.commands_received += store.retrying(lambda tx: commands.record_received(tx, received, at),
+                                                rerun_unknown=True)
     # Applied once over all hosts: each new command is claimed (FOR UPDATE SKIP LOCKED) by one run, applied
     # and marked in the same transaction, so another host's propagate finds it applied or skips it. A COMMIT
     # whose answer never came applied them all or none: a later run applies what was not kept.

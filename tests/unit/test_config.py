@@ -475,6 +475,56 @@ def test_state_url_gets_the_installed_driver_unless_one_is_named(written, used):
     assert parse(data).state_url == used
 
 
+@pytest.mark.parametrize("written,used", [
+    ("postgresql://h:pw@db1:5432,db2:5433/harvester?target_session_attrs=read-write",
+     "postgresql+psycopg://h:pw@/harvester?host=db1:5432&host=db2:5433&target_session_attrs=read-write"),
+    ("postgresql://h@/harvester?host=db1,db2&port=5432&target_session_attrs=primary",
+     "postgresql+psycopg://h@/harvester?host=db1:5432&host=db2:5432&target_session_attrs=primary"),
+    ("host=db1,db2 port=5432,5433 dbname=harvester user=h password='a b\\'c' target_session_attrs=read-write",
+     "postgresql+psycopg://h:a%20b%27c@/harvester?host=db1:5432&host=db2:5433&target_session_attrs=read-write"),
+    ("host=db1 dbname=harvester user=h", "postgresql+psycopg://h@db1/harvester"),
+    ("postgresql://h@[::1]:5432,[::2]:5433/harvester?target_session_attrs=read-write",
+     "postgresql+psycopg://h@/harvester?host=::1,::2&port=5432,5433&target_session_attrs=read-write"),
+])
+def test_state_takes_libpqs_several_hosts_in_each_of_its_forms(written, used):
+    data = minimal()
+    data["state"] = written
+    assert parse(data).state_url == used
+
+
+def test_the_several_hosts_are_listed_in_libpqs_order_and_no_password_is_shown():
+    from harvester_cli.config.state_url import servers
+
+    url = config.state_url_from("host=db1,db2 port=5432,5433 dbname=h user=u password=s3cret "
+                                "target_session_attrs=read-write")
+    assert servers(url) == ["db1:5432", "db2:5433"]
+    assert "s3cret" not in config.display_url(url) and "host=db1:5432&host=db2:5433" in config.display_url(url)
+    assert "s3cret" not in config.display_url(url + "&password=s3cret")
+    assert servers(config.state_url_from("postgresql://u@[::1]:1,[::2]:2/h?target_session_attrs=read-write")) == \
+        ["[::1]:1", "[::2]:2"]
+
+
+@pytest.mark.parametrize("written,says", [
+    ("postgresql://h:pw@db1,db2/harvester", "several hosts need target_session_attrs=read-write"),
+    ("postgresql://h@db1,db2/harvester?target_session_attrs=any", "several hosts need target_session_attrs"),
+    ("mariadb://h:pw@db1,db2/harvester", "MariaDB/MySQL takes one server"),
+    ("host=db1,db2 port=1,2,3 dbname=h target_session_attrs=read-write", "2 hosts and 3 ports"),
+    ("host=db1 dbname=h colour=blue", "'colour' is not a libpq connection keyword"),
+    ("postgresql://h@db1,db2/harvester?host=db3&target_session_attrs=read-write", "give them once"),
+])
+def test_a_state_harvester_cli_cannot_use_is_refused_without_its_password(written, says):
+    data = minimal()
+    data["state"] = written
+    message = error(data)
+    assert "state" in message and says in message and "pw@" not in message
+
+
+def test_a_keyword_form_state_is_a_server_not_a_file_beside_the_config(tmp_path):
+    data = minimal()
+    data["state"] = "host=db1 dbname=harvester user=h"
+    assert parse(data, tmp_path).state_url == "postgresql+psycopg://h@db1/harvester"
+
+
 def test_default_state_under_xdg_state_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
     cfg = parse(minimal())

@@ -118,14 +118,16 @@ def test_cycles_on_two_hosts_go_on_through_a_promotion_and_lose_nothing(tmp_path
                                                              "db_reconnect_seconds": RECONNECT}})
         site.add_hosts(2)
         site.upgrade_at_once()
-        ids = [i for q in queues for i in sim.add_jobs(q, 4, jobPars="sleep 1")]
+        # 5 jobs a queue, at most 2 new workers a queue every 2 s: the last start 4 s after the first.
+        ids = [i for q in queues for i in sim.add_jobs(q, 5, jobPars="sleep 1")]
         new_primary = direct(pair.standby)
         site.start("cycle")
+        held = None
         try:
-            # Midway: some jobs final at PanDA, and both hosts connected (their commands hold connections).
-            wait_for(lambda: sum(sim.job_status(i) == "finished" for i in ids) >= 2, 90, "the first jobs finished")
             held = stopped_command(["ip", "netns", "exec", netns(2), sys.executable, "-m", "harvester_cli", "--config",
                                     str(site.hosts[1].config), "cycle"], site.hosts[1].env(), "store_opened")
+            # Midway: the first job final at PanDA, the last not yet started.
+            wait_for(lambda: any(sim.job_status(i) == "finished" for i in ids), 90, "the first job finished")
             finished_before = sum(sim.job_status(i) == "finished" for i in ids)
             pair.fail_over()            # the primary stops (fenced), the standby is promoted
             pair.restart_read_only()    # the old primary back, refusing writes, first in every host's list
@@ -137,6 +139,9 @@ def test_cycles_on_two_hosts_go_on_through_a_promotion_and_lose_nothing(tmp_path
                      and all(r.status in model.WORKER_FINAL for r in db_rows(new_primary, workers))
                      and not db_rows(new_primary, reports), 120, "every job final and reported")
         finally:
+            if held is not None and held.poll() is None:
+                held.kill()
+                held.communicate()
             site.stop()
             kill_local_workers(site.harvester_id)
         assert finished_before < len(ids), "every job finished before the failover: nothing was tested"
