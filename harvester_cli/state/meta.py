@@ -4,6 +4,7 @@ sent its service metrics. Worker ids are never reused, over every host."""
 from __future__ import annotations
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from harvester_cli.state.schema import meta
 from harvester_cli.state.store import Store, Tx
@@ -28,10 +29,20 @@ def allocate_worker_ids(store: Store, count: int, floor: int = 0) -> list[int]:
     if count <= 0:
         return []
 
-    def reserve(tx: Tx) -> int:
+    def locked(tx: Tx):
         # FOR UPDATE: two submits for different queues on PostgreSQL/MariaDB must not read the same value.
-        row = tx.execute(select(meta.c.ivalue).where(meta.c.key == LAST_WORKER_ID).with_for_update()).first()
-        last = max(int(row[0]) if row else 0, floor)
+        return tx.execute(select(meta.c.ivalue).where(meta.c.key == LAST_WORKER_ID).with_for_update()).first()
+
+    def reserve(tx: Tx) -> int:
+        row = locked(tx)
+        if row is None:   # the first ids ever: two hosts' first submits both find no row to lock
+            try:
+                with tx.conn.begin_nested():
+                    tx.execute(meta.insert().values(key=LAST_WORKER_ID, ivalue=0))
+            except IntegrityError:   # the other host's row came first (this insert waited for its COMMIT)
+                pass
+            row = locked(tx)
+        last = max(int(row[0]), floor)
         put(tx, LAST_WORKER_ID, last + count)
         return last
 

@@ -14,7 +14,7 @@ from harvester_cli.state import claims, monitoring, views
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.state.store import Store
 from tests.support.databases import assert_state_errors
-from tests.support.harness import cycle_until, new_state, rows
+from tests.support.harness import cycle_until, new_state, rows, wait_until
 
 
 def test_claims_are_exclusive_and_times_keep_their_precision(server_url):
@@ -99,3 +99,37 @@ def test_runs_and_failures_are_recorded_and_the_running_ones_listed(server_url):
     (cycle,) = views.command_runs(store)
     assert (cycle["last_failure"], cycle["last_failure_exit"], cycle["last_failure_at"]) == ("why", 1, 200.0)
     store.close()
+
+
+def blocked(store: Store) -> bool:
+    """Whether another session of this database waits for a lock."""
+    from sqlalchemy import text
+
+    query = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+             if store.url.startswith("postgresql") else
+             "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
+    with store.engine.connect() as conn:
+        return bool(conn.execute(text(query)).scalar())
+
+
+def test_two_hosts_first_worker_ids_ever_are_reserved_once(server_url):
+    """Two hosts' first submits on a new database both find no last worker id to lock: the second's insert
+    waits for the first's COMMIT, then takes the next ids instead of failing on the key."""
+    import threading
+
+    from harvester_cli.state import meta
+    from harvester_cli.state.schema import meta as meta_table
+
+    new_state(server_url)
+    first, second = Store(server_url), Store(server_url)
+    got: list = []
+    with first.transaction() as tx:   # the first host's reservation, not committed yet
+        tx.execute(meta_table.insert().values(key=meta.LAST_WORKER_ID, ivalue=5))
+        waiting = threading.Thread(target=lambda: got.append(meta.allocate_worker_ids(second, 3)))
+        waiting.start()
+        wait_until(lambda: blocked(first) or not waiting.is_alive(), 60, what="the second host waiting on the key")
+    waiting.join(60)
+    assert got == [[6, 7, 8]]
+    assert meta.allocate_worker_ids(first, 1) == [9]
+    first.close()
+    second.close()
