@@ -25,8 +25,11 @@ def display_url(url: str) -> str:
     except Exception:  # not a URL SQLAlchemy can parse: show it as given (it has no password to hide then)
         return url
     base, question, query = shown.partition("?")
-    return base + question + "&".join(unquote(part) if part.startswith(("host=", "port=", "password=")) else part
-                                      for part in query.split("&")) if question else shown
+    if not question:
+        return shown
+    # SQLAlchemy quotes the hosts' colons (host=db1%3A5432): shown as the operator wrote them
+    parts = [unquote(p) if p.startswith(("host=", "port=", "password=")) else p for p in query.split("&")]
+    return f"{base}?{'&'.join(parts)}"
 
 
 def as_dict(config: Config) -> dict:
