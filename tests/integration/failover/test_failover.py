@@ -147,8 +147,10 @@ def test_cycles_on_two_hosts_go_on_through_a_promotion_and_lose_nothing(tmp_path
         assert finished_before < len(ids), "every job finished before the failover: nothing was tested"
         check_jobs_once(sim, ids, new_primary)
         rows = check_started_once(starts, new_primary)
-        assert all(r.status == model.FINISHED for r in rows), Counter(r.status for r in rows)
-        assert len({r.harvester_host for r in rows}) == 2, "the hosts did not share the work"
+        # A worker whose submission a failover interrupted before its backend call ends missed, never started
+        # (its job bound to a new worker): the only other end a worker may have.
+        assert all(r.status == model.FINISHED or (r.status == model.MISSED and not r.batch_id) for r in rows), \
+            Counter(r.status for r in rows)
         runs = [r for h in site.hosts for r in h.runs()]
         assert not [r["stderr"] for r in runs if "Traceback" in r["stderr"]]
         # The old primary stayed fenced (a primary that refuses writes), first in every host's list all along.
@@ -223,7 +225,7 @@ def test_a_command_waits_for_the_promotion_within_db_reconnect_seconds(harness, 
         harness.write_config(queues, state=state, instance={"db_reconnect_seconds": 2})
         ids = sim.add_jobs("FO", 2, jobPars="true")
         pair.primary.stop()
-        short = harness.cli("cycle")
+        short = harness.cli("fetch-jobs")
         assert short.returncode == 1, short.stderr
         assert len(short.stderr.strip().splitlines()) == 1, short.stderr
         assert "no server took writes within db_reconnect_seconds=2" in short.stderr and PASSWORD not in short.stderr
@@ -232,11 +234,11 @@ def test_a_command_waits_for_the_promotion_within_db_reconnect_seconds(harness, 
         # (not write_config: it would create the database, and no server takes writes now)
         (tmp_path / "config.toml").write_text(to_toml(harness.config_data(
             queues, state=state, instance={"db_reconnect_seconds": RECONNECT})))
-        command_log = tmp_path / "logs" / "commands" / "cycle.log"
+        command_log = tmp_path / "logs" / "commands" / "fetch-jobs.log"
         before = command_log.read_text().count("no server takes writes") if command_log.exists() else 0
         env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"), "XDG_STATE_HOME": str(tmp_path / "xdg-state")}
         waiting = subprocess.Popen([sys.executable, "-m", "harvester_cli", "--config", str(tmp_path / "config.toml"),
-                                    "cycle"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    "fetch-jobs"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: command_log.exists() and command_log.read_text().count("no server takes writes") > before,
                      60, "the command waiting for a server that takes writes")
