@@ -30,7 +30,14 @@ class StateError(HarvesterError):
 
 
 class StateUnreachable(HarvesterError):
-    """The state database server did not answer (down, restarting, network): the next run tries again."""
+    """The state database server did not answer (down, restarting, network), or no server took writes again
+    within [instance] db_reconnect_seconds after losing one: the next run tries again."""
+
+
+class CommitUnknown(HarvesterError):
+    """The state database server went away while a COMMIT was on its way (a failover, a restart): whether the
+    transaction was kept is unknown, as after a kill -9. What follows from it is decided by looking, after
+    reconnecting, never by doing a backend or PanDA action again."""
 
 
 class PandaError(HarvesterError):

@@ -18,6 +18,7 @@ from pathlib import Path
 from harvester_cli import backends
 from harvester_cli.backends.base import Backend, BackendContext, WorkerRef
 from harvester_cli.config import Config, PandaConfig, QueueConfig
+from harvester_cli.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,27 @@ class Instance:
         # What this process counted for the metrics' counters: (family, sorted label pairs) -> amount. Added
         # to the state database's counters after the command (steps.monitor.after_command).
         self.tally: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self._unreachable: Exception | None = None   # the state database did not answer: not asked again this run
 
     def count(self, family: str, amount: float = 1, **labels: object) -> None:
         self.tally[(family, tuple(sorted((k, "" if v is None else str(v)) for k, v in labels.items())))] += amount
 
     @cached_property
     def store(self):
+        from harvester_cli.errors import StateUnreachable
         from harvester_cli.state.store import Store
 
-        return Store(self.state_url, lease_seconds=self.config.lease_seconds, host=self.host,
-                     timeout=self.config.instance.db_timeout)
+        if self._unreachable is not None:   # waited for once (db_reconnect_seconds): the run's one line says so
+            raise self._unreachable
+        try:
+            store = Store(self.state_url, lease_seconds=self.config.lease_seconds, host=self.host,
+                          timeout=self.config.instance.db_timeout,
+                          reconnect_seconds=self.config.instance.db_reconnect_seconds)
+        except StateUnreachable as exc:
+            self._unreachable = exc
+            raise
+        fault_point("store_opened")   # connected, its connection idle: the failover tests move the server now
+        return store
 
     @property
     def host(self) -> str:

@@ -19,6 +19,7 @@ def check(g):
     Every problem is printed, one line each; exit 2 if there is any.
     """
     from harvester_cli.config import as_dict, display_url, environment_problems, state_url_from
+    from harvester_cli.config.state_url import servers
     from harvester_cli.errors import ConfigError
 
     config = g.config()
@@ -27,7 +28,10 @@ def check(g):
         raise ConfigError("\n".join(problems))
     data = as_dict(config)
     # What every other command would use, where the file leaves it to a default.
-    data["state"] = display_url(state_url_from(g.state) if g.state else config.state_url)
+    url = state_url_from(g.state) if g.state else config.state_url
+    data["state"] = display_url(url)
+    if servers(url):   # the database servers, in the order libpq tries them
+        data["state_servers"] = ", ".join(servers(url))
     data["instance"]["host"] = config.host
     out = g.output()
     settings = []

@@ -11,13 +11,25 @@ from harvester_cli.config.sections import Config
 
 
 def display_url(url: str) -> str:
-    """A database URL without its password, for output."""
+    """A database URL without its password (a libpq `password=` in the query too), for output; several
+    hosts read as written (`?host=db1:5432&host=db2:5432`)."""
+    from urllib.parse import unquote
+
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "password" in parsed.query:
+            parsed = parsed.update_query_dict({"password": "***"})
+        shown = parsed.render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy can parse: show it as given (it has no password to hide then)
         return url
+    base, question, query = shown.partition("?")
+    if not question:
+        return shown
+    # SQLAlchemy quotes the hosts' colons (host=db1%3A5432): shown as the operator wrote them
+    parts = [unquote(p) if p.startswith(("host=", "port=", "password=")) else p for p in query.split("&")]
+    return f"{base}?{'&'.join(parts)}"
 
 
 def as_dict(config: Config) -> dict:

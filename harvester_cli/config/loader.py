@@ -16,6 +16,7 @@ from harvester_cli.config.backend_options import BACKEND_OPTIONS
 from harvester_cli.config.references import check_references
 from harvester_cli.config.schema import Validator, describe
 from harvester_cli.config.sections import Config, ProxyProfile, QueueConfig, TokenProfile, xdg_dir
+from harvester_cli.config.state_url import is_file_path
 from harvester_cli.errors import ConfigError
 
 
@@ -94,7 +95,7 @@ def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) ->
     check_references(validator, config)
     validator.raise_problems()
     state = config.state
-    if state and "://" not in state and not Path(state).expanduser().is_absolute():
+    if state and is_file_path(state) and not Path(state).expanduser().is_absolute():
         state = str(validator.base_dir / state)   # like every other path: relative to the config file
     return dataclasses.replace(config, state=state)
 

@@ -14,6 +14,7 @@ from typing import Any
 from harvester_cli.config.backend_options import BACKEND_OPTIONS
 from harvester_cli.config.ces import AUDIENCE_FORMATS, CE_FLAVOURS, WLCG_COMPUTE_SCOPES
 from harvester_cli.config.schema import Section, section, setting
+from harvester_cli.config.state_url import state_url_from, state_url_problem
 
 # Placeholders a pilot command may use; filled per worker by the submitter.
 PILOT_PLACEHOLDERS = frozenset(
@@ -53,39 +54,6 @@ def xdg_dir(variable: str, fallback: str) -> Path:
 
 def default_state_dir() -> Path:
     return xdg_dir("XDG_STATE_HOME", ".local/state")
-
-
-# The drivers harvester-cli installs (extras `postgres` and `mariadb`), for URLs that name none.
-_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
-                    "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
-
-
-# The state databases harvester-cli can open: a URL's scheme, before any +driver.
-STATE_SCHEMES = ("sqlite", "postgresql", "postgres", "mariadb", "mysql")
-
-
-def state_url_problem(value: str) -> str | None:
-    """What is wrong with a `state` (the key or --state) before anything opens it, or None. Names the scheme,
-    never the URL (it may hold a password)."""
-    if not value.strip():
-        return "empty: a SQLite file path or a database URL"
-    if "://" not in value:
-        return None
-    scheme = value.partition("://")[0]
-    if scheme.partition("+")[0].lower() not in STATE_SCHEMES:
-        return (f"unknown database scheme {scheme}://: a SQLite file path, or a postgresql://, mariadb://, mysql:// "
-                "or sqlite:/// URL")
-    return None
-
-
-def state_url_from(value: str) -> str:
-    """A SQLAlchemy URL from what an operator writes: a plain file path (SQLite), or a server URL whose
-    bare scheme (`postgresql://`, `postgres://`, `mariadb://`, `mysql://`) gets the driver harvester-cli
-    installs; an explicit `+driver` is kept as written."""
-    if "://" not in value:
-        return f"sqlite:///{Path(value).expanduser().resolve()}"
-    scheme, _, rest = value.partition("://")
-    return f"{_DEFAULT_DRIVERS.get(scheme.lower(), scheme)}://{rest}"
 
 
 @section
@@ -441,6 +409,12 @@ class InstanceConfig(Section):
     db_timeout: int = setting(60, doc="PostgreSQL/MariaDB: seconds a statement, a lock wait or a silent "
                                       "connection may take before the server (and the client) give up, so a "
                                       "stuck host cannot hang the others", minimum=1, maximum=DAY)
+    db_reconnect_seconds: int = setting(60, doc="PostgreSQL/MariaDB: seconds a command keeps trying to reach a server "
+                                                "that takes writes after losing the one it used (a standby being "
+                                                "promoted, a restart), or while the one it finds does not take "
+                                                "writes yet; then it stops with one line, exit 1, and the next run "
+                                                "tries again (0: stop at once). A server that never answered this "
+                                                "command is an outage at once", maximum=DAY)
 
     def problems(self):
         if self.host is not None and (not self.host.strip() or ":" in self.host):
@@ -451,7 +425,10 @@ class InstanceConfig(Section):
 class Config(Section):
     harvester_id: str = setting(doc="this instance's id at PanDA")
     panda: PandaConfig = setting(doc="[panda]")
-    state: str | None = setting(None, doc="state database: SQLAlchemy URL or SQLite file path "
+    state: str | None = setting(None, doc="state database: SQLite file path, or a server URL (postgresql://, "
+                                          "mariadb://); PostgreSQL may list several hosts as libpq does "
+                                          "(postgresql://u@db1:5432,db2:5432/harvester?target_session_attrs="
+                                          "read-write, or host=db1,db2 ... keywords) "
                                           "(default: $XDG_STATE_HOME/harvester-cli/state.db)")
     log_dir: Path | None = setting(None, doc="the log tree (default: $XDG_STATE_HOME/harvester-cli/logs)")
     log_url: str | None = setting(None, doc="the public base URL of log_dir, sent to PanDA in log URLs",

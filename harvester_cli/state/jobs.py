@@ -81,6 +81,14 @@ def store_new(tx: Tx, rows: list[NewJob]) -> Stored:
         return Stored(stored, len(rows) - len(new), refused)
 
 
+def known(tx: Tx, panda_ids: Sequence[int]) -> set[int]:
+    """Which of these PandaIDs are stored (after a COMMIT whose answer never came: whether it was kept)."""
+    found: set[int] = set()
+    for chunk in chunks(list(panda_ids), 500):
+        found |= set(tx.scalars(select(jobs.c.panda_id).where(jobs.c.panda_id.in_(chunk))))
+    return found
+
+
 def waiting(store: Store, queue: str) -> int:
     """Jobs of the queue that are stored and not running yet (fetched, or bound to a queued worker)."""
     with store.reading() as tx:

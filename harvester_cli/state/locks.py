@@ -6,13 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import logging
+
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from harvester_cli import model
+from harvester_cli.errors import CommitUnknown, StateUnreachable
 from harvester_cli.state.claims import free, owner_is_dead
 from harvester_cli.state.schema import locks
-from harvester_cli.state.store import Store, Tx
+from harvester_cli.state.store import Store, Tx, server_gone
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -39,9 +44,16 @@ def lease(store: Store, name: str) -> Iterator[bool]:
         yield bool(got)
     finally:
         if got:
-            with store.transaction() as tx:
-                tx.execute(update(locks).where(locks.c.name == name, locks.c.lock_owner == store.owner)
-                           .values(lock_owner=None, lock_expires=None))
+            try:
+                with store.transaction() as tx:
+                    tx.execute(update(locks).where(locks.c.name == name, locks.c.lock_owner == store.owner)
+                               .values(lock_owner=None, lock_expires=None))
+            except (DBAPIError, StateUnreachable, CommitUnknown) as exc:
+                # The server went away (a failover): the lease expires after lease_seconds (at once for this
+                # host's next run, its owner being gone); what the block did or raised is what counts.
+                if isinstance(exc, DBAPIError) and not server_gone(exc.orig):
+                    raise
+                log.info("lease %s not released: %s", name, str(exc).splitlines()[0][:200])
 
 
 def holds(tx: Tx, name: str) -> bool:

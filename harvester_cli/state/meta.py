@@ -37,7 +37,8 @@ def _create(tx: Tx, key: str, ivalue: int) -> bool:
 
 
 def allocate_worker_ids(store: Store, count: int, floor: int = 0) -> list[int]:
-    """Reserve `count` new worker ids, never reused; `floor` is the highest id PanDA has seen."""
+    """Reserve `count` new worker ids, never reused; `floor` is the highest id PanDA has seen. A COMMIT whose
+    answer never came reserves again: ids left unused are a gap, never a reuse."""
     if count <= 0:
         return []
     last_id = select(meta.c.ivalue).where(meta.c.key == LAST_WORKER_ID).with_for_update()
@@ -56,5 +57,5 @@ def allocate_worker_ids(store: Store, count: int, floor: int = 0) -> list[int]:
 
     # Run again whole when it lost a deadlock: InnoDB keeps the lock a refused duplicate insert took, and two
     # of three first submits can deadlock on it.
-    last = store.retrying(allocate)
+    last = store.retrying(allocate, rerun_unknown=True)
     return list(range(last + 1, last + count + 1))

@@ -54,8 +54,9 @@ def record_snapshot(store: Store, queues: list[str], at: float | None = None) ->
     taken = int(model.now() if at is None else at)
     if not queues:
         return 0
-    # Run again whole if another host's transaction deadlocked it (hosts poll at the same second).
-    return store.retrying(lambda tx: _snapshot(tx, queues, taken))
+    # Run again whole if another host's transaction deadlocked it (hosts poll at the same second), or after a
+    # COMMIT whose answer never came (a snapshot of the same second replaces itself).
+    return store.retrying(lambda tx: _snapshot(tx, queues, taken), rerun_unknown=True)
 
 
 def _snapshot(tx: Tx, queues: list[str], taken: int) -> int:

@@ -64,6 +64,14 @@ def sent(tx: Tx, kind: str, items: Sequence[tuple[int, int]]) -> None:
     claims.release(tx, reports, [(kind, k) for k, _ in items])
 
 
+def still_claimed(tx: Tx, kind: str, keys: Sequence[int]) -> bool:
+    """Whether one of these reports is still here, claimed by this run (after a COMMIT of `sent` whose answer
+    never came: it was not kept)."""
+    return any(tx.execute(select(reports.c.key).where(reports.c.kind == kind, reports.c.key.in_(list(chunk)),
+                                                      claims.owned(tx, reports)).limit(1)).first()
+               for chunk in chunks(list(keys), 500))
+
+
 def refused(store: Store, kind: str, failures: Sequence[tuple[int, str]]) -> None:
     """Record why items were not accepted and release them for the next run."""
     with store.transaction() as tx:

@@ -11,11 +11,20 @@ Every statement of harvester-cli lives in a module of this package named for its
 runs in WAL mode with a busy timeout, and every write transaction starts with BEGIN IMMEDIATE so two
 commands never deadlock upgrading a read lock. PostgreSQL and MariaDB use the same statements; claims
 there add FOR UPDATE SKIP LOCKED.
+
+A server that goes away (a standby promoted in its place, a restart) is reconnected to within
+`reconnect_seconds` ([instance] db_reconnect_seconds): a transaction that had not reached its COMMIT was
+rolled back by the server and `retrying` runs it again; one whose COMMIT was on its way when the server went
+away raises CommitUnknown (kept or not: nobody can tell without looking), which `retrying` resolves by
+looking after reconnecting (`committed`) or by running work that finds its own writes (`rerun_unknown`).
+Past the bound: StateUnreachable, one line, exit 1; the next run tries again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -26,12 +35,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Column, create_engine, event, inspect, or_, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, DBAPIError, DisconnectionError, SQLAlchemyError
 
-from harvester_cli.errors import StateError, StateUnreachable
+from harvester_cli.errors import CommitUnknown, StateError, StateUnreachable
 from harvester_cli.state.schema import HEAD, LEGACY_VERSIONS, REVISIONS, meta
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # What a step catches when the database fails under it (a full disk, a server gone), without knowing the
 # database library.
 DatabaseFailure = SQLAlchemyError
@@ -82,6 +92,63 @@ def _server_answered(error: BaseException) -> bool:
     return isinstance(code, int) and code < 2000
 
 
+# The server went away, or does not take writes (yet): a failover, a restart, a standby not yet promoted.
+# PostgreSQL: class 08 (connection exception), admin or crash shutdown, "cannot connect now" (starting up,
+# shutting down), a read-only transaction (a server fenced read-only, a standby); and libpq's own texts when
+# target_session_attrs=read-write turns a standby down. MySQL/MariaDB: the client's "cannot connect", "gone
+# away", "lost connection", and the server's shutdown, killed connection and read-only answers.
+_PG_GONE = {"57P01", "57P02", "57P03", "25006"}
+_PG_NOT_WRITABLE_YET = ("the database system is starting up", "the database system is shutting down",
+                        "the database system is in recovery mode", "not yet accepting connections",
+                        "not accepting connections", "server is in hot standby mode", "session is read-only",
+                        "read-only transaction", "terminating connection due to administrator command")
+_MYSQL_GONE = {2002, 2003, 2006, 2013, 2055, 1053, 1927, 1290, 1836, 1792}
+_MYSQL_NOT_WRITABLE_YET = {1053, 1290, 1836, 1792}
+
+
+def server_gone(error: BaseException) -> bool:
+    """Whether a driver error says the server went away or does not take writes (worth reconnecting),
+    rather than refused this client (a wrong password, an unknown database) or this statement."""
+    sqlstate = getattr(error, "sqlstate", None)
+    if sqlstate:
+        return sqlstate.startswith("08") or sqlstate in _PG_GONE
+    text = str(error)
+    module = type(error).__module__
+    if module.startswith("pymysql"):
+        code = error.args[0] if error.args else None
+        return code in _MYSQL_GONE
+    if module.startswith("psycopg"):   # no SQLSTATE: libpq's own text (never answered, or dropped), or at connect time
+        return not_writable_yet(error) or "FATAL:" not in text
+    return False
+
+
+def not_writable_yet(error: BaseException) -> bool:
+    """Whether a server answered, but does not take writes yet (a standby not yet promoted, a server starting
+    or shutting down): worth waiting for even when this command never had a server."""
+    if getattr(error, "sqlstate", None) in ("57P03", "25006"):
+        return True
+    if type(error).__module__.startswith("pymysql"):
+        return bool(error.args) and error.args[0] in _MYSQL_NOT_WRITABLE_YET
+    text = str(error)
+    return any(phrase in text for phrase in _PG_NOT_WRITABLE_YET)
+
+
+def _where(dbapi_connection) -> str | None:
+    """host:port of the server a driver connection reached (what the reconnect line names)."""
+    info = getattr(dbapi_connection, "info", None)
+    host, port = (getattr(info, "host", None), getattr(info, "port", None)) if info is not None else (None, None)
+    if host is None:   # PyMySQL
+        host, port = getattr(dbapi_connection, "host", None), getattr(dbapi_connection, "port", None)
+    if host is None:
+        return None
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _reason(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(getattr(error, "orig", None) or error).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class Tx:
     """One open transaction: the connection, and who this run is (the owner its claims carry). It is the one
     thing steps pass down to the functions of this package."""
@@ -127,8 +194,15 @@ class Store:
     database holds is read and written by the table modules of this package, inside `transaction()`."""
 
     def __init__(self, url: str, *, lease_seconds: int = 600, check_schema: bool = True, host: str | None = None,
-                 timeout: int | None = 60):
+                 timeout: int | None = 60, reconnect_seconds: int = 0):
         self.url = url
+        # How long a command waits for a server that takes writes, after losing one (see the module's text).
+        self.reconnect_seconds = reconnect_seconds
+        self.reconnects = self.unknown_commits = 0
+        self._had_server = False      # this process has been connected: losing it is worth waiting for
+        self._gave_up = False         # waited out reconnect_seconds once: the rest of the run does not wait again
+        self._lost: tuple[str | None, str, float] | None = None   # (server, why, when) of the connection lost last
+        self._disconnect = ""         # the driver's words for the last connection found dead
         self.lease_seconds = lease_seconds
         # The host part is the [instance] host: several hosts may share one machine's name (containers), and a
         # claim's owner says which host may judge whether its process still lives (claims.owner_is_dead).
@@ -158,8 +232,22 @@ class Store:
         self.connections = self.statements = 0
 
         @event.listens_for(self.engine, "connect")
-        def connected(_dbapi_connection, _record):
+        def connected(dbapi_connection, record):
             self.connections += 1
+            self._had_server = True
+            record.info["where"] = _where(dbapi_connection)
+
+        @event.listens_for(self.engine, "handle_error")
+        def failed(context):
+            if context.is_disconnect or context.is_pre_ping:   # what the invalidation below is about
+                self._disconnect = _reason(context.original_exception, 160)
+
+        @event.listens_for(self.engine, "invalidate")
+        def invalidated(_dbapi_connection, record, exception):
+            if exception is not None:   # not our own close: the server went away under this connection
+                # A failed pre-ping invalidates with an empty DisconnectionError: the driver's words are the reason.
+                why = self._disconnect if isinstance(exception, DisconnectionError) else _reason(exception, 160)
+                self._lost = (record.info.get("where"), why or "the connection was closed", time.monotonic())
 
         @event.listens_for(self.engine, "before_cursor_execute")
         def statement(*_args):
@@ -185,52 +273,155 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """A short write transaction (BEGIN IMMEDIATE on SQLite), committed when the block ends."""
-        with self.engine.begin() as conn:
-            yield Tx(conn, self)
+        """A short write transaction (BEGIN IMMEDIATE on SQLite), committed when the block ends. A server that
+        goes away before the COMMIT rolls it back (the error goes on up: `retrying` runs the work again); one
+        that goes away while the COMMIT is on its way leaves its outcome unknown: CommitUnknown."""
+        conn = self._connect()
+        try:
+            transaction = conn.begin()
+            try:
+                yield Tx(conn, self)
+            except BaseException as exc:
+                self._rollback(conn, transaction, exc)
+                raise
+            try:
+                transaction.commit()
+            except DBAPIError as exc:
+                if self.is_sqlite or not server_gone(exc.orig):
+                    raise
+                self.unknown_commits += 1
+                raise CommitUnknown(f"state database {self.display_url}: the server went away while a COMMIT was on "
+                                    f"its way ({_reason(exc)}): whether it was kept is unknown") from exc
+        finally:
+            conn.close()
 
     @contextmanager
     def reading(self) -> Iterator[Tx]:
         """A read-only transaction (a plain BEGIN on SQLite: it never waits for a writer)."""
-        with self.engine.connect().execution_options(readonly=True) as conn:
-            with conn.begin():
+        conn = self._connect().execution_options(readonly=True)
+        try:
+            transaction = conn.begin()
+            try:
                 yield Tx(conn, self)
+            except BaseException as exc:
+                self._rollback(conn, transaction, exc)
+                raise
+            try:
+                transaction.commit()
+            except DBAPIError as exc:   # what was read stands; the next transaction reconnects
+                if self.is_sqlite or not server_gone(exc.orig):
+                    raise
+        finally:
+            conn.close()
+
+    def _rollback(self, conn: Connection, transaction, exc: BaseException) -> None:
+        """Roll back after `exc`; a session on a server that no longer takes writes (fenced read-only) is
+        dropped, so that the next connection goes where writes go (libpq's target_session_attrs)."""
+        orig = getattr(exc, "orig", None)
+        if not self.is_sqlite and orig is not None and not_writable_yet(orig) and not conn.invalidated:
+            conn.invalidate(orig)
+        try:
+            transaction.rollback()
+        except SQLAlchemyError:   # the server is gone: it rolled the transaction back itself
+            pass
+
+    def _connect(self) -> Connection:
+        """A connection to a server that takes writes. After losing one (or while the one found does not take
+        writes yet) try again for up to reconnect_seconds, and say in one line where it is connected now. A
+        server that never answered this process is an outage at once."""
+        if self.is_sqlite:
+            return self.engine.connect()
+        waiting_since = None
+        pause = 0.25
+        while True:
+            try:
+                conn = self.engine.connect()
+            except DBAPIError as exc:
+                if not server_gone(exc.orig):
+                    raise
+                waitable = (self._had_server or not_writable_yet(exc.orig)) and self.reconnect_seconds > 0
+                if not waitable:
+                    done = "the rest of this run was not done" if self._had_server else "nothing was changed"
+                    raise StateUnreachable(f"state database {self.display_url}: no answer: {_reason(exc)} (is the "
+                                           f"server up? {done}; the next run tries again)") from None
+                now = time.monotonic()
+                if waiting_since is None:
+                    waiting_since = self._lost[2] if self._lost else now
+                    log.info("state database: no server takes writes (%s): trying again for up to %d s",
+                             _reason(exc), self.reconnect_seconds)
+                if self._gave_up or now - waiting_since >= self.reconnect_seconds:
+                    self._gave_up = True
+                    lost = f" after losing {self._lost[0]}" if self._lost and self._lost[0] else ""
+                    raise StateUnreachable(
+                        f"state database {self.display_url}: no server took writes within db_reconnect_seconds="
+                        f"{self.reconnect_seconds}{lost} ({_reason(exc)}): the rest of this run was not done; the "
+                        "next run tries again") from None
+                time.sleep(min(pause, max(0.0, waiting_since + self.reconnect_seconds - now)))
+                pause = min(pause * 2, 2.0)
+                continue
+            if self._lost is not None or waiting_since is not None:
+                self._reconnected(conn, waiting_since)
+            return conn
+
+    def _reconnected(self, conn: Connection, waiting_since: float | None) -> None:
+        where = conn.connection.info.get("where") or "the server"
+        since = self._lost[2] if self._lost else waiting_since
+        before = (f"{self._lost[0] or 'the server before'} went away: {self._lost[1]}" if self._lost
+                  else "none took writes before")
+        self.reconnects += 1
+        self._lost = None
+        log.warning("state database: connected to %s, %.1f s later (%s)", where, time.monotonic() - since, before)
+
+    @property
+    def gave_up(self) -> bool:
+        """No server took writes within reconnect_seconds: the rest of this run does not wait again."""
+        return self._gave_up
 
     def close(self) -> None:
         self.engine.dispose()
 
     def stats(self) -> dict[str, int]:
         return {"connections": self.connections, "statements": self.statements, "conflicts_retried": self.conflicts,
-                "leases_busy": self.leases_busy}
+                "leases_busy": self.leases_busy, "reconnects": self.reconnects, "unknown_commits": self.unknown_commits}
 
-    def retrying(self, work: Callable[[Tx], T]) -> T:
-        """Run `work(tx)` in a write transaction; a deadlock or serialization failure (another host's
-        transaction won) rolls it back and runs it again, a few times, counted in `conflicts`. `work` must
-        only read and write the database: everything it did is undone before each new attempt."""
-        try:   # the first attempt without tenacity: its import is most of a quiet run's write cost
-            with self.transaction() as tx:
-                return work(tx)
-        except Exception as exc:
-            if not is_conflict(exc):
-                raise
-            self.conflicts += 1
-        import random
+    def retrying(self, work: Callable[[Tx], T], *, rerun_unknown: bool = False,
+                 committed: Callable[[Tx], bool] | None = None) -> T:
+        """Run `work(tx)` in a write transaction, and run it again, whole, when it cannot have been kept: a
+        deadlock or serialization failure (another host's transaction won; a few times, with back-off, counted
+        in `conflicts`), or a server that went away before the COMMIT (after reconnecting). `work` must only
+        read and write the database: everything it did is undone before each new attempt.
 
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-
-        time.sleep(random.uniform(0, 0.02))   # the back-off tenacity would have waited before its second attempt
-
-        def conflict(exc: BaseException) -> bool:
-            if is_conflict(exc):
-                self.conflicts += 1
-                return True
-            return False
-
-        for attempt in Retrying(retry=retry_if_exception(conflict), stop=stop_after_attempt(7),
-                                wait=wait_random_exponential(multiplier=0.02, max=1.0), reraise=True):
-            with attempt, self.transaction() as tx:
-                return work(tx)
-        raise AssertionError("unreachable")   # Retrying either returned or raised
+        A COMMIT whose answer never came (CommitUnknown) is resolved after reconnecting: with `rerun_unknown`
+        the work runs again (it must find its own writes and do nothing twice: compare-and-set, inserts that
+        skip what exists); with `committed`, a reading transaction asks whether it was kept: if so, what the
+        work returned in that attempt is returned, else the work runs again. Without either, CommitUnknown
+        goes on up (so it does when the server cannot be asked within reconnect_seconds: StateUnreachable)."""
+        conflicts = reruns = 0
+        while True:
+            try:
+                with self.transaction() as tx:
+                    value = work(tx)
+                return value
+            except CommitUnknown:
+                if reruns >= 5 or not (rerun_unknown or committed):
+                    raise
+                reruns += 1
+                if committed is not None:
+                    with self.reading() as tx:
+                        if committed(tx):
+                            return value
+            except DBAPIError as exc:
+                if is_conflict(exc):
+                    self.conflicts += 1
+                    conflicts += 1
+                    if conflicts > 7:
+                        raise
+                    # tenacity's wait_random_exponential(multiplier=0.02, max=1.0), without importing it
+                    time.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** conflicts)))
+                elif not self.is_sqlite and server_gone(exc.orig) and reruns < 5:
+                    reruns += 1   # rolled back by the server: the next attempt reconnects first
+                else:
+                    raise
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -330,8 +521,13 @@ def server_timeouts(url: str, seconds: int) -> dict[str, Any]:
     transaction left idle by a stuck client (the server ends it and frees its row locks), a connection
     whose peer went silent (a host cut off from the network fails instead of hanging its cron slot)."""
     if url.startswith("postgres"):
+        from harvester_cli.config.state_url import servers
+
         ms = seconds * 1000
-        return {"connect_timeout": min(seconds, 30), "tcp_user_timeout": ms, "keepalives_idle": min(seconds, 30),
+        # Each host is tried in turn, each with this timeout: a powered-off host listed first must not cost
+        # every new connection half a minute.
+        connect = min(seconds, 10 if len(servers(url)) > 1 else 30)
+        return {"connect_timeout": connect, "tcp_user_timeout": ms, "keepalives_idle": min(seconds, 30),
                 "keepalives_interval": 5, "keepalives_count": 3,
                 "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
                            f"-c idle_in_transaction_session_timeout={ms}"}

@@ -240,6 +240,12 @@ def _now_seen(tx: Tx, worker_ids: Sequence[int], lock: bool) -> dict[int, tuple[
     return {w: (s, m) for w, s, m in tx.execute(current)}
 
 
+def written_at(tx: Tx, worker_ids: Sequence[int], at: float) -> bool:
+    """Whether one of these workers was last changed at `at` (a run's own write, after a COMMIT whose answer
+    never came: whether it was kept)."""
+    return bool(worker_ids) and any(m == at for _, m in _now_seen(tx, worker_ids, lock=False).values())
+
+
 def unchanged(tx: Tx, seen: Sequence) -> set[int]:
     """The workers (rows with worker_id, status, modified as a page read them) that nobody changed since,
     locked until the transaction ends on PostgreSQL/MariaDB (SQLite's write transaction already excludes

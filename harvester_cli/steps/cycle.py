@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
-from harvester_cli.errors import EXIT_USAGE, HarvesterError
+from harvester_cli.errors import EXIT_USAGE, HarvesterError, StateUnreachable
 from harvester_cli.instance import Instance
 from harvester_cli.state import workers
 from harvester_cli.state.store import DatabaseFailure
@@ -70,7 +70,9 @@ def run_cycle(instance: Instance, queues: list[QueueConfig], *, sweep_retention:
         try:
             summary, problems, items, code = action()
         except (HarvesterError, DatabaseFailure, OSError) as exc:   # one failing step must not stop the others
-            if isinstance(exc, HarvesterError) and exc.exit_code == EXIT_USAGE:
+            # ... but a database that is unusable, or gone for longer than db_reconnect_seconds, stops them all:
+            # one line (exit 2 or 1), not the same error once per step
+            if isinstance(exc, StateUnreachable) or (isinstance(exc, HarvesterError) and exc.exit_code == EXIT_USAGE):
                 raise
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             summary, problems, items, code = f"error: {reason}", [reason], 0, None

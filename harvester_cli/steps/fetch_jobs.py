@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
-from harvester_cli.errors import PandaError, PandaUnreachable
+from harvester_cli.errors import CommitUnknown, PandaError, PandaUnreachable, StateUnreachable
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance
 from harvester_cli.panda import jobs as panda_jobs
@@ -36,6 +36,7 @@ class QueueFetch:
     skipped: str | None = None
     error: str | None = None
     unstored: list = field(default_factory=list)   # jobs PanDA sent that the state database could not keep
+    unknown: int = 0   # jobs whose storing COMMIT went unanswered and that could not be looked up since
 
 
 @dataclass
@@ -63,15 +64,28 @@ def job_row(queue: QueueConfig, job: PandaJob, at: float, problem: str | None = 
 
 def store_jobs(instance: Instance, queue: QueueConfig, received: list[dict]) -> QueueFetch:
     """Insert new jobs in bulk; a PandaID already stored is skipped. Returns the counts. When the state
-    database fails (a full disk), the jobs not stored are in `unstored` and the reason in `error`."""
+    database fails (a full disk), the jobs surely not stored are in `unstored` and the reason in `error`.
+    A chunk whose COMMIT went unanswered (the server went away: a failover) is looked up after reconnecting
+    and stored again if it was not kept; if the database does not come back within db_reconnect_seconds,
+    its jobs may be stored or not: they count as `unknown`, never as unstored (given back to PanDA as
+    failed, they might still run here)."""
     store = instance.store
     result = QueueFetch(queue.name)
     for index, received_chunk in enumerate(chunks(received, STORE_CHUNK)):
+        unknown_before = store.unknown_commits
         try:
             _store_chunk(store, queue, received_chunk, result)
-        except (DatabaseFailure, OSError) as exc:
-            result.error = f"the state database could not store them: {str(exc).splitlines()[0][:200]}"
-            result.unstored = list(received[index * STORE_CHUNK:])
+        except (DatabaseFailure, OSError, StateUnreachable, CommitUnknown) as exc:
+            reason = str(exc).splitlines()[0][:300]
+            if store.unknown_commits > unknown_before:
+                result.unknown = len(received_chunk)
+                result.unstored = list(received[(index + 1) * STORE_CHUNK:])
+                result.error = (f"{result.unknown} jobs may or may not be stored (the database's answer to their "
+                                f"COMMIT never came, and it could not be asked since: {reason}): not given back "
+                                "to PanDA, which takes back jobs left 'sent' that never start")
+            else:
+                result.unstored = list(received[index * STORE_CHUNK:])
+                result.error = f"the state database could not store them: {reason}"
             break
     return result
 
@@ -89,7 +103,8 @@ def _store_chunk(store, queue: QueueConfig, received_chunk, result: QueueFetch) 
         rows.append(job_row(queue, job, at, problem))
         failed[job.panda_id] = updates.job_failed(job, updates.ERR_SUBMISSION,
                                                   f"harvester: invalid job from PanDA: {problem}")
-    with store.transaction() as tx:
+
+    def insert(tx) -> jobs.Stored:
         stored = jobs.store_new(tx, rows)
         for row in stored.refused:   # PanDA must still hear of them: a failed update, without a row
             failed.setdefault(row.panda_id, updates.job_failed(
@@ -97,6 +112,12 @@ def _store_chunk(store, queue: QueueConfig, received_chunk, result: QueueFetch) 
                 "harvester: invalid job from PanDA: the state database cannot store it"))
         new_ids = {r.panda_id for r in stored.stored} | {r.panda_id for r in stored.refused}
         outbox.enqueue(tx, outbox.JOB, [(p, queue.name, u, True) for p, u in failed.items() if p in new_ids])
+        return stored
+
+    # PanDA has handed these jobs out: a deadlock or a server that went away before the COMMIT stores them
+    # again; a COMMIT whose answer never came is looked up (stored jobs are never stored twice either way).
+    ids = [row.panda_id for row in rows]
+    stored = store.retrying(insert, committed=lambda tx: bool(ids) and len(jobs.known(tx, ids)) == len(ids))
     result.invalid += len(received.unusable) + len(failed)
     result.duplicate += stored.duplicates
     result.stored += len(stored.stored)
@@ -142,11 +163,14 @@ def fetch_queue(instance: Instance, queue: QueueConfig) -> QueueFetch:
                 "here, and PanDA takes back jobs left 'sent' that never start"))
         except PandaError as exc:
             return QueueFetch(queue.name, requested=wanted, error=str(exc))
+        fault_point("fetch_after_acquire")   # PanDA handed the jobs out; nothing of them is stored yet
         result = store_jobs(instance, queue, received)
         if result.unstored:
             taken = give_back(instance, queue, result.unstored, result.error)
             result.error += (f"; {taken} of {len(result.unstored)} jobs reported failed to PanDA so it retries them"
                              " elsewhere")
+        if result.error and instance.store.gave_up:   # the run ends with the database's one line: say this too
+            log.warning("queue %s: %s", queue.name, result.error)
         fault_point("fetch_after_store")
         result.requested = wanted
         return result

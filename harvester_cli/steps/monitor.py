@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harvester_cli import model
 from harvester_cli.config import Config
-from harvester_cli.errors import StateError
+from harvester_cli.errors import StateError, StateUnreachable
 from harvester_cli.instance import Instance
 from harvester_cli.panda import diagnostics
 from harvester_cli.site.lifetimes import Credential, credentials
@@ -294,7 +294,7 @@ def command_started(instance: Instance, command: str, started: float) -> int | N
         if not instance.store_exists():
             return None
         return monitoring.start_run(instance.store, command, instance.host, os.getpid(), started)
-    except StateError as exc:
+    except (StateError, StateUnreachable) as exc:
         log.debug("monitoring before %s: %s", command, exc)
     except Exception as exc:   # a locked database, a full disk
         log.warning("monitoring before %s: %s: %s", command, type(exc).__name__, exc)
@@ -325,7 +325,7 @@ def after_command(instance: Instance, runs: list[Run], run_id: int | None = None
         monitoring.add_counters(store, host, increments)
         monitoring.record_login_nodes(store, host, instance.contacts())
         write_metrics(instance)
-    except StateError as exc:   # the command itself has said so, in its own line
+    except (StateError, StateUnreachable) as exc:   # the command itself has said so, in its own line
         log.debug("monitoring after %s: %s", runs[0].command if runs else "?", exc)
     except Exception as exc:   # a locked database, a full disk, a read-only metrics directory
         log.warning("monitoring after %s: %s: %s", runs[0].command if runs else "?", type(exc).__name__, exc)

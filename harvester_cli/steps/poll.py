@@ -134,9 +134,12 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
         return
     final_jobs = _final_job_updates(instance, queue, ended) if queue.mode == "push" else []
     # One transaction, run again whole if another host's transaction deadlocked it; the counts go to the
-    # result once it committed.
-    counts = instance.store.retrying(lambda tx: _write_changes(tx, queue, rows, changed, kills, started, resubmit,
-                                                               final_jobs, at))
+    # result once it committed. A COMMIT whose answer never came (a failover) is looked up: the changes are
+    # there as written at `at`, or they are written again (never a worker's job requeued twice).
+    changed_ids = [c[7] for c in changed]
+    counts = instance.store.retrying(
+        lambda tx: _write_changes(tx, queue, rows, changed, kills, started, resubmit, final_jobs, at),
+        committed=lambda tx: workers.written_at(tx, changed_ids, at))
     changes, kill_requested, resubmitted, jobs_final = counts
     result.changes.update(changes)
     result.kill_requested += kill_requested

@@ -2,6 +2,12 @@
 
 An update leaves the outbox only when PanDA answered success for that very item and version; anything
 else (a network error, a refusal, a newer update queued meanwhile) stays for the next run.
+
+When the state database fails over under a COMMIT (its answer never came), what it recorded is looked up
+after reconnecting: an outbox deletion after PanDA accepted, or a command acknowledgement, is written again
+if it was not kept. If the database does not come back within db_reconnect_seconds, the next run sends those
+updates (or acknowledgements) again: PanDA takes a repeated update (a final one too: the job stays final)
+and a repeated acknowledgement. A command is applied in the transaction that marks it applied: once.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass, field
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
-from harvester_cli.errors import PandaError, PandaNoSuchCall
+from harvester_cli.errors import CommitUnknown, PandaError, PandaNoSuchCall
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance
 from harvester_cli.panda import commands as panda_commands
@@ -127,8 +133,11 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
             jobs.acknowledged(tx, [r.key for r in sent if r.key in with_log], [r.key for r in sent if r.final], at)
             return workers.mark_kill_of_jobs(tx, kill_jobs, "PanDA answered tobekilled for its job")
 
-        # PanDA has these updates: losing this write to another host's deadlock would send them again.
-        run.kills_from_panda += store.retrying(record)
+        # PanDA has these updates: losing this write to another host's deadlock, or to a failover under its
+        # COMMIT, would send them again.
+        keys = [r.key for r in sent]
+        run.kills_from_panda += store.retrying(
+            record, committed=lambda tx: bool(keys) and not outbox.still_claimed(tx, outbox.JOB, keys))
         outbox.refused(store, outbox.JOB, refused)
         run.jobs_sent += len(sent)
         run.jobs_refused += len(refused)
@@ -162,7 +171,8 @@ def send_worker_updates(instance: Instance, queues: list[str], run: PropagateRun
         fault_point("propagate_after_worker_updates")
         sent = [r for r, o in zip(rows, outcomes) if o.accepted]
         refused = [(r.key, "PanDA answered false for this worker") for r, o in zip(rows, outcomes) if not o.accepted]
-        store.retrying(lambda tx: outbox.sent(tx, outbox.WORKER, [(r.key, r.version) for r in sent]))
+        store.retrying(lambda tx: outbox.sent(tx, outbox.WORKER, [(r.key, r.version) for r in sent]),
+                       rerun_unknown=True)   # deletes what PanDA took: a second run finds nothing more
         outbox.refused(store, outbox.WORKER, refused)
         run.workers_sent += len(sent)
         run.workers_refused += len(refused)
@@ -220,21 +230,31 @@ def handle_commands(instance: Instance, run: PropagateRun) -> None:
         received = []
     at = model.now()
     if received:
-        with store.transaction() as tx:
-            run.commands_received += commands.record_received(tx, received, at)
+        # PanDA has handed these out: a COMMIT whose answer never came stores them again (what was kept is
+        # skipped), rather than leave them unknown here
+        run.commands_received += store.retrying(lambda tx: commands.record_received(tx, received, at),
+                                                rerun_unknown=True)
     # Applied once over all hosts: each new command is claimed (FOR UPDATE SKIP LOCKED) by one run, applied
-    # and marked in the same transaction, so another host's propagate finds it applied or skips it.
-    with store.transaction() as tx:
-        for row in commands.claim_new(tx, 100):
-            try:
-                command = panda_commands.PandaCommand(row.command_id, row.command, json.loads(row.params or "null"),
-                                                      bool(row.ack_requested))
-                status, diag, killed = apply_command(instance, tx, command)
-            except ValueError as exc:   # params we cannot read back: keep the reason, do not loop
-                status, diag, killed = commands.REJECTED, f"malformed params: {exc}", 0
-            commands.record_outcome(tx, row.command_id, status, diag, at)
-            run.commands_applied += status == commands.APPLIED
-            run.kills_from_panda += killed
+    # and marked in the same transaction, so another host's propagate finds it applied or skips it. A COMMIT
+    # whose answer never came applied them all or none: a later run applies what was not kept.
+    applied = killed_now = 0
+    try:
+        with store.transaction() as tx:
+            for row in commands.claim_new(tx, 100):
+                try:
+                    command = panda_commands.PandaCommand(row.command_id, row.command,
+                                                          json.loads(row.params or "null"), bool(row.ack_requested))
+                    status, diag, killed = apply_command(instance, tx, command)
+                except ValueError as exc:   # params we cannot read back: keep the reason, do not loop
+                    status, diag, killed = commands.REJECTED, f"malformed params: {exc}", 0
+                commands.record_outcome(tx, row.command_id, status, diag, at)
+                applied += status == commands.APPLIED
+                killed_now += killed
+    except CommitUnknown as exc:
+        run.errors.append(f"commands: {exc}; those not kept are applied by a later run, once")
+        return
+    run.commands_applied += applied
+    run.kills_from_panda += killed_now
     # Acknowledge only what was applied here; a rejected command keeps its reason in the table. Claimed, so
     # one host acknowledges each (and the claim expires if it dies before it could).
     with store.transaction() as tx:
@@ -248,8 +268,9 @@ def handle_commands(instance: Instance, run: PropagateRun) -> None:
             with store.transaction() as tx:
                 commands.release(tx, to_ack)
             return
-        with store.transaction() as tx:
-            commands.record_acknowledged(tx, to_ack)
+        # PanDA has the acknowledgements: a COMMIT whose answer never came is written again (a second run
+        # finds them acknowledged already)
+        store.retrying(lambda tx: commands.record_acknowledged(tx, to_ack), rerun_unknown=True)
 
 
 def _service_metrics_key(host: str) -> str:

@@ -15,6 +15,12 @@ One queue's submission, in order (`submit_queue`):
   4. record_pending                one transaction: the rows and their jobs' bindings, only while the lease holds
   5. backend.submit                each batch job tagged with the harvester id and its worker id
   6. record_results                one transaction: submitted or missed, rows still pending only; jobs follow
+
+A COMMIT of step 4 or 6 whose answer never came (the database failed over under it) is looked up after
+reconnecting: step 4's rows exist (then the backend is called) or not (then they are recorded again); step
+6's rows are no longer pending (kept) or still are (recorded again). If the database does not come back
+within db_reconnect_seconds, the rows stay pending, claimed by a run that has ended: the next submit's repair
+asks the backend (find) and adopts them. Never a second backend call for them.
 """
 
 from __future__ import annotations
@@ -166,7 +172,7 @@ def _end_unknown(instance: Instance, queue: QueueConfig, rows: list, exc: Except
         outbox.enqueue_workers(tx, queue.name, list(diags))
         transitions.fail_jobs_of_unknown(tx, queue, diags, at)
 
-    instance.store.retrying(record)
+    instance.store.retrying(record, committed=lambda tx: not workers.pending_of_mine(tx, list(diags)))
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -291,8 +297,11 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
         workers.record_pending(tx, rows)
         jobs.bind(tx, links, at)
 
+    recorded = [r[0] for r in rows]
     try:
-        store.retrying(insert)   # run again whole if another host's transaction deadlocked it
+        # run again whole if another host's transaction deadlocked it; a COMMIT whose answer never came is
+        # looked up: the rows are there, or recorded now
+        store.retrying(insert, committed=lambda tx: bool(workers.pending_of_mine(tx, recorded)))
     except LeaseLost:
         if links:   # the jobs bound for these workers wait for the next run, not for their claims to expire
             with store.transaction() as tx:
@@ -331,7 +340,10 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
         if bad:
             transitions.requeue_jobs(tx, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
 
-    instance.store.retrying(record)
+    # The backend has these workers: a COMMIT whose answer never came is looked up (the rows left pending,
+    # or not), never answered by a second backend call.
+    ids = [r.worker_id for r in results]
+    instance.store.retrying(record, committed=lambda tx: not workers.pending_of_mine(tx, ids))
     for r in bad:
         instance.count("harvester_cli_submission_failures_total", queue=queue.name,
                        computing_element=r.computing_element or "")
@@ -421,7 +433,8 @@ def withdraw(instance: Instance, queue: QueueConfig, worker_ids: list[int]) -> I
         transitions.requeue_jobs(tx, queue, {w: diag for w in ended}, at, attempt=False)
         return len(ended)
 
-    outcome.adopted, outcome.cancelled = len(adopted), store.retrying(cancel)
+    outcome.adopted = len(adopted)
+    outcome.cancelled = store.retrying(cancel, committed=lambda tx: not workers.pending_of_mine(tx, absent))
     return outcome
 
 

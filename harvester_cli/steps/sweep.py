@@ -1,6 +1,10 @@
 """sweep: kill workers marked for killing (with a cap against mass accidents; queued pilots marked for
 retirement are removed only while still queued, steps/retire.py), then forget final workers and done jobs
-after their retention time."""
+after their retention time.
+
+A kill is recorded (cancelled) after the backend's answer; when the state database fails over under that
+COMMIT, the record is looked up after reconnecting and written again if it was not kept, so the next sweep
+does not kill the same workers again."""
 
 from __future__ import annotations
 
@@ -157,16 +161,22 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
         at = model.now()
         killed = [(r, o) for r, o in zip(rows, outcomes) if o.ok]
         failed = [(r, o) for r, o in zip(rows, outcomes) if not o.ok]
-        with store.transaction() as tx:
+
+        def record(tx) -> int:
             # poll does not claim: a worker it saw end meanwhile keeps the final state poll recorded.
             fresh = workers.unchanged(tx, [r for r, _ in killed])
-            killed = [(r, o) for r, o in killed if r.worker_id in fresh]
-            if killed:
-                workers.record_cancelled(tx, [(r.worker_id, f"killed: {r.kill_reason}") for r, _ in killed], at)
-                outbox.enqueue_workers(tx, queue.name, [r.worker_id for r, _ in killed])
-                transitions.fail_jobs_of_killed(tx, queue, {r.worker_id: r.kill_reason for r, _ in killed}, at)
+            ended = [r for r, _ in killed if r.worker_id in fresh]
+            if ended:
+                workers.record_cancelled(tx, [(r.worker_id, f"killed: {r.kill_reason}") for r in ended], at)
+                outbox.enqueue_workers(tx, queue.name, [r.worker_id for r in ended])
+                transitions.fail_jobs_of_killed(tx, queue, {r.worker_id: r.kill_reason for r in ended}, at)
             workers.release(tx, [r.worker_id for r in rows])
-        result.killed += len(killed)
+            return len(ended)
+
+        # The backend killed them: a deadlock, or a failover under the COMMIT (looked up: the workers are
+        # cancelled as written at `at`, or written again), must not leave them to be killed a second time.
+        killed_ids = [r.worker_id for r, _ in killed]
+        result.killed += store.retrying(record, committed=lambda tx: workers.written_at(tx, killed_ids, at))
         result.kill_failed += [(r.worker_id, o.error or "kill failed") for r, o in failed]
         if failed:
             return   # the backend refuses: do not spin on the same workers; the next run retries
@@ -192,8 +202,9 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
             if exit_code_of(exc) > 1:   # a configuration problem says so; an outage waits for the next sweep
                 result.exit_code = max(result.exit_code, exit_code_of(exc))
             return
-        with store.transaction() as tx:
-            result.cleaned += workers.forget(tx, [r.worker_id for r in rows])
+        ids = [r.worker_id for r in rows]   # a COMMIT whose answer never came: gone, or forgotten now
+        result.cleaned += store.retrying(lambda tx: workers.forget(tx, ids),
+                                         committed=lambda tx: not workers.by_ids(tx, ids))
 
 
 def delete_done_jobs(instance: Instance, queue: QueueConfig, result: QueueSweep, retention: int) -> None:

@@ -475,6 +475,56 @@ def test_state_url_gets_the_installed_driver_unless_one_is_named(written, used):
     assert parse(data).state_url == used
 
 
+@pytest.mark.parametrize("written,used", [
+    ("postgresql://h:pw@db1:5432,db2:5433/harvester?target_session_attrs=read-write",
+     "postgresql+psycopg://h:pw@/harvester?host=db1:5432&host=db2:5433&target_session_attrs=read-write"),
+    ("postgresql://h@/harvester?host=db1,db2&port=5432&target_session_attrs=primary",
+     "postgresql+psycopg://h@/harvester?host=db1:5432&host=db2:5432&target_session_attrs=primary"),
+    ("host=db1,db2 port=5432,5433 dbname=harvester user=h password='a b\\'c' target_session_attrs=read-write",
+     "postgresql+psycopg://h:a%20b%27c@/harvester?host=db1:5432&host=db2:5433&target_session_attrs=read-write"),
+    ("host=db1 dbname=harvester user=h", "postgresql+psycopg://h@db1/harvester"),
+    ("postgresql://h@[::1]:5432,[::2]:5433/harvester?target_session_attrs=read-write",
+     "postgresql+psycopg://h@/harvester?host=::1,::2&port=5432,5433&target_session_attrs=read-write"),
+])
+def test_state_takes_libpqs_several_hosts_in_each_of_its_forms(written, used):
+    data = minimal()
+    data["state"] = written
+    assert parse(data).state_url == used
+
+
+def test_the_several_hosts_are_listed_in_libpqs_order_and_no_password_is_shown():
+    from harvester_cli.config.state_url import servers
+
+    url = config.state_url_from("host=db1,db2 port=5432,5433 dbname=h user=u password=s3cret "
+                                "target_session_attrs=read-write")
+    assert servers(url) == ["db1:5432", "db2:5433"]
+    assert "s3cret" not in config.display_url(url) and "host=db1:5432&host=db2:5433" in config.display_url(url)
+    assert "s3cret" not in config.display_url(url + "&password=s3cret")
+    assert servers(config.state_url_from("postgresql://u@[::1]:1,[::2]:2/h?target_session_attrs=read-write")) == \
+        ["[::1]:1", "[::2]:2"]
+
+
+@pytest.mark.parametrize("written,says", [
+    ("postgresql://h:pw@db1,db2/harvester", "several hosts need target_session_attrs=read-write"),
+    ("postgresql://h@db1,db2/harvester?target_session_attrs=any", "several hosts need target_session_attrs"),
+    ("mariadb://h:pw@db1,db2/harvester", "MariaDB/MySQL takes one server"),
+    ("host=db1,db2 port=1,2,3 dbname=h target_session_attrs=read-write", "2 hosts and 3 ports"),
+    ("host=db1 dbname=h colour=blue", "'colour' is not a libpq connection keyword"),
+    ("postgresql://h@db1,db2/harvester?host=db3&target_session_attrs=read-write", "give them once"),
+])
+def test_a_state_harvester_cli_cannot_use_is_refused_without_its_password(written, says):
+    data = minimal()
+    data["state"] = written
+    message = error(data)
+    assert "state" in message and says in message and "pw@" not in message
+
+
+def test_a_keyword_form_state_is_a_server_not_a_file_beside_the_config(tmp_path):
+    data = minimal()
+    data["state"] = "host=db1 dbname=harvester user=h"
+    assert parse(data, tmp_path).state_url == "postgresql+psycopg://h@db1/harvester"
+
+
 def test_default_state_under_xdg_state_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "st"))
     cfg = parse(minimal())
@@ -742,6 +792,7 @@ queues.walltime 60 INT_MAX                   queues.n_queue_limit_worker 0 INT_M
 queues.n_queue_limit_worker_ratio 0 100000   queues.n_queue_limit_worker_min 0 INT_MAX
 queues.max_workers 0 INT_MAX                 queues.max_new_workers_per_cycle 0 INT_MAX
 queues.max_queued_cores 0 INT_MAX            queues.max_queued_memory_mb 0 INT_MAX
+queues.retire_max_per_run 0 100000           queues.retire_min_age 60 INT_MAX
 queues.throttle_missed 0 INT_MAX             queues.throttle_window 1 INT_MAX
 queues.activated_factor 0 1000               queues.empty_pilot_floor 0 1
 queues.n_queue_limit_job 0 INT_MAX           queues.max_submit_attempts 1 INT_MAX
@@ -760,7 +811,7 @@ cron.alert_after 0 604800                    log_server.port 0 65535
 log_server.max_connections 8 100000          log_server.threads 1 256
 log_server.header_timeout >0 3600            log_server.idle_timeout >0 3600
 metrics.panda_interval 0 86400               instance.cycle_interval 0 86400
-instance.db_timeout 1 86400
+instance.db_timeout 1 86400                  instance.db_reconnect_seconds 0 86400
 queues.backend_options.htcondor.max_at_once 1 INT_MAX
 queues.backend_options.htcondor.ce_fair_share 0 1
 queues.backend_options.htcondor.ce_stats_window 60 INT_MAX
@@ -778,6 +829,9 @@ queues.backend_options.slurm.max_concurrent_sbatch 1 256
 queues.backend_options.slurm.command_timeout >0 3600
 queues.backend_options.slurm.squeue_cache_seconds 0 3600
 queues.backend_options.slurm.history_window 60 INT_MAX
+queues.backend_options.slurm.ssh_port 1 65535
+queues.backend_options.slurm.connect_timeout >0 600
+queues.backend_options.slurm.control_persist 1 3600
 queues.backend_options.slurm.ce_fair_share 0 1
 queues.backend_options.slurm.ce_stats_window 60 INT_MAX
 queues.backend_options.slurm.ce_backoff_seconds 0 INT_MAX

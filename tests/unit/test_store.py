@@ -11,7 +11,7 @@ from sqlalchemy import select
 from harvester_cli.errors import StateError
 from harvester_cli.state import claims, meta, outbox
 from harvester_cli.state.schema import reports, workers
-from harvester_cli.state.store import Store
+from harvester_cli.state.store import Store, Tx
 from tests.support.harness import new_state
 from tests.support.outbox import assert_final_update_stays
 
@@ -93,3 +93,95 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(url):
         assert tx.conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert tx.conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert tx.conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10000
+
+
+# -- a COMMIT whose answer never came (a failover under it): looked up, never redone blindly ------------
+
+
+def losing_commits(store: Store, kept: bool, times: int = 1):
+    """store.transaction whose first `times` COMMITs lose their answer: kept (committed, then the error) or
+    not (rolled back, then the error), as a server that went away under the COMMIT leaves it."""
+    from contextlib import contextmanager
+
+    from harvester_cli.errors import CommitUnknown
+
+    real = store.transaction
+    left = [times]
+
+    @contextmanager
+    def transaction():
+        if left[0] <= 0:
+            with real() as tx:
+                yield tx
+            return
+        left[0] -= 1
+        if kept:
+            with real() as tx:
+                yield tx
+        else:
+            with store.engine.connect() as conn:
+                conn.begin()
+                yield Tx(conn, store)
+                conn.rollback()
+        store.unknown_commits += 1
+        raise CommitUnknown("the server went away while a COMMIT was on its way")
+
+    store.transaction = transaction
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "lost"])
+def test_an_unanswered_commit_is_looked_up_and_written_once(url, kept):
+    store = Store(url)
+    losing_commits(store, kept)
+    runs = []
+
+    def work(tx):
+        runs.append(1)
+        meta.put(tx, "failover_test", 7)
+        return "done"
+
+    def committed(tx):
+        return tx.execute(select(meta.meta.c.ivalue).where(meta.meta.c.key == "failover_test")).first() is not None
+
+    assert store.retrying(work, committed=committed) == "done"
+    assert len(runs) == (1 if kept else 2)   # kept: found by looking, not run again
+    assert store.stats()["unknown_commits"] == 1
+
+
+def test_an_unanswered_commit_goes_on_up_unless_the_work_says_how_to_resolve_it(url):
+    from harvester_cli.errors import CommitUnknown
+
+    store = Store(url)
+    losing_commits(store, kept=False)
+    with pytest.raises(CommitUnknown):
+        store.retrying(lambda tx: meta.put(tx, "failover_test", 1))
+    losing_commits(store, kept=True, times=10)   # a server that never answers a COMMIT: the work stops
+    with pytest.raises(CommitUnknown):
+        store.retrying(lambda tx: meta.put(tx, "failover_test", 1), rerun_unknown=True)
+
+
+def test_what_counts_as_a_server_gone_rather_than_a_refusal():
+    import psycopg
+    import pymysql
+
+    from harvester_cli.state.store import not_writable_yet, server_gone
+
+    gone = [psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+            psycopg.errors.ReadOnlySqlTransaction("cannot execute UPDATE in a read-only transaction"),
+            psycopg.OperationalError("connection failed: connection to server at \"10.0.0.1\", port 5432 failed: "
+                                     "Connection refused"),
+            psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly"),
+            psycopg.OperationalError("connection failed: connection to server at \"10.0.0.2\", port 5432 failed: "
+                                     "session is read-only"),
+            pymysql.err.OperationalError(2003, "Can't connect to MySQL server"),
+            pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"),
+            pymysql.err.OperationalError(1290, "The MariaDB server is running with the --read-only option")]
+    refused = [psycopg.OperationalError("connection failed: FATAL:  password authentication failed for user \"h\""),
+               psycopg.errors.UndefinedTable("relation \"workers\" does not exist"),
+               pymysql.err.OperationalError(1045, "Access denied for user"),
+               pymysql.err.OperationalError(1049, "Unknown database 'h'")]
+    assert [server_gone(e) for e in gone] == [True] * len(gone)
+    assert [server_gone(e) for e in refused] == [False] * len(refused)
+    # worth waiting for even before this command ever reached a server: one that answers but is shutting down
+    # or read-only (a standby not promoted yet), not one that never answered
+    assert [not_writable_yet(e) for e in gone] == [True, True, False, False, True, False, False, True]

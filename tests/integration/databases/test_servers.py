@@ -159,3 +159,35 @@ def test_a_final_update_is_never_replaced_by_one_that_is_not_final(server_url):
     store = Store(server_url)
     assert_final_update_stays(store)
     store.close()
+def blocked(store: Store) -> bool:
+    """Whether another session of this database waits for a lock."""
+    from sqlalchemy import text
+
+    query = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+             if store.url.startswith("postgresql") else
+             "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
+    with store.engine.connect() as conn:
+        return bool(conn.execute(text(query)).scalar())
+
+
+def test_two_hosts_first_worker_ids_ever_are_reserved_once(server_url):
+    """Two hosts' first submits on a new database both find no last worker id to lock: the second's insert
+    waits for the first's COMMIT, then takes the next ids instead of failing on the key."""
+    import threading
+
+    from harvester_cli.state import meta
+    from harvester_cli.state.schema import meta as meta_table
+
+    new_state(server_url)
+    first, second = Store(server_url), Store(server_url)
+    got: list = []
+    with first.transaction() as tx:   # the first host's reservation, not committed yet
+        tx.execute(meta_table.insert().values(key=meta.LAST_WORKER_ID, ivalue=5))
+        waiting = threading.Thread(target=lambda: got.append(meta.allocate_worker_ids(second, 3)))
+        waiting.start()
+        wait_until(lambda: blocked(first) or not waiting.is_alive(), 60, what="the second host waiting on the key")
+    waiting.join(60)
+    assert got == [[6, 7, 8]]
+    assert meta.allocate_worker_ids(first, 1) == [9]
+    first.close()
+    second.close()
