@@ -90,3 +90,20 @@ def record(instance: Instance, queue: QueueConfig, found: Demand) -> None:
     """Leave this queue's demand for the hosts that do not run it."""
     with instance.store.transaction() as tx:
         stored.record_demand(tx, queue.name, found)
+
+
+def samples(instance: Instance) -> list[tuple[str, float, dict]]:
+    """The shared caps' metrics: (family, value, labels) for each cap and kind, its limit and its use."""
+    caps = list(instance.config.caps.values())
+    if not caps:
+        return []
+    with instance.store.reading() as tx:
+        usage = stored.usage(tx, sorted({q for cap in caps for q in cap.queues}))
+    out = []
+    for cap in caps:
+        for kind, limit in cap.limits().items():
+            labels = {"cap": cap.name, "kind": kind}
+            out.append(("harvester_cli_shared_cap_limit", limit, labels))
+            out.append(("harvester_cli_shared_cap_used", sum(getattr(usage[q], _KINDS[kind]) for q in cap.queues),
+                        labels))
+    return out

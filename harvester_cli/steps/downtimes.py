@@ -22,10 +22,10 @@ def add(instance: Instance, *, queue: str | None, ce: str | None, start: float |
     start = at if start is None else start
     if queue is None and ce is None:
         raise UsageError("name what is down: --queue, --ce, or both")
-    if end <= start:
-        raise UsageError(f"the end ({rules.utc(end)}) must be after the start ({rules.utc(start)})")
     if end <= at:
         raise UsageError(f"the end ({rules.utc(end)}) has passed already: times are UTC")
+    if end <= start:
+        raise UsageError(f"the end ({rules.utc(end)}) must be after the start ({rules.utc(start)})")
     with instance.store.transaction() as tx:
         downtime_id = stored.add(tx, queue=queue, ce=ce, start=start, end=end, severity=severity, reason=reason,
                                  at=at, host=instance.host)
@@ -100,3 +100,23 @@ def summary(instance: Instance, queues: list[QueueConfig], at: float | None = No
             "ces_down": [{"queue": d.queue, "computing_element": ce, "why": why}
                          for d in down.values() if not d.why for ce, why in d.ces.items()],
             "problems": list(instance.downtime_problems)}
+
+
+def samples(instance: Instance, queues: list[QueueConfig], at: float | None = None) -> list[tuple[str, float, dict]]:
+    """The downtime metrics: (family, value, labels) for each downtime not over yet and each queue it
+    concerns, whether each queue and each of its CEs may get new workers now."""
+    at = model.now() if at is None else at
+    out = []
+    for row in listing(instance, queues, at=at):
+        for queue in row["queues"]:
+            labels = {"queue": queue, "computing_element": row["computing_element"] or "", "severity": row["severity"],
+                      "source": row["source"], "reason": row["reason"][:100]}
+            out.append(("harvester_cli_downtime_start_timestamp_seconds", rules.parse_time(row["start"]), labels))
+            out.append(("harvester_cli_downtime_end_timestamp_seconds", rules.parse_time(row["end"]), labels))
+    for name, down in state(instance, queues, at).items():
+        out.append(("harvester_cli_queue_down", 1 if down.why else 0, {"queue": name}))
+        queue = next(q for q in queues if q.name == name)
+        for ce in rules.fanout_ces(queue):
+            out.append(("harvester_cli_computing_element_down", 1 if down.why or ce in down.ces else 0,
+                        {"queue": name, "computing_element": ce}))
+    return out
