@@ -29,6 +29,7 @@ def add(instance: Instance, *, queue: str | None, ce: str | None, start: float |
     with instance.store.transaction() as tx:
         downtime_id = stored.add(tx, queue=queue, ce=ce, start=start, end=end, severity=severity, reason=reason,
                                  at=at, host=instance.host)
+    instance.downtimes(fresh=True)   # this process's next submission sees it
     return Downtime(start, end, severity, reason, queue, ce, "database", str(downtime_id))
 
 
@@ -36,6 +37,7 @@ def remove(instance: Instance, ids: list[int]) -> tuple[list[int], list[int]]:
     """Withdraw downtimes by id; returns (removed, not found)."""
     with instance.store.transaction() as tx:
         removed = stored.remove(tx, ids)
+    instance.downtimes(fresh=True)
     return removed, [i for i in ids if i not in removed]
 
 
