@@ -535,7 +535,8 @@ def consume_targets(instance: Instance, queue: QueueConfig, specs: list[WorkerSp
 
 def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, resource_type: str,
                  force: bool) -> planner.Plan:
-    """`submit --count N`: exactly N, still within max_workers unless forced; fewer says which caps cut it."""
+    """`submit --count N`: exactly N, still within max_workers and what is left of the shared caps unless
+    forced, and never into a downtime; fewer says which caps cut it."""
     active = sum(state.queued.values()) + sum(state.running.values())
     trace = [planner.Step("requested", f"--count {count} --resource-type {resource_type}", count)]
     cuts = []
@@ -547,6 +548,16 @@ def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, reso
         if n < count:
             cuts.append(f"max_workers={queue.max_workers} with {active} worker(s) active leaves room for "
                         f"{n} (--force lifts max_workers)")
+        for cap in state.shared_caps:   # what is left of each shared cap, over every host
+            unit = state.sizes.get(resource_type, (queue.core_count, 0))[0] if cap.kind == "cores" else 1
+            used = sum(cap.used.values())
+            room = max(0, cap.limit - used) // max(1, unit)
+            if room < n:
+                cuts.append(f"shared cap {cap.name}: max_{cap.kind}={cap.limit} with {used} used leaves room for "
+                            f"{room} (--force lifts it)")
+            n = min(n, room)
+            trace.append(planner.Step(f"shared cap {cap.name} (hard cap; --force overrides)",
+                                      f"max_{cap.kind}={cap.limit}, used={used}", n))
     if state.downtime is not None:
         n = 0
         trace.append(planner.Step("downtime", state.downtime, n))

@@ -218,3 +218,18 @@ def test_plan_shows_a_shared_cap_and_submit_keeps_each_queue_within_its_share(ha
     assert {q["queue"]: len(q["submitted"]) for q in submitted["queues"]} == {"CAP_A": 4, "CAP_B": 2}
     again = harness.cli_json("submit")
     assert [len(q["submitted"]) for q in again["queues"]] == [0, 0]
+
+
+def test_submit_count_stays_within_what_is_left_of_a_shared_cap_unless_forced(harness, sim):
+    local = {"mode": "pull", "pilot": "sleep 60", "max_workers": 50}
+    harness.write_config({"CNT_A": local, "CNT_B": local}, caps={"SITE": {"queues": ["CNT_A", "CNT_B"],
+                                                                       "max_running": 3}})
+    first = harness.cli_json("submit", "--queue", "CNT_B", "--count", "2")
+    assert len(first["queues"][0]["submitted"]) == 2
+    cut = harness.cli("--json", "submit", "--queue", "CNT_A", "--count", "4")
+    assert cut.returncode == 1
+    data = json.loads(cut.stdout)
+    assert len(data["queues"][0]["submitted"]) == 1
+    assert "shared cap SITE: max_running=3 with 2 used leaves room for 1 (--force lifts it)" in data["errors"][0]
+    forced = harness.cli_json("submit", "--queue", "CNT_A", "--count", "2", "--force")
+    assert len(forced["queues"][0]["submitted"]) == 2
