@@ -56,7 +56,8 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge", "When a downtime of a queue or of one of its CEs starts (Unix time); one series per downtime "
                  "(under way or announced) and queue.", ("queue", "computing_element", "severity", "source", "reason")),
     "harvester_cli_downtime_end_timestamp_seconds": (
-        "gauge", "When that downtime ends (Unix time).", ("queue", "computing_element", "severity", "source", "reason")),
+        "gauge", "When that downtime ends (Unix time).",
+        ("queue", "computing_element", "severity", "source", "reason")),
     "harvester_cli_queue_down": (
         "gauge", "1 when no new worker of the queue may go anywhere now (a downtime of the queue or of every CE it "
                  "has, walltime included).", ("queue",)),

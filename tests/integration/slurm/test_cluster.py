@@ -516,7 +516,8 @@ def test_a_push_queue_down_everywhere_fetches_nothing_and_its_running_worker_is_
     waiting = sim.add_jobs("SLURM_DOWN", 2, jobPars="true")
     run_cycle(instance, queues)
     fetched = fetching.fetch_jobs(instance, queues).queues[0]
-    assert fetched.stored == 0 and fetched.skipped.startswith("not fetching: every CE in downtime: debug: OUTAGE until ")
+    assert fetched.stored == 0
+    assert fetched.skipped.startswith("not fetching: every CE in downtime: debug: OUTAGE until ")
     assert "(Slurm upgrade)" in fetched.skipped
     assert [sim.job_status(i) for i in waiting] == ["activated", "activated"]
     (w,) = worker_rows(instance)
