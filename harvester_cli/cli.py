@@ -32,6 +32,7 @@ COMMANDS = {
     "plan": ("harvester_cli.commands.plan", "Print how many workers each queue would get, and why (no submission)."),
     "cycle": ("harvester_cli.commands.cycle", "Run fetch-jobs, submit, poll, propagate and sweep in order."),
     "status": ("harvester_cli.commands.status", "Jobs and workers by state, per queue."),
+    "downtime": ("harvester_cli.commands.downtime", "Announce, list and remove downtimes of queues and CEs (UTC)."),
     "workers": ("harvester_cli.commands.workers", "List workers, one row each."),
     "jobs": ("harvester_cli.commands.jobs", "List jobs, one row each."),
     "renew-proxy": ("harvester_cli.commands.renew_proxy", "Renew proxies and token files; fall back to the next certificate; alert."),

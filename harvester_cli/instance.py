@@ -23,6 +23,10 @@ from harvester_cli.faults import fault_point
 log = logging.getLogger(__name__)
 
 
+# Seconds a process keeps the downtimes it read (a long submission asks at every backend batch).
+DOWNTIMES_TTL = 30.0
+
+
 class Instance:
     def __init__(self, config: Config, state_url: str | None = None):
         self.config = config
@@ -31,6 +35,11 @@ class Instance:
         self._pilot_parts: dict[tuple, dict[str, str]] = {}   # what every pilot of a queue shares, quoted
         # steps.registration.Registration of this run, once known (fetch and submit of one cycle share it)
         self.registration = None
+        # Announced downtimes, read at most every DOWNTIMES_TTL seconds: (when read, the list); the GOCDB feed's
+        # parse by (path, mtime, size); what went wrong reading the feed (status and plan say so).
+        self._downtimes: tuple[float, list] | None = None
+        self._gocdb: tuple[tuple, list] | None = None
+        self.downtime_problems: list[str] = []
         # What this process counted for the metrics' counters: (family, sorted label pairs) -> amount. Added
         # to the state database's counters after the command (steps.monitor.after_command).
         self.tally: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
@@ -101,6 +110,7 @@ class Instance:
                 panda_url=self.config.panda.url, proxy=self.proxy_for(queue), ca=self.config.panda.ca,
                 ce_statistics=self.ce_statistics, ce_credentials=queue.ce_credentials,
                 ce_token=self.ce_token_finder(queue),
+                blocked_ces=self.blocked_ces,
                 pilot_files=self.pilot_files(queue) if backends.backend_class(queue.backend).delivers_files else {},
             )
             self._backends[queue.name] = backends.create(queue.backend, queue, context)
@@ -153,6 +163,53 @@ class Instance:
         """(queue, login node, answered, why not, when) of every login node the backends of this run tried."""
         return [(queue, c.endpoint, c.answered, c.problem, c.at) for queue, backend in self._backends.items()
                 for c in backend.contacts()]
+    # -- downtimes ---------------------------------------------------------------------------
+
+    def downtimes(self, fresh: bool = False) -> list:
+        """Every announced downtime not over yet: the configuration's, the state database's (added on any
+        host) and the GOCDB feed's (config.downtimes.Downtime). Read again after DOWNTIMES_TTL seconds (a
+        submission asks at every backend batch), or when `fresh`."""
+        from harvester_cli import model
+        from harvester_cli.state import downtimes as stored
+
+        at = model.now()
+        if not fresh and self._downtimes is not None and at - self._downtimes[0] < DOWNTIMES_TTL:
+            return self._downtimes[1]
+        found = [entry.downtime() for entry in self.config.downtimes.scheduled]
+        with self.store.reading() as tx:
+            found += stored.listed(tx, after=at)
+        found += self._gocdb_downtimes()
+        found = [d for d in found if d.end > at]
+        self._downtimes = (at, found)
+        return found
+
+    def _gocdb_downtimes(self) -> list:
+        from harvester_cli.config.downtimes import from_gocdb
+
+        path = self.config.downtimes.gocdb_file
+        self.downtime_problems = []
+        if path is None:
+            return []
+        try:
+            stat = path.stat()
+            key = (str(path), stat.st_mtime_ns, stat.st_size)
+            if self._gocdb is None or self._gocdb[0] != key:
+                self._gocdb = (key, from_gocdb(path.read_bytes()))
+        except OSError as exc:
+            self.downtime_problems.append(f"GOCDB downtime feed {path}: {exc.strerror}: its downtimes are not known")
+        except ValueError as exc:
+            self.downtime_problems.append(f"GOCDB downtime feed {path}: {exc}: its downtimes are not known")
+        else:
+            return self._gocdb[1]
+        log.warning("%s", self.downtime_problems[-1])
+        return []
+
+    def blocked_ces(self, queue: str, ces: list[str], walltime: float) -> dict[str, str]:
+        """{CE: why} for those of `ces` no new worker of `queue` may go to now (BackendContext.blocked_ces)."""
+        from harvester_cli import model
+        from harvester_cli.config.downtimes import blocked_ces
+
+        return blocked_ces(self.downtimes(), queue, ces, model.now(), walltime)
 
     def close(self) -> None:
         for backend in self._backends.values():

@@ -341,13 +341,17 @@ class ArcBackend(Backend):
         return [results[s.worker_id] for s in specs]
 
     def _assign(self, specs: list[WorkerSpec]) -> dict[str, list[WorkerSpec]]:
-        """Spread the workers over the reachable CEs, fewest recently queued first.
+        """Spread the workers over the reachable CEs not in an announced downtime, fewest recently queued first.
 
         No reachable CE is an error for the whole call: the workers stay pending and the next submit
         asks the CEs again (find), so a CE outage costs no job a submission attempt per run.
         """
         reachable, problems, refusals = [], [], []
+        down = self.ces_in_downtime(list(self.options.endpoints))
+        problems += [f"{endpoint}: {why}" for endpoint, why in down.items()]
         for endpoint in self.options.endpoints:
+            if endpoint in down:   # an announced downtime: not even asked
+                continue
             try:
                 self._client(endpoint)
                 reachable.append(endpoint)

@@ -53,6 +53,9 @@ class BackendContext:
     # Files every job carries into its working directory (the pilot's PanDA token and token key):
     # the name in the job's directory -> the file on this host.
     pilot_files: dict[str, Path] = field(default_factory=dict)
+    # blocked_ces(queue, ces, walltime) -> {CE: why} for those of `ces` no new worker of the queue may go to now:
+    # an announced OUTAGE under way, or one that starts within `walltime` (config.downtimes).
+    blocked_ces: Callable[[str, list[str], float], dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,13 @@ class Backend(ABC):
         """`n` more workers of the current submit() have reached the backend (or failed to)."""
         if self.on_submitted is not None and n:
             self.on_submitted(n)
+
+    def ces_in_downtime(self, ces: list[str]) -> dict[str, str]:
+        """{CE: why} for those of `ces` (the fanout's) no new worker of this queue may go to now: in an announced
+        downtime, or one its walltime would run into. The fanout leaves them out; the others take the workers."""
+        if self.context.blocked_ces is None or not ces:
+            return {}
+        return self.context.blocked_ces(self.queue.name, ces, self.queue.walltime)
 
     @classmethod
     def is_host_bound(cls, options: Any) -> bool:

@@ -15,7 +15,8 @@ log), submit.sub (what was submitted) and harvester-outputs/ land there. Push mo
 CE fanout (ce_choice.py): the queue's CEs come from `ces` or a CRIC pandaqueue file; each worker's CE is a
 weighted random choice (recent throughput from the state store mixed with a fair share); CEs that queue the
 queue limit get nothing; CEs that keep failing or cannot be reached (GridResourceUnavailableTime seen by
-poll, remembered in <work_dir>/<queue>/.ce-health.json) are benched for `ce_backoff_seconds`.
+poll, remembered in <work_dir>/<queue>/.ce-health.json) are benched for `ce_backoff_seconds`; CEs in an
+announced downtime (or one a worker's walltime would run into) get nothing while it lasts.
 
 Monitoring: one `Schedd.query` per schedd per poll round (projection only, constraint on harvester id and
 the round's worker id range), then `Schedd.history` bounded in age (`history_window`) for those no longer
@@ -252,6 +253,7 @@ class HTCondorBackend(Backend):
         benched = ce_choice.bench_reasons(names, health=self.load_health(), recent=recent, at=at,
                                           backoff_seconds=self.options.ce_backoff_seconds,
                                           max_failures=self.options.ce_backoff_failures)
+        benched.update(self.ces_in_downtime(names))
         usable = [n for n in names if n not in benched]
         limit = self.queue.n_queue_limit_worker
         capacity = {n: max(0, limit - stats.get(n, {}).get("queued", 0)) for n in usable}

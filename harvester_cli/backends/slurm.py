@@ -24,7 +24,8 @@ Partitions as CEs: `partitions` lists one or more partitions ("name", or "name@c
 cluster through --clusters, which needs slurmdbd). With several, each worker's partition is picked by the
 CE fanout (ce_choice.py: recent throughput mixed with a fair share, a partition queuing the queue's
 n_queue_limit_worker gets nothing, one that keeps failing is benched for ce_backoff_seconds, one sinfo
-does not show as up is skipped). The partition is the worker's computing_element.
+does not show as up is skipped, and so is one in an announced downtime). The partition is the worker's
+computing_element.
 
 Monitoring: one `squeue -u <user> -t all -r` listing per poll (reused for `squeue_cache_seconds`, so the
 monitor's rounds of 500 workers and the other queues on the same cluster share it), then `sacct` (slurmdbd, or the job-completion log with -c when
@@ -263,6 +264,7 @@ class SlurmBackend(Backend):
                 benched.setdefault(name, "sinfo does not list this partition")
             elif not states[name].startswith("up"):
                 benched.setdefault(name, f"partition is {states[name]} (sinfo)")
+        benched.update(self.ces_in_downtime(names))
         usable = [n for n in names if n not in benched]
         limit = self.queue.n_queue_limit_worker
         capacity = {n: max(0, limit - stats.get(n, {}).get("queued", 0)) for n in usable}

@@ -32,12 +32,15 @@ def command(g, queues, since, wide):
     those that had started when sweep came, left running); updates waiting for PanDA and the oldest one's
     age; the last run of every command on every host (a stale cron shows here) with its last failure's first
     line, and the commands running now (one running longer than its interval stands out); which login node
-    answered each queue that submits through login nodes; time left on each proxy and token.
+    answered each queue that submits through login nodes; time left on each proxy and token; the downtimes
+    under way or announced (what, until when, why) and the queues and CEs that get no new worker now.
     """
     from harvester_cli.output import status as show
+    from harvester_cli.output.downtimes import down_lines, downtimes_table
     from harvester_cli.state import outbox
     from harvester_cli.state.schema import HISTORY_STATES
     from harvester_cli.state.views import report_problems, status_counts
+    from harvester_cli.steps import downtimes
     from harvester_cli.steps.monitor import summary
 
     instance = g.instance()
@@ -45,11 +48,15 @@ def command(g, queues, since, wide):
     data = summary(instance, names, since)
     counts = status_counts(instance.store, names)
     problems = report_problems(instance.store)
+    down = downtimes.summary(instance, g.selected(queues))
     window = f"last {_window(since)}"
     out = g.output()
     out.wide_hint = "--wide"
     show.workers_table(out, data, names, HISTORY_STATES, wide)
     show.jobs_table(out, counts, wide)
+    if down["downtimes"]:
+        downtimes_table(out, "downtimes (under way or announced)", down["downtimes"], wide)
+    down_lines(out, down)
     show.window_table(out, data, window, wide)
     show.errors_table(out, data, window, wide)
     show.lost_and_missed(out, data, window)
@@ -62,7 +69,8 @@ def command(g, queues, since, wide):
     legacy = outbox.pending_counts(instance.store)
     tokens = [{"profile": c["profile"], "file": c["file"], "audience": c["audience"], "exists": c["problem"] is None,
                "seconds_left": c["seconds_left"]} for c in data["credentials"] if c["kind"] == "token"]
-    out.emit({**data, "queues": counts, "pending_reports": legacy, "report_problems": problems, "tokens": tokens})
+    out.emit({**data, "queues": counts, "pending_reports": legacy, "report_problems": problems, "tokens": tokens,
+              "downtimes": down})
     return 0
 
 

@@ -1,6 +1,6 @@
 import click
 
-from harvester_cli.commands import exit_code, pass_globals, queue_option, recorded, report
+from harvester_cli.commands import pass_globals, queue_option, recorded, report
 
 
 @click.command("sweep", epilog="Example: harvester-cli sweep --queue MY_QUEUE --force")

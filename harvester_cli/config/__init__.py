@@ -6,6 +6,8 @@ What lives here, one thing per module:
   its options section) that the backends and the queue's `backend` key derive from;
 - `ces`: a queue's computing elements (listed, or from a CRIC file) and what a CE flavour implies (default
   port, token audience);
+- `downtimes`: announced downtimes of queues and CEs (from the file, the state database or a GOCDB feed)
+  and the rules that read them: which CE, or the whole queue, a new worker may not go to now;
 - `schema`: the rules every key follows, and `Validator`, which collects every problem at once;
 - `loader`: `load` (a file) and `parse` (its tables) into a `Config`, one line per problem;
 - `references`: the rules across tables (profile names, files two profiles would share, the test pilot);
@@ -35,6 +37,7 @@ from harvester_cli.config.sections import (
     PROXY_TOOLS,
     QUEUE_STATUSES,
     SUBMIT_FILE_PATTERNS,
+    CapConfig,
     CertificateConfig,
     CommandLogConfig,
     Config,
@@ -57,7 +60,7 @@ from harvester_cli.config.sections import (
 from harvester_cli.errors import ConfigError  # noqa: F401  (callers catch config.ConfigError)
 
 __all__ = [
-    "PILOT_PLACEHOLDERS", "PROXY_TOOLS", "QUEUE_STATUSES", "SUBMIT_FILE_PATTERNS", "CertificateConfig",
+    "PILOT_PLACEHOLDERS", "PROXY_TOOLS", "QUEUE_STATUSES", "SUBMIT_FILE_PATTERNS", "CapConfig", "CertificateConfig",
     "CommandLogConfig", "Config", "LogRetentionConfig", "LogServerConfig", "MetricsConfig", "PandaConfig", "ProxyProfile",
     "QueueConfig", "RetentionConfig", "SmtpConfig", "SweepConfig", "TokenProfile", "default_state_dir",
     "state_url_from", "state_url_problem", "EXAMPLE", "load", "parse", "as_dict", "display_url", "default_config_path",

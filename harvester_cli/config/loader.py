@@ -9,13 +9,14 @@ Relative paths are taken from the file's directory.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import tomllib
 from pathlib import Path
 
 from harvester_cli.config.backend_options import BACKEND_OPTIONS
 from harvester_cli.config.references import check_references
 from harvester_cli.config.schema import Validator, describe
-from harvester_cli.config.sections import Config, ProxyProfile, QueueConfig, TokenProfile, xdg_dir
+from harvester_cli.config.sections import CapConfig, Config, ProxyProfile, QueueConfig, TokenProfile, xdg_dir
 from harvester_cli.config.state_url import is_file_path
 from harvester_cli.errors import ConfigError
 
@@ -75,6 +76,21 @@ def _queues(validator: Validator, raw: dict, defaults: dict) -> dict[str, QueueC
     return queues
 
 
+def _downtime_times(data: dict) -> None:
+    """TOML datetimes of [[downtimes.scheduled]] as the ISO text the section holds (a local one, without an
+    offset, stays so and is read as UTC)."""
+    downtimes = data.get("downtimes")
+    if not isinstance(downtimes, dict) or not isinstance(downtimes.get("scheduled"), list):
+        return
+    entries = []
+    for entry in downtimes["scheduled"]:
+        if isinstance(entry, dict):
+            entry = {k: v.isoformat() if isinstance(v, (datetime.date, datetime.time)) and k in ("start", "end")
+                     else v for k, v in entry.items()}
+        entries.append(entry)
+    data["downtimes"] = {**downtimes, "scheduled": entries}
+
+
 def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """The configuration from parsed TOML; raises ConfigError listing every problem, one per line."""
     validator = Validator(source, base_dir or Path.cwd())
@@ -86,12 +102,14 @@ def parse(data: dict, source: str = "<config>", base_dir: Path | None = None) ->
             validator.problem("", f"{key}: must be a table, e.g. [queues.MY_QUEUE], got {describe(value)}")
     proxies = _profiles(validator, data, "proxies", ProxyProfile)
     tokens = _profiles(validator, data, "tokens", TokenProfile)
+    caps = _profiles(validator, data, "caps", CapConfig)
+    _downtime_times(data)
     queues = _queues(validator, raw_queues, defaults) if isinstance(raw_queues, dict) and isinstance(defaults, dict) \
         else {}
     config = validator.build(Config, data, "")
     if config is None:
         validator.raise_problems()
-    config = dataclasses.replace(config, proxies=proxies, tokens=tokens, queues=queues)
+    config = dataclasses.replace(config, proxies=proxies, tokens=tokens, queues=queues, caps=caps)
     check_references(validator, config)
     validator.raise_problems()
     state = config.state

@@ -29,6 +29,9 @@ TABLES: tuple[tuple[str, type, str], ...] = (
     ("[log_server]", sections.LogServerConfig, "log_server"),
     ("[metrics]", sections.MetricsConfig, "metrics"),
     ("[instance]", sections.InstanceConfig, "instance"),
+    ("[downtimes]", sections.DowntimesConfig, "downtimes"),
+    ("[[downtimes.scheduled]]", sections.DowntimeEntry, "downtimes.scheduled"),
+    ("[caps.NAME]", sections.CapConfig, "caps"),
     *((f"[queues.NAME.backend_options] of backend = \"{name}\"", cls, f"queues.backend_options.{name}")
       for name, cls in backend_options.BACKEND_OPTIONS.items()),
     ("[queues.NAME.backend_options] ces = [{...}] (htcondor)", backend_options.CE,

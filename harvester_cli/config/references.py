@@ -1,6 +1,7 @@
 """The rules that span tables of a parsed configuration: a profile name must point at a [proxies.NAME] or
 [tokens.NAME] table of the right kind (one token file, or a token per CE), two profiles must not write one
-file, the simulator's test pilot needs [panda] allow_test_pilot, and harvester_id must not be empty.
+file, the simulator's test pilot needs [panda] allow_test_pilot, harvester_id must not be empty, and a
+downtime of a queue names a configured queue (a cap may name queues only other hosts run).
 
 Rules within one table are the sections' own `problems()` (sections.py, backend_options.py); these run
 once every table is built. Used by the loader only.
@@ -64,3 +65,7 @@ def check_references(validator: Validator, config: Config) -> None:
                                                       "the simulator")
     if not config.harvester_id.strip():
         validator.problem("", "harvester_id: must not be empty")
+    for i, entry in enumerate(config.downtimes.scheduled):
+        if entry.queue is not None and entry.queue not in config.queues:
+            validator.problem(f"downtimes.scheduled[{i}]", f"queue: no [queues.{entry.queue}] (configured: "
+                                                           f"{', '.join(config.queues) or 'none'})")

@@ -13,6 +13,8 @@ from typing import Any
 
 from harvester_cli.config.backend_options import BACKEND_OPTIONS
 from harvester_cli.config.ces import AUDIENCE_FORMATS, CE_FLAVOURS, WLCG_COMPUTE_SCOPES
+from harvester_cli.config.downtimes import SEVERITIES as DOWNTIME_SEVERITIES
+from harvester_cli.config.downtimes import Downtime, parse_time
 from harvester_cli.config.schema import Section, section, setting
 from harvester_cli.config.state_url import state_url_from, state_url_problem
 
@@ -421,6 +423,80 @@ class InstanceConfig(Section):
             yield "host", f"{self.host!r}: a host name, not empty and without ':'"
 
 
+# -- downtimes and caps over several queues ----------------------------------------------------
+
+
+@section
+class DowntimeEntry(Section):
+    """[[downtimes.scheduled]]: one announced downtime of a queue, of a CE (for every queue that submits to
+    it), or of one CE of one queue."""
+
+    queue: str | None = setting(None, doc="the queue (none: every queue whose fanout has `ce`)")
+    ce: str | None = setting(None, doc="the CE: an HTCondor-CE host[:port], an A-REX URL, a Slurm partition; a "
+                                       "host alone matches it on any port (none: the whole queue)")
+    start: str | None = setting(None, doc="when it starts, UTC (ISO 8601 text or a TOML datetime, e.g. "
+                                          "2026-03-01T08:00:00Z; none: already under way)")
+    end: str = setting(doc="when it ends, UTC (required: every downtime has an end)")
+    severity: str = setting("OUTAGE", doc="OUTAGE: no new worker goes there, nor one whose walltime would run "
+                                          "into it; AT_RISK: shown, blocks nothing", choices=DOWNTIME_SEVERITIES)
+    reason: str = setting("", doc="why, as status and plan show it")
+
+    def problems(self):
+        if self.queue is None and self.ce is None:
+            yield "", "name a queue, a ce or both"
+        times = {}
+        for key in ("start", "end"):
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    times[key] = parse_time(value)
+                except ValueError as exc:
+                    yield key, str(exc)
+        if len(times) == 2 and times["end"] <= times["start"]:
+            yield "end", f"({self.end}) must be after start ({self.start})"
+
+    def downtime(self) -> Downtime:
+        start = parse_time(self.start) if self.start is not None else 0.0
+        return Downtime(start, parse_time(self.end), self.severity, self.reason, self.queue, self.ce, "config")
+
+
+@section
+class DowntimesConfig(Section):
+    """[downtimes]: announced downtimes beyond those `harvester-cli downtime add` keeps in the state
+    database."""
+
+    scheduled: list[DowntimeEntry] = setting(doc="[[downtimes.scheduled]] entries", factory=list)
+    gocdb_file: Path | None = setting(None, doc="a GOCDB downtime feed: the XML its programmatic interface "
+                                                "answers to method=get_downtime (kept fresh by e.g. a cron "
+                                                "curl); its HOSTNAMEs are matched against the queues' CEs")
+
+
+@section
+class CapConfig(Section):
+    """[caps.NAME]: limits several queues share over every host (PanDA queues on one site or CE). When one
+    binds, it is split between its queues in proportion to their demand (pull: activated jobs; pilot
+    streaming: PanDA's numbers; push: fetched jobs waiting)."""
+
+    name: str = setting(doc="the cap's name (the table's name)")
+    queues: list[str] = setting(doc="the queues sharing it (also those only other hosts run)", factory=list)
+    max_queued: int | None = setting(None, doc="workers waiting in the batch queues, over all its queues")
+    max_running: int | None = setting(None, doc="workers running or queued to run, over all its queues")
+    max_cores: int | None = setting(None, doc="cores of the queued and running workers, over all its queues")
+
+    def problems(self):
+        if not self.queues:
+            yield "queues", "list the queues that share this cap, e.g. [\"SITE_A\", \"SITE_B\"]"
+        elif len(set(self.queues)) != len(self.queues):
+            yield "queues", "a queue is listed twice"
+        if self.max_queued is None and self.max_running is None and self.max_cores is None:
+            yield "", "set max_queued, max_running or max_cores"
+
+    def limits(self) -> dict[str, int]:
+        """{kind: limit} of the limits it sets: queued, running, cores."""
+        return {kind: value for kind, value in (("queued", self.max_queued), ("running", self.max_running),
+                                                 ("cores", self.max_cores)) if value is not None}
+
+
 @section
 class Config(Section):
     harvester_id: str = setting(doc="this instance's id at PanDA")
@@ -449,6 +525,8 @@ class Config(Section):
     cron: CronConfig = setting(doc="[cron]", factory=CronConfig)
     log_server: LogServerConfig = setting(doc="[log_server]", factory=LogServerConfig)
     metrics: MetricsConfig = setting(doc="[metrics]", factory=MetricsConfig)
+    downtimes: DowntimesConfig = setting(doc="[downtimes]", factory=DowntimesConfig)
+    caps: dict[str, CapConfig] = setting(doc="[caps.NAME]", factory=dict)
     path: Path | None = None
 
     def problems(self):
@@ -477,6 +555,10 @@ class Config(Section):
     def panda_site(self, queue_name: str) -> str:
         queue = self.queues.get(queue_name)
         return queue.site if queue else queue_name
+
+    def caps_of(self, queue_name: str) -> list[CapConfig]:
+        """The shared caps a queue is in, by name."""
+        return [cap for _, cap in sorted(self.caps.items()) if queue_name in cap.queues]
 
     def select_queues(self, names: tuple[str, ...] | list[str] = ()) -> list[QueueConfig]:
         from harvester_cli.errors import ConfigError

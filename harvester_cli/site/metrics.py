@@ -58,6 +58,22 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "harvester_cli_pilots_started_during_retirement_total": (
         "counter", "Pilots marked for retirement that had started when sweep came to remove them: left running.",
         ("queue", "computing_element", "host")),
+    "harvester_cli_downtime_start_timestamp_seconds": (
+        "gauge", "When a downtime of a queue or of one of its CEs starts (Unix time); one series per downtime "
+                 "(under way or announced) and queue.", ("queue", "computing_element", "severity", "source", "reason")),
+    "harvester_cli_downtime_end_timestamp_seconds": (
+        "gauge", "When that downtime ends (Unix time).",
+        ("queue", "computing_element", "severity", "source", "reason")),
+    "harvester_cli_queue_down": (
+        "gauge", "1 when no new worker of the queue may go anywhere now (a downtime of the queue or of every CE it "
+                 "has, walltime included).", ("queue",)),
+    "harvester_cli_computing_element_down": (
+        "gauge", "1 when the CE fanout sends no new worker of the queue to this CE now (a downtime, walltime "
+                 "included).", ("queue", "computing_element")),
+    "harvester_cli_shared_cap_limit": ("gauge", "A cap several queues share ([caps.NAME]), per kind.", ("cap", "kind")),
+    "harvester_cli_shared_cap_used": (
+        "gauge", "What the queues of a shared cap use now over every host (workers queued; queued or running; "
+                 "their cores).", ("cap", "kind")),
     "harvester_cli_submission_failures_total": (
         "counter", "Workers whose submission failed (missed), per queue and CE.", ("queue", "computing_element",
                                                                                    "host")),

@@ -23,7 +23,7 @@ from sqlalchemy import (
 # Every migration in migrations/versions, oldest first; HEAD is what this code needs. Read by every command
 # without importing Alembic (only `db upgrade` and friends pay for it).
 REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history",
-             "0006_multihost", "0007_running_commands", "0008_login_nodes")
+             "0006_multihost", "0007_running_commands", "0008_login_nodes", "0009_downtimes")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -183,6 +183,37 @@ panda_registrations = Table(
     Column("panda_url", String(255), primary_key=True),
     Column("harvester_id", String(128), primary_key=True),
     Column("registered", Epoch, nullable=False),   # also the instance's start time in every heartbeat
+)
+
+
+# Downtimes announced with `harvester-cli downtime add`: every host sharing the database sees them. A whole
+# queue (no computing_element), a CE for every queue that submits to it (no queue), or both.
+downtimes = Table(
+    "downtimes", metadata,
+    Column("downtime_id", Integer, primary_key=True, autoincrement=True),
+    Column("queue", String(128)),
+    Column("computing_element", String(255)),
+    Column("start_time", Epoch, nullable=False),
+    Column("end_time", Epoch, nullable=False),
+    Column("severity", String(16), nullable=False),   # OUTAGE | AT_RISK
+    Column("reason", Text),
+    Column("created", Epoch, nullable=False),
+    Column("created_by", String(255)),                # the host it was added on
+    Index("ix_downtimes_end", "end_time"),
+)
+
+# Shared caps ([caps.NAME]): what each queue wanted when a host last planned it, so that a host splits a cap
+# by the demand of queues only other hosts run. Targets are the levels the queue would reach (workers
+# queued, workers queued or running, their cores), not additions: they stay true while others submit.
+queue_demand = Table(
+    "queue_demand", metadata,
+    Column("queue", String(128), primary_key=True),
+    Column("demand", Double, nullable=False),
+    Column("queued_target", Integer, nullable=False),
+    Column("running_target", Integer, nullable=False),
+    Column("cores_target", Integer, nullable=False),
+    Column("host", String(255)),
+    Column("updated", Epoch, nullable=False),
 )
 
 

@@ -1,4 +1,5 @@
-"""fetch-jobs: get jobs from PanDA for push-mode queues and store them verbatim, in bulk."""
+"""fetch-jobs: get jobs from PanDA for push-mode queues and store them verbatim, in bulk. A queue down
+everywhere (an announced downtime of the queue, or of every CE it has) fetches nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
+from harvester_cli.config import downtimes as downtime_rules
 from harvester_cli.errors import CommitUnknown, PandaError, PandaUnreachable, StateUnreachable
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance
@@ -147,6 +149,10 @@ def fetch_queue(instance: Instance, queue: QueueConfig) -> QueueFetch:
         wanted = min(MAX_JOBS_PER_CALL, queue.queued_job_limit() - jobs.waiting(instance.store, queue.name))
         if queue.status != "online":
             return QueueFetch(queue.name, skipped=f"queue status is {queue.status}")
+        down = downtime_rules.queue_down(instance.downtimes(), queue.name, downtime_rules.fanout_ces(queue),
+                                         model.now(), queue.walltime)
+        if down:   # no worker could take a job now: it would wait here instead of running elsewhere
+            return QueueFetch(queue.name, skipped=f"not fetching: {down}")
         if wanted <= 0:
             return QueueFetch(queue.name, skipped="enough jobs wait for workers")
         low = _low_disk(instance, wanted)

@@ -26,6 +26,7 @@ from harvester_cli.site.lifetimes import Credential, credentials
 from harvester_cli.site.logs import redact
 from harvester_cli.state import monitoring, views
 from harvester_cli.state.schema import HISTORY_STATES
+from harvester_cli.steps import caps, downtimes
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,8 @@ def metric_samples(instance: Instance, now: float | None = None):
             samples.add(c["name"], c["value"], host=c["host"], **c["labels"])
         except KeyError:   # a counter an older or newer version declared: not ours to show
             continue
+    for name, value, labels in downtimes.samples(instance, list(config.queues.values()), now) + caps.samples(instance):
+        samples.add(name, value, **labels)
     return samples
 
 

@@ -2,11 +2,18 @@
 
 The trace is what an operator reads to answer "why no pilots?": each step names its rule, its inputs
 and the number that came out, as APF printed "Ready=40, MaxPerCycle=20, MaxPending=12 -> 12".
-Rules in order (docs/domain.md): queue status, missed-worker throttle, max_workers, the queued limit
-(absolute, or a percentage of running with a floor), the demand (pull: activated jobs x factor with an
-empty-pilot floor; push: jobs waiting; pilot streaming: PanDA's numbers), per-cycle and per-run caps,
-the split over resource types (largest remainder), caps on queued cores and memory, and last the PanDA
-registration (no pilot before PanDA knows this instance).
+Rules in order (docs/domain.md): queue status, an announced downtime of the queue (or of every CE it
+has), missed-worker throttle, max_workers, the queued limit (absolute, or a percentage of running with a
+floor), the demand (pull: activated jobs x factor with an empty-pilot floor; push: jobs waiting; pilot
+streaming: PanDA's numbers), the caps shared with other queues ([caps.NAME], split by demand when they
+bind), per-cycle and per-run caps, the split over resource types (largest remainder), caps on queued
+cores and memory, and last the PanDA registration (no pilot before PanDA knows this instance).
+
+A shared cap holds over all its queues and hosts: each queue's share of it is the cap split in proportion
+to the queues' demand, no queue given more than it wants (what it leaves goes to the others), and a
+queue gets new workers only within its share and within what is left of the cap. Every host computes
+the same shares from the same numbers: the workers in the state database, and each queue's demand (its
+own plan's, or the one its host last recorded).
 
 PanDA's activated-job counts lag by up to a minute (a materialized view refreshed on every full minute).
 A pilot that started since the last refresh has probably taken one of the jobs still counted, so those
@@ -47,6 +54,23 @@ class QueueState:
     # that interval; None: the per-cycle cap counts this run only.
     made_recently: int | None = None
     cycle_interval: int = 0
+    downtime: str | None = None                               # why no new worker may go anywhere now (None: it may)
+    ces_down: dict[str, str] = field(default_factory=dict)    # CEs of the fanout in downtime, and why
+    shared_caps: tuple[SharedCap, ...] = ()
+
+
+@dataclass(frozen=True)
+class SharedCap:
+    """A cap several queues share ([caps.NAME]) as one queue's plan sees it: one kind of limit (workers
+    "queued", "running" = queued or running, "cores" of those), what each of its queues uses now over
+    every host (this one included), and for the others the level they would reach and their demand."""
+
+    name: str
+    kind: str
+    limit: int
+    used: dict[str, int]
+    targets: dict[str, int] = field(default_factory=dict)
+    demand: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,9 @@ class Plan:
     per_resource_type: dict[str, int]
     trace: list[Step]
     shortfall: str | None = None   # `submit --count N`: why fewer than N (the caps that cut it)
+    demand: float = 0.0            # what the shared caps are split by: activated jobs, PanDA's numbers, jobs waiting
+    wanted: int = 0                # new workers it wants before the shared caps and the per-cycle and per-run caps
+    caps: list[dict] = field(default_factory=list)   # each shared cap: limit, use and every queue's share
 
     @property
     def total(self) -> int:
@@ -88,6 +115,69 @@ def split(total: int, weights: dict[str, float]) -> dict[str, int]:
     for key in order[:remainder]:
         out[key] += 1
     return out
+
+
+def fair_shares(limit: int, targets: dict[str, int], demand: dict[str, float]) -> dict[str, int]:
+    """A shared cap split between its queues: each gets the level it would reach (`targets`) if all of them
+    fit; otherwise the cap in proportion to `demand`, none above its target, what one leaves split again
+    among the others (queues in name order, so every host computes the same)."""
+    names = sorted(targets)
+    if sum(targets.values()) <= limit:
+        return dict(targets)
+    shares = {q: 0 for q in names}
+    open_ = [q for q in names if demand.get(q, 0) > 0 and targets[q] > 0]
+    left = limit
+    while left > 0 and open_:
+        part = split(left, {q: demand[q] for q in open_})
+        taken = 0
+        for q in list(open_):
+            take = min(part[q], targets[q] - shares[q])
+            shares[q] += take
+            taken += take
+            if shares[q] >= targets[q]:
+                open_.remove(q)
+        left -= taken
+        if not taken:
+            break
+    return shares
+
+
+def _unit(queue: QueueConfig, state: QueueState, kind: str) -> int:
+    """A new worker in the unit of a cap: one worker, or the cores of the queue's largest resource type."""
+    if kind != "cores":
+        return 1
+    return max((state.sizes.get(rt, (queue.core_count, 0))[0] for rt in queue.resource_types), default=1) or 1
+
+
+def _shared(queue: QueueConfig, state: QueueState, cap: SharedCap, headroom: int, demand: float,
+            trace: list[Step], shown: list[dict]) -> int:
+    """New workers within this queue's share of a shared cap and what is left of it."""
+    unit = _unit(queue, state, cap.kind)
+    used = {q: cap.used.get(q, 0) for q in {*cap.used, queue.name}}
+    targets = {q: max(cap.targets.get(q, used[q]), used[q]) for q in used}
+    targets[queue.name] = used[queue.name] + headroom * unit
+    demands = {q: cap.demand.get(q, 0.0) for q in used}
+    demands[queue.name] = demand
+    shares = fair_shares(cap.limit, targets, demands)
+    total = sum(used.values())
+    room = max(0, min(shares[queue.name] - used[queue.name], cap.limit - total))
+    result = min(headroom, room // unit)
+    binding = sum(targets.values()) > cap.limit
+    others = sorted(q for q in used if q != queue.name)
+    inputs = (f"max_{cap.kind}={cap.limit}, used={total} ("
+              + ", ".join(f"{q}={used[q]}" for q in [queue.name, *others]) + ")")
+    if binding:
+        inputs += ("; split by demand " + ", ".join(f"{q}={demands[q]:g}" for q in [queue.name, *others])
+                   + f": share of {queue.name}={shares[queue.name]}")
+    else:
+        inputs += "; not binding"
+    if unit != 1:
+        inputs += f", {unit} cores a worker"
+    trace.append(Step(f"shared cap {cap.name}", inputs, result))
+    shown.append({"cap": cap.name, "kind": cap.kind, "limit": cap.limit, "used": total, "binding": binding,
+                  "queues": {q: {"used": used[q], "target": targets[q], "demand": demands[q], "share": shares[q]}
+                             for q in sorted(used)}})
+    return result
 
 
 def queued_limit(queue: QueueConfig, running: int) -> tuple[int, str]:
@@ -132,11 +222,19 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     rts = list(queue.resource_types)
     queued, running = _sum(state.queued), _sum(state.running)
 
+    demand_total = 0.0
+    wanted = 0
+    caps: list[dict] = []
+
     def done(result: dict[str, int]) -> Plan:
-        return Plan(queue.name, {rt: result.get(rt, 0) for rt in rts}, trace)
+        return Plan(queue.name, {rt: result.get(rt, 0) for rt in rts}, trace, demand=demand_total, wanted=wanted,
+                    caps=caps)
 
     if queue.status != "online":
         trace.append(Step("queue status", f"status={queue.status}", 0))
+        return done({})
+    if state.downtime is not None:
+        trace.append(Step("downtime", state.downtime, 0))
         return done({})
     if queue.throttle_missed is not None and state.missed_recent > queue.throttle_missed:
         trace.append(Step("throttle", f"missed={state.missed_recent} in the last {queue.throttle_window} s "
@@ -158,6 +256,7 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
         trace.append(Step("pilot streaming", "PanDA asks " + ", ".join(f"{rt}={n}" for rt, n in targets.items()),
                           headroom))
         demand = {rt: float(n) for rt, n in targets.items()}
+        demand_total = float(_sum(targets))
     elif queue.mode == "pull":
         if state.activated is None:
             # PanDA could not say: be conservative, as if no job were activated.
@@ -182,6 +281,7 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
                 counted += ")"
             trace.append(Step("activated jobs", f"{counted} -> {left} x {queue.activated_factor}, "
                                                 f"floor={queue.empty_pilot_floor}, queued={queued}", headroom))
+            demand_total = float(left)
             if by_type is not None and left:
                 # Each type's own demand: its activated jobs beyond what already waits for them.
                 demand = {rt: max(0.0, effective[rt] * queue.activated_factor - state.queued.get(rt, 0)) for rt in rts}
@@ -204,6 +304,14 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
         trace.append(Step("waiting jobs", "fetched jobs without a worker: "
                           + ", ".join(f"{rt}={n}" for rt, n in waiting.items()) + at_panda, headroom))
         demand = {rt: float(n) for rt, n in waiting.items()}
+        demand_total = float(_sum(waiting))
+
+    wanted = headroom
+    if state.ces_down:
+        trace.append(Step("CEs in downtime", "; ".join(f"{ce}: {why}" for ce, why in state.ces_down.items())
+                          + "; the fanout sends the workers to the others", headroom))
+    for cap in state.shared_caps:
+        headroom = _shared(queue, state, cap, headroom, demand_total, trace, caps)
 
     if state.made_recently is None:
         headroom = min(headroom, queue.max_new_workers_per_cycle)

@@ -28,11 +28,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from harvester_cli import model
 from harvester_cli.backends.base import SubmitResult, WorkerSpec
 from harvester_cli.config import QueueConfig
+from harvester_cli.config import downtimes as downtime_rules
 from harvester_cli.errors import PandaError, PandaRefused, StateError, exit_code_of
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance, worker_ref
@@ -40,7 +42,7 @@ from harvester_cli.panda import job_counts, resource_types
 from harvester_cli.panda.jobs import MAX_INT32, PandaJob
 from harvester_cli.state import jobs, locks, meta, outbox, targets, workers
 from harvester_cli.state.store import Tx, chunks
-from harvester_cli.steps import planner, registration, retire, transitions
+from harvester_cli.steps import caps, planner, registration, retire, transitions
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +180,13 @@ def _end_unknown(instance: Instance, queue: QueueConfig, rows: list, exc: Except
 # -- planning -------------------------------------------------------------------------------
 
 def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.ActivatedJobs | None,
-                sizes: dict[str, tuple[int, int]], registration_problem: str | None = None) -> planner.QueueState:
+                sizes: dict[str, tuple[int, int]], registration_problem: str | None = None,
+                shared: tuple[planner.SharedCap, ...] = ()) -> planner.QueueState:
     at = model.now()
+    ces = downtime_rules.fanout_ces(queue)
+    announced = instance.downtimes()
+    down = downtime_rules.queue_down(announced, queue.name, ces, at, queue.walltime)
+    ces_down = {} if down else downtime_rules.blocked_ces(announced, queue.name, ces, at, queue.walltime)
     interval = instance.config.instance.cycle_interval
     age = stats_age(instance.config.panda.stats_refresh, at)
     with instance.store.reading() as tx:
@@ -199,7 +206,8 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         started_recently=started,
         stats_age=age, waiting_jobs=waiting, streaming_targets=streaming, missed_recent=missed,
         queued_cores=load.queued_cores, queued_memory_mb=load.queued_memory_mb, sizes=sizes,
-        registration=registration_problem, made_recently=made, cycle_interval=interval)
+        registration=registration_problem, made_recently=made, cycle_interval=interval, downtime=down,
+        ces_down=ces_down, shared_caps=shared)
 
 
 def stats_age(refresh: int, now: float) -> int | None:
@@ -456,22 +464,57 @@ def rounds(counts: dict[str, int], size: int) -> Iterator[dict[str, int]]:
         yield this_round
 
 
+def worker_sizes(instance: Instance, queue: QueueConfig) -> dict[str, tuple[int, int]]:
+    """Cores and memory of a new worker per resource type of the queue."""
+    definitions = resource_types.definitions(instance.panda, instance.cache_dir / "resource_types.json")
+    return {rt: resource_types.worker_size(queue, rt, definitions) for rt in queue.resource_types}
+
+
+def _demand_now(instance: Instance, activated: job_counts.ActivatedJobs | None):
+    """demand_of for caps.inputs: another queue of this host's configuration, planned without the shared
+    caps, for what it wants now."""
+    def demand_of(other: QueueConfig, usage) -> caps.Demand:
+        sizes = worker_sizes(instance, other)
+        wanted = planner.plan(other, queue_state(instance, other, activated, sizes), run_remaining=MAX_PLAN)
+        return caps.demand(wanted, usage, max(c for c, _ in sizes.values()), instance.host, model.now())
+
+    return demand_of
+
+
+# What a queue's demand for the shared caps is planned with in place of the per-run cap.
+MAX_PLAN = 10**9
+
+
+@contextmanager
+def _cap_leases(instance: Instance, queue: QueueConfig, dry_run: bool) -> Iterator[str | None]:
+    """Hold the lease of every shared cap of the queue; yields the cap another run holds (None: all held)."""
+    with ExitStack() as stack:
+        for name in caps.lease_names(instance, queue):
+            if not stack.enter_context(locks.lease(instance.store, name)) and not dry_run:
+                yield name.removeprefix("cap:")
+                return
+        yield None
+
+
 def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.ActivatedJobs | None,
                  run_remaining: int, *, dry_run: bool = False, count: int | None = None,
                  resource_type: str | None = None, force: bool = False,
                  progress: Callable[[int], None] | None = None, registration_problem: str | None = None) -> QueueSubmit:
     result = QueueSubmit(queue.name)
-    with locks.lease(instance.store, f"submit:{queue.name}") as got:
+    with locks.lease(instance.store, f"submit:{queue.name}") as got, _cap_leases(instance, queue, dry_run) as busy:
         if not got and not dry_run:
             result.skipped = "another run is submitting for this queue"
+            return result
+        if busy is not None:
+            result.skipped = f"another run is submitting for a queue sharing cap {busy}"
             return result
         if not dry_run:   # under the queue lock: never repair the pending workers of a live submission
             repair = repair_pending(instance, queue)
             result.adopted, result.missed, result.error = repair.adopted, repair.missed, repair.problem
             result.error_exit = repair.exit_code
-        definitions = resource_types.definitions(instance.panda, instance.cache_dir / "resource_types.json")
-        sizes = {rt: resource_types.worker_size(queue, rt, definitions) for rt in queue.resource_types}
-        state = queue_state(instance, queue, activated, sizes, registration_problem)
+        sizes = worker_sizes(instance, queue)
+        shared = caps.inputs(instance, queue, _demand_now(instance, activated))
+        state = queue_state(instance, queue, activated, sizes, registration_problem, shared.caps)
         if count is not None:
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
         else:
@@ -480,6 +523,9 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             step = retire.mark_excess(instance, queue, state, dry_run=dry_run)
             trace = result.plan.trace
             trace.insert(len(trace) - 1 if trace and trace[-1].rule == "PanDA registration" else len(trace), step)
+            if shared.caps and not dry_run:   # what the hosts that do not run this queue split the caps by
+                caps.record(instance, queue, caps.demand(result.plan, shared.usage[queue.name],
+                                                         max(c for c, _ in sizes.values()), instance.host, model.now()))
         if registration_problem and not dry_run:
             result.error = f"not registered at PanDA, nothing submitted: {registration_problem}"
         if dry_run or result.plan.total == 0 or result.error:   # a backend that cannot be asked gets nothing new
@@ -520,7 +566,8 @@ def consume_targets(instance: Instance, queue: QueueConfig, specs: list[WorkerSp
 
 def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, resource_type: str,
                  force: bool) -> planner.Plan:
-    """`submit --count N`: exactly N, still within max_workers unless forced; fewer says which caps cut it."""
+    """`submit --count N`: exactly N, still within max_workers and what is left of the shared caps unless
+    forced, and never into a downtime; fewer says which caps cut it."""
     active = sum(state.queued.values()) + sum(state.running.values())
     trace = [planner.Step("requested", f"--count {count} --resource-type {resource_type}", count)]
     cuts = []
@@ -532,6 +579,20 @@ def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, reso
         if n < count:
             cuts.append(f"max_workers={queue.max_workers} with {active} worker(s) active leaves room for "
                         f"{n} (--force lifts max_workers)")
+        for cap in state.shared_caps:   # what is left of each shared cap, over every host
+            unit = state.sizes.get(resource_type, (queue.core_count, 0))[0] if cap.kind == "cores" else 1
+            used = sum(cap.used.values())
+            room = max(0, cap.limit - used) // max(1, unit)
+            if room < n:
+                cuts.append(f"shared cap {cap.name}: max_{cap.kind}={cap.limit} with {used} used leaves room for "
+                            f"{room} (--force lifts it)")
+            n = min(n, room)
+            trace.append(planner.Step(f"shared cap {cap.name} (hard cap; --force overrides)",
+                                      f"max_{cap.kind}={cap.limit}, used={used}", n))
+    if state.downtime is not None:
+        n = 0
+        trace.append(planner.Step("downtime", state.downtime, n))
+        cuts.append(state.downtime + " (`harvester-cli downtime remove` withdraws one added by command)")
     if queue.mode == "push":
         waiting = state.waiting_jobs.get(resource_type, 0)
         if waiting < n:
@@ -559,7 +620,8 @@ def submit(instance: Instance, queues: list[QueueConfig], *, dry_run: bool = Fal
     else:
         known = registration.ensure_registered(instance)
         problem = gate = None if known.registered is not None else known.problem
-    activated = activated_jobs(instance, queues, run.errors, push=dry_run)
+    # the queues sharing a cap with these are planned too, for their demand
+    activated = activated_jobs(instance, queues + caps.local_members(instance, queues), run.errors, push=dry_run)
     remaining = instance.config.max_new_workers_per_run
     for queue in queues:
         result = submit_queue(instance, queue, activated, remaining, dry_run=dry_run, count=count,

@@ -183,6 +183,7 @@ def test_command_help_imports_nothing_heavy(env, tmp_path, name):
 def _help_targets() -> list[tuple[str, ...]]:
     targets = [(name,) for name in cli.COMMANDS]
     targets += [("config", "check"), ("config", "example"), ("config", "keys"), ("db", "upgrade"), ("db", "current"), ("db", "history")]
+    targets += [("downtime", "add"), ("downtime", "list"), ("downtime", "remove")]
     return targets
 
 
@@ -190,7 +191,7 @@ def test_help_targets_cover_every_subcommand():
     """The list above stays complete when a subcommand is added to a group."""
     import importlib
 
-    for group in ("config", "db"):
+    for group in ("config", "db", "downtime"):
         module = importlib.import_module(cli.COMMANDS[group][0])
         for sub in module.command.commands:
             assert (group, sub) in _help_targets()

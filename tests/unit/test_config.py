@@ -793,6 +793,8 @@ queues.n_queue_limit_worker_ratio 0 100000   queues.n_queue_limit_worker_min 0 I
 queues.max_workers 0 INT_MAX                 queues.max_new_workers_per_cycle 0 INT_MAX
 queues.max_queued_cores 0 INT_MAX            queues.max_queued_memory_mb 0 INT_MAX
 queues.retire_max_per_run 0 100000           queues.retire_min_age 60 INT_MAX
+caps.max_queued 0 INT_MAX                    caps.max_running 0 INT_MAX
+caps.max_cores 0 INT_MAX
 queues.throttle_missed 0 INT_MAX             queues.throttle_window 1 INT_MAX
 queues.activated_factor 0 1000               queues.empty_pilot_floor 0 1
 queues.n_queue_limit_job 0 INT_MAX           queues.max_submit_attempts 1 INT_MAX

@@ -11,6 +11,7 @@ harvester_cli.
 from __future__ import annotations
 
 import os
+import time
 import signal
 from collections import Counter
 from pathlib import Path
@@ -20,11 +21,13 @@ import pytest
 from harvester_cli.instance import worker_ref
 from harvester_cli.panda import diagnostics
 from harvester_cli.state.schema import workers
+from harvester_cli.steps import downtimes
 from harvester_cli.steps import fetch_jobs as fetching
 from harvester_cli.steps import poll as monitoring
 from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
+from harvester_cli.steps.cycle import run_cycle
 from tests.support.harness import cycle_until as _cycle_until
 from tests.support.harness import rows, wait_until
 
@@ -399,3 +402,86 @@ def test_jobs_slurmctld_forgot_are_read_from_the_job_completion_log(slurm, sim):
     ghost = refs[0].replace(worker_id=10**9, batch_id="987654")
     (seen,) = backend.check([ghost])
     assert seen.status == "missing" and "no trace of job 987654" in seen.diag
+
+
+# -- downtimes, and caps several queues share over every host --------------------------------------
+
+@pytest.mark.downtimes
+def test_a_push_queue_down_everywhere_fetches_nothing_and_its_running_worker_is_left_alone(slurm, sim):
+    (first,) = sim.add_jobs("SLURM_DOWN", 1, jobPars="sleep 30")
+    instance = slurm.instance({"SLURM_DOWN": slurm.queue("push", partitions=["debug", "second"], max_array_size=1)})
+    queues = list(instance.config.queues.values())
+    cycle_until(instance, slurm.cluster, lambda: [w.status for w in worker_rows(instance)] == ["running"],
+                timeout=60, what="the first job's worker running")
+    for partition in ("debug", "second"):   # every CE of the queue: down everywhere
+        downtimes.add(instance, queue=None, ce=partition, start=None, end=time.time() + 3600, severity="OUTAGE",
+                      reason="Slurm upgrade")
+    waiting = sim.add_jobs("SLURM_DOWN", 2, jobPars="true")
+    run_cycle(instance, queues)
+    fetched = fetching.fetch_jobs(instance, queues).queues[0]
+    assert fetched.stored == 0
+    assert fetched.skipped.startswith("not fetching: every CE in downtime: debug: OUTAGE until ")
+    assert "(Slurm upgrade)" in fetched.skipped
+    assert [sim.job_status(i) for i in waiting] == ["activated", "activated"]
+    (w,) = worker_rows(instance)
+    assert w.status == "running" and w.kill_reason is None
+    assert [j["State"] for j in slurm.jobs()] == ["RUNNING"]
+    status = downtimes.summary(instance, queues)
+    assert status["queues_down"][0]["why"].startswith("every CE in downtime")
+    assert [d["computing_element"] for d in status["downtimes"]] == ["debug", "second"]
+    for d in status["downtimes"]:
+        downtimes.remove(instance, [int(d["id"])])
+    assert fetching.fetch_jobs(instance, queues).queues[0].stored == 2
+    assert sim.job_status(first) in ("running", "finished")
+
+
+@pytest.mark.downtimes
+def test_a_downtime_added_on_one_host_is_seen_by_another(slurm, sim):
+    queue = slurm.queue(pilot="sleep 60", partitions=["debug", "second"], sbatch_options=["--hold"],
+                        queue={"n_queue_limit_worker": 20, "max_workers": 40})
+    slurm.harness.write_config({"SLURM_HOSTS": queue}, instance={"host": "host-one"})
+    added = slurm.harness.cli_json("downtime", "add", "--ce", "second", "--for", "1h", "--reason", "rack move")
+    assert added["downtime"]["queues"] == ["SLURM_HOSTS"]
+    other_id = f"{slurm.harness.harvester_id}-two"
+    other = slurm.harness.instance({"SLURM_HOSTS": queue}, harvester_id=other_id, instance={"host": "host-two"})
+    try:
+        run = submission.submit(other, list(other.config.queues.values()), count=4).queues[0]
+        assert len(run.submitted) == 4
+        assert {w.computing_element for w in worker_rows(other)} == {"debug"}
+        assert {j["Partition"] for j in slurm.cluster.jobs(other_id)} == {"debug"}
+        (seen,) = downtimes.listing(other, list(other.config.queues.values()))
+        assert seen["source"] == "database" and seen["reason"] == "rack move" and seen["active"]
+        assert downtimes.remove(other, [int(seen["id"])])[0] == [int(seen["id"])]
+        assert slurm.harness.cli_json("downtime", "list")["downtimes"] == []   # withdrawn there, gone here
+    finally:
+        slurm.cluster.cancel_all(other_id)
+
+
+@pytest.mark.downtimes
+def test_a_shared_cap_holds_over_two_queues_and_two_hosts_split_by_demand(slurm, sim):
+    sim.add_jobs("SLURM_CAP_A", 8)
+    sim.add_jobs("SLURM_CAP_B", 4)
+    queue = slurm.queue(pilot="sleep 60", sbatch_options=["--hold"], queue={"empty_pilot_floor": 0})
+    cap = {"SITE": {"queues": ["SLURM_CAP_A", "SLURM_CAP_B"], "max_queued": 6}}
+    # Host one runs A (and knows B); host two runs B only: A's demand reaches it through the state database.
+    one = slurm.instance({"SLURM_CAP_A": queue, "SLURM_CAP_B": queue}, caps=cap, instance={"host": "host-one"})
+    other_id = f"{slurm.harness.harvester_id}-two"
+    two = slurm.harness.instance({"SLURM_CAP_B": queue}, caps=cap, harvester_id=other_id,
+                                 instance={"host": "host-two"})
+    a, b = one.config.queues["SLURM_CAP_A"], two.config.queues["SLURM_CAP_B"]
+    try:
+        first = submission.submit(one, [a]).queues[0]
+        assert len(first.submitted) == 4   # 6 split 8:4
+        shown = next(s for s in first.plan.trace if s.rule == "shared cap SITE")
+        assert "split by demand SLURM_CAP_A=8, SLURM_CAP_B=4: share of SLURM_CAP_A=4" in shown.inputs
+        planned = submission.submit(two, [b], dry_run=True).queues[0].plan
+        assert planned.total == 2 and planned.caps[0]["queues"]["SLURM_CAP_A"]["demand"] == 8
+        second = submission.submit(two, [b]).queues[0]
+        assert len(second.submitted) == 2
+        assert submission.submit(one, [a]).queues[0].submitted == []   # at its share, and the cap is full
+        assert submission.submit(two, [b]).queues[0].submitted == []
+        queued = Counter(w.queue for w in worker_rows(one) if w.status == "submitted")
+        assert queued == {"SLURM_CAP_A": 4, "SLURM_CAP_B": 2}
+        assert len(slurm.jobs()) + len(slurm.cluster.jobs(other_id)) == 6
+    finally:
+        slurm.cluster.cancel_all(other_id)
