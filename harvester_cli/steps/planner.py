@@ -4,7 +4,8 @@ The trace is what an operator reads to answer "why no pilots?": each step names 
 and the number that came out, as APF printed "Ready=40, MaxPerCycle=20, MaxPending=12 -> 12".
 Rules in order (docs/domain.md): queue status, missed-worker throttle, max_workers, the queued limit
 (absolute, or a percentage of running with a floor), the demand (pull: activated jobs x factor with an
-empty-pilot floor; push: jobs waiting; pilot streaming: PanDA's numbers), per-cycle and per-run caps,
+empty-pilot floor; push: jobs waiting, or with many_to_one the allocations they make (steps.allocation);
+pilot streaming: PanDA's numbers), per-cycle and per-run caps,
 the split over resource types (largest remainder), caps on queued cores and memory, and last the PanDA
 registration (no pilot before PanDA knows this instance).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harvester_cli.config import QueueConfig
+from harvester_cli.steps import allocation
 
 
 NO_ANSWER = "no answer from PanDA"   # QueueState.activated_source when PanDA was asked and could not say
@@ -38,6 +40,8 @@ class QueueState:
     stats_age: int | None = None                              # seconds since PanDA made them (None: live)
     registration: str | None = None                           # why PanDA does not know this instance (None: it does)
     waiting_jobs: dict[str, int] = field(default_factory=dict)  # push: fetched jobs without a worker
+    # many_to_one: the ages (s) of the jobs without a worker, oldest first, per resource type
+    waiting_ages: dict[str, list[float]] = field(default_factory=dict)
     streaming_targets: dict[str, int] | None = None          # pilot streaming: PanDA's numbers still to submit
     missed_recent: int = 0                                    # workers missed within the throttle window
     queued_cores: int = 0
@@ -204,6 +208,13 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
         trace.append(Step("waiting jobs", "fetched jobs without a worker: "
                           + ", ".join(f"{rt}={n}" for rt, n in waiting.items()) + at_panda, headroom))
         demand = {rt: float(n) for rt, n in waiting.items()}
+        if queue.many_to_one is not None:   # many jobs per worker: the jobs waiting make the allocations
+            made = {rt: allocation.allocations_for(state.waiting_ages.get(rt, []), queue) for rt in rts}
+            headroom = min(headroom, sum(n for n, _ in made.values()))
+            trace.append(Step("jobs per allocation (many_to_one)",
+                              "; ".join(f"{rt}: {why}" if len(rts) > 1 else why for rt, (_, why) in made.items()),
+                              headroom))
+            demand = {rt: float(n) for rt, (n, _) in made.items()}
 
     if state.made_recently is None:
         headroom = min(headroom, queue.max_new_workers_per_cycle)

@@ -110,7 +110,7 @@ def test_no_circle_of_imports():
 # The steps: the shared pieces below, the steps side by side (none imports another), cycle chaining them,
 # and the demo driving the cycle.
 STEP_FLOORS = [{"demo"}, {"cycle"}, {"fetch_jobs", "submit", "poll", "propagate", "sweep", "monitor"},
-               {"planner", "registration", "transitions"}]
+               {"planner", "registration", "transitions"}, {"allocation"}]
 
 
 def test_steps_stand_side_by_side():
