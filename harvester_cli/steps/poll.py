@@ -119,17 +119,20 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
         if status != row.status:
             if status in model.WORKER_FINAL and seen.resubmit and queue.mode == "push":
                 resubmit[row.worker_id] = f"transient backend error: {diag or seen.native_status}"
-            elif status in model.WORKER_FINAL:
+            elif status in model.WORKER_FINAL and seen.jobs is None:   # a many-job worker's jobs end on their own
                 ended.append((row, status, diag))
             elif status == model.RUNNING:
                 started.append(row)
-    if not changed and not kills:
+    steps_ended = [(row, seen) for row, seen in zip(rows, observations)
+                   if seen.jobs and any(j.ended for j in seen.jobs.values())]
+    if not changed and not kills and not steps_ended:
         return
     final_jobs = _final_job_updates(instance, queue, ended) if queue.mode == "push" else []
+    step_finals = _step_final_updates(instance, queue, steps_ended)
     # One transaction, run again whole if another host's transaction deadlocked it; the counts go to the
     # result once it committed.
     counts = instance.store.retrying(lambda tx: _write_changes(tx, queue, rows, changed, kills, started, resubmit,
-                                                               final_jobs, at))
+                                                               final_jobs, at, step_finals))
     changes, kill_requested, resubmitted, jobs_final = counts
     result.changes.update(changes)
     result.kill_requested += kill_requested
@@ -138,10 +141,11 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
 
 
 def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, resubmit, final_jobs,
-                   at: float) -> tuple[Counter, int, int, int]:
+                   at: float, step_finals=()) -> tuple[Counter, int, int, int]:
     """Write a page's changes; returns (new status -> count, kills asked, jobs requeued, final job updates).
     Every write is compare-and-set on what the page read: another poll (or sweep) may have moved a worker
-    meanwhile, and then its change stands and this one is dropped, with everything that follows from it."""
+    meanwhile, and then its change stands and this one is dropped, with everything that follows from it. A
+    job whose own step ended (a many-job worker) is final only if it is still live when written."""
     changes: Counter = Counter()
     kill_requested = workers.mark_kill(tx, kills)   # first: it leaves status and modified as they were read
     fresh = workers.record_observed(tx, changed)
@@ -159,6 +163,8 @@ def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, re
         transitions.requeue_jobs(tx, queue, resubmit, at)
     final_jobs = [(p, u, d) for p, u, d, w in final_jobs if w in fresh]
     jobs.record_final(tx, [(p, updates.status_of(u), d) for p, u, d in final_jobs], at)
+    live = jobs.record_final_of_live(tx, [(p, updates.status_of(u), d) for p, u, d, _ in step_finals], at)
+    final_jobs += [(p, u, d) for p, u, d, _ in step_finals if p in live]
     outbox.enqueue(tx, outbox.JOB, [(p, queue.name, u, True) for p, u, _ in final_jobs])
     return changes, kill_requested, len(resubmit), len(final_jobs)
 
@@ -169,7 +175,7 @@ def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tu
         return []
     backend = instance.backend(queue)
     with instance.store.reading() as tx:
-        bound = jobs.bound_to(tx, [r.worker_id for r, _, _ in ended], (model.SUB_SUBMITTED, model.SUB_RUNNING))
+        bound = jobs.bound_to(tx, [r.worker_id for r, _, _ in ended], model.SUB_LIVE)
     by_worker = {b.worker_id: (b.panda_id, PandaJob.from_json(b.job_json)) for b in bound}
     out = []
     for row, status, diag in ended:
@@ -190,6 +196,33 @@ def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tu
         update_, note = pilot_outputs.final_update(job, files, diag)
         update_ = updates.with_pilot_links(update_, None, row.batch_id, None)
         out.append((panda_id, update_, note, row.worker_id))
+    return out
+
+
+def _step_final_updates(instance: Instance, queue: QueueConfig, steps_ended) -> list[tuple[int, dict, str | None, int]]:
+    """Many jobs per worker: the final update of each live job whose own step has ended (its node failed, it
+    was cancelled, its pilot finished, or the allocation ended under it), from that job's pilot outputs."""
+    if not steps_ended:
+        return []
+    backend = instance.backend(queue)
+    with instance.store.reading() as tx:
+        live = {b.panda_id: b for b in jobs.bound_to(tx, [r.worker_id for r, _ in steps_ended], model.SUB_LIVE)}
+    out = []
+    for row, seen in steps_ended:
+        for panda_id, step in seen.jobs.items():
+            if not step.ended or panda_id not in live:
+                continue
+            job = PandaJob.from_json(live[panda_id].job_json)
+            try:
+                files = backend.fetch_job_outputs(row, panda_id, list(pilot_outputs.PILOT_OUTPUTS))
+                diag = step.diag
+            except Exception as exc:  # outputs that cannot be fetched are reported as missing
+                log.warning("queue %s: worker %s: job %s: cannot fetch outputs: %s", queue.name, row.worker_id,
+                            panda_id, exc)
+                files, diag = {}, f"{step.diag + '; ' if step.diag else ''}cannot fetch outputs: {exc}"
+            update_, note = pilot_outputs.final_update(job, files, diag)
+            update_ = updates.with_node(updates.with_pilot_links(update_, None, row.batch_id, None), step.node)
+            out.append((panda_id, update_, note, row.worker_id))
     return out
 
 
