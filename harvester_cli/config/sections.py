@@ -180,7 +180,8 @@ class QueueConfig(Section):
     activated_factor: float = setting(1.0, doc="pull: queued pilots <= activated jobs x this", maximum=1000)
     empty_pilot_floor: int = setting(1, doc="pull: queued pilots never below this (0 or 1)", maximum=1)
     n_queue_limit_job: int | None = setting(None, doc="push: fetched jobs that may wait for a worker "
-                                                      "(default: n_queue_limit_worker)")
+                                                      "(default: n_queue_limit_worker, times the jobs of a full "
+                                                      "allocation with many_to_one)")
     max_submit_attempts: int = setting(3, doc="push: submissions of a job before it is reported failed", minimum=1)
     job_heartbeat_seconds: int = setting(1800, doc="push: re-send 'running' this often so PanDA can answer "
                                                    "tobekilled (0: never)")
@@ -209,7 +210,9 @@ class QueueConfig(Section):
         return self.panda_queue or self.name
 
     def queued_job_limit(self) -> int:
-        return self.n_queue_limit_job if self.n_queue_limit_job is not None else self.n_queue_limit_worker
+        if self.n_queue_limit_job is not None:
+            return self.n_queue_limit_job
+        return self.n_queue_limit_worker * (self.many_to_one.jobs_max if self.many_to_one else 1)
 
     def problems(self):
         if not self.resource_types:
