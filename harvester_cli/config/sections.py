@@ -235,7 +235,8 @@ class QueueConfig(Section):
             yield "pilot_token_key", "goes with pilot_token_profile (the token the key refreshes)"
         if self.many_to_one is not None:
             if self.mode != "push":
-                yield "many_to_one", "many jobs per worker is push mode: harvester-cli fetches the jobs (mode = \"push\")"
+                yield "many_to_one", ("many jobs per worker is push mode: harvester-cli fetches the jobs "
+                                      "(mode = \"push\")")
             if self.backend not in MANY_TO_ONE_BACKENDS:
                 yield "many_to_one", (f"the {self.backend} backend runs one job per worker; many jobs per worker "
                                       f"need {' or '.join(MANY_TO_ONE_BACKENDS)}")

@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass, field
 
 from harvester_cli import model
+from harvester_cli.backends.base import JobKillResult
 from harvester_cli.config import QueueConfig
 from harvester_cli.faults import fault_point
-from harvester_cli.backends.base import JobKillResult
 from harvester_cli.instance import Instance, worker_ref
 from harvester_cli.state import jobs, monitoring, outbox, workers
 from harvester_cli.steps import transitions

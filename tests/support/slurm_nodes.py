@@ -183,7 +183,8 @@ PartitionName={PARTITION} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFIN
         """Run a daemon (it forks) in a mount namespace whose /etc/hosts names the nodes; a node's also in its
         own host name and network namespace."""
         if node is None:
-            self._daemon("unshare", "--mount", "sh", "-c", f"mount --bind {self.base / 'hosts'} /etc/hosts && {command}")
+            hosts = f"mount --bind {self.base / 'hosts'} /etc/hosts"
+            self._daemon("unshare", "--mount", "sh", "-c", f"{hosts} && {command}")
             return
         i = self.nodes.index(node) + 1
         self._daemon("unshare", "--mount", "--uts", "sh", "-c",
@@ -293,7 +294,8 @@ def slurm_nodes():
                     "them as root (CI does: bash scripts/test)")
     missing = [c for c in ("slurmctld", "slurmd", "munged", "srun", "unshare", "nsenter", "ip") if not shutil.which(c)]
     if missing:
-        pytest.fail(f"not installed: {', '.join(missing)} (`bash scripts/test` as root installs scripts/apt-packages.txt)")
+        pytest.fail(f"not installed: {', '.join(missing)} (`bash scripts/test` as root installs "
+                    "scripts/apt-packages.txt)")
     cluster = SlurmNodes(Path(tempfile.mkdtemp(prefix="harvester-cli-slurm-nodes-")))
     started = time.monotonic()
     try:

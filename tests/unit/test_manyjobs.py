@@ -144,7 +144,8 @@ def step_files(work, panda_id, **files):
 def test_each_job_of_an_allocation_reads_from_its_own_files(tmp_path):
     (tmp_path / "jobs.list").write_text("11 1 2000\n12 1 2000\n13 1 2000\n14 1 2000\n15 1 2000\n")
     step_files(tmp_path, 11, started="n1 5.0 100\n", ended="0 200\n")
-    step_files(tmp_path, 12, started="n2 5.1 100\n", ended="0 200\n", **{"step.log": "srun: error: Node failure on n2\n"})
+    step_files(tmp_path, 12, started="n2 5.1 100\n", ended="0 200\n",
+               **{"step.log": "srun: error: Node failure on n2\n"})
     step_files(tmp_path, 13, started="n1 5.2 100\n")
     step_files(tmp_path, 14, started="n3 5.3 100\n", ended="137 150\n", killed="PanDA asked\n",
                **{"step.log": "slurmstepd: error: *** STEP 5.3 ON n3 CANCELLED AT 2026 ***\n"})
