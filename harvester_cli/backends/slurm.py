@@ -371,11 +371,13 @@ class SlurmBackend(Backend):
         if not specs:
             return []
         assigned, results = self.assign(specs)
-        templates = {False: self._template(), True: self._template(many=True) if any(s.jobs for s in specs) else ""}
+        template = self._template()
+        many_template = self._template(many=True) if any(s.jobs for s in specs) else template
         prepared = []
         for spec, partition in assigned:
             try:
-                prepared.append((spec, partition, self._prepare(spec, partition, templates[bool(spec.jobs)])))
+                text = self._prepare(spec, partition, many_template if spec.jobs else template)
+                prepared.append((spec, partition, text))
             except (OSError, ValueError) as exc:
                 results.append(SubmitResult(spec.worker_id, error=f"cannot prepare the worker's files: {exc}"))
         groups = self._groups(prepared)

@@ -198,7 +198,8 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
                 demand = {rts[0]: 1.0}
     else:
         waiting = {rt: state.waiting_jobs.get(rt, 0) for rt in rts}
-        headroom = min(headroom, _sum(waiting))
+        if queue.many_to_one is None:   # one worker per job (many_to_one: the allocations they make, below)
+            headroom = min(headroom, _sum(waiting))
         if state.activated is not None:   # what fetch-jobs would bring next (a plan asks PanDA)
             at_panda = f"; at PanDA: activated={state.activated} ({state.activated_source}), for fetch-jobs"
         elif state.activated_source == NO_ANSWER:

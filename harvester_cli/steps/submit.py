@@ -297,7 +297,8 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
         ))
         rows.append((worker_id, queue.name, queue.backend, queue.mode, rt, queue.job_type, cores, memory,
                      model.PENDING, str(log_dir), at, at, store.owner, lease, instance.host))
-        links += [(j.panda_id, worker_id) for j in ([job] if job is not None else packed.jobs if packed else [])]
+        bound = [job] if job is not None else packed.jobs if packed is not None else []
+        links += [(j.panda_id, worker_id) for j in bound]
 
     def insert(tx: Tx) -> None:
         if not locks.holds(tx, f"submit:{queue.name}"):
