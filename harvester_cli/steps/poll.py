@@ -170,32 +170,36 @@ def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, re
 
 
 def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tuple[int, dict, str | None, int]]:
-    """Push mode: for each ended worker, its job's final update from the pilot's files."""
+    """Push mode: for each ended worker, its jobs' final updates from the pilots' files (one job, or with
+    many_to_one each job's own files: a many-job worker the backend lost ends all of its jobs here)."""
     if not ended:
         return []
     backend = instance.backend(queue)
     with instance.store.reading() as tx:
         bound = jobs.bound_to(tx, [r.worker_id for r, _, _ in ended], model.SUB_LIVE)
-    by_worker = {b.worker_id: (b.panda_id, PandaJob.from_json(b.job_json)) for b in bound}
+    by_worker: dict[int, list[tuple[int, PandaJob]]] = {}
+    for b in bound:
+        by_worker.setdefault(b.worker_id, []).append((b.panda_id, PandaJob.from_json(b.job_json)))
+    names = list(pilot_outputs.PILOT_OUTPUTS)
     out = []
     for row, status, diag in ended:
-        if row.worker_id not in by_worker:
-            continue
-        panda_id, job = by_worker[row.worker_id]
-        if status == model.CANCELLED:
-            update_ = updates.job_failed(job, updates.ERR_WORKER_CANCELLED,
-                                         f"worker {row.worker_id} cancelled: {diag or row.kill_reason}",
-                                         sub_status="cancelled")
-            out.append((panda_id, update_, diag, row.worker_id))
-            continue
-        try:
-            files = backend.fetch_outputs(row, list(pilot_outputs.PILOT_OUTPUTS))
-        except Exception as exc:  # outputs that cannot be fetched are reported as missing
-            log.warning("queue %s: worker %s: cannot fetch outputs: %s", queue.name, row.worker_id, exc)
-            files, diag = {}, f"{diag + '; ' if diag else ''}cannot fetch outputs: {exc}"
-        update_, note = pilot_outputs.final_update(job, files, diag)
-        update_ = updates.with_pilot_links(update_, None, row.batch_id, None)
-        out.append((panda_id, update_, note, row.worker_id))
+        for panda_id, job in by_worker.get(row.worker_id, []):
+            if status == model.CANCELLED:
+                update_ = updates.job_failed(job, updates.ERR_WORKER_CANCELLED,
+                                             f"worker {row.worker_id} cancelled: {diag or row.kill_reason}",
+                                             sub_status="cancelled")
+                out.append((panda_id, update_, diag, row.worker_id))
+                continue
+            try:
+                files = (backend.fetch_job_outputs(row, panda_id, names) if queue.many_to_one is not None
+                         else backend.fetch_outputs(row, names))
+                why = diag
+            except Exception as exc:  # outputs that cannot be fetched are reported as missing
+                log.warning("queue %s: worker %s: cannot fetch outputs: %s", queue.name, row.worker_id, exc)
+                files, why = {}, f"{diag + '; ' if diag else ''}cannot fetch outputs: {exc}"
+            update_, note = pilot_outputs.final_update(job, files, why)
+            update_ = updates.with_pilot_links(update_, None, row.batch_id, None)
+            out.append((panda_id, update_, note, row.worker_id))
     return out
 
 

@@ -12,12 +12,14 @@ import pytest
 
 from harvester_cli import config, model
 from harvester_cli.backends import _slurm_status, _slurm_steps
-from harvester_cli.backends.base import Observation
+from harvester_cli.backends.base import Observation, SubmitResult, WorkerRef
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import ConfigError
 from harvester_cli.panda.jobs import PandaJob
+from harvester_cli.state import locks
+from harvester_cli.state import workers as state_workers
 from harvester_cli.state.schema import jobs
-from harvester_cli.steps import allocation, fetch_jobs
+from harvester_cli.steps import allocation, fetch_jobs, poll, submit
 from harvester_cli.steps.planner import QueueState, plan
 from tests.support.harness import rows
 
@@ -187,3 +189,34 @@ def test_a_final_worker_with_an_error_stamps_only_its_jobs_still_active(sim):
     assert sim.jobs[first].sup_error_code is None
     assert (sim.jobs[second].sup_error_code, sim.jobs[second].sup_error_diag) == (1072, "Diag from worker : NODE_FAIL")
     assert json.loads(json.dumps(sim.workers("h")[7]))["nJobs"] == 2
+
+
+# -- a many-job worker the backend lost ---------------------------------------------------------------
+
+class LostBackend:
+    """What poll asks of a backend once a worker is lost: each job's outputs (there are none)."""
+
+    def fetch_job_outputs(self, worker, panda_id, names):
+        return {}
+
+
+def test_a_lost_allocation_ends_every_one_of_its_jobs(harness, sim, monkeypatch):
+    ids = sim.add_jobs("HPC", 3)
+    instance = harness.instance({"HPC": {"mode": "push", "backend": "slurm", "walltime": 7200,
+                                         "lost_grace_seconds": 0, "many_to_one": SHAPE}})
+    (q,) = instance.config.queues.values()
+    fetch_jobs.fetch_jobs(instance, [q])
+    with locks.lease(instance.store, "submit:HPC"):   # what record_pending checks it holds
+        (spec,) = submit.record_pending(instance, q, {"SCORE": 1}, 0, {}, fill_now=True)
+        submit.record_results(instance, q, [SubmitResult(spec.worker_id, batch_id="77")])
+    assert sorted(j.panda_id for j in spec.jobs) == sorted(ids) and spec.allocation.nodes == 1
+    monkeypatch.setattr(instance, "backend", lambda queue: LostBackend())
+    with instance.store.reading() as tx:
+        refs = [WorkerRef(*r) for r in state_workers.active_page(tx, "HPC", -1, 10, None)]
+    result = poll.QueuePoll("HPC")
+    poll.apply_observations(instance, q, refs, [Observation(spec.worker_id, model.MISSING, "unknown",
+                                                            diag="Slurm has no trace of job 77")], result)
+    assert result.jobs_final == 3
+    for job in rows(instance, jobs):
+        assert (job.status, job.sub_status) == (model.JOB_FAILED, model.SUB_REPORTING)
+        assert "no heartbeat.json from the worker: lost: Slurm has no trace of job 77" in job.diag
