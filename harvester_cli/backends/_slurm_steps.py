@@ -79,8 +79,6 @@ def prepare(work: Path, spec: WorkerSpec, harvester_id: str, environment: dict[s
     for job in spec.jobs:
         here = work / job_dir(job.panda_id)
         make_dirs(here, 0o700)
-        for leftover in (STARTED, ENDED, STEP_LOG, KILLED):   # a submission tried before, in the same worker
-            (here / leftover).unlink(missing_ok=True)
         write_private(here / JOB_DESCRIPTION, job.description.encode())
         make_dirs(spec.log_dir / job_dir(job.panda_id))
         lines.append(f"{job.panda_id} {shape.cores_per_job} {shape.memory_per_job}\n")
