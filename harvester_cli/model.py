@@ -47,10 +47,14 @@ JOB_FINAL = (JOB_FINISHED, JOB_FAILED)
 SUB_FETCHED = "fetched"        # stored, waiting for a worker
 SUB_SUBMITTED = "submitted"    # bound to a submitted worker
 SUB_RUNNING = "running"        # its worker runs
+SUB_KILLING = "killing"        # PanDA asked to kill it, not its many-job worker: sweep stops its step
 SUB_REPORTING = "reporting"    # final state known, final update not yet acknowledged by PanDA
 SUB_DONE = "done"              # PanDA acknowledged the final update
 JOB_STATES = (JOB_STARTING, JOB_RUNNING, JOB_TRANSFERRING, JOB_FINISHED, JOB_FAILED)
-JOB_SUB_STATES = (SUB_FETCHED, SUB_SUBMITTED, SUB_RUNNING, SUB_REPORTING, SUB_DONE)
+JOB_SUB_STATES = (SUB_FETCHED, SUB_SUBMITTED, SUB_RUNNING, SUB_KILLING, SUB_REPORTING, SUB_DONE)
+# A job bound to a live worker, not final yet: poll gives each its final update when its worker (or, in a
+# many-job worker, its own step) ends.
+SUB_LIVE = (SUB_SUBMITTED, SUB_RUNNING, SUB_KILLING)
 
 
 def allowed_worker_transition(old: str, new: str) -> bool:

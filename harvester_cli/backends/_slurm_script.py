@@ -10,10 +10,14 @@ error (a typo would otherwise reach sbatch as a literal option value):
     nCoreTotal nCorePerNode nNode requestRam requestRamPerNode requestRamPerCore requestRamBytes
     requestWalltime (s) requestWalltimeMinute logDir workDir executableFile
     partition account qos reservation constraint proxyPath tokenPath
+    jobsPerNode nCorePerJob requestRamPerJob nJobs    (many jobs per worker: each job's step, and how many)
 
 Worker size: `nCoreTotal` and `requestRam` are the worker's cores and memory (what PanDA counts); a worker
 of `nodes` nodes gets nCorePerNode = ceil(cores / nodes) and requestRamPerNode = ceil(memory / nodes)
-(`--mem` is per node). Walltime goes to `--time` in whole minutes, rounded up (Slurm counts minutes).
+(`--mem` is per node). Walltime goes to `--time` in whole minutes, rounded up (Slurm counts minutes). A
+many-job worker (a queue's many_to_one) is an allocation of nNode nodes running jobsPerNode job steps per
+node of nCorePerJob cores and requestRamPerJob MB each: templates/slurm/manyjobs.sbatch, whose
+executableFile is the launcher of _slurm_steps.py (a queue's own `template` may replace it).
 
 What harvester-cli adds on the sbatch command line, never in the template: --parsable, --job-name and
 --comment (the tags), --output/--error (batch.log in the worker's log directory), --chdir, --array, and
@@ -50,7 +54,10 @@ PLACEHOLDERS = (
     "nCoreTotal", "nCorePerNode", "nNode", "requestRam", "requestRamPerNode", "requestRamPerCore",
     "requestRamBytes", "requestWalltime", "requestWalltimeMinute", "logDir", "workDir", "executableFile",
     "partition", "account", "qos", "reservation", "constraint", "proxyPath", "tokenPath",
+    "jobsPerNode", "nCorePerJob", "requestRamPerJob", "nJobs",
 )
+# The batch script of a many-job worker (not one of SLURM_TEMPLATES: it runs only the launcher).
+MANY_JOBS_TEMPLATE = "manyjobs"
 # A placeholder: {name} not preceded by "$" (shell's ${name} is the shell's).
 _TOKEN = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Paths go into the script unquoted (a template decides how to use them) and into sbatch's --output, where
@@ -127,9 +134,12 @@ def ceil_div(a: int, b: int) -> int:
 
 
 def values(spec: WorkerSpec, *, harvester_id: str, queue, nodes: int, work_dir: Path, partition: str | None,
-           options, proxy: Path | None, token: Path | None) -> dict[str, str]:
+           options, proxy: Path | None, token: Path | None, executable: Path | None = None) -> dict[str, str]:
     """The per-worker placeholder values (strings); raises ValueError for values a script cannot carry."""
     cores, memory = max(1, spec.n_core), max(1, spec.memory_mb)
+    shape = spec.allocation
+    if shape is not None:   # many jobs: the allocation's own node count, steps of one size
+        nodes = shape.nodes
     out = {
         "workerID": spec.worker_id, "harvesterID": harvester_id, "queueName": spec.queue,
         "computingSite": queue.site, "resourceType": spec.resource_type, "jobType": queue.job_type,
@@ -137,10 +147,12 @@ def values(spec: WorkerSpec, *, harvester_id: str, queue, nodes: int, work_dir: 
         "nNode": nodes, "requestRam": memory, "requestRamPerNode": ceil_div(memory, nodes),
         "requestRamPerCore": max(1, memory // cores), "requestRamBytes": memory * 1024 * 1024,
         "requestWalltime": spec.walltime, "requestWalltimeMinute": max(1, ceil_div(spec.walltime, 60)),
-        "logDir": spec.log_dir, "workDir": work_dir, "executableFile": work_dir / WRAPPER_NAME,
+        "logDir": spec.log_dir, "workDir": work_dir, "executableFile": executable or work_dir / WRAPPER_NAME,
         "partition": partition or "", "account": options.account or "", "qos": options.qos or "",
         "reservation": options.reservation or "", "constraint": options.constraint or "",
         "proxyPath": proxy or "", "tokenPath": token or "",
+        "jobsPerNode": shape.jobs_per_node if shape else 1, "nCorePerJob": shape.cores_per_job if shape else cores,
+        "requestRamPerJob": shape.memory_per_job if shape else memory, "nJobs": len(spec.jobs) or 1,
     }
     text = {k: str(v) for k, v in out.items()}
     for key in ("logDir", "workDir", "executableFile", "proxyPath", "tokenPath"):

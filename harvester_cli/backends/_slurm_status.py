@@ -199,6 +199,20 @@ def parse_sinfo(text: str) -> tuple[dict[str, str], str | None]:
     return states, default
 
 
+# squeue -s -o: a step's id ("123.4") and its name (a many-job worker names each step by its job's PandaID).
+STEPS_FORMAT = f"%i{SEP}%j"
+
+
+def parse_steps(text: str) -> dict[str, str]:
+    """`squeue -h -s -j JOB -o STEPS_FORMAT` -> {step name: step id}, the batch and extern steps left out."""
+    steps = {}
+    for line in text.splitlines():
+        step_id, _, name = line.strip().partition(SEP)
+        if step_id and name and step_id.rpartition(".")[2].isdigit():
+            steps[name.strip()] = step_id.strip()
+    return steps
+
+
 def scancel_errors(stderr: str) -> dict[str, str]:
     """scancel's complaints per job id ("scancel: error: Kill job error on job id 5: <message>")."""
     errors = {}

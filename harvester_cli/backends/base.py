@@ -81,10 +81,30 @@ class CEToken:
         return token
 
 
+def job_dir(panda_id: int) -> str:
+    """Where one job of a many-job worker keeps its files, in the worker's work and log directories: a
+    directory of its own named by its PandaID (its pandaJobData.out, its pilot's outputs)."""
+    return str(panda_id)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The shape of a many-job worker (a queue's many_to_one): one batch allocation of `nodes` nodes, each
+    running up to `jobs_per_node` jobs at once, each job in a step of `cores_per_job` cores and
+    `memory_per_job` MB."""
+
+    nodes: int
+    jobs_per_node: int
+    cores_per_job: int
+    memory_per_job: int
+
+
 @dataclass
 class WorkerSpec:
     """One worker to submit. `job` is the push-mode PanDA job: its typed fields for the backend to read, its
-    description (the verbatim dict as JSON) for the backend to ship as pandaJobData.out, unread."""
+    description (the verbatim dict as JSON) for the backend to ship as pandaJobData.out, unread. A many-job
+    worker has `jobs` and its `allocation` instead (and no `job`): each job gets its own directory
+    (job_dir), its own pandaJobData.out and its own pilot."""
 
     worker_id: int
     queue: str
@@ -96,6 +116,8 @@ class WorkerSpec:
     pilot_command: str
     environment: dict[str, str] = field(default_factory=dict)
     job: PandaJob | None = None
+    jobs: list[PandaJob] = field(default_factory=list)
+    allocation: Allocation | None = None
 
 
 class WorkerRef:
@@ -152,8 +174,23 @@ class SubmitResult:
 
 
 @dataclass
+class JobObservation:
+    """What the backend saw of one job of a many-job worker: whether its step has ended (its pilot's outputs
+    then say how the job went), where it ran, and the backend's word when there is no pilot's word (a node
+    that failed, a step cancelled, the allocation ended first)."""
+
+    panda_id: int
+    ended: bool = False
+    started: bool = False
+    node: str | None = None
+    exit_code: int | None = None
+    diag: str | None = None
+
+
+@dataclass
 class Observation:
-    """What the backend saw of one worker. `status` is a worker state, or HELD / MISSING (model.py)."""
+    """What the backend saw of one worker. `status` is a worker state, or HELD / MISSING (model.py). A
+    many-job worker's jobs are in `jobs`, by PandaID: each ends on its own, the worker when all have."""
 
     worker_id: int
     status: str
@@ -167,6 +204,7 @@ class Observation:
     # A transient backend error: the worker's push job goes back to wait for a new worker (within
     # the queue's max_submit_attempts) instead of being reported failed.
     resubmit: bool = False
+    jobs: dict[int, JobObservation] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +243,12 @@ class RetireResult:
     worker_id: int
     outcome: str
     detail: str | None = None
+class JobKillResult:
+    """Killing one job of a many-job worker (its step), not the worker."""
+
+    panda_id: int
+    ok: bool
+    error: str | None = None
 
 
 class Backend(ABC):
@@ -290,6 +334,21 @@ class Backend(ABC):
         if worker.log_dir is None:
             return {}
         return {n: worker.log_dir / n for n in names if (worker.log_dir / n).is_file()}
+
+    def kill_jobs(self, worker: WorkerRef, panda_ids: list[int], reason: str) -> list[JobKillResult]:
+        """A many-job worker: stop these of its jobs (their steps), not the others; one result per job, same
+        order. A job whose step has not started yet must never start."""
+        from harvester_cli.errors import BackendError
+
+        raise BackendError(f"the {self.name} backend runs one job per worker: it cannot stop one job of a worker")
+
+    def fetch_job_outputs(self, worker: WorkerRef, panda_id: int, names: list[str]) -> dict[str, Path]:
+        """A many-job worker: bring one job's named pilot outputs into its directory of the worker's log
+        directory (job_dir); returns the files that are there."""
+        if worker.log_dir is None:
+            return {}
+        where = worker.log_dir / job_dir(panda_id)
+        return {n: where / n for n in names if (where / n).is_file()}
 
     def clean(self, workers: list[WorkerRef]) -> None:
         """Remove what the backend keeps for final workers (work directories, CE sessions)."""

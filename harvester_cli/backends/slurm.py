@@ -72,6 +72,13 @@ Example queue (TOML):
 
 An HPC queue whose worker is a 4-node job running one pilot per node: `nodes = 4`,
 `shipped_template = "multinode"` and core_count = 4 x the cores of a node.
+
+Many PanDA jobs in one allocation (push, the queue's many_to_one): each worker is one sbatch of the
+`manyjobs` template, submitted with --no-kill, never an array; its launcher starts one job step per job
+(`srun -N1 -n1 --exact`, the step named by the PandaID), each job in its own directory with its own
+pandaJobData.out (_slurm_steps.py has the layout). check() adds each job's step to the worker's observation,
+read from the shared file system; kill_jobs() cancels single steps (scancel JOB.STEP); the worker's
+stdout is its batch log, each job's pilot writes <log dir>/<PandaID>/pilot.out.
 """
 
 from __future__ import annotations
@@ -93,16 +100,20 @@ from pathlib import Path
 from harvester_cli import model
 from harvester_cli.backends import _slurm_script as script
 from harvester_cli.backends import _slurm_status as status
+from harvester_cli.backends import _slurm_steps as steps
 from harvester_cli.backends import ce_choice, transport
 from harvester_cli.backends.base import (
     Backend,
     Contact,
+    JobKillResult,
     KillResult,
     Observation,
     RetireResult,
     SubmitResult,
     WorkerRef,
     WorkerSpec,
+    copy_into_place,
+    job_dir,
 )
 from harvester_cli.backends.transport import StagedFile, Transport
 from harvester_cli.config.backend_options import SlurmOptions
@@ -282,8 +293,9 @@ class SlurmBackend(Backend):
 
     # -- submit ------------------------------------------------------------------------------
 
-    def _template(self) -> str:
-        return script.template_text(self.options.shipped_template, self.options.template)
+    def _template(self, many: bool = False) -> str:
+        return script.template_text(script.MANY_JOBS_TEMPLATE if many else self.options.shipped_template,
+                                    self.options.template)
 
     def _logs(self, spec: WorkerSpec) -> Path:
         """Where the worker's pilot and batch logs are written: its log directory on a shared file system, or
@@ -331,14 +343,20 @@ class SlurmBackend(Backend):
         if spec.job is not None:   # the job dict may carry secrets (pilotSecrets): 0600 in a 0700 directory
             files.append(StagedFile(f"{prefix}/{JOB_DESCRIPTION}", spec.job.description.encode(), 0o600))
         environment = {**spec.environment, **environment}
-        wrapper = script.wrapper(there, self.context.harvester_id, work, environment)
-        files.append(StagedFile(f"{prefix}/{script.WRAPPER_NAME}", wrapper.encode(), 0o700))
+        if spec.jobs:   # many jobs: the launcher starts a step per job, each job in its own directory
+            executable, job_files = steps.prepare(work, prefix, there, self.context.harvester_id, environment)
+            files += job_files
+            steps.job_log_dirs(spec.log_dir, spec)
+        else:
+            executable = work / script.WRAPPER_NAME
+            wrapper = script.wrapper(there, self.context.harvester_id, work, environment)
+            files.append(StagedFile(f"{prefix}/{script.WRAPPER_NAME}", wrapper.encode(), 0o700))
         name = self.options.partition(partition).name if partition else None
         values = script.values(there, harvester_id=self.context.harvester_id, queue=self.queue,
                                nodes=self.options.nodes, work_dir=work, partition=name, options=self.options,
                                proxy=Path(environment["X509_USER_PROXY"]) if "X509_USER_PROXY" in environment else None,
                                token=Path(environment["BEARER_TOKEN_FILE"]) if "BEARER_TOKEN_FILE" in environment
-                               else None)
+                               else None, executable=executable)
         text = script.render(template, values)
         files.append(StagedFile(f"{prefix}/{script.SCRIPT_NAME}", text.encode(), 0o700))
         (spec.log_dir / script.SUBMIT_COPY).write_text(text)
@@ -361,8 +379,11 @@ class SlurmBackend(Backend):
     def _single(self, spec: WorkerSpec, partition: str | None) -> list[str]:
         batch_log = self._logs(spec) / script.BATCH_LOG
         hid = self.context.harvester_id
+        what = f"worker {spec.worker_id}" + (f", {len(spec.jobs)} PanDA jobs" if spec.jobs else "")
+        # Many jobs: a node that fails takes its own jobs' steps down, not the allocation (--no-kill).
         return ["sbatch", "--parsable", f"--job-name={status.job_name(hid, spec.worker_id)}",
-                f"--comment=harvester-cli harvester {hid} queue {self.queue.name} worker {spec.worker_id}",
+                f"--comment=harvester-cli harvester {hid} queue {self.queue.name} {what}",
+                *(["--no-kill"] if spec.jobs else []),
                 f"--output={batch_log}", f"--error={batch_log}", f"--chdir={self.work_dir(spec.worker_id)}",
                 *self._common(partition), str(self.work_dir(spec.worker_id) / script.SCRIPT_NAME)]
 
@@ -387,12 +408,13 @@ class SlurmBackend(Backend):
     def _groups(self, prepared: list[tuple[WorkerSpec, str | None, str]]) -> list[tuple[list, str | None, bool]]:
         """Submissions: (members, partition, as array). Identical #SBATCH lines and partition -> arrays of
         at most max_array_size tasks whose task ids (worker id - first worker id) stay below it."""
-        if self.options.max_array_size <= 1:
-            return [([(spec, text)], partition, False) for spec, partition, text in prepared]
+        out = []
         by_key: dict[tuple, list[tuple[WorkerSpec, str]]] = defaultdict(list)
         for spec, partition, text in prepared:
-            by_key[(partition, text.splitlines()[0], tuple(script.header(text)))].append((spec, text))
-        out = []
+            if spec.jobs or self.options.max_array_size <= 1:   # a many-job worker is never an array task
+                out.append(([(spec, text)], partition, False))
+            else:
+                by_key[(partition, text.splitlines()[0], tuple(script.header(text)))].append((spec, text))
         for (partition, _, _), members in by_key.items():
             members.sort(key=lambda m: m[0].worker_id)
             chunk: list[tuple[WorkerSpec, str]] = []
@@ -425,6 +447,7 @@ class SlurmBackend(Backend):
         order = {s.worker_id: i for i, s in enumerate(specs)}
         assigned, results = self.assign(specs)
         template = self._template()
+        many_template = self._template(many=True) if any(s.jobs for s in specs) else template
         try:
             environment, staged = self._credentials(self._environment())
         except OSError as exc:
@@ -433,7 +456,7 @@ class SlurmBackend(Backend):
         prepared = []
         for spec, partition in assigned:
             try:
-                text, files = self._prepare(spec, partition, template, environment)
+                text, files = self._prepare(spec, partition, many_template if spec.jobs else template, environment)
             except (OSError, ValueError) as exc:
                 results.append(SubmitResult(spec.worker_id, error=f"cannot prepare the worker's files: {exc}"))
                 continue
@@ -495,6 +518,10 @@ class SlurmBackend(Backend):
         return sorted(results, key=lambda r: order[r.worker_id])
 
     def _result(self, worker_id: int, batch_id: str, host: str, ce: str | None) -> SubmitResult:
+        if self.queue.many_to_one is not None and steps.is_many(self.work_dir(worker_id)):
+            # Each job's pilot writes <PandaID>/pilot.out; the allocation's own story is its batch log.
+            return SubmitResult(worker_id, batch_id=batch_id, submission_host=host, computing_element=ce,
+                                stdout=script.BATCH_LOG, batch_log=script.BATCH_LOG)
         first = "pilot-0" if self.options.shipped_template == "multinode" and not self.options.template else "pilot"
         return SubmitResult(worker_id, batch_id=batch_id, submission_host=host, computing_element=ce,
                             stdout=f"{first}.out", stderr=f"{first}.err", batch_log=script.BATCH_LOG)
@@ -605,8 +632,43 @@ class SlurmBackend(Backend):
                                        diag=f"Slurm has no trace of {what} (squeue, sacct and scontrol)"))
             else:
                 out.append(status.observe(worker.worker_id, worker.status, record, reasons))
+            if self.queue.many_to_one is not None and out[-1].status != model.MISSING:
+                work = self.work_dir(worker.worker_id)
+                if steps.is_many(work):   # each job's step, from the files the nodes share
+                    out[-1].jobs = steps.observe(work, out[-1])
         if not self.transport.shares_files:
             self._bring_back([w for w, o in zip(workers, out) if o.status in model.WORKER_FINAL])
+        return out
+
+    def kill_jobs(self, worker: WorkerRef, panda_ids: list[int], reason: str) -> list[JobKillResult]:
+        """Cancel these jobs' steps (scancel JOB.STEP, the step found by its name, the PandaID). The kill is
+        written into each job's directory first: a step that starts after the lookup runs nothing."""
+        try:
+            steps.mark_killed(self.work_dir(worker.worker_id), panda_ids, reason)
+        except OSError as exc:
+            return [JobKillResult(p, False, f"cannot mark the job killed: {exc}") for p in panda_ids]
+        if not worker.batch_id:
+            return [JobKillResult(p, True) for p in panda_ids]
+        cluster = ["-M", c] if (c := self._cluster_of(worker)) else []
+        try:
+            listed = self._run(["squeue", "-h", "-s", "-j", worker.batch_id, *cluster, "-o", status.STEPS_FORMAT])
+            if listed.returncode != 0 and "Invalid job id" not in listed.stderr:
+                raise BackendError(f"squeue -s failed: {self._message(listed)}")
+            found = status.parse_steps(listed.stdout) if listed.returncode == 0 else {}
+            targets = {p: found[str(p)] for p in panda_ids if str(p) in found}
+            if not targets:   # no step yet (the mark stops it) or none left (ended): nothing to cancel
+                return [JobKillResult(p, True) for p in panda_ids]
+            result = self._run(["scancel", *cluster, *targets.values()])
+        except BackendError as exc:
+            return [JobKillResult(p, False, str(exc)) for p in panda_ids]
+        errors = status.scancel_errors(result.stderr) if result.returncode != 0 else {}
+        if result.returncode != 0 and (not errors or self._unreachable(result.stderr)):
+            return [JobKillResult(p, False, f"scancel failed: {self._message(result)}") for p in panda_ids]
+        out = []
+        for panda_id in panda_ids:
+            error = errors.get(targets.get(panda_id, ""))
+            out.append(JobKillResult(panda_id, False, f"scancel {targets[panda_id]}: {error}")
+                       if error and not status.nothing_to_kill(error) else JobKillResult(panda_id, True))
         return out
 
     def _bring_back(self, ended: list[WorkerRef]) -> None:
@@ -790,6 +852,20 @@ class SlurmBackend(Backend):
             self.transport.get(str(self.root), [(f"{worker.worker_id}/{n}", worker.log_dir / n) for n in wanted],
                                timeout=self.options.command_timeout)
         return {n: worker.log_dir / n for n in names if (worker.log_dir / n).is_file()}
+
+    def fetch_job_outputs(self, worker: WorkerRef, panda_id: int, names: list[str]) -> dict[str, Path]:
+        if worker.log_dir is None:
+            return {}
+        source = self.work_dir(worker.worker_id) / job_dir(panda_id)
+        target = worker.log_dir / job_dir(panda_id)
+        fetched = {}
+        for name in names:
+            if (source / name).is_file():
+                make_dirs(target)
+                copy_into_place(source / name, target / name)
+            if (target / name).is_file():
+                fetched[name] = target / name
+        return fetched
 
     def clean(self, workers: list[WorkerRef]) -> None:
         paths, arrays = [str(w.worker_id) for w in workers], set()

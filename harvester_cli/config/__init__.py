@@ -43,6 +43,7 @@ from harvester_cli.config.sections import (
     Config,
     LogRetentionConfig,
     LogServerConfig,
+    ManyToOneConfig,
     MetricsConfig,
     PandaConfig,
     ProxyProfile,
@@ -61,7 +62,8 @@ from harvester_cli.errors import ConfigError  # noqa: F401  (callers catch confi
 
 __all__ = [
     "PILOT_PLACEHOLDERS", "PROXY_TOOLS", "QUEUE_STATUSES", "SUBMIT_FILE_PATTERNS", "CapConfig", "CertificateConfig",
-    "CommandLogConfig", "Config", "LogRetentionConfig", "LogServerConfig", "MetricsConfig", "PandaConfig", "ProxyProfile",
+    "CommandLogConfig", "Config", "LogRetentionConfig", "LogServerConfig", "ManyToOneConfig", "MetricsConfig",
+    "PandaConfig", "ProxyProfile",
     "QueueConfig", "RetentionConfig", "SmtpConfig", "SweepConfig", "TokenProfile", "default_state_dir",
     "state_url_from", "state_url_problem", "EXAMPLE", "load", "parse", "as_dict", "display_url", "default_config_path",
     "environment_problems", "is_test_pilot", "xdg_dir",

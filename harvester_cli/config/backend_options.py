@@ -297,6 +297,8 @@ class SlurmOptions(Section):
 # backends.base.Backend; the queue's `backend` key, the backends package and `config keys` derive from this
 # list, and a test checks that every module of backends/ defining BACKEND is here and nothing else is.
 BACKEND_OPTIONS = {"local": LocalOptions, "htcondor": HTCondorOptions, "arc": ArcOptions, "slurm": SlurmOptions}
+# The backends that run many jobs in one worker (a queue's many_to_one): one allocation, a job step per job.
+MANY_TO_ONE_BACKENDS = ("slurm",)
 
 # The Python client library a backend needs, and the package extra that installs it: (module, extra, what).
 CLIENT_LIBRARIES = {"htcondor": ("htcondor2", "htcondor", "HTCondor's Python bindings"),

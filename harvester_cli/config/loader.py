@@ -71,7 +71,13 @@ def _queues(validator: Validator, raw: dict, defaults: dict) -> dict[str, QueueC
         if queue is None:
             continue
         options = validator.build(BACKEND_OPTIONS[queue.backend], raw_options, f"{where}.backend_options")
-        if options is not None:
+        if options is not None and queue.many_to_one is not None and getattr(options, "login_nodes", None):
+            # The steps' files (started, ended, the pilots' heartbeats) are read where this host runs; through
+            # a login node they stay on the cluster's side until the whole worker ends.
+            validator.problem(where, "many_to_one: many jobs per worker need the cluster's file system on this "
+                                     "host; through login_nodes it is not (yet) supported: submit from a host "
+                                     "that mounts work_dir and log_dir, or drop login_nodes")
+        elif options is not None:
             queues[name] = dataclasses.replace(queue, backend_options=options)
     return queues
 

@@ -17,6 +17,7 @@ TABLES: tuple[tuple[str, type, str], ...] = (
     ("", sections.Config, ""),
     ("[panda]", sections.PandaConfig, "panda"),
     ("[queues.NAME] and [queue_defaults]", sections.QueueConfig, "queues"),
+    ("[queues.NAME.many_to_one]", sections.ManyToOneConfig, "queues.many_to_one"),
     ("[sweep]", sections.SweepConfig, "sweep"),
     ("[proxies.NAME]", sections.ProxyProfile, "proxies"),
     ("[proxies.NAME] certificates = [{...}]", sections.CertificateConfig, "proxies.certificates"),

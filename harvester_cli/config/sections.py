@@ -11,7 +11,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from harvester_cli.config.backend_options import BACKEND_OPTIONS
+from harvester_cli.config.backend_options import BACKEND_OPTIONS, MANY_TO_ONE_BACKENDS
 from harvester_cli.config.ces import AUDIENCE_FORMATS, CE_FLAVOURS, WLCG_COMPUTE_SCOPES
 from harvester_cli.config.downtimes import SEVERITIES as DOWNTIME_SEVERITIES
 from harvester_cli.config.downtimes import Downtime, parse_time
@@ -94,6 +94,40 @@ class PandaConfig(Section):
 
 
 @section
+class ManyToOneConfig(Section):
+    """[queues.NAME.many_to_one]: HPC, push mode. One worker is one batch allocation of several nodes running
+    many PanDA jobs at once, one pilot per job in a job step of its own; the walltime, the jobs and the node
+    count are chosen per worker from the jobs waiting."""
+
+    nodes_min: int = setting(1, doc="nodes of the smallest allocation (one that goes half filled after "
+                                    "fill_timeout still asks this many)", minimum=1, maximum=100_000)
+    nodes_max: int = setting(1, doc="nodes of the largest allocation (a full one)", minimum=1, maximum=100_000)
+    jobs_per_node: int = setting(1, doc="jobs (pilots, job steps) that run at once on one node", minimum=1,
+                                 maximum=10_000)
+    cores_per_job: int | None = setting(None, doc="cores each job's step gets (a job asking more is refused "
+                                                  "when fetched); none: each job's own coreCount, and the "
+                                                  "allocation asks for the largest of its jobs'", minimum=1,
+                                        maximum=100_000)
+    fill_timeout: int = setting(600, doc="seconds the oldest waiting job waits for an allocation to fill: then "
+                                         "one goes with the jobs there are", maximum=7 * DAY)
+    walltime_margin: int = setting(600, doc="seconds added to the longest maxWalltime of an allocation's jobs "
+                                            "(its --time, within the queue's walltime; a job that cannot fit is "
+                                            "refused when fetched)", maximum=7 * DAY)
+
+    @property
+    def jobs_min(self) -> int:
+        return self.nodes_min * self.jobs_per_node
+
+    @property
+    def jobs_max(self) -> int:
+        return self.nodes_max * self.jobs_per_node
+
+    def problems(self):
+        if self.nodes_min > self.nodes_max:
+            yield "nodes_min", f"({self.nodes_min}) must not be more than nodes_max ({self.nodes_max})"
+
+
+@section
 class QueueConfig(Section):
     """[queues.NAME] (and [queue_defaults]): one harvester queue, usually one PanDA queue."""
 
@@ -134,7 +168,8 @@ class QueueConfig(Section):
     activated_factor: float = setting(1.0, doc="pull: queued pilots <= activated jobs x this", maximum=1000)
     empty_pilot_floor: int = setting(1, doc="pull: queued pilots never below this (0 or 1)", maximum=1)
     n_queue_limit_job: int | None = setting(None, doc="push: fetched jobs that may wait for a worker "
-                                                      "(default: n_queue_limit_worker)")
+                                                      "(default: n_queue_limit_worker, times the jobs of a full "
+                                                      "allocation with many_to_one)")
     max_submit_attempts: int = setting(3, doc="push: submissions of a job before it is reported failed", minimum=1)
     job_heartbeat_seconds: int = setting(1800, doc="push: re-send 'running' this often so PanDA can answer "
                                                    "tobekilled (0: never)")
@@ -162,6 +197,9 @@ class QueueConfig(Section):
                                            must_exist="file", secret=True)
     pilot_token_origin: str | None = setting(None, doc="PANDA_AUTH_ORIGIN of the pilots (default: [panda] "
                                                        "token_origin)")
+    many_to_one: ManyToOneConfig | None = setting(None, doc="push, HPC: many jobs per worker, one allocation of "
+                                                            "several nodes (the [queues.NAME.many_to_one] table); "
+                                                            "none: one job per worker")
 
     @property
     def site(self) -> str:
@@ -169,7 +207,9 @@ class QueueConfig(Section):
         return self.panda_queue or self.name
 
     def queued_job_limit(self) -> int:
-        return self.n_queue_limit_job if self.n_queue_limit_job is not None else self.n_queue_limit_worker
+        if self.n_queue_limit_job is not None:
+            return self.n_queue_limit_job
+        return self.n_queue_limit_worker * (self.many_to_one.jobs_max if self.many_to_one else 1)
 
     def problems(self):
         if not self.resource_types:
@@ -190,6 +230,16 @@ class QueueConfig(Section):
                                          "[tokens.NAME] whose tokens the CEs get")
         if self.pilot_token_key is not None and self.pilot_token_profile is None:
             yield "pilot_token_key", "goes with pilot_token_profile (the token the key refreshes)"
+        if self.many_to_one is not None:
+            if self.mode != "push":
+                yield "many_to_one", ("many jobs per worker is push mode: harvester-cli fetches the jobs "
+                                      "(mode = \"push\")")
+            if self.backend not in MANY_TO_ONE_BACKENDS:
+                yield "many_to_one", (f"the {self.backend} backend runs one job per worker; many jobs per worker "
+                                      f"need {' or '.join(MANY_TO_ONE_BACKENDS)}")
+            if self.many_to_one.walltime_margin >= self.walltime:
+                yield "many_to_one", (f"walltime_margin ({self.many_to_one.walltime_margin}) leaves no time for "
+                                      f"jobs within walltime ({self.walltime})")
 
 
 @section

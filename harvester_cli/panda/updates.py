@@ -67,6 +67,14 @@ def with_pilot_links(update: dict, stdout_url: str | None, batch_id: str | None,
     return update
 
 
+def with_node(update: dict, node: str | None) -> dict:
+    """The node the job ran on (one node of a many-job worker's allocation), unless the pilot named it."""
+    if node:
+        update = dict(update)
+        update.setdefault("node", node)
+    return update
+
+
 def worker_update(row, panda_ids: list[int], site: str, host: str | None = None) -> dict:
     """A worker (a state row: worker_id, status, diag, times, URLs, ...) as update_workers wants it."""
     status = model.SUBMITTED if row.status == model.PENDING else row.status

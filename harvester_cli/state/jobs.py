@@ -111,6 +111,17 @@ def release_dead_claims(tx: Tx, queue: str) -> None:
     for the claim to expire. Looked at every time, as the interrupted workers are."""
     claims.release_dead(tx, jobs, (jobs.c.queue == queue) & (jobs.c.sub_status == model.SUB_FETCHED),
                         every_time=True)
+def unbound_ages(tx: Tx, queue: str, at: float) -> dict[str, list[float]]:
+    """The ages (seconds) of the fetched jobs without a worker (and not claimed), oldest first, per resource
+    type: when many jobs share a worker, how long they have waited decides when a half-filled one goes."""
+    ages: dict[str, list[float]] = {}
+    for resource_type, created in tx.execute(
+            select(jobs.c.resource_type, jobs.c.created)
+            .where(jobs.c.queue == queue, jobs.c.sub_status == model.SUB_FETCHED,
+                   jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < at))
+            .order_by(jobs.c.created)):
+        ages.setdefault(resource_type, []).append(at - created)
+    return ages
 
 
 def claim_unbound(tx: Tx, queue: str, resource_type: str, limit: int) -> list:
@@ -180,6 +191,66 @@ def record_final(tx: Tx, finals: Sequence[tuple[int, str, str | None]], at: floa
                    .values(status=status, sub_status=model.SUB_REPORTING, diag=diag, modified=at))
 
 
+def record_final_of_live(tx: Tx, finals: Sequence[tuple[int, str, str | None]], at: float) -> set[int]:
+    """(panda id, final status, diag) of jobs whose own step ended (a many-job worker): each is written only
+    while the job is still live, so two polls that saw the same step end record it once, and a job sweep
+    already reported killed keeps that. Returns the jobs written."""
+    written = set()
+    for panda_id, status, diag in finals:
+        if tx.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status.in_(model.SUB_LIVE))
+                      .values(status=status, sub_status=model.SUB_REPORTING, diag=diag, modified=at)).rowcount:
+            written.add(panda_id)
+    return written
+
+
+def mark_kill(tx: Tx, panda_ids: Sequence[int], reason: str, at: float) -> int:
+    """PanDA asked to kill these jobs, each alone (its worker runs others): sweep stops their steps. Only jobs
+    still running or about to are marked; returns how many were marked now."""
+    if not panda_ids:
+        return 0
+    return tx.execute(update(jobs).where(jobs.c.panda_id.in_(list(panda_ids)),
+                                         jobs.c.sub_status.in_((model.SUB_SUBMITTED, model.SUB_RUNNING)))
+                      .values(sub_status=model.SUB_KILLING, diag=reason, modified=at)).rowcount
+
+
+def claim_to_kill(tx: Tx, queue: str, host: str | None, limit: int) -> list:
+    """Claim up to `limit` of the queue's jobs marked for killing, with their worker (`worker_id`). With a host,
+    only the jobs of workers that host made (a host-bound backend)."""
+    bound = select(job_workers.c.panda_id).join(workers, workers.c.worker_id == job_workers.c.worker_id)
+    if host is not None:
+        bound = bound.where(workers.c.harvester_host.is_(None) | (workers.c.harvester_host == host))
+    rows = claims.claim(tx, jobs, (jobs.c.queue == queue) & (jobs.c.sub_status == model.SUB_KILLING)
+                        & jobs.c.panda_id.in_(bound), limit)
+    if not rows:
+        return []
+    worker_of = dict(tx.execute(select(job_workers.c.panda_id, job_workers.c.worker_id)
+                                .where(job_workers.c.panda_id.in_([r.panda_id for r in rows]))).all())
+    return [BoundJob(r.panda_id, r.job_json, r.submit_attempts or 0, worker_of[r.panda_id]) for r in rows]
+
+
+def others_running(tx: Tx, worker_ids: Iterable[int]) -> dict[int, int]:
+    """Per worker, its jobs still submitted or running (not final, not being killed)."""
+    return dict(tx.execute(
+        select(job_workers.c.worker_id, func.count())
+        .join(jobs, jobs.c.panda_id == job_workers.c.panda_id)
+        .where(job_workers.c.worker_id.in_(list(worker_ids)),
+               jobs.c.sub_status.in_((model.SUB_SUBMITTED, model.SUB_RUNNING)))
+        .group_by(job_workers.c.worker_id)).all())
+
+
+def killed(tx: Tx, panda_ids: Sequence[int], diag: str, at: float) -> set[int]:
+    """These claimed jobs' steps were stopped: their final state is failed; returns those written (still
+    marked and ours: a step that ended first keeps what poll recorded)."""
+    written = set()
+    for panda_id in panda_ids:
+        if tx.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status == model.SUB_KILLING,
+                                         claims.owned(tx, jobs))
+                      .values(status=model.JOB_FAILED, sub_status=model.SUB_REPORTING, diag=diag, modified=at,
+                              lock_owner=None, lock_expires=None)).rowcount:
+            written.add(panda_id)
+    return written
+
+
 def running_unheard_since(tx: Tx, queue: str, before: float, limit: int = 5000) -> list[tuple[int, str]]:
     """(panda id, job json) of the queue's running jobs whose last update is older than `before`."""
     return [tuple(r) for r in tx.execute(select(jobs.c.panda_id, jobs.c.job_json).where(
@@ -199,13 +270,15 @@ class PilotLinks:
     stdout_url: str | None
     batch_log_url: str | None
     batch_id: str | None
+    log_dir: str | None = None
 
 
 def pilot_links(tx: Tx, panda_ids: Sequence[int]) -> dict[int, PilotLinks]:
-    return {r.panda_id: PilotLinks(r.panda_id, bool(r.pilot_log_sent), r.stdout_url, r.batch_log_url, r.batch_id)
+    return {r.panda_id: PilotLinks(r.panda_id, bool(r.pilot_log_sent), r.stdout_url, r.batch_log_url, r.batch_id,
+                                   r.log_dir)
             for r in tx.execute(
                 select(jobs.c.panda_id, jobs.c.pilot_log_sent, workers.c.stdout_url, workers.c.batch_log_url,
-                       workers.c.batch_id)
+                       workers.c.batch_id, workers.c.log_dir)
                 .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
                 .join(workers, workers.c.worker_id == job_workers.c.worker_id)
                 .where(jobs.c.panda_id.in_(list(panda_ids))))}

@@ -18,7 +18,7 @@ from harvester_cli.panda import updates
 from harvester_cli.panda.jobs import PandaJob
 from harvester_cli.state import jobs, locks, outbox
 from harvester_cli.state.store import DatabaseFailure, chunks
-from harvester_cli.steps import registration
+from harvester_cli.steps import allocation, registration
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ class FetchResult:
 
 
 def job_row(queue: QueueConfig, job: PandaJob, at: float, problem: str | None = None) -> jobs.NewJob:
-    """The jobs table's row of a received job: waiting for a worker, or (with a problem) failed at once."""
+    """The jobs table's row of a received job: waiting for a worker, or (with a problem: why it is invalid,
+    or refused) failed at once."""
     resource_type = job.resource_type if job.resource_type in queue.resource_types else queue.resource_types[0]
     if problem:
         return jobs.NewJob(job.panda_id, queue.name, model.JOB_FAILED, model.SUB_REPORTING, job.attempt_nr,
-                           resource_type, job.core_count or queue.core_count, 0, job.description,
-                           f"invalid job from PanDA: {problem}", at, at)
+                           resource_type, job.core_count or queue.core_count, 0, job.description, problem, at, at)
     return jobs.NewJob(job.panda_id, queue.name, model.JOB_STARTING, model.SUB_FETCHED, job.attempt_nr, resource_type,
                        job.core_count or queue.core_count, 0, job.description, None, at, at)
 
@@ -98,13 +98,22 @@ def _store_chunk(store, queue: QueueConfig, received_chunk, result: QueueFetch) 
     for job in received.unusable:
         log.error("queue %s: PanDA sent a job without a usable PandaID (%.120r); it cannot be reported back",
                   queue.name, job)
+    refused = []
+    if queue.many_to_one is not None:   # a job no allocation of this queue can hold: refused, with why
+        refused = [(job, why) for job in received.good if (why := allocation.refusal(queue, job))]
+        out = {job.panda_id for job, _ in refused}
+        received.good = [job for job in received.good if job.panda_id not in out]
     rows = [job_row(queue, job, at) for job in received.good]
     failed: dict[int, dict] = {}   # PandaID -> the failed update PanDA must hear of
     for job, problem in received.bad:
         log.error("queue %s: job %s: invalid job from PanDA: %s", queue.name, job.panda_id, problem)
-        rows.append(job_row(queue, job, at, problem))
+        rows.append(job_row(queue, job, at, f"invalid job from PanDA: {problem}"))
         failed[job.panda_id] = updates.job_failed(job, updates.ERR_SUBMISSION,
                                                   f"harvester: invalid job from PanDA: {problem}")
+    for job, why in refused:
+        log.warning("queue %s: job %s refused: %s", queue.name, job.panda_id, why)
+        rows.append(job_row(queue, job, at, f"refused: {why}"))
+        failed[job.panda_id] = updates.job_failed(job, updates.ERR_SUBMISSION, f"harvester: refused: {why}")
 
     def insert(tx) -> jobs.Stored:
         stored = jobs.store_new(tx, rows)

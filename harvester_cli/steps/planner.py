@@ -4,10 +4,11 @@ The trace is what an operator reads to answer "why no pilots?": each step names 
 and the number that came out, as APF printed "Ready=40, MaxPerCycle=20, MaxPending=12 -> 12".
 Rules in order (docs/domain.md): queue status, an announced downtime of the queue (or of every CE it
 has), missed-worker throttle, max_workers, the queued limit (absolute, or a percentage of running with a
-floor), the demand (pull: activated jobs x factor with an empty-pilot floor; push: jobs waiting; pilot
-streaming: PanDA's numbers), the caps shared with other queues ([caps.NAME], split by demand when they
-bind), per-cycle and per-run caps, the split over resource types (largest remainder), caps on queued
-cores and memory, and last the PanDA registration (no pilot before PanDA knows this instance).
+floor), the demand (pull: activated jobs x factor with an empty-pilot floor; push: jobs waiting, or with
+many_to_one the allocations they make (steps.allocation); pilot streaming: PanDA's numbers), the caps
+shared with other queues ([caps.NAME], split by demand when they bind), per-cycle and per-run caps, the
+split over resource types (largest remainder), caps on queued cores and memory, and last the PanDA
+registration (no pilot before PanDA knows this instance).
 
 A shared cap holds over all its queues and hosts: each queue's share of it is the cap split in proportion
 to the queues' demand, no queue given more than it wants (what it leaves goes to the others), and a
@@ -27,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harvester_cli.config import QueueConfig
+from harvester_cli.steps import allocation
 
 
 NO_ANSWER = "no answer from PanDA"   # QueueState.activated_source when PanDA was asked and could not say
@@ -45,6 +47,8 @@ class QueueState:
     stats_age: int | None = None                              # seconds since PanDA made them (None: live)
     registration: str | None = None                           # why PanDA does not know this instance (None: it does)
     waiting_jobs: dict[str, int] = field(default_factory=dict)  # push: fetched jobs without a worker
+    # many_to_one: the ages (s) of the jobs without a worker, oldest first, per resource type
+    waiting_ages: dict[str, list[float]] = field(default_factory=dict)
     streaming_targets: dict[str, int] | None = None          # pilot streaming: PanDA's numbers still to submit
     missed_recent: int = 0                                    # workers missed within the throttle window
     queued_cores: int = 0
@@ -294,7 +298,8 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
                 demand = {rts[0]: 1.0}
     else:
         waiting = {rt: state.waiting_jobs.get(rt, 0) for rt in rts}
-        headroom = min(headroom, _sum(waiting))
+        if queue.many_to_one is None:   # one worker per job (many_to_one: the allocations they make, below)
+            headroom = min(headroom, _sum(waiting))
         if state.activated is not None:   # what fetch-jobs would bring next (a plan asks PanDA)
             at_panda = f"; at PanDA: activated={state.activated} ({state.activated_source}), for fetch-jobs"
         elif state.activated_source == NO_ANSWER:
@@ -305,6 +310,14 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
                           + ", ".join(f"{rt}={n}" for rt, n in waiting.items()) + at_panda, headroom))
         demand = {rt: float(n) for rt, n in waiting.items()}
         demand_total = float(_sum(waiting))
+        if queue.many_to_one is not None:   # many jobs per worker: the jobs waiting make the allocations
+            made = {rt: allocation.allocations_for(state.waiting_ages.get(rt, []), queue) for rt in rts}
+            headroom = min(headroom, sum(n for n, _ in made.values()))
+            trace.append(Step("jobs per allocation (many_to_one)",
+                              "; ".join(f"{rt}: {why}" if len(rts) > 1 else why for rt, (_, why) in made.items()),
+                              headroom))
+            demand = {rt: float(n) for rt, (n, _) in made.items()}
+            demand_total = float(sum(n for n, _ in made.values()))
 
     wanted = headroom
     if state.ces_down:

@@ -126,19 +126,22 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
         if status != row.status:
             if status in model.WORKER_FINAL and seen.resubmit and queue.mode == "push":
                 resubmit[row.worker_id] = f"transient backend error: {diag or seen.native_status}"
-            elif status in model.WORKER_FINAL:
+            elif status in model.WORKER_FINAL and seen.jobs is None:   # a many-job worker's jobs end on their own
                 ended.append((row, status, diag))
             elif status == model.RUNNING:
                 started.append(row)
-    if not changed and not kills:
+    steps_ended = [(row, seen) for row, seen in zip(rows, observations)
+                   if seen.jobs and any(j.ended for j in seen.jobs.values())]
+    if not changed and not kills and not steps_ended:
         return
     final_jobs = _final_job_updates(instance, queue, ended) if queue.mode == "push" else []
+    step_finals = _step_final_updates(instance, queue, steps_ended)
     # One transaction, run again whole if another host's transaction deadlocked it; the counts go to the
     # result once it committed. A COMMIT whose answer never came (a failover) is looked up: the changes are
     # there as written at `at`, or they are written again (never a worker's job requeued twice).
     changed_ids = [c[7] for c in changed]
     counts = instance.store.retrying(
-        lambda tx: _write_changes(tx, queue, rows, changed, kills, started, resubmit, final_jobs, at),
+        lambda tx: _write_changes(tx, queue, rows, changed, kills, started, resubmit, final_jobs, at, step_finals),
         committed=lambda tx: workers.written_at(tx, changed_ids, at))
     changes, kill_requested, resubmitted, jobs_final = counts
     result.changes.update(changes)
@@ -148,10 +151,11 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
 
 
 def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, resubmit, final_jobs,
-                   at: float) -> tuple[Counter, int, int, int]:
+                   at: float, step_finals=()) -> tuple[Counter, int, int, int]:
     """Write a page's changes; returns (new status -> count, kills asked, jobs requeued, final job updates).
     Every write is compare-and-set on what the page read: another poll (or sweep) may have moved a worker
-    meanwhile, and then its change stands and this one is dropped, with everything that follows from it."""
+    meanwhile, and then its change stands and this one is dropped, with everything that follows from it. A
+    job whose own step ended (a many-job worker) is final only if it is still live when written."""
     changes: Counter = Counter()
     kill_requested = workers.mark_kill(tx, kills)   # first: it leaves status and modified as they were read
     fresh = workers.record_observed(tx, changed)
@@ -169,37 +173,70 @@ def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, re
         transitions.requeue_jobs(tx, queue, resubmit, at)
     final_jobs = [(p, u, d) for p, u, d, w in final_jobs if w in fresh]
     jobs.record_final(tx, [(p, updates.status_of(u), d) for p, u, d in final_jobs], at)
+    live = jobs.record_final_of_live(tx, [(p, updates.status_of(u), d) for p, u, d, _ in step_finals], at)
+    final_jobs += [(p, u, d) for p, u, d, _ in step_finals if p in live]
     outbox.enqueue(tx, outbox.JOB, [(p, queue.name, u, True) for p, u, _ in final_jobs])
     return changes, kill_requested, len(resubmit), len(final_jobs)
 
 
 def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tuple[int, dict, str | None, int]]:
-    """Push mode: for each ended worker, its job's final update from the pilot's files."""
+    """Push mode: for each ended worker, its jobs' final updates from the pilots' files (one job, or with
+    many_to_one each job's own files: a many-job worker the backend lost ends all of its jobs here)."""
     if not ended:
         return []
     backend = instance.backend(queue)
     with instance.store.reading() as tx:
-        bound = jobs.bound_to(tx, [r.worker_id for r, _, _ in ended], (model.SUB_SUBMITTED, model.SUB_RUNNING))
-    by_worker = {b.worker_id: (b.panda_id, PandaJob.from_json(b.job_json)) for b in bound}
+        bound = jobs.bound_to(tx, [r.worker_id for r, _, _ in ended], model.SUB_LIVE)
+    by_worker: dict[int, list[tuple[int, PandaJob]]] = {}
+    for b in bound:
+        by_worker.setdefault(b.worker_id, []).append((b.panda_id, PandaJob.from_json(b.job_json)))
+    names = list(pilot_outputs.PILOT_OUTPUTS)
     out = []
     for row, status, diag in ended:
-        if row.worker_id not in by_worker:
-            continue
-        panda_id, job = by_worker[row.worker_id]
-        if status == model.CANCELLED:
-            update_ = updates.job_failed(job, updates.ERR_WORKER_CANCELLED,
-                                         f"worker {row.worker_id} cancelled: {diag or row.kill_reason}",
-                                         sub_status="cancelled")
-            out.append((panda_id, update_, diag, row.worker_id))
-            continue
-        try:
-            files = backend.fetch_outputs(row, list(pilot_outputs.PILOT_OUTPUTS))
-        except Exception as exc:  # outputs that cannot be fetched are reported as missing
-            log.warning("queue %s: worker %s: cannot fetch outputs: %s", queue.name, row.worker_id, exc)
-            files, diag = {}, f"{diag + '; ' if diag else ''}cannot fetch outputs: {exc}"
-        update_, note = pilot_outputs.final_update(job, files, diag)
-        update_ = updates.with_pilot_links(update_, None, row.batch_id, None)
-        out.append((panda_id, update_, note, row.worker_id))
+        for panda_id, job in by_worker.get(row.worker_id, []):
+            if status == model.CANCELLED:
+                update_ = updates.job_failed(job, updates.ERR_WORKER_CANCELLED,
+                                             f"worker {row.worker_id} cancelled: {diag or row.kill_reason}",
+                                             sub_status="cancelled")
+                out.append((panda_id, update_, diag, row.worker_id))
+                continue
+            try:
+                files = (backend.fetch_job_outputs(row, panda_id, names) if queue.many_to_one is not None
+                         else backend.fetch_outputs(row, names))
+                why = diag
+            except Exception as exc:  # outputs that cannot be fetched are reported as missing
+                log.warning("queue %s: worker %s: cannot fetch outputs: %s", queue.name, row.worker_id, exc)
+                files, why = {}, f"{diag + '; ' if diag else ''}cannot fetch outputs: {exc}"
+            update_, note = pilot_outputs.final_update(job, files, why)
+            update_ = updates.with_pilot_links(update_, None, row.batch_id, None)
+            out.append((panda_id, update_, note, row.worker_id))
+    return out
+
+
+def _step_final_updates(instance: Instance, queue: QueueConfig, steps_ended) -> list[tuple[int, dict, str | None, int]]:
+    """Many jobs per worker: the final update of each live job whose own step has ended (its node failed, it
+    was cancelled, its pilot finished, or the allocation ended under it), from that job's pilot outputs."""
+    if not steps_ended:
+        return []
+    backend = instance.backend(queue)
+    with instance.store.reading() as tx:
+        live = {b.panda_id: b for b in jobs.bound_to(tx, [r.worker_id for r, _ in steps_ended], model.SUB_LIVE)}
+    out = []
+    for row, seen in steps_ended:
+        for panda_id, step in seen.jobs.items():
+            if not step.ended or panda_id not in live:
+                continue
+            job = PandaJob.from_json(live[panda_id].job_json)
+            try:
+                files = backend.fetch_job_outputs(row, panda_id, list(pilot_outputs.PILOT_OUTPUTS))
+                diag = step.diag
+            except Exception as exc:  # outputs that cannot be fetched are reported as missing
+                log.warning("queue %s: worker %s: job %s: cannot fetch outputs: %s", queue.name, row.worker_id,
+                            panda_id, exc)
+                files, diag = {}, f"{step.diag + '; ' if step.diag else ''}cannot fetch outputs: {exc}"
+            update_, note = pilot_outputs.final_update(job, files, diag)
+            update_ = updates.with_node(updates.with_pilot_links(update_, None, row.batch_id, None), step.node)
+            out.append((panda_id, update_, note, row.worker_id))
     return out
 
 

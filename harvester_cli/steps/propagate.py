@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harvester_cli import model
+from harvester_cli.backends.base import job_dir
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import CommitUnknown, PandaError, PandaNoSuchCall
 from harvester_cli.faults import fault_point
@@ -98,12 +99,17 @@ def _with_pilot_links(instance: Instance, rows) -> tuple[list[dict], set[int]]:
     with instance.store.reading() as tx:
         links = jobs.pilot_links(tx, [r.key for r in rows])
     payloads, with_log = [], set()
+    queues = instance.config.queues
     for row in rows:
         payload = json.loads(row.payload)
         link = links.get(row.key)
         if link is not None:
             pilot_log = link.batch_log_url if not link.pilot_log_sent else None
-            payload = updates.with_pilot_links(payload, link.stdout_url, link.batch_id, pilot_log)
+            stdout = link.stdout_url
+            if row.queue in queues and queues[row.queue].many_to_one is not None and link.log_dir:
+                # many jobs in one worker: the job's own pilot output, in its own directory of the worker's logs
+                stdout = instance.log_url(f"{link.log_dir}/{job_dir(row.key)}/pilot.out") or stdout
+            payload = updates.with_pilot_links(payload, stdout, link.batch_id, pilot_log)
             if pilot_log:
                 with_log.add(row.key)
         payloads.append(payload)
@@ -113,6 +119,7 @@ def _with_pilot_links(instance: Instance, rows) -> tuple[list[dict], set[int]]:
 def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
                      progress: Callable[[int], None] | None = None) -> None:
     store = instance.store
+    many_to_one = {q.name for q in instance.config.queues.values() if q.many_to_one is not None}
     for rows in outbox.pages(store, outbox.JOB, queues, instance.config.panda.bulk_size):
         payloads, with_log = _with_pilot_links(instance, rows)
         try:
@@ -126,12 +133,16 @@ def send_job_updates(instance: Instance, queues: list[str], run: PropagateRun,
         sent = [r for r, o in zip(rows, outcomes) if o.accepted]
         refused = [(r.key, o.message or "PanDA refused") for r, o in zip(rows, outcomes) if not o.accepted]
         kill_jobs = [r.key for r, o in zip(rows, outcomes) if o.kill]
+        # A job sharing its worker with others (many_to_one) is killed alone: sweep stops its step.
+        alone = [r.key for r, o in zip(rows, outcomes) if o.kill and r.queue in many_to_one]
+        kill_jobs = [k for k in kill_jobs if k not in alone]
         at = model.now()
 
         def record(tx: Tx) -> int:
             outbox.sent(tx, outbox.JOB, [(r.key, r.version) for r in sent])
             jobs.acknowledged(tx, [r.key for r in sent if r.key in with_log], [r.key for r in sent if r.final], at)
-            return workers.mark_kill_of_jobs(tx, kill_jobs, "PanDA answered tobekilled for its job")
+            return (workers.mark_kill_of_jobs(tx, kill_jobs, "PanDA answered tobekilled for its job")
+                    + jobs.mark_kill(tx, alone, "PanDA answered tobekilled", at))
 
         # PanDA has these updates: losing this write to another host's deadlock, or to a failover under its
         # COMMIT, would send them again.

@@ -42,7 +42,7 @@ from harvester_cli.panda import job_counts, resource_types
 from harvester_cli.panda.jobs import MAX_INT32, PandaJob
 from harvester_cli.state import jobs, locks, meta, outbox, targets, workers
 from harvester_cli.state.store import Tx, chunks
-from harvester_cli.steps import caps, planner, registration, retire, transitions
+from harvester_cli.steps import allocation, caps, planner, registration, retire, transitions
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,7 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         missed = workers.missed_since(tx, queue.name, at - queue.throttle_window)
         streaming = targets.remaining(tx, queue.site, queue.job_type) if queue.pilot_streaming else None
         waiting = jobs.unbound_by_type(tx, queue.name, at)
+        ages = jobs.unbound_ages(tx, queue.name, at) if queue.many_to_one is not None else {}
         # every host's workers of this queue in the interval (the queue lease keeps this exact)
         made = workers.made_since(tx, queue.name, at - interval) if interval else None
         started = workers.started_since(tx, queue.name, at - age) if queue.mode == "pull" and age is not None else {}
@@ -204,7 +205,7 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         queued=load.queued, running=load.running, activated=total, activated_by_type=by_type,
         activated_source=activated.source if asked else planner.NO_ANSWER if activated is None else "",
         started_recently=started,
-        stats_age=age, waiting_jobs=waiting, streaming_targets=streaming, missed_recent=missed,
+        stats_age=age, waiting_jobs=waiting, waiting_ages=ages, streaming_targets=streaming, missed_recent=missed,
         queued_cores=load.queued_cores, queued_memory_mb=load.queued_memory_mb, sizes=sizes,
         registration=registration_problem, made_recently=made, cycle_interval=interval, downtime=down,
         ces_down=ces_down, shared_caps=shared)
@@ -262,20 +263,42 @@ class LeaseLost(StateError):
     """This run's queue lease ran out before its workers were recorded: another host may have planned since."""
 
 
+def _claim_allocations(instance: Instance, queue: QueueConfig, counts: dict[str, int], at: float,
+                       fill_now: bool) -> list[tuple[str, PandaJob | None, allocation.Packed | None]]:
+    """many_to_one: claim the jobs of the planned allocations, oldest first, and pack them; jobs left over
+    (another host took some, or a half-filled rest still waits to fill) are released at once."""
+    items: list[tuple[str, PandaJob | None, allocation.Packed | None]] = []
+    with instance.store.transaction() as tx:
+        for rt, n in counts.items():
+            if n <= 0:
+                continue
+            rows = jobs.claim_unbound(tx, queue.name, rt, n * queue.many_to_one.jobs_max)
+            packed, left = allocation.pack(queue, [(PandaJob.from_json(r.job_json), r.created) for r in rows], at,
+                                           fill_now=fill_now)
+            jobs.release(tx, [job.panda_id for job in left])
+            items += [(rt, None, p) for p in packed]
+    return items
+
+
 def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int,
-                   sizes: dict[str, tuple[int, int]]) -> list[WorkerSpec]:
+                   sizes: dict[str, tuple[int, int]], *, fill_now: bool = False) -> list[WorkerSpec]:
     """Step 4: record the new workers as pending, claimed by this run, and bind their jobs, in one
-    transaction; returns their specs (nothing when a push queue has no job left to bind)."""
+    transaction; returns their specs (nothing when a push queue has no job left to bind). A many_to_one
+    queue's worker is an allocation holding many jobs: every one of them is bound to it in that same
+    transaction (`fill_now`: a half-filled one goes without waiting to fill)."""
     store = instance.store
     at = model.now()
-    items: list[tuple[str, PandaJob | None]] = []
-    if queue.mode == "push":
+    items: list[tuple[str, PandaJob | None, allocation.Packed | None]] = []
+    if queue.many_to_one is not None:
+        items = _claim_allocations(instance, queue, counts, at, fill_now)
+    elif queue.mode == "push":
         with store.transaction() as tx:
             for rt, n in counts.items():
                 if n > 0:
-                    items += [(rt, PandaJob.from_json(row.job_json)) for row in jobs.claim_unbound(tx, queue.name, rt, n)]
+                    items += [(rt, PandaJob.from_json(row.job_json), None)
+                              for row in jobs.claim_unbound(tx, queue.name, rt, n)]
     else:
-        items = [(rt, None) for rt, n in counts.items() for _ in range(n)]
+        items = [(rt, None, None) for rt, n in counts.items() for _ in range(n)]
     if not items:
         return []
     fault_point("submit_after_job_claims")   # push jobs claimed, no worker recorded for them yet
@@ -283,19 +306,25 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
     specs, rows, links = [], [], []
     log_root = instance.worker_log_root(queue.name, at)
     lease = at + store.lease_seconds
-    for worker_id, (rt, job) in zip(ids, items):
-        cores, memory = _size(queue, rt, job, sizes)
+    for worker_id, (rt, job, packed) in zip(ids, items):
         log_dir = log_root / str(worker_id)
+        if packed is not None:   # each job's pilot gets a step of the allocation's size per job
+            cores, memory, walltime = packed.cores, packed.memory_mb, packed.walltime
+            command = instance.pilot_command(queue, worker_id, rt, packed.allocation.cores_per_job,
+                                             packed.allocation.memory_per_job)
+        else:
+            cores, memory = _size(queue, rt, job, sizes)
+            walltime, command = queue.walltime, instance.pilot_command(queue, worker_id, rt, cores, memory)
         specs.append(WorkerSpec(
             worker_id=worker_id, queue=queue.name, resource_type=rt, n_core=cores, memory_mb=memory,
-            walltime=queue.walltime, log_dir=log_dir,
-            pilot_command=instance.pilot_command(queue, worker_id, rt, cores, memory),
+            walltime=walltime, log_dir=log_dir, pilot_command=command,
             environment=instance.pilot_environment(queue, worker_id, rt), job=job,
+            jobs=packed.jobs if packed else [], allocation=packed.allocation if packed else None,
         ))
         rows.append((worker_id, queue.name, queue.backend, queue.mode, rt, queue.job_type, cores, memory,
                      model.PENDING, str(log_dir), at, at, store.owner, lease, instance.host))
-        if job is not None:
-            links.append((job.panda_id, worker_id))
+        bound = [job] if job is not None else packed.jobs if packed is not None else []
+        links += [(j.panda_id, worker_id) for j in bound]
 
     def insert(tx: Tx) -> None:
         if not locks.holds(tx, f"submit:{queue.name}"):
@@ -539,7 +568,7 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             progress(0, expected=result.plan.total)
         for counts in rounds(result.plan.per_resource_type, SUBMIT_ROUND):
             try:
-                specs = record_pending(instance, queue, counts, floor, sizes)
+                specs = record_pending(instance, queue, counts, floor, sizes, fill_now=count is not None)
             except LeaseLost as exc:
                 result.error = str(exc)
                 break
@@ -593,7 +622,13 @@ def one_off_plan(queue: QueueConfig, state: planner.QueueState, count: int, reso
         n = 0
         trace.append(planner.Step("downtime", state.downtime, n))
         cuts.append(state.downtime + " (`harvester-cli downtime remove` withdraws one added by command)")
-    if queue.mode == "push":
+    if queue.many_to_one is not None:
+        made, why = allocation.allocations_for(state.waiting_ages.get(resource_type, []), queue, fill_now=True)
+        if made < n:
+            cuts.append(f"many_to_one: the {resource_type} jobs waiting make {made} allocation(s) ({why})")
+        n = min(n, made)
+        trace.append(planner.Step("jobs per allocation (many_to_one)", why, n))
+    elif queue.mode == "push":
         waiting = state.waiting_jobs.get(resource_type, 0)
         if waiting < n:
             cuts.append(f"push mode: one worker per fetched job, and {waiting} {resource_type} job(s) wait for a "

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from harvester_cli import model
+from harvester_cli.backends.base import JobKillResult
 from harvester_cli.config import QueueConfig
 from harvester_cli.errors import exit_code_of
 from harvester_cli.faults import fault_point
@@ -35,6 +36,8 @@ class QueueSweep:
     jobs_deleted: int = 0
     clean_failed: str | None = None   # the backend could not clean (the next sweep tries again)
     exit_code: int = 0                # what a backend error asks of the run: 2 for a configuration problem
+    jobs_killed: int = 0                                                  # jobs whose own step was stopped
+    job_kill_failed: list[tuple[int, str]] = field(default_factory=list)  # (PandaID, why)
 
 
 @dataclass
@@ -44,7 +47,7 @@ class SweepRun:
 
     @property
     def partial(self) -> bool:
-        return any(q.kill_failed or q.refused for q in self.queues)
+        return any(q.kill_failed or q.job_kill_failed or q.refused for q in self.queues)
 
     @property
     def exit_code(self) -> int:
@@ -63,6 +66,7 @@ class SweepRun:
             for e, ids in by_error.items():
                 who = f"worker {ids[0]}" if len(ids) == 1 else f"{len(ids)} workers ({ids[0]}, ...)"
                 out.append(f"queue {q.queue}: {who}: kill failed: {e}")
+            out += [f"queue {q.queue}: job {p}: kill failed: {e}" for p, e in q.job_kill_failed]
         return out
 
 
@@ -182,6 +186,56 @@ def kill_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, cap
             return   # the backend refuses: do not spin on the same workers; the next run retries
 
 
+def kill_jobs(instance: Instance, queue: QueueConfig, result: QueueSweep) -> None:
+    """Many jobs per worker: stop the jobs PanDA asked to kill, each alone (its step), and report each failed.
+    The last jobs running in a worker take the worker with them: it is marked for killing, and kill_workers
+    (next) ends the allocation, its jobs failed as killed. 500 jobs per run."""
+    store = instance.store
+    with store.transaction() as tx:
+        rows = jobs.claim_to_kill(tx, queue.name, instance.host_filter(queue), 500)
+        by_worker: dict[int, list] = {}
+        for row in rows:
+            by_worker.setdefault(row.worker_id, []).append(row)
+        others = jobs.others_running(tx, list(by_worker))
+        found = workers.by_ids(tx, list(by_worker))
+        last = [r.panda_id for w, bound in by_worker.items() for r in bound
+                if w in found and found[w].status not in model.WORKER_FINAL and not others.get(w)]
+        workers.mark_kill_of_jobs(tx, last, "PanDA asked to kill its last running job")
+        jobs.release(tx, last)
+    reason = "PanDA answered tobekilled for this job"
+    for worker_id, bound in by_worker.items():
+        ids = [r.panda_id for r in bound if r.panda_id not in last]
+        if not ids:
+            continue
+        row = found.get(worker_id)
+        if row is None or row.status in model.WORKER_FINAL:   # its worker has ended: nothing runs the job
+            outcomes = [JobKillResult(p, True) for p in ids]
+        else:
+            try:
+                outcomes = instance.backend(queue).kill_jobs(worker_ref(row), ids, reason)
+            except Exception as exc:   # released at once below, or these jobs stay claimed for a whole lease
+                log.warning("queue %s: backend kill of jobs %s failed: %s", queue.name, ids, exc,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
+                outcomes = [JobKillResult(p, False, f"backend error: {exc}") for p in ids]
+        _record_killed_jobs(instance, queue, [r for r in bound if r.panda_id in ids], outcomes, result)
+
+
+def _record_killed_jobs(instance: Instance, queue: QueueConfig, bound, outcomes, result: QueueSweep) -> None:
+    at = model.now()
+    killed = [b for b, o in zip(bound, outcomes) if o.ok]
+    failed = [(b, o) for b, o in zip(bound, outcomes) if not o.ok]
+
+    def record(tx) -> int:
+        written = jobs.killed(tx, [b.panda_id for b in killed], "killed: PanDA asked to kill this job (its step "
+                              "was cancelled; the other jobs of its worker run on)", at)
+        transitions.report_killed_jobs(tx, queue, [b for b in killed if b.panda_id in written])
+        jobs.release(tx, [b.panda_id for b, _ in failed])
+        return len(written)
+
+    result.jobs_killed += instance.store.retrying(record)
+    result.job_kill_failed += [(b.panda_id, o.error or "kill failed") for b, o in failed]
+
+
 def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, retention: int) -> None:
     """Forget final workers older than the retention whose last update reached PanDA."""
     store = instance.store
@@ -217,6 +271,8 @@ def sweep(instance: Instance, queues: list[QueueConfig], *, force: bool = False,
     run = SweepRun()
     for queue in queues:
         result = QueueSweep(queue.name)
+        if queue.many_to_one is not None:
+            kill_jobs(instance, queue, result)
         kill_workers(instance, queue, result, settings.max_kills_per_run, force)
         clean_workers(instance, queue, result, settings.worker_retention if retention is None else retention)
         delete_done_jobs(instance, queue, result, settings.job_retention if retention is None else retention)

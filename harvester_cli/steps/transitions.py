@@ -44,7 +44,7 @@ def requeue_jobs(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float,
     are reported failed once the queue's max_submit_attempts are used up. A submission withdrawn before
     the backend had it (`attempt=False`: an operator's Ctrl-C) was no attempt."""
     failed = []
-    for b in jobs.bound_to(tx, reasons, (model.SUB_FETCHED, model.SUB_SUBMITTED, model.SUB_RUNNING)):
+    for b in jobs.bound_to(tx, reasons, (model.SUB_FETCHED, *model.SUB_LIVE)):
         attempts = b.submit_attempts + (1 if attempt else 0)
         if attempt and attempts >= queue.max_submit_attempts:
             diag = f"setup failure: {attempts} attempts failed, last: {reasons[b.worker_id]}"
@@ -69,7 +69,7 @@ def fail_jobs_of_unknown(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at
 
 def fail_jobs_of_killed(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at: float) -> None:
     """These workers were killed (worker id -> why): their jobs are reported failed, sub-status cancelled."""
-    bound = jobs.bound_to(tx, reasons, (model.SUB_SUBMITTED, model.SUB_RUNNING))
+    bound = jobs.bound_to(tx, reasons, model.SUB_LIVE)
     if not bound:
         return
     jobs.move(tx, [b.panda_id for b in bound], model.JOB_FAILED, model.SUB_REPORTING, at)
@@ -77,4 +77,14 @@ def fail_jobs_of_killed(tx: Tx, queue: QueueConfig, reasons: dict[int, str], at:
         (b.panda_id, queue.name, updates.job_failed(
             PandaJob.from_json(b.job_json), updates.ERR_WORKER_CANCELLED,
             f"worker {b.worker_id} killed: {reasons[b.worker_id]}", sub_status="cancelled"), True)
+        for b in bound])
+
+
+def report_killed_jobs(tx: Tx, queue: QueueConfig, bound: list) -> None:
+    """These jobs' own steps were stopped (PanDA asked; their many-job worker runs on): each is reported
+    failed, sub-status cancelled."""
+    outbox.enqueue(tx, outbox.JOB, [
+        (b.panda_id, queue.name, updates.job_failed(
+            PandaJob.from_json(b.job_json), updates.ERR_WORKER_CANCELLED,
+            f"job killed in worker {b.worker_id} (its step cancelled), as PanDA asked", sub_status="cancelled"), True)
         for b in bound])

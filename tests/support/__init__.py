@@ -10,6 +10,7 @@
     monitoring.py   the scenario the Prometheus and Chromium tests read, and serve-logs serving it
     multihost.py    several hosts in network namespaces on one private PostgreSQL / MariaDB
     login_nodes.py  a Slurm cluster reached only through login nodes (sshd in network namespaces), its keys
+    slurm_nodes.py  a real Slurm cluster of several compute nodes (one slurmd per network namespace)
     migrations.py   a state database of schema version 2 and what an upgrade must keep
     layout.py       a plugin for tests/unit/test_layout.py (each test's markers and fixtures' modules)
     peers/          start scripts of the real peers, a grid CA and a token issuer of our own

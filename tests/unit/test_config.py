@@ -795,6 +795,9 @@ queues.max_queued_cores 0 INT_MAX            queues.max_queued_memory_mb 0 INT_M
 queues.retire_max_per_run 0 100000           queues.retire_min_age 60 INT_MAX
 caps.max_queued 0 INT_MAX                    caps.max_running 0 INT_MAX
 caps.max_cores 0 INT_MAX
+queues.many_to_one.nodes_min 1 100000       queues.many_to_one.nodes_max 1 100000
+queues.many_to_one.jobs_per_node 1 10000     queues.many_to_one.cores_per_job 1 100000
+queues.many_to_one.fill_timeout 0 604800     queues.many_to_one.walltime_margin 0 604800
 queues.throttle_missed 0 INT_MAX             queues.throttle_window 1 INT_MAX
 queues.activated_factor 0 1000               queues.empty_pilot_floor 0 1
 queues.n_queue_limit_job 0 INT_MAX           queues.max_submit_attempts 1 INT_MAX

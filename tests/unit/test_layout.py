@@ -18,10 +18,10 @@ from tests.support import ROOT
 
 TESTS = ROOT / "tests"
 PEER_MARKERS = {"htcondor", "arc", "slurm", "postgres", "mariadb", "voms", "tokens", "metrics", "browser", "multihost",
-                "ssh", "failover"}
+                "ssh", "failover", "manyjobs"}
 # The support modules whose fixtures start a real daemon (or, for mail, the SMTP server tests count as a peer).
 PEER_MODULES = {"tests.support.arc_ce", "tests.support.condor_pool", "tests.support.databases", "tests.support.mail",
-                "tests.support.monitoring", "tests.support.slurm_cluster"}
+                "tests.support.monitoring", "tests.support.slurm_cluster", "tests.support.slurm_nodes"}
 
 
 def test_no_test_module_imports_another_test_module():

@@ -11,7 +11,9 @@ Behaviours of the real server that clients trip over, modelled here and on by de
   acquire_jobs carrying harvester_id and worker_id always records the worker (running, nJobs 1), but the
   job-worker relation (`relations`: what PanDA's monitor shows as "job ran in worker N") only when the
   instance row exists. update_workers with pandaid_list writes relations without that check and drops
-  the worker's other relations.
+  the worker's other relations (many jobs in one worker: every PandaID it ran). A final worker with an
+  error code stamps it (supErrorCode/supErrorDiag) on its related jobs that are still active, not on those
+  whose own final update came first: each job of a many-job worker gets its own final update before it.
 - Pilot logs. pilot_log is stored as a new log record on every update that carries one (`SimJob.pilot_logs`);
   pilot_id is kept as the job's pilotID, cut to 200 characters, batch_id to 80.
 - Stale job counts. statistics/active_job_stats_by_site and statistics/active_job_detailed_stats_by_site
@@ -108,6 +110,10 @@ class SimJob:
     pilot_logs: list[str] = field(default_factory=list)   # one record per update that carried pilot_log
     pilot_id: str | None = None
     batch_id: str | None = None
+    # What a final worker with an error code stamps on its related jobs that are not holding yet
+    # (supErrorCode, supErrorDiag): the worker's failure, shown as the job's supervisor error.
+    sup_error_code: int | None = None
+    sup_error_diag: str | None = None
 
 
 # How a PanDA server (or what stands in front of it) can fail a call. Before the call is applied: 5xx,
@@ -558,7 +564,23 @@ class PandaSimulator:
                 self.relations -= {r for r in self.relations if r[:2] == (harvester_id, worker["workerID"])
                                    and r[2] not in panda_ids}
                 self.relations |= {(harvester_id, worker["workerID"], int(p)) for p in panda_ids}
+            self._stamp_worker_error(harvester_id, old)
         return True, "", [True] * len(workers)
+
+    def _stamp_worker_error(self, harvester_id: str, worker: dict) -> None:
+        """DBProxy.updateWorkers: a final worker with an error code sets supErrorCode and supErrorDiag on each
+        related job that is still active and not holding (a job whose own final update came first keeps its
+        own story; one still running gets the worker's)."""
+        if worker.get("status") not in ("finished", "failed", "cancelled", "missed") or \
+                worker.get("errorCode") in (None, 0):
+            return
+        for harvester, worker_id, panda_id in self.relations:
+            job = self.jobs.get(panda_id)
+            if harvester != harvester_id or worker_id != worker.get("workerID") or job is None:
+                continue
+            if job.status in ("sent", "starting", "running", "transferring"):
+                job.sup_error_code = worker["errorCode"]
+                job.sup_error_diag = f"Diag from worker : {worker.get('diagMessage')}"[:250]
 
     def report_worker_statistics(self, dn, harvester_id, panda_queue, statistics):
         try:
