@@ -78,10 +78,10 @@ def test_pull_pilots_run_as_one_job_array_and_finish_jobs_in_the_simulator(slurm
         assert job["State"] == "COMPLETED" and job["Name"] == f"{slurm.harness.harvester_id}:{base}+"
         assert f"harvester {slurm.harness.harvester_id}" in job["Comment"]
         assert w.computing_element == "debug" and w.native_status == "COMPLETED" and w.native_exit_code == 0
-        assert w.stdout_url.endswith(f"/{w.worker_id}/pilot.out") and w.batch_log_url.endswith("/batch.log")
+        assert w.stdout_url.endswith(f"/{w.worker_id}/pilot.out") and w.batch_log_url.endswith("/pilot.log")
         log_dir = Path(w.log_dir)
-        assert "#SBATCH --cpus-per-task=1" in (log_dir / "submit.sbatch").read_text()
-        assert (log_dir / "batch.log").exists()   # Slurm's own output, through the array's link
+        assert "#SBATCH --cpus-per-task=1" in (log_dir / "pilot.jdl").read_text()
+        assert (log_dir / "pilot.log").exists()   # Slurm's own output, through the array's link
     outputs = [(Path(w.log_dir) / "pilot.out").read_text() for w in local]
     assert sum("hello from slurm" in text and "finished; PanDA says" in text for text in outputs) == 3
     assert all(w.status == "finished" and w.native_status == "COMPLETED" for w in local)
@@ -147,13 +147,13 @@ def test_walltime_that_runs_out_fails_the_worker_as_timeout(slurm, sim):
     queues = list(instance.config.queues.values())
     submission.submit(instance, queues, count=1)
     (w,) = worker_rows(instance)
-    assert "#SBATCH --time=1" in (Path(w.log_dir) / "submit.sbatch").read_text()
+    assert "#SBATCH --time=1" in (Path(w.log_dir) / "pilot.jdl").read_text()
     # Slurm counts minutes and checks limits about every 30 s: the job ends 60-90 s after it started.
     poll_until(instance, lambda: worker_rows(instance)[0].status == "failed", timeout=180, what="worker timed out")
     (w,) = worker_rows(instance)
     assert w.native_status == "TIMEOUT" and "time limit" in w.diag and w.native_exit_code == 128 + 15
     assert diagnostics.classify(w.status, w.diag, w.native_exit_code) == (1070, "Slurm: walltime exceeded (TIMEOUT)")
-    assert "DUE TO TIME LIMIT" in (Path(w.log_dir) / "batch.log").read_text()
+    assert "DUE TO TIME LIMIT" in (Path(w.log_dir) / "pilot.log").read_text()
     assert w.end_time - w.start_time >= 60
 
 
@@ -305,7 +305,7 @@ def test_multinode_template_renders_and_runs_one_pilot_per_node(slurm, sim):
     assert len(one.submitted) == 1
     poll_until(instance, lambda: worker_rows(instance)[0].status == "finished", timeout=60, what="multinode job done")
     (w,) = worker_rows(instance)
-    text = (Path(w.log_dir) / "submit.sbatch").read_text()
+    text = (Path(w.log_dir) / "pilot.jdl").read_text()
     assert "#SBATCH --nodes=1" in text and "#SBATCH --cpus-per-task=4" in text and "#SBATCH --mem=8000" in text
     assert "srun --nodes=1 --ntasks-per-node=1" in text and "--per-task" in text
     assert "pilot task 0 of 1 on 1 nodes" in (Path(w.log_dir) / "pilot-0.out").read_text()
@@ -315,7 +315,7 @@ def test_multinode_template_renders_and_runs_one_pilot_per_node(slurm, sim):
     two = submission.submit(instance, [queues[1]], count=1, resource_type="MCORE").queues[0]
     (two_worker,) = [r for r in worker_rows(instance) if r.queue == "SLURM_HPC2"]
     assert two.submitted == [two_worker.worker_id]
-    text = (Path(two_worker.log_dir) / "submit.sbatch").read_text()
+    text = (Path(two_worker.log_dir) / "pilot.jdl").read_text()
     assert "#SBATCH --nodes=2" in text and "#SBATCH --cpus-per-task=4" in text and "#SBATCH --mem=8000" in text
     poll_until(instance, lambda: next(r for r in worker_rows(instance) if r.queue == "SLURM_HPC2").kill_reason,
                timeout=30, what="kill requested for a job that cannot start")
