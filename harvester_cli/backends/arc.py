@@ -136,7 +136,7 @@ class TokenProblem(Refused):
 
 
 class CredentialsRefused(BackendError):
-    """Every CE of the queue refused its token (or has none yet): the workers fail with the reasons."""
+    """Every CE of the queue refused its credentials (or has no token yet): the workers fail with the reasons."""
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -351,8 +351,9 @@ class ArcBackend(Backend):
         results: dict[int, SubmitResult] = {}
         try:
             assigned = self._assign(specs)
-        except CredentialsRefused as exc:   # every CE said no to its token: each worker says why
-            return [SubmitResult(s.worker_id, error=str(exc)) for s in specs]
+        except CredentialsRefused as exc:   # every CE said no to its credentials: each worker says why
+            only = self.options.endpoints[0] if len(self.options.endpoints) == 1 else None
+            return [SubmitResult(s.worker_id, error=str(exc), computing_element=only) for s in specs]
         for endpoint, group in assigned.items():
             for chunk in _chunks(group):
                 results.update(self._submit_to(endpoint, chunk))
@@ -475,13 +476,13 @@ class ArcBackend(Backend):
         for spec, activity, outcome in zip(specs, activities, created):
             if outcome.error:
                 results[spec.worker_id] = SubmitResult(spec.worker_id, error=f"ARC CE {endpoint} refused the job: "
-                                                       f"{outcome.value}")
+                                                       f"{outcome.value}", computing_element=endpoint)
                 continue
             job_id = outcome.value[0]
             problem = self._upload(client, endpoint, job_id, activity.uploads)
             if problem:
                 self._discard(client, job_id)
-                results[spec.worker_id] = SubmitResult(spec.worker_id, error=problem)
+                results[spec.worker_id] = SubmitResult(spec.worker_id, error=problem, computing_element=endpoint)
             else:
                 results[spec.worker_id] = self._result(spec.worker_id, endpoint, job_id)
         return results

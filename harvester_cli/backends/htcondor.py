@@ -268,7 +268,9 @@ class HTCondorBackend(Backend):
             why = [f"{ce}: {reason}" for ce, reason in benched.items()]
             why += [f"{ce}: already queues {limit - room} of {limit}" for ce, room in capacity.items() if room <= 0]
             error = "no CE can take this worker (" + ("; ".join(why) or "no usable CE") + ")"
-            return assigned, [SubmitResult(s.worker_id, error=error) for s in specs[len(picks):]]
+            only = names[0] if len(names) == 1 else None   # counted against it (errors per CE)
+            return assigned, [SubmitResult(s.worker_id, error=error, computing_element=only)
+                              for s in specs[len(picks):]]
         return assigned, []
 
     def assign_schedds(self, specs: list[WorkerSpec]) -> tuple[dict[int, str], list[SubmitResult]]:

@@ -278,7 +278,8 @@ class SlurmBackend(Backend):
             why += [f"{p}: reaches the queue limit of {limit} (n_queue_limit_worker)" for p, room in capacity.items()
                     if taken[p] >= room]
             error = "no partition can take this worker (" + ("; ".join(why) or "none usable") + ")"
-            return assigned, [SubmitResult(s.worker_id, error=error) for s in specs[len(picks):]]
+            only = names[0] if len(names) == 1 else None   # counted against it (errors per CE)
+            return assigned, [SubmitResult(s.worker_id, error=error, computing_element=only) for s in specs[len(picks):]]
         return assigned, []
 
     # -- submit ------------------------------------------------------------------------------

@@ -41,6 +41,11 @@ def _e(code: int, backend: str, native: str, meaning: str, transient: bool, patt
     return CEError(code, backend, native, meaning, transient, pattern)
 
 
+def _grid(code: int, native: str, meaning: str, transient: bool, pattern: str) -> CEError:
+    """A hold the gridmanager gives (code 0 in HTCondor 25) that says what happened only in its text."""
+    return _e(code, "htcondor", native, meaning, transient, rf"(?:{pattern}).*\(HoldReasonCode \d+,")
+
+
 def _hold(code: int, label: str, meaning: str, transient: bool, subcode: int | None = None,
           number: int | None = None) -> CEError:
     """A HoldReasonCode (with a subcode, when that decides the case): HTCondor's own numbering + 1100."""
@@ -55,25 +60,25 @@ def _hold(code: int, label: str, meaning: str, transient: bool, subcode: int | N
 # 13, 15, the ARC grid job without credentials, the unreachable CE and the schedd the collector does not know.
 HTCONDOR: tuple[CEError, ...] = (
     # grid universe: the gridmanager holds with code 0 and says why
-    _e(1151, "htcondor", "HoldReasonCode 0: ARC job has no credentials",
-       "grid job without a usable proxy or token for its CE (credentials not delegated)", True,
-       r"has no credentials|proxy .*expired|Failed to provide GAHP with token|delegat\w* .*(refused|failed)"),
-    _e(1152, "htcondor", "HoldReasonCode 0: Error connecting to schedd",
-       "the CE's schedd (condor-C) did not answer", True, r"Error connecting to schedd|Failed to connect to"),
-    _e(1153, "htcondor", "HoldReasonCode 0: Error locating schedd", "the CE's collector does not know its schedd",
-       True, r"Error locating schedd"),
-    _e(1154, "htcondor", "HoldReasonCode 0: Job disappeared from remote schedd", "the CE lost the job", True,
-       r"Job disappeared from remote schedd"),
-    _e(1155, "htcondor", "HoldReasonCode 0: Failed to start GAHP / gridmanager",
-       "the schedd could not start the program that talks to the CE", True,
-       r"Failed to start (GAHP|gridmanager)|GAHP (server )?(died|error)"),
-    _e(1156, "htcondor", "HoldReasonCode 0: Error receiving files from schedd",
-       "the CE did not send the job's outputs back", True,
-       r"Error receiving files from schedd|didn't send expected files"),
-    _e(1157, "htcondor", "HoldReasonCode 0: ARC job failed", "the ARC CE says the grid job failed (see the text)",
-       False, r"ARC job failed"),
-    _e(1158, "htcondor", "HoldReasonCode 0: grid submission failed", "the CE refused the grid job", False,
-       r"Attempts? to submit failed|Job submission failed|Failed to submit"),
+    _grid(1151, "HoldReasonCode 0: ARC job has no credentials",
+          "grid job without a usable proxy or token for its CE (credentials not delegated)", True,
+          r"has no credentials|proxy .*expired|Failed to provide GAHP with token|delegat\w* .*(refused|failed)"),
+    _grid(1152, "HoldReasonCode 0: Error connecting to schedd",
+          "the CE's schedd (condor-C) did not answer", True, r"Error connecting to schedd|Failed to connect to"),
+    _grid(1153, "HoldReasonCode 0: Error locating schedd", "the CE's collector does not know its schedd",
+          True, r"Error locating schedd"),
+    _grid(1154, "HoldReasonCode 0: Job disappeared from remote schedd", "the CE lost the job", True,
+          r"Job disappeared from remote schedd"),
+    _grid(1155, "HoldReasonCode 0: Failed to start GAHP / gridmanager",
+          "the schedd could not start the program that talks to the CE", True,
+          r"Failed to start (GAHP|gridmanager)|GAHP (server )?(died|error)"),
+    _grid(1156, "HoldReasonCode 0: Error receiving files from schedd",
+          "the CE did not send the job's outputs back", True,
+          r"Error receiving files from schedd|didn't send expected files"),
+    _grid(1157, "HoldReasonCode 0: ARC job failed", "the ARC CE says the grid job failed (see the text)",
+          False, r"ARC job failed"),
+    _grid(1158, "HoldReasonCode 0: grid submission failed", "the CE refused the grid job", False,
+          r"Attempts? to submit failed|Job submission failed|Failed to submit"),
     _e(1159, "htcondor", "HoldReasonCode 0 (other)", "held by the gridmanager (a reason this table does not list)",
        False, r"\(HoldReasonCode 0,"),
     _hold(1, "UserRequest", "held with condor_hold (an operator)", False),
@@ -205,6 +210,11 @@ SLURM: tuple[CEError, ...] = (
        r"partition is (down|drain|inact)|Partition in standby|PartitionDown|PartitionInactive"),
     _e(1308, "slurm", "sbatch: Requested time limit is invalid", "the walltime exceeds the partition's limit",
        False, r"time limit is invalid|PartitionTimeLimit"),
+    _e(1309, "slurm", "sbatch: Invalid user id / not permitted",
+       "this account may not submit to the partition (AllowGroups, DisableRootJobs)", False,
+       r"Invalid user id|not permitted to use this partition|Access/permission denied|User's group not permitted"),
+    _e(1310, "slurm", "sbatch: Invalid feature specification", "no node has the constraint's features", False,
+       r"Invalid feature specification"),
     _e(1320, "slurm", "launch failed requeued held", "the job failed to launch on its node and was held", True,
        r"launch failed requeued held"),
     _e(1321, "slurm", "JobHeldAdmin", "held by a Slurm administrator", False, r"JobHeldAdmin"),

@@ -398,8 +398,10 @@ def confirm_retries(instance: Instance, queue: QueueConfig, limit: int = 500) ->
         states = instance.panda.job_states(list(held))
         for panda_id, job in held.items():
             state = states.get(panda_id)
-            if state is None or state.status not in model.JOB_RETRYABLE_AT_PANDA:
-                gone[panda_id] = f"not resubmitted: PanDA has the job {state.status if state else 'not at all'}"
+            if state is None or state.status == "not found":
+                gone[panda_id] = "not resubmitted: PanDA does not have the job"
+            elif state.status not in model.JOB_RETRYABLE_AT_PANDA:
+                gone[panda_id] = f"not resubmitted: PanDA has the job {state.status}"
             elif job.attempt_nr is not None and state.attempt_nr not in (None, job.attempt_nr):
                 gone[panda_id] = (f"not resubmitted: PanDA reassigned the job (attempt {state.attempt_nr}, this "
                                   f"harvester has attempt {job.attempt_nr})")
