@@ -8,8 +8,9 @@ carries +harvesterID, +harvesterWorkerID, +harvesterQueue and +harvesterCE. The 
 per-worker wrapper (in the worker's private directory under work_dir) that exports the pilot environment,
 runs the pilot command and copies the pilot's outputs (heartbeat.json, jobReport.json) into a
 `harvester-outputs` directory that HTCondor always brings back (a missing output file would hold the job).
-The job's initial directory is the worker's log directory: pilot.out, pilot.err, batch.log (the job event
-log), submit.sub (what was submitted) and harvester-outputs/ land there. Push mode ships pandaJobData.out
+The job's initial directory is the worker's log directory: pilot.out, pilot.err, pilot.log (the job event
+log), pilot.jdl (what was submitted) and harvester-outputs/ land there (batch.log and submit.sub for workers
+made before). Push mode ships pandaJobData.out
 (mode 0600, in the private directory) with transfer_input_files.
 
 CE fanout (ce_choice.py): the queue's CEs come from `ces` or a CRIC pandaqueue file; each worker's CE is a

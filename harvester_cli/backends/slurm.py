@@ -370,7 +370,7 @@ class SlurmBackend(Backend):
 
     def _array(self, members: list[tuple[WorkerSpec, str]], partition: str | None) -> tuple[list[str], list[StagedFile]]:
         """The array's sbatch command, and its files: a link per task to the task's log directory (Slurm writes
-        batch.log through it) and the dispatcher."""
+        pilot.log through it) and the dispatcher."""
         base = members[0][0].worker_id
         links = self.root / ARRAYS_DIR / str(base)
         relative = f"{ARRAYS_DIR}/{base}"

@@ -420,4 +420,4 @@ def test_pilot_log_goes_with_one_acknowledged_update_per_job_never_again(harness
     updates = sim.jobs[panda_id].updates
     assert [u["job_status"] for u in updates] == ["starting", "running", "failed"]
     assert ["pilot_log" in u for u in updates] == [True, False, False]
-    assert [log.rsplit("/", 1)[-1] for log in sim.jobs[panda_id].pilot_logs] == ["batch.log"]
+    assert [log.rsplit("/", 1)[-1] for log in sim.jobs[panda_id].pilot_logs] == ["pilot.log"]
