@@ -10,8 +10,8 @@ runs the pilot command and copies the pilot's outputs (heartbeat.json, jobReport
 `harvester-outputs` directory that HTCondor always brings back (a missing output file would hold the job).
 The job's initial directory is the worker's log directory: pilot.out, pilot.err, pilot.log (the job event
 log), pilot.jdl (what was submitted) and harvester-outputs/ land there (batch.log and submit.sub for workers
-made before). Push mode ships pandaJobData.out
-(mode 0600, in the private directory) with transfer_input_files.
+made before). Push mode ships pandaJobData.out (mode 0600, in the private directory) with
+transfer_input_files.
 
 CE fanout (ce_choice.py): the queue's CEs come from `ces` or a CRIC pandaqueue file; each worker's CE is a
 weighted random choice (recent throughput from the state store mixed with a fair share); CEs that queue the

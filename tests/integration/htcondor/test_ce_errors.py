@@ -19,7 +19,7 @@ from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
 from harvester_cli.steps.monitor import summary
-from tests.support.condor_pool import SCHEDD, pool_state
+from tests.support.condor_pool import CHROOT, SCHEDD, pool_state
 from tests.support.harness import cycle_until as _cycle_until
 from tests.support.harness import rows, wait_until
 from tests.support.monitor_links import answers, monitor_urls
@@ -127,6 +127,7 @@ def test_spooled_schedd_without_a_shared_file_system_sends_the_logs_back(htc, si
     forgets the job, and the monitor's four URLs answer."""
     (panda_id,) = sim.add_jobs("HTC_SPOOL", 1, jobPars="echo payload through the spool")
     private = htc.harness.tmp_path
+    assert not (CHROOT / str(private).lstrip("/")).exists()   # the pool (in its chroot) cannot see it
     instance = htc.instance({"HTC_SPOOL": htc.queue("push", spool=True)}, log_dir=str(private / "logs"),
                             work_dir=str(private / "work"))
     cycle_until(instance, lambda: sim.job_status(panda_id) == "finished", timeout=90, what="spooled job finished")
