@@ -19,6 +19,7 @@ from harvester_cli.panda import ce_errors, diagnostics, updates
 from harvester_cli.site.logserver import LogServer
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.steps import fetch_jobs as fetching
+from harvester_cli.steps import monitor
 from harvester_cli.steps import poll as monitoring
 from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
@@ -216,6 +217,30 @@ def test_a_permanent_submission_refusal_fails_the_job_at_once(harness, sim):
     submission.submit(instance, queues)
     (job,) = rows(instance, jobs)
     assert job.status == "failed" and "not retried" in job.diag and job.submit_attempts == 1
+
+
+def test_status_and_the_metrics_count_the_errors_per_ce(harness, sim):
+    """What an operator reads: `status` (text and JSON) has a row per queue, CE and code, and the metrics file
+    the counters of errors seen and jobs given back, labelled the same way."""
+    instance, queues, _, _ = one_push_worker(harness, sim, 2)
+    answer(instance, queues, status="failed", native_status="FAILED", diag="Job submission to LRMS failed",
+           started=False)
+    assert monitoring.poll(instance, queues).queues[0].resubmitted == 2
+    textfile = harness.tmp_path / "metrics" / "harvester.prom"
+    textfile.parent.mkdir()
+    harness.write_config(PUSH, metrics={"textfile": str(textfile)})
+    monitor.after_command(instance, [monitor.Run("poll", model.now(), model.now(), 0)])
+    text = monitor.metrics_text(instance).decode()
+    assert re.search(r'^harvester_cli_ce_errors_total\{code="1201",computing_element="localhost",.*queue="PUSH_Q",'
+                     r'transient="true"\} 2\.0$', text, re.M), text
+    assert re.search(r'^harvester_cli_jobs_resubmitted_total\{code="1201",computing_element="localhost",.*'
+                     r'queue="PUSH_Q"\} 2\.0$', text, re.M), text
+    (row,) = harness.cli_json("status")["ce_errors"]
+    assert row == {"queue": "PUSH_Q", "computing_element": "localhost", "code": 1201, "count": 2, "transient": True,
+                   "meaning": "the CE could not hand the job to its batch system"}
+    shown = harness.cli("status", check=True).stdout
+    assert "errors per CE" in shown and re.search(r"^PUSH_Q +localhost +1201 +the CE could not hand the job to its "
+                                                  r"batch system +yes +2$", shown, re.M), shown
 
 
 # -- log names -------------------------------------------------------------------------------------
