@@ -43,9 +43,9 @@ not monotonic, so no order is assumed. A job the CE does not know (404) is missi
 queue's grace).
 
 Outputs: when a job is seen ended, its stdout/stderr, heartbeat.json, jobReport.json, the queue's
-`output_files` and A-REX's own log of the job (`pilot.log`; `arc-errors.log` before) are downloaded into the worker's log
-directory before the end is reported; if the CE cannot deliver them now, the worker keeps its status
-and the next poll tries again (for up to an hour after the job ended). The CE session is cleaned only
+`output_files` and A-REX's own log of the job (`pilot.log`; `arc-errors.log` before) are downloaded into the
+worker's log directory before the end is reported; if the CE cannot deliver them now, the worker keeps its
+status and the next poll tries again (for up to an hour after the job ended). The CE session is cleaned only
 by `clean`, i.e. after the retention, when the outputs are long safe.
 
 A CE that cannot be reached: submit raises before creating anything (the workers stay pending and the

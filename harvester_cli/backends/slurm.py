@@ -279,7 +279,8 @@ class SlurmBackend(Backend):
                     if taken[p] >= room]
             error = "no partition can take this worker (" + ("; ".join(why) or "none usable") + ")"
             only = names[0] if len(names) == 1 else None   # counted against it (errors per CE)
-            return assigned, [SubmitResult(s.worker_id, error=error, computing_element=only) for s in specs[len(picks):]]
+            return assigned, [SubmitResult(s.worker_id, error=error, computing_element=only)
+                              for s in specs[len(picks):]]
         return assigned, []
 
     # -- submit ------------------------------------------------------------------------------

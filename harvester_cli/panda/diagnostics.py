@@ -31,8 +31,8 @@ RULES: tuple[tuple[str, int, str], ...] = (
 )
 
 
-# Codes whose rules are asked before the CE tables: who asked for a kill (PanDA, or retirement) says more than what the CE said
-# meanwhile.
+# Codes whose rules are asked before the CE tables: who asked for a kill (PanDA, or retirement) says more
+# than what the CE said meanwhile.
 FIRST = (1010, 1014)
 
 

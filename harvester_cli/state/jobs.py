@@ -156,7 +156,8 @@ def move(tx: Tx, panda_ids: Sequence[int], status: str, sub_status: str, at: flo
                    .values(status=status, sub_status=sub_status, modified=at))
 
 
-def back_to_wait(tx: Tx, panda_id: int, attempts: int, diag: str, at: float, sub_status: str = model.SUB_FETCHED) -> None:
+def back_to_wait(tx: Tx, panda_id: int, attempts: int, diag: str, at: float,
+                 sub_status: str = model.SUB_FETCHED) -> None:
     """The job waits for another worker (SUB_FETCHED), or first for PanDA's word (SUB_RETRY); `attempts`
     submissions failed so far."""
     tx.execute(update(jobs).where(jobs.c.panda_id == panda_id).values(

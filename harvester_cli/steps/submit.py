@@ -412,7 +412,8 @@ def confirm_retries(instance: Instance, queue: QueueConfig, limit: int = 500) ->
     except PandaError as exc:
         with store.transaction() as tx:
             jobs.release(tx, list(held))
-        check.problem = f"{len(held)} job(s) wait to be resubmitted: PanDA could not be asked ({exc}); asked again next run"
+        check.problem = (f"{len(held)} job(s) wait to be resubmitted: PanDA could not be asked ({exc}); asked again "
+                         "next run")
         return check
     confirmed = []
     for panda_id, outcome in zip(ask, outcomes):
