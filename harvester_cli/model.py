@@ -45,16 +45,26 @@ JOB_FAILED = "failed"
 JOB_FINAL = (JOB_FINISHED, JOB_FAILED)
 
 SUB_FETCHED = "fetched"        # stored, waiting for a worker
+SUB_RETRY = "retry"            # its worker failed for a transient CE reason before it started: waits for
+                               # PanDA's word (still ours, not killed, not reassigned) before a new worker
 SUB_SUBMITTED = "submitted"    # bound to a submitted worker
 SUB_RUNNING = "running"        # its worker runs
 SUB_KILLING = "killing"        # PanDA asked to kill it, not its many-job worker: sweep stops its step
 SUB_REPORTING = "reporting"    # final state known, final update not yet acknowledged by PanDA
 SUB_DONE = "done"              # PanDA acknowledged the final update
 JOB_STATES = (JOB_STARTING, JOB_RUNNING, JOB_TRANSFERRING, JOB_FINISHED, JOB_FAILED)
-JOB_SUB_STATES = (SUB_FETCHED, SUB_SUBMITTED, SUB_RUNNING, SUB_KILLING, SUB_REPORTING, SUB_DONE)
+JOB_SUB_STATES = (SUB_FETCHED, SUB_RETRY, SUB_SUBMITTED, SUB_RUNNING, SUB_KILLING, SUB_REPORTING, SUB_DONE)
 # A job bound to a live worker, not final yet: poll gives each its final update when its worker (or, in a
 # many-job worker, its own step) ends.
 SUB_LIVE = (SUB_SUBMITTED, SUB_RUNNING, SUB_KILLING)
+# PanDA's statuses of a job a harvester may give a new worker: sent (acquired, no worker took it yet),
+# starting, and running (a worker was reported running, but its pilot never started: ARC's RUNNING is the
+# CE's batch system, queued or not).
+JOB_RETRYABLE_AT_PANDA = ("sent", JOB_STARTING, JOB_RUNNING)
+
+# A kill reason that says the worker is killed for a transient CE error before its job started (poll checked
+# the batch system's word and the pilot's outputs): its push job gets a new worker instead of failing.
+RESUBMIT_MARK = "transient CE error, the job never started: "
 
 
 def allowed_worker_transition(old: str, new: str) -> bool:

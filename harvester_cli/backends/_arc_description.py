@@ -39,6 +39,9 @@ ET.register_namespace("nordugrid-adl", NORDUGRID_ADL)
 WRAPPER = "harvester-worker.sh"
 STDOUT = "pilot.out"
 STDERR = "pilot.err"
+# The same stem (PanDA's monitor finds them from the stdout URL): A-REX's log of the job, and the ADL sent.
+BATCH_LOG = "pilot.log"
+DESCRIPTION = "pilot.jdl"
 MEMORY_STEP_MB = 500
 
 # Host paths the harvester passes to local pilots; on a CE the job gets its own (the delegated proxy

@@ -25,7 +25,7 @@ ATTRIBUTES = [
     "ClusterId", "ProcId", "JobStatus", "harvesterWorkerID", "harvesterCE", "ExitCode", "ExitBySignal",
     "ExitSignal", "HoldReason", "HoldReasonCode", "HoldReasonSubCode", "RemoveReason", "EnteredCurrentStatus",
     "JobStartDate", "JobCurrentStartDate", "CompletionDate", "NumJobStarts", "GridResource", "GridJobStatus",
-    "GridResourceUnavailableTime", "LastRemoteStatusUpdate",
+    "GridResourceUnavailableTime", "LastRemoteStatusUpdate", "GridJobId", "harvesterRetrieved",
 ]
 
 
@@ -81,8 +81,28 @@ def hold_on_kill_list(ad: Mapping[str, Any], kill_list: tuple[str, ...]) -> str 
     return None
 
 
+def never_started(ad: Mapping[str, Any]) -> bool | None:
+    """The schedd's word on whether the job's executable ever started: False when it never did (no start
+    recorded and, for a grid job, never handed to its CE: a job the CE has may run there unseen), True when
+    it did, None when it cannot tell."""
+    if _time(ad, "JobStartDate", "JobCurrentStartDate") is not None or (value(ad, "NumJobStarts") or 0) > 0:
+        return True
+    if value(ad, "GridResource") and value(ad, "GridJobId"):
+        return None
+    return False
+
+
 def observe(worker_id: int, ad: Mapping[str, Any], at: float, policy: Policy) -> Observation:
+    seen = _observe(worker_id, ad, at, policy)
+    started = never_started(ad)
+    seen.started = started if seen.status not in (model.RUNNING, model.FINISHED) else True
+    return seen
+
+
+def _observe(worker_id: int, ad: Mapping[str, Any], at: float, policy: Policy) -> Observation:
     status = value(ad, "JobStatus")
+    if status == 3 and value(ad, "harvesterRetrieved"):
+        status = 4   # a spooled job harvester-cli removed once its outputs were back: it completed
     native = STATUS_NAMES.get(status, f"JobStatus {status}")
     grid = value(ad, "GridJobStatus")
     if grid:

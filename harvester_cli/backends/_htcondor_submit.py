@@ -21,6 +21,7 @@ argument syntax (plain commands only: no pipes, redirections or variable assignm
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -51,6 +52,34 @@ for f in {names}; do
 done
 exit $rc
 """
+
+
+@dataclass(frozen=True)
+class LogNames:
+    """A worker's files in its log directory, under one stem: PanDA's monitor finds stderr, the batch log
+    and the submit description by replacing the stdout URL's .out with .err, .log and .jdl."""
+
+    stdout: str | None   # None: a template that writes it outside the log directory (no URL then)
+    stderr: str | None
+    log: str | None
+    jdl: str
+
+
+SHIPPED_NAMES = LogNames("pilot.out", "pilot.err", "pilot.log", "pilot.jdl")
+
+
+def log_names(submit) -> LogNames:
+    """The names a submit description gives stdout, stderr and the job event log in $(logDir) (a site's own
+    template may name them otherwise: its URLs then say what it wrote); the submit description goes beside
+    them under stdout's stem."""
+
+    def name(key: str) -> str | None:
+        head, _, tail = str(submit.get(key) or "").strip().rpartition("/")
+        return tail if head.lower() == "$(logdir)" and tail and "$(" not in tail else None
+
+    stdout = name("output")
+    stem = (stdout or SHIPPED_NAMES.stdout).removesuffix(".out")
+    return LogNames(stdout, name("error"), name("log"), f"{stem}.jdl")
 
 
 def template_text(flavour: str, override: Path | None) -> str:

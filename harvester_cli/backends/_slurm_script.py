@@ -20,7 +20,7 @@ node of nCorePerJob cores and requestRamPerJob MB each: templates/slurm/manyjobs
 executableFile is the launcher of _slurm_steps.py (a queue's own `template` may replace it).
 
 What harvester-cli adds on the sbatch command line, never in the template: --parsable, --job-name and
---comment (the tags), --output/--error (batch.log in the worker's log directory), --chdir, --array, and
+--comment (the tags), --output/--error (pilot.log in the worker's log directory), --chdir, --array, and
 the queue's partition, account, qos, reservation, constraint and sbatch_options. Values in the command
 line win over `#SBATCH` lines, so a site template cannot lose the tags by accident.
 
@@ -46,8 +46,11 @@ from harvester_cli.panda.pilot_outputs import JOB_DESCRIPTION
 TEMPLATES = SLURM_TEMPLATES
 WRAPPER_NAME = "harvester-worker.sh"
 SCRIPT_NAME = "job.sbatch"          # the rendered template, in the work directory (arrays exec it)
-SUBMIT_COPY = "submit.sbatch"       # the same, in the log directory, for people (clean-logs knows *.sbatch)
-BATCH_LOG = "batch.log"
+# In the log directory, under the first pilot's stdout stem (pilot, or pilot-0 of a multinode worker), so that
+# PanDA's monitor finds them from the stdout URL (.out -> .log, .jdl): Slurm's own output of the batch script,
+# and the rendered script for people (batch.log and submit.sbatch before).
+BATCH_LOG = "{stem}.log"
+SUBMIT_COPY = "{stem}.jdl"
 
 PLACEHOLDERS = (
     "workerID", "harvesterID", "queueName", "computingSite", "resourceType", "jobType", "prodSourceLabel",
@@ -88,7 +91,7 @@ DISPATCHER = """\
 {shebang}
 {header}
 # harvester-cli job array of queue {queue}: task i runs worker {base} + i, whose script is
-# {root}/<worker id>/{script} (its batch.log is reached through {links}/i).
+# {root}/<worker id>/{script} (its batch log is reached through {links}/i).
 exec {root}/$(({base} + SLURM_ARRAY_TASK_ID))/{script}
 """
 

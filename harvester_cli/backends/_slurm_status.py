@@ -266,7 +266,8 @@ def observe(worker_id: int, current_status: str, record: JobRecord,
         if state == "COMPLETED":
             return Observation(worker_id, model.FINISHED, state, shell_exit_code(record) or 0, None, record.start, end)
         status = model.CANCELLED if state in CANCELLED_STATES else model.FAILED
-        return Observation(worker_id, status, state, shell_exit_code(record), diag(record), record.start, end)
+        return Observation(worker_id, status, state, shell_exit_code(record), diag(record), record.start, end,
+                           started=False if record.start is None else None)
     if held(record):
         return Observation(worker_id, model.HELD, state, diag=f"{record.reason or state} (job {record.job_id})")
     if state in SUBMITTED_STATES:

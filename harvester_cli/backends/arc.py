@@ -43,9 +43,9 @@ not monotonic, so no order is assumed. A job the CE does not know (404) is missi
 queue's grace).
 
 Outputs: when a job is seen ended, its stdout/stderr, heartbeat.json, jobReport.json, the queue's
-`output_files` and A-REX's own log of the job (`arc-errors.log`) are downloaded into the worker's log
-directory before the end is reported; if the CE cannot deliver them now, the worker keeps its status
-and the next poll tries again (for up to an hour after the job ended). The CE session is cleaned only
+`output_files` and A-REX's own log of the job (`pilot.log`; `arc-errors.log` before) are downloaded into the
+worker's log directory before the end is reported; if the CE cannot deliver them now, the worker keeps its
+status and the next poll tries again (for up to an hour after the job ended). The CE session is cleaned only
 by `clean`, i.e. after the retention, when the outputs are long safe.
 
 A CE that cannot be reached: submit raises before creating anything (the workers stay pending and the
@@ -117,7 +117,7 @@ HELD_BY_AREX = frozenset({"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED"})
 # A job in these states may still wait for the files its submitter uploads (crash repair re-uploads).
 WAITING_FOR_UPLOADS = frozenset({"ACCEPTING", "ACCEPTED", "PREPARING"})
 
-BATCH_LOG = "arc-errors.log"
+BATCH_LOG = adl.BATCH_LOG   # A-REX's own log of the job (its "errors" diagnose file); arc-errors.log before
 CHUNK = 100
 # An ended job whose outputs the CE cannot deliver is reported without them after this long.
 OUTPUT_RETRY_SECONDS = 3600
@@ -126,12 +126,17 @@ CE_HISTORY_SECONDS = 6 * 3600
 
 
 
-class TokenProblem(BackendError):
-    """One CE refused its token, or renew-proxy has not made it: a reason of the workers, not an outage."""
+class Refused(BackendError):
+    """One CE answered and refused this client's credentials (a token, a proxy whose DN it does not map), or
+    renew-proxy has not made the token: a reason of the workers, not an outage."""
+
+
+class TokenProblem(Refused):
+    """One CE refused its token, or renew-proxy has not made it."""
 
 
 class CredentialsRefused(BackendError):
-    """Every CE of the queue refused its token (or has none yet): the workers fail with the reasons."""
+    """Every CE of the queue refused its credentials (or has no token yet): the workers fail with the reasons."""
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -217,6 +222,17 @@ def connect(endpoint: str, proxy: Path | None, timeout: float, ca: Path | None, 
     raise BackendError(f"ARC CE {endpoint} offers REST versions {versions}; pyarcrest speaks 1.0 and 1.1")
 
 
+# A-REX's states before its batch system has the job: a job that failed in one of them never started.
+BEFORE_LRMS = frozenset({"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING"})
+
+
+def _started(info: dict) -> bool | None:
+    """The CE's word on whether a failed job ever started: False when it failed before its batch system had
+    it (REST info's restartState, where A-REX would restart it) and left no exit code; None otherwise."""
+    restart = str(info.get("restartState") or info.get("RestartState") or "").rpartition(":")[2].upper()
+    return False if restart in BEFORE_LRMS and info.get("ExitCode") is None else None
+
+
 def _refused(exc: BaseException) -> bool:
     """The CE answered and said no to our credentials (A-REX: a bare 401 or 403)."""
     return _http_status(exc) in (401, 403)
@@ -292,6 +308,9 @@ class ArcBackend(Backend):
         except Exception as exc:
             if token and _refused(exc):
                 raise TokenProblem(self._refusal(endpoint, exc)) from exc
+            if _refused(exc):   # the proxy: its DN is not mapped, or it cannot be delegated
+                raise Refused(f"ARC CE {endpoint} refused the proxy {proxy} (HTTP {_http_status(exc)}): its DN is "
+                              "not authorized or mapped there, nothing can be delegated") from exc
             raise
         self._clients[endpoint] = (client, stamp)
         return client
@@ -332,8 +351,9 @@ class ArcBackend(Backend):
         results: dict[int, SubmitResult] = {}
         try:
             assigned = self._assign(specs)
-        except CredentialsRefused as exc:   # every CE said no to its token: each worker says why
-            return [SubmitResult(s.worker_id, error=str(exc)) for s in specs]
+        except CredentialsRefused as exc:   # every CE said no to its credentials: each worker says why
+            only = self.options.endpoints[0] if len(self.options.endpoints) == 1 else None
+            return [SubmitResult(s.worker_id, error=str(exc), computing_element=only) for s in specs]
         for endpoint, group in assigned.items():
             for chunk in _chunks(group):
                 results.update(self._submit_to(endpoint, chunk))
@@ -357,7 +377,7 @@ class ArcBackend(Backend):
                 reachable.append(endpoint)
             except Exception as exc:
                 self._drop(endpoint)
-                if isinstance(exc, TokenProblem):
+                if isinstance(exc, Refused):
                     # the CE answered (or there is no token to show it): a reason of the workers, not an outage
                     refusals.append(str(exc))
                     log.warning("queue %s: %s", self.queue.name, exc)
@@ -424,8 +444,21 @@ class ArcBackend(Backend):
         """
         client = self._client(endpoint)
         # token only: nothing to delegate (the job has no proxy; its pilot gets a PanDA token instead)
-        delegation = self._delegations.get(client, endpoint, self._proxy()) if self.uses_proxy else None
+        try:
+            delegation = self._delegations.get(client, endpoint, self._proxy()) if self.uses_proxy else None
+        except Exception as exc:
+            if _http_status(exc) is None:   # a transport failure: the CE said nothing
+                self._drop(endpoint)
+                raise
+            reason = f"ARC CE {endpoint} refused the delegation (HTTP {_http_status(exc)}): {exc}"
+            return {s.worker_id: SubmitResult(s.worker_id, error=reason, computing_element=endpoint) for s in specs}
         activities = [self._activity(spec, delegation) for spec in specs]
+        for spec, activity in zip(specs, activities):
+            try:   # what was submitted, for people (the monitor's .jdl link)
+                make_dirs(spec.log_dir)
+                (spec.log_dir / adl.DESCRIPTION).write_text(adl.bulk([activity]) + "\n")
+            except OSError as exc:
+                log.warning("worker %s: cannot write %s: %s", spec.worker_id, adl.DESCRIPTION, exc)
         try:
             created = client.createJobs(adl.bulk(activities))
         except Exception as exc:
@@ -443,13 +476,13 @@ class ArcBackend(Backend):
         for spec, activity, outcome in zip(specs, activities, created):
             if outcome.error:
                 results[spec.worker_id] = SubmitResult(spec.worker_id, error=f"ARC CE {endpoint} refused the job: "
-                                                       f"{outcome.value}")
+                                                       f"{outcome.value}", computing_element=endpoint)
                 continue
             job_id = outcome.value[0]
             problem = self._upload(client, endpoint, job_id, activity.uploads)
             if problem:
                 self._discard(client, job_id)
-                results[spec.worker_id] = SubmitResult(spec.worker_id, error=problem)
+                results[spec.worker_id] = SubmitResult(spec.worker_id, error=problem, computing_element=endpoint)
             else:
                 results[spec.worker_id] = self._result(spec.worker_id, endpoint, job_id)
         return results
@@ -556,7 +589,7 @@ class ArcBackend(Backend):
             text = (diag or "").lower()
             transient = any(t.lower() in text for t in self.options.transient_errors if t)
             return Observation(w.worker_id, model.FAILED, state, exit_code, diag or "ARC job failed",
-                               end_time=end, resubmit=transient)
+                               end_time=end, resubmit=transient, started=_started(info))
         return Observation(w.worker_id, model.CANCELLED, state, exit_code, diag or f"ARC job {state.lower()}",
                            end_time=end)
 

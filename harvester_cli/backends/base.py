@@ -201,10 +201,13 @@ class Observation:
     end_time: float | None = None
     # The backend's own policy (held too long, CE unreachable too long): sweep kills the worker.
     kill_reason: str | None = None
-    # A transient backend error: the worker's push job goes back to wait for a new worker (within
-    # the queue's max_submit_attempts) instead of being reported failed.
+    # An error the queue's own list calls transient (ARC's transient_errors), beyond panda.ce_errors' table.
     resubmit: bool = False
     jobs: dict[int, JobObservation] | None = None
+    # The batch system's word on whether the job's executable ever started: False only when it proves it
+    # did not (never matched or run, failed before the CE's batch system took it, never handed to a CE);
+    # None when it cannot tell. A push job gets a new worker after a transient CE error only on False.
+    started: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ carries +harvesterID, +harvesterWorkerID, +harvesterQueue and +harvesterCE. The 
 per-worker wrapper (in the worker's private directory under work_dir) that exports the pilot environment,
 runs the pilot command and copies the pilot's outputs (heartbeat.json, jobReport.json) into a
 `harvester-outputs` directory that HTCondor always brings back (a missing output file would hold the job).
-The job's initial directory is the worker's log directory: pilot.out, pilot.err, batch.log (the job event
-log), submit.sub (what was submitted) and harvester-outputs/ land there. Push mode ships pandaJobData.out
-(mode 0600, in the private directory) with transfer_input_files.
+The job's initial directory is the worker's log directory: pilot.out, pilot.err, pilot.log (the job event
+log), pilot.jdl (what was submitted) and harvester-outputs/ land there (batch.log and submit.sub for workers
+made before). Push mode ships pandaJobData.out (mode 0600, in the private directory) with
+transfer_input_files.
 
 CE fanout (ce_choice.py): the queue's CEs come from `ces` or a CRIC pandaqueue file; each worker's CE is a
 weighted random choice (recent throughput from the state store mixed with a fair share); CEs that queue the
@@ -97,6 +98,8 @@ from harvester_cli.site.secretfiles import write_private
 log = logging.getLogger(__name__)
 
 HEALTH_FILE = ".ce-health.json"
+# A spooled job that ended whose outputs the schedd cannot deliver is reported without them after this long.
+OUTPUT_RETRY_SECONDS = 3600
 # HoldReasonCode-like code sent with our removals (1: by the user).
 REMOVE_CODE = 1
 
@@ -111,6 +114,7 @@ class HTCondorBackend(Backend):
     def __init__(self, queue, context):
         super().__init__(queue, context)
         self._schedds: dict[str, object] = {}
+        self._forced: set[str] = set()   # schedds whose stuck removed jobs this process forced out already
         self._rng = random.Random()
         self.policy = status_map.Policy(self.options.held_timeout, tuple(self.options.kill_hold_reasons),
                                         self.options.unavailable_timeout)
@@ -265,7 +269,9 @@ class HTCondorBackend(Backend):
             why = [f"{ce}: {reason}" for ce, reason in benched.items()]
             why += [f"{ce}: already queues {limit - room} of {limit}" for ce, room in capacity.items() if room <= 0]
             error = "no CE can take this worker (" + ("; ".join(why) or "no usable CE") + ")"
-            return assigned, [SubmitResult(s.worker_id, error=error) for s in specs[len(picks):]]
+            only = names[0] if len(names) == 1 else None   # counted against it (errors per CE)
+            return assigned, [SubmitResult(s.worker_id, error=error, computing_element=only)
+                              for s in specs[len(picks):]]
         return assigned, []
 
     def assign_schedds(self, specs: list[WorkerSpec]) -> tuple[dict[int, str], list[SubmitResult]]:
@@ -385,15 +391,18 @@ class HTCondorBackend(Backend):
         text = build.template_text(ce.flavour if ce else "vanilla", self.options.template)
         submit = build.description(text, harvester_id=self.context.harvester_id, queue_name=self.queue.name,
                                    ce=endpoint, extra=self.options.extra_attributes)
+        names = build.log_names(submit)
         for spec, item in zip(ready, items):
             try:
-                (spec.log_dir / "submit.sub").write_text(build.rendered(submit, item))
+                (spec.log_dir / names.jdl).write_text(build.rendered(submit, item))
             except OSError as exc:
-                log.warning("worker %s: cannot write submit.sub: %s", spec.worker_id, exc)
+                log.warning("worker %s: cannot write %s: %s", spec.worker_id, names.jdl, exc)
         try:
             schedd = self.schedd(schedd_name)   # located through the collector with the usual methods
             with self.schedd_auth():
-                outcome = schedd.submit(submit, itemdata=iter(items))
+                outcome = schedd.submit(submit, itemdata=iter(items), spool=self.options.spool)
+                if self.options.spool:
+                    self._spool(schedd, outcome)
         except Exception as exc:   # the schedd may have taken them before failing: ask it
             log.warning("queue %s: submission of %d workers to %s failed: %s", self.queue.name, len(ready),
                         endpoint, exc)
@@ -415,13 +424,32 @@ class HTCondorBackend(Backend):
             return results + [f or SubmitResult(s.worker_id, error=f"schedd {schedd_name} made no job for this worker")
                               for s, f in zip(ready, found)]
         for i, spec in enumerate(ready):
-            results.append(self._result(spec.worker_id, f"{cluster}.{first + i}", schedd_name, endpoint))
+            results.append(self._result(spec.worker_id, f"{cluster}.{first + i}", schedd_name, endpoint, names))
         return results
 
     @staticmethod
-    def _result(worker_id: int, batch_id: str, schedd_name: str, ce: str) -> SubmitResult:
+    def _spool(schedd, outcome) -> None:
+        """Send a spooled submission's input files to the schedd; if that fails, take the jobs (held waiting for
+        them) back out, so that the submission fails whole and the workers are missed, not held for good."""
+        import htcondor2
+
+        try:
+            schedd.spool(outcome)
+        except Exception as exc:
+            try:
+                schedd.act(htcondor2.JobAction.Remove, [f"{outcome.cluster()}.{outcome.first_proc() + i}"
+                                                        for i in range(outcome.num_procs())],
+                           reason=("harvester-cli: spooling the input files failed", REMOVE_CODE))
+            except Exception as removal:   # held waiting for their files: poll sees them, sweep removes them
+                log.warning("cannot remove the jobs of cluster %s after a failed spool: %s", outcome.cluster(),
+                            removal)
+            raise RuntimeError(f"spooling the input files failed: {exc}") from exc
+
+    @staticmethod
+    def _result(worker_id: int, batch_id: str, schedd_name: str, ce: str,
+                names: build.LogNames = build.SHIPPED_NAMES) -> SubmitResult:
         return SubmitResult(worker_id, batch_id=batch_id, submission_host=schedd_name, computing_element=ce,
-                            stdout="pilot.out", stderr="pilot.err", batch_log="batch.log")
+                            stdout=names.stdout, stderr=names.stderr, batch_log=names.log)
 
     # -- check -------------------------------------------------------------------------------
 
@@ -488,6 +516,8 @@ class HTCondorBackend(Backend):
         reachable: set[str] = set()          # CEs with a job running now
         for schedd_name, group in self._by_schedd(workers).items():
             ads = self._ads(schedd_name, group)
+            self._force_out_removed(schedd_name, at)
+            not_back = self._bring_back(schedd_name, ads) if self.options.spool else {}
             for worker in group:
                 ad = ads.get(worker.worker_id)
                 if ad is None:
@@ -497,6 +527,14 @@ class HTCondorBackend(Backend):
                              f"history of the last {self.options.history_window} s")
                     continue
                 observation = status_map.observe(worker.worker_id, ad, at, self.policy)
+                problem = not_back.get(worker.worker_id)
+                if problem is not None:
+                    ended = status_map.value(ad, "CompletionDate") or at
+                    if at - ended < OUTPUT_RETRY_SECONDS:   # ended, outputs still on the schedd: not yet
+                        observation = Observation(worker.worker_id, worker.status, observation.native_status,
+                                                  diag=f"ended; outputs not retrieved yet: {problem}")
+                    else:
+                        observation.diag = "; ".join(filter(None, [observation.diag, f"outputs lost: {problem}"]))
                 seen[worker.worker_id] = observation
                 ce = worker.computing_element
                 unavailable = status_map.value(ad, "GridResourceUnavailableTime")
@@ -507,6 +545,59 @@ class HTCondorBackend(Backend):
         if self.options.ces or self.options.cric_file:
             self._update_health(unreachable, reachable - set(unreachable), at)
         return [seen[w.worker_id] for w in workers]
+
+    def _bring_back(self, schedd_name: str, ads: dict[int, object]) -> dict[int, str]:
+        """Spooled jobs (a schedd that shares no file system with this host): those that completed get their
+        outputs and logs transferred into their log directories (condor_transfer_data), then leave the queue
+        (marked harvesterRetrieved, so that the history still reads completed). Returns the workers whose
+        outputs could not be brought back, with why."""
+        import htcondor2
+
+        done = {w: status_map.batch_id(ad) for w, ad in ads.items()
+                if status_map.value(ad, "JobStatus") == 4 and not status_map.value(ad, "harvesterRetrieved")}
+        if not done:
+            return {}
+        try:
+            with self.schedd_auth():
+                schedd = self.schedd(schedd_name)
+                schedd.retrieve(list(done.values()))
+        except Exception as exc:
+            log.warning("queue %s: cannot retrieve the outputs of %d jobs from %s: %s", self.queue.name, len(done),
+                        schedd_name, exc)
+            return {w: f"condor_transfer_data from {schedd_name}: {exc}" for w in done}
+        try:   # the outputs are here: the schedd may forget the jobs (else sweep's clean removes them later)
+            with self.schedd_auth():
+                schedd.edit(list(done.values()), "harvesterRetrieved", "true")
+                schedd.act(htcondor2.JobAction.Remove, list(done.values()),
+                           reason=("harvester-cli: outputs retrieved", REMOVE_CODE))
+        except Exception as exc:
+            log.warning("queue %s: outputs retrieved, but %s keeps the jobs: %s", self.queue.name, schedd_name, exc)
+        return {}
+
+    def _force_out_removed(self, schedd_name: str, at: float) -> None:
+        """Jobs of this harvester left in Removed longer than removed_timeout (a grid job whose CE never
+        confirms the removal, a job kept by leave_in_queue) are forced out (condor_rm -forcex), once per schedd
+        and process."""
+        import classad2
+        import htcondor2
+
+        if schedd_name in self._forced or not self.options.removed_timeout:
+            return
+        self._forced.add(schedd_name)
+        constraint = (f"harvesterID == {classad2.quote(self.context.harvester_id)} && SubmitterGlobalJobId =?= "
+                      f"undefined && JobStatus == 3 && EnteredCurrentStatus < {int(at - self.options.removed_timeout)}")
+        try:
+            with self.schedd_auth():
+                answer = self.schedd(schedd_name).act(
+                    htcondor2.JobAction.RemoveX, constraint,
+                    reason=(f"harvester-cli: in Removed longer than {self.options.removed_timeout} s", REMOVE_CODE))
+        except Exception as exc:
+            log.warning("queue %s: cannot force stuck removed jobs out of %s: %s", self.queue.name, schedd_name, exc)
+            return
+        forced = int(answer.get("TotalSuccess") or 0)
+        if forced:
+            log.info("queue %s: forced %d job(s) out of %s: in Removed longer than %d s", self.queue.name, forced,
+                     schedd_name, self.options.removed_timeout)
 
     def _update_health(self, unreachable: dict[str, float], reachable: set[str], at: float) -> None:
         """Remember CEs jobs cannot reach (submit benches them), forget those that run jobs again."""
@@ -676,13 +767,18 @@ class HTCondorBackend(Backend):
 
         for worker in workers:
             shutil.rmtree(self.work_dir(worker.worker_id), ignore_errors=True)
-        # Removed grid jobs whose CE never answered linger in the queue: force them out.
+        # Removed grid jobs whose CE never answered linger in the queue: force them out; spooled jobs whose
+        # removal after their outputs came back failed leave now.
         for schedd_name, group in self._by_schedd(workers).items():
             constraint = f"{self._constraint([w.worker_id for w in group], exact=True)} && JobStatus == 3"
             try:
                 with self.schedd_auth():
                     self.schedd(schedd_name).act(htcondor2.JobAction.RemoveX, constraint,
                                                  reason=("harvester-cli: worker forgotten", REMOVE_CODE))
+                    if self.options.spool:
+                        self.schedd(schedd_name).act(
+                            htcondor2.JobAction.Remove, constraint.replace("JobStatus == 3", "JobStatus == 4"),
+                            reason=("harvester-cli: worker forgotten", REMOVE_CODE))
             except Exception as exc:   # best effort: the rows are forgotten anyway
                 log.warning("queue %s: cannot force removal at %s: %s", self.queue.name, schedd_name, exc)
 

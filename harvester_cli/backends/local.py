@@ -173,7 +173,13 @@ class LocalBackend(Backend):
             env = {**environment, **spec.environment,
                    "HARVESTER_ID": self.context.harvester_id, "HARVESTER_WORKER_ID": str(spec.worker_id),
                    "HARVESTER_PILOT_COMMAND": spec.pilot_command, "HARVESTER_PILOT_STDOUT": f"{log_dir}/pilot.out",
-                   "HARVESTER_PILOT_STDERR": f"{log_dir}/pilot.err", "HARVESTER_BATCH_LOG": f"{log_dir}/batch.log"}
+                   "HARVESTER_PILOT_STDERR": f"{log_dir}/pilot.err", "HARVESTER_BATCH_LOG": f"{log_dir}/pilot.log"}
+            # What was started, for people: under the stdout's stem, where PanDA's monitor looks (.jdl).
+            fd = os.open(f"{log_dir}/pilot.jdl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(fd, 0o644)   # whatever the umask: readable, never writable by others
+                f.write(f"# harvester-cli local worker {spec.worker_id} of queue {spec.queue}\n"
+                        f"work directory: {work}\ncommand: {spec.pilot_command}\n")
             process = subprocess.Popen(
                 ["/bin/sh", wrapper], cwd=work, env=env, start_new_session=True, umask=umask,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -189,7 +195,7 @@ class LocalBackend(Backend):
     def _result(self, worker_id: int, pid: int) -> SubmitResult:
         return SubmitResult(worker_id, batch_id=str(pid), submission_host=self.context.host or socket.gethostname(),
                             computing_element="localhost", stdout="pilot.out", stderr="pilot.err",
-                            batch_log="batch.log")
+                            batch_log="pilot.log")
 
     # -- check -------------------------------------------------------------------------------
 

@@ -16,9 +16,10 @@ X509_USER_PROXY (the queue's proxy, or `proxy`) and BEARER_TOKEN_FILE (`token_fi
 stay where they are: the work and log directories must be on a file system the compute nodes share.
 Push mode: the job dict is pandaJobData.out (mode 0600) in the work directory, where the pilot runs;
 its heartbeat.json and jobReport.json are copied into the log directory when the worker has ended.
-Outputs: pilot.out, pilot.err (written by the wrapper) and batch.log (Slurm's own output of the batch
-script: "CANCELLED DUE TO TIME LIMIT" and the like) in the worker's log directory; submit.sbatch there
-is the script that was submitted.
+Outputs: pilot.out, pilot.err (written by the wrapper) and pilot.log (Slurm's own output of the batch
+script: "CANCELLED DUE TO TIME LIMIT" and the like) in the worker's log directory; pilot.jdl there is the
+script that was submitted (batch.log and submit.sbatch for workers made before: the log server answers
+either name).
 
 Partitions as CEs: `partitions` lists one or more partitions ("name", or "name@cluster" for another
 cluster through --clusters, which needs slurmdbd). With several, each worker's partition is picked by the
@@ -288,7 +289,9 @@ class SlurmBackend(Backend):
             why += [f"{p}: reaches the queue limit of {limit} (n_queue_limit_worker)" for p, room in capacity.items()
                     if taken[p] >= room]
             error = "no partition can take this worker (" + ("; ".join(why) or "none usable") + ")"
-            return assigned, [SubmitResult(s.worker_id, error=error) for s in specs[len(picks):]]
+            only = names[0] if len(names) == 1 else None   # counted against it (errors per CE)
+            return assigned, [SubmitResult(s.worker_id, error=error, computing_element=only)
+                              for s in specs[len(picks):]]
         return assigned, []
 
     # -- submit ------------------------------------------------------------------------------
@@ -359,7 +362,7 @@ class SlurmBackend(Backend):
                                else None, executable=executable)
         text = script.render(template, values)
         files.append(StagedFile(f"{prefix}/{script.SCRIPT_NAME}", text.encode(), 0o700))
-        (spec.log_dir / script.SUBMIT_COPY).write_text(text)
+        (spec.log_dir / script.SUBMIT_COPY.format(stem=self.stem)).write_text(text)
         return text, files
 
     def _common(self, partition: str | None) -> list[str]:
@@ -377,7 +380,7 @@ class SlurmBackend(Backend):
         return options + list(self.options.sbatch_options)
 
     def _single(self, spec: WorkerSpec, partition: str | None) -> list[str]:
-        batch_log = self._logs(spec) / script.BATCH_LOG
+        batch_log = self._logs(spec) / script.BATCH_LOG.format(stem=self.stem)
         hid = self.context.harvester_id
         what = f"worker {spec.worker_id}" + (f", {len(spec.jobs)} PanDA jobs" if spec.jobs else "")
         # Many jobs: a node that fails takes its own jobs' steps down, not the allocation (--no-kill).
@@ -389,7 +392,7 @@ class SlurmBackend(Backend):
 
     def _array(self, members: list[tuple[WorkerSpec, str]], partition: str | None) -> tuple[list[str], list[StagedFile]]:
         """The array's sbatch command, and its files: a link per task to the task's log directory (Slurm writes
-        batch.log through it) and the dispatcher."""
+        pilot.log through it) and the dispatcher."""
         base = members[0][0].worker_id
         links = self.root / ARRAYS_DIR / str(base)
         relative = f"{ARRAYS_DIR}/{base}"
@@ -398,7 +401,7 @@ class SlurmBackend(Backend):
         files.append(StagedFile(f"{relative}/array.sbatch", dispatcher.encode(), 0o700))
         hid = self.context.harvester_id
         ids = [s.worker_id for s, _ in members]
-        batch_log = links / "%a" / script.BATCH_LOG
+        batch_log = links / "%a" / script.BATCH_LOG.format(stem=self.stem)
         return ["sbatch", "--parsable", f"--job-name={status.array_name(hid, base)}",
                 (f"--comment=harvester-cli harvester {hid} queue {self.queue.name} workers {base} + array task id "
                  f"({status.compress(ids)})"),
@@ -520,11 +523,18 @@ class SlurmBackend(Backend):
     def _result(self, worker_id: int, batch_id: str, host: str, ce: str | None) -> SubmitResult:
         if self.queue.many_to_one is not None and steps.is_many(self.work_dir(worker_id)):
             # Each job's pilot writes <PandaID>/pilot.out; the allocation's own story is its batch log.
+            batch_log = script.BATCH_LOG.format(stem=self.stem)
             return SubmitResult(worker_id, batch_id=batch_id, submission_host=host, computing_element=ce,
-                                stdout=script.BATCH_LOG, batch_log=script.BATCH_LOG)
-        first = "pilot-0" if self.options.shipped_template == "multinode" and not self.options.template else "pilot"
+                                stdout=batch_log, batch_log=batch_log)
         return SubmitResult(worker_id, batch_id=batch_id, submission_host=host, computing_element=ce,
-                            stdout=f"{first}.out", stderr=f"{first}.err", batch_log=script.BATCH_LOG)
+                            stdout=f"{self.stem}.out", stderr=f"{self.stem}.err",
+                            batch_log=script.BATCH_LOG.format(stem=self.stem))
+
+    @property
+    def stem(self) -> str:
+        """The name a worker's files share in its log directory: the first pilot's (pilot-0 of a multinode
+        worker), so that its stdout URL leads to the others (.err, .log, .jdl)."""
+        return "pilot-0" if self.options.shipped_template == "multinode" and not self.options.template else "pilot"
 
     # -- listings ----------------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ def command(g, queues, since, wide):
     down_lines(out, down)
     show.window_table(out, data, window, wide)
     show.errors_table(out, data, window, wide)
+    show.ce_errors_table(out, data, window, wide)
     show.lost_and_missed(out, data, window)
     show.running_table(out, data, wide)
     show.commands_table(out, data, wide)

@@ -46,13 +46,16 @@ def command(g, queues, dry_run, count, resource_type, force, wait, timeout, inte
     for q in run.queues:
         plan = q.plan.per_resource_type if q.plan else {}
         note = q.error or q.skipped or ("; ".join(f"{w}: {e}" for w, e in q.failed[:3]) if q.failed else "") \
-            or q.shortfall or ""
+            or q.shortfall or q.retry_problem or ""
+        if q.retried or q.abandoned:   # push jobs back after a transient CE error, asked at PanDA first
+            note = f"{note + '; ' if note else ''}{q.retried} job(s) to resubmit, {q.abandoned} no longer ours at PanDA"
         rows.append((q.queue, ", ".join(f"{k}={v}" for k, v in plan.items()) or "-", len(q.submitted),
                      len(q.failed), q.adopted, q.missed, note))
         data.append({"queue": q.queue, "plan": plan, "trace": [str(s) for s in q.plan.trace] if q.plan else [],
                      "submitted": q.submitted, "failed": [{"worker_id": w, "error": e} for w, e in q.failed],
                      "adopted": q.adopted, "missed": q.missed, "skipped": q.skipped, "error": q.error,
-                     "shortfall": q.shortfall})
+                     "shortfall": q.shortfall, "retried": q.retried, "abandoned": q.abandoned,
+                     "retry_problem": q.retry_problem})
     out.table("submit" + (" (dry run)" if dry_run else ""),
               [Column("queue", cut="middle", min=12), Column("plan", min=8), number("submitted"), number("failed"),
                number("adopted", drop=2), number("missed", drop=1), Column("note", fill=True, min=16)], rows)

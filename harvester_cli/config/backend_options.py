@@ -79,6 +79,12 @@ class HTCondorOptions(Section):
     kill_hold_reasons: list[str] = setting(doc="hold reasons (substring, or HoldReasonCode) that remove at once",
                                            factory=list)
     unavailable_timeout: int = setting(3600, doc="remove a grid worker whose CE is unreachable this long")
+    removed_timeout: int = setting(3600, doc="force out (condor_rm -forcex) this harvester's jobs left in Removed "
+                                             "longer than this (a grid job whose CE never confirms); 0: never")
+    spool: bool = setting(False, doc="the schedd shares no file system with this host: input files are spooled "
+                                     "with the submission, outputs and logs are transferred back into the log "
+                                     "directory when the job ends (condor_transfer_data), then the job leaves "
+                                     "the queue")
     history_window: int = setting(2 * 24 * 3600, doc="how far back poll and find look in the schedd's history",
                                   minimum=60)
     extra_attributes: dict[str, str] = setting(doc="submit commands added to every job, e.g. "

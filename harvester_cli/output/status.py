@@ -38,7 +38,7 @@ def workers_table(out: Output, data: dict, queues: list[str], states: tuple[str,
 
 
 # A push job's way through harvester-cli (its sub_status), and the jobs PanDA was told failed.
-_STEPS = ("fetched", "submitted", "running", "reporting", "done")
+_STEPS = ("fetched", "retry", "submitted", "running", "reporting", "done")
 
 
 def jobs_table(out: Output, counts: dict, wide: bool) -> None:
@@ -80,6 +80,18 @@ def errors_table(out: Output, data: dict, window: str, wide: bool) -> None:
         Column("queue", cut="middle", min=8, drop=1), Column("diag of the example", fill=True, min=20),
     ], [(e["code"], e["meaning"], e["count"], e["example"]["worker_id"], e["example"]["queue"],
          e["example"]["diag"] or None) for e in data["errors"]], fit=not wide)
+
+
+def ce_errors_table(out: Output, data: dict, window: str, wide: bool) -> None:
+    """The workers that ended with an error, per queue, CE and error code (the CE's own error when its table
+    knows it), and whether the error is transient (a push job then gets a new worker if it never started)."""
+    rows = data.get("ce_errors") or []
+    ces = _names([r["computing_element"] for r in rows], wide)
+    out.table(f"{window}: errors per CE", [
+        Column("queue", cut="middle", min=8), Column("CE", cut="middle", min=6, max=24, drop=1), number("code"),
+        Column("meaning", fill=True, min=16), Column("transient", cut="never", drop=2), number("workers"),
+    ], [(r["queue"], ces.get(r["computing_element"]) or "-", r["code"], r["meaning"], "yes" if r["transient"] else "no",
+         r["count"]) for r in rows], fit=not wide)
 
 
 def lost_and_missed(out: Output, data: dict, window: str) -> None:

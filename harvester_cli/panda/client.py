@@ -57,6 +57,16 @@ class JobUpdateOutcome:
 
 
 @dataclass(frozen=True)
+class JobState:
+    """What PanDA has of one job now (pilot/get_job_status): its status ("not found" for an id it does not
+    have) and attempt number (a reassigned job has a higher one)."""
+
+    panda_id: int
+    status: str
+    attempt_nr: int | None
+
+
+@dataclass(frozen=True)
 class WorkerUpdateOutcome:
     worker_id: int | None
     accepted: bool
@@ -258,6 +268,20 @@ class PandaClient:
 
     def get_job_status(self, job_ids: list[int]) -> list[dict]:
         return self.call("GET", "pilot/get_job_status", params={"job_ids": [int(i) for i in job_ids]})
+
+    def job_states(self, job_ids: list[int]) -> dict[int, JobState]:
+        """Each job's status and attempt number at PanDA, by PandaID; an id missing from the answer is absent."""
+        data = self.get_job_status(job_ids)
+        if not isinstance(data, list):
+            raise PandaError(f"PanDA pilot/get_job_status: unexpected data {str(data)[:200]!r}")
+        out = {}
+        for entry in data:
+            if not isinstance(entry, dict) or not isinstance(entry.get("job_id"), int):
+                continue
+            attempt = entry.get("attempt_number")
+            out[entry["job_id"]] = JobState(entry["job_id"], str(entry.get("status")),
+                                            attempt if isinstance(attempt, int) else None)
+        return out
 
     def update_workers(self, workers: list[dict]) -> list[WorkerUpdateOutcome]:
         """One outcome per worker dict, same order."""

@@ -1,11 +1,16 @@
 """Backend diag texts -> a numeric error code and a short message for PanDA's worker record, so an
-operator can tell from PanDA why a worker (and a lost-heartbeat job) ended."""
+operator can tell from PanDA why a worker (and a lost-heartbeat job) ended.
+
+The order: a kill PanDA asked for, then the CE's own error (ce_errors: one table per backend, each entry
+with a stable code and whether it is transient), then the harvester's own rules below (killed, held, lost,
+submission), then a catch-all."""
 
 from __future__ import annotations
 
 import re
 
 from harvester_cli import model
+from harvester_cli.panda import ce_errors
 
 # (pattern on the worker's diag, error code, short message); first match wins.
 RULES: tuple[tuple[str, int, str], ...] = (
@@ -21,24 +26,26 @@ RULES: tuple[tuple[str, int, str], ...] = (
     (r"^lost", 1030, "lost: the batch system has no trace of the worker"),
     (r"submission was interrupted", 1040, "submission interrupted, worker not found"),
     (r"^(backend error|cannot start)", 1041, "submission failed"),
-    # Slurm's final job states (backends/_slurm_status.py writes "slurm <STATE>: ..."); before the generic
-    # exit-code rule, so a walltime kill is not reported as a pilot error.
-    (r"^slurm TIMEOUT", 1070, "Slurm: walltime exceeded (TIMEOUT)"),
-    (r"^slurm OUT_OF_MEMORY", 1071, "Slurm: memory limit exceeded (OUT_OF_MEMORY)"),
-    (r"^slurm NODE_FAIL", 1072, "Slurm: node failure (NODE_FAIL)"),
-    (r"^slurm BOOT_FAIL", 1073, "Slurm: node failed to boot (BOOT_FAIL)"),
-    (r"^slurm DEADLINE", 1074, "Slurm: deadline reached before the job ran (DEADLINE)"),
-    (r"^slurm PREEMPTED", 1075, "Slurm: preempted (PREEMPTED)"),
-    (r"^slurm (FAILED|SPECIAL_EXIT)", 1076, "Slurm: batch job failed (FAILED)"),
-    (r"^slurm (CANCELLED|REVOKED)", 1077, "Slurm: cancelled outside the harvester (CANCELLED)"),
     (r"no heartbeat\.json", 1050, "pilot left no heartbeat"),
     (r"exited with code", 1060, "pilot exited with an error"),
 )
 
 
-def classify(status: str, diag: str | None, exit_code: int | None) -> tuple[int | None, str | None]:
+# Codes whose rules are asked before the CE tables: who asked for a kill (PanDA, or retirement) says more
+# than what the CE said meanwhile.
+FIRST = (1010, 1014)
+
+
+def classify(status: str, diag: str | None, exit_code: int | None,
+             backend: str | None = None) -> tuple[int | None, str | None]:
     """(error code, short message) of a worker, or (None, None) when it ended well or still runs."""
     text = diag or ""
+    for pattern, code, short in RULES:
+        if code in FIRST and re.search(pattern, text, re.IGNORECASE):
+            return code, short
+    entry = ce_errors.match(text, backend)
+    if entry is not None:
+        return entry.code, entry.meaning
     for pattern, code, short in RULES:
         if re.search(pattern, text, re.IGNORECASE):
             return code, short
@@ -54,4 +61,14 @@ def meaning(code: int | None) -> str:
     for _, rule_code, short in RULES:
         if rule_code == code:
             return short
+    entry = ce_errors.by_code(code)
+    if entry is not None:
+        return entry.meaning
     return {1099: "worker failed or cancelled, no known cause", None: "no error code"}.get(code, f"error code {code}")
+
+
+def transient(code: int | None) -> bool:
+    """Whether the error of this code is one the same job may well not meet again a little later. Of the
+    harvester's own codes, an interrupted submission the backend has no trace of is."""
+    entry = ce_errors.by_code(code)
+    return entry.transient if entry is not None else code == 1040

@@ -73,12 +73,18 @@ def with_node(update: dict, node: str | None) -> dict:
         update = dict(update)
         update.setdefault("node", node)
     return update
+def monitor_link(stdout_url: str | None, suffix: str) -> str | None:
+    """What PanDA's monitor makes of a pilot's stdout URL for its stderr, batch log and submit description:
+    the .out suffix replaced by .err, .log or .jdl (harvester-cli names a worker's files so that these exist)."""
+    if not stdout_url or not stdout_url.endswith(".out"):
+        return None
+    return stdout_url[:-len(".out")] + suffix
 
 
 def worker_update(row, panda_ids: list[int], site: str, host: str | None = None) -> dict:
     """A worker (a state row: worker_id, status, diag, times, URLs, ...) as update_workers wants it."""
     status = model.SUBMITTED if row.status == model.PENDING else row.status
-    code, short = diagnostics.classify(row.status, row.diag, row.native_exit_code)
+    code, short = diagnostics.classify(row.status, row.diag, row.native_exit_code, getattr(row, "backend", None))
     diag = f"{short}: {row.diag}" if short and row.diag else (short or row.diag)
     data = {
         "workerID": row.worker_id, "batchID": row.batch_id, "queueName": row.queue, "status": status,
@@ -86,6 +92,7 @@ def worker_update(row, panda_ids: list[int], site: str, host: str | None = None)
         "submitTime": model.panda_time(row.submit_time), "startTime": model.panda_time(row.start_time),
         "endTime": model.panda_time(row.end_time), "lastUpdate": model.panda_time(row.modified),
         "stdOut": row.stdout_url, "stdErr": row.stderr_url, "batchLog": row.batch_log_url,
+        "jdl": monitor_link(row.stdout_url, ".jdl"),
         "resourceType": row.resource_type, "jobType": row.job_type, "nativeExitCode": row.native_exit_code,
         "nativeStatus": row.native_status, "diagMessage": (diag or "")[:500] or None,
         "submissionHost": row.submission_host, "harvesterHost": host or socket.gethostname(),

@@ -4,7 +4,8 @@ group or others.
 
 Layout under `log_dir`:
 
-    workers/<YYYY-MM-DD>/<queue>/<worker id>/   a worker's files: pilot.out, pilot.err, batch.log, submit files
+    workers/<YYYY-MM-DD>/<queue>/<worker id>/   a worker's files, under one stem: pilot.out, pilot.err, pilot.log
+                                                (the batch log), pilot.jdl (the submit description)
     commands/<command>.log[.N]                  each command's own log, rotated by size
     .state/                                     small state files (alert throttle); never served, never cleaned
 

@@ -30,6 +30,7 @@ import logging
 import mimetypes
 import os
 import posixpath
+import re
 import selectors
 import shutil
 import socket
@@ -47,7 +48,7 @@ from queue import Empty, SimpleQueue
 from urllib.parse import quote, unquote, urlsplit
 
 from harvester_cli import __version__
-from harvester_cli.site.logs import COMMANDS
+from harvester_cli.site.logs import COMMANDS, WORKERS
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,23 @@ def content_type(name: str) -> str:
     if guessed and guessed.startswith("text/"):
         return "text/plain; charset=utf-8"   # never text/html: a pilot's output is not a page to render
     return guessed or "application/octet-stream"
+
+
+# A worker's files share one stem (pilot.out, .err, .log, .jdl: PanDA's monitor finds the others from the
+# stdout URL). Workers made before had batch.log (arc-errors.log on ARC) and submit.sub (submit.sbatch on
+# Slurm): a URL of either naming finds the file of the other in the same directory.
+OLD_NAMES = {".log": ("batch.log", "arc-errors.log"), ".jdl": ("submit.sub", "submit.sbatch")}
+
+
+def aliases(name: str) -> tuple[str, ...]:
+    """Other names the same file of a worker's log directory has had: a new URL of an old worker's
+    directory, or an old URL of a new one."""
+    for suffix, old in OLD_NAMES.items():
+        if name in old:
+            return (f"pilot{suffix}", f"pilot-0{suffix}")
+        if name.endswith(suffix) and re.fullmatch(r"pilot(-\d+)?", name[:-len(suffix)]):
+            return old
+    return ()
 
 
 def public_parts(root: str, real: str) -> list[str] | None:
@@ -227,6 +245,9 @@ class LogRequestHandler(BaseHTTPRequestHandler):
         if parts and parts[0] in PRIVATE_TOP:
             return None
         real = os.path.realpath(os.path.join(self.root, *parts))
+        if not os.path.exists(real) and parts and parts[0] == WORKERS:
+            real = next((r for r in (os.path.realpath(os.path.join(self.root, *parts[:-1], name))
+                                     for name in aliases(parts[-1])) if os.path.exists(r)), real)
         if public_parts(self.root, real) is None or not os.path.exists(real):
             return None
         return real

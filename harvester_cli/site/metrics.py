@@ -77,6 +77,16 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "harvester_cli_submission_failures_total": (
         "counter", "Workers whose submission failed (missed), per queue and CE.", ("queue", "computing_element",
                                                                                    "host")),
+    "harvester_cli_ce_errors_total": (
+        "counter", ("CE and batch system errors seen (a refused submission, a hold, a failure), per queue, CE, "
+                    "error code (panda.ce_errors) and whether it is transient."),
+        ("queue", "computing_element", "code", "transient", "host")),
+    "harvester_cli_jobs_resubmitted_total": (
+        "counter", ("Push jobs given back to wait for a new worker after a transient CE error before they "
+                    "started, per queue, CE and error code."), ("queue", "computing_element", "code", "host")),
+    "harvester_cli_retries_abandoned_total": (
+        "counter", ("Push jobs waiting for a new worker that PanDA no longer had as theirs (killed, reassigned, "
+                    "ended) when asked before the retry."), ("queue", "host")),
 }
 
 

@@ -117,6 +117,10 @@ def render(data: dict, charts: dict[str, list], prefix: str, now: float | None =
                           f'{_e(e["meaning"])}</td><td class="t">{_e(queues)}</td><td data-count="{_e(e["code"])}">'
                           f'{e["count"]}</td><td class="t">{_link(log_href(ex["log_path"]), str(ex["worker_id"]))}'
                           f'</td><td class="t">{_e(ex["diag"][:160])}</td></tr>')
+    ce_error_rows = [f'<tr><td class="t">{_e(r["queue"])}</td><td class="t">{_e(r["computing_element"] or "-")}</td>'
+                     f'<td class="t">{_e(r["code"])}</td><td class="t">{_e(r["meaning"])}</td><td class="t">'
+                     f'{"yes" if r["transient"] else "no"}</td><td>{r["count"]}</td></tr>'
+                     for r in data.get("ce_errors") or []]
     lost_rows = []
     for kind in ("lost", "missed"):
         for ex in data[kind]["latest"]:
@@ -158,6 +162,9 @@ def render(data: dict, charts: dict[str, list], prefix: str, now: float | None =
          "median running"], window_rows, "window", "nothing happened in the window")}
 <h2>Most frequent errors</h2>
 {_table(["code", "meaning", "queues", "workers", "example worker", "example diag"], error_rows, "errors",
+        "no failed workers in the window")}
+<h2>Errors per CE</h2>
+{_table(["queue", "CE", "code", "meaning", "transient", "workers"], ce_error_rows, "ce-errors",
         "no failed workers in the window")}
 <h2>Lost and missed workers ({data["lost"]["count"]} lost, {data["missed"]["count"]} missed; {data["retired"]["count"]}
 queued pilots retired as no longer needed)</h2>

@@ -90,10 +90,12 @@ def known(tx: Tx, panda_ids: Sequence[int]) -> set[int]:
 
 
 def waiting(store: Store, queue: str) -> int:
-    """Jobs of the queue that are stored and not running yet (fetched, or bound to a queued worker)."""
+    """Jobs of the queue that are stored and not running yet (fetched, waiting to retry, or bound to a queued
+    worker)."""
     with store.reading() as tx:
         return tx.scalar(select(func.count()).select_from(jobs).where(
-            jobs.c.queue == queue, jobs.c.sub_status.in_([model.SUB_FETCHED, model.SUB_SUBMITTED]))) or 0
+            jobs.c.queue == queue,
+            jobs.c.sub_status.in_([model.SUB_FETCHED, model.SUB_RETRY, model.SUB_SUBMITTED]))) or 0
 
 
 def unbound_by_type(tx: Tx, queue: str, at: float) -> dict[str, int]:
@@ -165,10 +167,57 @@ def move(tx: Tx, panda_ids: Sequence[int], status: str, sub_status: str, at: flo
                    .values(status=status, sub_status=sub_status, modified=at))
 
 
-def back_to_wait(tx: Tx, panda_id: int, attempts: int, diag: str, at: float) -> None:
-    """The job waits for another worker; `attempts` submissions failed so far."""
+def back_to_wait(tx: Tx, panda_id: int, attempts: int, diag: str, at: float,
+                 sub_status: str = model.SUB_FETCHED) -> None:
+    """The job waits for another worker (SUB_FETCHED), or first for PanDA's word (SUB_RETRY); `attempts`
+    submissions failed so far."""
     tx.execute(update(jobs).where(jobs.c.panda_id == panda_id).values(
-        status=model.JOB_STARTING, sub_status=model.SUB_FETCHED, submit_attempts=attempts, diag=diag, modified=at))
+        status=model.JOB_STARTING, sub_status=sub_status, submit_attempts=attempts, diag=diag, modified=at))
+
+
+# -- retries: a job whose worker failed for a transient CE reason before it started ----------------
+
+@dataclass
+class RetryingJob:
+    panda_id: int
+    job_json: str
+    submit_attempts: int
+    diag: str | None
+
+
+def claim_retries(tx: Tx, queue: str, limit: int) -> list[RetryingJob]:
+    """Claim up to `limit` jobs of the queue that wait for PanDA's word before a new worker, oldest first."""
+    rows = claims.claim(tx, jobs, (jobs.c.queue == queue) & (jobs.c.sub_status == model.SUB_RETRY), limit,
+                        order_by=jobs.c.modified)
+    return [RetryingJob(r.panda_id, r.job_json, r.submit_attempts or 0, r.diag) for r in rows]
+
+
+def confirm_retries(tx: Tx, panda_ids: Sequence[int], at: float) -> int:
+    """PanDA still has these (claimed) jobs as ours: they wait for a new worker, heard from now."""
+    if not panda_ids:
+        return 0
+    return tx.execute(update(jobs).where(jobs.c.panda_id.in_(list(panda_ids)), jobs.c.sub_status == model.SUB_RETRY,
+                                         claims.owned(tx, jobs))
+                      .values(sub_status=model.SUB_FETCHED, modified=at, lock_owner=None, lock_expires=None)).rowcount
+
+
+def abandon(tx: Tx, reasons: dict[int, str], at: float) -> None:
+    """PanDA no longer has these (claimed) jobs as ours (killed, reassigned, ended): they are over here, with
+    nothing left to tell PanDA."""
+    for panda_id, diag in reasons.items():
+        tx.execute(update(jobs).where(jobs.c.panda_id == panda_id, jobs.c.sub_status == model.SUB_RETRY,
+                                      claims.owned(tx, jobs))
+                   .values(status=model.JOB_FAILED, sub_status=model.SUB_DONE, diag=diag[:2000], modified=at,
+                           lock_owner=None, lock_expires=None))
+
+
+def waiting_again_unheard_since(tx: Tx, queue: str, before: float, limit: int = 5000) -> list[tuple[int, str]]:
+    """(panda id, job json) of the queue's jobs that had a worker once and wait for another (fetched again,
+    or waiting for PanDA's word) whose last update is older than `before`: PanDA must keep hearing that
+    they are starting."""
+    return [tuple(r) for r in tx.execute(select(jobs.c.panda_id, jobs.c.job_json).where(
+        jobs.c.queue == queue, jobs.c.sub_status.in_([model.SUB_FETCHED, model.SUB_RETRY]),
+        jobs.c.submit_attempts > 0, jobs.c.modified < before).limit(limit))]
 
 
 def fail(tx: Tx, panda_id: int, diag: str, at: float, attempts: int | None = None) -> None:

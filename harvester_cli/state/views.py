@@ -164,7 +164,7 @@ def workers_since(store: Store, queues: list[str], since: float) -> list:
     columns = (workers.c.worker_id, workers.c.queue, workers.c.computing_element, workers.c.resource_type,
                workers.c.status, workers.c.submit_time, workers.c.start_time, workers.c.end_time, workers.c.diag,
                workers.c.native_exit_code, workers.c.error_code, workers.c.log_dir, workers.c.stdout_url,
-               workers.c.created)
+               workers.c.created, workers.c.backend)
     with store.reading() as tx:
         return tx.execute(select(*columns).where(
             workers.c.queue.in_(queues),

@@ -406,6 +406,12 @@ def mark_kill_ids(tx: Tx, worker_ids: Sequence[int], reason: str) -> int:
     return count
 
 
+def never_started(tx: Tx, worker_ids: Sequence[int]) -> set[int]:
+    """Those of these workers that have no start recorded."""
+    return set(tx.scalars(select(workers.c.worker_id).where(workers.c.worker_id.in_(list(worker_ids)),
+                                                           workers.c.start_time.is_(None))))
+
+
 def statuses(tx: Tx, worker_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
     """(status, diag) of these workers, by id."""
     return {w: (s, d) for w, s, d in tx.execute(select(workers.c.worker_id, workers.c.status, workers.c.diag)

@@ -86,6 +86,7 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
     window: dict[tuple, dict] = defaultdict(lambda: {"submitted": 0, "started": 0, "finished": 0, "failed": 0,
                                                      "cancelled": 0, "missed": 0, "queued": [], "running": []})
     errors: dict[int, dict] = {}
+    per_ce: Counter = Counter()   # (queue, CE, error code) -> workers that ended with it
     lost, missed, retired = [], [], []
     for w in views.workers_since(store, queues, since):
         key = (w.queue, w.computing_element or "", w.resource_type or "")
@@ -104,15 +105,17 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
             stats["running"].append(w.end_time - w.start_time)
         if w.status == model.FINISHED:
             continue
-        code, meaning = diagnostics.classify(w.status, w.diag, w.native_exit_code)
+        code, meaning = diagnostics.classify(w.status, w.diag, w.native_exit_code, w.backend)
         code = w.error_code if w.error_code is not None else code
         example = {"worker_id": w.worker_id, "queue": w.queue, "computing_element": w.computing_element,
                    "status": w.status, "diag": (w.diag or "")[:300], "log": w.stdout_url,
                    "log_path": log_path(config, w.log_dir), "ended": model.iso_time(w.end_time)}
         entry = errors.setdefault(code if code is not None else 0, {
-            "code": code, "meaning": meaning or diagnostics.meaning(code), "count": 0, "queues": Counter()})
+            "code": code, "meaning": meaning or diagnostics.meaning(code), "transient": diagnostics.transient(code),
+            "count": 0, "queues": Counter()})
         entry["count"] += 1
         entry["queues"][w.queue] += 1
+        per_ce[(w.queue, w.computing_element or "", code)] += 1
         entry["example"] = example   # the latest (rows come by worker id)
         if code == 1030:
             lost.append(example)
@@ -131,6 +134,9 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
     top = sorted(errors.values(), key=lambda e: (-e["count"], e["code"] or 0))
     for e in top:
         e["queues"] = dict(e["queues"].most_common())
+    ce_errors = [{"queue": q, "computing_element": ce, "code": code, "meaning": errors[code or 0]["meaning"],
+                  "transient": errors[code or 0]["transient"], "count": n}
+                 for (q, ce, code), n in sorted(per_ce.items(), key=lambda i: (-i[1], i[0][0], i[0][1], i[0][2] or 0))]
 
     pending = {}
     for kind in ("job", "worker"):
@@ -161,6 +167,7 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
         "generated": model.iso_time(now), "harvester_id": config.harvester_id,
         "window": {"since": model.iso_time(since), "seconds": since_seconds},
         "workers": workers, "jobs": jobs, "window_stats": window_rows, "errors": top[:examples],
+        "ce_errors": ce_errors,
         "lost": {"count": len(lost), "latest": lost[-examples:][::-1]},
         "missed": {"count": len(missed), "latest": missed[-examples:][::-1]},
         "retired": {"count": len(retired), "latest": retired[-examples:][::-1], "total": counted["retired"],

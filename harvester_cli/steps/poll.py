@@ -14,7 +14,7 @@ from harvester_cli.config import QueueConfig
 from harvester_cli.errors import exit_code_of
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance
-from harvester_cli.panda import pilot_outputs, updates
+from harvester_cli.panda import ce_errors, pilot_outputs, updates
 from harvester_cli.panda.jobs import PandaJob
 from harvester_cli.state import jobs, monitoring, outbox, workers
 from harvester_cli.state.store import Tx
@@ -104,14 +104,20 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
                        result: QueuePoll) -> None:
     at = model.now()
     changed, kills, ended, started, resubmit = [], [], [], [], {}
+    retry_ended, retry_kills = [], []   # transient CE errors of push workers: a new worker if they never started
     grace = queue.lost_grace_seconds
+    push = queue.mode == "push"
     for row, seen in zip(rows, observations):
         if seen.status == model.MISSING and at - (row.submit_time or row.created) < grace:
             continue   # not seen yet (a batch system can take a while to list a job): nothing changed
         status, diag, kill = _decide(queue, row, seen, at)
         if status != row.status and not model.allowed_worker_transition(row.status, status):
             status = row.status
-        kill = kill or seen.kill_reason
+        if not kill and seen.kill_reason and not row.kill_reason:
+            kill = seen.kill_reason
+            if push and seen.started is False and _transient(queue, kill, seen):
+                retry_kills.append((row, kill, seen))
+                kill = None
         if kill and not row.kill_reason:
             kills.append((row.worker_id, kill, row.status, row.modified))
         if (status == row.status and diag == row.diag and seen.native_status == row.native_status
@@ -124,17 +130,27 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
             row.status, row.modified,
         ))
         if status != row.status:
-            if status in model.WORKER_FINAL and seen.resubmit and queue.mode == "push":
-                resubmit[row.worker_id] = f"transient backend error: {diag or seen.native_status}"
+            if status in model.WORKER_FINAL and push and seen.started is False and _transient(queue, diag, seen):
+                retry_ended.append((row, status, diag, seen))
             elif status in model.WORKER_FINAL and seen.jobs is None:   # a many-job worker's jobs end on their own
                 ended.append((row, status, diag))
             elif status == model.RUNNING:
                 started.append(row)
+    if retry_ended or retry_kills:
+        backend = instance.backend(queue)
+        for row, status, diag, seen in retry_ended:
+            if _never_started(backend, queue, row, seen):
+                resubmit[row.worker_id] = f"transient CE error before the job started: {diag or seen.native_status}"
+            elif seen.jobs is None:
+                ended.append((row, status, diag))
+        for row, kill, seen in retry_kills:
+            proven = _never_started(backend, queue, row, seen)
+            kills.append((row.worker_id, (model.RESUBMIT_MARK if proven else "") + kill, row.status, row.modified))
     steps_ended = [(row, seen) for row, seen in zip(rows, observations)
                    if seen.jobs and any(j.ended for j in seen.jobs.values())]
     if not changed and not kills and not steps_ended:
         return
-    final_jobs = _final_job_updates(instance, queue, ended) if queue.mode == "push" else []
+    final_jobs = _final_job_updates(instance, queue, ended) if push else []
     step_finals = _step_final_updates(instance, queue, steps_ended)
     # One transaction, run again whole if another host's transaction deadlocked it; the counts go to the
     # result once it committed. A COMMIT whose answer never came (a failover) is looked up: the changes are
@@ -143,16 +159,59 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
     counts = instance.store.retrying(
         lambda tx: _write_changes(tx, queue, rows, changed, kills, started, resubmit, final_jobs, at, step_finals),
         committed=lambda tx: workers.written_at(tx, changed_ids, at))
-    changes, kill_requested, resubmitted, jobs_final = counts
+    changes, kill_requested, resubmitted, jobs_final, written = counts
     result.changes.update(changes)
     result.kill_requested += kill_requested
-    result.resubmitted += resubmitted
+    result.resubmitted += len(resubmitted)
     result.jobs_final += jobs_final
+    _count_errors(instance, queue, rows, changed, written, resubmitted)
+
+
+def _transient(queue: QueueConfig, text: str | None, seen: Observation) -> bool:
+    """Whether the CE's error (a diag or a kill reason) is a transient one: by the backend's table, or the
+    queue's own list (seen.resubmit)."""
+    entry = ce_errors.match(text, queue.backend)
+    return seen.resubmit or (entry is not None and entry.transient)
+
+
+def _never_started(backend, queue: QueueConfig, row, seen: Observation) -> bool:
+    """The proof that a push worker's job never started: the batch system says so (seen.started is False,
+    no exit code), and the pilot left nothing: no heartbeat, no job report (a payload exit code would be in
+    them)."""
+    if seen.started is not False or seen.exit_code is not None:
+        return False
+    try:
+        files = backend.fetch_outputs(row, list(pilot_outputs.PILOT_OUTPUTS))
+    except Exception as exc:   # outputs that cannot be looked at prove nothing
+        log.warning("queue %s: worker %s: cannot look for pilot outputs: %s", queue.name, row.worker_id, exc)
+        return False
+    return not files
+
+
+def _count_errors(instance: Instance, queue: QueueConfig, rows, changed, written: set[int],
+                  resubmitted: dict[int, str]) -> None:
+    """The CE errors this page saw newly (a worker's diag now names another table entry), and the push jobs
+    that got a new worker after one, per CE (the metrics' counters)."""
+    by_id = {r.worker_id: r for r in rows}
+    for c in changed:
+        if c[7] not in written:
+            continue
+        row = by_id[c[7]]
+        entry = ce_errors.match(c[1], queue.backend)
+        if entry is None or entry == ce_errors.match(row.diag, queue.backend):
+            continue
+        instance.count("harvester_cli_ce_errors_total", queue=queue.name, computing_element=row.computing_element,
+                       code=entry.code, transient=str(entry.transient).lower())
+    for worker_id, why in resubmitted.items():
+        entry = ce_errors.match(why, queue.backend)
+        instance.count("harvester_cli_jobs_resubmitted_total", queue=queue.name,
+                       computing_element=by_id[worker_id].computing_element, code=entry.code if entry else "")
 
 
 def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, resubmit, final_jobs,
-                   at: float, step_finals=()) -> tuple[Counter, int, int, int]:
-    """Write a page's changes; returns (new status -> count, kills asked, jobs requeued, final job updates).
+                   at: float, step_finals=()) -> tuple[Counter, int, dict[int, str], int, set[int]]:
+    """Write a page's changes; returns (new status -> count, kills asked, the workers whose jobs were requeued,
+    final job updates, the workers whose change was written).
     Every write is compare-and-set on what the page read: another poll (or sweep) may have moved a worker
     meanwhile, and then its change stands and this one is dropped, with everything that follows from it. A
     job whose own step ended (a many-job worker) is final only if it is still live when written."""
@@ -176,7 +235,7 @@ def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, re
     live = jobs.record_final_of_live(tx, [(p, updates.status_of(u), d) for p, u, d, _ in step_finals], at)
     final_jobs += [(p, u, d) for p, u, d, _ in step_finals if p in live]
     outbox.enqueue(tx, outbox.JOB, [(p, queue.name, u, True) for p, u, _ in final_jobs])
-    return changes, kill_requested, len(resubmit), len(final_jobs)
+    return changes, kill_requested, resubmit, len(final_jobs), fresh
 
 
 def _final_job_updates(instance: Instance, queue: QueueConfig, ended) -> list[tuple[int, dict, str | None, int]]:

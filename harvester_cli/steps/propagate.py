@@ -75,18 +75,21 @@ def send_heartbeat(instance: Instance, run: PropagateRun) -> None:
 
 def refresh_running_jobs(instance: Instance, queues: list[QueueConfig]) -> int:
     """Push jobs that run long get a periodic "running" update: PanDA can only say "tobekilled" in an
-    answer. Returns how many were queued."""
+    answer. Jobs that had a worker and wait for another (after a transient CE error) get a "starting" one:
+    PanDA keeps them as this harvester's, not as lost. Returns how many were queued."""
     queued = 0
     at = model.now()
     for queue in queues:
         if queue.mode != "push" or not queue.job_heartbeat_seconds:
             continue
         with instance.store.transaction() as tx:
-            due = jobs.running_unheard_since(tx, queue.name, at - queue.job_heartbeat_seconds)
+            before = at - queue.job_heartbeat_seconds
+            due = [(p, j, model.JOB_RUNNING) for p, j in jobs.running_unheard_since(tx, queue.name, before)]
+            due += [(p, j, model.JOB_STARTING) for p, j in jobs.waiting_again_unheard_since(tx, queue.name, before)]
             if not due:
                 continue
             outbox.enqueue(tx, outbox.JOB, [(panda_id, queue.name, updates.job_update(
-                PandaJob.from_json(job_json), model.JOB_RUNNING), False) for panda_id, job_json in due])
+                PandaJob.from_json(job_json), status), False) for panda_id, job_json, status in due])
             jobs.touch(tx, [d[0] for d in due], at)
             queued += len(due)
     return queued

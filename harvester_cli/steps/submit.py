@@ -38,7 +38,7 @@ from harvester_cli.config import downtimes as downtime_rules
 from harvester_cli.errors import PandaError, PandaRefused, StateError, exit_code_of
 from harvester_cli.faults import fault_point
 from harvester_cli.instance import Instance, worker_ref
-from harvester_cli.panda import job_counts, resource_types
+from harvester_cli.panda import ce_errors, job_counts, resource_types, updates
 from harvester_cli.panda.jobs import MAX_INT32, PandaJob
 from harvester_cli.state import jobs, locks, meta, outbox, targets, workers
 from harvester_cli.state.store import Tx, chunks
@@ -60,6 +60,9 @@ class QueueSubmit:
     failed: list[tuple[int, str]] = field(default_factory=list)
     adopted: int = 0
     missed: int = 0
+    retried: int = 0      # push jobs PanDA confirmed as still ours after a transient CE error: a new worker
+    abandoned: int = 0    # push jobs waiting to be resubmitted that PanDA had killed, reassigned or ended
+    retry_problem: str | None = None   # PanDA could not be asked about the jobs waiting to be resubmitted
     skipped: str | None = None
     error: str | None = None
     error_exit: int = 1   # what `error` asks of the run: 2 for a configuration problem
@@ -95,7 +98,7 @@ class SubmitRun:
 
     @property
     def partial(self) -> bool:
-        return bool(self.errors) or any(q.failed or q.error or q.shortfall for q in self.queues)
+        return bool(self.errors) or any(q.failed or q.error or q.shortfall or q.retry_problem for q in self.queues)
 
     @property
     def exit_code(self) -> int:
@@ -115,6 +118,8 @@ class SubmitRun:
                 out.append(f"queue {q.queue}: {q.error}")
             elif q.shortfall:
                 out.append(f"queue {q.queue}: {q.shortfall}")
+            if q.retry_problem:
+                out.append(f"queue {q.queue}: {q.retry_problem}")
             out += [f"queue {q.queue}: worker {w}: {e}" for w, e in q.failed]
         return out
 
@@ -355,6 +360,10 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
     at = model.now()
     ok = [r for r in results if r.ok]
     bad = [r for r in results if not r.ok]
+    # A refusal the CE tables call permanent fails its push job at once; a transient one, or one the tables do
+    # not know, gives it back (PanDA is asked before it gets a new worker).
+    errors = {r.worker_id: ce_errors.match(r.error, queue.backend) for r in bad}
+    permanent = {w for w, entry in errors.items() if entry is not None and not entry.transient}
 
     def record(tx: Tx) -> None:
         log_dirs = workers.log_dirs(tx, [r.worker_id for r in results])
@@ -375,7 +384,8 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
         if ok:
             transitions.jobs_submitted(tx, queue, {r.worker_id: r.batch_id for r in ok}, at)
         if bad:
-            transitions.requeue_jobs(tx, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at)
+            transitions.requeue_jobs(tx, queue, {r.worker_id: r.error or "submission failed" for r in bad}, at,
+                                     give_up=permanent)
 
     # The backend has these workers: a COMMIT whose answer never came is looked up (the rows left pending,
     # or not), never answered by a second backend call.
@@ -384,6 +394,77 @@ def record_results(instance: Instance, queue: QueueConfig, results: list[SubmitR
     for r in bad:
         instance.count("harvester_cli_submission_failures_total", queue=queue.name,
                        computing_element=r.computing_element or "")
+        entry = errors[r.worker_id]
+        if entry is not None:
+            instance.count("harvester_cli_ce_errors_total", queue=queue.name, computing_element=r.computing_element,
+                           code=entry.code, transient=str(entry.transient).lower())
+
+
+@dataclass
+class RetryCheck:
+    """Jobs that waited for PanDA's word before a new worker: confirmed (they wait for one now), abandoned
+    (PanDA no longer has them as ours), and why PanDA could not be asked."""
+
+    confirmed: int = 0
+    abandoned: int = 0
+    problem: str | None = None
+
+
+def confirm_retries(instance: Instance, queue: QueueConfig, limit: int = 500) -> RetryCheck:
+    """Ask PanDA about the queue's jobs whose worker failed for a transient CE reason before they started:
+    a job PanDA still has as ours (sent, starting or running, same attempt) gets its `starting` heartbeat now
+    and waits for a new worker; one it killed, reassigned or ended is over here. Nothing moves without PanDA's
+    answer: a job PanDA cannot be asked about waits for the next run."""
+    store = instance.store
+    check = RetryCheck()
+    with store.transaction() as tx:
+        rows = jobs.claim_retries(tx, queue.name, limit)
+    if not rows:
+        return check
+    held = {r.panda_id: PandaJob.from_json(r.job_json) for r in rows}
+    gone: dict[int, str] = {}
+    try:
+        states = instance.panda.job_states(list(held))
+        for panda_id, job in held.items():
+            state = states.get(panda_id)
+            if state is None or state.status == "not found":
+                gone[panda_id] = "not resubmitted: PanDA does not have the job"
+            elif state.status not in model.JOB_RETRYABLE_AT_PANDA:
+                gone[panda_id] = f"not resubmitted: PanDA has the job {state.status}"
+            elif job.attempt_nr is not None and state.attempt_nr not in (None, job.attempt_nr):
+                gone[panda_id] = (f"not resubmitted: PanDA reassigned the job (attempt {state.attempt_nr}, this "
+                                  f"harvester has attempt {job.attempt_nr})")
+        ask = [p for p in held if p not in gone]
+        # The heartbeat says "starting" again, and its answer is PanDA's last word: tobekilled ends it here.
+        outcomes = instance.panda.update_jobs_bulk([updates.job_update(held[p], model.JOB_STARTING) for p in ask]) \
+            if ask else []
+    except PandaError as exc:
+        with store.transaction() as tx:
+            jobs.release(tx, list(held))
+        check.problem = (f"{len(held)} job(s) wait to be resubmitted: PanDA could not be asked ({exc}); asked again "
+                         "next run")
+        return check
+    confirmed = []
+    for panda_id, outcome in zip(ask, outcomes):
+        if outcome.kill or (outcome.accepted and outcome.command == "alreadydone"):
+            gone[panda_id] = f"not resubmitted: PanDA answered {outcome.command} to its starting heartbeat"
+        elif outcome.accepted:
+            confirmed.append(panda_id)
+    at = model.now()
+
+    def record(tx: Tx) -> int:
+        n = jobs.confirm_retries(tx, confirmed, at)
+        jobs.abandon(tx, gone, at)
+        jobs.release(tx, list(held))   # refused heartbeats: asked again next run
+        return n
+
+    # compare-and-set on sub-status retry and the claim: run again after an unanswered COMMIT, it moves nothing twice
+    check.confirmed, check.abandoned = store.retrying(record, rerun_unknown=True), len(gone)
+    for panda_id, why in gone.items():
+        log.info("queue %s: job %s: %s", queue.name, panda_id, why)
+    if gone:
+        instance.count("harvester_cli_retries_abandoned_total", len(gone), queue=queue.name)
+    return check
 
 
 def submit_specs(instance: Instance, queue: QueueConfig, specs: list[WorkerSpec], result: QueueSubmit,
@@ -541,6 +622,10 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             repair = repair_pending(instance, queue)
             result.adopted, result.missed, result.error = repair.adopted, repair.missed, repair.problem
             result.error_exit = repair.exit_code
+            if queue.mode == "push":   # before planning: a confirmed job counts as waiting for a worker
+                retries = confirm_retries(instance, queue)
+                result.retried, result.abandoned, result.retry_problem = (retries.confirmed, retries.abandoned,
+                                                                          retries.problem)
         sizes = worker_sizes(instance, queue)
         shared = caps.inputs(instance, queue, _demand_now(instance, activated))
         state = queue_state(instance, queue, activated, sizes, registration_problem, shared.caps)

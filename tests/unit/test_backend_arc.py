@@ -343,7 +343,7 @@ def test_states_map_to_worker_states_and_ended_jobs_bring_their_outputs(tmp_path
     assert seen["c"].native_status == "KILLED" and "canceled" in seen["c"].diag
     assert "unknown to https://ce/arex" in seen["gone"].diag
     logs = tmp_path / "logs" / "6"
-    assert sorted(p.name for p in logs.iterdir()) == ["arc-errors.log", "heartbeat.json", "pilot.out"]
+    assert sorted(p.name for p in logs.iterdir()) == ["heartbeat.json", "pilot.log", "pilot.out"]
     assert backend.fetch_outputs(refs[5], ["heartbeat.json", "jobReport.json"]) == {"heartbeat.json": logs / "heartbeat.json"}
 
 

@@ -246,7 +246,7 @@ class FakeSchedd:
         self.refuse: set[str] = set()
         self.acts: list = []
 
-    def submit(self, description, itemdata):
+    def submit(self, description, itemdata, spool=False):
         items = list(itemdata)
         if self.fail_submit:
             raise self.fail_submit
@@ -328,7 +328,7 @@ def test_submit_is_one_schedd_call_per_max_at_once_with_files_per_worker(tmp_pat
     assert [r.worker_id for r in results] == [1, 2, 3, 4, 5] and all(r.ok for r in results)
     assert [r.batch_id for r in results] == ["100.0", "100.1", "101.0", "101.1", "102.0"]
     assert {(r.submission_host, r.computing_element, r.stdout, r.batch_log) for r in results} == {
-        ("schedd@example", "schedd@example", "pilot.out", "batch.log")}
+        ("schedd@example", "schedd@example", "pilot.out", "pilot.log")}
     work = tmp_path / "work" / "Q"
     job_file = work / "2" / "pandaJobData.out"
     assert json.loads(job_file.read_text()) == {"PandaID": 12} and stat.S_IMODE(job_file.stat().st_mode) == 0o600
@@ -336,7 +336,7 @@ def test_submit_is_one_schedd_call_per_max_at_once_with_files_per_worker(tmp_pat
     wrapper = (work / "1" / "harvester-worker.sh").read_text()
     assert "export PANDA_QUEUE=SITE" in wrapper and "X509_USER_PROXY" not in wrapper   # HTCondor gives the job's copy
     assert os.access(work / "1" / "harvester-worker.sh", os.X_OK)
-    described = (tmp_path / "logs" / "2" / "submit.sub").read_text()
+    described = (tmp_path / "logs" / "2" / "pilot.jdl").read_text()
     assert "workerID = 2" in described and f"inputFiles = {job_file}" in described and described.endswith("queue\n")
 
 
@@ -358,7 +358,7 @@ def test_fanout_splits_over_ces_and_skips_benched_and_full_ones(tmp_path):
     backend.save_health({"b.example.org:9619": {"unreachable_since": NOW, "seen": model.now()}})
     results = backend.submit([spec(i, tmp_path / str(i)) for i in range(1, 4)])
     assert [r.computing_element for r in results] == ["a.example.org:9619"] * 3   # b benched, c full, off inactive
-    described = (tmp_path / "1" / "submit.sub").read_text()
+    described = (tmp_path / "1" / "pilot.jdl").read_text()
     assert "ceEndpoint = a.example.org:9619" in described and "grid_resource = condor $(ceName) $(ceEndpoint)" in described
     backend.save_health({})
     results = backend.submit([spec(i, tmp_path / str(i)) for i in range(4, 8)])

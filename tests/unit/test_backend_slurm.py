@@ -281,7 +281,7 @@ def test_sbatch_command_lines(tmp_path):
     s = spec(tmp_path, 42)
     args = b._single(s, "debug")
     assert args[:3] == ["sbatch", "--parsable", f"--job-name={b.context.harvester_id}:42"]
-    assert f"--output={s.log_dir}/batch.log" in args and args[-1] == str(tmp_path / "work" / "Q" / "42" / "job.sbatch")
+    assert f"--output={s.log_dir}/pilot.log" in args and args[-1] == str(tmp_path / "work" / "Q" / "42" / "job.sbatch")
 
 
 def test_environment_of_slurm_commands_drops_the_callers_slurm_settings(tmp_path, monkeypatch):

@@ -824,6 +824,7 @@ queues.backend_options.htcondor.ce_backoff_seconds 0 INT_MAX
 queues.backend_options.htcondor.ce_backoff_failures 1 INT_MAX
 queues.backend_options.htcondor.held_timeout 0 INT_MAX
 queues.backend_options.htcondor.unavailable_timeout 0 INT_MAX
+queues.backend_options.htcondor.removed_timeout 0 INT_MAX
 queues.backend_options.htcondor.history_window 60 INT_MAX
 queues.backend_options.htcondor.disk_mb_per_core 0 INT_MAX
 queues.backend_options.arc.timeout >0 3600

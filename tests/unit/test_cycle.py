@@ -46,7 +46,7 @@ def test_push_job_final_update_comes_from_heartbeat_with_slim_job_report(harness
     assert report["executor"][0]["logfileReport"] == {}   # slimmed
     assert final["exe_error_code"] == 0 and final["attempt_nr"] == 1
     assert final["pilot_id"].endswith("/pilot.out")   # PanDA's monitor links the job to its pilot's stdout
-    assert [log.rsplit("/", 1)[-1] for log in sim.jobs[panda_id].pilot_logs] == ["batch.log"]
+    assert [log.rsplit("/", 1)[-1] for log in sim.jobs[panda_id].pilot_logs] == ["pilot.log"]
     (job,) = rows(instance, jobs)
     assert job.sub_status == "done"
     log_dir = Path(rows(instance, workers)[0].log_dir)
@@ -262,11 +262,13 @@ def test_backend_can_ask_for_a_kill_and_for_a_resubmission(harness, sim):
     assert monitoring.poll(instance, queues).queues[0].kill_requested == 1
     assert rows(instance, workers)[0].kill_reason == "held for 2 h"
     backend.check = lambda refs: [Observation(r.worker_id, "failed", "FAILED", diag="LRMS error: node died",
-                                              resubmit=True) for r in refs]
+                                              resubmit=True, started=False) for r in refs]
     assert monitoring.poll(instance, queues).queues[0].resubmitted == 1
     (job,) = rows(instance, jobs)
-    assert job.sub_status == "fetched" and job.submit_attempts == 1 and "node died" in job.diag
-    (second,) = submission.submit(instance, queues).queues[0].submitted
+    assert job.sub_status == "retry" and job.submit_attempts == 1 and "node died" in job.diag
+    run = submission.submit(instance, queues).queues[0]   # PanDA still has it as ours: a new worker
+    assert run.retried == 1 and run.abandoned == 0
+    (second,) = run.submitted
     assert second != first and rows(instance, job_workers)[0].worker_id == second
     monitoring.poll(instance, queues)   # attempts used up: now the job is failed for good
     propagation.propagate(instance, queues)
@@ -418,4 +420,4 @@ def test_pilot_log_goes_with_one_acknowledged_update_per_job_never_again(harness
     updates = sim.jobs[panda_id].updates
     assert [u["job_status"] for u in updates] == ["starting", "running", "failed"]
     assert ["pilot_log" in u for u in updates] == [True, False, False]
-    assert [log.rsplit("/", 1)[-1] for log in sim.jobs[panda_id].pilot_logs] == ["batch.log"]
+    assert [log.rsplit("/", 1)[-1] for log in sim.jobs[panda_id].pilot_logs] == ["pilot.log"]

@@ -305,7 +305,7 @@ def test_push_heartbeat_becomes_the_final_state_and_clean_removes_the_session(ha
     assert good.status == "finished" and good.computing_element == arc_ce.url and good.native_status == "FINISHED"
     log_dir = Path(good.log_dir)
     assert "staged by the CE" in (log_dir / "pilot.out").read_text()
-    assert {"heartbeat.json", "jobReport.json", "pilot.err", "arc-errors.log"} <= {p.name for p in log_dir.iterdir()}
+    assert {"heartbeat.json", "jobReport.json", "pilot.err", "pilot.log", "pilot.jdl"} <= {p.name for p in log_dir.iterdir()}
     died = ws[worker_of[lost]]
     assert died.status == "failed" and died.native_exit_code == 137 and "LRMS error: (137)" in died.diag
     assert all(j.sub_status == "done" for j in by_job.values())

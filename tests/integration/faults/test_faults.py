@@ -60,7 +60,7 @@ def assert_recovered(harness: Harness, sim: PandaSimulator, ids: list[int], expe
     for w in local:   # every worker's last state reached PanDA
         assert reported[w.worker_id]["status"] == w.status, (w.worker_id, reported.get(w.worker_id), w.status)
     for w in local:   # no worker started twice
-        log = Path(w.log_dir) / "batch.log"
+        log = Path(w.log_dir) / "pilot.log"
         if log.exists():
             assert log.read_text().count("start ") <= 1, f"worker {w.worker_id} ran twice"
     bindings = state_rows(harness, job_workers)

@@ -70,8 +70,8 @@ def test_pull_pilots_run_in_the_pool_and_finish_jobs_in_the_simulator(htc, sim):
     for w in local:
         assert w.batch_id.count(".") == 1 and w.submission_host == SCHEDD and w.computing_element == SCHEDD
         assert w.stdout_url.startswith("http://127.0.0.1:8080/logs/") and w.stdout_url.endswith("/pilot.out")
-        assert (Path(w.log_dir) / "batch.log").read_text().count("Job terminated") == 1
-        assert f"workerID = {w.worker_id}" in (Path(w.log_dir) / "submit.sub").read_text()
+        assert (Path(w.log_dir) / "pilot.log").read_text().count("Job terminated") == 1
+        assert f"workerID = {w.worker_id}" in (Path(w.log_dir) / "pilot.jdl").read_text()
     pilot_logs = [(Path(w.log_dir) / "pilot.out").read_text() for w in local]
     assert sum("finished; PanDA says" in text for text in pilot_logs) == 3
     reported = sim.workers(htc.harness.harvester_id)

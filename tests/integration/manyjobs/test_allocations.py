@@ -104,7 +104,7 @@ def test_twelve_jobs_run_in_one_allocation_of_three_nodes_each_reported_alone(si
     run = submission.submit(hpc.instance, hpc.queues).queues[0]
     (worker,) = hpc.workers()
     assert run.submitted == [worker.worker_id] and worker.n_core == 12, (run.failed, run.error)
-    script = (Path(worker.log_dir) / "submit.sbatch").read_text()
+    script = (Path(worker.log_dir) / "pilot.jdl").read_text()
     for line in ("--nodes=3", "--ntasks-per-node=4", "--cpus-per-task=1", "--time=15"):   # 600 s + 300 s margin
         assert f"#SBATCH {line}\n" in script, script
     with hpc.instance.store.reading() as tx:
@@ -184,7 +184,7 @@ def test_a_kill_from_panda_cancels_that_jobs_step_only(site):
     submission.submit(hpc.instance, hpc.queues)
     (worker,) = hpc.workers()
     hpc.poll_until(lambda: hpc.all_running(worker.worker_id, ids), "four steps running")
-    assert worker.n_core == 4 and "#SBATCH --nodes=1\n" in (Path(worker.log_dir) / "submit.sbatch").read_text()
+    assert worker.n_core == 4 and "#SBATCH --nodes=1\n" in (Path(worker.log_dir) / "pilot.jdl").read_text()
     victim = ids[1]
     hpc.sim.kill_jobs(None, [victim], None, False, [])
     wait_until(lambda: propagation.propagate(hpc.instance, hpc.queues).kills_from_panda, 20, 0.5,
@@ -242,7 +242,7 @@ def test_a_crash_between_sbatch_and_the_record_adopts_the_allocation_and_its_job
     assert again["queues"][0]["adopted"] == 1 and again["queues"][0]["submitted"] == [], again
     (worker,) = hpc.workers()
     assert worker.status == model.SUBMITTED and worker.batch_id == allocation
-    assert worker.stdout_url.endswith(f"/{worker.worker_id}/batch.log")
+    assert worker.stdout_url.endswith(f"/{worker.worker_id}/pilot.log")
     hpc.poll_until(lambda: hpc.all_running(worker.worker_id, ids), "the adopted allocation's steps running")
     hpc.release.touch()
     hpc.cycle_until(lambda: all(hpc.sim.job_status(p) == "finished" for p in ids), "the adopted jobs finished")
@@ -273,7 +273,7 @@ def test_walltime_covers_the_longest_job_and_a_half_filled_allocation_waits_for_
     run = submission.submit(hpc.instance, hpc.queues).queues[0]
     (worker,) = hpc.workers()
     assert run.submitted == [worker.worker_id]
-    script = (Path(worker.log_dir) / "submit.sbatch").read_text()
+    script = (Path(worker.log_dir) / "pilot.jdl").read_text()
     assert "#SBATCH --nodes=1\n" in script and "#SBATCH --time=30\n" in script   # 1500 s + 300 s margin
     hpc.cycle_until(lambda: all(hpc.sim.job_status(p) == "finished" for p in [*short, longer])
                     and hpc.sim.job_status(too_long) == "failed", "the three jobs finished, the refused one failed")

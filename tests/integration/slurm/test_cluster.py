@@ -78,10 +78,10 @@ def test_pull_pilots_run_as_one_job_array_and_finish_jobs_in_the_simulator(slurm
         assert job["State"] == "COMPLETED" and job["Name"] == f"{slurm.harness.harvester_id}:{base}+"
         assert f"harvester {slurm.harness.harvester_id}" in job["Comment"]
         assert w.computing_element == "debug" and w.native_status == "COMPLETED" and w.native_exit_code == 0
-        assert w.stdout_url.endswith(f"/{w.worker_id}/pilot.out") and w.batch_log_url.endswith("/batch.log")
+        assert w.stdout_url.endswith(f"/{w.worker_id}/pilot.out") and w.batch_log_url.endswith("/pilot.log")
         log_dir = Path(w.log_dir)
-        assert "#SBATCH --cpus-per-task=1" in (log_dir / "submit.sbatch").read_text()
-        assert (log_dir / "batch.log").exists()   # Slurm's own output, through the array's link
+        assert "#SBATCH --cpus-per-task=1" in (log_dir / "pilot.jdl").read_text()
+        assert (log_dir / "pilot.log").exists()   # Slurm's own output, through the array's link
     outputs = [(Path(w.log_dir) / "pilot.out").read_text() for w in local]
     assert sum("hello from slurm" in text and "finished; PanDA says" in text for text in outputs) == 3
     assert all(w.status == "finished" and w.native_status == "COMPLETED" for w in local)
@@ -147,13 +147,13 @@ def test_walltime_that_runs_out_fails_the_worker_as_timeout(slurm, sim):
     queues = list(instance.config.queues.values())
     submission.submit(instance, queues, count=1)
     (w,) = worker_rows(instance)
-    assert "#SBATCH --time=1" in (Path(w.log_dir) / "submit.sbatch").read_text()
+    assert "#SBATCH --time=1" in (Path(w.log_dir) / "pilot.jdl").read_text()
     # Slurm counts minutes and checks limits about every 30 s: the job ends 60-90 s after it started.
     poll_until(instance, lambda: worker_rows(instance)[0].status == "failed", timeout=180, what="worker timed out")
     (w,) = worker_rows(instance)
     assert w.native_status == "TIMEOUT" and "time limit" in w.diag and w.native_exit_code == 128 + 15
     assert diagnostics.classify(w.status, w.diag, w.native_exit_code) == (1070, "Slurm: walltime exceeded (TIMEOUT)")
-    assert "DUE TO TIME LIMIT" in (Path(w.log_dir) / "batch.log").read_text()
+    assert "DUE TO TIME LIMIT" in (Path(w.log_dir) / "pilot.log").read_text()
     assert w.end_time - w.start_time >= 60
 
 
@@ -305,7 +305,7 @@ def test_multinode_template_renders_and_runs_one_pilot_per_node(slurm, sim):
     assert len(one.submitted) == 1
     poll_until(instance, lambda: worker_rows(instance)[0].status == "finished", timeout=60, what="multinode job done")
     (w,) = worker_rows(instance)
-    text = (Path(w.log_dir) / "submit.sbatch").read_text()
+    text = (Path(w.log_dir) / "pilot-0.jdl").read_text()
     assert "#SBATCH --nodes=1" in text and "#SBATCH --cpus-per-task=4" in text and "#SBATCH --mem=8000" in text
     assert "srun --nodes=1 --ntasks-per-node=1" in text and "--per-task" in text
     assert "pilot task 0 of 1 on 1 nodes" in (Path(w.log_dir) / "pilot-0.out").read_text()
@@ -315,7 +315,7 @@ def test_multinode_template_renders_and_runs_one_pilot_per_node(slurm, sim):
     two = submission.submit(instance, [queues[1]], count=1, resource_type="MCORE").queues[0]
     (two_worker,) = [r for r in worker_rows(instance) if r.queue == "SLURM_HPC2"]
     assert two.submitted == [two_worker.worker_id]
-    text = (Path(two_worker.log_dir) / "submit.sbatch").read_text()
+    text = (Path(two_worker.log_dir) / "pilot-0.jdl").read_text()
     assert "#SBATCH --nodes=2" in text and "#SBATCH --cpus-per-task=4" in text and "#SBATCH --mem=8000" in text
     poll_until(instance, lambda: next(r for r in worker_rows(instance) if r.queue == "SLURM_HPC2").kill_reason,
                timeout=30, what="kill requested for a job that cannot start")
@@ -485,3 +485,109 @@ def test_a_shared_cap_holds_over_two_queues_and_two_hosts_split_by_demand(slurm,
         assert len(slurm.jobs()) + len(slurm.cluster.jobs(other_id)) == 6
     finally:
         slurm.cluster.cancel_all(other_id)
+
+
+# -- CE errors (marker ceerrors): Slurm's refusals and reasons, push jobs given back, the monitor's URLs --------
+
+@pytest.mark.ceerrors
+def test_slurm_refusals_and_reasons_read_as_the_table_says(slurm, sim):
+    """sbatch refusing root on a partition (permanent: the push job fails at once), a partition that is down
+    (transient), a held job (JobHeldUser) and a pilot that exits 3, all real, each with its table entry."""
+    from harvester_cli.panda import ce_errors
+    from harvester_cli.state.schema import jobs
+    from harvester_cli.steps.monitor import summary
+
+    (refused_job,) = sim.add_jobs("SLURM_NOROOT", 1)
+    instance = slurm.instance({
+        "SLURM_NOROOT": slurm.queue("push", partitions=["noroot"]),
+        "SLURM_DOWN": slurm.queue(pilot="true", partitions=["second"]),
+        "SLURM_HELD": slurm.queue(pilot="true", sbatch_options=["--hold"]),
+        "SLURM_EXIT3": slurm.queue(pilot="exit 3"),
+    })
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    submission.submit(instance, queues[:1])
+    slurm.cluster.run("scontrol", "update", "PartitionName=second", "State=DOWN")
+    try:
+        submission.submit(instance, queues[1:], count=1)
+    finally:
+        slurm.cluster.run("scontrol", "update", "PartitionName=second", "State=UP")
+    (job,) = rows(instance, jobs)
+    assert job.status == "failed" and "not retried" in job.diag
+    poll_until(instance, lambda: {w.queue: w.status for w in worker_rows(instance)}["SLURM_EXIT3"] == "failed"
+               and (next(w for w in worker_rows(instance) if w.queue == "SLURM_HELD").diag or "").startswith("held"),
+               timeout=60, what="the pilot exited and the held job seen held")
+    found = {w.queue: ce_errors.match(w.diag, "slurm") for w in worker_rows(instance)}
+    assert {q: (e.code, e.transient) for q, e in found.items()} == {
+        "SLURM_NOROOT": (1309, False), "SLURM_DOWN": (1307, True), "SLURM_HELD": (1322, False),
+        "SLURM_EXIT3": (1076, False)}
+    counted = {dict(labels)["code"] for (family, labels), n in instance.tally.items()
+               if family == "harvester_cli_ce_errors_total"}
+    assert counted == {"1309", "1307", "1322", "1076"}
+    per_ce = {(e["queue"], e["computing_element"]): e["code"]
+              for e in summary(instance, [q.name for q in queues], 3600)["ce_errors"]}
+    assert per_ce == {("SLURM_NOROOT", "noroot"): 1309, ("SLURM_DOWN", "second"): 1307, ("SLURM_EXIT3", "debug"): 1076}
+    propagation.propagate(instance, queues)
+    assert sim.job_status(refused_job) == "failed"
+
+
+@pytest.mark.ceerrors
+def test_push_jobs_given_back_are_asked_at_panda_and_only_those_still_ours_run_once(slurm, sim):
+    """A partition that is down misses three push workers (transient): their jobs wait for PanDA's word.
+    PanDA killed one meanwhile and reassigned another: only the third gets a new worker, and runs once;
+    the monitor's four URLs of its pilot answer."""
+    from harvester_cli import model
+    from harvester_cli.state.schema import jobs
+    from tests.support.monitor_links import answers, monitor_urls
+
+    killed, reassigned, kept = sim.add_jobs("SLURM_RETRY", 3, jobPars="echo the payload ran")
+    queue = slurm.queue("push", partitions=["second"], max_array_size=1, ce_backoff_failures=10)
+    instance = slurm.instance({"SLURM_RETRY": queue})
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    slurm.cluster.run("scontrol", "update", "PartitionName=second", "State=DOWN")
+    try:
+        run = submission.submit(instance, queues).queues[0]
+    finally:
+        slurm.cluster.run("scontrol", "update", "PartitionName=second", "State=UP")
+    assert len(run.failed) == 3 and "partition is down" in run.failed[0][1]
+    assert {j.sub_status for j in rows(instance, jobs)} == {model.SUB_RETRY}
+    sim.kill_jobs(None, [killed], None, False, [])
+    with sim.lock:   # PanDA gave the job to another site: a new attempt, activated there
+        sim.jobs[reassigned].attempt_nr, sim.jobs[reassigned].status = 2, "activated"
+        sim.jobs[reassigned].site = "ANOTHER_SITE"
+    again = submission.submit(instance, queues).queues[0]
+    assert (again.retried, again.abandoned, len(again.submitted)) == (1, 2, 1)
+    states = {j.panda_id: (j.status, j.sub_status) for j in rows(instance, jobs)}
+    assert states[killed] == states[reassigned] == ("failed", "done")
+    cycle_until(instance, slurm.cluster, lambda: sim.job_status(kept) == "finished", timeout=60, what="job finished")
+    ran = [w for w in worker_rows(instance) if w.status == "finished"]
+    assert len(ran) == 1 and len(worker_rows(instance)) == 4   # three missed, one that ran
+    assert "the payload ran" in (Path(ran[0].log_dir) / "pilot.out").read_text()
+    assert [u["job_status"] for u in sim.jobs[reassigned].updates] == []   # never told anything after PanDA took it
+    assert "failed" not in [u["job_status"] for u in sim.jobs[killed].updates]
+    urls = list(monitor_urls(sim.jobs[kept].pilot_id).values())
+    assert set(answers(slurm.harness.tmp_path / "logs", "http://127.0.0.1:8080/logs", urls).values()) == {200}
+
+
+@pytest.mark.ceerrors
+def test_multinode_worker_files_answer_the_monitors_urls_and_old_names_keep_working(slurm, sim):
+    """A multinode worker's first pilot writes pilot-0.out: its batch log and script are pilot-0.log and
+    pilot-0.jdl. A worker made before had batch.log and submit.sbatch: its old URLs and the monitor's new ones
+    both answer."""
+    from tests.support.monitor_links import answers, monitor_urls
+
+    instance = slurm.instance({"SLURM_NODES": slurm.queue(pilot="echo node $SLURM_PROCID", nodes=1,
+                                                          shipped_template="multinode")})
+    queues = list(instance.config.queues.values())
+    submission.submit(instance, queues, count=2)
+    poll_until(instance, lambda: all(w.status == "finished" for w in worker_rows(instance)), timeout=60,
+               what="workers finished")
+    new, old = worker_rows(instance)
+    assert new.stdout_url.endswith("/pilot-0.out") and new.batch_log_url.endswith("/pilot-0.log")
+    old_dir = Path(old.log_dir)   # as the worker's files were named before
+    (old_dir / "pilot-0.log").rename(old_dir / "batch.log")
+    (old_dir / "pilot-0.jdl").rename(old_dir / "submit.sbatch")
+    urls = [*monitor_urls(new.stdout_url).values(), *monitor_urls(old.stdout_url).values(),
+            old.stdout_url.replace("/pilot-0.out", "/batch.log"), old.stdout_url.replace("/pilot-0.out", "/submit.sbatch")]
+    assert answers(slurm.harness.tmp_path / "logs", "http://127.0.0.1:8080/logs", urls) == {u: 200 for u in urls}

@@ -86,7 +86,7 @@ def test_submit_poll_kill_and_fetch_outputs_through_the_login_node(login, harnes
         local = next(logs.rglob(f"workers/*/SSH_PULL/{w['worker_id']}"))
         # the pilot wrote its output on the cluster's file system; poll brought it back when the job ended
         assert f"hello from worker {w['worker_id']}" in (local / "pilot.out").read_text()
-        assert (local / "batch.log").exists() and (local / "submit.sbatch").exists()
+        assert (local / "pilot.log").exists() and (local / "pilot.jdl").exists()
         remote = work / "SSH_PULL" / str(w["worker_id"])
         assert (remote / "logs" / "pilot.out").exists() and remote.stat().st_uid != 0   # written there, by hclogin
     status = harness.cli_json("status")
