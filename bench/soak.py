@@ -326,13 +326,15 @@ PUSH_PILOT = ("echo '{{\"state\": \"finished\", \"exeErrorCode\": 0, \"pilotErro
 
 
 def write_config(root: Path, pg_url: str, panda_url: str, pki, proxy_copy: Path, live: int, per_cycle: int) -> Path:
-    never = "(TARGET.SoakSlotForQueuedPilots =?= True)"   # no slot has it: these pilots wait, as at a full site
+    # No slot has it: these pilots wait, as at a full site. A lower priority than the flow's: the schedd offers
+    # the negotiator its jobs in priority order and stops at the first one no slot takes.
+    waiting = {"requirements": "(TARGET.SoakSlotForQueuedPilots =?= True)", "priority": "-10"}
     options = {"schedd": soak_pool.SCHEDD, "collector": soak_pool.COLLECTOR, "job_owner": soak_pool.USER,
                "proxy": str(proxy_copy), "disk_mb_per_core": 10}
     common = {"backend": "htcondor", "memory_mb_per_core": 100, "walltime": 3600}
     queues = {
         IDLE: ({**common, "mode": "pull", "pilot": "true", "n_queue_limit_worker": live, "max_workers": 2 * live + 1000,
-                "max_new_workers_per_cycle": 1, "empty_pilot_floor": 0}, {"requirements": never}),
+                "max_new_workers_per_cycle": 1, "empty_pilot_floor": 0}, waiting),
         PULL: ({**common, "mode": "pull", "pilot": "true", "n_queue_limit_worker": 10 * per_cycle,
                 "max_workers": 20 * per_cycle, "max_new_workers_per_cycle": per_cycle, "empty_pilot_floor": 0}, {}),
         PUSH: ({**common, "mode": "push", "pilot": PUSH_PILOT, "n_queue_limit_worker": 10 * per_cycle,
@@ -437,7 +439,7 @@ def table(windows: list[Window], idle_calls: int) -> str:
             megabytes(w.after.database["db_bytes"]),
             f"{w.after.database['outbox_jobs']:,} / {w.after.database['outbox_workers']:,}",
             f"{w.after.database['live']:,}",
-            f"{w.share('pool_cpu'):.2f} / {w.share('pg_cpu'):.2f} / {w.share('sim_cpu'):.2f}",
+            f"{w.share('pool_cpu'):.3f} / {w.share('pg_cpu'):.3f} / {w.share('sim_cpu'):.3f}",
         ))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     out = ["| " + " | ".join(h.ljust(n) for h, n in zip(header, widths)) + " |",
@@ -540,21 +542,22 @@ class Soak:
                         "rss": max((r.rss_mb for r in runs), default=0.0), "runs": len(runs)}
         cycle_log = self.root / "logs" / "cron" / "cycle.log"
         for attempt in range(10):
+            waiting = database_sample(self.pg)
             before = self.panda.ask(totals=True)
             run = self.launcher.run("cycle", cron(self.config, "--json", "cycle"))
             after = self.panda.ask(totals=True)
             attach_results([run], cycle_log)
             numbers = cycle_numbers(run.result)
-            outbox = database_sample(self.pg)
             calls = sum(after["calls"].values()) - sum(before["calls"].values())
             say(f"settling: cycle {attempt + 1}: {run.ended - run.started:.1f} s, CPU {run.cpu:.1f} s, RSS "
                 f"{run.rss_mb:.0f} MB, polled {numbers.get('polled', 0):,}, changed {numbers.get('changed', 0):,}, "
-                f"{calls} PanDA calls, outbox {outbox['outbox_workers']:,} workers")
-            self.idle = {"seconds": run.ended - run.started, "cpu": run.cpu, "rss": run.rss_mb, "calls": calls,
-                         "by_path": {p: n - before["calls"].get(p, 0) for p, n in after["calls"].items()
-                                     if n != before["calls"].get(p, 0)}, "steps": numbers["step_seconds"]}
-            if numbers.get("changed", 1) == 0 and outbox["outbox_workers"] == 0 and outbox["outbox_jobs"] == 0:
+                f"{calls} PanDA calls")
+            # settled: nothing waited in the outbox before this cycle, and it found nothing changed
+            if numbers.get("changed", 1) == 0 and waiting["outbox_workers"] == 0 and waiting["outbox_jobs"] == 0:
                 self.idle_calls = calls
+                self.idle = {"seconds": run.ended - run.started, "cpu": run.cpu, "rss": run.rss_mb, "calls": calls,
+                             "by_path": {p: n - before["calls"].get(p, 0) for p, n in after["calls"].items()
+                                         if n != before["calls"].get(p, 0)}, "steps": numbers["step_seconds"]}
                 return
         raise SystemExit("soak: the loaded workers did not settle in 10 cycles (see the cycle log)")
 

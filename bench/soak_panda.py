@@ -100,8 +100,11 @@ class Feeder:
         threading.Thread(target=self._run, name="soak-feeder", daemon=True).start()
 
     def start(self, push_per_minute: float, pull_per_minute: float, pull_level: int) -> None:
+        """The flow from now on; a minute's push jobs at once, so the first cycle finds as many as the others."""
         with self.sim.lock:
             self.rates = (push_per_minute / 60, pull_per_minute / 60)
+            self.sim.add_jobs(self.push_site, int(push_per_minute), refresh=False)
+            self.added["push"] += int(push_per_minute)
             missing = pull_level - len(self.pull_waiting)
             if missing > 0:
                 self.pull_waiting += self.sim.add_jobs(self.pull_site, missing, refresh=False)
@@ -128,10 +131,21 @@ class Feeder:
                     self.added["pull"] += n
                     # the pilots take as many as came: the oldest activated ones run and end
                     taken, self.pull_waiting = self.pull_waiting[:n], self.pull_waiting[n:]
-                    for panda_id in taken:
-                        job = self.sim.jobs[panda_id]
-                        if job.status == "activated":
-                            job.status = job.final_status = "finished"
+                    self._take(taken)
+
+    def _take(self, panda_ids: list[int]) -> None:
+        for panda_id in panda_ids:
+            job = self.sim.jobs[panda_id]
+            if job.status == "activated":
+                job.status = job.final_status = "finished"
+
+    def stop_feeding(self) -> None:
+        """No new jobs; the pull queue's pilots take what is left."""
+        with self.sim.lock:
+            self.rates = None
+            self._take(self.pull_waiting)
+            self.pull_waiting = []
+            self.sim.refresh_job_counts()
 
 
 def serve(pki_dir: str, push_site: str, pull_site: str) -> None:
@@ -162,7 +176,7 @@ def serve(pki_dir: str, push_site: str, pull_site: str) -> None:
                 feeder.start(**request["feed"])
                 answer = {"feeding": True}
             elif "stop_feed" in request:
-                feeder.rates = None
+                feeder.stop_feeding()
                 answer = {"feeding": False}
             elif "totals" in request:
                 drain()

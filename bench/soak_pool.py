@@ -11,7 +11,7 @@ Knobs that matter at this scale, with what the soak sets (HTCondor's defaults in
     MAX_JOBS_PER_SUBMISSION   20,000     [20,000: one Schedd.submit call; harvester-cli sends max_at_once=100]
     MAX_JOBS_SUBMITTED        2,000,000  [no limit]
     MAX_JOBS_RUNNING          slots x 2  [memory based]
-    NUM_CPUS                  the slots short pilots run in (static, one core each)
+    NUM_CPUS                  the cores short pilots run in (one partitionable slot, a core per pilot)
     SCHEDD_INTERVAL 60, NEGOTIATOR_INTERVAL 20: a site's rhythm rather than the test pool's 2 s and 1 s.
     MAX_HISTORY_LOG 20 MB x MAX_HISTORY_ROTATIONS 2, MAX_*_LOG 10 MB: the pool's files stay bounded.
 """
@@ -184,12 +184,14 @@ class Pool:
             return str(exc)
 
     def _ready(self) -> bool:
-        env = {**os.environ, "CONDOR_CONFIG": str(self.client_config)}
-        slots = subprocess.run(["chroot", str(CHROOT), "condor_status", "-pool", COLLECTOR, "-af", "Name"],
-                               capture_output=True, text=True, env={**env, "CONDOR_CONFIG": CONFIG})
-        schedds = subprocess.run(["chroot", str(CHROOT), "condor_status", "-pool", COLLECTOR, "-schedd", "-af", "Name"],
-                                 capture_output=True, text=True, env={**env, "CONDOR_CONFIG": CONFIG})
-        return slots.stdout.count("slot") >= self.slots and SCHEDD in schedds.stdout
+        """The schedd is in the collector and the slots' cores add up (one partitionable slot, as minicondor
+        makes it: each pilot claims a dynamic slot of its own)."""
+        env = {**os.environ, "CONDOR_CONFIG": CONFIG}
+        status = ["chroot", str(CHROOT), "condor_status", "-pool", COLLECTOR]
+        slots = subprocess.run([*status, "-af", "Cpus"], capture_output=True, text=True, env=env)
+        schedds = subprocess.run([*status, "-schedd", "-af", "Name"], capture_output=True, text=True, env=env)
+        cores = sum(int(v) for v in slots.stdout.split() if v.isdigit())
+        return cores >= self.slots and SCHEDD in schedds.stdout.split()
 
     def stop(self) -> None:
         if self.master is not None and self.master.poll() is None:
