@@ -17,7 +17,9 @@ What runs, each in processes of its own:
 Three queues on the schedd:
 - SOAK_IDLE (pull): the live workers, loaded before the window by `harvester-cli submit --count` at full speed
   (the real path: the rows, the per-worker files, Schedd.submit); their pilots wait idle for the whole soak, as
-  queued pilots do at a full site (their requirements match no slot). Every cycle polls all of them.
+  queued pilots do at a full site (their requirements match no slot, and their priority is below the flow's: the
+  schedd offers the negotiator its jobs by priority and stops at the first one no slot takes). Every cycle polls
+  all of them.
 - SOAK_PULL (pull) and SOAK_PUSH (push): the flow, half the rate each (max_new_workers_per_cycle), pilots that
   run at once in the pool's slots: the pull pilot exits, the push pilot writes the heartbeat.json of a finished
   job. The simulator adds push jobs at the rate, and keeps the pull queue's activated jobs level (its pilots
