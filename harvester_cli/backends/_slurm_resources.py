@@ -95,14 +95,14 @@ def parse_test_only(text: str) -> float | None:
 
 def window(fits, walltime: int, min_walltime: int | None) -> int:
     """The longest walltime (seconds, whole minutes) that `fits(minutes)` says starts now: the queue's walltime
-    if it does, else the longest between min_walltime and it (a backfill window), else 0. Asks `fits` at most
-    WINDOW_PROBES + 1 times; the answer is always one `fits` said yes to."""
+    if it does, else the longest between min_walltime and it less a minute (a backfill window), else 0. Asks
+    `fits` at most WINDOW_PROBES + 2 times; the answer is never longer than one `fits` said yes to."""
     top = max(1, -(-walltime // 60))
     if fits(top):
         return walltime
     if not min_walltime:
         return 0
-    low = max(1, -(-min_walltime // 60))
+    floor = low = max(1, -(-min_walltime // 60))
     if low >= top or not fits(low):
         return 0
     high = top   # low fits, high does not
@@ -114,4 +114,7 @@ def window(fits, walltime: int, min_walltime: int | None) -> int:
             low = middle
         else:
             high = middle
-    return low * 60
+    # The window closes as time passes: a walltime that fits to the minute now no longer fits when the worker
+    # reaches sbatch a moment later (it would wait for the reservation's end). One minute less, if that still
+    # reaches min_walltime.
+    return max(floor, low - 1) * 60

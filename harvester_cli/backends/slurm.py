@@ -161,6 +161,8 @@ class SlurmBackend(Backend):
     def __init__(self, queue, context):
         super().__init__(queue, context)
         self._rng = random.Random()
+        # free_resources of this run: workers that start at once per partition (the CE fanout's capacity)
+        self._startable: dict[str, int] = {}
         if self.options.template is not None:   # a bad template fails the run at once, not each worker
             try:
                 text = self.options.template.read_text()
@@ -281,7 +283,7 @@ class SlurmBackend(Backend):
         benched.update(self.ces_in_downtime(names))
         usable = [n for n in names if n not in benched]
         limit = self.queue.n_queue_limit_worker
-        capacity = {n: max(0, limit - stats.get(n, {}).get("queued", 0)) for n in usable}
+        capacity = {n: max(0, self._partition_limit(n, limit) - stats.get(n, {}).get("queued", 0)) for n in usable}
         picks = ce_choice.choose(ce_choice.weights(usable, stats, self.options.ce_fair_share), len(specs),
                                  capacity, self._rng)
         assigned = list(zip(specs, picks))
@@ -347,6 +349,7 @@ class SlurmBackend(Backend):
                                          idle_cores=load.idle_cores, total_cores=load.total_cores, pool=load.nodes))
                 continue
             count = load.idle_nodes // nodes if nodes > 1 else load.idle_cores // max(1, cores)
+            self._startable[name] = count if span else 0
             out.append(FreeResources(name, source, at, workers=count if span else 0, window=span,
                                      idle_nodes=load.idle_nodes, idle_cores=load.idle_cores,
                                      total_cores=load.total_cores, pool=load.nodes))
@@ -361,6 +364,14 @@ class SlurmBackend(Backend):
             work_dir=self.root / "probe", partition=None, options=self.options, proxy=None, token=None))
         lines = text.splitlines()
         return "\n".join([lines[0], *script.header(text), "true", ""]).encode()
+
+    def _partition_limit(self, name: str, limit: int) -> int:
+        """Workers a partition may have queued: n_queue_limit_worker, or with free_resources figures of this run,
+        what starts there at once when more (they will not wait), queued_when_full where nothing can start."""
+        startable = self._startable.get(name)
+        if startable is None:
+            return limit
+        return max(limit, startable) if startable else min(limit, self.queue.queued_when_full)
 
     # -- submit ------------------------------------------------------------------------------
 

@@ -258,7 +258,8 @@ def _describe(queue: QueueConfig, ce: FreeCE) -> str:
     else:
         said = f"{ce.workers} now"
         if ce.window is not None and ce.window < queue.walltime:
-            said += f" for {ce.window} s" if ce.window else " (not even for min_walltime)"
+            said += (f" for {ce.window} s" if ce.window else " (not even for min_walltime)" if queue.min_walltime
+                     else " (not for its walltime)")
     return f"{ce.computing_element}: {said} ({ce.source}, {ce.age} s ago)"
 
 
