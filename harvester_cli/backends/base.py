@@ -346,10 +346,11 @@ class Backend(ABC):
     def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
         """Crash repair: look each (pending) worker up by its tag; a result if it exists, else None."""
 
-    def free_resources(self) -> list[FreeResources] | None:
-        """What can start now on each CE of the queue, asked of the batch system (or the CE's own published
-        information) at this call; None: this backend cannot say (the planner then plans without it). Raises
-        BackendError when the batch system could not be asked. Slurm and ARC override this."""
+    def free_resources(self, cores: int, memory_mb: int) -> list[FreeResources] | None:
+        """What can start now on each CE of the queue, for workers of `cores` and `memory_mb`, asked of the batch
+        system (or the CE's own published information) at this call; None: this backend cannot say (the planner
+        then plans without it). Raises BackendError when the batch system could not be asked. Slurm and ARC
+        override this."""
         return None
 
     def contacts(self) -> list[Contact]:
