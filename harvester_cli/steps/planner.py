@@ -4,11 +4,11 @@ The trace is what an operator reads to answer "why no pilots?": each step names 
 and the number that came out, as APF printed "Ready=40, MaxPerCycle=20, MaxPending=12 -> 12".
 Rules in order (docs/domain.md): queue status, an announced downtime of the queue (or of every CE it
 has), missed-worker throttle, max_workers, the queued limit (absolute, or a percentage of running with a
-floor), the demand (pull: activated jobs x factor with an empty-pilot floor; push: jobs waiting, or with
-many_to_one the allocations they make (steps.allocation); pilot streaming: PanDA's numbers), the caps
-shared with other queues ([caps.NAME], split by demand when they bind), per-cycle and per-run caps, the
-split over resource types (largest remainder), caps on queued cores and memory, and last the PanDA
-registration (no pilot before PanDA knows this instance).
+floor), with free_resources what can start now (below), the demand (pull: activated jobs x factor with an
+empty-pilot floor; push: jobs waiting, or with many_to_one the allocations they make (steps.allocation);
+pilot streaming: PanDA's numbers), the caps shared with other queues ([caps.NAME], split by demand when they
+bind), per-cycle and per-run caps, the split over resource types (largest remainder), caps on queued cores
+and memory, and last the PanDA registration (no pilot before PanDA knows this instance).
 
 A shared cap holds over all its queues and hosts: each queue's share of it is the cap split in proportion
 to the queues' demand, no queue given more than it wants (what it leaves goes to the others), and a
