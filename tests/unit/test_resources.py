@@ -8,10 +8,13 @@ from datetime import datetime, timezone
 
 import pytest
 
+from harvester_cli import model
 from harvester_cli.backends import _arc_resources as glue2
 from harvester_cli.backends import _slurm_resources as slurm
 from harvester_cli.backends._slurm_status import SEP
 from harvester_cli.config import QueueConfig
+from harvester_cli.state import resources
+from harvester_cli.steps import monitor
 from harvester_cli.steps.planner import FreeCE, FreeResources, QueueState, plan
 
 pytestmark = pytest.mark.resources
@@ -171,3 +174,32 @@ def test_a_queue_without_free_resources_plans_as_before():
     state = QueueState(queued={"SCORE": 2}, activated=50, free=FreeResources((ce(workers=0, window=0),)))
     result = plan(queue(free_resources=False), state, 100)
     assert result.total == 1 and not [s for s in result.trace if s.rule == "free resources"]
+
+
+# -- what status, plan and the metrics show ----------------------------------------------------------------
+
+def test_status_plan_and_the_metrics_show_the_stored_figures_and_their_age(harness):
+    queues = {"Q": {"mode": "pull", "free_resources": True, "free_resources_max_age": 300}}
+    harness.write_config(queues)
+    instance = harness.instance(queues)
+    at = model.now()
+    rows = [{"computing_element": "debug", "measured": at - 30, "source": "sinfo, sbatch --test-only", "workers": 3,
+             "window": 600, "idle_nodes": 1, "idle_cores": 12, "total_cores": 16, "pool": "n1"},
+            {"computing_element": "long", "measured": at - 1000, "source": "sinfo, sbatch --test-only", "workers": 0,
+             "window": 0, "idle_nodes": 0, "idle_cores": 0, "total_cores": 64, "pool": "m[1-4]"}]
+    with instance.store.transaction() as tx:
+        resources.replace(tx, "Q", rows)
+    status = harness.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "free resources (what can start now)" in status.stdout and "(stale)" in status.stdout, status.stdout
+    shown = harness.cli_json("status")["free_resources"]
+    assert [(r["computing_element"], r["workers"], r["window_seconds"], r["stale"]) for r in shown] == [
+        ("debug", 3, 600, False), ("long", 0, 0, True)]
+    samples = monitor.metric_samples(instance).values
+    assert sorted((labels["computing_element"], v) for labels, v in samples["harvester_cli_free_workers"]) == [
+        ("debug", 3.0), ("long", 0.0)]
+    # the local backend cannot say: the plan says so, plans as without, and leaves the stored figures alone
+    plan = harness.cli("plan")
+    assert "free resources: the local backend cannot say what can start now: not used" in plan.stdout, plan.stdout
+    with instance.store.reading() as tx:
+        assert len(resources.of_queues(tx, ["Q"])) == 2
