@@ -71,7 +71,7 @@ def instance_for(base: Path, conf: Path, sim: PandaSimulator, pki, free: bool, l
 
 
 def pending(cluster: Cluster, harvester_id: str) -> int:
-    out = cluster.run("squeue", "-h", "-t", "PENDING", "-o", "%j").stdout
+    out = cluster.run("squeue", "-h", "-r", "-t", "PENDING", "-o", "%j").stdout   # -r: array tasks one a line
     return sum(1 for name in out.split() if name.startswith(f"{harvester_id}:"))
 
 
