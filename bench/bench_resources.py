@@ -40,13 +40,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_slurm import Cluster  # noqa: E402
-from harvester_cli import config as config_module  # noqa: E402
-from harvester_cli.instance import Instance  # noqa: E402
-from harvester_cli.panda.sim import certs  # noqa: E402
-from harvester_cli.panda.sim.server import PandaSimulator  # noqa: E402
-from harvester_cli.state import upgrade  # noqa: E402
-from harvester_cli.steps import poll, submit  # noqa: E402
+from bench.bench_slurm import Cluster
+from harvester_cli import config as config_module
+from harvester_cli.instance import Instance
+from harvester_cli.panda.sim import certs
+from harvester_cli.panda.sim.server import PandaSimulator
+from harvester_cli.state import upgrade
+from harvester_cli.steps import poll, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "BENCH_FREE"
@@ -159,7 +159,7 @@ def main() -> None:
                 results.append(one_run(cluster, base / f"run{int(free)}", sim, pki, free, args))
                 print(results[-1], flush=True)
     finally:
-        subprocess.run(["scancel", "-u", "root"], env=cluster.env, capture_output=True, timeout=60)
+        subprocess.run(["scancel", "-u", "root"], env=cluster.env, capture_output=True, timeout=60, check=False)
         cluster.script("stop")
         shutil.rmtree(base, ignore_errors=True)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from harvester_cli.backends._slurm_status import SEP, _cluster_header
 
@@ -90,7 +90,7 @@ def parse_test_only(text: str) -> float | None:
     match = _START.search(text)
     if not match:
         return None
-    return datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
 
 
 def window(fits, walltime: int, min_walltime: int | None) -> int:

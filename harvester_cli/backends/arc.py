@@ -358,7 +358,7 @@ class ArcBackend(Backend):
             at = model.now()
             try:
                 info = self._client(endpoint).getCEInfo()
-            except Exception as exc:
+            except Exception as exc:   # noqa: BLE001 (refused, unreachable, a bad answer: this CE cannot tell)
                 self._drop(endpoint)
                 problems.append(f"{endpoint}: {exc}")
                 out.append(FreeResources(endpoint, f"A-REX info: {str(exc)[:200]}", at))

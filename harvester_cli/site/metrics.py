@@ -75,8 +75,8 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge", "What the queues of a shared cap use now over every host (workers queued; queued or running; "
                  "their cores).", ("cap", "kind")),
     "harvester_cli_free_workers": (
-        "gauge", "Workers of the queue's shape its batch system said would start now, per queue and CE "
-                 "(free_resources).", ("queue", "computing_element")),
+        "gauge", ("Workers of the queue's shape its batch system said would start now, per queue and CE "
+                  "(free_resources)."), ("queue", "computing_element")),
     "harvester_cli_free_cores": ("gauge", "Idle cores (Slurm) or free slots (ARC) per queue and CE (free_resources).",
                                  ("queue", "computing_element")),
     "harvester_cli_free_nodes": ("gauge", "Idle nodes per queue and CE (free_resources, Slurm).",

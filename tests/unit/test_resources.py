@@ -4,7 +4,7 @@ queued limit lifted where slots are free, stale figures not used, one pool count
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -59,7 +59,7 @@ def test_sinfo_of_another_cluster_names_its_partitions_with_the_cluster():
 
 def test_test_only_answer_is_read_in_utc_and_a_refusal_is_none():
     text = "sbatch: Job 7 to start at 2026-12-07T11:28:12 using 8 processors on nodes vm in partition debug\n"
-    assert slurm.parse_test_only(text) == datetime(2026, 12, 7, 11, 28, 12, tzinfo=timezone.utc).timestamp()
+    assert slurm.parse_test_only(text) == datetime(2026, 12, 7, 11, 28, 12, tzinfo=UTC).timestamp()
     assert slurm.parse_test_only("sbatch: error: Batch job submission failed: Invalid account\n") is None
 
 

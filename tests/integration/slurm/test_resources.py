@@ -122,7 +122,7 @@ def test_a_backfill_window_is_used(slurm, sim, reservation):
     plan = planned(instance)
     assert plan.total == 1 and 1200 <= plan.walltime < 1500, plan.trace   # whole minutes before the reservation
     assert f"walltime {plan.walltime} s (a backfill window)" in step_of(plan).inputs
-    (worker,) = submitted(instance)
+    assert len(submitted(instance)) == 1
     (job,) = slurm.jobs()
     shown = slurm.cluster.run("scontrol", "-o", "show", "job", job["JobArrayID"]).stdout
     assert f"TimeLimit=00:{plan.walltime // 60:02d}:00" in shown, shown
