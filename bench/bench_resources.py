@@ -1,7 +1,7 @@
 """What can start now (free_resources, issue 29) on a real Slurm: pilots waiting in the batch queue, and the
 time from a job's activation to a pilot taking it, with and without, under a load that rises and falls.
 
-    python bench/bench_resources.py [--cpus 8] [--phase 90] [--run 30] [--cycle 10] [--limit 20]
+    python bench/bench_resources.py [--cpus 8] [--phase 90] [--run 30] [--cycle 10] [--limit 20] [--when-full 3]
 
 Needs root and Slurm installed (scripts/apt-packages.txt): it starts its own one-node cluster with
 tests/support/peers/slurm.sh (`--cpus` CPUs, free ports, its own directory) and the PanDA simulator in this
@@ -19,7 +19,8 @@ then up to 3 phases more until every job has started. Each pilot (harvester-cli'
 activated job, or ends at once when there is none (an empty pilot).
 
 The queue: pull, one core a pilot, n_queue_limit_worker `--limit`, max_new_workers_per_cycle 20, max_workers 60;
-with free_resources on, queued_when_full 2 (the default). Measured per run, the runs one after the other on
+with free_resources on, queued_when_full `--when-full` (3: about the slots that free up in one cycle, 8 CPUs x
+10 s / 30 s). Measured per run, the runs one after the other on
 the same cluster: pilots waiting in Slurm (PENDING; the mean and the peak over the load's four phases,
 sampled every second), pilots submitted, empty pilots, and the time from a job's activation to a pilot taking
 it (median and 95th percentile, sampled every second). Nothing is asserted; not run in CI.
@@ -55,10 +56,11 @@ RATES = (8, 32, 8, 0)          # jobs activated per minute in each phase
 DRAIN_PHASES = 3
 
 
-def instance_for(base: Path, conf: Path, sim: PandaSimulator, pki, free: bool, limit: int) -> Instance:
+def instance_for(base: Path, conf: Path, sim: PandaSimulator, pki, free: bool, limit: int,
+                 when_full: int) -> Instance:
     queue = {"mode": "pull", "backend": "slurm", "pilot": PILOT, "walltime": 900, "n_queue_limit_worker": limit,
              "max_new_workers_per_cycle": 20, "max_workers": 60, "memory_mb_per_core": 100,
-             "free_resources": free, "retire_max_per_run": 0,
+             "free_resources": free, "queued_when_full": when_full, "retire_max_per_run": 0,
              "backend_options": {"slurm_conf": str(conf), "squeue_cache_seconds": 0}}
     data = {"harvester_id": f"bench-free-{int(free)}", "state": str(base / "state.db"), "log_dir": str(base / "logs"),
             "work_dir": str(base / "work"),
@@ -76,7 +78,7 @@ def pending(cluster: Cluster, harvester_id: str) -> int:
 
 
 def one_run(cluster: Cluster, base: Path, sim: PandaSimulator, pki, free: bool, args) -> dict:
-    instance = instance_for(base, cluster.base / "slurm.conf", sim, pki, free, args.limit)
+    instance = instance_for(base, cluster.base / "slurm.conf", sim, pki, free, args.limit, args.when_full)
     queue = instance.config.queues[QUEUE]
     hid = instance.config.harvester_id
     activated: dict[int, float] = {}
@@ -143,6 +145,7 @@ def main() -> None:
     parser.add_argument("--run", type=int, default=30, help="seconds a job runs")
     parser.add_argument("--cycle", type=float, default=10.0, help="seconds between harvester-cli cycles")
     parser.add_argument("--limit", type=int, default=20, help="n_queue_limit_worker")
+    parser.add_argument("--when-full", type=int, default=3, help="queued_when_full (with free_resources)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_resources.py starts munged, slurmctld and slurmd: run it as root")
@@ -166,7 +169,7 @@ def main() -> None:
     minutes = 60 / args.run * args.cpus
     print(f"\nSlurm 22.05, one node of {args.cpus} CPUs ({minutes:.0f} jobs of {args.run} s a minute); load "
           f"{'/'.join(map(str, RATES))} jobs a minute over phases of {args.phase:g} s; cycle every {args.cycle:g} s; "
-          f"n_queue_limit_worker {args.limit}\n")
+          f"n_queue_limit_worker {args.limit}, queued_when_full {args.when_full}\n")
     print(f"{'free_resources':<15} {'pilots waiting mean':>19} {'peak':>5} {'submitted':>9} {'empty':>6} "
           f"{'jobs':>5} {'activated->taken median':>23} {'p95':>6}")
     for r in results:

@@ -186,13 +186,14 @@ class QueueConfig(Section):
     lost_grace_seconds: int = setting(600, doc="fail workers the backend lost after this long")
     free_resources: bool = setting(False, doc="ask the batch system what can start now (Slurm: sinfo and sbatch "
                                               "--test-only per partition; ARC: the CE's free slots in its GLUE2 "
-                                              "information) and plan by it: where nothing can start, no pilot "
-                                              "beyond queued_when_full waits; where slots are free, pilots that "
-                                              "start at once are not held back by n_queue_limit_worker")
+                                              "information) and plan by it: the workers that start at once, and "
+                                              "queued_when_full more that wait for the next free slots, no more "
+                                              "(n_queue_limit_worker holds back only those that wait)")
     free_resources_max_age: int = setting(300, doc="seconds after which figures the batch system gave are not "
                                                    "used (when it cannot be asked again)", minimum=1)
-    queued_when_full: int = setting(2, doc="with free_resources: pilots that still wait in the batch queue where "
-                                           "nothing can start now (they take the next free slot)", maximum=100_000)
+    queued_when_full: int = setting(2, doc="with free_resources: pilots that wait in the batch queue for the next "
+                                           "free slots beyond those that start at once (about the slots that free "
+                                           "up in one cycle)", maximum=100_000)
     min_walltime: int | None = setting(None, doc="with free_resources: a worker may get a shorter walltime, down to "
                                                  "this, to fit a backfill window where the full walltime cannot "
                                                  "start now (none: always walltime)", minimum=60)

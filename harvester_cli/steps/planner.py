@@ -16,10 +16,11 @@ queue gets new workers only within its share and within what is left of the cap.
 the same shares from the same numbers: the workers in the state database, and each queue's demand (its
 own plan's, or the one its host last recorded).
 
-With free_resources, what the batch system says can start now comes right after the queued limit: where
-nothing can start, no more than queued_when_full pilots wait (more would only queue, and become empty pilots
-or wait for hours); where N workers can start at once, up to N beyond those already queued are not held back
-by the queued limit (they will not wait), every other cap still holding. Figures older than
+With free_resources, what the batch system says can start now comes right after the queued limit: the
+queue keeps queued the N workers that would start at once plus queued_when_full for the next free slots
+(within the queued limit), no more: where nothing can start, more would only wait for hours or become empty
+pilots; where N can start, the queued limit does not hold back those N (they will not wait), every other cap
+still holding. Figures older than
 free_resources_max_age are not used. A backfill window (only a shorter walltime starts now, down to
 min_walltime) gives the new workers that walltime (Plan.walltime).
 
@@ -295,15 +296,17 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
         pools[key] = max(pools.get(key, 0), c.workers or 0)
     startable = sum(pools.values())
     figures = asked + "; ".join(_describe(queue, c) for c in fresh)
+    # What may wait for the next free slots: queued_when_full, never more than the queued limit allows.
+    waiting = min(queue.queued_when_full, headroom + queued)
     if not startable:
-        result = min(headroom, max(0, queue.queued_when_full - queued))
+        result = min(headroom, max(0, waiting - queued))
         trace.append(Step(rule, f"nothing can start now ({figures}); queued={queued}, "
                                 f"queued_when_full={queue.queued_when_full}", result))
         return result, None
-    result = min(room, max(headroom, startable - queued))
+    result = min(room, max(0, startable + waiting - queued))
     window = f", walltime {walltime} s (a backfill window)" if walltime is not None else ""
-    trace.append(Step(rule, f"{startable} can start now{window} ({figures}), queued={queued}: those beyond the "
-                            "queued ones would not wait", result))
+    trace.append(Step(rule, f"{startable} can start now{window} ({figures}) + queued_when_full="
+                            f"{queue.queued_when_full}, queued={queued}", result))
     return result, walltime
 
 

@@ -124,15 +124,19 @@ def test_nothing_queued_where_nothing_can_start_and_enough_already_wait():
 def test_free_slots_lift_the_queued_limit_within_every_other_cap():
     state = QueueState(queued={"SCORE": 2}, activated=50, free=FreeResources((ce(workers=8),)))
     result = plan(queue(), state, 100)
-    assert result.total == 6 and result.walltime is None      # 8 can start, 2 already wait for them
-    assert "8 can start now" in rule(result).inputs
+    assert result.total == 8 and result.walltime is None      # 8 can start; 2 wait for the next free slots
+    assert "8 can start now" in rule(result).inputs and "queued_when_full=2, queued=2" in rule(result).inputs
     assert plan(queue(max_workers=5), state, 100).total == 3
     assert plan(queue(max_new_workers_per_cycle=4), state, 100).total == 4
     assert plan(queue(), state, 2).total == 2
     assert plan(queue(), QueueState(queued={"SCORE": 2}, activated=4, free=state.free), 100).total == 2  # demand
-    # fewer free slots than the queued limit leaves: the limit stands
+    # one free slot: one pilot for it and queued_when_full for the next ones, however much the limit leaves
     small = QueueState(activated=50, free=FreeResources((ce(workers=1),)))
     assert plan(queue(), small, 100).total == 3
+    assert plan(queue(n_queue_limit_worker=20), small, 100).total == 3
+    assert plan(queue(n_queue_limit_worker=20, free_resources=False), small, 100).total == 20
+    # the waiting ones stay within the queued limit
+    assert plan(queue(n_queue_limit_worker=1), small, 100).total == 2
 
 
 def test_stale_figures_are_not_used():
@@ -148,19 +152,19 @@ def test_stale_figures_are_not_used():
 def test_a_backfill_window_gives_the_new_workers_its_walltime():
     state = QueueState(activated=50, free=FreeResources((ce(workers=4, window=1500),)))
     result = plan(queue(min_walltime=600), state, 100)
-    assert result.total == 4 and result.walltime == 1500
+    assert result.total == 6 and result.walltime == 1500
     assert "walltime 1500 s (a backfill window)" in rule(result).inputs
     # a partition where the whole walltime fits wins over a window elsewhere
     state = QueueState(activated=50, free=FreeResources((ce(workers=4, window=1500), ce("long", workers=5))))
     result = plan(queue(min_walltime=600), state, 100)
-    assert result.total == 5 and result.walltime is None
+    assert result.total == 7 and result.walltime is None
 
 
 def test_partitions_over_the_same_nodes_are_counted_once():
     both = FreeResources((ce("debug", workers=8, pool="vm"), ce("second", workers=8, pool="vm")))
-    assert plan(queue(), QueueState(activated=50, free=both), 100).total == 8
+    assert plan(queue(queued_when_full=0), QueueState(activated=50, free=both), 100).total == 8
     apart = FreeResources((ce("debug", workers=8, pool="a"), ce("second", workers=8, pool="b")))
-    assert plan(queue(), QueueState(activated=50, free=apart), 100).total == 16
+    assert plan(queue(queued_when_full=0), QueueState(activated=50, free=apart), 100).total == 16
 
 
 def test_a_ce_that_cannot_tell_is_left_out_and_a_backend_that_cannot_say_changes_nothing():
