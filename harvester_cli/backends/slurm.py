@@ -367,11 +367,11 @@ class SlurmBackend(Backend):
 
     def _partition_limit(self, name: str, limit: int) -> int:
         """Workers a partition may have queued: n_queue_limit_worker, or with free_resources figures of this run,
-        what starts there at once when more (they will not wait), queued_when_full where nothing can start."""
+        what starts there at once and queued_when_full more (within the limit), as the planner counts them."""
         startable = self._startable.get(name)
         if startable is None:
             return limit
-        return max(limit, startable) if startable else min(limit, self.queue.queued_when_full)
+        return startable + min(limit, self.queue.queued_when_full)
 
     # -- submit ------------------------------------------------------------------------------
 
