@@ -26,7 +26,8 @@ with the 200k run's.
 Other studies, each its own script: bench/bench_empty_pilots.py (empty pilots from stale counts),
 bench/bench_history.py (the history's size), bench/bench_slowloris.py (serve-logs under a flood),
 bench/bench_slurm.py (the Slurm backend against raw sbatch/squeue), bench/bench_multihost.py (several hosts),
-bench/bench_slurm_ssh.py (a poll through a login node over SSH against the same poll run locally).
+bench/bench_slurm_ssh.py (a poll through a login node over SSH against the same poll run locally),
+bench/bench_resources.py (pilots waiting in Slurm and activation to start, with and without free_resources).
 """
 
 from __future__ import annotations

@@ -286,15 +286,17 @@ class Instance:
         return env
 
     def pilot_command(self, queue: QueueConfig, worker_id: int, resource_type: str, n_core: int,
-                      memory_mb: int) -> str:
-        key = ("command", queue.name, resource_type, n_core, memory_mb)
+                      memory_mb: int, walltime: int | None = None) -> str:
+        """The worker's pilot command; `walltime`: the worker's when a backfill window shortened the queue's."""
+        walltime = walltime or queue.walltime
+        key = ("command", queue.name, resource_type, n_core, memory_mb, walltime)
         if key not in self._pilot_parts:
             import shlex
 
             panda = self.config.panda
             values = {
                 "queue": queue.site, "harvester_id": self.config.harvester_id, "resource_type": resource_type,
-                "n_core": n_core, "memory_mb": memory_mb, "walltime": queue.walltime, "panda_url": panda.url,
+                "n_core": n_core, "memory_mb": memory_mb, "walltime": walltime, "panda_url": panda.url,
                 "prod_source_label": queue.prod_source_label, "job_type": queue.job_type, "python": sys.executable,
                 "ca": panda.ca or "", "proxy": self.proxy_for(queue) or "",
             }

@@ -91,6 +91,7 @@ from harvester_cli.backends import _arc_description as adl
 from harvester_cli.backends._arc_delegation import Delegations
 from harvester_cli.backends.base import (
     Backend,
+    FreeResources,
     KillResult,
     Observation,
     RetireResult,
@@ -344,6 +345,42 @@ class ArcBackend(Backend):
         for worker in workers:
             groups[worker.computing_element if worker.batch_id else None].append(worker)
         return groups
+
+    # -- what can start now (free_resources) --------------------------------------------------------
+
+    def free_resources(self, cores: int, memory_mb: int) -> list[FreeResources]:
+        """Per CE: the free slots its GLUE2 information gives for the queue's ARC queue (_arc_resources.py),
+        as workers of `cores`; a CE that does not answer cannot tell. Raises when none answers."""
+        from harvester_cli.backends import _arc_resources as glue2
+
+        out, problems = [], []
+        for endpoint in self.options.endpoints:
+            at = model.now()
+            try:
+                info = self._client(endpoint).getCEInfo()
+            except Exception as exc:   # noqa: BLE001 (refused, unreachable, a bad answer: this CE cannot tell)
+                self._drop(endpoint)
+                problems.append(f"{endpoint}: {exc}")
+                out.append(FreeResources(endpoint, f"A-REX info: {str(exc)[:200]}", at))
+                continue
+            found = glue2.pick(glue2.shares(info), self.options.queue)
+            free = [n for n in (glue2.number(s.get("FreeSlots")) for s in found) if n is not None]
+            if not free:
+                queue = f"ARC queue {self.options.queue}" if self.options.queue else "any share"
+                out.append(FreeResources(endpoint, f"A-REX GLUE2 info: no FreeSlots for {queue}", at))
+                continue
+            slots = sum(free)
+            entries = [e for s in found for e in glue2.durations(s.get("FreeSlotsWithDuration"))]
+            span = (glue2.window(entries, cores, self.queue.walltime, self.queue.min_walltime) if entries
+                    else self.queue.walltime)
+            waiting = [n for n in (glue2.number(s.get("WaitingJobs")) for s in found) if n is not None]
+            names = ",".join(str(s.get("Name")) for s in found)
+            out.append(FreeResources(endpoint, f"A-REX GLUE2 info, share {names}: FreeSlots={slots}", at,
+                                     workers=slots // max(1, cores) if span else 0, window=span, idle_cores=slots,
+                                     waiting=sum(waiting) if waiting else None))
+        if problems and len(problems) == len(self.options.endpoints):
+            raise BackendError("no ARC CE answered for its information (" + "; ".join(problems) + ")")
+        return out
 
     # -- submit --------------------------------------------------------------------------------
 

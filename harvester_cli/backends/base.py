@@ -1,6 +1,6 @@
 """The one small interface every backend implements, and the typed results it returns per worker: submit
 (SubmitResult), check (Observation), kill (KillResult), retire (RetireResult: removed only while still
-queued), find."""
+queued), find; and, for backends that can say, what can start now (free_resources: FreeResources)."""
 
 from __future__ import annotations
 
@@ -254,6 +254,28 @@ class JobKillResult:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class FreeResources:
+    """What one CE (a Slurm partition, an ARC CE's share) said can start now, for workers of the queue's shape.
+
+    `workers` is how many such workers would start at once (0: none would; None: it could not tell), for a
+    walltime of at most `window` seconds (the queue's walltime when the whole of it fits; less when only a
+    backfill window does: idle nodes until a reservation or a running job's end; 0 when not even the queue's
+    min_walltime fits). CEs that draw on the same nodes name the same `pool`: a planner counts a pool once.
+    `source` says how it was learnt (the batch system's commands, or the CE's published information)."""
+
+    computing_element: str
+    source: str
+    at: float
+    workers: int | None = None
+    window: int | None = None
+    idle_nodes: int | None = None
+    idle_cores: int | None = None
+    total_cores: int | None = None
+    waiting: int | None = None      # jobs of every user waiting in the batch queue there, when it says
+    pool: str | None = None
+
+
 class Backend(ABC):
     """Submit many workers, check many workers, kill many workers: per-worker results, never None."""
 
@@ -323,6 +345,13 @@ class Backend(ABC):
     @abstractmethod
     def find(self, workers: list[WorkerRef]) -> list[SubmitResult | None]:
         """Crash repair: look each (pending) worker up by its tag; a result if it exists, else None."""
+
+    def free_resources(self, cores: int, memory_mb: int) -> list[FreeResources] | None:
+        """What can start now on each CE of the queue, for workers of `cores` and `memory_mb`, asked of the batch
+        system (or the CE's own published information) at this call; None: this backend cannot say (the planner
+        then plans without it). Raises BackendError when the batch system could not be asked. Slurm and ARC
+        override this."""
+        return None
 
     def contacts(self) -> list[Contact]:
         """The login nodes (or other remote places) this run tried, in order: `status` shows which answered.

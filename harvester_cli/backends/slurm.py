@@ -106,6 +106,7 @@ from harvester_cli.backends import ce_choice, transport
 from harvester_cli.backends.base import (
     Backend,
     Contact,
+    FreeResources,
     JobKillResult,
     KillResult,
     Observation,
@@ -160,6 +161,8 @@ class SlurmBackend(Backend):
     def __init__(self, queue, context):
         super().__init__(queue, context)
         self._rng = random.Random()
+        # free_resources of this run: workers that start at once per partition (the CE fanout's capacity)
+        self._startable: dict[str, int] = {}
         if self.options.template is not None:   # a bad template fails the run at once, not each worker
             try:
                 text = self.options.template.read_text()
@@ -210,13 +213,14 @@ class SlurmBackend(Backend):
         if "transport" in self.__dict__:
             self.transport.close()
 
-    def _run(self, args: list[str]) -> subprocess.CompletedProcess:
+    def _run(self, args: list[str], env: dict[str, str] | None = None,
+             input: bytes | None = None) -> subprocess.CompletedProcess:
         """Run one Slurm command where Slurm is; raises _Unreachable when it (or the login node) does not answer
         within command_timeout, SSHConfigError (exit 2) for a host key or key the login node refuses."""
         conf = {"SLURM_CONF": str(self.options.slurm_conf)} if self.options.slurm_conf else {}
         try:
-            result = self.transport.run(args, timeout=self.options.command_timeout, set_env=conf,
-                                        drop_env=SLURM_PREFIXES, keep_env=("SLURM_CONF",))
+            result = self.transport.run(args, timeout=self.options.command_timeout, set_env={**conf, **(env or {})},
+                                        drop_env=SLURM_PREFIXES, keep_env=("SLURM_CONF",), input=input)
         except transport.CommandTimeout as exc:
             raise _Unreachable(f"{exc} (slurmctld down or overloaded?)") from None
         except transport.TransportError as exc:
@@ -279,7 +283,7 @@ class SlurmBackend(Backend):
         benched.update(self.ces_in_downtime(names))
         usable = [n for n in names if n not in benched]
         limit = self.queue.n_queue_limit_worker
-        capacity = {n: max(0, limit - stats.get(n, {}).get("queued", 0)) for n in usable}
+        capacity = {n: max(0, self._partition_limit(n, limit) - stats.get(n, {}).get("queued", 0)) for n in usable}
         picks = ce_choice.choose(ce_choice.weights(usable, stats, self.options.ce_fair_share), len(specs),
                                  capacity, self._rng)
         assigned = list(zip(specs, picks))
@@ -293,6 +297,81 @@ class SlurmBackend(Backend):
             return assigned, [SubmitResult(s.worker_id, error=error, computing_element=only)
                               for s in specs[len(picks):]]
         return assigned, []
+
+    # -- what can start now (free_resources) ------------------------------------------------------
+
+    def free_resources(self, cores: int, memory_mb: int) -> list[FreeResources]:
+        """Per partition of the queue (or the default one): idle nodes and CPUs (sinfo), and how many workers of
+        `cores` and `memory_mb` would start now and for how long (sbatch --test-only, _slurm_resources.py)."""
+        from harvester_cli.backends import _slurm_resources as free
+
+        calls = [[]] if not self.options.partitions or any(
+            p.cluster is None for p in self.options.parsed_partitions.values()) else []
+        calls += [["-M", cluster] for cluster in self.options.clusters]
+        loads, default = {}, None
+        for extra in calls:
+            result = self._run(["sinfo", "-h", *extra, "-o", free.SINFO_FORMAT])
+            if result.returncode != 0:
+                raise BackendError(f"{' '.join(['sinfo', *extra])} failed: {self._message(result)}")
+            found, found_default = free.parse_sinfo(result.stdout)
+            loads.update(found)
+            default = default if extra else found_default
+        names = list(self.options.partitions) or ([default] if default else [])
+        at = model.now()
+        header = self._probe_script(cores, memory_mb)
+        nodes = max(1, self.options.nodes)
+        out = []
+        for name in names:
+            load = loads.get(name)
+            if load is None:
+                out.append(FreeResources(name, "sinfo does not list this partition", at, workers=0, window=0))
+                continue
+            source = "sinfo, sbatch --test-only"
+            if not load.available.startswith("up"):
+                out.append(FreeResources(name, f"sinfo: partition {load.available}", at, workers=0, window=0,
+                                         idle_nodes=load.idle_nodes, idle_cores=load.idle_cores,
+                                         total_cores=load.total_cores, pool=load.nodes))
+                continue
+            refused: list[str] = []
+
+            def fits(minutes: int, name=name, refused=refused) -> bool:
+                result = self._run(["sbatch", "--test-only", *self._common(name), f"--time={minutes}"],
+                                   env={"TZ": "UTC"}, input=header)
+                start = free.parse_test_only(result.stderr + result.stdout)
+                if start is None:
+                    refused.append(self._message(result))
+                    return False
+                return start <= model.now() + free.STARTS_NOW_SLACK
+
+            span = free.window(fits, self.queue.walltime, self.queue.min_walltime)
+            if refused:   # slurmctld would not take such a job there: it cannot say what would start
+                out.append(FreeResources(name, f"sbatch --test-only: {refused[0]}", at, idle_nodes=load.idle_nodes,
+                                         idle_cores=load.idle_cores, total_cores=load.total_cores, pool=load.nodes))
+                continue
+            count = load.idle_nodes // nodes if nodes > 1 else load.idle_cores // max(1, cores)
+            self._startable[name] = count if span else 0
+            out.append(FreeResources(name, source, at, workers=count if span else 0, window=span,
+                                     idle_nodes=load.idle_nodes, idle_cores=load.idle_cores,
+                                     total_cores=load.total_cores, pool=load.nodes))
+        return out
+
+    def _probe_script(self, cores: int, memory_mb: int) -> bytes:
+        """A batch script with the #SBATCH lines a worker of this size gets, for sbatch --test-only to weigh."""
+        probe = WorkerSpec(0, self.queue.name, self.queue.resource_types[0], cores, memory_mb, self.queue.walltime,
+                           self.root / "probe", "true")
+        text = script.render(self._template(), script.values(
+            probe, harvester_id=self.context.harvester_id, queue=self.queue, nodes=self.options.nodes,
+            work_dir=self.root / "probe", partition=None, options=self.options, proxy=None, token=None))
+        lines = text.splitlines()
+        return "\n".join([lines[0], *script.header(text), "true", ""]).encode()
+
+    def _partition_limit(self, name: str, limit: int) -> int:
+        """Workers a partition may have queued: n_queue_limit_worker, or with free_resources figures of this run,
+        what starts there at once and queued_when_full more (within the limit), as the planner counts them."""
+        startable = self._startable.get(name)
+        if startable is None:
+            return limit
+        return startable + min(limit, self.queue.queued_when_full)
 
     # -- submit ------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ def command(g, queues):
                 out.line(f"  {step}")
     report(out, run.problems() + down["problems"])
     out.emit({"queues": [{"queue": q.queue, "plan": q.plan.per_resource_type if q.plan else {},
+                          "walltime": q.plan.walltime if q.plan else None,
                           "trace": [{"rule": s.rule, "inputs": s.inputs, "result": s.result} for s in q.plan.trace]
                           if q.plan else [], "demand": q.plan.demand if q.plan else None,
                           "caps": q.plan.caps if q.plan else []} for q in run.queues],

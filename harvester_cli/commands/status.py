@@ -32,8 +32,9 @@ def command(g, queues, since, wide):
     those that had started when sweep came, left running); updates waiting for PanDA and the oldest one's
     age; the last run of every command on every host (a stale cron shows here) with its last failure's first
     line, and the commands running now (one running longer than its interval stands out); which login node
-    answered each queue that submits through login nodes; time left on each proxy and token; the downtimes
-    under way or announced (what, until when, why) and the queues and CEs that get no new worker now.
+    answered each queue that submits through login nodes; what the batch system last said can start now per
+    queue and CE (queues with free_resources); time left on each proxy and token; the downtimes under way or
+    announced (what, until when, why) and the queues and CEs that get no new worker now.
     """
     from harvester_cli.output import status as show
     from harvester_cli.output.downtimes import down_lines, downtimes_table
@@ -64,6 +65,7 @@ def command(g, queues, since, wide):
     show.running_table(out, data, wide)
     show.commands_table(out, data, wide)
     show.login_nodes_table(out, data, wide)
+    show.free_resources_table(out, data, wide)
     show.credentials_table(out, data, wide)
     if problems:
         show.report_problems_table(out, problems, wide)

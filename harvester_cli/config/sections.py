@@ -184,6 +184,19 @@ class QueueConfig(Section):
                                            "retired (the demand's dips shorter than this keep their pilots)",
                                   minimum=60)
     lost_grace_seconds: int = setting(600, doc="fail workers the backend lost after this long")
+    free_resources: bool = setting(False, doc="ask the batch system what can start now (Slurm: sinfo and sbatch "
+                                              "--test-only per partition; ARC: the CE's free slots in its GLUE2 "
+                                              "information) and plan by it: the workers that start at once, and "
+                                              "queued_when_full more that wait for the next free slots, no more "
+                                              "(n_queue_limit_worker holds back only those that wait)")
+    free_resources_max_age: int = setting(300, doc="seconds after which figures the batch system gave are not "
+                                                   "used (when it cannot be asked again)", minimum=1)
+    queued_when_full: int = setting(2, doc="with free_resources: pilots that wait in the batch queue for the next "
+                                           "free slots beyond those that start at once (about the slots that free "
+                                           "up in one cycle)", maximum=100_000)
+    min_walltime: int | None = setting(None, doc="with free_resources: a worker may get a shorter walltime, down to "
+                                                 "this, to fit a backfill window where the full walltime cannot "
+                                                 "start now (none: always walltime)", minimum=60)
     proxy_profile: str | None = setting(None, doc="the [proxies.NAME] whose proxy this queue's workers get")
     ce_credentials: str = setting("proxy", doc="how the backend authenticates to the CEs: proxy (X.509, delegated "
                                                "to the jobs), token (each CE's bearer token from ce_token_profile), "
@@ -228,6 +241,8 @@ class QueueConfig(Section):
             elif self.ce_token_profile is None:
                 yield "ce_credentials", (f"\"{self.ce_credentials}\" needs ce_token_profile, the per-CE "
                                          "[tokens.NAME] whose tokens the CEs get")
+        if self.min_walltime is not None and self.min_walltime > self.walltime:
+            yield "min_walltime", f"({self.min_walltime}) is longer than walltime ({self.walltime})"
         if self.pilot_token_key is not None and self.pilot_token_profile is None:
             yield "pilot_token_key", "goes with pilot_token_profile (the token the key refreshes)"
         if self.many_to_one is not None:

@@ -181,6 +181,26 @@ def login_nodes_table(out: Output, data: dict, wide: bool) -> None:
         for r in rows], fit=not wide)
 
 
+def free_resources_table(out: Output, data: dict, wide: bool) -> None:
+    """Queues with free_resources: what their batch system last said can start now, per CE, and how old that
+    is (figures older than the queue's free_resources_max_age are no longer planned by: stale)."""
+    rows = data.get("free_resources") or []
+    if not rows:
+        return
+
+    def window(r: dict) -> str | None:
+        return model.duration(r["window_seconds"]) if r["window_seconds"] else None
+
+    out.table("free resources (what can start now)", [
+        Column("queue", cut="middle", min=8), Column("CE", cut="middle", min=8), number("can start"),
+        number("for"), number("idle nodes", drop=2), number("idle cores"), number("cores", drop=2),
+        number("waiting", drop=1), Column("asked", align=">", cut="never"),
+        Column("source", fill=True, min=12, drop=1),
+    ], [(r["queue"], r["computing_element"], r["workers"], window(r), r["idle_nodes"], r["idle_cores"],
+         r["total_cores"], r["waiting"], (_ago(r["age_seconds"], wide) or "") + (" (stale)" if r["stale"] else ""),
+         r["source"]) for r in rows], fit=not wide)
+
+
 def credentials_table(out: Output, data: dict, wide: bool) -> None:
     out.table("credentials", [
         Column("kind", cut="never"), Column("profile", cut="middle", min=8), Column("audience", cut="middle", min=8,

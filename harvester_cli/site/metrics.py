@@ -74,6 +74,16 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "harvester_cli_shared_cap_used": (
         "gauge", "What the queues of a shared cap use now over every host (workers queued; queued or running; "
                  "their cores).", ("cap", "kind")),
+    "harvester_cli_free_workers": (
+        "gauge", ("Workers of the queue's shape its batch system said would start now, per queue and CE "
+                  "(free_resources)."), ("queue", "computing_element")),
+    "harvester_cli_free_cores": ("gauge", "Idle cores (Slurm) or free slots (ARC) per queue and CE (free_resources).",
+                                 ("queue", "computing_element")),
+    "harvester_cli_free_nodes": ("gauge", "Idle nodes per queue and CE (free_resources, Slurm).",
+                                 ("queue", "computing_element")),
+    "harvester_cli_free_resources_timestamp_seconds": (
+        "gauge", "When the batch system was last asked what can start now (Unix time).",
+        ("queue", "computing_element")),
     "harvester_cli_submission_failures_total": (
         "counter", "Workers whose submission failed (missed), per queue and CE.", ("queue", "computing_element",
                                                                                    "host")),

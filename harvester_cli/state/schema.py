@@ -23,7 +23,8 @@ from sqlalchemy import (
 # Every migration in migrations/versions, oldest first; HEAD is what this code needs. Read by every command
 # without importing Alembic (only `db upgrade` and friends pay for it).
 REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history",
-             "0006_multihost", "0007_running_commands", "0008_login_nodes", "0009_downtimes")
+             "0006_multihost", "0007_running_commands", "0008_login_nodes", "0009_downtimes",
+             "0010_free_resources")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -284,6 +285,23 @@ login_nodes = Table(
     Column("tried", Epoch, nullable=False),          # the last attempt
     Column("answered", Epoch),                       # the last attempt it answered (NULL: never)
     Column("problem", Text),                         # why the last attempt failed (NULL: it answered)
+)
+
+# What each queue's batch system last said can start now, per CE (free_resources): the planner's figures, and
+# what `status` and the metrics show. A queue's rows are replaced whole each time its backend is asked.
+free_resources = Table(
+    "free_resources", metadata,
+    Column("queue", String(128), primary_key=True),
+    Column("computing_element", String(255), primary_key=True),
+    Column("measured", Epoch, nullable=False),   # when the batch system was asked
+    Column("source", Text, nullable=False),      # how: its commands, or why it could not tell
+    Column("workers", Integer),                  # workers of the queue's shape that would start now (NULL: unknown)
+    Column("window", Integer),                   # seconds such a worker could run (the walltime, a backfill window)
+    Column("idle_nodes", Integer),
+    Column("idle_cores", Integer),
+    Column("total_cores", Integer),
+    Column("waiting", Integer),                  # jobs of every user waiting there
+    Column("pool", Text),                        # the nodes it draws on: CEs of one pool are counted once
 )
 
 # Counters that outlive a process (Prometheus counters must not go back): PanDA call errors per endpoint,

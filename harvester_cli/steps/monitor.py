@@ -24,7 +24,7 @@ from harvester_cli.instance import Instance
 from harvester_cli.panda import diagnostics
 from harvester_cli.site.lifetimes import Credential, credentials
 from harvester_cli.site.logs import redact
-from harvester_cli.state import monitoring, views
+from harvester_cli.state import monitoring, resources, views
 from harvester_cli.state.schema import HISTORY_STATES
 from harvester_cli.steps import caps, downtimes
 
@@ -175,7 +175,25 @@ def summary(instance: Instance, queues: list[str], since_seconds: int, now: floa
         "pending_updates": pending, "commands": runs, "running": running_now(instance, now),
         "credentials": [asdict(c) for c in credentials(config, now)],
         "login_nodes": login_nodes(store, queues, now),
+        "free_resources": free_resources(instance, queues, now),
     }
+
+
+def free_resources(instance: Instance, queues: list[str], now: float) -> list[dict]:
+    """What each queue's batch system last said can start now, per CE (queues with free_resources): how old
+    the figures are, and whether the planner would still use them (within free_resources_max_age)."""
+    with instance.store.reading() as tx:
+        rows = resources.of_queues(tx, queues)
+    out = []
+    for r in rows:
+        queue = instance.config.queues.get(r["queue"])
+        age = round(max(0.0, now - r["measured"]), 1)
+        out.append({"queue": r["queue"], "computing_element": r["computing_element"], "workers": r["workers"],
+                    "window_seconds": r["window"], "idle_nodes": r["idle_nodes"], "idle_cores": r["idle_cores"],
+                    "total_cores": r["total_cores"], "waiting": r["waiting"], "source": r["source"],
+                    "measured": model.iso_time(r["measured"]), "age_seconds": age,
+                    "stale": queue is None or age > queue.free_resources_max_age})
+    return out
 
 
 def login_nodes(store, queues: list[str], now: float) -> list[dict]:
@@ -260,6 +278,13 @@ def metric_samples(instance: Instance, now: float | None = None):
         samples.add("harvester_cli_command_runs_total", r["runs"], **labels)
         samples.add("harvester_cli_command_failed_runs_total", r["failed_runs"], **labels)
         samples.add("harvester_cli_command_items_total", r["items"], **labels)
+    for r in free_resources(instance, queues, now):
+        labels = {"queue": r["queue"], "computing_element": r["computing_element"]}
+        samples.add("harvester_cli_free_resources_timestamp_seconds", now - r["age_seconds"], **labels)
+        for family, key in (("harvester_cli_free_workers", "workers"), ("harvester_cli_free_cores", "idle_cores"),
+                            ("harvester_cli_free_nodes", "idle_nodes")):
+            if r[key] is not None:
+                samples.add(family, r[key], **labels)
     for c in views.counters(store):
         try:
             samples.add(c["name"], c["value"], host=c["host"], **c["labels"])

@@ -4,17 +4,25 @@ The trace is what an operator reads to answer "why no pilots?": each step names 
 and the number that came out, as APF printed "Ready=40, MaxPerCycle=20, MaxPending=12 -> 12".
 Rules in order (docs/domain.md): queue status, an announced downtime of the queue (or of every CE it
 has), missed-worker throttle, max_workers, the queued limit (absolute, or a percentage of running with a
-floor), the demand (pull: activated jobs x factor with an empty-pilot floor; push: jobs waiting, or with
-many_to_one the allocations they make (steps.allocation); pilot streaming: PanDA's numbers), the caps
-shared with other queues ([caps.NAME], split by demand when they bind), per-cycle and per-run caps, the
-split over resource types (largest remainder), caps on queued cores and memory, and last the PanDA
-registration (no pilot before PanDA knows this instance).
+floor), with free_resources what can start now (below), the demand (pull: activated jobs x factor with an
+empty-pilot floor; push: jobs waiting, or with many_to_one the allocations they make (steps.allocation);
+pilot streaming: PanDA's numbers), the caps shared with other queues ([caps.NAME], split by demand when they
+bind), per-cycle and per-run caps, the split over resource types (largest remainder), caps on queued cores
+and memory, and last the PanDA registration (no pilot before PanDA knows this instance).
 
 A shared cap holds over all its queues and hosts: each queue's share of it is the cap split in proportion
 to the queues' demand, no queue given more than it wants (what it leaves goes to the others), and a
 queue gets new workers only within its share and within what is left of the cap. Every host computes
 the same shares from the same numbers: the workers in the state database, and each queue's demand (its
 own plan's, or the one its host last recorded).
+
+With free_resources, what the batch system says can start now comes right after the queued limit: the
+queue keeps queued the N workers that would start at once plus queued_when_full for the next free slots
+(within the queued limit), no more: where nothing can start, more would only wait for hours or become empty
+pilots; where N can start, the queued limit does not hold back those N (they will not wait), every other cap
+still holding. Figures older than
+free_resources_max_age are not used. A backfill window (only a shorter walltime starts now, down to
+min_walltime) gives the new workers that walltime (Plan.walltime).
 
 PanDA's activated-job counts lag by up to a minute (a materialized view refreshed on every full minute).
 A pilot that started since the last refresh has probably taken one of the jobs still counted, so those
@@ -32,6 +40,28 @@ from harvester_cli.steps import allocation
 
 
 NO_ANSWER = "no answer from PanDA"   # QueueState.activated_source when PanDA was asked and could not say
+
+
+@dataclass(frozen=True)
+class FreeCE:
+    """One CE's figures of what can start now (queues with free_resources), as a plan reads them."""
+
+    computing_element: str
+    workers: int | None        # workers of the queue's shape that would start now (None: it could not tell)
+    window: int | None         # seconds such a worker could run if started now
+    age: int                   # seconds since the batch system said so
+    source: str
+    pool: str | None = None    # CEs drawing on the same nodes: counted once
+
+
+@dataclass(frozen=True)
+class FreeResources:
+    """What the batch system says can start now, per CE; `problem`: why it could not be asked this time
+    (then the figures are the last stored ones); `unsupported`: this backend cannot say."""
+
+    ces: tuple[FreeCE, ...] = ()
+    problem: str | None = None
+    unsupported: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,7 @@ class QueueState:
     downtime: str | None = None                               # why no new worker may go anywhere now (None: it may)
     ces_down: dict[str, str] = field(default_factory=dict)    # CEs of the fanout in downtime, and why
     shared_caps: tuple[SharedCap, ...] = ()
+    free: FreeResources | None = None                         # queues with free_resources: what can start now
 
 
 @dataclass(frozen=True)
@@ -96,6 +127,7 @@ class Plan:
     demand: float = 0.0            # what the shared caps are split by: activated jobs, PanDA's numbers, jobs waiting
     wanted: int = 0                # new workers it wants before the shared caps and the per-cycle and per-run caps
     caps: list[dict] = field(default_factory=list)   # each shared cap: limit, use and every queue's share
+    walltime: int | None = None    # the new workers' walltime when a backfill window shortens it (None: the queue's)
 
     @property
     def total(self) -> int:
@@ -221,6 +253,63 @@ def _cap_resources(queue: QueueConfig, state: QueueState, wanted: dict[str, int]
     return accepted
 
 
+def _describe(queue: QueueConfig, ce: FreeCE) -> str:
+    if ce.workers is None:
+        said = "cannot tell"
+    else:
+        said = f"{ce.workers} now"
+        if ce.window is not None and ce.window < queue.walltime:
+            said += (f" for {ce.window} s" if ce.window else " (not even for min_walltime)" if queue.min_walltime
+                     else " (not for its walltime)")
+    return f"{ce.computing_element}: {said} ({ce.source}, {ce.age} s ago)"
+
+
+def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: int, queued: int,
+                   trace: list[Step]) -> tuple[int, int | None]:
+    """The free-resources rule (after the queued limit): the headroom, and the walltime a backfill window
+    gives (None: the queue's). `room` is what max_workers leaves."""
+    free = state.free
+    rule = "free resources"
+    if free is None or free.unsupported:
+        trace.append(Step(rule, f"the {queue.backend} backend cannot say what can start now: not used", headroom))
+        return headroom, None
+    max_age = queue.free_resources_max_age
+    fresh = [c for c in free.ces if c.age <= max_age and c.workers is not None]
+    asked = f"not asked now ({free.problem}); " if free.problem else ""
+    if not fresh:
+        old = [c for c in free.ces if c.age > max_age]
+        if old:
+            why = (f"figures older than free_resources_max_age={max_age} s ("
+                   + "; ".join(_describe(queue, c) for c in old) + "): not used")
+        elif free.ces:
+            why = "; ".join(_describe(queue, c) for c in free.ces) + ": not used"
+        else:
+            why = "no figures: not used"
+        trace.append(Step(rule, asked + why, headroom))
+        return headroom, None
+    full = [c for c in fresh if c.workers and (c.window is None or c.window >= queue.walltime)]
+    windows = [c for c in fresh if c.workers and c.window]
+    counted, walltime = (full, None) if full else (windows, min((c.window for c in windows), default=None))
+    pools: dict[str, int] = {}
+    for c in counted:
+        key = c.pool or c.computing_element
+        pools[key] = max(pools.get(key, 0), c.workers or 0)
+    startable = sum(pools.values())
+    figures = asked + "; ".join(_describe(queue, c) for c in fresh)
+    # What may wait for the next free slots: queued_when_full, never more than the queued limit allows.
+    waiting = min(queue.queued_when_full, headroom + queued)
+    if not startable:
+        result = min(headroom, max(0, waiting - queued))
+        trace.append(Step(rule, f"nothing can start now ({figures}); queued={queued}, "
+                                f"queued_when_full={queue.queued_when_full}", result))
+        return result, None
+    result = min(room, max(0, startable + waiting - queued))
+    window = f", walltime {walltime} s (a backfill window)" if walltime is not None else ""
+    trace.append(Step(rule, f"{startable} can start now{window} ({figures}) + queued_when_full="
+                            f"{queue.queued_when_full}, queued={queued}", result))
+    return result, walltime
+
+
 def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     trace: list[Step] = []
     rts = list(queue.resource_types)
@@ -229,10 +318,11 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     demand_total = 0.0
     wanted = 0
     caps: list[dict] = []
+    walltime = None
 
     def done(result: dict[str, int]) -> Plan:
         return Plan(queue.name, {rt: result.get(rt, 0) for rt in rts}, trace, demand=demand_total, wanted=wanted,
-                    caps=caps)
+                    caps=caps, walltime=walltime)
 
     if queue.status != "online":
         trace.append(Step("queue status", f"status={queue.status}", 0))
@@ -245,11 +335,13 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
                                       f"> throttle_missed={queue.throttle_missed}", 0))
         return done({})
 
-    headroom = max(0, queue.max_workers - queued - running)
+    room = headroom = max(0, queue.max_workers - queued - running)
     trace.append(Step("max_workers", f"max={queue.max_workers}, queued={queued}, running={running}", headroom))
     limit, described = queued_limit(queue, running)
     headroom = min(headroom, max(0, limit - queued))
     trace.append(Step("n_queue_limit_worker", f"{described}, queued={queued}", headroom))
+    if queue.free_resources:
+        headroom, walltime = free_resources(queue, state, headroom, room, queued, trace)
 
     if queue.mode == "pull" and queue.pilot_streaming:
         if state.streaming_targets is None:

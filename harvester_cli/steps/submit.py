@@ -42,7 +42,7 @@ from harvester_cli.panda import ce_errors, job_counts, resource_types, updates
 from harvester_cli.panda.jobs import MAX_INT32, PandaJob
 from harvester_cli.state import jobs, locks, meta, outbox, targets, workers
 from harvester_cli.state.store import Tx, chunks
-from harvester_cli.steps import allocation, caps, planner, registration, retire, transitions
+from harvester_cli.steps import allocation, caps, planner, registration, resources, retire, transitions
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ def _end_unknown(instance: Instance, queue: QueueConfig, rows: list, exc: Except
 
 def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.ActivatedJobs | None,
                 sizes: dict[str, tuple[int, int]], registration_problem: str | None = None,
-                shared: tuple[planner.SharedCap, ...] = ()) -> planner.QueueState:
+                shared: tuple[planner.SharedCap, ...] = (),
+                free: planner.FreeResources | None = None) -> planner.QueueState:
     at = model.now()
     ces = downtime_rules.fanout_ces(queue)
     announced = instance.downtimes()
@@ -213,7 +214,7 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         stats_age=age, waiting_jobs=waiting, waiting_ages=ages, streaming_targets=streaming, missed_recent=missed,
         queued_cores=load.queued_cores, queued_memory_mb=load.queued_memory_mb, sizes=sizes,
         registration=registration_problem, made_recently=made, cycle_interval=interval, downtime=down,
-        ces_down=ces_down, shared_caps=shared)
+        ces_down=ces_down, shared_caps=shared, free=free)
 
 
 def stats_age(refresh: int, now: float) -> int | None:
@@ -286,11 +287,13 @@ def _claim_allocations(instance: Instance, queue: QueueConfig, counts: dict[str,
 
 
 def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int,
-                   sizes: dict[str, tuple[int, int]], *, fill_now: bool = False) -> list[WorkerSpec]:
+                   sizes: dict[str, tuple[int, int]], *, fill_now: bool = False,
+                   fitted: int | None = None) -> list[WorkerSpec]:
     """Step 4: record the new workers as pending, claimed by this run, and bind their jobs, in one
     transaction; returns their specs (nothing when a push queue has no job left to bind). A many_to_one
     queue's worker is an allocation holding many jobs: every one of them is bound to it in that same
-    transaction (`fill_now`: a half-filled one goes without waiting to fill)."""
+    transaction (`fill_now`: a half-filled one goes without waiting to fill). `fitted`: the plan's walltime
+    when a backfill window shortens the queue's."""
     store = instance.store
     at = model.now()
     items: list[tuple[str, PandaJob | None, allocation.Packed | None]] = []
@@ -319,7 +322,8 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
                                              packed.allocation.memory_per_job)
         else:
             cores, memory = _size(queue, rt, job, sizes)
-            walltime, command = queue.walltime, instance.pilot_command(queue, worker_id, rt, cores, memory)
+            walltime = fitted or queue.walltime
+            command = instance.pilot_command(queue, worker_id, rt, cores, memory, walltime)
         specs.append(WorkerSpec(
             worker_id=worker_id, queue=queue.name, resource_type=rt, n_core=cores, memory_mb=memory,
             walltime=walltime, log_dir=log_dir, pilot_command=command,
@@ -628,7 +632,8 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
                                                                           retries.problem)
         sizes = worker_sizes(instance, queue)
         shared = caps.inputs(instance, queue, _demand_now(instance, activated))
-        state = queue_state(instance, queue, activated, sizes, registration_problem, shared.caps)
+        free = resources.gather(instance, queue, sizes) if count is None else None
+        state = queue_state(instance, queue, activated, sizes, registration_problem, shared.caps, free)
         if count is not None:
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
         else:
@@ -653,7 +658,8 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
             progress(0, expected=result.plan.total)
         for counts in rounds(result.plan.per_resource_type, SUBMIT_ROUND):
             try:
-                specs = record_pending(instance, queue, counts, floor, sizes, fill_now=count is not None)
+                specs = record_pending(instance, queue, counts, floor, sizes, fill_now=count is not None,
+                                       fitted=result.plan.walltime)
             except LeaseLost as exc:
                 result.error = str(exc)
                 break

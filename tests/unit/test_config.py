@@ -803,6 +803,8 @@ queues.activated_factor 0 1000               queues.empty_pilot_floor 0 1
 queues.n_queue_limit_job 0 INT_MAX           queues.max_submit_attempts 1 INT_MAX
 queues.job_heartbeat_seconds 0 INT_MAX       queues.max_queued_seconds 60 INT_MAX
 queues.lost_grace_seconds 0 INT_MAX          sweep.worker_retention 0 INT_MAX
+queues.free_resources_max_age 1 INT_MAX      queues.queued_when_full 0 100000
+queues.min_walltime 60 INT_MAX
 sweep.job_retention 0 INT_MAX                sweep.max_kills_per_run 0 INT_MAX
 sweep.history_retention 3600 INT_MAX         proxies.lifetime 600 INT_MAX
 proxies.min_lifetime 0 INT_MAX               proxies.bits 0 INT_MAX

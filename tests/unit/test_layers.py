@@ -111,7 +111,8 @@ def test_no_circle_of_imports():
 # and the demo driving the cycle. retire is shared by submit (the marks) and sweep (carrying them out), and
 # stands on the planner's trace and the job transitions.
 STEP_FLOORS = [{"demo"}, {"cycle"}, {"fetch_jobs", "submit", "poll", "propagate", "sweep", "monitor"},
-               {"retire", "caps"}, {"planner", "registration", "transitions", "downtimes"}, {"allocation"}]
+               {"retire", "caps", "resources"}, {"planner", "registration", "transitions", "downtimes"},
+               {"allocation"}]
 
 
 def test_steps_stand_side_by_side():

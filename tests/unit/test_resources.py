@@ -1,0 +1,209 @@
+"""What can start now (free_resources): Slurm's sinfo and sbatch --test-only answers, A-REX's GLUE2 free
+slots, the backfill window search, and the planner's rule (nothing queued where nothing can start, the
+queued limit lifted where slots are free, stale figures not used, one pool counted once)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from harvester_cli import model
+from harvester_cli.backends import _arc_resources as glue2
+from harvester_cli.backends import _slurm_resources as slurm
+from harvester_cli.backends._slurm_status import SEP
+from harvester_cli.config import QueueConfig
+from harvester_cli.state import resources
+from harvester_cli.steps import monitor
+from harvester_cli.steps.planner import FreeCE, FreeResources, QueueState, plan
+
+pytestmark = pytest.mark.resources
+
+
+def queue(**kw):
+    base = {"name": "Q", "mode": "pull", "backend": "slurm", "pilot": "true", "n_queue_limit_worker": 3,
+            "max_workers": 100, "max_new_workers_per_cycle": 50, "free_resources": True, "walltime": 7200}
+    return QueueConfig(**{**base, **kw})
+
+
+def ce(name="debug", workers=8, window=7200, age=10, pool=None):
+    return FreeCE(name, workers, window, age, "sinfo, sbatch --test-only", pool)
+
+
+def rule(result):
+    (step,) = [s for s in result.trace if s.rule == "free resources"]
+    return step
+
+
+# -- Slurm -------------------------------------------------------------------------------------------------
+
+def test_sinfo_lines_of_one_partition_add_up_and_the_default_is_found():
+    text = "\n".join(SEP.join(f) for f in [
+        ("debug*", "up", "2/3", "70/90/0/160", "n[1-5]"),
+        ("debug*", "up", "0/1", "0/32/0/32", "n6"),
+        ("long", "down", "0/4", "0/128/0/128", "m[1-4]"),
+    ]) + "\n"
+    loads, default = slurm.parse_sinfo(text)
+    assert default == "debug"
+    assert (loads["debug"].idle_nodes, loads["debug"].allocated_nodes) == (4, 2)
+    assert (loads["debug"].idle_cores, loads["debug"].total_cores) == (122, 192)
+    assert loads["debug"].nodes == "n[1-5],n6"
+    assert loads["long"].available == "down" and loads["long"].idle_nodes == 4
+
+
+def test_sinfo_of_another_cluster_names_its_partitions_with_the_cluster():
+    text = "CLUSTER: far\n" + SEP.join(("grid", "up", "1/1", "4/4/0/8", "f1,f2")) + "\n"
+    loads, _ = slurm.parse_sinfo(text)
+    assert list(loads) == ["grid@far"] and loads["grid@far"].idle_cores == 4
+
+
+def test_test_only_answer_is_read_in_utc_and_a_refusal_is_none():
+    text = "sbatch: Job 7 to start at 2026-12-07T11:28:12 using 8 processors on nodes vm in partition debug\n"
+    assert slurm.parse_test_only(text) == datetime(2026, 12, 7, 11, 28, 12, tzinfo=UTC).timestamp()
+    assert slurm.parse_test_only("sbatch: error: Batch job submission failed: Invalid account\n") is None
+
+
+@pytest.mark.parametrize("fits_up_to,min_walltime,expected", [
+    (10_000, None, 7200),    # the whole walltime starts now
+    (25, None, 0),           # only a window, and the queue takes no shorter walltime
+    (25, 300, 1440),         # a 25-minute backfill window, less the minute it closes by meanwhile
+    (5, 300, 300),           # a window of min_walltime exactly
+    (4, 300, 0),             # the window is shorter than min_walltime
+    (119, 60, 7080),         # one minute short of the walltime
+])
+def test_the_window_is_the_longest_walltime_that_starts_now(fits_up_to, min_walltime, expected):
+    asked = []
+
+    def fits(minutes):
+        asked.append(minutes)
+        return minutes <= fits_up_to
+
+    assert slurm.window(fits, 7200, min_walltime) == expected
+    assert len(asked) <= slurm.WINDOW_PROBES + 2
+    assert expected == 0 or expected == 7200 or fits(expected // 60 + (expected > 300))
+
+
+# -- ARC ---------------------------------------------------------------------------------------------------
+
+def _info(*shares):
+    return {"Domains": {"AdminDomain": {"Services": {"ComputingService": {
+        "ComputingShare": shares[0] if len(shares) == 1 else list(shares)}}}}}
+
+
+def test_glue2_shares_one_or_many_and_the_queue_picked():
+    one = {"Name": "fork", "MappingQueue": "fork", "FreeSlots": "2", "FreeSlotsWithDuration": "2"}
+    assert glue2.shares(_info(one)) == [one]
+    grid = {"Name": "grid", "MappingQueue": "batch", "FreeSlots": "10"}
+    found = glue2.shares(_info(one, grid))
+    assert glue2.pick(found, "batch") == [grid] and glue2.pick(found, None) == found
+    assert glue2.shares({}) == [] and glue2.shares(_info("junk")) == []
+
+
+def test_glue2_free_slots_with_duration_give_a_window():
+    assert glue2.durations("4:3600 2 x:5") == [(4, 3600), (2, None)]
+    assert glue2.window([(2, None)], 1, 7200, None) == 7200
+    assert glue2.window([(8, 1800)], 4, 7200, 600) == 1800
+    assert glue2.window([(8, 1800)], 4, 7200, None) == 0
+    assert glue2.window([(2, None)], 4, 7200, 600) == 0     # no group holds a 4-core worker
+
+
+# -- the planner's rule ------------------------------------------------------------------------------------
+
+def test_nothing_queued_where_nothing_can_start_and_enough_already_wait():
+    state = QueueState(queued={"SCORE": 2}, activated=50, free=FreeResources((ce(workers=0, window=0),)))
+    result = plan(queue(), state, 100)
+    assert result.total == 0
+    assert "nothing can start now" in rule(result).inputs and "queued_when_full=2" in rule(result).inputs
+    # fewer wait than queued_when_full: one more may wait for the next free slot
+    state = QueueState(queued={"SCORE": 1}, activated=50, free=FreeResources((ce(workers=0, window=0),)))
+    assert plan(queue(), state, 100).total == 1
+    # without the figures, the queued limit alone decides
+    assert plan(queue(), QueueState(queued={"SCORE": 2}, activated=50), 100).total == 1
+
+
+def test_free_slots_lift_the_queued_limit_within_every_other_cap():
+    state = QueueState(queued={"SCORE": 2}, activated=50, free=FreeResources((ce(workers=8),)))
+    result = plan(queue(), state, 100)
+    assert result.total == 8 and result.walltime is None      # 8 can start; 2 wait for the next free slots
+    assert "8 can start now" in rule(result).inputs and "queued_when_full=2, queued=2" in rule(result).inputs
+    assert plan(queue(max_workers=5), state, 100).total == 3
+    assert plan(queue(max_new_workers_per_cycle=4), state, 100).total == 4
+    assert plan(queue(), state, 2).total == 2
+    assert plan(queue(), QueueState(queued={"SCORE": 2}, activated=4, free=state.free), 100).total == 2  # demand
+    # one free slot: one pilot for it and queued_when_full for the next ones, however much the limit leaves
+    small = QueueState(activated=50, free=FreeResources((ce(workers=1),)))
+    assert plan(queue(), small, 100).total == 3
+    assert plan(queue(n_queue_limit_worker=20), small, 100).total == 3
+    assert plan(queue(n_queue_limit_worker=20, free_resources=False), small, 100).total == 20
+    # the waiting ones stay within the queued limit
+    assert plan(queue(n_queue_limit_worker=1), small, 100).total == 2
+
+
+def test_stale_figures_are_not_used():
+    state = QueueState(queued={"SCORE": 2}, activated=50,
+                       free=FreeResources((ce(workers=0, window=0, age=400),), problem="sinfo did not answer"))
+    result = plan(queue(free_resources_max_age=300), state, 100)
+    assert result.total == 1   # the queued limit decides, as without free_resources
+    assert "older than free_resources_max_age=300" in rule(result).inputs
+    assert "sinfo did not answer" in rule(result).inputs
+    assert plan(queue(free_resources_max_age=500), state, 100).total == 0
+
+
+def test_a_backfill_window_gives_the_new_workers_its_walltime():
+    state = QueueState(activated=50, free=FreeResources((ce(workers=4, window=1500),)))
+    result = plan(queue(min_walltime=600), state, 100)
+    assert result.total == 6 and result.walltime == 1500
+    assert "walltime 1500 s (a backfill window)" in rule(result).inputs
+    # a partition where the whole walltime fits wins over a window elsewhere
+    state = QueueState(activated=50, free=FreeResources((ce(workers=4, window=1500), ce("long", workers=5))))
+    result = plan(queue(min_walltime=600), state, 100)
+    assert result.total == 7 and result.walltime is None
+
+
+def test_partitions_over_the_same_nodes_are_counted_once():
+    both = FreeResources((ce("debug", workers=8, pool="vm"), ce("second", workers=8, pool="vm")))
+    assert plan(queue(queued_when_full=0), QueueState(activated=50, free=both), 100).total == 8
+    apart = FreeResources((ce("debug", workers=8, pool="a"), ce("second", workers=8, pool="b")))
+    assert plan(queue(queued_when_full=0), QueueState(activated=50, free=apart), 100).total == 16
+
+
+def test_a_ce_that_cannot_tell_is_left_out_and_a_backend_that_cannot_say_changes_nothing():
+    unknown = FreeResources((ce(workers=None, window=None),))
+    assert plan(queue(), QueueState(queued={"SCORE": 2}, activated=50, free=unknown), 100).total == 1
+    result = plan(queue(backend="htcondor"), QueueState(activated=50, free=FreeResources(unsupported=True)), 100)
+    assert result.total == 3 and "cannot say" in rule(result).inputs
+
+
+def test_a_queue_without_free_resources_plans_as_before():
+    state = QueueState(queued={"SCORE": 2}, activated=50, free=FreeResources((ce(workers=0, window=0),)))
+    result = plan(queue(free_resources=False), state, 100)
+    assert result.total == 1 and not [s for s in result.trace if s.rule == "free resources"]
+
+
+# -- what status, plan and the metrics show ----------------------------------------------------------------
+
+def test_status_plan_and_the_metrics_show_the_stored_figures_and_their_age(harness):
+    queues = {"Q": {"mode": "pull", "free_resources": True, "free_resources_max_age": 300}}
+    harness.write_config(queues)
+    instance = harness.instance(queues)
+    at = model.now()
+    rows = [{"computing_element": "debug", "measured": at - 30, "source": "sinfo, sbatch --test-only", "workers": 3,
+             "window": 600, "idle_nodes": 1, "idle_cores": 12, "total_cores": 16, "pool": "n1"},
+            {"computing_element": "long", "measured": at - 1000, "source": "sinfo, sbatch --test-only", "workers": 0,
+             "window": 0, "idle_nodes": 0, "idle_cores": 0, "total_cores": 64, "pool": "m[1-4]"}]
+    with instance.store.transaction() as tx:
+        resources.replace(tx, "Q", rows)
+    status = harness.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "free resources (what can start now)" in status.stdout and "(stale)" in status.stdout, status.stdout
+    shown = harness.cli_json("status")["free_resources"]
+    assert [(r["computing_element"], r["workers"], r["window_seconds"], r["stale"]) for r in shown] == [
+        ("debug", 3, 600, False), ("long", 0, 0, True)]
+    samples = monitor.metric_samples(instance).values
+    assert sorted((labels["computing_element"], v) for labels, v in samples["harvester_cli_free_workers"]) == [
+        ("debug", 3.0), ("long", 0.0)]
+    # the local backend cannot say: the plan says so, plans as without, and leaves the stored figures alone
+    plan = harness.cli("plan")
+    assert "free resources: the local backend cannot say what can start now: not used" in plan.stdout, plan.stdout
+    with instance.store.reading() as tx:
+        assert len(resources.of_queues(tx, ["Q"])) == 2
