@@ -23,13 +23,15 @@ from tests.support import multihost
 pytestmark = [pytest.mark.multihost, pytest.mark.chaos]
 
 HOSTS = 2
+# Namespaces and a bridge of its own (not the bench's hk*, not the multihost tests' hc*): it runs beside both.
+PREFIX, SUBNET = "hq", "10.79.0"
 SECONDS = 25      # of faults; then the hosts run until everything is final
 MEAN_GAP = 3.0    # seconds between two faults' starts, on average: every kind within the first ~20 s
 
 
 @pytest.fixture(scope="module")
 def network():
-    with multihost.Network(HOSTS, prefix=chaos.PREFIX, subnet=chaos.SUBNET) as net:
+    with multihost.Network(HOSTS, prefix=PREFIX, subnet=SUBNET) as net:
         yield net
 
 
