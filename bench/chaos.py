@@ -453,6 +453,8 @@ class Run:
                                                   if mine.status == "failed").most_common(5)),
                        "workers": len(local_workers), "started": len(records.starts), "runs": len(runs),
                        "runs_by_exit": dict(Counter(r["rc"] for r in runs)),
+                       "unanswered_commits": sum(r.get("unknown_commits", 0) for r in runs),
+                       "reconnects": sum(r.get("reconnects", 0) for r in runs),
                        "panda_faults": dict(self.sim.faults_seen)}
 
     def verdicts(self) -> None:

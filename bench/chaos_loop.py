@@ -6,7 +6,8 @@ Each round is, drawn from SEED, either `cycle` or the chain `fetch-jobs`, `submi
 `sweep` (a site's separate cron lines). While a command runs, HOST_DIR/current holds its pid and name: the
 chaos run kills it (-9) from there. HOST_DIR/clock, when present, is taken (renamed) by the next command,
 which then runs under libfaketime with the offset it names: a clock step that one command sees, not the
-machine. Every run appends one JSON line to HOST_DIR/runs.jsonl; SIGTERM lets the running command finish.
+machine. Every run appends one JSON line to HOST_DIR/runs.jsonl (with the COMMITs
+whose answer never came and the reconnects its --json reported); SIGTERM lets the running command finish.
 """
 
 import json
@@ -54,14 +55,19 @@ while not stopping:
                        FAKETIME_NO_CACHE="1")
         started = time.time()
         # In this loop's process group; the chaos run kills the command alone, by its pid.
-        process = subprocess.Popen([sys.executable, "-m", "harvester_cli", "--config", config, "-q", command],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        process = subprocess.Popen([sys.executable, "-m", "harvester_cli", "--config", config, "--json", command],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         with open(os.path.join(host_dir, "current"), "w") as f:
             f.write(f"{process.pid} {command}\n")
-        _, stderr = process.communicate()
+        stdout, stderr = process.communicate()
+        try:
+            database = json.loads(stdout).get("database") or {}
+        except (ValueError, AttributeError):
+            database = {}
         os.unlink(os.path.join(host_dir, "current"))
         record = {"command": command, "rc": process.returncode, "started": started, "wall": time.time() - started,
-                  "stderr": stderr[-2000:], "fault": step["fault"] if step else None}
+                  "stderr": stderr[-2000:], "fault": step["fault"] if step else None,
+                  "unknown_commits": database.get("unknown_commits", 0), "reconnects": database.get("reconnects", 0)}
         with open(os.path.join(host_dir, "runs.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         if stopping:
