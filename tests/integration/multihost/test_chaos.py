@@ -66,4 +66,4 @@ def test_overlapping_faults_lose_nothing_double_nothing_and_recover_within_the_b
     # The faults did something: a command was killed; and the work went on. (A full log volume fails the
     # jobs whose pilots cannot write their output there, often half of a run this short.)
     assert any(f.note.startswith("killed") for f in run.faults if f.kind == "kill")
-    assert run.counts["finished"] >= 5, run.counts
+    assert run.counts["finished"] >= 3, run.counts
