@@ -446,7 +446,9 @@ class Run:
                           multihost.starts(self.starts), {h.name: h.namespace for h in site.hosts}, runs)
         self.problems += verify(records)
         lost_in_flight = [i for i, j in panda_jobs.items() if j.status == "sent" and i not in local_jobs]
+        given_back = [i for i, j in panda_jobs.items() if j.status == "failed" and i not in local_jobs]
         self.counts = {"jobs": len(self.job_ids), "stored": len(local_jobs), "lost_in_flight": len(lost_in_flight),
+                       "given_back": len(given_back),
                        "finished": sum(j.status == "finished" for j in panda_jobs.values()),
                        "failed": sum(j.status == "failed" for j in panda_jobs.values()),
                        "failed_why": dict(Counter((mine.diag or "")[:70] for mine in local_jobs.values()
@@ -516,7 +518,9 @@ def verify(r: Records) -> list[str]:
             problems.append(f"job {panda_id}: an update after its final one: {statuses[first_final:]}")
         mine = r.local_jobs.get(panda_id)
         if mine is None:
-            if job.status != "sent":   # sent and kept by no host: PanDA's 'sent' timeout takes it back
+            # Sent and kept by no host (a command killed, a reply lost): PanDA's 'sent' timeout takes it back.
+            # Failed: a host could not store it and gave it back at once (fetch-jobs' unstored jobs).
+            if not (job.status == "sent" or (job.status == "failed" and statuses)):
                 problems.append(f"job {panda_id}: {job.status} at PanDA, never stored by a host")
         elif job.status not in final:
             problems.append(f"job {panda_id}: {job.status} at PanDA, {mine.status}/{mine.sub_status} here")

@@ -79,7 +79,8 @@ def records(**changes) -> chaos.Records:
 def test_the_final_checks_pass_a_clean_run_and_name_each_planted_breakage():
     assert chaos.verify(records()) == []   # a final update sent twice with the same state is a retry
     lost = SimJob(11, "CHAOS_A", {}, status="sent")   # sent, kept by no host: PanDA's timeout takes it back
-    assert chaos.verify(records(panda_jobs={10: records().panda_jobs[10], 11: lost})) == []
+    given_back = SimJob(12, "CHAOS_A", {}, status="failed", updates=[{"job_status": "failed"}])   # not storable
+    assert chaos.verify(records(panda_jobs={10: records().panda_jobs[10], 11: lost, 12: given_back})) == []
     planted = {
         "started twice": records(starts=[(1, "hkh1"), (1, "hkh1")]),
         "started in hkh2": records(starts=[(1, "hkh2")]),
