@@ -70,6 +70,7 @@ RECONNECT = 8         # db_reconnect_seconds: a restart shorter than this is rid
 # Recovery bound, from the end of the last fault in the way: a lease, the hosts' next rounds (each a few
 # seconds, longer on a busy machine), and PanDA's retries.
 BOUND = 60.0
+STALL = 2 * BOUND    # the longest time the work may stand still (the faults in the way included)
 CLOCK_STEPS = ("+1h", "-1h", "+10m", "-10m", "+1d", "-1d")
 QUEUES = ("CHAOS_A", "CHAOS_B")
 LIMITS = {"n_queue_limit_worker": 4, "max_workers": 6, "max_new_workers_per_cycle": 3}
@@ -161,6 +162,8 @@ class Run:
         self.engine = create_engine(self.url, pool_pre_ping=True, connect_args=_connect_timeout(self.database))
         self.job_ids: list[int] = []
         self.filler: Path | None = None
+        self.progress = (0, time.time())   # jobs final at PanDA, and since when
+        self.longest_stall = 0.0
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -382,13 +385,23 @@ class Run:
                 subprocess.run(["umount", "-l", str(self.log_volume)], check=False)
         self.check(site)
         self.verdicts()
+        self.counts["longest_stall_s"] = round(self.longest_stall, 1)
+        if self.longest_stall > STALL:
+            self.problems.append(f"no job reached its final state for {self.longest_stall:.0f} s while jobs waited "
+                                 f"(at most {STALL:.0f} s)")
         self.engine.dispose()
         return not self.problems
 
     def settle(self, snap: dict | None) -> None:
-        """Record the recoveries this sample shows."""
+        """Record the recoveries this sample shows, and how long the work stood still: the longest time
+        without a job reaching its final state at PanDA while jobs waited (a state no fault explains, a
+        queue that never submits again, would not show as inconsistent, only as this)."""
         if snap is None:
             return
+        done = sum(1 for status, _ in snap["panda_jobs"].values() if status in ("finished", "failed"))
+        if done > self.progress[0] or done == len(snap["panda_jobs"]):
+            self.progress = (done, snap["at"])
+        self.longest_stall = max(self.longest_stall, snap["at"] - self.progress[1])
         for fault in self.faults:
             if fault.ended is not None and fault.recovered is None and self.consistent(snap, fault.ended):
                 fault.recovered = snap["at"]
