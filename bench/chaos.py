@@ -29,8 +29,11 @@ is claimed by a process that no longer exists with a lease still running. The bo
 of the last fault that overlapped the recovery. At the end the faults stop and the hosts run until every
 job is final, then the simulator's own records are checked: every job the hosts stored final once at
 PanDA, no worker started twice (or by another host), no update lost or sent with a conflicting state.
-Run as root (namespaces, nft, tmpfs, the servers' own users). Exit 1 when a check fails or a recovery
-misses its bound.
+Also bounded: the longest time no job reached its final state at PanDA while jobs waited (a queue no
+host submits for any more is consistent, only still). Jobs PanDA sent that no host kept (a command killed
+after PanDA answered, a reply lost) are counted apart: PanDA's own 'sent' timeout takes them back. Run as
+root (namespaces, nft, tmpfs, the servers' own users), beside the tests (namespaces hk*, 10.78.0.0/24).
+Exit 1 when a check fails, a recovery misses its bound, or the work stood still too long.
 """
 
 from __future__ import annotations
