@@ -7,6 +7,7 @@
     python -m bench --postgres URL # the PostgreSQL rows on that (empty) database instead of a local server
     python -m bench --propagate-million  # add propagate at 1M updates (about 15 minutes more)
     python -m bench soak --minutes 30    # the whole chain on the real peers at a central node's rate (bench/soak.py)
+    python -m bench chaos --minutes 30 --seed 7  # the chaos run: several hosts, overlapping faults (bench/chaos.py)
 
 Each row times our path and its floor, the two interleaved, and shows medians of the repetitions: machines
 here are noisy, ratios are what count. A floor is the least work that gives the same result through the raw
@@ -466,6 +467,10 @@ def main() -> int:
         from bench import soak
 
         return soak.main(sys.argv[2:])
+    if sys.argv[1:2] == ["chaos"]:
+        from bench import chaos
+
+        return chaos.main(sys.argv[2:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")

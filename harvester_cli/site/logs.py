@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -189,6 +190,7 @@ class CommandLogHandler(logging.FileHandler):
 
     def __init__(self, path: Path, max_bytes: int, backups: int):
         self.max_bytes, self.backups = max_bytes, backups
+        self._failed = False
         self.lock_path = path.parent / f".{path.name.removesuffix('.log')}.lock"
         with _Locked(self.lock_path):
             rotate_if_full(path, max_bytes, backups)
@@ -215,6 +217,34 @@ class CommandLogHandler(logging.FileHandler):
                 self.stream = self._open()
         except Exception:
             self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        """A log line that cannot be written (the volume full, the file gone read-only) costs that line,
+        not the command: one line on stderr the first time, instead of logging's traceback for every line
+        (its stderr is what cron mails)."""
+        error = sys.exc_info()[1]
+        if self._failed:
+            return
+        self._failed = True
+        try:
+            sys.stderr.write(f"harvester-cli: cannot write the command log {self.baseFilename}: "
+                             f"{getattr(error, 'strerror', None) or error}; its lines are lost until that is "
+                             "fixed\n")
+        except Exception:   # noqa: BLE001 - stderr gone too: nothing left to tell
+            pass
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.handleError(None)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:   # the lines still buffered could not be written either: said once already
+            self.handleError(None)
+            self.stream = None
 
 
 def open_command_log(log_dir: Path, command: str, *, max_bytes: int, backups: int, memory: bool = False,

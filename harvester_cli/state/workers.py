@@ -134,15 +134,19 @@ def queue_load(tx: Tx, queue: str) -> QueueLoad:
     return load
 
 
-def missed_since(tx: Tx, queue: str, since: float) -> int:
+def missed_since(tx: Tx, queue: str, since: float, until: float) -> int:
+    """Workers of this queue marked missed between `since` and `until`. A stamp after `until` was written by
+    a host whose clock ran ahead: counted, it would throttle the queue until this clock caught up."""
     return tx.scalar(select(func.count()).select_from(workers).where(
-        workers.c.queue == queue, workers.c.status == model.MISSED, workers.c.modified >= since)) or 0
+        workers.c.queue == queue, workers.c.status == model.MISSED, workers.c.modified >= since,
+        workers.c.modified <= until)) or 0
 
 
-def made_since(tx: Tx, queue: str, since: float) -> int:
-    """Every host's workers of this queue recorded since `since` (the per-cycle cap over all hosts)."""
+def made_since(tx: Tx, queue: str, since: float, until: float) -> int:
+    """Every host's workers of this queue recorded between `since` and `until` (the per-cycle cap over all
+    hosts; a stamp after `until` is a clock ahead, as for missed_since)."""
     return tx.scalar(select(func.count()).select_from(workers).where(
-        workers.c.queue == queue, workers.c.created > since)) or 0
+        workers.c.queue == queue, workers.c.created > since, workers.c.created <= until)) or 0
 
 
 def started_since(tx: Tx, queue: str, since: float) -> dict[str, int]:

@@ -197,12 +197,13 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
     age = stats_age(instance.config.panda.stats_refresh, at)
     with instance.store.reading() as tx:
         load = workers.queue_load(tx, queue.name)
-        missed = workers.missed_since(tx, queue.name, at - queue.throttle_window)
+        # a window either side of now: hosts' clocks differ a little; a stamp further ahead is a wrong clock
+        missed = workers.missed_since(tx, queue.name, at - queue.throttle_window, at + queue.throttle_window)
         streaming = targets.remaining(tx, queue.site, queue.job_type) if queue.pilot_streaming else None
         waiting = jobs.unbound_by_type(tx, queue.name, at)
         ages = jobs.unbound_ages(tx, queue.name, at) if queue.many_to_one is not None else {}
         # every host's workers of this queue in the interval (the queue lease keeps this exact)
-        made = workers.made_since(tx, queue.name, at - interval) if interval else None
+        made = workers.made_since(tx, queue.name, at - interval, at + interval) if interval else None
         started = workers.started_since(tx, queue.name, at - age) if queue.mode == "pull" and age is not None else {}
     asked = activated is not None and activated.source != job_counts.NOT_ASKED
     total, by_type = (activated.for_queue(queue.site, queue.prod_source_label, queue.resource_types)

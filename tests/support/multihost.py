@@ -43,22 +43,31 @@ def veth(i: int) -> str:
 
 
 class Network:
-    """The bridge and `count` host namespaces."""
+    """The bridge and `count` host namespaces. Another `prefix` and `subnet` make a second set of its own
+    beside the first (the chaos bench runs beside the tests so)."""
 
-    def __init__(self, count: int):
-        self.count = count
+    def __init__(self, count: int, prefix: str = "hc", subnet: str = "10.77.0"):
+        self.count, self.prefix, self.subnet = count, prefix, subnet
+        self.bridge = BRIDGE if prefix == "hc" else f"{prefix}br0"
+        self.server = f"{subnet}.1"
+
+    def netns(self, i: int) -> str:
+        return f"{self.prefix}h{i}"
+
+    def veth(self, i: int) -> str:
+        return f"{self.prefix}v{i}"
 
     def __enter__(self) -> "Network":
         self.teardown()   # what a killed earlier run left behind
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        _run("ip", "addr", "add", f"{SERVER}/24", "dev", BRIDGE)
-        _run("ip", "link", "set", BRIDGE, "up")
+        _run("ip", "link", "add", self.bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{self.server}/24", "dev", self.bridge)
+        _run("ip", "link", "set", self.bridge, "up")
         for i in range(1, self.count + 1):
-            _run("ip", "netns", "add", netns(i))
-            _run("ip", "link", "add", veth(i), "type", "veth", "peer", "name", "eth0", "netns", netns(i))
-            _run("ip", "link", "set", veth(i), "master", BRIDGE, "up")
-            inside = ("ip", "netns", "exec", netns(i), "ip")
-            _run(*inside, "addr", "add", f"10.77.0.{10 + i}/24", "dev", "eth0")
+            _run("ip", "netns", "add", self.netns(i))
+            _run("ip", "link", "add", self.veth(i), "type", "veth", "peer", "name", "eth0", "netns", self.netns(i))
+            _run("ip", "link", "set", self.veth(i), "master", self.bridge, "up")
+            inside = ("ip", "netns", "exec", self.netns(i), "ip")
+            _run(*inside, "addr", "add", f"{self.subnet}.{10 + i}/24", "dev", "eth0")
             _run(*inside, "link", "set", "eth0", "up")
             _run(*inside, "link", "set", "lo", "up")
         return self
@@ -68,14 +77,14 @@ class Network:
 
     def teardown(self) -> None:
         for i in range(1, 9):
-            _run("ip", "netns", "del", netns(i), check=False)
-        _run("ip", "link", "del", BRIDGE, check=False)
+            _run("ip", "netns", "del", self.netns(i), check=False)
+        _run("ip", "link", "del", self.bridge, check=False)
 
     def cut(self, i: int) -> None:
-        _run("ip", "link", "set", veth(i), "down")
+        _run("ip", "link", "set", self.veth(i), "down")
 
     def mend(self, i: int) -> None:
-        _run("ip", "link", "set", veth(i), "up")
+        _run("ip", "link", "set", self.veth(i), "up")
 
 
 def _private_dir(name: str, owner: str) -> Path:
@@ -94,10 +103,12 @@ def _wait(predicate, timeout: float, what: str, process: subprocess.Popen | None
 
 
 class PrivatePostgres:
-    """A PostgreSQL server of its own, listening on the bridge's address."""
+    """A PostgreSQL server of its own, listening on the bridge's address. `durable`: a COMMIT is in the WAL
+    before it is answered (synchronous_commit on), so a crash of the server (an immediate shutdown) loses no
+    answered COMMIT; fsync stays off (this machine does not crash)."""
 
-    def __init__(self, port: int = PG_PORT):
-        self.port = port
+    def __init__(self, port: int = PG_PORT, durable: bool = False, listen: str = SERVER):
+        self.port, self.durable, self.listen = port, durable, listen
 
     def __enter__(self) -> "PrivatePostgres":
         versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
@@ -108,15 +119,29 @@ class PrivatePostgres:
         _run("runuser", "-u", "postgres", "--", str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust",
              "-U", "postgres", "--no-sync")
         with open(self.dir / "data" / "pg_hba.conf", "a") as f:
-            f.write("host all all 10.77.0.0/24 trust\n")
+            f.write(f"host all all {self.listen.rpartition('.')[0]}.0/24 trust\n")
+        self.start()
+        return self
+
+    def start(self) -> None:
         self.process = subprocess.Popen(
             ["runuser", "-u", "postgres", "--", str(self.bin / "postgres"), "-D", str(self.dir / "data"),
-             "-c", f"listen_addresses={SERVER}", "-p", str(self.port), "-c", f"unix_socket_directories={self.dir}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=300", "-c", "shared_buffers=64MB"],
+             "-c", f"listen_addresses={self.listen}", "-p", str(self.port), "-c", f"unix_socket_directories={self.dir}",
+             "-c", "fsync=off", "-c", f"synchronous_commit={'on' if self.durable else 'off'}",
+             "-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait(lambda: self._psql("SELECT 1").returncode == 0, 60, "postgres", self.process)
-        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl stop -m fast (open transactions rolled back, clients told) or immediate (a crash: no one is
+        told, recovery from the WAL at the next start)."""
+        _run("runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", mode,
+             "-w", "-t", "60", "stop", check=False)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def _psql(self, sql: str) -> subprocess.CompletedProcess:
         return _run("runuser", "-u", "postgres", "--", str(self.bin / "psql"), "-h", str(self.dir), "-p",
@@ -125,38 +150,57 @@ class PrivatePostgres:
     def database(self) -> str:
         name = f"hcli_{uuid.uuid4().hex[:10]}"
         assert self._psql(f"CREATE DATABASE {name}").returncode == 0
-        return f"postgresql+psycopg://postgres@{SERVER}:{self.port}/{name}"
+        return f"postgresql+psycopg://postgres@{self.listen}:{self.port}/{name}"
 
     def __exit__(self, *exc) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=60)
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class PrivateMariaDB:
-    """A MariaDB server of its own, listening on the bridge's address."""
+    """A MariaDB server of its own, listening on the bridge's address. `durable`: InnoDB hands its log to the
+    kernel at every COMMIT (innodb_flush_log_at_trx_commit=2), so a killed server loses no answered COMMIT."""
 
     USER = PASSWORD = "hcli"
 
-    def __init__(self, port: int = MARIA_PORT):
-        self.port = port
+    def __init__(self, port: int = MARIA_PORT, durable: bool = False, listen: str = SERVER):
+        self.port, self.durable, self.listen = port, durable, listen
 
     def __enter__(self) -> "PrivateMariaDB":
         self.dir = _private_dir("maria", "mysql")
         self.socket = self.dir / "mysqld.sock"
         _run("mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={self.dir / 'data'}",
              "--auth-root-authentication-method=normal", "--skip-test-db")
-        self.process = subprocess.Popen(
-            ["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={self.dir / 'data'}",
-             f"--bind-address={SERVER}", f"--port={self.port}", f"--socket={self.socket}",
-             f"--pid-file={self.dir / 'mysqld.pid'}", f"--log-error={self.dir / 'error.log'}", "--skip-name-resolve",
-             "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=64M", "--max-connections=300",
-             "--innodb-doublewrite=0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait(lambda: self._sql("SELECT 1").returncode == 0, 60, "mariadbd", self.process)
+        self.start()
         assert self._sql(f"CREATE USER '{self.USER}'@'%' IDENTIFIED BY '{self.PASSWORD}'; "
                          f"GRANT ALL ON *.* TO '{self.USER}'@'%'").returncode == 0
         return self
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={self.dir / 'data'}",
+             f"--bind-address={self.listen}", f"--port={self.port}", f"--socket={self.socket}",
+             f"--pid-file={self.dir / 'mysqld.pid'}", f"--log-error={self.dir / 'error.log'}", "--skip-name-resolve",
+             f"--innodb-flush-log-at-trx-commit={2 if self.durable else 0}", "--innodb-buffer-pool-size=64M",
+             "--max-connections=300", "--innodb-doublewrite=0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait(lambda: self._sql("SELECT 1").returncode == 0, 60, "mariadbd", self.process)
+
+    def stop(self, mode: str = "fast") -> None:
+        """fast: SIGTERM, the server's own shutdown (open transactions rolled back); immediate: SIGKILL, a
+        crash (InnoDB recovers at the next start)."""
+        if self.process.poll() is None:
+            if mode == "immediate":
+                os.killpg(self.process.pid, signal.SIGKILL)
+            else:
+                self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
     def _sql(self, statement: str) -> subprocess.CompletedProcess:
         return _run("mariadb", "--no-defaults", f"--socket={self.socket}", "-uroot", "-e", statement, check=False)
@@ -164,14 +208,10 @@ class PrivateMariaDB:
     def database(self) -> str:
         name = f"hcli_{uuid.uuid4().hex[:10]}"
         assert self._sql(f"CREATE DATABASE {name}").returncode == 0
-        return f"mysql+pymysql://{self.USER}:{self.PASSWORD}@{SERVER}:{self.port}/{name}"
+        return f"mysql+pymysql://{self.USER}:{self.PASSWORD}@{self.listen}:{self.port}/{name}"
 
     def __exit__(self, *exc) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self.stop("fast")
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -197,6 +237,11 @@ class Host:
     config: Path
     loop: subprocess.Popen | None = None
     kills: int = 0
+    ns: str = ""   # its network namespace (default: netns(index))
+
+    @property
+    def namespace(self) -> str:
+        return self.ns or netns(self.index)
 
     @property
     def name(self) -> str:
@@ -208,14 +253,14 @@ class Host:
 
     def command(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """One harvester-cli command on this host (in its namespace)."""
-        return subprocess.run(["ip", "netns", "exec", netns(self.index), sys.executable, "-m", "harvester_cli",
+        return subprocess.run(["ip", "netns", "exec", self.namespace, sys.executable, "-m", "harvester_cli",
                                "--config", str(self.config), *args], capture_output=True, text=True,
                               env=self.env(), timeout=timeout)
 
     def start(self, steps: str = "cycle", seed: int = 0, pause: float = 0.3) -> None:
         """Its cron: `cycle` again and again, and (steps="mixed") poll and propagate at their own rhythm."""
         self.loop = subprocess.Popen(
-            ["ip", "netns", "exec", netns(self.index), sys.executable, str(Path(__file__).with_name("multihost_loop.py")),
+            ["ip", "netns", "exec", self.namespace, sys.executable, str(Path(__file__).with_name("multihost_loop.py")),
              str(self.config), str(self.directory / "runs.jsonl"), steps, str(seed), str(pause)],
             env=self.env(), stdout=subprocess.DEVNULL, stderr=open(self.directory / "loop.err", "a"),
             start_new_session=True)
@@ -256,6 +301,7 @@ class Site:
     hosts: list[Host] = field(default_factory=list)
     harvester_id: str = "multihost"
     extra: dict = field(default_factory=dict)
+    network: Network | None = None   # another set of namespaces than the default one
 
     def add_hosts(self, count: int) -> list[Host]:
         for i in range(1, count + 1):
@@ -264,7 +310,7 @@ class Site:
             data = {
                 "harvester_id": self.harvester_id, "state": self.state,
                 "log_dir": str(directory / "logs"), "work_dir": str(directory / "work"),
-                "log_url": f"http://10.77.0.{10 + i}:8080/logs",
+                "log_url": f"http://{self.network.subnet if self.network else '10.77.0'}.{10 + i}:8080/logs",
                 **self.extra,
                 "instance": {"host": f"h{i}", **self.extra.get("instance", {})},
                 "panda": self.panda,
@@ -272,12 +318,12 @@ class Site:
             }
             config = directory / "config.toml"
             config.write_text(toml(data))
-            self.hosts.append(Host(i, directory, config))
+            self.hosts.append(Host(i, directory, config, ns=self.network.netns(i) if self.network else ""))
         return self.hosts
 
     def upgrade_at_once(self) -> list[dict]:
         """`db upgrade` on every host at the same moment; their JSON answers."""
-        processes = [subprocess.Popen(["ip", "netns", "exec", netns(h.index), sys.executable, "-m", "harvester_cli",
+        processes = [subprocess.Popen(["ip", "netns", "exec", h.namespace, sys.executable, "-m", "harvester_cli",
                                        "--config", str(h.config), "--json", "db", "upgrade"],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=h.env())
                      for h in self.hosts]

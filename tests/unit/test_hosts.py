@@ -132,3 +132,24 @@ def test_which_backends_are_host_bound(harness):
     })
     bound = {name: instance.host_bound(queue) for name, queue in instance.config.queues.items()}
     assert bound == {"LOCAL": True, "SLURM": False, "SLURM_HERE": True, "CONDOR_HERE": True, "CONDOR_REMOTE": False}
+
+
+def test_a_worker_stamped_by_a_clock_a_day_ahead_does_not_hold_the_queue_for_a_day(harness):
+    """Found by the chaos run (a clock step seen by one command): one `submit` whose clock was a day ahead
+    recorded workers created, and marked missed, a day in the future; every host then counted them as made
+    (or missed) in the last interval for a whole day, so no host submitted for the queue again, and its
+    fetched jobs waited. A stamp further ahead than the window itself is another host's wrong clock."""
+    from harvester_cli import model
+    from harvester_cli.steps import submit
+
+    instance = harness.instance({"Q": {"mode": "push", "throttle_window": 600}}, instance={"cycle_interval": 60})
+    now = model.now()
+    with instance.store.transaction() as tx:
+        tx.execute(workers.insert(), [
+            {"worker_id": i, "queue": "Q", "backend": "local", "mode": "push", "status": status,
+             "created": created, "modified": created, "harvester_host": "h1"}
+            for i, status, created in ((1, "missed", now - 10), (2, "missed", now + 86400),
+                                       (3, "missed", now - 5000), (4, "finished", now + 86400 + 5))])
+    state = submit.queue_state(instance, instance.config.queues["Q"], None, {})
+    assert state.made_recently == 1 and state.missed_recent == 1, state
+    instance.close()

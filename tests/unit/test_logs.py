@@ -606,3 +606,21 @@ def test_a_command_line_shows_bytes_that_are_not_utf8_escaped():
     shown = logs.command_line(["--queue", os.fsdecode(b"Q\xff\xfe"), "cycle", "caf\u00e9"])
     assert shown == "--queue Q\\xff\\xfe cycle caf\u00e9"
     assert logs.command_line([]) == ""
+
+
+def test_a_full_log_volume_is_one_line_on_stderr_not_a_logging_traceback(tmp_path, capsys):
+    """A log volume with no room left: the command goes on, and says so once, in one line (found by the
+    chaos run: every command printed Python's "--- Logging error ---" traceback for each line it logged)."""
+    handler = logs.open_command_log(tmp_path, "cycle", max_bytes=0, backups=0)
+    handler.stream.close()
+    handler.stream = open("/dev/full", "w", encoding="utf-8")   # every flush: ENOSPC
+    try:   # to the handler alone: other tests' handlers on the logging tree stay out of it
+        for n in range(3):
+            handler.handle(logging.makeLogRecord({"name": "harvester_cli", "levelno": logging.WARNING,
+                                                  "levelname": "WARNING", "msg": "line %d", "args": (n,)}))
+    finally:
+        handler.close()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    (line,) = err.strip().splitlines()
+    assert "cycle.log" in line and "No space left on device" in line, line
