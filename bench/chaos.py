@@ -32,7 +32,8 @@ PanDA, no worker started twice (or by another host), no update lost or sent with
 Also bounded: the longest time no job reached its final state at PanDA while jobs waited (a queue no
 host submits for any more is consistent, only still). Jobs PanDA sent that no host kept (a command killed
 after PanDA answered, a reply lost) are counted apart: PanDA's own 'sent' timeout takes them back. Run as
-root (namespaces, nft, tmpfs, the servers' own users), beside the tests (namespaces hk*, 10.81.0.0/24: the multihost tests have 10.77, the Slurm node tests 10.78, the login-node tests 10.79, the chaos test 10.80).
+root (namespaces, nft, tmpfs, the servers' own users), beside the tests (namespaces hk*, 10.81.0.0/24; the
+multihost tests have 10.77, the Slurm node tests 10.78, the login-node tests 10.79, the chaos test 10.80).
 Exit 1 when a check fails, a recovery misses its bound, or the work stood still too long.
 """
 
