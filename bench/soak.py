@@ -410,7 +410,9 @@ class Window:
         return sum(r.cpu for r in self.runs)
 
     def rss(self, command_name: str) -> float:
-        return max((r.rss_mb for r in self.runs if r.command == command_name), default=0.0)
+        """Peak RSS of the command's runs that did work: a cycle the wrapper skipped is the wrapper alone."""
+        runs = self.done() if command_name == "cycle" else [r for r in self.runs if r.command == command_name]
+        return max((r.rss_mb for r in runs), default=0.0)
 
     def longest(self) -> float:
         return max(((r.ended or r.started) - r.started for r in self.cycles()), default=0.0)
@@ -670,6 +672,7 @@ class Soak:
         bound = sum(bound_calls(len(w.done()), self.idle_calls, w.panda("items", "job_updates"),
                                 w.panda("items", "worker_updates")) for w in windows)
         rss = max((w.rss("cycle") for w in windows), default=0.0)
+        clean_rss = max((w.rss("clean-logs") for w in windows), default=0.0)
         first, last = windows[0].rss("cycle"), windows[-1].rss("cycle")
         verdicts = [
             ("harvester-cli's CPU, all commands <= 0.25 core", f"{cpu / seconds:.3f} core ({cpu:.0f} s in {seconds:.0f} s)",
@@ -678,10 +681,10 @@ class Soak:
             ("PanDA calls per cycle <= nothing-changed calls + changed items / bulk size",
              f"{calls / max(1, len(done)):.1f} per cycle, bound {bound / max(1, len(done)):.1f} "
              f"(a cycle with {args.live:,} live workers and nothing changed: {self.idle_calls})", calls <= bound),
-            ("peak RSS per command <= 150 MB", f"{rss:.0f} MB (cycle), clean-logs "
-             f"{max((w.rss('clean-logs') for w in windows), default=0):.0f} MB", rss <= 150),
-            ("RSS of the last window within 5% of the first", f"{first:.0f} -> {last:.0f} MB",
-             first > 0 and abs(last - first) <= 0.05 * first),
+            ("peak RSS per command <= 150 MB", f"{rss:.0f} MB (cycle), clean-logs {clean_rss:.0f} MB",
+             max(rss, clean_rss) <= 150),
+            ("RSS of the last window within 5% of the first", f"{first:.0f} -> {last:.0f} MB (cycles that ran)",
+             first > 0 and last > 0 and abs(last - first) <= 0.05 * first),
         ]
         ten = next((w for w in windows if w.end - windows[0].start >= 600 - 1), None)
         if ten is not None and ten is not windows[-1]:
