@@ -1,3 +1,5 @@
+import os
+
 import click
 
 from harvester_cli.commands import exit_code, pass_globals, recorded
@@ -28,7 +30,7 @@ def command(g, dry_run):
     out = g.output()
     if dry_run:
         out.table("would delete", ["file", "class", "bytes", "age (days)", "why"],
-                  [(str(d.path.relative_to(run.root)), d.klass, d.size, f"{age_days(d.mtime):.1f}", d.reason)
+                  [(os.path.relpath(d.path, run.root), d.klass, d.size, f"{age_days(d.mtime):.1f}", d.reason)
                    for d in run.deletions])
     out.table("clean-logs" + (" (dry run)" if dry_run else ""),
               ["class", "files", "bytes", "deleted files", "deleted bytes", "kept (active workers)", "over budget"],

@@ -16,18 +16,18 @@ from harvester_cli.site.logs import COMMANDS, WORKERS
 CLASSES = ("workers", "submit_files", "commands")
 
 
-@dataclass
+@dataclass(slots=True)
 class LogFile:
-    path: Path
+    path: str                 # a str, not a Path: a tree of 100k workers' logs holds 400k of them
     size: int
     mtime: float
     klass: str
     active: bool = False      # belongs to a worker that is not final: never deleted
 
 
-@dataclass
+@dataclass(slots=True)
 class Deletion:
-    path: Path
+    path: str
     size: int
     mtime: float
     klass: str
@@ -131,11 +131,11 @@ def scan(log_dir: Path, active: ActiveWorkers | None, submit_patterns: Iterable[
                 protected = active.covers(Path(worker_dir), parts[1], parts[2])
             name = parts[-1]
             klass = "submit_files" if any(fnmatch.fnmatchcase(name, p) for p in patterns) else "workers"
-            files.append(LogFile(Path(path), st.st_size, st.st_mtime, klass, protected))
+            files.append(LogFile(path, st.st_size, st.st_mtime, klass, protected))
     for path, st in _walk_files(root / COMMANDS):
         if os.path.basename(path).startswith("."):
             continue   # lock files
-        files.append(LogFile(Path(path), st.st_size, st.st_mtime, "commands"))
+        files.append(LogFile(path, st.st_size, st.st_mtime, "commands"))
     return files
 
 
@@ -157,7 +157,7 @@ def plan_deletions(files: list[LogFile], retention: dict[str, object], now: floa
         summary.kept_active_files = sum(1 for f in members if f.active)
         summary.kept_active_bytes = sum(f.size for f in members if f.active)
         candidates = sorted((f for f in members if not (f.active or os.path.abspath(f.path) in keep)),
-                            key=lambda f: (f.mtime, str(f.path)))
+                            key=lambda f: (f.mtime, f.path))
         if rule is None:
             continue
         max_age = getattr(rule, "max_age", None)
@@ -242,7 +242,7 @@ def clean(log_dir: Path, retention, active: ActiveWorkers | None, *, dry_run: bo
             except OSError as exc:
                 run.errors.append(f"{d.path}: {exc.strerror}")
                 continue
-        deleted.add(str(d.path))
+        deleted.add(d.path)
         run.deletions.append(d)
     if active is not None:
         run.removed_dirs = _remove_empty_dirs(root / WORKERS, active, now - dir_grace, dry_run, deleted,
