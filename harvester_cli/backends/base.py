@@ -246,6 +246,9 @@ class RetireResult:
     worker_id: int
     outcome: str
     detail: str | None = None
+
+
+@dataclass
 class JobKillResult:
     """Killing one job of a many-job worker (its step), not the worker."""
 

@@ -280,7 +280,9 @@ def test_walltime_covers_the_longest_job_and_a_half_filled_allocation_waits_for_
     assert "refused" in hpc.sim.jobs[too_long].updates[-1]["pilot_error_diag"]
 
 
-def test_a_refused_allocation_gives_every_job_back_none_lost_none_twice(site, monkeypatch):
+def test_a_refused_allocation_fails_every_job_once_none_lost_none_twice(site, monkeypatch):
+    """sbatch refuses the allocation for a reason that will not pass (a constraint no node has: the Slurm
+    table's permanent refusal): every job of the allocation fails at once, each reported once, none bound."""
     hpc = site()
     ids = hpc.add_jobs(6)
     table = {**hpc.queue_table, "backend_options": {**hpc.queue_table["backend_options"], "constraint": "nosuch"}}
@@ -293,13 +295,10 @@ def test_a_refused_allocation_gives_every_job_back_none_lost_none_twice(site, mo
     assert "Invalid feature specification" in worker.diag
     current = hpc.jobs()
     assert sorted(current) == sorted(ids)
-    assert all(j.sub_status == model.SUB_FETCHED and j.submit_attempts == 1 for j in current.values())
+    assert all(j.status == model.JOB_FAILED and j.submit_attempts == 1 for j in current.values()), current
     with hpc.instance.store.reading() as tx:
-        assert tx.execute(job_workers.select()).all() == []   # unbound: free for the next allocation
-    # The next allocation (the constraint fixed) takes them all.
-    hpc.instance = hpc.harness.instance({"HPC": hpc.queue_table})
-    hpc.queues = list(hpc.instance.config.queues.values())
-    again = submission.submit(hpc.instance, hpc.queues).queues[0]
-    assert len(again.submitted) == 1
-    with hpc.instance.store.reading() as tx:
-        assert sorted(p for p, w in tx.execute(job_workers.select()).all() if w == again.submitted[0]) == sorted(ids)
+        assert tx.execute(job_workers.select()).all() == []
+    propagation.propagate(hpc.instance, hpc.queues)
+    for panda_id in ids:
+        finals = [u for u in hpc.sim.jobs[panda_id].updates if u["job_status"] in ("finished", "failed")]
+        assert [u["job_status"] for u in finals] == ["failed"], (panda_id, finals)
