@@ -69,7 +69,8 @@ def executemany(conn, sql: str, rows) -> None:
 
 def make_site(directory: Path, panda_url: str, pki, queue: dict, state_url: str | None = None) -> Site:
     """A configuration with one queue named QUEUE on the local backend and an empty state database.
-    Without `pki` the configuration names no proxy and no CA: the minimal one a command starts with."""
+    Without `pki` the configuration names an empty proxy file and no CA: the minimal one a command starts
+    with."""
     directory.mkdir(parents=True, exist_ok=True)
     state_url = state_url or f"sqlite:///{directory / 'state.db'}"
     work = directory / "work"
@@ -77,6 +78,10 @@ def make_site(directory: Path, panda_url: str, pki, queue: dict, state_url: str 
              f'work_dir = "{work}"', "max_new_workers_per_run = 1000000", "[panda]", f'url = "{panda_url}"']
     if pki is not None:
         lines += [f'proxy = "{pki.proxy}"', f'ca = "{pki.ca_file}"']
+    else:   # a command refuses a [panda] without credentials; this one is never sent (nothing calls PanDA)
+        proxy = directory / "proxy"
+        proxy.touch(mode=0o600)
+        lines.append(f'proxy = "{proxy}"')
     lines += [f"[queues.{QUEUE}]", 'backend = "local"']
     lines += [f"{key} = {json.dumps(value)}" for key, value in {"pilot": "true", **queue}.items()]
     config = directory / "config.toml"
