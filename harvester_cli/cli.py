@@ -155,6 +155,8 @@ def _set_stderr_level(level: int) -> None:
     for handler in root.handlers:
         if handler.name == _STDERR_HANDLER:
             handler.setLevel(level)
+            if hasattr(handler.formatter, "full"):
+                handler.formatter.full = level <= logging.DEBUG
         elif handler.name == "harvester-cli-command-log":
             if level <= logging.DEBUG:
                 handler.setLevel(logging.DEBUG)
@@ -163,13 +165,13 @@ def _set_stderr_level(level: int) -> None:
 
 
 def _setup_stderr_logging(level: int) -> None:
-    from harvester_cli.site.logs import RedactingFilter
+    from harvester_cli.site.logs import RedactingFilter, ShortTracebackFormatter
 
     root = logging.getLogger()
     if not any(h.name == _STDERR_HANDLER for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.name = _STDERR_HANDLER
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(ShortTracebackFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(RedactingFilter())
         root.addHandler(handler)
     _set_stderr_level(level)
@@ -341,9 +343,18 @@ def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet, l
     Each command also logs to <log_dir>/commands/<command>.log (rotated by size).
     """
     _setup_stderr_logging(_log_level(-1 if quiet else verbose))
+    sys.unraisablehook = _log_unraisable
     ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose,
                       command=ctx.invoked_subcommand, log_memory=log_memory)
     _refuse_bytes_that_are_not_text(ctx.obj)
+
+
+def _log_unraisable(unraisable) -> None:
+    """An exception in a finaliser (a driver's connection collected after the server went away) is no news to
+    the operator: the command log keeps it at debug level instead of Python's "Exception ignored in" traceback."""
+    exc = unraisable.exc_value
+    logging.getLogger("harvester_cli").debug("ignored in %r: %s", unraisable.object, exc,
+                                             exc_info=(unraisable.exc_type, exc, unraisable.exc_traceback))
 
 
 def _refuse_bytes_that_are_not_text(g: Globals) -> None:

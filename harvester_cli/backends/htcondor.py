@@ -68,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -114,7 +115,7 @@ class HTCondorBackend(Backend):
     def __init__(self, queue, context):
         super().__init__(queue, context)
         self._schedds: dict[str, object] = {}
-        self._forced: set[str] = set()   # schedds whose stuck removed jobs this process forced out already
+        self._forced: dict[str, float] = {}   # schedd -> when this process last forced its stuck removed jobs out
         self._rng = random.Random()
         self.policy = status_map.Policy(self.options.held_timeout, tuple(self.options.kill_hold_reasons),
                                         self.options.unavailable_timeout)
@@ -576,14 +577,15 @@ class HTCondorBackend(Backend):
 
     def _force_out_removed(self, schedd_name: str, at: float) -> None:
         """Jobs of this harvester left in Removed longer than removed_timeout (a grid job whose CE never
-        confirms the removal, a job kept by leave_in_queue) are forced out (condor_rm -forcex), once per schedd
-        and process."""
+        confirms the removal, a job kept by leave_in_queue) are forced out (condor_rm -forcex), at most once per
+        schedd and removed_timeout in a process, so a process that polls for long still forces out the jobs
+        that got stuck after its first round."""
         import classad2
         import htcondor2
 
-        if schedd_name in self._forced or not self.options.removed_timeout:
+        if not self.options.removed_timeout or at - self._forced.get(schedd_name, -math.inf) < self.options.removed_timeout:
             return
-        self._forced.add(schedd_name)
+        self._forced[schedd_name] = at
         constraint = (f"harvesterID == {classad2.quote(self.context.harvester_id)} && SubmitterGlobalJobId =?= "
                       f"undefined && JobStatus == 3 && EnteredCurrentStatus < {int(at - self.options.removed_timeout)}")
         try:

@@ -87,6 +87,26 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class ShortTracebackFormatter(logging.Formatter):
+    """For the terminal: a record that carries a traceback (a library logging an exception it handled, such as
+    SQLAlchemy's pool after a lost connection) is shown as its one line plus the exception's last line, unless
+    `full` (-vv). The command log file keeps the whole traceback."""
+
+    MARK = "\nTraceback (most recent call last):"
+
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self.full = False
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.full or self.MARK not in text:
+            return text
+        head, _, trace = text.partition(self.MARK)
+        lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+        return f"{head} ({lines[-1]}; -vv shows the traceback)" if lines else head
+
+
 # -- memory use on every line (the seed's memory monitoring) -------------------------------------
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

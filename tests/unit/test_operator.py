@@ -144,3 +144,38 @@ def test_log_urls_stay_whole_in_a_terminal_table(monkeypatch, capsys):
         assert "\x1b]8;" not in text
         assert (url in text) is not fit and not re.search(r"…/123456/pilot\.\s*\n", text)
         assert fit is False or all(len(line) <= 160 for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines())
+
+
+def test_a_library_logging_a_handled_exception_is_one_line_on_the_terminal_and_whole_with_vv():
+    """SQLAlchemy's pool logs the driver's traceback when a server drops a connection it was resetting: on the
+    terminal that is the record's line plus the exception's last line; -vv shows the traceback."""
+    import io
+    import logging
+
+    from harvester_cli import cli as cli_module
+
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    cli_module._setup_stderr_logging(logging.WARNING)
+    (handler,) = [h for h in root.handlers if h.name == cli_module._STDERR_HANDLER]
+    handler.setStream(io.StringIO())
+    pool = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+    try:
+        try:
+            raise ConnectionError("(2013, 'Lost connection to MySQL server during query')")
+        except ConnectionError:
+            pool.error("Exception during reset or similar", exc_info=True)
+        short = handler.stream.getvalue()
+        assert "Traceback" not in short and len(short.strip().splitlines()) == 1, short
+        assert "Exception during reset or similar" in short and "Lost connection to MySQL server" in short
+        cli_module._set_stderr_level(logging.DEBUG)
+        handler.setStream(io.StringIO())
+        try:
+            raise ConnectionError("gone")
+        except ConnectionError:
+            pool.error("Exception during reset or similar", exc_info=True)
+        assert "Traceback (most recent call last)" in handler.stream.getvalue()
+    finally:
+        root.removeHandler(handler)
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])

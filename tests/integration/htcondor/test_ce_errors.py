@@ -108,8 +108,9 @@ def test_push_job_of_an_unreachable_ce_gets_a_new_worker_and_runs_once(htc, sim)
 
     # The site's CE stays down: the operator sends the queue's jobs to the pool itself.
     fixed = htc.instance({"HTC_RETRY": htc.queue("push", removed_timeout=1)})
-    cycle_until(fixed, lambda: sim.job_status(panda_id) == "finished", timeout=90, what="job finished on a new worker")
-    assert not in_queue(htc, first)   # forced out of Removed by the new worker's polls
+    # The new worker's polls force the stuck one out of Removed once it has been there removed_timeout.
+    cycle_until(fixed, lambda: sim.job_status(panda_id) == "finished" and not in_queue(htc, first), timeout=90,
+                what="job finished on a new worker, the stuck removed one forced out")
     states = [u["job_status"] for u in sim.jobs[panda_id].updates]
     assert "failed" not in states and states.count("finished") == 1, states
     assert states[0] == "starting"   # the heartbeat with PanDA's answer before the retry

@@ -122,10 +122,13 @@ def test_a_backfill_window_is_used(slurm, sim, reservation):
     plan = planned(instance)
     assert plan.total == 1 and 1200 <= plan.walltime < 1500, plan.trace   # whole minutes before the reservation
     assert f"walltime {plan.walltime} s (a backfill window)" in step_of(plan).inputs
-    assert len(submitted(instance)) == 1
+    run = submit.submit(instance, list(instance.config.queues.values())).queues[0]
+    assert len(run.submitted) == 1 and not run.failed, (run.failed[:2], run.error)
+    # the submission plans again (a minute may have passed since): its own window is what sbatch got
+    assert plan.walltime - 120 < run.plan.walltime <= plan.walltime, run.plan.trace
     (job,) = slurm.jobs()
     shown = slurm.cluster.run("scontrol", "-o", "show", "job", job["JobArrayID"]).stdout
-    assert f"TimeLimit=00:{plan.walltime // 60:02d}:00" in shown, shown
+    assert f"TimeLimit=00:{run.plan.walltime // 60:02d}:00" in shown, shown
     wait_until(lambda: [j["State"] for j in slurm.jobs()] == ["RUNNING"], 60, 0.3, "the worker running")
     # a queue that takes no shorter walltime: nothing of its shape can start before the reservation
     strict = slurm.instance({Q: free_queue(slurm, queued_when_full=0)})
