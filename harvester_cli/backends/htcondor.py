@@ -583,7 +583,8 @@ class HTCondorBackend(Backend):
         import classad2
         import htcondor2
 
-        if not self.options.removed_timeout or at - self._forced.get(schedd_name, -math.inf) < self.options.removed_timeout:
+        timeout = self.options.removed_timeout
+        if not timeout or at - self._forced.get(schedd_name, -math.inf) < timeout:
             return
         self._forced[schedd_name] = at
         constraint = (f"harvesterID == {classad2.quote(self.context.harvester_id)} && SubmitterGlobalJobId =?= "

@@ -139,7 +139,7 @@ def test_every_panda_fault_mode_loses_nothing_and_conflicts_nothing(harness, sim
     sim.fault_random.seed(12)
     sim.hang_seconds = 3.0
     ids = sim.add_jobs("PULL", 3, jobPars="echo pull") + sim.add_jobs("PUSH", 3, jobPars="echo push")
-    harness.write_config(QUEUES, panda={"timeout": 1.5, "retries": 2})
+    harness.write_config(QUEUES, panda={"timeout": 1.0, "retries": 2})   # a hung call costs 1 s an attempt
     cycles_until_done(harness, sim, ids, timeout=150)
     assert sim.faults_seen.get(mode), f"{mode} was never injected"
     sim.faults = {}

@@ -20,6 +20,7 @@ import pytest
 
 from harvester_cli.instance import worker_ref
 from harvester_cli.panda import diagnostics
+from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state.schema import workers
 from harvester_cli.steps import downtimes
 from harvester_cli.steps import fetch_jobs as fetching
@@ -29,7 +30,8 @@ from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
 from harvester_cli.steps.cycle import run_cycle
 from tests.support.harness import cycle_until as _cycle_until
-from tests.support.harness import rows, wait_until
+from tests.support.harness import Harness, rows, wait_until
+from tests.support.slurm_cluster import Slurm
 
 pytestmark = pytest.mark.slurm
 
@@ -55,6 +57,22 @@ def poll_until(instance, predicate, timeout=60.0, what="poll goal"):
 
 def worker_rows(instance):
     return sorted(rows(instance, workers), key=lambda w: w.worker_id)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker_out_of_walltime(cluster, pki, tmp_path_factory):
+    """A worker with a 1-minute walltime, submitted as this module starts: Slurm counts minutes and checks limits
+    about every 30 s, so its job ends 60-90 s after it started, and the tests in between run meanwhile
+    (test_walltime_that_runs_out_fails_the_worker_as_timeout reads the outcome, before the test that restarts
+    slurmctld without its state)."""
+    with PandaSimulator(pki, finish_delay=0.0) as sim:
+        harness = Harness(tmp_path_factory.mktemp("walltime"), sim, pki, f"test-walltime-{os.getpid()}")
+        slurm = Slurm(cluster, harness)
+        instance = slurm.instance({"SLURM_WALL": slurm.queue(pilot="echo started; sleep 600", queue={"walltime": 60})})
+        submission.submit(instance, list(instance.config.queues.values()), count=1)
+        yield instance
+        instance.close()
+        cluster.cancel_all(harness.harvester_id)
 
 
 # -- lifecycles through the real steps -------------------------------------------------------------
@@ -139,22 +157,6 @@ def test_pilot_exiting_3_fails_the_worker_with_its_exit_code_and_an_error_code(s
     assert reported["status"] == "failed" and reported["errorCode"] == 1076
     said = (Path(w.log_dir) / "pilot.out").read_text()
     assert f"proxy={slurm.harness.pki.proxy} token={token} worker={w.worker_id}" in said
-
-
-def test_walltime_that_runs_out_fails_the_worker_as_timeout(slurm, sim):
-    instance = slurm.instance({"SLURM_WALL": slurm.queue(pilot="echo started; sleep 600",
-                                                         queue={"walltime": 60})})
-    queues = list(instance.config.queues.values())
-    submission.submit(instance, queues, count=1)
-    (w,) = worker_rows(instance)
-    assert "#SBATCH --time=1" in (Path(w.log_dir) / "pilot.jdl").read_text()
-    # Slurm counts minutes and checks limits about every 30 s: the job ends 60-90 s after it started.
-    poll_until(instance, lambda: worker_rows(instance)[0].status == "failed", timeout=180, what="worker timed out")
-    (w,) = worker_rows(instance)
-    assert w.native_status == "TIMEOUT" and "time limit" in w.diag and w.native_exit_code == 128 + 15
-    assert diagnostics.classify(w.status, w.diag, w.native_exit_code) == (1070, "Slurm: walltime exceeded (TIMEOUT)")
-    assert "DUE TO TIME LIMIT" in (Path(w.log_dir) / "pilot.log").read_text()
-    assert w.end_time - w.start_time >= 60
 
 
 def test_kills_from_panda_cancel_the_slurm_jobs(slurm, sim):
@@ -377,6 +379,18 @@ def test_bulk_one_squeue_per_poll_and_one_scancel_for_all(slurm, sim):
     assert len(run.submitted) == 10
     new = [w for w in worker_rows(singles) if w.worker_id in run.submitted]
     assert len({w.batch_id for w in new}) == 10 and all(w.batch_id.isdigit() for w in new)
+
+
+def test_walltime_that_runs_out_fails_the_worker_as_timeout(worker_out_of_walltime):
+    instance = worker_out_of_walltime
+    (w,) = worker_rows(instance)
+    assert "#SBATCH --time=1" in (Path(w.log_dir) / "pilot.jdl").read_text()
+    poll_until(instance, lambda: worker_rows(instance)[0].status == "failed", timeout=180, what="worker timed out")
+    (w,) = worker_rows(instance)
+    assert w.native_status == "TIMEOUT" and "time limit" in w.diag and w.native_exit_code == 128 + 15
+    assert diagnostics.classify(w.status, w.diag, w.native_exit_code) == (1070, "Slurm: walltime exceeded (TIMEOUT)")
+    assert "DUE TO TIME LIMIT" in (Path(w.log_dir) / "pilot.log").read_text()
+    assert w.end_time - w.start_time >= 60
 
 
 def test_jobs_slurmctld_forgot_are_read_from_the_job_completion_log(slurm, sim):
