@@ -585,6 +585,39 @@ def test_push_jobs_given_back_are_asked_at_panda_and_only_those_still_ours_run_o
 
 
 @pytest.mark.ceerrors
+def test_a_push_job_survives_slurmctld_down_at_submit_and_runs_once(slurm, sim):
+    """slurmctld stopped while submit runs: Slurm cannot be asked (its partitions first), so the run is an outage
+    (exit 1, one line) that leaves its worker pending for the next submit, and fails nothing at PanDA; once the
+    controller is back, that submit finds no trace of the worker in Slurm, marks it missed and gives the job a
+    new worker, which runs it once."""
+    from harvester_cli import model
+    from harvester_cli.state.schema import jobs
+
+    (panda_id,) = sim.add_jobs("SLURM_CTLD", 1, jobPars="echo the payload ran")
+    instance = slurm.instance({"SLURM_CTLD": slurm.queue("push", max_array_size=1)})
+    queues = list(instance.config.queues.values())
+    fetching.fetch_jobs(instance, queues)
+    slurm.cluster.script("stopctld")
+    try:
+        run = submission.submit(instance, queues).queues[0]
+    finally:
+        slurm.cluster.script("startctld")
+    assert run.error_exit == 1 and not run.submitted and not run.failed, run
+    assert "Unable to contact slurm controller" in run.error and "the next submit repairs" in run.error
+    assert [w.status for w in worker_rows(instance)] == [model.PENDING]
+    assert sim.job_status(panda_id) == "sent" and not sim.jobs[panda_id].updates
+    cycle_until(instance, slurm.cluster, lambda: sim.job_status(panda_id) == "finished", timeout=90,
+                what="job finished on a new worker once slurmctld is back")
+    first, *later = worker_rows(instance)
+    assert first.status == model.MISSED and "no trace of this worker" in first.diag
+    assert [w.status for w in later] == [model.FINISHED]
+    assert "the payload ran" in (Path(later[0].log_dir) / "pilot.out").read_text()
+    states = [u["job_status"] for u in sim.jobs[panda_id].updates]
+    assert "failed" not in states and states.count("finished") == 1, states
+    assert [j.submit_attempts for j in rows(instance, jobs)] == [1]
+
+
+@pytest.mark.ceerrors
 def test_multinode_worker_files_answer_the_monitors_urls_and_old_names_keep_working(slurm, sim):
     """A multinode worker's first pilot writes pilot-0.out: its batch log and script are pilot-0.log and
     pilot-0.jdl. A worker made before had batch.log and submit.sbatch: its old URLs and the monitor's new ones
