@@ -11,8 +11,8 @@ harvester_cli.
 from __future__ import annotations
 
 import os
-import time
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,8 +29,8 @@ from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
 from harvester_cli.steps.cycle import run_cycle
-from tests.support.harness import cycle_until as _cycle_until
 from tests.support.harness import Harness, rows, wait_until
+from tests.support.harness import cycle_until as _cycle_until
 from tests.support.slurm_cluster import Slurm
 
 pytestmark = pytest.mark.slurm
