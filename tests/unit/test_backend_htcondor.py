@@ -450,6 +450,28 @@ def test_clean_removes_private_files_and_forces_lingering_removed_jobs_out(tmp_p
     assert classad2.ExprTree(constraint.replace("JobStatus == 3", "true")).eval(fake.queue[0]) is True
 
 
+
+def test_polls_force_stuck_removed_jobs_out_once_per_removed_timeout_not_once_per_process(tmp_path, monkeypatch):
+    """A long-lived process (the tests' cycles, a poll of many pages) still forces out a job that got stuck in
+    Removed after its first round: at most one condor_rm -forcex per schedd and removed_timeout."""
+    backend, fake = make_backend(tmp_path, removed_timeout=60)
+    (result,) = backend.submit([spec(1, tmp_path / "1")])
+    clock = [NOW]
+    monkeypatch.setattr(model, "now", lambda: clock[0])
+
+    def forced() -> int:
+        return sum(1 for action, _, _ in fake.acts if action == htcondor2.JobAction.RemoveX)
+
+    backend.check([ref(result)])
+    assert forced() == 1
+    clock[0] += 30
+    backend.check([ref(result)])
+    assert forced() == 1   # within removed_timeout of the last one: the schedd is not asked again
+    clock[0] += 31
+    backend.check([ref(result)])
+    assert forced() == 2
+
+
 # -- configuration ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options,message", [
