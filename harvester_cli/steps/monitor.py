@@ -26,7 +26,6 @@ from harvester_cli.site.lifetimes import Credential, credentials
 from harvester_cli.site.logs import redact
 from harvester_cli.state import monitoring, resources, views
 from harvester_cli.state.schema import HISTORY_STATES
-from harvester_cli.steps import caps, downtimes
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +235,7 @@ def running_now(instance: Instance, now: float) -> list[dict]:
 def metric_samples(instance: Instance, now: float | None = None):
     """Every metric family's values, from the state database and the credential files."""
     from harvester_cli.site.metrics import Samples
+    from harvester_cli.steps import caps, downtimes  # the planner's modules: only the metrics need them here
 
     config = instance.config
     store = instance.store
