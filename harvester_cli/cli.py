@@ -343,7 +343,8 @@ def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet, l
     Each command also logs to <log_dir>/commands/<command>.log (rotated by size).
     """
     _setup_stderr_logging(_log_level(-1 if quiet else verbose))
-    sys.unraisablehook = _log_unraisable
+    if sys.unraisablehook is sys.__unraisablehook__:   # not one a host program (pytest) installed
+        sys.unraisablehook = _log_unraisable
     ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose,
                       command=ctx.invoked_subcommand, log_memory=log_memory)
     _refuse_bytes_that_are_not_text(ctx.obj)
