@@ -604,6 +604,7 @@ def run_one(database: str, seed: int, seconds: float, hosts: int, say=print) -> 
     """One run on its own network, server and simulator (the bench's entry; the tests share theirs)."""
     root = Path(tempfile.mkdtemp(prefix=f"harvester-cli-chaos-{database}-"))
     root.chmod(0o755)
+    keep = False
     try:
         network = multihost.Network(hosts, prefix=PREFIX, subnet=SUBNET)
         pki = certs.create(root / "pki", addresses=(network.server,))
@@ -613,9 +614,13 @@ def run_one(database: str, seed: int, seconds: float, hosts: int, say=print) -> 
                 PandaSimulator(pki, host=network.server, finish_delay=0.0) as sim:
             run = Run(root, database, server, network, sim, seed, seconds, hosts, say)
             run.execute()
+            keep = bool(run.problems)
             return run
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if keep:   # the hosts' command logs and work trees, to find out why
+            say(f"chaos seed={seed} {database}: a problem was found: the run's directory is kept at {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
