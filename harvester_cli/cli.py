@@ -343,19 +343,9 @@ def cli(ctx: click.Context, config_path, state, queues, json_, verbose, quiet, l
     Each command also logs to <log_dir>/commands/<command>.log (rotated by size).
     """
     _setup_stderr_logging(_log_level(-1 if quiet else verbose))
-    if sys.unraisablehook is sys.__unraisablehook__:   # not one a host program (pytest) installed
-        sys.unraisablehook = _log_unraisable
     ctx.obj = Globals(config_path, state, tuple(queues), json_, -1 if quiet else verbose,
                       command=ctx.invoked_subcommand, log_memory=log_memory)
     _refuse_bytes_that_are_not_text(ctx.obj)
-
-
-def _log_unraisable(unraisable) -> None:
-    """An exception in a finaliser (a driver's connection collected after the server went away) is no news to
-    the operator: the command log keeps it at debug level instead of Python's "Exception ignored in" traceback."""
-    exc = unraisable.exc_value
-    logging.getLogger("harvester_cli").debug("ignored in %r: %s", unraisable.object, exc,
-                                             exc_info=(unraisable.exc_type, exc, unraisable.exc_traceback))
 
 
 def _refuse_bytes_that_are_not_text(g: Globals) -> None:
