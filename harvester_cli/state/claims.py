@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import Table, or_, select, update
 
-from harvester_cli import model
 from harvester_cli.state.store import Tx, chunks, key_match
 
 
@@ -64,7 +63,7 @@ def claim(tx: Tx, table: Table, where, limit: int, order_by=None) -> list[Any]:
     """Claim up to `limit` unclaimed (or lease-expired) rows matching `where`; returns the rows we own."""
     release_dead(tx, table)
     key = list(table.primary_key.columns)
-    at = model.now()
+    at = tx.lease_now()
     query = select(*key).where(where, free(table, at)).limit(limit)
     if order_by is not None:
         query = query.order_by(order_by)
@@ -95,4 +94,4 @@ def renew(tx: Tx, table: Table, keys: Iterable[Any]) -> None:
     key = list(table.primary_key.columns)
     for chunk in chunks(_keys(keys), 500):
         tx.execute(update(table).where(key_match(key, chunk), owned(tx, table))
-                   .values(lock_expires=model.now() + tx.lease_seconds))
+                   .values(lock_expires=tx.lease_now() + tx.lease_seconds))

@@ -103,7 +103,7 @@ def unbound_by_type(tx: Tx, queue: str, at: float) -> dict[str, int]:
     return dict(tx.execute(
         select(jobs.c.resource_type, func.count())
         .where(jobs.c.queue == queue, jobs.c.sub_status == model.SUB_FETCHED,
-               jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < at))
+               jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < tx.lease_now()))
         .group_by(jobs.c.resource_type)).all())
 
 
@@ -120,7 +120,7 @@ def unbound_ages(tx: Tx, queue: str, at: float) -> dict[str, list[float]]:
     for resource_type, created in tx.execute(
             select(jobs.c.resource_type, jobs.c.created)
             .where(jobs.c.queue == queue, jobs.c.sub_status == model.SUB_FETCHED,
-                   jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < at))
+                   jobs.c.lock_owner.is_(None) | (jobs.c.lock_expires < tx.lease_now()))
             .order_by(jobs.c.created)):
         ages.setdefault(resource_type, []).append(at - created)
     return ages

@@ -3,15 +3,13 @@ submission or fetch. A lease expires, so a host that died or was cut off does no
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import logging
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from harvester_cli import model
 from harvester_cli.errors import CommitUnknown, StateUnreachable
 from harvester_cli.state.claims import free, owner_is_dead
 from harvester_cli.state.schema import locks
@@ -23,8 +21,8 @@ log = logging.getLogger(__name__)
 @contextmanager
 def lease(store: Store, name: str) -> Iterator[bool]:
     """Hold the named lease for the block; yields False (and holds nothing) if another live run holds it."""
-    at = model.now()
     with store.transaction() as tx:
+        at = tx.lease_now()
         holder = tx.execute(select(locks.c.lock_owner).where(locks.c.name == name)).first()
         available = free(locks, at)
         if holder is not None and owner_is_dead(holder[0], store.host):
@@ -59,7 +57,7 @@ def lease(store: Store, name: str) -> Iterator[bool]:
 def holds(tx: Tx, name: str) -> bool:
     """Whether this run still holds the named lease (renewed if so). A host that stalled past its lease
     (cut off, frozen) must not act on what it planned under it: another host may have planned since."""
-    at = model.now()
+    at = tx.lease_now()
     return tx.execute(update(locks).where(locks.c.name == name, locks.c.lock_owner == tx.owner,
                                           locks.c.lock_expires >= at)
                       .values(lock_expires=at + tx.lease_seconds)).rowcount == 1
@@ -67,4 +65,4 @@ def holds(tx: Tx, name: str) -> bool:
 
 def renew(tx: Tx, name: str) -> None:
     tx.execute(update(locks).where(locks.c.name == name, locks.c.lock_owner == tx.owner)
-               .values(lock_expires=model.now() + tx.lease_seconds))
+               .values(lock_expires=tx.lease_now() + tx.lease_seconds))

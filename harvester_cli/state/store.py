@@ -37,6 +37,7 @@ from sqlalchemy import Column, create_engine, event, inspect, or_, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, DisconnectionError, SQLAlchemyError
 
+from harvester_cli import model
 from harvester_cli.errors import CommitUnknown, StateError, StateUnreachable
 from harvester_cli.state.schema import HEAD, LEGACY_VERSIONS, REVISIONS, meta
 
@@ -179,6 +180,12 @@ class Tx:
     def dialect(self) -> str:
         return self.conn.dialect.name
 
+    def lease_now(self) -> float:
+        """Now by the database server's clock: what claims and leases are stamped and compared with. Hosts
+        share leases through the database, so one host's wrong clock (an hour behind, a day ahead) must not
+        make its leases look expired to the others, or theirs to it."""
+        return model.now() + self.store.clock_offset(self.conn)
+
     def execute(self, statement, parameters=None):
         return self.conn.execute(statement, parameters)
 
@@ -187,6 +194,17 @@ class Tx:
 
     def scalars(self, statement):
         return self.conn.scalars(statement)
+
+
+# The server's clock as seconds since the epoch, UTC whatever the session's time zone.
+_SERVER_NOW = {
+    "postgresql": "SELECT extract(epoch FROM clock_timestamp())",
+    "mysql": "SELECT TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) / 1000000",
+}
+_SERVER_NOW["mariadb"] = _SERVER_NOW["mysql"]
+# A host within this of the server's clock uses its own (NTP keeps hosts far closer); one further off is said.
+CLOCK_TOLERANCE = 2.0
+CLOCK_WARNING = 60.0
 
 
 class Store:
@@ -209,6 +227,7 @@ class Store:
         self.host = host or socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.dead_checked: set[str] = set()   # tables whose dead claims this process has released (claims)
+        self._clock_said = False
         # Deadlocks and serialization failures retried (see retrying), and named leases found held by another
         # run (locks.lease), for the command's result.
         self.conflicts = self.leases_busy = 0
@@ -268,6 +287,29 @@ class Store:
         from harvester_cli.config import display_url
 
         return display_url(self.url)
+
+    def clock_offset(self, conn: Connection) -> float:
+        """Seconds the server's clock is ahead of this host's (0 for SQLite, and within CLOCK_TOLERANCE), read
+        once per connection: a reconnect may reach another server."""
+        if self.is_sqlite:
+            return 0.0
+        offset = conn.info.get("clock_offset")
+        if offset is None:
+            sql = _SERVER_NOW.get(conn.dialect.name)
+            if sql is None:
+                return 0.0
+            before = time.time()
+            server = float(conn.scalar(text(sql)))
+            offset = server - (before + time.time()) / 2
+            if abs(offset) < CLOCK_TOLERANCE:
+                offset = 0.0
+            elif abs(offset) >= CLOCK_WARNING and not self._clock_said:
+                self._clock_said = True
+                log.warning("this host's clock is %s %s the database server's: claims and leases follow the "
+                            "server's clock; set this host's time right (chronyd or ntpd)",
+                            model.duration(round(abs(offset))), "behind" if offset > 0 else "ahead of")
+            conn.info["clock_offset"] = offset
+        return offset
 
     # -- transactions ------------------------------------------------------------------------
 

@@ -204,7 +204,7 @@ def withdraw_retirement(tx: Tx, worker_ids: Sequence[int], *, claimed: bool = Fa
         if claimed:
             where.append(claims.owned(tx, workers))
         else:
-            where.append(claims.free(workers, model.now()))
+            where.append(claims.free(workers, tx.lease_now()))
         count += tx.execute(update(workers).where(*where).values(kill_reason=None)).rowcount
     if claimed:
         release(tx, worker_ids)

@@ -314,7 +314,6 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
     ids = meta.allocate_worker_ids(store, len(items), floor)
     specs, rows, links = [], [], []
     log_root = instance.worker_log_root(queue.name, at)
-    lease = at + store.lease_seconds
     for worker_id, (rt, job, packed) in zip(ids, items):
         log_dir = log_root / str(worker_id)
         if packed is not None:   # each job's pilot gets a step of the allocation's size per job
@@ -332,7 +331,7 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
             jobs=packed.jobs if packed else [], allocation=packed.allocation if packed else None,
         ))
         rows.append((worker_id, queue.name, queue.backend, queue.mode, rt, queue.job_type, cores, memory,
-                     model.PENDING, str(log_dir), at, at, store.owner, lease, instance.host))
+                     model.PENDING, str(log_dir), at, at, store.owner, None, instance.host))
         bound = [job] if job is not None else packed.jobs if packed is not None else []
         links += [(j.panda_id, worker_id) for j in bound]
 
@@ -341,7 +340,8 @@ def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int
             raise LeaseLost(f"the queue's submit lease ran out (more than lease_seconds={store.lease_seconds} since "
                             "it was renewed): nothing recorded, another host may have planned since; the next run "
                             "plans again")
-        workers.record_pending(tx, rows)
+        lease = tx.lease_now() + store.lease_seconds   # by the server's clock, as every claim
+        workers.record_pending(tx, [(*row[:13], lease, row[14]) for row in rows])
         jobs.bind(tx, links, at)
 
     recorded = [r[0] for r in rows]

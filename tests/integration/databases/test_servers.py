@@ -191,3 +191,47 @@ def test_two_hosts_first_worker_ids_ever_are_reserved_once(server_url):
     assert meta.allocate_worker_ids(first, 1) == [9]
     first.close()
     second.close()
+
+
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+CLAIM_ON_ANOTHER_HOST = """
+import json, logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from harvester_cli.state import claims
+from harvester_cli.state.schema import workers
+from harvester_cli.state.store import Store
+with Store(sys.argv[1], host="h-skewed").transaction() as tx:
+    print(json.dumps(sorted(r.worker_id for r in claims.claim(tx, workers, workers.c.queue == "Q", 100))))
+"""
+
+
+def _claim_with_clock(url: str, offset: str) -> tuple[list[int], str]:
+    """Claim every worker of queue Q in a process of another host whose wall clock is `offset` off (libfaketime,
+    as a host whose NTP failed)."""
+    env = dict(os.environ, LD_PRELOAD=FAKETIME, FAKETIME=offset, FAKETIME_DONT_FAKE_MONOTONIC="1")
+    done = subprocess.run([sys.executable, "-c", CLAIM_ON_ANOTHER_HOST, url], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+def test_a_host_whose_clock_is_a_day_off_neither_loses_nor_steals_claims(server_url):
+    """Leases are timed by the server's clock: a claim made on a host a day behind does not look expired to
+    the others, and a host a day ahead does not find theirs expired (it took them over before, and two hosts
+    then submitted, polled or reported the same rows)."""
+    new_state(server_url)
+    store = Store(server_url, lease_seconds=600)
+    with store.transaction() as tx:
+        tx.execute(workers.insert(), [{"worker_id": i, "queue": "Q", "backend": "local", "mode": "pull",
+                                       "status": "submitted", "created": 0.0, "modified": 0.0} for i in range(1, 5)])
+    taken, said = _claim_with_clock(server_url, "-1d")
+    assert taken == [1, 2, 3, 4]
+    with store.transaction() as tx:   # the day-behind host's claims hold here
+        assert claims.claim(tx, workers, workers.c.queue == "Q", 100) == []
+        tx.execute(workers.update().values(lock_owner=None, lock_expires=None))
+    assert "clock is 1d00h00m behind the database server's" in said   # and that host was told
+    with store.transaction() as tx:
+        assert len(claims.claim(tx, workers, workers.c.queue == "Q", 100)) == 4
+    taken, said = _claim_with_clock(server_url, "+1d")   # this host's fresh claims hold there too
+    assert taken == [] and "clock is 1d00h00m ahead of the database server's" in said
+    store.close()
