@@ -7,22 +7,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harvester_cli.site.logs import COMMANDS, WORKERS
 
 CLASSES = ("workers", "submit_files", "commands")
-
-
-@dataclass(slots=True)
-class LogFile:
-    path: str                 # a str, not a Path: a tree of 100k workers' logs holds 400k of them
-    size: int
-    mtime: float
-    klass: str
-    active: bool = False      # belongs to a worker that is not final: never deleted
 
 
 @dataclass(slots=True)
@@ -65,123 +56,150 @@ class CleanRun:
 
 @dataclass(frozen=True)
 class ActiveWorkers:
-    """Workers whose logs must stay: their log directories and (queue, worker id) pairs."""
+    """Workers whose logs must stay: "queue/worker id" of each, and the log directories that are not at their
+    usual place (workers/<day>/<queue>/<worker id>). Kept small: a site has 100k of them."""
 
+    ids: frozenset[str] = frozenset()
     log_dirs: frozenset[str] = frozenset()
-    ids: frozenset[tuple[str, str]] = frozenset()
 
-    def covers(self, worker_dir: Path, queue: str, worker_id: str) -> bool:
-        return str(worker_dir) in self.log_dirs or (queue, worker_id) in self.ids
+    def covers(self, worker_dir: str, queue: str, worker_id: str) -> bool:
+        return f"{queue}/{worker_id}" in self.ids or worker_dir in self.log_dirs
 
 
 def active_workers(rows) -> ActiveWorkers:
     """From (queue, worker id, log dir) of every worker that is not final (pending, submitted, running,
     idle): their log directories stay whatever their age or size."""
-    dirs, ids = set(), set()
+    ids, dirs = set(), set()
     for queue, worker_id, log_dir in rows:
-        ids.add((queue, str(worker_id)))
-        if log_dir:
+        ids.add(f"{queue}/{worker_id}")
+        if log_dir and not os.path.normpath(log_dir).endswith(f"{os.sep}{queue}{os.sep}{worker_id}"):
             dirs.add(os.path.normpath(os.path.abspath(log_dir)))
             try:
                 dirs.add(os.path.realpath(log_dir))
             except OSError:
                 pass
-    return ActiveWorkers(frozenset(dirs), frozenset(ids))
+    return ActiveWorkers(frozenset(ids), frozenset(dirs))
 
 
-def _walk_files(top: Path, dir_mtimes: dict[str, float] | None = None) -> Iterable[tuple[str, os.stat_result]]:
-    """(path, lstat) of every regular file under top; symlinks are neither followed nor listed.
-    `dir_mtimes` collects the modification time of every directory below top, as found."""
-    stack = [str(top)]
+def _walk(top: str) -> Iterator[tuple[str, os.stat_result | None]]:
+    """(path, lstat) of every regular file under top, and (path, None) of every directory below it as it is
+    entered; symlinks are neither followed nor listed."""
+    stack = [top]
     while stack:
         directory = stack.pop()
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as it:
+                entries = list(it)
         except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-                    if dir_mtimes is not None:
-                        dir_mtimes[entry.path] = entry.stat(follow_symlinks=False).st_mtime
+                    yield entry.path, None
                 elif entry.is_file(follow_symlinks=False):
                     yield entry.path, entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
 
 
-def scan(log_dir: Path, active: ActiveWorkers | None, submit_patterns: Iterable[str],
-         dir_mtimes: dict[str, float] | None = None) -> list[LogFile]:
-    """Every file of the worker tree and the command logs, with its class and whether it is protected.
+@dataclass
+class Survey:
+    """What the log tree holds, per class: the totals, and the files that may go (mtime, path, size). Files
+    of active workers are counted, never listed: on a busy site they are most of the tree."""
 
-    `active=None` means active workers are unknown: the worker tree is not scanned at all."""
+    summaries: dict[str, ClassSummary]
+    candidates: dict[str, list[tuple[float, str, int]]]
+    dir_mtimes: dict[str, float]   # directories that may be removed once empty (not an active worker's)
+    scanned: int = 0
+
+
+def survey(log_dir: Path, active: ActiveWorkers | None, submit_patterns: Iterable[str],
+           keep: Iterable[Path] = ()) -> Survey:
+    """Every file of the worker tree and the command logs, by class; the files of active workers and those
+    in `keep` (this process's own log) are counted and kept. `active=None` means active workers are unknown:
+    the worker tree is not scanned at all."""
     patterns = tuple(submit_patterns)
-    files: list[LogFile] = []
-    root = Path(os.path.abspath(log_dir))
-    workers_root = root / WORKERS
-    if active is not None:
-        prefix = len(str(workers_root)) + 1
-        for path, st in _walk_files(workers_root, dir_mtimes):
-            parts = path[prefix:].split(os.sep)
-            # workers/<day>/<queue>/<worker id>/...: protect by directory and by (queue, id)
-            protected = False
-            if len(parts) >= 4:
-                worker_dir = os.path.join(str(workers_root), *parts[:3])
-                protected = active.covers(Path(worker_dir), parts[1], parts[2])
-            name = parts[-1]
-            klass = "submit_files" if any(fnmatch.fnmatchcase(name, p) for p in patterns) else "workers"
-            files.append(LogFile(path, st.st_size, st.st_mtime, klass, protected))
-    for path, st in _walk_files(root / COMMANDS):
-        if os.path.basename(path).startswith("."):
-            continue   # lock files
-        files.append(LogFile(path, st.st_size, st.st_mtime, "commands"))
-    return files
-
-
-def plan_deletions(files: list[LogFile], retention: dict[str, object], now: float,
-                   keep: Iterable[Path] = ()) -> tuple[list[Deletion], dict[str, ClassSummary]]:
-    """Per class: everything older than max_age, then the oldest until the class fits in max_bytes.
-    Files of active workers and the files in `keep` (this process's own open log) are never chosen."""
     keep = {os.path.abspath(p) for p in keep}
+    result = Survey({k: ClassSummary(k) for k in CLASSES}, {k: [] for k in CLASSES}, {})
+    root = os.path.abspath(log_dir)
+
+    def add(klass: str, path: str, st: os.stat_result, protected: bool) -> None:
+        summary = result.summaries[klass]
+        summary.files += 1
+        summary.bytes += st.st_size
+        if protected:
+            summary.kept_active_files += 1
+            summary.kept_active_bytes += st.st_size
+        elif path not in keep:
+            result.candidates[klass].append((st.st_mtime, path, st.st_size))
+
+    if active is not None:
+        workers_root = os.path.join(root, WORKERS)
+        prefix = len(workers_root) + 1
+        last: tuple[str, bool] = ("", False)   # a worker's files come one after the other
+        for path, st in _walk(workers_root):
+            parts = path[prefix:].split(os.sep)
+            # workers/<day>/<queue>/<worker id>/...: protect by (queue, id) and by directory
+            protected = False
+            if len(parts) >= 3:
+                worker_dir = os.path.join(workers_root, *parts[:3])
+                if worker_dir != last[0]:
+                    last = (worker_dir, active.covers(worker_dir, parts[1], parts[2]))
+                protected = last[1]
+            if st is None:
+                if not protected:
+                    try:
+                        result.dir_mtimes[path] = os.lstat(path).st_mtime
+                    except FileNotFoundError:
+                        pass
+                continue
+            if len(parts) < 4:
+                protected = False   # a file beside the worker directories belongs to no worker
+            result.scanned += 1
+            klass = "submit_files" if any(fnmatch.fnmatchcase(parts[-1], p) for p in patterns) else "workers"
+            add(klass, path, st, protected)
+    for path, st in _walk(os.path.join(root, COMMANDS)):
+        if st is None or os.path.basename(path).startswith("."):
+            continue   # lock files
+        result.scanned += 1
+        add("commands", path, st, False)
+    return result
+
+
+def plan_deletions(found: Survey, retention: dict[str, object], now: float) -> list[Deletion]:
+    """Per class: everything older than max_age, then the oldest until the class fits in max_bytes."""
     deletions: list[Deletion] = []
-    summaries: dict[str, ClassSummary] = {}
-    by_class: dict[str, list[LogFile]] = {k: [] for k in CLASSES}
-    for f in files:
-        by_class.setdefault(f.klass, []).append(f)
-    for klass, members in by_class.items():
+    for klass, candidates in found.candidates.items():
         rule = retention.get(klass)
-        summary = summaries[klass] = ClassSummary(klass)
-        summary.files = len(members)
-        summary.bytes = sum(f.size for f in members)
-        summary.kept_active_files = sum(1 for f in members if f.active)
-        summary.kept_active_bytes = sum(f.size for f in members if f.active)
-        candidates = sorted((f for f in members if not (f.active or os.path.abspath(f.path) in keep)),
-                            key=lambda f: (f.mtime, f.path))
+        summary = found.summaries[klass]
         if rule is None:
             continue
+        candidates.sort()   # oldest first
         max_age = getattr(rule, "max_age", None)
         max_bytes = getattr(rule, "max_bytes", None)
         remaining = summary.bytes
-        survivors = []
-        for f in candidates:
-            if max_age is not None and now - f.mtime > max_age:
-                deletions.append(Deletion(f.path, f.size, f.mtime, klass, "age"))
-                remaining -= f.size
-            else:
-                survivors.append(f)
+        first_survivor = 0
+        if max_age is not None:
+            for mtime, path, size in candidates:
+                if now - mtime <= max_age:
+                    break
+                deletions.append(Deletion(path, size, mtime, klass, "age"))
+                remaining -= size
+                first_survivor += 1
         if max_bytes is not None:
-            for f in survivors:   # oldest first
+            for mtime, path, size in candidates[first_survivor:]:
                 if remaining <= max_bytes:
                     break
-                deletions.append(Deletion(f.path, f.size, f.mtime, klass, "size"))
-                remaining -= f.size
+                deletions.append(Deletion(path, size, mtime, klass, "size"))
+                remaining -= size
             if remaining > max_bytes:
                 summary.over_budget_bytes = remaining - max_bytes
+        candidates.clear()
     for d in deletions:
-        summaries[d.klass].deleted_files += 1
-        summaries[d.klass].deleted_bytes += d.size
-    return deletions, summaries
+        found.summaries[d.klass].deleted_files += 1
+        found.summaries[d.klass].deleted_bytes += d.size
+    return deletions
 
 
 now_inf = float("inf")
@@ -198,7 +216,7 @@ def _remove_empty_dirs(top: Path, active: ActiveWorkers, older_than: float, dry_
         if directory == str(top):
             continue
         parts = directory[prefix:].split(os.sep)
-        if len(parts) >= 3 and active.covers(Path(os.path.join(str(top), *parts[:3])), parts[1], parts[2]):
+        if len(parts) >= 3 and active.covers(os.path.join(str(top), *parts[:3]), parts[1], parts[2]):
             continue
         left = [n for n in names if os.path.join(directory, n) not in deleted]
         left_dirs = [d for d in subdirs if os.path.join(directory, d) not in deleted]
@@ -227,12 +245,10 @@ def clean(log_dir: Path, retention, active: ActiveWorkers | None, *, dry_run: bo
     run = CleanRun(root, dry_run)
     if active is None:
         run.skipped.append("workers and submit_files: active workers unknown (no state database); nothing deleted")
-    dir_mtimes: dict[str, float] = {}
-    files = scan(root, active, retention.submit_patterns, dir_mtimes)
-    run.scanned = len(files)
-    rules = {k: getattr(retention, k) for k in CLASSES}
-    deletions, run.classes = plan_deletions(files, rules, now, keep)
-    deleted: set[str] = set()
+    found = survey(root, active, retention.submit_patterns, keep)
+    run.scanned, run.classes = found.scanned, found.summaries
+    deletions = plan_deletions(found, {k: getattr(retention, k) for k in CLASSES}, now)
+    deleted: set[str] = set()   # what the empty-directory pass must count as gone (a dry run deletes nothing)
     for d in deletions:
         if not dry_run:
             try:
@@ -242,10 +258,11 @@ def clean(log_dir: Path, retention, active: ActiveWorkers | None, *, dry_run: bo
             except OSError as exc:
                 run.errors.append(f"{d.path}: {exc.strerror}")
                 continue
-        deleted.add(d.path)
+        else:
+            deleted.add(d.path)
         run.deletions.append(d)
     if active is not None:
         run.removed_dirs = _remove_empty_dirs(root / WORKERS, active, now - dir_grace, dry_run, deleted,
-                                             dir_mtimes)
+                                             found.dir_mtimes)
     run.seconds = time.monotonic() - started
     return run
