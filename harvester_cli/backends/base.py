@@ -291,6 +291,9 @@ class Backend(ABC):
     # Whether workers wait in a batch queue the backend can remove them from only while they still wait there
     # (`retire`). A backend without one (local processes start at once) is never asked to retire a pilot.
     retires_queued: ClassVar[bool] = False
+    # How many workers poll hands to one check(): a backend whose every query costs a scan of its whole queue
+    # (a schedd) takes larger pages.
+    check_page: ClassVar[int] = 500
 
     def __init__(self, queue: Any, context: BackendContext):
         self.queue = queue

@@ -22,10 +22,6 @@ from harvester_cli.steps import transitions
 
 log = logging.getLogger(__name__)
 
-# Harvester's default: at most 500 workers per monitor round.
-CHUNK = 500
-
-
 @dataclass
 class QueuePoll:
     queue: str
@@ -80,7 +76,7 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
     host = instance.host_filter(queue)
     while True:
         with store.reading() as tx:
-            rows = [WorkerRef(*row) for row in workers.active_page(tx, queue.name, last_id, CHUNK, host)]
+            rows = [WorkerRef(*row) for row in workers.active_page(tx, queue.name, last_id, backend.check_page, host)]
         if not rows:
             break
         last_id = rows[-1].worker_id
