@@ -19,15 +19,16 @@ queue limit get nothing; CEs that keep failing or cannot be reached (GridResourc
 poll, remembered in <work_dir>/<queue>/.ce-health.json) are benched for `ce_backoff_seconds`; CEs in an
 announced downtime (or one a worker's walltime would run into) get nothing while it lasts.
 
-Monitoring: one `Schedd.query` per schedd per poll round of up to 10,000 workers (projection only,
-constraint on harvester id and the round's worker id range), then `Schedd.history` bounded in age
-(`history_window`) for those no longer in the queue. Held jobs stay idle with the hold reason; the policy asks for removal when held longer than
-`held_timeout`, for a hold reason on `kill_hold_reasons`, or when a grid job's CE has been unreachable for
-`unavailable_timeout`. `kill` removes with `Schedd.act(JobAction.Remove, ids, reason=(text, code))` and
-checks the counts. `retire` removes with a constraint that adds `JobStatus == 1`, which the schedd evaluates
-as it removes: a pilot that started meanwhile is left running. For grid jobs JobStatus is the gridmanager's
-view of the CE, as fresh as its last probe (GRIDMANAGER_JOB_PROBE_INTERVAL): a pilot that started at the CE
-since then is idle here, and removing it ends it at the CE. `find` (crash repair) looks the tags up in the queue and the history.
+Monitoring: one `Schedd.query` per schedd per poll round of up to 10,000 workers (projection only, constraint
+on harvester id and the round's worker id range), then `Schedd.history` bounded in age (`history_window`) for
+those no longer in the queue. Held jobs stay idle with the hold reason; the policy asks for removal when held
+longer than `held_timeout`, for a hold reason on `kill_hold_reasons`, or when a grid job's CE has been
+unreachable for `unavailable_timeout`. `kill` removes with `Schedd.act(JobAction.Remove, ids, reason=(text,
+code))` and checks the counts. `retire` removes with a constraint that adds `JobStatus == 1`, which the schedd
+evaluates as it removes: a pilot that started meanwhile is left running. For grid jobs JobStatus is the
+gridmanager's view of the CE, as fresh as its last probe (GRIDMANAGER_JOB_PROBE_INTERVAL): a pilot that
+started at the CE since then is idle here, and removing it ends it at the CE. `find` (crash repair) looks the
+tags up in the queue and the history.
 
 Identity: the schedd runs jobs as the authenticated user and refuses Owner root. Run harvester-cli as the
 submitting account; if it must run as root (the test suite does), authenticate as another account (e.g.
