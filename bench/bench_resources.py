@@ -1,12 +1,14 @@
 """What can start now (free_resources, issue 29) on a real Slurm: pilots waiting in the batch queue, and the
 time from a job's activation to a pilot taking it, with and without, under a load that rises and falls.
 
-    python bench/bench_resources.py [--cpus 8] [--phase 90] [--run 30] [--cycle 10] [--limit 20] [--when-full 3]
+    python bench/bench_resources.py [--cpus 8] [--phase 90] [--run 30] [--spread 0] [--cycle 10] [--limit 20]
+                                    [--when-full 3]
 
 Needs root and Slurm installed (scripts/apt-packages.txt): it starts its own one-node cluster with
 tests/support/peers/slurm.sh (`--cpus` CPUs, free ports, its own directory) and the PanDA simulator in this
 process, and stops them at the end. Time is compressed: a phase of `--phase` seconds stands for an hour of a
-site's day, a job runs `--run` seconds (a sleep), and harvester-cli's cycle (submit, then poll: the real
+site's day, a job runs `--run` seconds (a sleep; with `--spread` F, drawn evenly from run x (1 - F) to
+run x (1 + F), the same draws in both runs: a site's jobs do not all end together), and harvester-cli's cycle (submit, then poll: the real
 steps, the real planner, the real Slurm backend) runs every `--cycle` seconds instead of every minute.
 
 The load, jobs activated at PanDA per phase (spread evenly over it), with `--cpus` 8 and `--run` 30 the site
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -84,6 +87,7 @@ def one_run(cluster: Cluster, base: Path, sim: PandaSimulator, pki, free: bool, 
     activated: dict[int, float] = {}
     taken: dict[int, float] = {}
     waiting: list[int] = []
+    draws = random.Random(2026)   # the same run times, job by job, with and without
     stop = threading.Event()
     load_over = threading.Event()
 
@@ -116,7 +120,9 @@ def one_run(cluster: Cluster, base: Path, sim: PandaSimulator, pki, free: bool, 
                 n = int(due)
                 due -= n
                 if n:
-                    for panda_id in sim.add_jobs(QUEUE, n, refresh=False, jobPars=f"sleep {args.run}"):
+                    for _ in range(n):
+                        seconds = round(args.run * (1 + args.spread * draws.uniform(-1, 1)))
+                        (panda_id,) = sim.add_jobs(QUEUE, 1, refresh=False, jobPars=f"sleep {seconds}")
                         activated[panda_id] = time.time()
             sim.refresh_job_counts()
             run = submit.submit(instance, [queue])
@@ -143,6 +149,8 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=8, help="CPUs of the cluster's node (one pilot each)")
     parser.add_argument("--phase", type=float, default=90.0, help="seconds a phase of the load lasts")
     parser.add_argument("--run", type=int, default=30, help="seconds a job runs")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="run times drawn evenly within run x (1 -/+ spread) (default 0: all the same)")
     parser.add_argument("--cycle", type=float, default=10.0, help="seconds between harvester-cli cycles")
     parser.add_argument("--limit", type=int, default=20, help="n_queue_limit_worker")
     parser.add_argument("--when-full", type=int, default=3, help="queued_when_full (with free_resources)")
@@ -167,7 +175,8 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
     minutes = 60 / args.run * args.cpus
-    print(f"\nSlurm 22.05, one node of {args.cpus} CPUs ({minutes:.0f} jobs of {args.run} s a minute); load "
+    print(f"\nSlurm 22.05, one node of {args.cpus} CPUs ({minutes:.0f} jobs of {args.run} s a minute"
+          f"{f', run times {args.run} s -/+ {args.spread:.0%}' if args.spread else ''}); load "
           f"{'/'.join(map(str, RATES))} jobs a minute over phases of {args.phase:g} s; cycle every {args.cycle:g} s; "
           f"n_queue_limit_worker {args.limit}, queued_when_full {args.when_full}\n")
     print(f"{'free_resources':<15} {'pilots waiting mean':>19} {'peak':>5} {'submitted':>9} {'empty':>6} "
