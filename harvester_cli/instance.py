@@ -14,11 +14,13 @@ from collections import Counter
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harvester_cli import backends
-from harvester_cli.backends.base import Backend, BackendContext, WorkerRef
 from harvester_cli.config import Config, PandaConfig, QueueConfig
 from harvester_cli.faults import fault_point
+
+if TYPE_CHECKING:   # the backends load when a command first needs one (`status` never does)
+    from harvester_cli.backends.base import Backend, WorkerRef
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,9 @@ class Instance:
 
     def backend(self, queue: QueueConfig) -> Backend:
         if queue.name not in self._backends:
+            from harvester_cli import backends
+            from harvester_cli.backends.base import BackendContext
+
             context = BackendContext(
                 harvester_id=self.config.harvester_id, work_root=self.config.work_root, host=self.host,
                 panda_url=self.config.panda.url, proxy=self.proxy_for(queue), ca=self.config.panda.ca,
@@ -118,10 +123,14 @@ class Instance:
 
     def retires_queued(self, queue: QueueConfig) -> bool:
         """Whether the queue's backend can remove a worker only while it still waits in its batch queue."""
+        from harvester_cli import backends
+
         return backends.backend_class(queue.backend).retires_queued
 
     def host_bound(self, queue: QueueConfig) -> bool:
         """Whether only the host that made a worker of this queue may poll, kill and clean it."""
+        from harvester_cli import backends
+
         return backends.backend_class(queue.backend).is_host_bound(queue.backend_options)
 
     def host_filter(self, queue: QueueConfig) -> str | None:
@@ -269,6 +278,8 @@ class Instance:
         if queue.pilot_token_profile:
             # PanDA pilots read PANDA_AUTH_TOKEN (and the key) relative to their directory when the files
             # travel with the job, or as absolute paths on this host's (shared) file system.
+            from harvester_cli import backends
+
             delivered = backends.backend_class(queue.backend).delivers_files
             for variable, path in (("PANDA_AUTH_TOKEN", self.config.tokens[queue.pilot_token_profile].file),
                                    ("PANDA_AUTH_TOKEN_KEY", queue.pilot_token_key)):
@@ -306,5 +317,7 @@ class Instance:
 
 def worker_ref(row) -> WorkerRef:
     """A store row of the workers table as the backends see it."""
+    from harvester_cli.backends.base import WorkerRef
+
     return WorkerRef(row.worker_id, row.queue, row.batch_id, row.submission_host, row.computing_element, row.status,
                      row.log_dir or None, row.submit_time, row.kill_reason)
