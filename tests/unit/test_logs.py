@@ -482,13 +482,16 @@ def umask0():
 
 def test_registered_secrets_are_redacted_longest_first_and_short_values_are_not_secrets():
     logs.register_secret(b"tok\xffen-4f1c2b")                  # bytes that are not UTF-8: kept, the bad byte replaced
-    logs.register_secret("  sk-7d3e  ")                        # 4 characters once stripped: a secret
+    logs.register_secret("  k7d3  ")                           # 4 characters once stripped: a secret
     logs.register_secret("ab3")                                # 3: too short to redact every "ab3" of every line
-    logs.register_secret("sk-7d3e-and-more")                   # contains the other: redacted whole, longest first
+    # One secret inside another, the shorter one first in alphabetical order: redacted first, it would leave
+    # the rest of the longer one in the line.
+    logs.register_secret("zz-9a1c")
+    logs.register_secret("a-zz-9a1c-and-more")
     logs.register_secret(None)
     logs.register_secret("")
     assert logs.redact("a tok\ufffden-4f1c2b b") == "a [redacted] b"
-    assert logs.redact("x sk-7d3e-and-more y sk-7d3e z ab3") == "x [redacted] y [redacted] z ab3"
+    assert logs.redact("x a-zz-9a1c-and-more y zz-9a1c z ab3 k7d3") == "x [redacted] y [redacted] z ab3 [redacted]"
 
 
 def _record(message: str, *args, exc_info=None) -> logging.LogRecord:
