@@ -569,8 +569,9 @@ def test_rotation_keeps_the_backups_asked_for_and_rotates_at_max_bytes(tmp_path,
     logs.rotate_if_full(path, 10, 1)  # at the size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cycle.log.1"]
     path.write_text("y" * 10)
-    logs.rotate_if_full(path, 10, 0)  # no backups: dropped
+    logs.rotate_if_full(path, 10, 0)  # no backups: dropped, the backup there stays what it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cycle.log.1"]
+    assert (tmp_path / "cycle.log.1").read_text() == "x" * 10
     logs.rotate_if_full(tmp_path / "missing.log", 10, 3)   # nothing to rotate: fine
 
 
