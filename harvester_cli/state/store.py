@@ -311,6 +311,14 @@ class Store:
             conn.info["clock_offset"] = offset
         return offset
 
+    def now(self) -> float:
+        """Now by the database server's clock (`Tx.lease_now`): for cut-offs compared with stamps other hosts
+        wrote, such as retention's."""
+        if self.is_sqlite:
+            return model.now()
+        with self.reading() as tx:
+            return tx.lease_now()
+
     # -- transactions ------------------------------------------------------------------------
 
     @contextmanager

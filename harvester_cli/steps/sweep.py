@@ -239,7 +239,8 @@ def _record_killed_jobs(instance: Instance, queue: QueueConfig, bound, outcomes,
 def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, retention: int) -> None:
     """Forget final workers older than the retention whose last update reached PanDA."""
     store = instance.store
-    cutoff = model.now() - retention
+    # By the database server's clock, as every host's stamps: a sweep a day ahead must not forget a day early.
+    cutoff = store.now() - retention
     host = instance.host_filter(queue)
     while True:
         with store.transaction() as tx:
@@ -262,7 +263,7 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
 
 
 def delete_done_jobs(instance: Instance, queue: QueueConfig, result: QueueSweep, retention: int) -> None:
-    result.jobs_deleted += jobs.forget_done(instance.store, queue.name, model.now() - retention)
+    result.jobs_deleted += jobs.forget_done(instance.store, queue.name, instance.store.now() - retention)
 
 
 def sweep(instance: Instance, queues: list[QueueConfig], *, force: bool = False,
@@ -277,5 +278,5 @@ def sweep(instance: Instance, queues: list[QueueConfig], *, force: bool = False,
         clean_workers(instance, queue, result, settings.worker_retention if retention is None else retention)
         delete_done_jobs(instance, queue, result, settings.job_retention if retention is None else retention)
         run.queues.append(result)
-    run.history_trimmed = monitoring.trim_history(instance.store, model.now() - settings.history_retention)
+    run.history_trimmed = monitoring.trim_history(instance.store, instance.store.now() - settings.history_retention)
     return run

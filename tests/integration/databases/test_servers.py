@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from sqlalchemy import text
@@ -235,3 +236,21 @@ def test_a_host_whose_clock_is_a_day_off_neither_loses_nor_steals_claims(server_
     taken, said = _claim_with_clock(server_url, "+1d")   # this host's fresh claims hold there too
     assert taken == [] and "clock is 1d00h00m ahead of the database server's" in said
     store.close()
+
+
+def test_a_sweep_a_day_ahead_forgets_nothing_before_its_retention(harness, server_url):
+    """Retention is measured by the server's clock too: a worker that finished a day and a half ago (retention
+    two days) stays when the sweep's host is a day ahead. Its clock made it forget such workers a day early,
+    and a chaos run found workers that had run, gone from the database."""
+    instance = harness.instance({"Q": {"mode": "pull"}}, state=server_url)
+    ended = time.time() - 1.5 * 86400
+    with instance.store.transaction() as tx:
+        tx.execute(workers.insert(), [{"worker_id": 1, "queue": "Q", "backend": "local", "mode": "pull",
+                                       "status": "finished", "created": ended, "modified": ended, "end_time": ended,
+                                       "harvester_host": instance.host}])
+    instance.close()
+    env = {"LD_PRELOAD": FAKETIME, "FAKETIME": "+1d", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    swept = harness.cli("--json", "sweep", env=env)
+    assert swept.returncode == 0, swept.stderr
+    assert "clock is 1d00h00m ahead of the database server's" in swept.stderr
+    assert [w.worker_id for w in rows(harness.instance({"Q": {"mode": "pull"}}, state=server_url), workers)] == [1]
