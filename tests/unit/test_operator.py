@@ -156,6 +156,8 @@ def test_a_library_logging_a_handled_exception_is_one_line_on_the_terminal_and_w
 
     root = logging.getLogger()
     before = list(root.handlers), root.level
+    # A handler an earlier in-process CLI run left behind writes to a stream pytest has closed since: a new one.
+    root.handlers[:] = [h for h in root.handlers if h.name != cli_module._STDERR_HANDLER]
     cli_module._setup_stderr_logging(logging.WARNING)
     (handler,) = [h for h in root.handlers if h.name == cli_module._STDERR_HANDLER]
     handler.setStream(io.StringIO())
