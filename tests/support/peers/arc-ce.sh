@@ -353,6 +353,7 @@ do_check() {
 }
 
 stop_one() {
+    # echo the pid of a live arched from this pid file after sending it TERM (nothing if none)
     local pf=$1 pid
     pid_alive "$pf" || { rm -f "$pf"; return 0; }
     pid=$(cat "$pf")
@@ -361,19 +362,27 @@ stop_one() {
         log "pid $pid in $pf is not arched; not touching it"; return 0
     fi
     kill -TERM "$pid"
-    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then log "pid $pid still alive, SIGKILL"; kill -KILL "$pid"; fi
     rm -f "$pf"
-    log "stopped pid $pid ($pf)"
+    echo "$pid"
 }
 
 do_stop() {
-    stop_one "$B/run/arex-ws.pid"
-    stop_one "$B/run/arex.pid"
+    # Both daemons asked at once, then 10 s for both together: the test session's end waits for this.
+    local pids p
+    pids="$(stop_one "$B/run/arex-ws.pid") $(stop_one "$B/run/arex.pid")"
+    for _ in $(seq 1 50); do
+        local alive=""
+        for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+        [ -z "$alive" ] && break
+        sleep 0.2
+    done
+    for p in $pids; do
+        if kill -0 "$p" 2>/dev/null; then log "pid $p still alive, SIGKILL"; kill -KILL "$p"; fi
+        log "stopped pid $p"
+    done
     # Fork-LRMS payloads survive both daemon stop AND a REST/arckill "kill"
     # (cancel-fork-job only kills the watcher subshell).  Kill the processes
     # of $JOBUSER whose environment points into this base dir.
-    local p
     for p in $(pgrep -u "$JOBUSER" 2>/dev/null || true); do
         grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null && continue   # zombie
         if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -q "^ARC_CONFIG=$B/run/"; then
