@@ -305,7 +305,7 @@ class Store:
                 offset = 0.0
             elif abs(offset) >= CLOCK_WARNING and not self._clock_said:
                 self._clock_said = True
-                log.warning("this host's clock is %s %s the database server's: claims and leases follow the "
+                log.warning("this host's clock is %s %s the database server's: claims, leases and retention follow the "
                             "server's clock; set this host's time right (chronyd or ntpd)",
                             model.duration(round(abs(offset))), "behind" if offset > 0 else "ahead of")
             conn.info["clock_offset"] = offset
