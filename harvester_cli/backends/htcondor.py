@@ -464,11 +464,13 @@ class HTCondorBackend(Backend):
         # Our own jobs only: a condor-C CE that is this very schedd holds copies with the same tags.
         base = f"harvesterID == {classad2.quote(self.context.harvester_id)} && SubmitterGlobalJobId =?= undefined"
         low, high = min(worker_ids), max(worker_ids)
-        # A sparse range would bring other queues' jobs too (dropped here), but a long member() list costs the
-        # schedd its length for every job of its queue: a large page asks by range whatever comes with it.
+        # A long member() list costs the schedd its length for every job of its queue: a large page asks by id
+        # range, and by queue, as the ids of one queue's page are spread among other queues' (one allocator).
         if exact or (high - low >= 4 * len(worker_ids) and len(worker_ids) <= 500):
             return f"{base} && member(harvesterWorkerID, {{{', '.join(str(i) for i in sorted(worker_ids))}}})"
-        return f"{base} && harvesterWorkerID >= {low} && harvesterWorkerID <= {high}"
+        queue = classad2.quote(self.queue.name)
+        return (f"{base} && harvesterWorkerID >= {low} && harvesterWorkerID <= {high}"
+                f" && (harvesterQueue =?= {queue} || harvesterQueue =?= undefined)")
 
     def _by_schedd(self, workers: list[WorkerRef]) -> dict[str, list[WorkerRef]]:
         groups: dict[str, list[WorkerRef]] = defaultdict(list)
@@ -512,8 +514,10 @@ class HTCondorBackend(Backend):
         missing = [i for i in ids if i not in found]
         if missing:
             cutoff = int(model.now() - self.options.history_window)
-            take(schedd.history(self._constraint(missing, exact=True), status_map.ATTRIBUTES,
-                                match=len(missing), since=f"EnteredCurrentStatus < {cutoff}"))
+            for start in range(0, len(missing), 500):   # many ended at once (a schedd restart): lists of 500
+                part = missing[start:start + 500]
+                take(schedd.history(self._constraint(part, exact=True), status_map.ATTRIBUTES,
+                                    match=len(part), since=f"EnteredCurrentStatus < {cutoff}"))
         return found
 
     def check(self, workers: list[WorkerRef]) -> list[Observation]:

@@ -155,10 +155,13 @@ class BoundJob:
 
 def bound_to(tx: Tx, worker_ids: Iterable[int], sub_statuses: Iterable[str]) -> list[BoundJob]:
     """The jobs bound to these workers that are at one of these steps."""
-    return [BoundJob(p, j, a or 0, w) for p, j, a, w in tx.execute(
-        select(jobs.c.panda_id, jobs.c.job_json, jobs.c.submit_attempts, job_workers.c.worker_id)
-        .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
-        .where(job_workers.c.worker_id.in_(list(worker_ids)), jobs.c.sub_status.in_(list(sub_statuses))))]
+    found: list[BoundJob] = []
+    for chunk in chunks(list(worker_ids), 500):
+        found += [BoundJob(p, j, a or 0, w) for p, j, a, w in tx.execute(
+            select(jobs.c.panda_id, jobs.c.job_json, jobs.c.submit_attempts, job_workers.c.worker_id)
+            .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
+            .where(job_workers.c.worker_id.in_(list(chunk)), jobs.c.sub_status.in_(list(sub_statuses))))]
+    return found
 
 
 def move(tx: Tx, panda_ids: Sequence[int], status: str, sub_status: str, at: float) -> None:

@@ -202,7 +202,8 @@ _SERVER_NOW = {
     "mysql": "SELECT TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) / 1000000",
 }
 _SERVER_NOW["mariadb"] = _SERVER_NOW["mysql"]
-# A host within this of the server's clock uses its own (NTP keeps hosts far closer); one further off is said.
+# A host within CLOCK_TOLERANCE of the server's clock uses its own (NTP keeps hosts far closer); one CLOCK_WARNING
+# or more off is told so once.
 CLOCK_TOLERANCE = 2.0
 CLOCK_WARNING = 60.0
 
@@ -298,9 +299,15 @@ class Store:
             sql = _SERVER_NOW.get(conn.dialect.name)
             if sql is None:
                 return 0.0
-            before = time.time()
-            server = float(conn.scalar(text(sql)))
-            offset = server - (before + time.time()) / 2
+            samples = []   # (round trip, offset): a stalled answer would cache a wrong offset for the connection
+            for _ in range(3):
+                before = time.time()
+                server = float(conn.scalar(text(sql)))
+                after = time.time()
+                samples.append((after - before, server - (before + after) / 2))
+                if after - before < 0.5:
+                    break
+            offset = min(samples)[1]
             if abs(offset) < CLOCK_TOLERANCE:
                 offset = 0.0
             elif abs(offset) >= CLOCK_WARNING and not self._clock_said:

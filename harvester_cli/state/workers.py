@@ -237,11 +237,14 @@ def active_page(tx: Tx, queue: str, after: int, limit: int, host: str | None = N
 
 
 def _now_seen(tx: Tx, worker_ids: Sequence[int], lock: bool) -> dict[int, tuple[str, float]]:
-    current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(
-        workers.c.worker_id.in_(list(worker_ids)))
-    if lock and not tx.is_sqlite:
-        current = current.with_for_update()
-    return {w: (s, m) for w, s, m in tx.execute(current)}
+    seen: dict[int, tuple[str, float]] = {}
+    for chunk in chunks(list(worker_ids), 500):   # a poll page can hold 10,000 (an old SQLite takes 999 variables)
+        current = select(workers.c.worker_id, workers.c.status, workers.c.modified).where(
+            workers.c.worker_id.in_(list(chunk)))
+        if lock and not tx.is_sqlite:
+            current = current.with_for_update()
+        seen.update({w: (s, m) for w, s, m in tx.execute(current)})
+    return seen
 
 
 def written_at(tx: Tx, worker_ids: Sequence[int], at: float) -> bool:

@@ -236,11 +236,17 @@ def _record_killed_jobs(instance: Instance, queue: QueueConfig, bound, outcomes,
     result.job_kill_failed += [(b.panda_id, o.error or "kill failed") for b, o in failed]
 
 
+def _retention_now(store) -> float:
+    """What retention counts from: the earlier of this host's clock and the database server's. Stamps are
+    written by each host's own clock; a sweep on a host a day ahead must not forget a day early what a host on
+    time wrote, nor one a day behind what it wrote itself."""
+    return min(model.now(), store.now())
+
+
 def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, retention: int) -> None:
     """Forget final workers older than the retention whose last update reached PanDA."""
     store = instance.store
-    # By the database server's clock, as every host's stamps: a sweep a day ahead must not forget a day early.
-    cutoff = store.now() - retention
+    cutoff = _retention_now(store) - retention
     host = instance.host_filter(queue)
     while True:
         with store.transaction() as tx:
@@ -263,7 +269,7 @@ def clean_workers(instance: Instance, queue: QueueConfig, result: QueueSweep, re
 
 
 def delete_done_jobs(instance: Instance, queue: QueueConfig, result: QueueSweep, retention: int) -> None:
-    result.jobs_deleted += jobs.forget_done(instance.store, queue.name, instance.store.now() - retention)
+    result.jobs_deleted += jobs.forget_done(instance.store, queue.name, _retention_now(instance.store) - retention)
 
 
 def sweep(instance: Instance, queues: list[QueueConfig], *, force: bool = False,
@@ -278,5 +284,6 @@ def sweep(instance: Instance, queues: list[QueueConfig], *, force: bool = False,
         clean_workers(instance, queue, result, settings.worker_retention if retention is None else retention)
         delete_done_jobs(instance, queue, result, settings.job_retention if retention is None else retention)
         run.queues.append(result)
-    run.history_trimmed = monitoring.trim_history(instance.store, instance.store.now() - settings.history_retention)
+    run.history_trimmed = monitoring.trim_history(instance.store,
+                                                  _retention_now(instance.store) - settings.history_retention)
     return run
