@@ -2,7 +2,7 @@
 time from a job's activation to a pilot taking it, with and without, under a load that rises and falls.
 
     python bench/bench_resources.py [--cpus 8] [--phase 90] [--run 30] [--spread 0] [--cycle 10] [--limit 20]
-                                    [--when-full 3]
+                                    [--when-full 2]
 
 Needs root and Slurm installed (scripts/apt-packages.txt): it starts its own one-node cluster with
 tests/support/peers/slurm.sh (`--cpus` CPUs, free ports, its own directory) and the PanDA simulator in this
@@ -21,11 +21,11 @@ then up to 3 phases more until every job has started. Each pilot (harvester-cli'
 activated job, or ends at once when there is none (an empty pilot).
 
 The queue: pull, one core a pilot, n_queue_limit_worker `--limit`, max_new_workers_per_cycle 20, max_workers 60;
-with free_resources on, queued_when_full `--when-full` (3: about the slots that free up in one cycle, 8 CPUs x
-10 s / 30 s). Measured per run, the runs one after the other on
-the same cluster: pilots waiting in Slurm (PENDING; the mean and the peak over the load's four phases,
-sampled every second), pilots submitted, empty pilots, and the time from a job's activation to a pilot taking
-it (median and 95th percentile, sampled every second). Nothing is asserted; not run in CI.
+with free_resources on, queued_when_full `--when-full` (the default 2; more wait while the queue's turnover, twice
+its workers that ended per cycle over the last 10 cycles, is more: the [instance] cycle_interval is `--cycle`).
+Measured per run, the runs one after the other on the same cluster: pilots waiting in Slurm (PENDING; the mean
+and the peak over the load's four phases, sampled every second), pilots submitted, empty pilots, and the time
+from a job's activation to a pilot taking it (median and 95th percentile, sampled every second). Nothing is asserted; not run in CI.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ DRAIN_PHASES = 3
 
 
 def instance_for(base: Path, conf: Path, sim: PandaSimulator, pki, free: bool, limit: int,
-                 when_full: int) -> Instance:
+                 when_full: int, cycle: float) -> Instance:
     queue = {"mode": "pull", "backend": "slurm", "pilot": PILOT, "walltime": 900, "n_queue_limit_worker": limit,
              "max_new_workers_per_cycle": 20, "max_workers": 60, "memory_mb_per_core": 100,
              "free_resources": free, "queued_when_full": when_full, "retire_max_per_run": 0,
@@ -69,6 +69,7 @@ def instance_for(base: Path, conf: Path, sim: PandaSimulator, pki, free: bool, l
             "work_dir": str(base / "work"),
             "panda": {"url": sim.url, "proxy": str(pki.proxy), "ca": str(pki.ca_file), "stats_refresh": 0,
                       "allow_test_pilot": True},
+            "instance": {"cycle_interval": int(cycle)},   # the planner's cycle: its turnover counts 10 of them
             "queues": {QUEUE: queue}}
     instance = Instance(config_module.parse(data, "<bench>", base))
     upgrade.create(instance.state_url).close()
@@ -81,7 +82,8 @@ def pending(cluster: Cluster, harvester_id: str) -> int:
 
 
 def one_run(cluster: Cluster, base: Path, sim: PandaSimulator, pki, free: bool, args) -> dict:
-    instance = instance_for(base, cluster.base / "slurm.conf", sim, pki, free, args.limit, args.when_full)
+    instance = instance_for(base, cluster.base / "slurm.conf", sim, pki, free, args.limit, args.when_full,
+                            args.cycle)
     queue = instance.config.queues[QUEUE]
     hid = instance.config.harvester_id
     activated: dict[int, float] = {}
@@ -153,7 +155,7 @@ def main() -> None:
                         help="run times drawn evenly within run x (1 -/+ spread) (default 0: all the same)")
     parser.add_argument("--cycle", type=float, default=10.0, help="seconds between harvester-cli cycles")
     parser.add_argument("--limit", type=int, default=20, help="n_queue_limit_worker")
-    parser.add_argument("--when-full", type=int, default=3, help="queued_when_full (with free_resources)")
+    parser.add_argument("--when-full", type=int, default=2, help="queued_when_full (with free_resources)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_resources.py starts munged, slurmctld and slurmd: run it as root")

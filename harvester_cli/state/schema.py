@@ -24,7 +24,7 @@ from sqlalchemy import (
 # without importing Alembic (only `db upgrade` and friends pay for it).
 REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history",
              "0006_multihost", "0007_running_commands", "0008_login_nodes", "0009_downtimes",
-             "0010_free_resources")
+             "0010_free_resources", "0011_workers_end_index")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -123,6 +123,8 @@ workers = Table(
     Index("ix_workers_queue_id", "queue", "worker_id"),
     # the per-cycle cap over all hosts counts a queue's workers made within the last cycle interval
     Index("ix_workers_queue_created", "queue", "created"),
+    # with free_resources the planner counts a queue's workers that ended recently (its turnover)
+    Index("ix_workers_queue_end", "queue", "end_time"),
 )
 
 job_workers = Table(

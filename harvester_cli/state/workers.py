@@ -155,6 +155,13 @@ def started_since(tx: Tx, queue: str, since: float) -> dict[str, int]:
                            .group_by(workers.c.resource_type)).all())
 
 
+def ended_since(tx: Tx, queue: str, since: float) -> int:
+    """The queue's workers that ran and ended since `since`: the slots they held are free again."""
+    return tx.scalar(select(func.count()).select_from(workers)
+                     .where(workers.c.queue == queue, workers.c.end_time >= since,
+                            workers.c.start_time.is_not(None))) or 0
+
+
 # -- retirement: queued pilots nobody needs any more ----------------------------------------------
 
 @dataclass(frozen=True)

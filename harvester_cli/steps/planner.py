@@ -17,10 +17,10 @@ the same shares from the same numbers: the workers in the state database, and ea
 own plan's, or the one its host last recorded).
 
 With free_resources, what the batch system says can start now comes right after the queued limit: the
-queue keeps queued the N workers that would start at once plus queued_when_full for the next free slots
-(within the queued limit), no more: where nothing can start, more would only wait for hours or become empty
-pilots; where N can start, the queued limit does not hold back those N (they will not wait), every other cap
-still holding. Figures older than
+queue keeps queued the N workers that would start at once plus those that wait for the next free slots
+(queued_when_full, or two cycles of the queue's recent turnover when more; within the queued limit), no more:
+where nothing can start, more would only wait for hours or become empty pilots; where N can start, the queued
+limit does not hold back those N (they will not wait), every other cap still holding. Figures older than
 free_resources_max_age are not used. A backfill window (only a shorter walltime starts now, down to
 min_walltime) gives the new workers that walltime (Plan.walltime).
 
@@ -40,6 +40,9 @@ from harvester_cli.steps import allocation
 
 
 NO_ANSWER = "no answer from PanDA"   # QueueState.activated_source when PanDA was asked and could not say
+# With free_resources, the slots that free up per cycle are the queue's workers that ended over this many recent
+# cycles, averaged; twice that many pilots may wait while the site is full, as ends come in bursts.
+TURNOVER_CYCLES = 10
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ class QueueState:
     ces_down: dict[str, str] = field(default_factory=dict)    # CEs of the fanout in downtime, and why
     shared_caps: tuple[SharedCap, ...] = ()
     free: FreeResources | None = None                         # queues with free_resources: what can start now
+    # with free_resources: the queue's workers that ran and ended within the last TURNOVER_CYCLES cycles of
+    # turnover_cycle seconds each (None: not counted)
+    ended_recently: int | None = None
+    turnover_cycle: int = 60
 
 
 @dataclass(frozen=True)
@@ -296,17 +303,23 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
         pools[key] = max(pools.get(key, 0), c.workers or 0)
     startable = sum(pools.values())
     figures = asked + "; ".join(_describe(queue, c) for c in fresh)
-    # What may wait for the next free slots: queued_when_full, never more than the queued limit allows.
-    waiting = min(queue.queued_when_full, headroom + queued)
+    # What may wait for the next free slots: queued_when_full, or the slots two cycles of recent turnover free
+    # when that is more; never more than the queued limit allows.
+    waiting_wanted, why_waiting = queue.queued_when_full, f"queued_when_full={queue.queued_when_full}"
+    if state.ended_recently:
+        turnover = -(-2 * state.ended_recently // TURNOVER_CYCLES)
+        why_waiting += (f", ended in the last {TURNOVER_CYCLES * state.turnover_cycle} s={state.ended_recently} "
+                        f"(2 cycles: {turnover})")
+        waiting_wanted = max(waiting_wanted, turnover)
+    waiting = min(waiting_wanted, headroom + queued)
     if not startable:
         result = min(headroom, max(0, waiting - queued))
-        trace.append(Step(rule, f"nothing can start now ({figures}); queued={queued}, "
-                                f"queued_when_full={queue.queued_when_full}", result))
+        trace.append(Step(rule, f"nothing can start now ({figures}); queued={queued}, {why_waiting}", result))
         return result, None
     result = min(room, max(0, startable + waiting - queued))
     window = f", walltime {walltime} s (a backfill window)" if walltime is not None else ""
-    trace.append(Step(rule, f"{startable} can start now{window} ({figures}) + queued_when_full="
-                            f"{queue.queued_when_full}, queued={queued}", result))
+    trace.append(Step(rule, f"{startable} can start now{window} ({figures}) + {why_waiting}, queued={queued}",
+                      result))
     return result, walltime
 
 

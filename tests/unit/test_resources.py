@@ -139,6 +139,27 @@ def test_free_slots_lift_the_queued_limit_within_every_other_cap():
     assert plan(queue(n_queue_limit_worker=1), small, 100).total == 2
 
 
+def test_a_full_site_keeps_two_cycles_of_its_recent_turnover_waiting():
+    """Slots free up in bursts: a fixed queued_when_full left them idle until the next cycle when more ended
+    at once. With 20 workers ended in the last 10 cycles (2 a cycle), 4 wait, within the queued limit."""
+    full = FreeResources((ce(workers=0, window=0),))
+    state = QueueState(queued={"SCORE": 1}, activated=50, free=full, ended_recently=20, turnover_cycle=60)
+    result = plan(queue(n_queue_limit_worker=10), state, 100)
+    assert result.total == 3
+    assert "ended in the last 600 s=20 (2 cycles: 4)" in rule(result).inputs
+    assert plan(queue(n_queue_limit_worker=3), state, 100).total == 2          # the queued limit holds
+    assert plan(queue(n_queue_limit_worker=10, queued_when_full=6), state, 100).total == 5   # the larger
+    # a slow queue (1 ended in 10 cycles) keeps at least one waiting, and queued_when_full when more
+    slow = QueueState(activated=50, free=full, ended_recently=1)
+    assert plan(queue(queued_when_full=0), slow, 100).total == 1
+    assert plan(queue(queued_when_full=2), slow, 100).total == 2
+    # with free slots, the turnover comes on top of what starts at once
+    free = QueueState(activated=50, free=FreeResources((ce(workers=3),)), ended_recently=20)
+    assert plan(queue(n_queue_limit_worker=10), free, 100).total == 7
+    # nothing ended (or not counted): queued_when_full alone
+    assert plan(queue(), QueueState(activated=50, free=full, ended_recently=0), 100).total == 2
+
+
 def test_stale_figures_are_not_used():
     state = QueueState(queued={"SCORE": 2}, activated=50,
                        free=FreeResources((ce(workers=0, window=0, age=400),), problem="sinfo did not answer"))
@@ -207,3 +228,28 @@ def test_status_plan_and_the_metrics_show_the_stored_figures_and_their_age(harne
     assert "free resources: the local backend cannot say what can start now: not used" in plan.stdout, plan.stdout
     with instance.store.reading() as tx:
         assert len(resources.of_queues(tx, ["Q"])) == 2
+
+
+def test_the_turnover_counts_the_queues_workers_that_ran_and_ended_in_the_last_ten_cycles(harness):
+    from harvester_cli.state.schema import workers
+    from harvester_cli.steps import submit
+
+    instance = harness.instance({"Q": {"mode": "pull", "free_resources": True}, "R": {"mode": "pull"}},
+                                instance={"cycle_interval": 30})
+    now = model.now()
+    rows = [(1, "Q", now - 400, now - 100),     # ran and ended 100 s ago: counted
+            (2, "Q", now - 900, now - 290),     # within 10 cycles of 30 s
+            (3, "Q", now - 900, now - 310),     # before them
+            (4, "Q", None, now - 50),           # never started (cancelled while queued): freed no slot
+            (5, "Q", now - 50, None),           # still running
+            (6, "R", now - 400, now - 100)]     # another queue
+    with instance.store.transaction() as tx:
+        tx.execute(workers.insert(), [
+            {"worker_id": i, "queue": q, "backend": "local", "mode": "pull", "status": "finished" if end else "running",
+             "start_time": start, "end_time": end, "created": now - 1000, "modified": now}
+            for i, q, start, end in rows])
+    state = submit.queue_state(instance, instance.config.queues["Q"], None, {})
+    assert (state.ended_recently, state.turnover_cycle) == (2, 30)
+    # a queue without free_resources is not counted
+    assert submit.queue_state(instance, instance.config.queues["R"], None, {}).ended_recently is None
+    instance.close()
