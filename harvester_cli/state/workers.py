@@ -190,6 +190,13 @@ def queued_workers(tx: Tx, queue: str) -> list[QueuedWorker]:
             for w, rt, status, submitted, started, reason, job in rows]
 
 
+def queued_rows(tx: Tx, queue: str, limit: int) -> list:
+    """The queue's workers waiting in the batch queue (pending, submitted, idle), oldest first, at most
+    `limit`, as rows worker_ref() takes, with harvester_host and created."""
+    return tx.execute(select(workers).where(workers.c.queue == queue, workers.c.status.in_(model.WORKER_QUEUED))
+                      .order_by(workers.c.worker_id).limit(limit)).all()
+
+
 def mark_retirement(tx: Tx, worker_ids: Sequence[int], reason: str) -> int:
     """Mark these workers for sweep to retire (kill_reason = model.RETIRE_MARK + reason): only those still
     submitted, never started and not marked for anything else (compare-and-set); returns how many were."""
@@ -222,7 +229,8 @@ def withdraw_retirement(tx: Tx, worker_ids: Sequence[int], *, claimed: bool = Fa
 
 # The columns poll reads per worker, in this order: what the backend needs (a backends.base.WorkerRef takes
 # them as they are) and what a change compares.
-POLL_COLUMNS = ("worker_id", "queue", "batch_id", "submission_host", "computing_element", "status", "log_dir",
+# Without the queue: every row would decode the same name again (a tenth of reading a page, profiled).
+POLL_COLUMNS = ("worker_id", "batch_id", "submission_host", "computing_element", "status", "log_dir",
                 "submit_time", "kill_reason", "diag", "native_status", "native_exit_code", "start_time", "created",
                 "modified")
 _PAGE = (select(*(workers.c[name] for name in POLL_COLUMNS))

@@ -99,6 +99,9 @@ class QueueState:
     # turnover_cycle seconds each (None: not counted)
     ended_recently: int | None = None
     turnover_cycle: int = 60
+    # with free_resources: the queued workers the batch system still holds waiting, asked right before the plan
+    # (None: not asked); the state database counts those that started since the last poll as queued
+    queued_seen: int | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,12 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
         pools[key] = max(pools.get(key, 0), c.workers or 0)
     startable = sum(pools.values())
     figures = asked + "; ".join(_describe(queue, c) for c in fresh)
+    # the queued limit counts the state database's queued workers; what waits now is the batch system's word
+    limit = headroom + queued
+    queued_text = f"queued={queued}"
+    if state.queued_seen is not None and state.queued_seen != queued:
+        queued_text = f"queued={state.queued_seen} (still waiting; {queued} by the last poll)"
+        queued = state.queued_seen
     # What may wait for the next free slots: queued_when_full, or the slots two cycles of recent turnover free
     # when that is more; never more than the queued limit allows.
     waiting_wanted, why_waiting = queue.queued_when_full, f"queued_when_full={queue.queued_when_full}"
@@ -311,14 +320,14 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
         why_waiting += (f", ended in the last {TURNOVER_CYCLES * state.turnover_cycle} s={state.ended_recently} "
                         f"(2 cycles: {turnover})")
         waiting_wanted = max(waiting_wanted, turnover)
-    waiting = min(waiting_wanted, headroom + queued)
+    waiting = min(waiting_wanted, limit)
     if not startable:
         result = min(headroom, max(0, waiting - queued))
-        trace.append(Step(rule, f"nothing can start now ({figures}); queued={queued}, {why_waiting}", result))
+        trace.append(Step(rule, f"nothing can start now ({figures}); {queued_text}, {why_waiting}", result))
         return result, None
     result = min(room, max(0, startable + waiting - queued))
     window = f", walltime {walltime} s (a backfill window)" if walltime is not None else ""
-    trace.append(Step(rule, f"{startable} can start now{window} ({figures}) + {why_waiting}, queued={queued}",
+    trace.append(Step(rule, f"{startable} can start now{window} ({figures}) + {why_waiting}, {queued_text}",
                       result))
     return result, walltime
 

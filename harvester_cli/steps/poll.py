@@ -76,7 +76,8 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
     host = instance.host_filter(queue)
     while True:
         with store.reading() as tx:
-            rows = [WorkerRef(*row) for row in workers.active_page(tx, queue.name, last_id, backend.check_page, host)]
+            page = workers.active_page(tx, queue.name, last_id, backend.check_page, host)
+        rows = [WorkerRef(row[0], queue.name, *row[1:]) for row in page]
         if not rows:
             break
         last_id = rows[-1].worker_id

@@ -6,6 +6,10 @@ partition, an ARC CE's GLUE2 free slots) right before the queue is planned, stor
 of this run, or when the backend could not be asked, the last stored ones with their age (the planner does
 not use those older than free_resources_max_age). A backend that cannot say (HTCondor: behind a CE the site's
 collector is not reachable; local processes) leaves the plan as it was.
+
+`still_waiting` asks the backend which of the queue's queued workers still wait: the state database learns
+that a pilot started only at the next poll, which a cycle runs after submit, so it still counts as queued the
+pilots that started since, and the free-resources rule would hold back the ones that should wait instead.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import logging
 
 from harvester_cli import model
 from harvester_cli.config import QueueConfig
-from harvester_cli.instance import Instance
-from harvester_cli.state import resources
+from harvester_cli.instance import Instance, worker_ref
+from harvester_cli.state import resources, workers
 from harvester_cli.steps.planner import FreeCE, FreeResources
 
 log = logging.getLogger(__name__)
@@ -47,3 +51,31 @@ def gather(instance: Instance, queue: QueueConfig, sizes: dict[str, tuple[int, i
     at = model.now()
     return FreeResources(tuple(FreeCE(r["computing_element"], r["workers"], r["window"], max(0, int(at - r["measured"])),
                                       r["source"], r["pool"]) for r in stored), problem=problem)
+
+
+# More queued workers than this are not asked about one by one: the state database's count stands.
+STILL_WAITING_MAX = 2000
+
+
+def still_waiting(instance: Instance, queue: QueueConfig) -> int | None:
+    """How many of the queue's queued workers wait in the batch queue now, by the backend's check (not
+    written: poll records what it sees); None when it could not be asked, or for a queue with more queued
+    workers than STILL_WAITING_MAX. Workers not handed to the backend yet (pending) and those of another host
+    when the backend is bound to its host count as waiting; one the backend does not list does not (Slurm
+    and A-REX list a job as soon as they took it: one gone from the listing was removed or ended)."""
+    host = instance.host_filter(queue)
+    with instance.store.reading() as tx:
+        rows = workers.queued_rows(tx, queue.name, STILL_WAITING_MAX + 1)
+    if len(rows) > STILL_WAITING_MAX:
+        return None
+    ask = [r for r in rows if r.status != model.PENDING and r.batch_id
+           and (host is None or r.harvester_host in (None, host))]
+    backend = instance.backend(queue)
+    try:
+        seen = [o for start in range(0, len(ask), backend.check_page)
+                for o in backend.check([worker_ref(r) for r in ask[start:start + backend.check_page]])]
+    except Exception as exc:   # the state database's count stands
+        log.info("queue %s: cannot ask which queued workers still wait: %s", queue.name, exc,
+                 exc_info=log.isEnabledFor(logging.DEBUG))
+        return None
+    return len(rows) - len(ask) + sum(1 for o in seen if o.status in model.WORKER_QUEUED)

@@ -29,7 +29,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harvester_cli import model
 from harvester_cli.backends.base import SubmitResult, WorkerSpec
@@ -638,6 +638,8 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
         shared = caps.inputs(instance, queue, _demand_now(instance, activated))
         free = resources.gather(instance, queue, sizes) if count is None else None
         state = queue_state(instance, queue, activated, sizes, registration_problem, shared.caps, free)
+        if free is not None and not free.unsupported:
+            state = replace(state, queued_seen=resources.still_waiting(instance, queue))
         if count is not None:
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
         else:

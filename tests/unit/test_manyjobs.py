@@ -216,7 +216,7 @@ def test_a_lost_allocation_ends_every_one_of_its_jobs(harness, sim, monkeypatch)
     assert sorted(j.panda_id for j in spec.jobs) == sorted(ids) and spec.allocation.nodes == 1
     monkeypatch.setattr(instance, "backend", lambda queue: LostBackend())
     with instance.store.reading() as tx:
-        refs = [WorkerRef(*r) for r in state_workers.active_page(tx, "HPC", -1, 10, None)]
+        refs = [WorkerRef(r[0], "HPC", *r[1:]) for r in state_workers.active_page(tx, "HPC", -1, 10, None)]
     result = poll.QueuePoll("HPC")
     poll.apply_observations(instance, q, refs, [Observation(spec.worker_id, model.MISSING, "unknown",
                                                             diag="Slurm has no trace of job 77")], result)

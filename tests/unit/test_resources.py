@@ -160,6 +160,25 @@ def test_a_full_site_keeps_two_cycles_of_its_recent_turnover_waiting():
     assert plan(queue(), QueueState(activated=50, free=full, ended_recently=0), 100).total == 2
 
 
+def test_what_still_waits_is_the_batch_systems_word_not_the_last_polls():
+    """A cycle polls after it submits: pilots that started since the last poll still count as queued in the
+    state database, and the rule held back the pilots that should wait in their place."""
+    full = FreeResources((ce(workers=0, window=0),))
+    state = QueueState(queued={"SCORE": 7}, activated=50, free=full, queued_seen=1)
+    result = plan(queue(n_queue_limit_worker=20), state, 100)
+    assert result.total == 1
+    assert "queued=1 (still waiting; 7 by the last poll)" in rule(result).inputs
+    # the queued limit still counts the state database's queued workers
+    assert plan(queue(n_queue_limit_worker=7), state, 100).total == 0
+    # with free slots: what starts at once, plus the waiting ones not already there
+    free = QueueState(queued={"SCORE": 4}, activated=50, free=FreeResources((ce(workers=3),)), queued_seen=0)
+    assert plan(queue(n_queue_limit_worker=20), free, 100).total == 5
+    # not asked (None) or the same: as before, and the trace says nothing more
+    same = plan(queue(n_queue_limit_worker=20), QueueState(queued={"SCORE": 1}, activated=50, free=full,
+                                                           queued_seen=1), 100)
+    assert same.total == 1 and "still waiting" not in rule(same).inputs
+
+
 def test_stale_figures_are_not_used():
     state = QueueState(queued={"SCORE": 2}, activated=50,
                        free=FreeResources((ce(workers=0, window=0, age=400),), problem="sinfo did not answer"))

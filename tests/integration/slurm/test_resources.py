@@ -101,6 +101,35 @@ def test_idle_cores_are_found_and_pilots_that_start_at_once_pass_the_queued_limi
     assert plan.total == 0 and "nothing can start now" in step_of(plan).inputs, plan.trace
 
 
+def test_pilots_that_started_since_the_last_poll_do_not_count_as_waiting(slurm, sim):
+    """A cycle polls after it submits: the state database still says "submitted" for pilots Slurm started
+    since. The plan asks Slurm which still wait, so queued_when_full pilots wait for the next free CPUs."""
+    keys = free_queue(slurm, n_queue_limit_worker=10, queued_when_full=2)
+    keys["backend_options"]["squeue_cache_seconds"] = 0   # each plan below asks squeue afresh
+    instance = slurm.instance({Q: keys})
+    add_jobs(sim, 10)
+    assert len(submitted(instance)) == 6   # 4 start at once on the 16 CPUs, 2 wait
+    cluster = slurm.cluster
+    states = lambda: sorted(cluster.run("squeue", "-h", "-r", "-t", "PENDING,RUNNING", "-o", "%T").stdout.split())  # noqa: E731
+    wait_until(lambda: states() == ["PENDING"] * 2 + ["RUNNING"] * 4, 60, 0.3, "4 pilots running, 2 pending")
+    plan = planned(instance)   # no poll since the submit: 6 queued in the state database
+    step = step_of(plan)
+    assert "nothing can start now" in step.inputs and "queued=2 (still waiting; 6 by the last poll)" in step.inputs, \
+        step.inputs
+    assert plan.total == 0, plan.trace
+    # one of the waiting pilots leaves the queue: one more may wait
+    with instance.store.reading() as tx:
+        waiting = [w for (w,) in tx.execute(select(workers.c.batch_id).where(workers.c.status == model.SUBMITTED))]
+    pending = cluster.run("squeue", "-h", "-r", "-t", "PENDING", "-o", "%i").stdout.split()
+    cluster.run("scancel", pending[0])
+    assert pending[0] in waiting
+    wait_until(lambda: len(cluster.run("squeue", "-h", "-r", "-t", "PENDING", "-o", "%i").stdout.split()) == 1, 60, 0.3,
+               "one pilot pending")
+    plan = planned(instance)
+    assert plan.total == 1 and "queued=1 (still waiting; 6 by the last poll)" in step_of(plan).inputs, \
+        [(s.rule, s.inputs, s.result) for s in plan.trace]
+
+
 def test_nothing_is_queued_where_nothing_can_start_and_enough_already_wait(slurm, sim, blocker):
     instance = slurm.instance({Q: free_queue(slurm, n_queue_limit_worker=5, queued_when_full=1)})
     add_jobs(sim, 10)
