@@ -335,8 +335,9 @@ class Plan:
                     Probe(site.argv("--json", "propagate"), reset, expect_command(("jobs_sent",), n)),
                     Probe(floor("propagate_floor", site.state_url, self.sim.url, self.pki.proxy, self.pki.ca_file, 100,
                                 sites.HARVESTER_ID), reset, expect_json("accepted", n)), 1.3, per_row=n,
-                    note=f"floor: the outbox read by the driver and the same {calls} bulk calls on one requests."
-                         "Session; the simulator in a process of its own for both sides")]
+                    note=f"floor: the outbox read by the driver, the same {calls} bulk calls on one requests."
+                         "Session, and after each the accepted updates deleted from the outbox (by key and version, "
+                         "one executemany); the simulator in a process of its own for both sides")]
 
     # growth: time per row and peak RSS from 10k to 1M rows
     def growth(self) -> list[Row]:

@@ -192,21 +192,30 @@ def submit_spawn_floor(wrapper: str, count: str) -> dict:
 
 def propagate_floor(state_url: str, url: str, proxy: str, ca: str, bulk_size: str, harvester_id: str) -> dict:
     """The outbox's final job updates sent as the same bulk calls on one requests.Session: read through
-    the driver, `bulk_size` per call, to the simulator (a process of its own). The process's wall time."""
+    the driver, `bulk_size` per call, to the simulator (a process of its own); after each call the updates
+    PanDA accepted are deleted from the outbox (by key and version, one executemany in one transaction), as
+    a run must forget what was sent or send it again. The process's wall time."""
     import requests
 
     conn = raw_connect(state_url)
-    rows = conn.execute("SELECT key, payload FROM pending_reports WHERE kind = 'job' ORDER BY key").fetchall()
+    m = mark(conn)
+    rows = conn.execute("SELECT key, version, payload FROM pending_reports WHERE kind = 'job' ORDER BY key").fetchall()
+    forget = f"DELETE FROM pending_reports WHERE kind = 'job' AND key = {m} AND version = {m}"
     session = requests.Session()
     session.cert = proxy
     session.headers.update({"Content-Type": "application/json", "Accept": "application/json"})
     target = url.rstrip("/") + "/pilot/update_jobs_bulk"
     size, accepted = int(bulk_size), 0
     for start in range(0, len(rows), size):
-        updates = [json.loads(payload) for _, payload in rows[start:start + size]]
+        batch = rows[start:start + size]
+        updates = [json.loads(payload) for _, _, payload in batch]
         response = session.post(target, data=json.dumps({"job_list": updates, "harvester_id": harvester_id}),
                                 timeout=(10, 120), verify=ca)
-        accepted += sum(1 for a in response.json()["data"] if a["success"])
+        done = [(key, version) for (key, version, _), answer in zip(batch, response.json()["data"])
+                if answer["success"]]
+        with _Transaction(conn) as cursor:
+            cursor.executemany(forget, done)
+        accepted += len(done)
     return {"result": {"accepted": accepted}}
 
 

@@ -192,9 +192,9 @@ class QueueConfig(Section):
     free_resources_max_age: int = setting(300, doc="seconds after which figures the batch system gave are not "
                                                    "used (when it cannot be asked again)", minimum=1)
     queued_when_full: int = setting(2, doc="with free_resources: pilots that wait in the batch queue for the next "
-                                           "free slots beyond those that start at once, at least; more when the "
-                                           "queue's recent turnover frees more (twice its workers that ended per "
-                                           "cycle over the last 10 cycles of cycle_interval, or of 60 s)",
+                                           "free slots beyond those that start at once, at least; more when more "
+                                           "of the queue's workers ended within one cycle lately (the most within "
+                                           "one cycle_interval, or 60 s, over the last 10)",
                                     maximum=100_000)
     min_walltime: int | None = setting(None, doc="with free_resources: a worker may get a shorter walltime, down to "
                                                  "this, to fit a backfill window where the full walltime cannot "

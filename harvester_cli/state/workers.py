@@ -155,11 +155,10 @@ def started_since(tx: Tx, queue: str, since: float) -> dict[str, int]:
                            .group_by(workers.c.resource_type)).all())
 
 
-def ended_since(tx: Tx, queue: str, since: float) -> int:
-    """The queue's workers that ran and ended since `since`: the slots they held are free again."""
-    return tx.scalar(select(func.count()).select_from(workers)
-                     .where(workers.c.queue == queue, workers.c.end_time >= since,
-                            workers.c.start_time.is_not(None))) or 0
+def end_times_since(tx: Tx, queue: str, since: float) -> list[float]:
+    """When the queue's workers that ran and ended since `since` ended: the slots they held are free again."""
+    return [t for (t,) in tx.execute(select(workers.c.end_time).where(
+        workers.c.queue == queue, workers.c.end_time >= since, workers.c.start_time.is_not(None)))]
 
 
 # -- retirement: queued pilots nobody needs any more ----------------------------------------------

@@ -18,10 +18,10 @@ own plan's, or the one its host last recorded).
 
 With free_resources, what the batch system says can start now comes right after the queued limit: the
 queue keeps queued the N workers that would start at once plus those that wait for the next free slots
-(queued_when_full, or two cycles of the queue's recent turnover when more; within the queued limit), no more:
-where nothing can start, more would only wait for hours or become empty pilots; where N can start, the queued
-limit does not hold back those N (they will not wait), every other cap still holding. Figures older than
-free_resources_max_age are not used. A backfill window (only a shorter walltime starts now, down to
+(queued_when_full, or the most of its workers that ended within one cycle lately when more; within the queued
+limit), no more: where nothing can start, more would only wait for hours or become empty pilots; where N can
+start, the queued limit does not hold back those N (they will not wait), every other cap still holding.
+Figures older than free_resources_max_age are not used. A backfill window (only a shorter walltime starts now, down to
 min_walltime) gives the new workers that walltime (Plan.walltime).
 
 PanDA's activated-job counts lag by up to a minute (a materialized view refreshed on every full minute).
@@ -40,8 +40,9 @@ from harvester_cli.steps import allocation
 
 
 NO_ANSWER = "no answer from PanDA"   # QueueState.activated_source when PanDA was asked and could not say
-# With free_resources, the slots that free up per cycle are the queue's workers that ended over this many recent
-# cycles, averaged; twice that many pilots may wait while the site is full, as ends come in bursts.
+# With free_resources, as many pilots may wait while the site is full as the most of the queue's workers that
+# ended within one cycle over this many recent cycles: slots free up in bursts (jobs started together end
+# together), and those a waiting pilot does not take stay idle until the next cycle.
 TURNOVER_CYCLES = 10
 
 
@@ -96,8 +97,9 @@ class QueueState:
     shared_caps: tuple[SharedCap, ...] = ()
     free: FreeResources | None = None                         # queues with free_resources: what can start now
     # with free_resources: the queue's workers that ran and ended within the last TURNOVER_CYCLES cycles of
-    # turnover_cycle seconds each (None: not counted)
+    # turnover_cycle seconds each, and the most of them that ended within one cycle (None: not counted)
     ended_recently: int | None = None
+    ended_peak: int | None = None
     turnover_cycle: int = 60
     # with free_resources: the queued workers the batch system still holds waiting, asked right before the plan
     # (None: not asked); the state database counts those that started since the last poll as queued
@@ -263,6 +265,17 @@ def _cap_resources(queue: QueueConfig, state: QueueState, wanted: dict[str, int]
     return accepted
 
 
+def most_within(times: list[float], span: float) -> int:
+    """The most of these moments that fall within any interval of `span` seconds."""
+    ordered = sorted(times)
+    most = first = 0
+    for last, t in enumerate(ordered):
+        while t - ordered[first] >= span:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
 def _describe(queue: QueueConfig, ce: FreeCE) -> str:
     if ce.workers is None:
         said = "cannot tell"
@@ -312,14 +325,13 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
     if state.queued_seen is not None and state.queued_seen != queued:
         queued_text = f"queued={state.queued_seen} (still waiting; {queued} by the last poll)"
         queued = state.queued_seen
-    # What may wait for the next free slots: queued_when_full, or the slots two cycles of recent turnover free
-    # when that is more; never more than the queued limit allows.
+    # What may wait for the next free slots: queued_when_full, or the most slots that freed up within one cycle
+    # lately when that is more; never more than the queued limit allows.
     waiting_wanted, why_waiting = queue.queued_when_full, f"queued_when_full={queue.queued_when_full}"
     if state.ended_recently:
-        turnover = -(-2 * state.ended_recently // TURNOVER_CYCLES)
         why_waiting += (f", ended in the last {TURNOVER_CYCLES * state.turnover_cycle} s={state.ended_recently} "
-                        f"(2 cycles: {turnover})")
-        waiting_wanted = max(waiting_wanted, turnover)
+                        f"(at most {state.ended_peak} within {state.turnover_cycle} s)")
+        waiting_wanted = max(waiting_wanted, state.ended_peak or 0)
     waiting = min(waiting_wanted, limit)
     if not startable:
         result = min(headroom, max(0, waiting - queued))

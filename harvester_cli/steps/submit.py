@@ -206,8 +206,8 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         made = workers.made_since(tx, queue.name, at - interval, at + interval) if interval else None
         started = workers.started_since(tx, queue.name, at - age) if queue.mode == "pull" and age is not None else {}
         turnover_cycle = interval or 60   # cron's minute when the hosts' rhythm is not set
-        ended = (workers.ended_since(tx, queue.name, at - planner.TURNOVER_CYCLES * turnover_cycle)
-                 if queue.free_resources else None)
+        ends = (workers.end_times_since(tx, queue.name, at - planner.TURNOVER_CYCLES * turnover_cycle)
+                if queue.free_resources else None)
     asked = activated is not None and activated.source != job_counts.NOT_ASKED
     total, by_type = (activated.for_queue(queue.site, queue.prod_source_label, queue.resource_types)
                       if asked else (None, None))
@@ -218,7 +218,8 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         stats_age=age, waiting_jobs=waiting, waiting_ages=ages, streaming_targets=streaming, missed_recent=missed,
         queued_cores=load.queued_cores, queued_memory_mb=load.queued_memory_mb, sizes=sizes,
         registration=registration_problem, made_recently=made, cycle_interval=interval, downtime=down,
-        ces_down=ces_down, shared_caps=shared, free=free, ended_recently=ended, turnover_cycle=turnover_cycle)
+        ces_down=ces_down, shared_caps=shared, free=free, ended_recently=None if ends is None else len(ends),
+        ended_peak=None if ends is None else planner.most_within(ends, turnover_cycle), turnover_cycle=turnover_cycle)
 
 
 def stats_age(refresh: int, now: float) -> int | None:

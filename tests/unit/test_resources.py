@@ -139,25 +139,34 @@ def test_free_slots_lift_the_queued_limit_within_every_other_cap():
     assert plan(queue(n_queue_limit_worker=1), small, 100).total == 2
 
 
-def test_a_full_site_keeps_two_cycles_of_its_recent_turnover_waiting():
-    """Slots free up in bursts: a fixed queued_when_full left them idle until the next cycle when more ended
-    at once. With 20 workers ended in the last 10 cycles (2 a cycle), 4 wait, within the queued limit."""
+def test_a_full_site_keeps_waiting_as_many_as_freed_up_within_one_cycle_lately():
+    """Slots free up in bursts (jobs started together end together): a fixed queued_when_full left the rest
+    idle until the next cycle. With at most 4 ended within one cycle lately, 4 wait, within the queued limit."""
     full = FreeResources((ce(workers=0, window=0),))
-    state = QueueState(queued={"SCORE": 1}, activated=50, free=full, ended_recently=20, turnover_cycle=60)
+    state = QueueState(queued={"SCORE": 1}, activated=50, free=full, ended_recently=20, ended_peak=4,
+                       turnover_cycle=60)
     result = plan(queue(n_queue_limit_worker=10), state, 100)
     assert result.total == 3
-    assert "ended in the last 600 s=20 (2 cycles: 4)" in rule(result).inputs
+    assert "ended in the last 600 s=20 (at most 4 within 60 s)" in rule(result).inputs
     assert plan(queue(n_queue_limit_worker=3), state, 100).total == 2          # the queued limit holds
     assert plan(queue(n_queue_limit_worker=10, queued_when_full=6), state, 100).total == 5   # the larger
-    # a slow queue (1 ended in 10 cycles) keeps at least one waiting, and queued_when_full when more
-    slow = QueueState(activated=50, free=full, ended_recently=1)
+    # a quiet queue keeps queued_when_full
+    slow = QueueState(activated=50, free=full, ended_recently=1, ended_peak=1)
     assert plan(queue(queued_when_full=0), slow, 100).total == 1
     assert plan(queue(queued_when_full=2), slow, 100).total == 2
-    # with free slots, the turnover comes on top of what starts at once
-    free = QueueState(activated=50, free=FreeResources((ce(workers=3),)), ended_recently=20)
+    # with free slots, the waiting ones come on top of what starts at once
+    free = QueueState(activated=50, free=FreeResources((ce(workers=3),)), ended_recently=20, ended_peak=4)
     assert plan(queue(n_queue_limit_worker=10), free, 100).total == 7
     # nothing ended (or not counted): queued_when_full alone
-    assert plan(queue(), QueueState(activated=50, free=full, ended_recently=0), 100).total == 2
+    assert plan(queue(), QueueState(activated=50, free=full, ended_recently=0, ended_peak=0), 100).total == 2
+
+
+@pytest.mark.parametrize("times, span, expected", [
+    ([], 60, 0), ([5.0], 60, 1), ([0, 59.9, 60, 119.9], 60, 2), ([0, 1, 2, 100, 101, 102, 103], 10, 4),
+    ([103, 0, 101, 2, 100, 1, 102], 10, 4), ([0, 10, 20], 10, 1)])
+def test_the_most_ends_within_one_cycle_count_any_window_not_fixed_buckets(times, span, expected):
+    from harvester_cli.steps.planner import most_within
+    assert most_within(times, span) == expected
 
 
 def test_what_still_waits_is_the_batch_systems_word_not_the_last_polls():
@@ -268,7 +277,7 @@ def test_the_turnover_counts_the_queues_workers_that_ran_and_ended_in_the_last_t
              "start_time": start, "end_time": end, "created": now - 1000, "modified": now}
             for i, q, start, end in rows])
     state = submit.queue_state(instance, instance.config.queues["Q"], None, {})
-    assert (state.ended_recently, state.turnover_cycle) == (2, 30)
+    assert (state.ended_recently, state.ended_peak, state.turnover_cycle) == (2, 1, 30)
     # a queue without free_resources is not counted
     assert submit.queue_state(instance, instance.config.queues["R"], None, {}).ended_recently is None
     instance.close()
