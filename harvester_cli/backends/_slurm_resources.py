@@ -84,6 +84,22 @@ def parse_sinfo(text: str) -> tuple[dict[str, PartitionLoad], str | None]:
     return loads, default
 
 
+def parse_pending(text: str) -> dict[str, int]:
+    """`squeue -h -a -r -t PENDING -o %P` -> jobs waiting per partition[@cluster], every user's (an array's
+    tasks one by one; a job that may run in several partitions counts in each)."""
+    waiting: dict[str, int] = {}
+    cluster = None
+    for line in text.splitlines():
+        header = _cluster_header(line)
+        if header is not None:
+            cluster = header
+            continue
+        for name in filter(None, (p.strip() for p in line.split(","))):
+            key = f"{name}@{cluster}" if cluster else name
+            waiting[key] = waiting.get(key, 0) + 1
+    return waiting
+
+
 def parse_test_only(text: str) -> float | None:
     """sbatch --test-only's answer (stderr, run with TZ=UTC) -> when the job would start (epoch); None if it
     does not say (a refusal: its message is the caller's)."""

@@ -309,6 +309,7 @@ class SlurmBackend(Backend):
             p.cluster is None for p in self.options.parsed_partitions.values()) else []
         calls += [["-M", cluster] for cluster in self.options.clusters]
         loads, default = {}, None
+        waiting: dict[str, int] | None = {}
         for extra in calls:
             result = self._run(["sinfo", "-h", *extra, "-o", free.SINFO_FORMAT])
             if result.returncode != 0:
@@ -316,6 +317,12 @@ class SlurmBackend(Backend):
             found, found_default = free.parse_sinfo(result.stdout)
             loads.update(found)
             default = default if extra else found_default
+            # every user's jobs waiting there: shown beside the figures (status, metrics), not planned by
+            pending = self._run(["squeue", "-h", "-a", "-r", "-t", "PENDING", *extra, "-o", "%P"])
+            if pending.returncode == 0 and waiting is not None:
+                waiting.update(free.parse_pending(pending.stdout))
+            else:
+                waiting = None
         names = list(self.options.partitions) or ([default] if default else [])
         at = model.now()
         header = self._probe_script(cores, memory_mb)
@@ -352,7 +359,8 @@ class SlurmBackend(Backend):
             self._startable[name] = count if span else 0
             out.append(FreeResources(name, source, at, workers=count if span else 0, window=span,
                                      idle_nodes=load.idle_nodes, idle_cores=load.idle_cores,
-                                     total_cores=load.total_cores, pool=load.nodes))
+                                     total_cores=load.total_cores, pool=load.nodes,
+                                     waiting=None if waiting is None else waiting.get(name, 0)))
         return out
 
     def _probe_script(self, cores: int, memory_mb: int) -> bytes:

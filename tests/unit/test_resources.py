@@ -57,6 +57,12 @@ def test_sinfo_of_another_cluster_names_its_partitions_with_the_cluster():
     assert list(loads) == ["grid@far"] and loads["grid@far"].idle_cores == 4
 
 
+def test_jobs_waiting_are_counted_per_partition_and_cluster():
+    text = "debug\ndebug\nlong,debug\n\nCLUSTER: c2\nbatch\n"
+    assert slurm.parse_pending(text) == {"debug": 3, "long": 1, "batch@c2": 1}
+    assert slurm.parse_pending("") == {}
+
+
 def test_test_only_answer_is_read_in_utc_and_a_refusal_is_none():
     text = "sbatch: Job 7 to start at 2026-12-07T11:28:12 using 8 processors on nodes vm in partition debug\n"
     assert slurm.parse_test_only(text) == datetime(2026, 12, 7, 11, 28, 12, tzinfo=UTC).timestamp()

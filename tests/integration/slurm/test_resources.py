@@ -140,6 +140,9 @@ def test_nothing_is_queued_where_nothing_can_start_and_enough_already_wait(slurm
     assert [j["State"] for j in slurm.jobs()] == ["PENDING"]
     plan = planned(instance)
     assert plan.total == 0 and step_of(plan).result == 0, plan.trace
+    # status shows every user's jobs waiting in the partition: our pilot
+    shown = monitor.summary(instance, [Q], 3600)["free_resources"]
+    assert [(r["computing_element"], r["waiting"]) for r in shown] == [("debug", 1)], shown
     # the same queue without free_resources would queue up to its limit of 5
     without = slurm.instance({Q: free_queue(slurm, n_queue_limit_worker=5, free_resources=False)})
     assert planned(without).total == 4
