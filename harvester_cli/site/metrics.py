@@ -81,6 +81,9 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                  ("queue", "computing_element")),
     "harvester_cli_free_nodes": ("gauge", "Idle nodes per queue and CE (free_resources, Slurm).",
                                  ("queue", "computing_element")),
+    "harvester_cli_batch_jobs_waiting": (
+        "gauge", "Every user's jobs waiting in the batch queue per queue and CE (free_resources: Slurm's pending jobs "
+                 "of the partition, ARC's WaitingJobs of the share).", ("queue", "computing_element")),
     "harvester_cli_free_resources_timestamp_seconds": (
         "gauge", "When the batch system was last asked what can start now (Unix time).",
         ("queue", "computing_element")),

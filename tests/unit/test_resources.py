@@ -243,7 +243,7 @@ def test_status_plan_and_the_metrics_show_the_stored_figures_and_their_age(harne
     instance = harness.instance(queues)
     at = model.now()
     rows = [{"computing_element": "debug", "measured": at - 30, "source": "sinfo, sbatch --test-only", "workers": 3,
-             "window": 600, "idle_nodes": 1, "idle_cores": 12, "total_cores": 16, "pool": "n1"},
+             "window": 600, "idle_nodes": 1, "idle_cores": 12, "total_cores": 16, "waiting": 5, "pool": "n1"},
             {"computing_element": "long", "measured": at - 1000, "source": "sinfo, sbatch --test-only", "workers": 0,
              "window": 0, "idle_nodes": 0, "idle_cores": 0, "total_cores": 64, "pool": "m[1-4]"}]
     with instance.store.transaction() as tx:
@@ -257,6 +257,9 @@ def test_status_plan_and_the_metrics_show_the_stored_figures_and_their_age(harne
     samples = monitor.metric_samples(instance).values
     assert sorted((labels["computing_element"], v) for labels, v in samples["harvester_cli_free_workers"]) == [
         ("debug", 3.0), ("long", 0.0)]
+    # every user's jobs waiting, where the batch system said (not the ARC CE that did not publish them)
+    assert [(labels["computing_element"], v) for labels, v in samples["harvester_cli_batch_jobs_waiting"]] == [
+        ("debug", 5.0)]
     # the local backend cannot say: the plan says so, plans as without, and leaves the stored figures alone
     plan = harness.cli("plan")
     assert "free resources: the local backend cannot say what can start now: not used" in plan.stdout, plan.stdout
