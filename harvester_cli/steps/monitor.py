@@ -282,7 +282,8 @@ def metric_samples(instance: Instance, now: float | None = None):
         labels = {"queue": r["queue"], "computing_element": r["computing_element"]}
         samples.add("harvester_cli_free_resources_timestamp_seconds", now - r["age_seconds"], **labels)
         for family, key in (("harvester_cli_free_workers", "workers"), ("harvester_cli_free_cores", "idle_cores"),
-                            ("harvester_cli_free_nodes", "idle_nodes"), ("harvester_cli_batch_jobs_waiting", "waiting")):
+                            ("harvester_cli_free_nodes", "idle_nodes"),
+                            ("harvester_cli_batch_jobs_waiting", "waiting")):
             if r[key] is not None:
                 samples.add(family, r[key], **labels)
     for c in views.counters(store):
