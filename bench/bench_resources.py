@@ -21,11 +21,12 @@ then up to 3 phases more until every job has started. Each pilot (harvester-cli'
 activated job, or ends at once when there is none (an empty pilot).
 
 The queue: pull, one core a pilot, n_queue_limit_worker `--limit`, max_new_workers_per_cycle 20, max_workers 60;
-with free_resources on, queued_when_full `--when-full` (the default 2; more wait while the queue's turnover, twice
-its workers that ended per cycle over the last 10 cycles, is more: the [instance] cycle_interval is `--cycle`).
+with free_resources on, queued_when_full `--when-full` (the default 2; more wait while more of the queue's workers
+finished within one cycle over the last 10: the [instance] cycle_interval is `--cycle`, in both runs).
 Measured per run, the runs one after the other on the same cluster: pilots waiting in Slurm (PENDING; the mean
 and the peak over the load's four phases, sampled every second), pilots submitted, empty pilots, and the time
-from a job's activation to a pilot taking it (median and 95th percentile, sampled every second). Nothing is asserted; not run in CI.
+from a job's activation to a pilot taking it (median and 95th percentile, sampled every second). Nothing is
+asserted; not run in CI.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def instance_for(base: Path, conf: Path, sim: PandaSimulator, pki, free: bool, l
             "work_dir": str(base / "work"),
             "panda": {"url": sim.url, "proxy": str(pki.proxy), "ca": str(pki.ca_file), "stats_refresh": 0,
                       "allow_test_pilot": True},
-            "instance": {"cycle_interval": int(cycle)},   # the planner's cycle: its turnover counts 10 of them
+            # the planner's cycle, in both runs: its turnover counts 10 of them
+            "instance": {"cycle_interval": max(1, round(cycle))},
             "queues": {QUEUE: queue}}
     instance = Instance(config_module.parse(data, "<bench>", base))
     upgrade.create(instance.state_url).close()

@@ -85,8 +85,8 @@ def parse_sinfo(text: str) -> tuple[dict[str, PartitionLoad], str | None]:
 
 
 def parse_pending(text: str) -> dict[str, int]:
-    """`squeue -h -a -r -t PENDING -o %P` -> jobs waiting per partition[@cluster], every user's (an array's
-    tasks one by one; a job that may run in several partitions counts in each)."""
+    """`squeue -h -a -t PENDING -o %P` -> jobs waiting per partition[@cluster], every user's, held ones too (an
+    array's waiting tasks count once; a job that may run in several partitions counts in each)."""
     waiting: dict[str, int] = {}
     cluster = None
     for line in text.splitlines():

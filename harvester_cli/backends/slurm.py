@@ -317,12 +317,14 @@ class SlurmBackend(Backend):
             found, found_default = free.parse_sinfo(result.stdout)
             loads.update(found)
             default = default if extra else found_default
-            # every user's jobs waiting there: shown beside the figures (status, metrics), not planned by
-            pending = self._run(["squeue", "-h", "-a", "-r", "-t", "PENDING", *extra, "-o", "%P"])
-            if pending.returncode == 0 and waiting is not None:
-                waiting.update(free.parse_pending(pending.stdout))
-            else:
+            # every user's jobs waiting there: shown beside the figures (status, metrics), not planned by. An
+            # array's waiting tasks are one line (-r would list a 100k-task array over SSH every cycle).
+            pending = self._run(["squeue", "-h", "-a", "-t", "PENDING", *extra, "-o", "%P"])
+            if pending.returncode != 0:
+                log.info("queue %s: squeue of the waiting jobs failed: %s", self.queue.name, self._message(pending))
                 waiting = None
+            elif waiting is not None:
+                waiting.update(free.parse_pending(pending.stdout))
         names = list(self.options.partitions) or ([default] if default else [])
         at = model.now()
         header = self._probe_script(cores, memory_mb)

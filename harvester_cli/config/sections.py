@@ -187,8 +187,10 @@ class QueueConfig(Section):
     free_resources: bool = setting(False, doc="ask the batch system what can start now (Slurm: sinfo and sbatch "
                                               "--test-only per partition; ARC: the CE's free slots in its GLUE2 "
                                               "information) and plan by it: the workers that start at once, and "
-                                              "queued_when_full more that wait for the next free slots, no more "
-                                              "(n_queue_limit_worker holds back only those that wait)")
+                                              "those that wait for the next free slots (queued_when_full, or more "
+                                              "for a busy queue), no more (n_queue_limit_worker holds back only "
+                                              "those that wait); what waits is asked of the batch system right "
+                                              "before the plan")
     free_resources_max_age: int = setting(300, doc="seconds after which figures the batch system gave are not "
                                                    "used (when it cannot be asked again)", minimum=1)
     queued_when_full: int = setting(2, doc="with free_resources: pilots that wait in the batch queue for the next "
@@ -473,7 +475,9 @@ class InstanceConfig(Section):
     cycle_interval: int = setting(0, doc="seconds between a host's cycle runs (its cron rhythm); when set, a "
                                          "queue's max_new_workers_per_cycle counts the workers every host made "
                                          "for it in the last cycle_interval seconds (set it when several hosts "
-                                         "share the database; 0: per submit run, right for one host)",
+                                         "share the database; 0: per submit run, right for one host); queues "
+                                         "with free_resources count their recent turnover in cycles of this "
+                                         "length (0: of 60 s)",
                                   maximum=DAY)
     db_timeout: int = setting(60, doc="PostgreSQL/MariaDB: seconds a statement, a lock wait or a silent "
                                       "connection may take before the server (and the client) give up, so a "

@@ -83,7 +83,8 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                  ("queue", "computing_element")),
     "harvester_cli_batch_jobs_waiting": (
         "gauge", "Every user's jobs waiting in the batch queue per queue and CE (free_resources: Slurm's pending jobs "
-                 "of the partition, ARC's WaitingJobs of the share).", ("queue", "computing_element")),
+                 "of the partition, held ones too, an array once; ARC's WaitingJobs of the share). Queues sharing a "
+                 "partition show the same jobs.", ("queue", "computing_element")),
     "harvester_cli_free_resources_timestamp_seconds": (
         "gauge", "When the batch system was last asked what can start now (Unix time).",
         ("queue", "computing_element")),

@@ -156,9 +156,11 @@ def started_since(tx: Tx, queue: str, since: float) -> dict[str, int]:
 
 
 def end_times_since(tx: Tx, queue: str, since: float) -> list[float]:
-    """When the queue's workers that ran and ended since `since` ended: the slots they held are free again."""
+    """When the queue's workers that finished since `since` ended: the slots they held are free again. Failed
+    ones are left out: pilots failing at once on a broken node must not call for more pilots to wait."""
     return [t for (t,) in tx.execute(select(workers.c.end_time).where(
-        workers.c.queue == queue, workers.c.end_time >= since, workers.c.start_time.is_not(None)))]
+        workers.c.queue == queue, workers.c.end_time >= since, workers.c.status == model.FINISHED,
+        workers.c.start_time.is_not(None)))]
 
 
 # -- retirement: queued pilots nobody needs any more ----------------------------------------------
@@ -187,13 +189,6 @@ def queued_workers(tx: Tx, queue: str) -> list[QueuedWorker]:
     return [QueuedWorker(w, rt, status, submitted, started is not None,
                          None if reason is None else "retire" if model.is_retirement(reason) else "kill", bool(job))
             for w, rt, status, submitted, started, reason, job in rows]
-
-
-def queued_rows(tx: Tx, queue: str, limit: int) -> list:
-    """The queue's workers waiting in the batch queue (pending, submitted, idle), oldest first, at most
-    `limit`, as rows worker_ref() takes, with harvester_host and created."""
-    return tx.execute(select(workers).where(workers.c.queue == queue, workers.c.status.in_(model.WORKER_QUEUED))
-                      .order_by(workers.c.worker_id).limit(limit)).all()
 
 
 def mark_retirement(tx: Tx, worker_ids: Sequence[int], reason: str) -> int:
@@ -228,7 +223,8 @@ def withdraw_retirement(tx: Tx, worker_ids: Sequence[int], *, claimed: bool = Fa
 
 # The columns poll reads per worker, in this order: what the backend needs (a backends.base.WorkerRef takes
 # them as they are) and what a change compares.
-# Without the queue: every row would decode the same name again (a tenth of reading a page, profiled).
+# A WorkerRef's fields in order, without the queue (the caller puts it second): every row would decode the same
+# name again (a tenth of reading a page, profiled).
 POLL_COLUMNS = ("worker_id", "batch_id", "submission_host", "computing_element", "status", "log_dir",
                 "submit_time", "kill_reason", "diag", "native_status", "native_exit_code", "start_time", "created",
                 "modified")
@@ -239,6 +235,11 @@ _PAGE = (select(*(workers.c[name] for name in POLL_COLUMNS))
                 workers.c.worker_id > bindparam("after"))
          .order_by(workers.c.worker_id).limit(bindparam("limit")))
 _PAGE_HOST = _PAGE.where(workers.c.harvester_host.is_(None) | (workers.c.harvester_host == bindparam("host")))
+_QUEUED = (select(*(workers.c[name] for name in POLL_COLUMNS))
+           .where(workers.c.queue == bindparam("queue"),
+                  workers.c.status.in_([literal_column(f"'{s}'") for s in model.WORKER_QUEUED if s != model.PENDING]))
+           .order_by(workers.c.worker_id).limit(bindparam("limit")))
+_QUEUED_HOST = _QUEUED.where(workers.c.harvester_host.is_(None) | (workers.c.harvester_host == bindparam("host")))
 
 
 def active_page(tx: Tx, queue: str, after: int, limit: int, host: str | None = None) -> list[tuple]:
@@ -248,6 +249,14 @@ def active_page(tx: Tx, queue: str, after: int, limit: int, host: str | None = N
     if host is not None:
         return bulk.query(tx.conn, _PAGE_HOST, ("queue", "after", "limit", "host"), (queue, after, limit, host))
     return bulk.query(tx.conn, _PAGE, ("queue", "after", "limit"), (queue, after, limit))
+
+
+def queued_page(tx: Tx, queue: str, limit: int, host: str | None = None) -> list[tuple]:
+    """The queue's first `limit` workers handed to the backend and still waiting there by the last poll
+    (submitted, idle), as POLL_COLUMNS tuples."""
+    if host is not None:
+        return bulk.query(tx.conn, _QUEUED_HOST, ("queue", "limit", "host"), (queue, limit, host))
+    return bulk.query(tx.conn, _QUEUED, ("queue", "limit"), (queue, limit))
 
 
 def _now_seen(tx: Tx, worker_ids: Sequence[int], lock: bool) -> dict[int, tuple[str, float]]:

@@ -101,9 +101,10 @@ class QueueState:
     ended_recently: int | None = None
     ended_peak: int | None = None
     turnover_cycle: int = 60
-    # with free_resources: the queued workers the batch system still holds waiting, asked right before the plan
-    # (None: not asked); the state database counts those that started since the last poll as queued
+    # with free_resources: how many queued workers still wait, asked of the batch system right before the plan
+    # (the state database counts as queued those that started since the last poll); None: not asked, and why
     queued_seen: int | None = None
+    queued_unasked: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,10 +288,10 @@ def _describe(queue: QueueConfig, ce: FreeCE) -> str:
     return f"{ce.computing_element}: {said} ({ce.source}, {ce.age} s ago)"
 
 
-def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: int, queued: int,
+def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: int, queued: int, limit: int,
                    trace: list[Step]) -> tuple[int, int | None]:
     """The free-resources rule (after the queued limit): the headroom, and the walltime a backfill window
-    gives (None: the queue's). `room` is what max_workers leaves."""
+    gives (None: the queue's). `room` is what max_workers leaves, `limit` the queued limit."""
     free = state.free
     rule = "free resources"
     if free is None or free.unsupported:
@@ -319,25 +320,27 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
         pools[key] = max(pools.get(key, 0), c.workers or 0)
     startable = sum(pools.values())
     figures = asked + "; ".join(_describe(queue, c) for c in fresh)
-    # the queued limit counts the state database's queued workers; what waits now is the batch system's word
-    limit = headroom + queued
-    queued_text = f"queued={queued}"
-    if state.queued_seen is not None and state.queued_seen != queued:
-        queued_text = f"queued={state.queued_seen} (still waiting; {queued} by the last poll)"
-        queued = state.queued_seen
     # What may wait for the next free slots: queued_when_full, or the most slots that freed up within one cycle
     # lately when that is more; never more than the queued limit allows.
     waiting_wanted, why_waiting = queue.queued_when_full, f"queued_when_full={queue.queued_when_full}"
     if state.ended_recently:
-        why_waiting += (f", ended in the last {TURNOVER_CYCLES * state.turnover_cycle} s={state.ended_recently} "
-                        f"(at most {state.ended_peak} within {state.turnover_cycle} s)")
+        why_waiting += (f", {state.ended_recently} ended in the last {TURNOVER_CYCLES * state.turnover_cycle} s, at "
+                        f"most {state.ended_peak} within {state.turnover_cycle} s")
         waiting_wanted = max(waiting_wanted, state.ended_peak or 0)
     waiting = min(waiting_wanted, limit)
+    # what waits now: the batch system's word when it was asked (the state database's may be a cycle old)
+    waiting_now, queued_text = queued, f"queued={queued}"
+    if state.queued_seen is not None:
+        waiting_now = state.queued_seen
+        if waiting_now != queued:
+            queued_text = f"queued={waiting_now} (asked now; {queued} in the state database)"
+    elif state.queued_unasked:
+        queued_text += f" ({state.queued_unasked})"
     if not startable:
-        result = min(headroom, max(0, waiting - queued))
+        result = min(room, max(0, waiting - waiting_now))
         trace.append(Step(rule, f"nothing can start now ({figures}); {queued_text}, {why_waiting}", result))
         return result, None
-    result = min(room, max(0, startable + waiting - queued))
+    result = min(room, max(0, startable + waiting - waiting_now))
     window = f", walltime {walltime} s (a backfill window)" if walltime is not None else ""
     trace.append(Step(rule, f"{startable} can start now{window} ({figures}) + {why_waiting}, {queued_text}",
                       result))
@@ -375,7 +378,7 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     headroom = min(headroom, max(0, limit - queued))
     trace.append(Step("n_queue_limit_worker", f"{described}, queued={queued}", headroom))
     if queue.free_resources:
-        headroom, walltime = free_resources(queue, state, headroom, room, queued, trace)
+        headroom, walltime = free_resources(queue, state, headroom, room, queued, limit, trace)
 
     if queue.mode == "pull" and queue.pilot_streaming:
         if state.streaming_targets is None:

@@ -10,6 +10,7 @@ collector is not reachable; local processes) leaves the plan as it was.
 `still_waiting` asks the backend which of the queue's queued workers still wait: the state database learns
 that a pilot started only at the next poll, which a cycle runs after submit, so it still counts as queued the
 pilots that started since, and the free-resources rule would hold back the ones that should wait instead.
+A worker the backend no longer lists does not wait (Slurm and A-REX list a job as soon as they took it).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from __future__ import annotations
 import logging
 
 from harvester_cli import model
+from harvester_cli.backends.base import WorkerRef
 from harvester_cli.config import QueueConfig
-from harvester_cli.instance import Instance, worker_ref
+from harvester_cli.instance import Instance
 from harvester_cli.state import resources, workers
 from harvester_cli.steps.planner import FreeCE, FreeResources
 
@@ -53,29 +55,31 @@ def gather(instance: Instance, queue: QueueConfig, sizes: dict[str, tuple[int, i
                                       r["source"], r["pool"]) for r in stored), problem=problem)
 
 
-# More queued workers than this are not asked about one by one: the state database's count stands.
+
+# More queued workers than this are not asked about before a plan: the state database's count stands.
 STILL_WAITING_MAX = 2000
 
 
-def still_waiting(instance: Instance, queue: QueueConfig) -> int | None:
-    """How many of the queue's queued workers wait in the batch queue now, by the backend's check (not
-    written: poll records what it sees); None when it could not be asked, or for a queue with more queued
-    workers than STILL_WAITING_MAX. Workers not handed to the backend yet (pending) and those of another host
-    when the backend is bound to its host count as waiting; one the backend does not list does not (Slurm
-    and A-REX list a job as soon as they took it: one gone from the listing was removed or ended)."""
-    host = instance.host_filter(queue)
+def still_waiting(instance: Instance, queue: QueueConfig, queued: int) -> tuple[int | None, str | None]:
+    """How many of the queue's `queued` workers (the state database's count) still wait, by the backend's
+    check of those this host handed to it (submitted, idle; at most STILL_WAITING_MAX): those that started
+    or ended since the last poll do not. Nothing is recorded (poll does that after the submit); the backend
+    may bring back the files of workers that ended, as poll would. The others (pending, another host's on a
+    host-bound backend) count as waiting. (None, why) when it could not be asked."""
     with instance.store.reading() as tx:
-        rows = workers.queued_rows(tx, queue.name, STILL_WAITING_MAX + 1)
-    if len(rows) > STILL_WAITING_MAX:
-        return None
-    ask = [r for r in rows if r.status != model.PENDING and r.batch_id
-           and (host is None or r.harvester_host in (None, host))]
+        page = workers.queued_page(tx, queue.name, STILL_WAITING_MAX + 1, instance.host_filter(queue))
+    if len(page) > STILL_WAITING_MAX:
+        return None, f"more than {STILL_WAITING_MAX} queued: not asked one by one"
+    refs = [WorkerRef(row[0], queue.name, *row[1:]) for row in page]
     backend = instance.backend(queue)
+    left = 0
     try:
-        seen = [o for start in range(0, len(ask), backend.check_page)
-                for o in backend.check([worker_ref(r) for r in ask[start:start + backend.check_page]])]
-    except Exception as exc:   # the state database's count stands
-        log.info("queue %s: cannot ask which queued workers still wait: %s", queue.name, exc,
-                 exc_info=log.isEnabledFor(logging.DEBUG))
-        return None
-    return len(rows) - len(ask) + sum(1 for o in seen if o.status in model.WORKER_QUEUED)
+        for start in range(0, len(refs), backend.check_page):
+            seen = backend.check(refs[start:start + backend.check_page])
+            left += sum(1 for o in seen if o.status not in model.WORKER_QUEUED)
+    except Exception as exc:   # as in poll: a backend that cannot be asked leaves the state database's count
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        log.warning("queue %s: cannot ask which queued workers still wait: %s", queue.name, why,
+                    exc_info=log.isEnabledFor(logging.DEBUG))
+        return None, f"the batch system could not be asked: {why}"
+    return max(0, queued - left), None

@@ -639,8 +639,9 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
         shared = caps.inputs(instance, queue, _demand_now(instance, activated))
         free = resources.gather(instance, queue, sizes) if count is None else None
         state = queue_state(instance, queue, activated, sizes, registration_problem, shared.caps, free)
-        if free is not None and not free.unsupported:
-            state = replace(state, queued_seen=resources.still_waiting(instance, queue))
+        if free is not None and not free.unsupported and not free.problem and queue.status == "online":
+            seen, unasked = resources.still_waiting(instance, queue, sum(state.queued.values()))
+            state = replace(state, queued_seen=seen, queued_unasked=unasked)
         if count is not None:
             result.plan = one_off_plan(queue, state, count, resource_type or queue.resource_types[0], force)
         else:

@@ -16,6 +16,7 @@ from harvester_cli.config import QueueConfig
 from harvester_cli.state import resources
 from harvester_cli.steps import monitor
 from harvester_cli.steps.planner import FreeCE, FreeResources, QueueState, plan
+from tests.support.harness import wait_until
 
 pytestmark = pytest.mark.resources
 
@@ -153,7 +154,7 @@ def test_a_full_site_keeps_waiting_as_many_as_freed_up_within_one_cycle_lately()
                        turnover_cycle=60)
     result = plan(queue(n_queue_limit_worker=10), state, 100)
     assert result.total == 3
-    assert "ended in the last 600 s=20 (at most 4 within 60 s)" in rule(result).inputs
+    assert "20 ended in the last 600 s, at most 4 within 60 s" in rule(result).inputs
     assert plan(queue(n_queue_limit_worker=3), state, 100).total == 2          # the queued limit holds
     assert plan(queue(n_queue_limit_worker=10, queued_when_full=6), state, 100).total == 5   # the larger
     # a quiet queue keeps queued_when_full
@@ -175,23 +176,26 @@ def test_the_most_ends_within_one_cycle_count_any_window_not_fixed_buckets(times
     assert most_within(times, span) == expected
 
 
-def test_what_still_waits_is_the_batch_systems_word_not_the_last_polls():
-    """A cycle polls after it submits: pilots that started since the last poll still count as queued in the
-    state database, and the rule held back the pilots that should wait in their place."""
+def test_what_still_waits_is_the_batch_systems_word_and_the_queued_limit_holds_on_it():
+    """The state database still counts as queued the pilots that started since the last poll: the rule plans
+    by what the batch system says still waits, and the queued limit holds on that too."""
     full = FreeResources((ce(workers=0, window=0),))
     state = QueueState(queued={"SCORE": 7}, activated=50, free=full, queued_seen=1)
     result = plan(queue(n_queue_limit_worker=20), state, 100)
     assert result.total == 1
-    assert "queued=1 (still waiting; 7 by the last poll)" in rule(result).inputs
-    # the queued limit still counts the state database's queued workers
-    assert plan(queue(n_queue_limit_worker=7), state, 100).total == 0
-    # with free slots: what starts at once, plus the waiting ones not already there
-    free = QueueState(queued={"SCORE": 4}, activated=50, free=FreeResources((ce(workers=3),)), queued_seen=0)
-    assert plan(queue(n_queue_limit_worker=20), free, 100).total == 5
-    # not asked (None) or the same: as before, and the trace says nothing more
-    same = plan(queue(n_queue_limit_worker=20), QueueState(queued={"SCORE": 1}, activated=50, free=full,
-                                                           queued_seen=1), 100)
-    assert same.total == 1 and "still waiting" not in rule(same).inputs
+    assert "queued=1 (asked now; 7 in the state database)" in rule(result).inputs
+    # the database's count over the limit (its startable pilots passed it): still refilled up to the limit
+    state = QueueState(queued={"SCORE": 3}, activated=50, free=full, queued_seen=1)
+    assert plan(queue(n_queue_limit_worker=3), state, 100).total == 1
+    # never more waiting than the limit: 12 in the database, 2 really waiting, 4 can start, 10 ended at once
+    state = QueueState(queued={"SCORE": 12}, activated=50, free=FreeResources((ce(workers=4),)), queued_seen=2,
+                       ended_recently=30, ended_peak=10)
+    assert plan(queue(n_queue_limit_worker=5), state, 100).total == 4 + 5 - 2
+    # not asked: the database's count, and why
+    unasked = QueueState(queued={"SCORE": 1}, activated=50, free=full, queued_unasked="the batch system could not "
+                         "be asked: no answer")
+    result = plan(queue(n_queue_limit_worker=20), unasked, 100)
+    assert result.total == 1 and "queued=1 (the batch system could not be asked: no answer)" in rule(result).inputs
 
 
 def test_stale_figures_are_not_used():
@@ -278,15 +282,44 @@ def test_the_turnover_counts_the_queues_workers_that_ran_and_ended_in_the_last_t
             (2, "Q", now - 900, now - 290),     # within 10 cycles of 30 s
             (3, "Q", now - 900, now - 310),     # before them
             (4, "Q", None, now - 50),           # never started (cancelled while queued): freed no slot
+            (7, "Q", now - 60, now - 40),       # failed: a broken node calls for no more waiting pilots
             (5, "Q", now - 50, None),           # still running
             (6, "R", now - 400, now - 100)]     # another queue
     with instance.store.transaction() as tx:
         tx.execute(workers.insert(), [
-            {"worker_id": i, "queue": q, "backend": "local", "mode": "pull", "status": "finished" if end else "running",
-             "start_time": start, "end_time": end, "created": now - 1000, "modified": now}
+            {"worker_id": i, "queue": q, "backend": "local", "mode": "pull", "start_time": start, "end_time": end,
+             "status": "running" if end is None else "cancelled" if start is None else "failed" if i == 7
+             else "finished",
+             "created": now - 1000, "modified": now}
             for i, q, start, end in rows])
     state = submit.queue_state(instance, instance.config.queues["Q"], None, {})
     assert (state.ended_recently, state.ended_peak, state.turnover_cycle) == (2, 1, 30)
     # a queue without free_resources is not counted
     assert submit.queue_state(instance, instance.config.queues["R"], None, {}).ended_recently is None
     instance.close()
+
+
+def test_what_still_waits_is_asked_of_the_backend_and_nothing_is_recorded(harness, sim):
+    """A cycle polls after it submits: the next plan would count as waiting the pilots that started since.
+    still_waiting asks the backend about the submitted and idle workers, and writes nothing."""
+    from sqlalchemy import select
+
+    from harvester_cli.state.schema import workers
+    from harvester_cli.steps import resources as free_resources
+    from harvester_cli.steps import submit
+
+    instance = harness.instance({"Q": {"mode": "pull", "pilot": "sleep 30"}})
+    queue = instance.config.queues["Q"]
+    assert len(submit.submit(instance, [queue], count=2).queues[0].submitted) == 2
+    # 2 submitted here and 1 pending (another run's, not handed to the backend yet): that one waits
+    wait_until(lambda: free_resources.still_waiting(instance, queue, 3) == (1, None), 30, 0.2,
+               "both pilots seen running")
+    with instance.store.reading() as tx:
+        assert [s for (s,) in tx.execute(select(workers.c.status))] == [model.SUBMITTED] * 2   # poll records it
+
+    # a backend that cannot be asked: the state database's count stands, and the plan says why
+    instance.backend(queue).check = lambda refs: (_ for _ in ()).throw(OSError("no answer"))
+    assert free_resources.still_waiting(instance, queue, 2) == (None, "the batch system could not be asked: "
+                                                                      "no answer")
+    instance.close()
+

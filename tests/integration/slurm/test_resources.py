@@ -110,24 +110,25 @@ def test_pilots_that_started_since_the_last_poll_do_not_count_as_waiting(slurm, 
     add_jobs(sim, 10)
     assert len(submitted(instance)) == 6   # 4 start at once on the 16 CPUs, 2 wait
     cluster = slurm.cluster
-    states = lambda: sorted(cluster.run("squeue", "-h", "-r", "-t", "PENDING,RUNNING", "-o", "%T").stdout.split())  # noqa: E731
-    wait_until(lambda: states() == ["PENDING"] * 2 + ["RUNNING"] * 4, 60, 0.3, "4 pilots running, 2 pending")
-    plan = planned(instance)   # no poll since the submit: 6 queued in the state database
+
+    def states(state: str = "PENDING,RUNNING") -> list[str]:
+        return cluster.run("squeue", "-h", "-r", "-t", state, "-o", "%i %T").stdout.split("\n")[:-1]
+
+    wait_until(lambda: sorted(line.split()[1] for line in states()) == ["PENDING"] * 2 + ["RUNNING"] * 4, 60,
+               0.3, "4 pilots running, 2 pending")
+    plan = planned(instance)   # no poll since the submit: 6 submitted in the state database
     step = step_of(plan)
-    assert "nothing can start now" in step.inputs and "queued=2 (still waiting; 6 by the last poll)" in step.inputs, \
-        step.inputs
+    assert "nothing can start now" in step.inputs and "queued=2 (asked now; 6 in the state database)" in \
+        step.inputs, step.inputs
     assert plan.total == 0, plan.trace
-    # one of the waiting pilots leaves the queue: one more may wait
-    with instance.store.reading() as tx:
-        waiting = [w for (w,) in tx.execute(select(workers.c.batch_id).where(workers.c.status == model.SUBMITTED))]
-    pending = cluster.run("squeue", "-h", "-r", "-t", "PENDING", "-o", "%i").stdout.split()
-    cluster.run("scancel", pending[0])
-    assert pending[0] in waiting
-    wait_until(lambda: len(cluster.run("squeue", "-h", "-r", "-t", "PENDING", "-o", "%i").stdout.split()) == 1, 60, 0.3,
-               "one pilot pending")
+    # a running pilot ends: a waiting one takes its CPUs, and one more may wait
+    cluster.run("scancel", states("RUNNING")[0].split()[0])
+    wait_until(lambda: len(states("PENDING")) == 1, 60, 0.3, "one pilot pending")
     plan = planned(instance)
-    assert plan.total == 1 and "queued=1 (still waiting; 6 by the last poll)" in step_of(plan).inputs, \
+    assert plan.total == 1 and "queued=1 (asked now; 6 in the state database)" in step_of(plan).inputs, \
         [(s.rule, s.inputs, s.result) for s in plan.trace]
+    with instance.store.reading() as tx:   # nothing recorded: poll does that
+        assert [s for (s,) in tx.execute(select(workers.c.status))] == [model.SUBMITTED] * 6
 
 
 def test_nothing_is_queued_where_nothing_can_start_and_enough_already_wait(slurm, sim, blocker):
