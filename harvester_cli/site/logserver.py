@@ -220,7 +220,8 @@ class LogRequestHandler(BaseHTTPRequestHandler):
             return
         if os.path.isdir(target):
             if not url_path.endswith("/"):
-                self._redirect(quote(url_path) + "/", HTTPStatus.MOVED_PERMANENTLY)
+                # the path as the client sent it, escapes kept (quoting it again made a%20b a%2520b)
+                self._redirect(quote(url_path, safe="/%") + "/", HTTPStatus.MOVED_PERMANENTLY)
                 return
             self._listing(target, url_path)
         else:
@@ -273,8 +274,10 @@ class LogRequestHandler(BaseHTTPRequestHandler):
             name = entry.name + ("/" if is_dir else "")
             size = "-" if is_dir else str(st.st_size)
             stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.st_mtime))
-            rows.append(f'<a href="{quote(name)}">{html.escape(name)}</a>{" " * max(1, 50 - len(name))}'
-                        f'{stamp}  {size:>12}')
+            # a name that is not UTF-8 is linked by its bytes (quote() of it alone raised, and the whole
+            # listing was an empty reply)
+            rows.append(f'<a href="{quote(name, errors="surrogateescape")}">{html.escape(name)}</a>'
+                        f'{" " * max(1, 50 - len(name))}{stamp}  {size:>12}')
         body = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta name=\"robots\" content=\"noindex, "
                 f"nofollow\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1><pre>\n"
                 + "\n".join(rows) + "\n</pre></body></html>\n").encode("utf-8", "replace")

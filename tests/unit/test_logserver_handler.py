@@ -288,8 +288,6 @@ def test_a_directory_without_its_slash_is_a_permanent_redirect_to_it(tree, serve
     assert parse(data)[1:] == ([("Location", location), ("Content-Length", "0")], b"")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the 301 Location quotes the already percent-encoded path again "
-                                       "(a%20b -> a%2520b), so following it gives 404")
 def test_the_redirect_of_a_directory_whose_name_needs_escaping_leads_to_it(tree, servers):
     put(tree / "workers" / "a b" / "pilot.out", "spaced\n")
     server = servers(tree)
@@ -336,8 +334,6 @@ def test_the_listing_of_the_prefix_has_no_parent_link_and_hides_private_and_hidd
     assert [r.split(b'"')[1] for r in rows] == [b"other/", b"workers/"]   # no ../, no commands/, no .state/
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an entry whose name is not UTF-8 makes quote() raise in _listing: the "
-                                       "whole directory's listing is an empty reply (connection closed, no status)")
 def test_a_file_name_that_is_not_utf8_does_not_break_its_directorys_listing(tree, servers):
     odd = tree / "workers" / "odd"
     put(odd / "pilot.out", "fine\n")
