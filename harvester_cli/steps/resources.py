@@ -55,7 +55,6 @@ def gather(instance: Instance, queue: QueueConfig, sizes: dict[str, tuple[int, i
                                       r["source"], r["pool"]) for r in stored), problem=problem)
 
 
-
 # More queued workers than this are not asked about before a plan: the state database's count stands.
 STILL_WAITING_MAX = 2000
 
