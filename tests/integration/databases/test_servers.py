@@ -44,7 +44,12 @@ def test_pull_and_push_cycle_with_a_large_job(harness, sim, server_url):
                                 state=server_url)
     cycle_until(instance, lambda: all(sim.job_status(i) == "finished" for i in [*ids, large])
                 and all(w.status == "finished" for w in rows(instance, workers)), what="jobs finished on the server")
-    assert len(rows(instance, workers)) == 5
+    made = rows(instance, workers)
+    # one worker per push job, never two; pull pilots past the two jobs can only be empty ones (a pilot that
+    # starts slowly on a busy machine has not taken its job when the next cycle reads PanDA's count: seen once
+    # in a full run beside a mutation run, 7 workers)
+    assert len([w for w in made if w.queue == "PUSH_Q"]) == 3
+    assert len([w for w in made if w.queue == "PULL_Q"]) >= 2
     (job,) = rows(instance, jobs, jobs.c.panda_id == large)
     assert job.sub_status == "done" and len(job.job_json) > 100_000
 
