@@ -9,6 +9,7 @@ under tests/integration/ gets the `integration` marker here, so `pytest -m "not 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -28,6 +29,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_as_it_was():
+    """A test that runs the CLI in-process leaves its handlers on the root logger (the stderr handler and its
+    redacting filter, which folds a traceback into the message); the next test's caplog would see records that
+    filter rewrote. Each test gets the root logger as the one before it found it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
