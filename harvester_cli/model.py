@@ -36,6 +36,14 @@ def is_retirement(kill_reason: str | None) -> bool:
     """Whether a kill mark asks for a retirement (conditional on the pilot still queued), not a kill."""
     return kill_reason is not None and kill_reason.startswith(RETIRE_MARK)
 
+
+def retired_diag(kill_reason: str | None, submit_time: float | None, at: float, detail: str | None) -> str:
+    """The diag of a pilot retired while still queued (PanDA's error code 1014 is read from its start)."""
+    why = (kill_reason or "").removeprefix(RETIRE_MARK) or "not needed"
+    queued = f" after {duration(at - submit_time)} queued" if submit_time else ""
+    seen = f" ({detail})" if detail else ""
+    return f"{RETIRED} while still queued{queued}{seen}: {why}"
+
 # Job states as PanDA sees them, and our pipeline step (sub_status).
 JOB_STARTING = "starting"
 JOB_RUNNING = "running"

@@ -100,7 +100,7 @@ def poll_queue(instance: Instance, queue: QueueConfig, progress: Callable[[int],
 def apply_observations(instance: Instance, queue: QueueConfig, rows, observations: list[Observation],
                        result: QueuePoll) -> None:
     at = model.now()
-    changed, kills, ended, started, resubmit = [], [], [], [], {}
+    changed, kills, ended, started, resubmit, retired = [], [], [], [], {}, {}
     retry_ended, retry_kills = [], []   # transient CE errors of push workers: a new worker if they never started
     grace = queue.lost_grace_seconds
     push = queue.mode == "push"
@@ -110,6 +110,12 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
         status, diag, kill = _decide(queue, row, seen, at)
         if status != row.status and not model.allowed_worker_transition(row.status, status):
             status = row.status
+        if (status == model.CANCELLED != row.status and model.is_retirement(row.kill_reason)
+                and row.start_time is None and not seen.start_time and seen.started is not True):
+            # A sweep (this host's or another's) removed it as marked and has not recorded that yet: it was
+            # retired, its job (if one was bound) never ran and waits for another worker, as the sweep would do.
+            diag = model.retired_diag(row.kill_reason, row.submit_time, at, diag or seen.native_status)
+            retired[row.worker_id] = "its pilot was retired before it ran"
         if not kill and seen.kill_reason and not row.kill_reason:
             kill = seen.kill_reason
             if push and seen.started is False and _transient(queue, kill, seen):
@@ -126,7 +132,7 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
             (seen.end_time or at) if status in model.WORKER_FINAL else None, at, row.worker_id,
             row.status, row.modified,
         ))
-        if status != row.status:
+        if status != row.status and row.worker_id not in retired:
             if status in model.WORKER_FINAL and push and seen.started is False and _transient(queue, diag, seen):
                 retry_ended.append((row, status, diag, seen))
             elif status in model.WORKER_FINAL and seen.jobs is None:   # a many-job worker's jobs end on their own
@@ -154,7 +160,8 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
     # there as written at `at`, or they are written again (never a worker's job requeued twice).
     changed_ids = [c[7] for c in changed]
     counts = instance.store.retrying(
-        lambda tx: _write_changes(tx, queue, rows, changed, kills, started, resubmit, final_jobs, at, step_finals),
+        lambda tx: _write_changes(tx, queue, rows, changed, kills, started, resubmit, final_jobs, at, step_finals,
+                                  retired),
         committed=lambda tx: workers.written_at(tx, changed_ids, at))
     changes, kill_requested, resubmitted, jobs_final, written = counts
     result.changes.update(changes)
@@ -162,6 +169,11 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
     result.resubmitted += len(resubmitted)
     result.jobs_final += jobs_final
     _count_errors(instance, queue, rows, changed, written, resubmitted)
+    by_id = {r.worker_id: r for r in rows}
+    for worker_id in retired:
+        if worker_id in written:
+            instance.count("harvester_cli_pilots_retired_total", queue=queue.name,
+                           computing_element=by_id[worker_id].computing_element or "")
 
 
 def _transient(queue: QueueConfig, text: str | None, seen: Observation) -> bool:
@@ -206,12 +218,13 @@ def _count_errors(instance: Instance, queue: QueueConfig, rows, changed, written
 
 
 def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, resubmit, final_jobs,
-                   at: float, step_finals=()) -> tuple[Counter, int, dict[int, str], int, set[int]]:
+                   at: float, step_finals=(), retired=None) -> tuple[Counter, int, dict[int, str], int, set[int]]:
     """Write a page's changes; returns (new status -> count, kills asked, the workers whose jobs were requeued,
     final job updates, the workers whose change was written).
     Every write is compare-and-set on what the page read: another poll (or sweep) may have moved a worker
     meanwhile, and then its change stands and this one is dropped, with everything that follows from it. A
-    job whose own step ended (a many-job worker) is final only if it is still live when written."""
+    job whose own step ended (a many-job worker) is final only if it is still live when written. The jobs of
+    pilots seen removed while marked for retirement (`retired`) wait for another worker, as sweep would leave them."""
     changes: Counter = Counter()
     kill_requested = workers.mark_kill(tx, kills)   # first: it leaves status and modified as they were read
     fresh = workers.record_observed(tx, changed)
@@ -227,6 +240,9 @@ def _write_changes(tx: Tx, queue: QueueConfig, rows, changed, kills, started, re
     resubmit = {w: why for w, why in resubmit.items() if w in fresh}
     if resubmit:
         transitions.requeue_jobs(tx, queue, resubmit, at)
+    retired = {w: why for w, why in (retired or {}).items() if w in fresh}
+    if retired:
+        transitions.requeue_jobs(tx, queue, retired, at, attempt=False)
     final_jobs = [(p, u, d) for p, u, d, w in final_jobs if w in fresh]
     jobs.record_final(tx, [(p, updates.status_of(u), d) for p, u, d in final_jobs], at)
     live = jobs.record_final_of_live(tx, [(p, updates.status_of(u), d) for p, u, d, _ in step_finals], at)

@@ -296,7 +296,4 @@ def carry_out(instance: Instance, queue: QueueConfig, rows: list) -> Outcomes:
 
 
 def _diag(row, result: RetireResult, at: float) -> str:
-    why = (row.kill_reason or "").removeprefix(model.RETIRE_MARK) or "not needed"
-    queued = f" after {model.duration(at - row.submit_time)} queued" if row.submit_time else ""
-    seen = f" ({result.detail})" if result.detail else ""
-    return f"{model.RETIRED} while still queued{queued}{seen}: {why}"
+    return model.retired_diag(row.kill_reason, row.submit_time, at, result.detail)

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import select
 
 from harvester_cli import model
-from harvester_cli.backends.base import RetireResult
+from harvester_cli.backends.base import Observation, RetireResult
 from harvester_cli.backends.local import LocalBackend
 from harvester_cli.config import QueueConfig
 from harvester_cli.panda import diagnostics, updates
 from harvester_cli.state.schema import workers
-from harvester_cli.steps import monitor, propagate, submit, sweep
+from harvester_cli.steps import monitor, poll, propagate, submit, sweep
 from harvester_cli.steps.planner import QueueState
 from harvester_cli.steps.retire import Pilot, decide
 
@@ -226,3 +226,31 @@ def test_a_backend_that_fails_keeps_the_marks_for_the_next_sweep(harness, sim, t
     assert all(model.is_retirement(r.kill_reason) and r.lock_owner is None for r in _rows(instance).values())
     told.outcomes = {}
     assert sweep.sweep(instance, queues).queues[0].retired == 2
+
+
+def test_a_pilot_another_host_sees_removed_before_the_sweep_records_it_is_retired_once(harness, sim, told, monkeypatch):
+    """Two hosts: one's sweep removes the marked pilots, the other's poll sees them cancelled in the batch system
+    before that sweep records anything. They were retired (PanDA's 1014), counted once, and the sweep that
+    removed them writes nothing over what poll recorded."""
+    instance = harness.instance({"Q": {"mode": "pull", "empty_pilot_floor": 0}})
+    _queued(instance, 2)
+    queues = list(instance.config.queues.values())
+    submit.submit(instance, queues)
+    removed: set[int] = set()
+    monkeypatch.setattr(LocalBackend, "check", lambda self, refs: [
+        Observation(r.worker_id, model.CANCELLED if r.worker_id in removed else model.SUBMITTED,
+                    "CANCELLED" if r.worker_id in removed else "PENDING", started=False) for r in refs])
+
+    def removed_then_seen_by_another_poll(self, refs, reason):
+        removed.update(r.worker_id for r in refs)
+        assert poll.poll(instance, queues).queues[0].changes == {"cancelled": 2}
+        return [RetireResult(r.worker_id, RetireResult.RETIRED, "PENDING") for r in refs]
+
+    monkeypatch.setattr(LocalBackend, "retire", removed_then_seen_by_another_poll)
+    assert sweep.sweep(instance, queues).queues[0].retired == 0   # poll recorded them first
+    rows = _rows(instance)
+    assert all(r.status == "cancelled" and r.lock_owner is None for r in rows.values())
+    assert rows[2].diag.startswith("retired while still queued after ") and "(CANCELLED): not needed" in rows[2].diag
+    assert updates.worker_update(rows[2], [], "Q")["errorCode"] == 1014
+    monitor.after_command(instance, [monitor.Run("sweep", 0.0, 1.0, 0)])
+    assert monitor.summary(instance, ["Q"], 3600)["retired"]["total"] == 2
