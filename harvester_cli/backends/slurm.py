@@ -104,6 +104,7 @@ from harvester_cli.backends import _slurm_status as status
 from harvester_cli.backends import _slurm_steps as steps
 from harvester_cli.backends import ce_choice, transport
 from harvester_cli.backends.base import (
+    Allocation,
     Backend,
     Contact,
     FreeResources,
@@ -328,7 +329,10 @@ class SlurmBackend(Backend):
         names = list(self.options.partitions) or ([default] if default else [])
         at = model.now()
         header = self._probe_script(cores, memory_mb)
-        nodes = max(1, self.options.nodes)
+        many = self.queue.many_to_one
+        # many_to_one: the smallest allocation (nodes_min) is what may start; the planner sizes allocations to the
+        # idle nodes per partition
+        nodes = many.nodes_min if many is not None else max(1, self.options.nodes)
         out = []
         for name in names:
             load = loads.get(name)
@@ -357,7 +361,7 @@ class SlurmBackend(Backend):
                 out.append(FreeResources(name, f"sbatch --test-only: {refused[0]}", at, idle_nodes=load.idle_nodes,
                                          idle_cores=load.idle_cores, total_cores=load.total_cores, pool=load.nodes))
                 continue
-            count = load.idle_nodes // nodes if nodes > 1 else load.idle_cores // max(1, cores)
+            count = load.idle_nodes // nodes if nodes > 1 or many is not None else load.idle_cores // max(1, cores)
             self._startable[name] = count if span else 0
             out.append(FreeResources(name, source, at, workers=count if span else 0, window=span,
                                      idle_nodes=load.idle_nodes, idle_cores=load.idle_cores,
@@ -366,10 +370,16 @@ class SlurmBackend(Backend):
         return out
 
     def _probe_script(self, cores: int, memory_mb: int) -> bytes:
-        """A batch script with the #SBATCH lines a worker of this size gets, for sbatch --test-only to weigh."""
+        """A batch script with the #SBATCH lines a worker of this size gets (many_to_one: its smallest
+        allocation), for sbatch --test-only to weigh."""
+        many, shape = self.queue.many_to_one, None
+        if many is not None:
+            shape = Allocation(many.nodes_min, many.jobs_per_node, many.cores_per_job or cores, memory_mb)
+            cores = shape.nodes * shape.jobs_per_node * shape.cores_per_job
+            memory_mb = shape.nodes * shape.jobs_per_node * memory_mb
         probe = WorkerSpec(0, self.queue.name, self.queue.resource_types[0], cores, memory_mb, self.queue.walltime,
-                           self.root / "probe", "true")
-        text = script.render(self._template(), script.values(
+                           self.root / "probe", "true", allocation=shape)
+        text = script.render(self._template(many=many is not None), script.values(
             probe, harvester_id=self.context.harvester_id, queue=self.queue, nodes=self.options.nodes,
             work_dir=self.root / "probe", partition=None, options=self.options, proxy=None, token=None))
         lines = text.splitlines()

@@ -190,7 +190,8 @@ class QueueConfig(Section):
                                               "those that wait for the next free slots (queued_when_full, or more "
                                               "for a busy queue), no more (n_queue_limit_worker holds back only "
                                               "those that wait); what waits is asked of the batch system right "
-                                              "before the plan")
+                                              "before the plan; many_to_one allocations are sized to the idle "
+                                              "nodes when fewer than nodes_max stand idle")
     free_resources_max_age: int = setting(300, doc="seconds after which figures the batch system gave are not "
                                                    "used (when it cannot be asked again)", minimum=1)
     queued_when_full: int = setting(2, doc="with free_resources: pilots that wait in the batch queue for the next "

@@ -1,7 +1,9 @@
 """Many jobs in one worker (a queue's many_to_one, HPC): which jobs a queue refuses, how many allocations the
 jobs waiting make, and which jobs go into each (pure, no I/O).
 
-An allocation holds at most nodes_max x jobs_per_node jobs. Jobs go oldest first; full allocations go at once.
+An allocation holds at most nodes_max x jobs_per_node jobs (with free_resources, when fewer nodes stand idle
+than nodes_max but at least nodes_min, the allocations of that cycle are sized to them: one that starts now
+beats a larger one that waits). Jobs go oldest first; full allocations go at once.
 What is left goes too when it fills nodes_min nodes, or when its oldest job has waited fill_timeout seconds
 (a half-filled allocation does not wait for more jobs for ever); otherwise it waits. An allocation asks for
 the nodes its jobs fill (never fewer than nodes_min), the largest cores and memory of its jobs per step, and
@@ -32,16 +34,30 @@ def refusal(queue: QueueConfig, job: PandaJob) -> str | None:
     return None
 
 
-def allocations_for(ages: list[float], queue: QueueConfig, *, fill_now: bool = False) -> tuple[int, str]:
-    """How many allocations these waiting jobs make (their ages in seconds, oldest first), and why, in the
-    plan's words. `fill_now` (submit --count): what is left goes whatever its size and age."""
+def largest(queue: QueueConfig, nodes_max: int | None) -> int:
+    """The nodes of the largest allocation: the queue's nodes_max, or fewer when the plan sizes allocations to
+    the idle nodes (`nodes_max`, never below nodes_min)."""
     shape = queue.many_to_one
-    full, rest = divmod(len(ages), shape.jobs_max)
-    words = (f"{len(ages)} job(s) wait, an allocation holds {shape.jobs_min}..{shape.jobs_max} "
-             f"({shape.nodes_min}..{shape.nodes_max} node(s) x {shape.jobs_per_node})")
+    if nodes_max is None:
+        return shape.nodes_max
+    return max(shape.nodes_min, min(shape.nodes_max, nodes_max))
+
+
+def allocations_for(ages: list[float], queue: QueueConfig, *, fill_now: bool = False,
+                    nodes_max: int | None = None) -> tuple[int, str]:
+    """How many allocations these waiting jobs make (their ages in seconds, oldest first), and why, in the
+    plan's words. `fill_now` (submit --count): what is left goes whatever its size and age. `nodes_max`: the
+    largest allocation's nodes when the idle nodes make it smaller than the queue's."""
+    shape = queue.many_to_one
+    nodes = largest(queue, nodes_max)
+    jobs_max = nodes * shape.jobs_per_node
+    full, rest = divmod(len(ages), jobs_max)
+    sized = f", sized to the idle nodes (nodes_max={shape.nodes_max})" if nodes < shape.nodes_max else ""
+    words = (f"{len(ages)} job(s) wait, an allocation holds {shape.jobs_min}..{jobs_max} "
+             f"({shape.nodes_min}..{nodes} node(s) x {shape.jobs_per_node}{sized})")
     if not rest:
         return full, f"{words}: {full} full"
-    oldest = ages[full * shape.jobs_max]   # the oldest of those left after the full ones
+    oldest = ages[full * jobs_max]   # the oldest of those left after the full ones
     if rest >= shape.jobs_min:
         return full + 1, f"{words}: {full} full + 1 of {rest} job(s)"
     if fill_now:
@@ -89,12 +105,12 @@ def shape_of(queue: QueueConfig, jobs: list[PandaJob]) -> Allocation:
 
 
 def pack(queue: QueueConfig, waiting: list[tuple[PandaJob, float]], now: float, *,
-         fill_now: bool = False) -> tuple[list[Packed], list[PandaJob]]:
+         fill_now: bool = False, nodes_max: int | None = None) -> tuple[list[Packed], list[PandaJob]]:
     """The allocations these claimed jobs (with when each was fetched) make, by the rule allocations_for
     follows, and the jobs left to wait."""
     waiting = sorted(waiting, key=lambda item: item[1])
-    n, _ = allocations_for([now - created for _, created in waiting], queue, fill_now=fill_now)
-    size = queue.many_to_one.jobs_max
+    n, _ = allocations_for([now - created for _, created in waiting], queue, fill_now=fill_now, nodes_max=nodes_max)
+    size = largest(queue, nodes_max) * queue.many_to_one.jobs_per_node
     packed = []
     for start in range(0, n * size, size):
         jobs = [job for job, _ in waiting[start:start + size]]

@@ -22,7 +22,9 @@ queue keeps queued the N workers that would start at once plus those that wait f
 limit), no more: where nothing can start, more would only wait for hours or become empty pilots; where N can
 start, the queued limit does not hold back those N (they will not wait), every other cap still holding.
 Figures older than free_resources_max_age are not used. A backfill window (only a shorter walltime starts now, down to
-min_walltime) gives the new workers that walltime (Plan.walltime).
+min_walltime) gives the new workers that walltime (Plan.walltime). A many_to_one queue's allocations are sized to
+the idle nodes when fewer than nodes_max (and at least nodes_min) stand idle in one place (Plan.nodes): an
+allocation that starts now on the nodes there are beats a full one that waits for nodes to free up.
 
 PanDA's activated-job counts lag by up to a minute (a materialized view refreshed on every full minute).
 A pilot that started since the last refresh has probably taken one of the jobs still counted, so those
@@ -56,6 +58,7 @@ class FreeCE:
     age: int                   # seconds since the batch system said so
     source: str
     pool: str | None = None    # CEs drawing on the same nodes: counted once
+    idle_nodes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Plan:
     wanted: int = 0                # new workers it wants before the shared caps and the per-cycle and per-run caps
     caps: list[dict] = field(default_factory=list)   # each shared cap: limit, use and every queue's share
     walltime: int | None = None    # the new workers' walltime when a backfill window shortens it (None: the queue's)
+    nodes: int | None = None       # many_to_one: the largest new allocation's nodes when fewer than nodes_max are idle
 
     @property
     def total(self) -> int:
@@ -288,15 +292,38 @@ def _describe(queue: QueueConfig, ce: FreeCE) -> str:
     return f"{ce.computing_element}: {said} ({ce.source}, {ce.age} s ago)"
 
 
+def _allocation_nodes(queue: QueueConfig, counted: list[FreeCE]) -> tuple[int | None, int | None, str]:
+    """many_to_one: (the largest allocation's nodes when the idle nodes make it smaller than nodes_max, else
+    None; the allocations of that size that start now; the words) from the idle nodes per pool. (None, None, "")
+    when the batch system did not say them: its own count of workers stands."""
+    shape = queue.many_to_one
+    idle: dict[str, int] = {}
+    for c in counted:
+        if c.idle_nodes is None:
+            return None, None, ""
+        key = c.pool or c.computing_element
+        idle[key] = max(idle.get(key, 0), c.idle_nodes)
+    most = max(idle.values(), default=0)
+    if most < shape.nodes_min:
+        return None, None, ""
+    size = min(most, shape.nodes_max)
+    fitting = sum(n // size for n in idle.values())
+    if size == shape.nodes_max:
+        return None, fitting, ""
+    return size, fitting, (f"; allocations of at most {size} node(s), the most idle in one place "
+                           f"(nodes_max={shape.nodes_max})")
+
+
 def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: int, queued: int, limit: int,
-                   trace: list[Step]) -> tuple[int, int | None]:
-    """The free-resources rule (after the queued limit): the headroom, and the walltime a backfill window
-    gives (None: the queue's). `room` is what max_workers leaves, `limit` the queued limit."""
+                   trace: list[Step]) -> tuple[int, int | None, int | None]:
+    """The free-resources rule (after the queued limit): the headroom, the walltime a backfill window gives
+    (None: the queue's), and with many_to_one the largest allocation's nodes when fewer than nodes_max stand
+    idle (None: nodes_max). `room` is what max_workers leaves, `limit` the queued limit."""
     free = state.free
     rule = "free resources"
     if free is None or free.unsupported:
         trace.append(Step(rule, f"the {queue.backend} backend cannot say what can start now: not used", headroom))
-        return headroom, None
+        return headroom, None, None
     max_age = queue.free_resources_max_age
     fresh = [c for c in free.ces if c.age <= max_age and c.workers is not None]
     asked = f"not asked now ({free.problem}); " if free.problem else ""
@@ -310,7 +337,7 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
         else:
             why = "no figures: not used"
         trace.append(Step(rule, asked + why, headroom))
-        return headroom, None
+        return headroom, None, None
     full = [c for c in fresh if c.workers and (c.window is None or c.window >= queue.walltime)]
     windows = [c for c in fresh if c.workers and c.window]
     counted, walltime = (full, None) if full else (windows, min((c.window for c in windows), default=None))
@@ -319,6 +346,10 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
         key = c.pool or c.computing_element
         pools[key] = max(pools.get(key, 0), c.workers or 0)
     startable = sum(pools.values())
+    nodes, sized = None, ""
+    if queue.many_to_one is not None:
+        nodes, fitting, sized = _allocation_nodes(queue, counted)
+        startable = startable if fitting is None else fitting
     figures = asked + "; ".join(_describe(queue, c) for c in fresh)
     # What may wait for the next free slots: queued_when_full, or the most slots that freed up within one cycle
     # lately when that is more; never more than the queued limit allows.
@@ -339,12 +370,12 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
     if not startable:
         result = min(room, max(0, waiting - waiting_now))
         trace.append(Step(rule, f"nothing can start now ({figures}); {queued_text}, {why_waiting}", result))
-        return result, None
+        return result, None, None
     result = min(room, max(0, startable + waiting - waiting_now))
     window = f", walltime {walltime} s (a backfill window)" if walltime is not None else ""
-    trace.append(Step(rule, f"{startable} can start now{window} ({figures}) + {why_waiting}, {queued_text}",
+    trace.append(Step(rule, f"{startable} can start now{window}{sized} ({figures}) + {why_waiting}, {queued_text}",
                       result))
-    return result, walltime
+    return result, walltime, nodes
 
 
 def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
@@ -355,11 +386,11 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     demand_total = 0.0
     wanted = 0
     caps: list[dict] = []
-    walltime = None
+    walltime = nodes = None
 
     def done(result: dict[str, int]) -> Plan:
         return Plan(queue.name, {rt: result.get(rt, 0) for rt in rts}, trace, demand=demand_total, wanted=wanted,
-                    caps=caps, walltime=walltime)
+                    caps=caps, walltime=walltime, nodes=nodes)
 
     if queue.status != "online":
         trace.append(Step("queue status", f"status={queue.status}", 0))
@@ -378,7 +409,7 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     headroom = min(headroom, max(0, limit - queued))
     trace.append(Step("n_queue_limit_worker", f"{described}, queued={queued}", headroom))
     if queue.free_resources:
-        headroom, walltime = free_resources(queue, state, headroom, room, queued, limit, trace)
+        headroom, walltime, nodes = free_resources(queue, state, headroom, room, queued, limit, trace)
 
     if queue.mode == "pull" and queue.pilot_streaming:
         if state.streaming_targets is None:
@@ -440,7 +471,8 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
         demand = {rt: float(n) for rt, n in waiting.items()}
         demand_total = float(_sum(waiting))
         if queue.many_to_one is not None:   # many jobs per worker: the jobs waiting make the allocations
-            made = {rt: allocation.allocations_for(state.waiting_ages.get(rt, []), queue) for rt in rts}
+            made = {rt: allocation.allocations_for(state.waiting_ages.get(rt, []), queue, nodes_max=nodes)
+                    for rt in rts}
             headroom = min(headroom, sum(n for n, _ in made.values()))
             trace.append(Step("jobs per allocation (many_to_one)",
                               "; ".join(f"{rt}: {why}" if len(rts) > 1 else why for rt, (_, why) in made.items()),

@@ -52,7 +52,7 @@ def gather(instance: Instance, queue: QueueConfig, sizes: dict[str, tuple[int, i
         stored = resources.of_queues(tx, [queue.name])
     at = model.now()
     return FreeResources(tuple(FreeCE(r["computing_element"], r["workers"], r["window"], max(0, int(at - r["measured"])),
-                                      r["source"], r["pool"]) for r in stored), problem=problem)
+                                      r["source"], r["pool"], r["idle_nodes"]) for r in stored), problem=problem)
 
 
 # More queued workers than this are not asked about before a plan: the state database's count stands.

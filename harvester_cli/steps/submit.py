@@ -275,17 +275,20 @@ class LeaseLost(StateError):
 
 
 def _claim_allocations(instance: Instance, queue: QueueConfig, counts: dict[str, int], at: float,
-                       fill_now: bool) -> list[tuple[str, PandaJob | None, allocation.Packed | None]]:
-    """many_to_one: claim the jobs of the planned allocations, oldest first, and pack them; jobs left over
-    (another host took some, or a half-filled rest still waits to fill) are released at once."""
+                       fill_now: bool, nodes_max: int | None
+                       ) -> list[tuple[str, PandaJob | None, allocation.Packed | None]]:
+    """many_to_one: claim the jobs of the planned allocations, oldest first, and pack them (`nodes_max`: the
+    plan's largest allocation when the idle nodes make it smaller); jobs left over (another host took some, or a
+    half-filled rest still waits to fill) are released at once."""
     items: list[tuple[str, PandaJob | None, allocation.Packed | None]] = []
+    jobs_max = allocation.largest(queue, nodes_max) * queue.many_to_one.jobs_per_node
     with instance.store.transaction() as tx:
         for rt, n in counts.items():
             if n <= 0:
                 continue
-            rows = jobs.claim_unbound(tx, queue.name, rt, n * queue.many_to_one.jobs_max)
+            rows = jobs.claim_unbound(tx, queue.name, rt, n * jobs_max)
             packed, left = allocation.pack(queue, [(PandaJob.from_json(r.job_json), r.created) for r in rows], at,
-                                           fill_now=fill_now)
+                                           fill_now=fill_now, nodes_max=nodes_max)
             jobs.release(tx, [job.panda_id for job in left])
             items += [(rt, None, p) for p in packed]
     return items
@@ -293,17 +296,18 @@ def _claim_allocations(instance: Instance, queue: QueueConfig, counts: dict[str,
 
 def record_pending(instance: Instance, queue: QueueConfig, counts: dict[str, int], floor: int,
                    sizes: dict[str, tuple[int, int]], *, fill_now: bool = False,
-                   fitted: int | None = None) -> list[WorkerSpec]:
+                   fitted: int | None = None, nodes_max: int | None = None) -> list[WorkerSpec]:
     """Step 4: record the new workers as pending, claimed by this run, and bind their jobs, in one
     transaction; returns their specs (nothing when a push queue has no job left to bind). A many_to_one
     queue's worker is an allocation holding many jobs: every one of them is bound to it in that same
     transaction (`fill_now`: a half-filled one goes without waiting to fill). `fitted`: the plan's walltime
-    when a backfill window shortens the queue's."""
+    when a backfill window shortens the queue's; `nodes_max`: its largest allocation when the idle nodes make it
+    smaller than the queue's."""
     store = instance.store
     at = model.now()
     items: list[tuple[str, PandaJob | None, allocation.Packed | None]] = []
     if queue.many_to_one is not None:
-        items = _claim_allocations(instance, queue, counts, at, fill_now)
+        items = _claim_allocations(instance, queue, counts, at, fill_now, nodes_max)
     elif queue.mode == "push":
         with store.transaction() as tx:
             for rt, n in counts.items():
@@ -667,7 +671,7 @@ def submit_queue(instance: Instance, queue: QueueConfig, activated: job_counts.A
         for counts in rounds(result.plan.per_resource_type, SUBMIT_ROUND):
             try:
                 specs = record_pending(instance, queue, counts, floor, sizes, fill_now=count is not None,
-                                       fitted=result.plan.walltime)
+                                       fitted=result.plan.walltime, nodes_max=result.plan.nodes)
             except LeaseLost as exc:
                 result.error = str(exc)
                 break

@@ -20,7 +20,7 @@ from harvester_cli.state import locks
 from harvester_cli.state import workers as state_workers
 from harvester_cli.state.schema import jobs
 from harvester_cli.steps import allocation, fetch_jobs, poll, submit
-from harvester_cli.steps.planner import QueueState, plan
+from harvester_cli.steps.planner import FreeCE, FreeResources, QueueState, plan
 from tests.support.harness import rows
 
 SHAPE = {"nodes_min": 1, "nodes_max": 3, "jobs_per_node": 4, "fill_timeout": 300, "walltime_margin": 600}
@@ -122,6 +122,49 @@ def test_the_plan_counts_allocations_from_jobs_waiting():
     # The queued limit counts allocations, not jobs.
     assert plan(queue(), QueueState(queued={"SCORE": 9}, waiting_jobs={"SCORE": 30},
                                     waiting_ages={"SCORE": [5.0] * 30}), 100).total == 1
+
+
+def free_queue(**keys) -> QueueConfig:
+    parsed = config.parse({"harvester_id": "h", "panda": {"url": "https://panda.example.org/api/v1"}, "queues": {
+        "HPC": {"mode": "push", "backend": "slurm", "pilot": "true", "walltime": 7200, "max_new_workers_per_cycle": 50,
+                "free_resources": True, "queued_when_full": 0, "many_to_one": SHAPE, **keys}}})
+    return parsed.queues["HPC"]
+
+
+def idle(*nodes: int, pool=None) -> FreeResources:
+    """Partitions with these idle nodes, as Slurm's backend reports them for allocations of nodes_min=1."""
+    return FreeResources(tuple(FreeCE(f"p{i}", n, 7200, 5, "sinfo, sbatch --test-only", pool or f"p{i}", n)
+                               for i, n in enumerate(nodes)))
+
+
+def test_with_fewer_idle_nodes_than_nodes_max_the_allocations_are_sized_to_them():
+    waiting = {"waiting_jobs": {"SCORE": 24}, "waiting_ages": {"SCORE": [5.0] * 24}}
+    result = plan(free_queue(), QueueState(free=idle(2), **waiting), 100)
+    # 2 idle nodes: one allocation of 2 nodes (8 jobs) starts now, rather than none of 3 nodes
+    assert (result.total, result.nodes) == (1, 2)
+    rules = {s.rule: s for s in result.trace}
+    assert "allocations of at most 2 node(s), the most idle in one place (nodes_max=3)" in \
+        rules["free resources"].inputs
+    assert "holds 4..8 (1..2 node(s) x 4, sized to the idle nodes (nodes_max=3)): 3 full" in \
+        rules["jobs per allocation (many_to_one)"].inputs
+    now = 1000.0
+    packed, left = allocation.pack(free_queue(), [(job(i), now - 10) for i in range(8)], now, nodes_max=result.nodes)
+    assert [p.allocation.nodes for p in packed] == [2] and len(packed[0].jobs) == 8 and not left
+    # two partitions of 2 idle nodes each: two such allocations; enough idle nodes: full ones, as many as fit
+    assert plan(free_queue(), QueueState(free=idle(2, 2), **waiting), 100).total == 2
+    full = plan(free_queue(), QueueState(free=idle(7), **waiting), 100)
+    assert (full.total, full.nodes) == (2, None)
+
+
+def test_allocations_are_not_sized_below_nodes_min_nor_where_nothing_can_start():
+    waiting = {"waiting_jobs": {"SCORE": 24}, "waiting_ages": {"SCORE": [5.0] * 24}}
+    few = plan(free_queue(many_to_one={**SHAPE, "nodes_min": 2}), QueueState(free=idle(1), **waiting), 100)
+    assert few.nodes is None   # the backend counts allocations of nodes_min: none of 2 nodes on 1
+    none = plan(free_queue(queued_when_full=1), QueueState(free=idle(0), **waiting), 100)
+    assert (none.total, none.nodes) == (1, None)   # the one that waits for nodes is a full one
+    # a batch system that does not say its idle nodes (ARC): its own count of workers stands
+    arc = FreeResources((FreeCE("ce1", 2, None, 5, "GLUE2"),))
+    assert plan(free_queue(), QueueState(free=arc, **waiting), 100).nodes is None
 
 
 def test_fetch_refuses_what_cannot_fit_and_keeps_the_rest(harness, sim):

@@ -302,3 +302,34 @@ def test_a_refused_allocation_fails_every_job_once_none_lost_none_twice(site, mo
     for panda_id in ids:
         finals = [u for u in hpc.sim.jobs[panda_id].updates if u["job_status"] in ("finished", "failed")]
         assert [u["job_status"] for u in finals] == ["failed"], (panda_id, finals)
+
+
+@pytest.mark.resources
+def test_with_one_node_drained_the_allocation_is_sized_to_the_two_idle_nodes_and_starts_now(site):
+    """free_resources on a queue of allocations of up to 3 nodes while one of the 3 is drained: sinfo says 2 idle,
+    so the allocation asks for 2 nodes (8 jobs) and runs at once, instead of one of 3 that would wait for the
+    drained node; the 4 jobs left wait for the next allocation."""
+    hpc = site(fill_timeout=0)
+    hpc.queue_table.update(free_resources=True, queued_when_full=0, n_queue_limit_worker=1)
+    hpc.instance = hpc.harness.instance({"HPC": hpc.queue_table})
+    hpc.queues = list(hpc.instance.config.queues.values())
+    drained = hpc.nodes.nodes[-1]
+    hpc.nodes.run("scontrol", "update", f"nodename={drained}", "state=drain", "reason=harvester-cli test")
+    try:
+        hpc.nodes.wait_state(drained, ("drained",), 30)
+        ids = hpc.add_jobs(12)
+        fetching.fetch_jobs(hpc.instance, hpc.queues)
+        run = submission.submit(hpc.instance, hpc.queues).queues[0]
+        assert run.plan.nodes == 2, run.plan.trace
+        (free_rule,) = [str(s) for s in run.plan.trace if s.rule == "free resources"]
+        assert "allocations of at most 2 node(s), the most idle in one place (nodes_max=3)" in free_rule, free_rule
+        (worker,) = hpc.workers()
+        assert run.submitted == [worker.worker_id] and worker.n_core == 8, (run.failed, run.error)
+        assert "#SBATCH --nodes=2\n" in (Path(worker.log_dir) / "pilot.jdl").read_text()
+        with hpc.instance.store.reading() as tx:
+            bound = sorted(p for p, _ in tx.execute(job_workers.select()).all())
+        assert bound == sorted(ids)[:8]   # the oldest eight
+        hpc.poll_until(lambda: hpc.all_running(worker.worker_id, bound), "the eight steps running on two nodes")
+        assert {hpc.node_of(worker.worker_id, p) for p in bound} == set(hpc.nodes.nodes[:2])
+    finally:
+        hpc.nodes.run("scontrol", "update", f"nodename={drained}", "state=resume", check=False)
