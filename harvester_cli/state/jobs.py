@@ -325,25 +325,29 @@ class PilotLinks:
     log_dir: str | None = None
 
 
-def pilot_links(tx: Tx, panda_ids: Sequence[int]) -> dict[int, PilotLinks]:
-    return {r.panda_id: PilotLinks(r.panda_id, bool(r.pilot_log_sent), r.stdout_url, r.batch_log_url, r.batch_id,
-                                   r.log_dir)
-            for r in tx.execute(
-                select(jobs.c.panda_id, jobs.c.pilot_log_sent, workers.c.stdout_url, workers.c.batch_log_url,
+_IN_IDS = bindparam(bulk.IN_LIST, expanding=True)
+_PILOT_LINKS = (select(jobs.c.panda_id, jobs.c.pilot_log_sent, workers.c.stdout_url, workers.c.batch_log_url,
                        workers.c.batch_id, workers.c.log_dir)
                 .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
                 .join(workers, workers.c.worker_id == job_workers.c.worker_id)
-                .where(jobs.c.panda_id.in_(list(panda_ids))))}
+                .where(jobs.c.panda_id.in_(_IN_IDS)))
+_LOG_SENT = update(jobs).where(jobs.c.panda_id.in_(_IN_IDS)).values(pilot_log_sent=bindparam("sent"))
+_DONE = (update(jobs).where(jobs.c.panda_id.in_(_IN_IDS), jobs.c.sub_status == bindparam("reporting"))
+         .values(sub_status=bindparam("done"), modified=bindparam("at")))
+
+
+def pilot_links(tx: Tx, panda_ids: Sequence[int]) -> dict[int, PilotLinks]:
+    return {r[0]: PilotLinks(r[0], bool(r[1]), *r[2:])
+            for r in bulk.query_in(tx.conn, _PILOT_LINKS, (), (), panda_ids)}
 
 
 def acknowledged(tx: Tx, pilot_log_sent: Sequence[int], final: Sequence[int], at: float) -> None:
     """PanDA accepted these updates: the ones that carried pilot_log never carry it again, and jobs whose
     final update it took are done."""
     if pilot_log_sent:
-        tx.execute(update(jobs).where(jobs.c.panda_id.in_(list(pilot_log_sent))).values(pilot_log_sent=True))
+        bulk.execute_in(tx.conn, _LOG_SENT, ("sent",), (True,), pilot_log_sent)
     if final:
-        tx.execute(update(jobs).where(jobs.c.panda_id.in_(list(final)), jobs.c.sub_status == model.SUB_REPORTING)
-                   .values(sub_status=model.SUB_DONE, modified=at))
+        bulk.execute_in(tx.conn, _DONE, ("reporting", "done", "at"), (model.SUB_REPORTING, model.SUB_DONE, at), final)
 
 
 def _done(queue: str, before: float):

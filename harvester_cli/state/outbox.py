@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, case, delete, func, literal_column, select, tuple_, update
+from sqlalchemy import bindparam, case, delete, func, literal_column, or_, select, update
 
 from harvester_cli import model
 from harvester_cli.state import bulk, claims
@@ -40,28 +40,77 @@ def enqueue_workers(tx: Tx, queue: str, worker_ids) -> None:
     enqueue(tx, WORKER, [(w, queue, None, False) for w in worker_ids])
 
 
-def pages(store: Store, kind: str, queues: list[str], size: int) -> Iterator[list]:
+class Report(NamedTuple):
+    """A pending report as a page holds it (the table's columns, in order)."""
+
+    kind: str
+    key: int
+    queue: str
+    version: int
+    payload: str | None
+    final: bool
+    created: float
+    attempts: int
+    last_error: str | None
+    lock_owner: str | None
+    lock_expires: float | None
+
+
+_IN_KEYS = bindparam(bulk.IN_LIST, expanding=True)
+_TAKE = (update(reports).where(reports.c.kind == bindparam("kind"), reports.c.key.in_(_IN_KEYS),
+                               or_(reports.c.lock_owner.is_(None), reports.c.lock_expires < bindparam("at")))
+         .values(lock_owner=bindparam("owner"), lock_expires=bindparam("expires")))
+_TAKEN = select(*reports.c).where(reports.c.kind == bindparam("kind"), reports.c.key.in_(_IN_KEYS),
+                                  reports.c.lock_owner == bindparam("owner"))
+
+
+def pages(store: Store, kind: str, queues: list[str], size: int) -> Iterator[list[Report]]:
     """Claimed pages of pending reports of these queues, by key (keyset pagination: items refused in this
-    run are not taken again), `size` per page."""
+    run are not taken again), `size` per page. A claim as claims.claim makes it, with the page's keys written
+    into the statements once per page size (bulk.execute_in): SQLAlchemy rendered them afresh for every page."""
     after = -1
     while True:
         with store.transaction() as tx:
-            rows = claims.claim(tx, reports, (reports.c.kind == kind) & reports.c.queue.in_(queues)
-                                & (reports.c.key > after), size, order_by=reports.c.key)
+            rows = _claim_page(tx, kind, queues, after, size)
         if not rows:
             return
         after = max(r.key for r in rows)
         yield rows
 
 
+def _claim_page(tx: Tx, kind: str, queues: list[str], after: int, size: int) -> list[Report]:
+    claims.release_dead(tx, reports)
+    at = tx.lease_now()
+    query = (select(reports.c.key).where(reports.c.kind == kind, reports.c.queue.in_(queues), reports.c.key > after,
+                                         claims.free(reports, at))
+             .order_by(reports.c.key).limit(size))
+    if not tx.is_sqlite:
+        query = query.with_for_update(skip_locked=True)
+    keys = list(tx.scalars(query))
+    if not keys:
+        return []
+    conn = tx.conn
+    bulk.execute_in(conn, _TAKE, ("kind", "at", "owner", "expires"),
+                    (kind, at, tx.owner, at + tx.lease_seconds), keys)
+    return [Report(*r) for r in bulk.query_in(conn, _TAKEN, ("kind", "owner"), (kind, tx.owner), keys)]
+
+
+# By primary key, one statement per version sent (almost always one): a row with a newer version stays.
+_DELETE_SENT = delete(reports).where(reports.c.kind == bindparam("kind"), reports.c.lock_owner == bindparam("owner"),
+                                     reports.c.version == bindparam("version"), reports.c.key.in_(_IN_KEYS))
+_RELEASE = (update(reports).where(reports.c.kind == bindparam("kind"), reports.c.lock_owner == bindparam("owner"),
+                                  reports.c.key.in_(_IN_KEYS))
+            .values(lock_owner=None, lock_expires=None))
+
+
 def sent(tx: Tx, kind: str, items: Sequence[tuple[int, int]]) -> None:
     """Forget (key, version) pairs PanDA accepted; a row with a newer version stays, released for the next run."""
-    for chunk in chunks(list(items), 500):
-        # the key list finds the rows by primary key; the pairs keep a newer version of one
-        tx.execute(delete(reports).where(reports.c.kind == kind, claims.owned(tx, reports),
-                                         reports.c.key.in_([k for k, _ in chunk]),
-                                         tuple_(reports.c.key, reports.c.version).in_(list(chunk))))
-    claims.release(tx, reports, [(kind, k) for k, _ in items])
+    by_version: dict[int, list[int]] = {}
+    for key, version in items:
+        by_version.setdefault(version, []).append(key)
+    for version, keys in by_version.items():
+        bulk.execute_in(tx.conn, _DELETE_SENT, ("kind", "owner", "version"), (kind, tx.owner, version), keys)
+    bulk.execute_in(tx.conn, _RELEASE, ("kind", "owner"), (kind, tx.owner), [k for k, _ in items])
 
 
 def still_claimed(tx: Tx, kind: str, keys: Sequence[int]) -> bool:
