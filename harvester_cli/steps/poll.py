@@ -107,6 +107,11 @@ def apply_observations(instance: Instance, queue: QueueConfig, rows, observation
     for row, seen in zip(rows, observations):
         if seen.status == model.MISSING and at - (row.submit_time or row.created) < grace:
             continue   # not seen yet (a batch system can take a while to list a job): nothing changed
+        if seen.status == model.HELD and model.is_retirement(row.kill_reason):
+            # A sweep retiring it holds it first (Slurm), then cancels it if still pending or releases it.
+            # Recorded as held (idle), it would no longer count as a queued pilot, and the rule would take the
+            # mark off before the cancel lands: a retired pilot reported as an operator's cancel.
+            continue
         status, diag, kill = _decide(queue, row, seen, at)
         if status != row.status and not model.allowed_worker_transition(row.status, status):
             status = row.status

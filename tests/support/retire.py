@@ -186,7 +186,7 @@ def two_hosts_retiring_together_remove_each_pilot_once(peer, sim, harness) -> No
         rounds += 1
     now = rows(instance)
     assert all(now[p.worker_id].status == model.CANCELLED and now[p.worker_id].diag.startswith("retired")
-               for p in pilots), [(w, r.status, r.kill_reason) for w, r in now.items()]
+               for p in pilots), [(w, r.status, r.kill_reason, r.diag) for w, r in now.items()]
     by_host = retired_by_host()
     assert sum(by_host.values()) == n, by_host   # each pilot once: a second removal would count again
     assert Counter(peer.state(p) for p in pilots) == {"removed": n}

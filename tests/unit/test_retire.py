@@ -254,3 +254,24 @@ def test_a_pilot_another_host_sees_removed_before_the_sweep_records_it_is_retire
     assert updates.worker_update(rows[2], [], "Q")["errorCode"] == 1014
     monitor.after_command(instance, [monitor.Run("sweep", 0.0, 1.0, 0)])
     assert monitor.summary(instance, ["Q"], 3600)["retired"]["total"] == 2
+
+
+def test_the_hold_of_a_retirement_is_not_recorded_and_its_mark_stays(harness, sim, told, monkeypatch):
+    """Slurm's retirement holds the pilot before it cancels it. Another host's poll in between must not record a
+    held (idle) worker: the rule would take the mark off a pilot that is no longer queued, and the cancel that
+    follows would read as an operator's."""
+    instance = harness.instance({"Q": {"mode": "pull", "empty_pilot_floor": 0}})
+    _queued(instance, 1)
+    queues = list(instance.config.queues.values())
+    submit.submit(instance, queues)
+    seen = {"status": model.HELD}
+    monkeypatch.setattr(LocalBackend, "check", lambda self, refs: [
+        Observation(r.worker_id, seen["status"], "PENDING", diag="JobHeldUser", started=False) for r in refs])
+    assert poll.poll(instance, queues).queues[0].changes == {}
+    submit.submit(instance, queues)   # the rule again, while the sweep holds it
+    (row,) = _rows(instance).values()
+    assert row.status == "submitted" and model.is_retirement(row.kill_reason)
+    seen["status"] = model.CANCELLED
+    poll.poll(instance, queues)
+    (row,) = _rows(instance).values()
+    assert row.status == "cancelled" and row.diag.startswith("retired while still queued")
