@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harvester_cli.config import backend_options, sections
-from harvester_cli.config.schema import INT_MAX, REQUIRED, Rule, rule_of
+from harvester_cli.config.schema import INT_MAX, REQUIRED, Rule, rule_of, type_hints
 
 # (table as written in the file, section class, its keys' dotted names start with)
 TABLES: tuple[tuple[str, type, str], ...] = (
@@ -97,7 +97,7 @@ def _range(rule: Rule, annotation: Any) -> str:
 def keys() -> list[Key]:
     out = []
     for table, cls, prefix in TABLES:
-        hints = typing.get_type_hints(cls)
+        hints = type_hints(cls)
         for f in dataclasses.fields(cls):
             rule = rule_of(f)
             if rule is None or f.name == "name" or dataclasses.is_dataclass(hints[f.name]):

@@ -11,6 +11,7 @@ A section may add cross-field rules with a `problems()` method returning (key, m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -96,6 +97,13 @@ def setting(default: Any = REQUIRED, *, doc: str, factory: Any = REQUIRED, **rul
     if factory is not REQUIRED:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """A section's resolved annotations: resolving them (string annotations, evaluated per field) was most of
+    the time a configuration took to load, once per queue and sub-table."""
+    return typing.get_type_hints(cls)
 
 
 def rule_of(f: dataclasses.Field) -> Rule | None:
@@ -212,14 +220,14 @@ class Validator:
             self.problem(where, f"unknown key {key!r}{hint}")
             return False
         try:
-            self.value(typing.get_type_hints(cls)[key], value, where, key, rule_of(fields[key]))
+            self.value(type_hints(cls)[key], value, where, key, rule_of(fields[key]))
         except _Skip:
             return False
         return True
 
     def build(self, cls: type, table: dict, where: str, **given: Any) -> Any:
         """The section `cls` from `table`, or None when it has problems (recorded)."""
-        hints = typing.get_type_hints(cls)
+        hints = type_hints(cls)
         fields = [f for f in dataclasses.fields(cls) if f.name not in given and f.init and f.name != "path"]
         names = [f.name for f in fields]
         ok = True
@@ -252,7 +260,7 @@ class Validator:
 def keys(cls: type, prefix: str = "") -> list[tuple[str, Rule]]:
     """Every documented key of a section and its sub-sections, dotted: for the README check and `config`."""
     out = []
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     for f in dataclasses.fields(cls):
         rule = rule_of(f)
         annotation = hints.get(f.name)
