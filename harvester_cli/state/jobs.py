@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, delete, func, select, update
@@ -325,29 +326,34 @@ class PilotLinks:
     log_dir: str | None = None
 
 
-_IN_IDS = bindparam(bulk.IN_LIST, expanding=True)
-_PILOT_LINKS = (select(jobs.c.panda_id, jobs.c.pilot_log_sent, workers.c.stdout_url, workers.c.batch_log_url,
-                       workers.c.batch_id, workers.c.log_dir)
-                .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
-                .join(workers, workers.c.worker_id == job_workers.c.worker_id)
-                .where(jobs.c.panda_id.in_(_IN_IDS)))
-_LOG_SENT = update(jobs).where(jobs.c.panda_id.in_(_IN_IDS)).values(pilot_log_sent=bindparam("sent"))
-_DONE = (update(jobs).where(jobs.c.panda_id.in_(_IN_IDS), jobs.c.sub_status == bindparam("reporting"))
-         .values(sub_status=bindparam("done"), modified=bindparam("at")))
+@cache
+def _acknowledging() -> tuple:
+    """propagate's statements (built on first use: a command that never sends adds nothing to its start-up)."""
+    ids = bindparam(bulk.IN_LIST, expanding=True)
+    links = (select(jobs.c.panda_id, jobs.c.pilot_log_sent, workers.c.stdout_url, workers.c.batch_log_url,
+                    workers.c.batch_id, workers.c.log_dir)
+             .join(job_workers, job_workers.c.panda_id == jobs.c.panda_id)
+             .join(workers, workers.c.worker_id == job_workers.c.worker_id)
+             .where(jobs.c.panda_id.in_(ids)))
+    log_sent = update(jobs).where(jobs.c.panda_id.in_(ids)).values(pilot_log_sent=bindparam("sent"))
+    done = (update(jobs).where(jobs.c.panda_id.in_(ids), jobs.c.sub_status == bindparam("reporting"))
+            .values(sub_status=bindparam("done"), modified=bindparam("at")))
+    return links, log_sent, done
 
 
 def pilot_links(tx: Tx, panda_ids: Sequence[int]) -> dict[int, PilotLinks]:
     return {r[0]: PilotLinks(r[0], bool(r[1]), *r[2:])
-            for r in bulk.query_in(tx.conn, _PILOT_LINKS, (), (), panda_ids)}
+            for r in bulk.query_in(tx.conn, _acknowledging()[0], (), (), panda_ids)}
 
 
 def acknowledged(tx: Tx, pilot_log_sent: Sequence[int], final: Sequence[int], at: float) -> None:
     """PanDA accepted these updates: the ones that carried pilot_log never carry it again, and jobs whose
     final update it took are done."""
+    _, log_sent, done = _acknowledging()
     if pilot_log_sent:
-        bulk.execute_in(tx.conn, _LOG_SENT, ("sent",), (True,), pilot_log_sent)
+        bulk.execute_in(tx.conn, log_sent, ("sent",), (True,), pilot_log_sent)
     if final:
-        bulk.execute_in(tx.conn, _DONE, ("reporting", "done", "at"), (model.SUB_REPORTING, model.SUB_DONE, at), final)
+        bulk.execute_in(tx.conn, done, ("reporting", "done", "at"), (model.SUB_REPORTING, model.SUB_DONE, at), final)
 
 
 def _done(queue: str, before: float):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from functools import cache
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, case, delete, func, literal_column, or_, select, update
@@ -56,12 +58,22 @@ class Report(NamedTuple):
     lock_expires: float | None
 
 
-_IN_KEYS = bindparam(bulk.IN_LIST, expanding=True)
-_TAKE = (update(reports).where(reports.c.kind == bindparam("kind"), reports.c.key.in_(_IN_KEYS),
-                               or_(reports.c.lock_owner.is_(None), reports.c.lock_expires < bindparam("at")))
-         .values(lock_owner=bindparam("owner"), lock_expires=bindparam("expires")))
-_TAKEN = select(*reports.c).where(reports.c.kind == bindparam("kind"), reports.c.key.in_(_IN_KEYS),
-                                  reports.c.lock_owner == bindparam("owner"))
+@cache
+def _by_keys() -> SimpleNamespace:
+    """The statements of a page by its keys (built on first use: a command that never sends adds nothing to its
+    start-up)."""
+    keys = bindparam(bulk.IN_LIST, expanding=True)
+    kind, owner = reports.c.kind == bindparam("kind"), reports.c.lock_owner == bindparam("owner")
+    return SimpleNamespace(
+        take=(update(reports).where(kind, reports.c.key.in_(keys),
+                                    or_(reports.c.lock_owner.is_(None), reports.c.lock_expires < bindparam("at")))
+              .values(lock_owner=bindparam("owner"), lock_expires=bindparam("expires"))),
+        taken=select(*reports.c).where(kind, reports.c.key.in_(keys), owner),
+        # by primary key, one statement per version sent (almost always one): a row with a newer version stays
+        delete_sent=delete(reports).where(kind, owner, reports.c.version == bindparam("version"),
+                                          reports.c.key.in_(keys)),
+        release=update(reports).where(kind, owner, reports.c.key.in_(keys)).values(lock_owner=None, lock_expires=None),
+    )
 
 
 def pages(store: Store, kind: str, queues: list[str], size: int) -> Iterator[list[Report]]:
@@ -89,18 +101,10 @@ def _claim_page(tx: Tx, kind: str, queues: list[str], after: int, size: int) -> 
     keys = list(tx.scalars(query))
     if not keys:
         return []
-    conn = tx.conn
-    bulk.execute_in(conn, _TAKE, ("kind", "at", "owner", "expires"),
+    conn, statements = tx.conn, _by_keys()
+    bulk.execute_in(conn, statements.take, ("kind", "at", "owner", "expires"),
                     (kind, at, tx.owner, at + tx.lease_seconds), keys)
-    return [Report(*r) for r in bulk.query_in(conn, _TAKEN, ("kind", "owner"), (kind, tx.owner), keys)]
-
-
-# By primary key, one statement per version sent (almost always one): a row with a newer version stays.
-_DELETE_SENT = delete(reports).where(reports.c.kind == bindparam("kind"), reports.c.lock_owner == bindparam("owner"),
-                                     reports.c.version == bindparam("version"), reports.c.key.in_(_IN_KEYS))
-_RELEASE = (update(reports).where(reports.c.kind == bindparam("kind"), reports.c.lock_owner == bindparam("owner"),
-                                  reports.c.key.in_(_IN_KEYS))
-            .values(lock_owner=None, lock_expires=None))
+    return [Report(*r) for r in bulk.query_in(conn, statements.taken, ("kind", "owner"), (kind, tx.owner), keys)]
 
 
 def sent(tx: Tx, kind: str, items: Sequence[tuple[int, int]]) -> None:
@@ -108,9 +112,10 @@ def sent(tx: Tx, kind: str, items: Sequence[tuple[int, int]]) -> None:
     by_version: dict[int, list[int]] = {}
     for key, version in items:
         by_version.setdefault(version, []).append(key)
+    statements = _by_keys()
     for version, keys in by_version.items():
-        bulk.execute_in(tx.conn, _DELETE_SENT, ("kind", "owner", "version"), (kind, tx.owner, version), keys)
-    bulk.execute_in(tx.conn, _RELEASE, ("kind", "owner"), (kind, tx.owner), [k for k, _ in items])
+        bulk.execute_in(tx.conn, statements.delete_sent, ("kind", "owner", "version"), (kind, tx.owner, version), keys)
+    bulk.execute_in(tx.conn, statements.release, ("kind", "owner"), (kind, tx.owner), [k for k, _ in items])
 
 
 def still_claimed(tx: Tx, kind: str, keys: Sequence[int]) -> bool:
