@@ -160,6 +160,9 @@ def inspect_proxy(profile: ProxyProfile, path: Path | None = None, now: float | 
         info.problem = f"cannot read: {exc.strerror}"
         return info
     info.exists = True
+    if b"-----BEGIN CERTIFICATE-----" not in data:   # said without loading cryptography (status stays quick)
+        info.problem = "not a proxy: an empty file" if not data.strip() else "not a proxy: no PEM certificate in it"
+        return info
     try:
         certs, key = _load_pem(data)
     except Exception as exc:   # cryptography raises ValueError and friends for broken PEM

@@ -253,3 +253,20 @@ def test_redaction_of_secrets_in_log_lines():
     assert logs.redact('{"access_token": "abc.def.ghi", "x": 1}') == '{"access_token": "[redacted]", "x": 1}'
     pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----"
     assert "MIIEow" not in logs.redact(f"proxy: {pem} end")
+
+
+def test_a_proxy_file_that_holds_no_certificate_is_named_so_in_one_short_line(tmp_path, pki):
+    from harvester_cli.config import ProxyProfile
+    from harvester_cli.site.proxies import inspect_proxy
+
+    def problem(data: bytes) -> str | None:
+        path = tmp_path / "proxy"
+        path.write_bytes(data)
+        return inspect_proxy(ProxyProfile("p", path, []), voms_info=False).problem
+
+    assert problem(b"") == "not a proxy: an empty file"
+    assert problem(b"\n") == "not a proxy: an empty file"
+    assert problem(b"a token, not a proxy\n") == "not a proxy: no PEM certificate in it"
+    assert problem(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n").startswith(
+        "not a proxy: ValueError")
+    assert problem(pki.proxy.read_bytes()) is None
