@@ -905,3 +905,655 @@ def test_every_numeric_setting_refuses_what_is_out_of_its_range_and_takes_both_e
         highest = INT_MAX if high == "INT_MAX" else float(high)
         assert refused(highest) is None, f"{path} = {highest:g}, its highest value, is refused"
         assert refused(highest + 1) is not None, f"{path} = {highest:g} + 1 is accepted"
+
+
+# ---------------------------------------------------------------------------------------------
+# `config keys WORD...`: which keys an operator's words name
+
+
+def _paths(*terms: str) -> list[str]:
+    from harvester_cli.config import reference
+
+    return [key.path for key in reference.matching(terms)]
+
+
+def test_config_keys_without_words_lists_every_key():
+    from harvester_cli.config import reference
+
+    assert reference.matching([]) == reference.keys()
+
+
+@pytest.mark.parametrize("word", ["panda", "[panda]", "PANDA"])
+def test_a_table_name_lists_exactly_its_keys_however_it_is_written(word):
+    from harvester_cli.config import reference
+
+    assert _paths(word) == [k.path for k in reference.keys() if k.path.startswith("panda.")]
+
+
+@pytest.mark.parametrize("word,path", [
+    ("max_workers", "queues.max_workers"),
+    ("MAX_WORKERS", "queues.max_workers"),
+    ("queues.max_workers", "queues.max_workers"),
+    ("queue_defaults.max_workers", "queues.max_workers"),
+    ("panda.url", "panda.url"),
+    ("slurm.nodes", "queues.backend_options.slurm.nodes"),
+    ("queues.backend_options.slurm.nodes", "queues.backend_options.slurm.nodes"),
+])
+def test_a_key_is_found_by_its_own_name_its_dotted_name_and_its_queue_defaults_name(word, path):
+    assert _paths(word) == [path]
+
+
+def test_queue_defaults_lists_the_keys_of_a_queue():
+    from harvester_cli.config import reference
+
+    assert set(_paths("queue_defaults")) == {k.path for k in reference.keys() if k.path.startswith("queues.")}
+
+
+@pytest.mark.parametrize("backend", ["htcondor", "slurm", "arc", "local"])
+def test_a_backends_name_lists_its_options_and_only_them(backend):
+    from harvester_cli.config import reference
+
+    prefix = f"queues.backend_options.{backend}."
+    assert _paths(backend) == [k.path for k in reference.keys() if k.path.startswith(prefix)]
+
+
+@pytest.mark.parametrize("word,prefix", [
+    ("queues.backend_options.slurm", "queues.backend_options.slurm."),
+    ("queue_defaults.backend_options.arc", "queues.backend_options.arc."),
+    ("log_retention.CLASS", "log_retention.CLASS."),
+])
+def test_a_dotted_table_name_lists_the_keys_under_it(word, prefix):
+    from harvester_cli.config import reference
+
+    assert _paths(word) == [k.path for k in reference.keys() if k.path.startswith(prefix)]
+
+
+def test_a_backends_list_table_lists_the_keys_of_its_entries():
+    assert _paths("htcondor.ces") == ["queues.backend_options.htcondor.ces"] + [
+        f"queues.backend_options.htcondor.ces.{key}" for key in ("endpoint", "flavour", "queue", "state")]
+
+
+def test_several_words_list_each_key_once_in_the_order_asked():
+    paths = _paths("smtp.host", "panda", "panda.url")
+    assert paths[0] == "smtp.host" and "panda.url" in paths and len(paths) == len(set(paths))
+    assert set(paths[1:]) == set(_paths("panda"))
+
+
+@pytest.mark.parametrize("word", ["", "[]"])
+def test_an_empty_word_names_no_key(word):
+    from harvester_cli.config import reference
+
+    with pytest.raises(ValueError, match="no configuration key or table"):
+        reference.matching([word])
+
+
+def test_a_word_that_names_no_key_gets_the_nearest_names():
+    from harvester_cli.config import reference
+
+    with pytest.raises(ValueError) as info:
+        reference.matching(["panda", "Max_Wrkers"])
+    assert str(info.value) == ("no configuration key or table 'Max_Wrkers' "
+                               "(did you mean max_workers, max_cores, queues.max_workers?)")
+    with pytest.raises(ValueError) as info:
+        reference.matching(["zzzzqqqq"])
+    assert str(info.value) == "no configuration key or table 'zzzzqqqq'"
+
+
+# ---------------------------------------------------------------------------------------------
+# `state`: libpq's keyword/value form, the servers `config check` shows, what a wrong one says
+
+
+@pytest.mark.parametrize("written,used", [
+    ("host=db1 dbname=h", "postgresql+psycopg://db1/h"),
+    ("host=db1 user=u", "postgresql+psycopg://u@db1/"),
+    ("host=db1 dbname=", "postgresql+psycopg://db1/"),
+    ("host = db1  dbname = h user=Xavier", "postgresql+psycopg://Xavier@db1/h"),
+    ("host=db1 port=5433 dbname=h user=svc/h password=a/b sslmode=verify-full application_name=a:b,c",
+     "postgresql+psycopg://svc%2Fh:a%2Fb@db1:5433/h?sslmode=verify-full&application_name=a:b,c"),
+    ("host=db1 dbname=h password=a\\ b\\\\c", "postgresql+psycopg://:a%20b%5Cc@db1/h"),
+    ("host=db1 dbname=h password=a\\b", "postgresql+psycopg://:ab@db1/h"),
+    ("host=db1 dbname=h password=ab\\", "postgresql+psycopg://:ab%5C@db1/h"),
+    ("host=::1 port=5433 dbname=h", "postgresql+psycopg:///h?host=::1&port=5433"),
+    ("host=/var/run/postgresql dbname=h", "postgresql+psycopg:///h?host=/var/run/postgresql"),
+    ("postgresql://u@db1,db2/h?target_session_attrs=read-write",
+     "postgresql+psycopg://u@/h?host=db1&host=db2&target_session_attrs=read-write"),
+    ("postgresql://u@db1,db2?target_session_attrs=read-write",
+     "postgresql+psycopg://u@/?host=db1&host=db2&target_session_attrs=read-write"),
+])
+def test_state_in_libpqs_keyword_form_quotes_what_a_url_needs_and_keeps_the_rest(written, used):
+    """A single host goes in the URL's netloc; an IPv6 address or a socket directory (one host, so no
+    target_session_attrs needed) goes in ?host=, where its colons and slashes cannot be misread."""
+    assert config.state_url_from(written) == used
+
+
+@pytest.mark.parametrize("written,says", [
+    ("host=db1 dbname=h password='ab\\'", "unterminated quoted value"),
+    ("host=db1 dbname=h password='abc", "unterminated quoted value"),
+    ("host=db1 dbname=h password='abc\\", "unterminated quoted value"),
+    ("host=db1 !!!!", "expected keyword=value at '!!!!'"),
+    ("host=db1 dbname=h 0123456789012345678901234567890", "expected keyword=value at '01234567890123456789'"),
+    ("host=db1, dbname=h target_session_attrs=read-write",
+     "host=db1, port=: an empty host or a port that is not a number"),
+    ("host=db1,db2 port=1,2,3 dbname=h target_session_attrs=read-write",
+     "2 hosts and 3 ports: give one port, or one per host"),
+    ("postgresql://u@db1:abc,db2/h?target_session_attrs=read-write", "'db1:abc' is not a host[:port]"),
+    ("host=db1,db2 dbname=h", "several hosts need target_session_attrs=read-write (or primary): harvester-cli "
+                              "writes, and libpq otherwise takes the first host that answers, a standby included"),
+])
+def test_a_state_that_cannot_be_read_says_where_and_why(written, says):
+    with pytest.raises(ConfigError) as info:
+        config.state_url_from(written)
+    message = str(info.value)
+    assert message.startswith("state: ") and message.endswith(": " + says), message
+
+
+def test_a_refused_state_hides_the_password_of_either_form():
+    from harvester_cli.config.state_url import state_url_problem
+
+    assert state_url_problem("host=db1,db2 dbname=h password=s3cret").startswith(
+        "host=db1,db2 dbname=h password=***: several hosts")
+    assert state_url_problem("postgresql://u:pw@db1,db2/h").startswith("postgresql://u:***@db1,db2/h: several")
+    assert state_url_problem("mariadb://u:pw@db1,db2/h").startswith("mariadb://u:***@db1,db2/h: MariaDB/MySQL")
+
+
+@pytest.mark.parametrize("written,says", [
+    ("", "empty: a SQLite file path or a database URL"),
+    ("  ", "empty: a SQLite file path or a database URL"),
+    ("oracle://u@db/h", "unknown database scheme oracle://: a SQLite file path, or a postgresql://, mariadb://, "
+                        "mysql:// or sqlite:/// URL"),
+])
+def test_a_state_of_no_known_kind_says_what_is_taken(written, says):
+    from harvester_cli.config.state_url import state_url_problem
+
+    assert state_url_problem(written) == says
+
+
+@pytest.mark.parametrize("written", ["postgresql://u@db1/h?application_name=http://x", "state.db", "dbname=h user=u",
+                                     "host=/var/run/postgresql dbname=h"])
+def test_a_good_state_has_no_problem(written):
+    from harvester_cli.config.state_url import state_url_problem
+
+    assert state_url_problem(written) is None
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql+psycopg://u:pw@db1:5432/h", ["db1:5432"]),
+    ("postgresql+psycopg://u:p@ss@db1/h", ["db1"]),
+    ("postgresql+psycopg://u@db1:5432/h?application_name=http://x", ["db1:5432"]),
+    ("postgresql+psycopg://u@/h", []),
+    ("postgresql+psycopg://u@/h?host=/var/run/postgresql", ["/var/run/postgresql"]),
+    ("postgresql+psycopg://u@/h?host=::1,::2&port=,&target_session_attrs=read-write", ["::1", "::2"]),
+    ("sqlite:////var/lib/harvester-cli/state.db", []),
+])
+def test_config_check_shows_each_server_once_with_its_port_when_one_is_given(url, shown):
+    from harvester_cli.config.state_url import servers
+
+    assert servers(url) == shown
+
+
+def test_config_check_shows_the_port_of_a_single_ipv6_server():
+    from harvester_cli.config.state_url import servers
+
+    assert servers(config.state_url_from("host=fe80::1 port=6432 dbname=h user=u")) == ["[fe80::1]:6432"]
+
+
+# ---------------------------------------------------------------------------------------------
+# `config check` on this host: files, directories, the state database, login nodes, client libraries
+
+
+def _on_this_host(tmp_path: Path, **top) -> dict:
+    """A configuration whose every file and directory is in tmp_path, as they should be."""
+    proxy = tmp_path / "proxy.pem"
+    proxy.write_text("proxy")
+    proxy.chmod(0o600)
+    data = minimal()
+    data["panda"]["proxy"] = str(proxy)
+    data.update(state=str(tmp_path / "state.db"), log_dir=str(tmp_path / "logs"), work_dir=str(tmp_path / "work"))
+    data.update(top)
+    return data
+
+
+def _host_problems(data: dict, tmp_path: Path, **kwargs) -> list[str]:
+    return config.environment_problems(config.parse(data, SOURCE, tmp_path), **kwargs)
+
+
+def test_a_configuration_this_host_can_run_has_no_problem(tmp_path):
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    data = _on_this_host(tmp_path)
+    data["panda"]["ca"] = str(ca)
+    data["proxies"] = {"p": {"file": "p.pem", "ca": str(ca), "vomses": str(ca),
+                             "certificates": [{"cert": "proxy.pem", "key": "proxy.pem"}]}}
+    assert _host_problems(data, tmp_path) == []
+
+
+def test_a_problem_names_the_configuration_file_or_says_it_has_none(tmp_path):
+    import dataclasses
+
+    data = _on_this_host(tmp_path)
+    data["queues"] = {}
+    cfg = config.parse(data, SOURCE, tmp_path)
+    assert config.environment_problems(cfg)[0].startswith("<config>: no queues")
+    loaded = dataclasses.replace(cfg, path=tmp_path / "site.toml")
+    assert config.environment_problems(loaded)[0].startswith(f"{tmp_path / 'site.toml'}: no queues")
+
+
+def test_a_file_or_directory_of_the_wrong_kind_is_named_with_the_kind_it_must_be(tmp_path):
+    a_file = tmp_path / "proxy.pem"
+    data = _on_this_host(tmp_path)
+    data["panda"]["proxy"] = str(tmp_path)
+    data["proxies"] = {"p": {"file": "p.pem", "ca": str(a_file), "vomsdir": str(tmp_path / "missing"),
+                             "certificates": [{"cert": "proxy.pem", "key": "missing.key"}]}}
+    problems = _host_problems(data, tmp_path)
+    assert f"<config>: [panda] proxy: {tmp_path} is not a file" in problems
+    assert f"<config>: [proxies.p] ca: {a_file} is not a directory" in problems
+    assert (f"<config>: [proxies.p] vomsdir: {tmp_path / 'missing'}: No such file or directory; create it or fix "
+            "the path") in problems
+    assert (f"<config>: [proxies.p.certificates[0]] key: {tmp_path / 'missing.key'}: No such file or directory; "
+            "create it or fix the path") in problems
+
+
+def test_the_smtp_password_file_is_a_secret(tmp_path):
+    password = tmp_path / "smtp.pw"
+    password.write_text("pw")
+    password.chmod(0o640)
+    problems = _host_problems(_on_this_host(tmp_path, smtp={"password_file": str(password)}), tmp_path)
+    assert problems == [f"<config>: [smtp] password_file: {password} is readable by others (mode 0640): "
+                        f"chmod 600 {password}"]
+
+
+def test_without_credentials_config_check_says_which_keys_give_them(tmp_path):
+    data = _on_this_host(tmp_path)
+    del data["panda"]["proxy"]
+    assert _host_problems(data, tmp_path) == [
+        "<config>: [panda] no credentials: PanDA needs a client certificate or a token; set proxy (or "
+        "proxy_profile), or token_file (or token_profile) with token_origin"]
+
+
+def test_a_queue_whose_client_library_is_missing_names_the_extra_to_install(tmp_path, monkeypatch):
+    from harvester_cli.config import backend_options
+
+    monkeypatch.setattr(backend_options, "CLIENT_LIBRARIES", {
+        "htcondor": ("no_such_module_for_htcondor", "htcondor", "HTCondor's Python bindings"),
+        "arc": ("no_such_package_for_arc.rest", "arc", "pyarcrest, the ARC REST client")})
+    data = _on_this_host(tmp_path)
+    data["queues"] = {"A": {"mode": "pull", "backend": "local", "pilot": "true"},
+                      "B": {"mode": "pull", "backend": "htcondor", "pilot": "true"},
+                      "C": {"mode": "pull", "backend": "arc", "pilot": "true",
+                            "backend_options": {"endpoints": ["https://arc.example.org/arex"]}}}
+    assert _host_problems(data, tmp_path) == [
+        "<config>: [queues.B] backend = \"htcondor\": HTCondor's Python bindings (module "
+        "no_such_module_for_htcondor) is not installed: pip install 'harvester-cli[htcondor]' ('.[htcondor]' in a "
+        "source checkout)",
+        "<config>: [queues.C] backend = \"arc\": pyarcrest, the ARC REST client (module "
+        "no_such_package_for_arc.rest) is not installed: pip install 'harvester-cli[arc]' ('.[arc]' in a source "
+        "checkout)"]
+    monkeypatch.setattr(backend_options, "CLIENT_LIBRARIES", {"htcondor": ("json", "htcondor", "the JSON module")})
+    assert _host_problems(data, tmp_path) == []
+
+
+def test_a_log_or_work_directory_that_cannot_be_made_is_named_with_what_is_in_the_way(tmp_path):
+    (tmp_path / "plain").write_text("")
+    data = _on_this_host(tmp_path, log_dir=str(tmp_path / "plain" / "logs"), work_dir=str(tmp_path / "plain"))
+    data["queues"]["Q"]["backend_options"] = {"work_dir": str(tmp_path / "plain" / "q")}
+    assert _host_problems(data, tmp_path) == [
+        f"<config>: log_dir: {tmp_path / 'plain' / 'logs'}: {tmp_path / 'plain'} is not a directory (so "
+        f"{tmp_path / 'plain' / 'logs'} cannot be made): fix the path or the permissions",
+        f"<config>: work_dir: {tmp_path / 'plain'}: {tmp_path / 'plain'} is not a directory: fix the path or the "
+        "permissions",
+        f"<config>: [queues.Q.backend_options] work_dir: {tmp_path / 'plain' / 'q'}: {tmp_path / 'plain'} is not a "
+        f"directory (so {tmp_path / 'plain' / 'q'} cannot be made): fix the path or the permissions"]
+
+
+def test_a_login_nodes_work_dir_is_on_the_login_node_and_not_looked_for_here(tmp_path):
+    key = tmp_path / "id"
+    key.write_text("key")
+    key.chmod(0o600)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"login1 {HOST_KEY}\n")
+    data = _on_this_host(tmp_path)
+    data["queues"]["Q"].update(backend="slurm", backend_options={
+        "login_nodes": [], "work_dir": str(tmp_path / "proxy.pem" / "w")})
+    assert any("[queues.Q.backend_options] work_dir:" in p for p in _host_problems(data, tmp_path))
+    data["queues"]["Q"]["backend_options"].update(login_nodes=["login1"], ssh_key=str(key), known_hosts=str(known))
+    assert _host_problems(data, tmp_path) == []
+
+
+def _denied(monkeypatch, *paths: Path, read_only: bool = False):
+    """This account may not write `paths` (as root, os.access says yes to everything)."""
+    import os
+    import types
+
+    access, statvfs = os.access, os.statvfs
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) in paths and mode & os.W_OK else
+                        access(p, mode, **kw))
+    monkeypatch.setattr(os, "statvfs", lambda p: types.SimpleNamespace(f_flag=os.ST_RDONLY if read_only else 0)
+                        if Path(p) in paths else statvfs(p))
+
+
+@pytest.mark.parametrize("read_only,why", [(False, "is not writable by this account"),
+                                           (True, "is on a read-only file system")])
+def test_a_directory_this_account_cannot_write_says_whether_the_file_system_is_read_only(
+        tmp_path, monkeypatch, read_only, why):
+    from harvester_cli.config.environment import directory_problem
+
+    _denied(monkeypatch, tmp_path, read_only=read_only)
+    assert directory_problem(tmp_path) == f"{tmp_path} {why}"
+    assert directory_problem(tmp_path / "a" / "b") == f"{tmp_path} {why} (needed to create {tmp_path / 'a' / 'b'})"
+    assert directory_problem(tmp_path / "proxy") is not None
+
+
+def test_a_directory_that_exists_or_can_be_made_has_no_problem(tmp_path):
+    from harvester_cli.config.environment import directory_problem
+
+    (tmp_path / "sub").mkdir()
+    assert directory_problem(tmp_path / "sub") is None
+    assert directory_problem(tmp_path / "sub" / "new" / "deeper") is None
+    (tmp_path / "file").write_text("")
+    assert directory_problem(tmp_path / "file") == f"{tmp_path / 'file'} is not a directory"
+
+
+@pytest.mark.parametrize("read_only,why", [(False, "the file is not writable by this account"),
+                                           (True, "the file is on a read-only file system")])
+def test_a_state_database_this_account_cannot_write_is_refused_before_a_run(tmp_path, monkeypatch, read_only, why):
+    database = tmp_path / "state.db"
+    database.write_bytes(b"")
+    database.chmod(0o600)
+    _denied(monkeypatch, database, read_only=read_only)
+    assert _host_problems(_on_this_host(tmp_path), tmp_path) == [
+        f"<config>: state: {database}: {why} (SQLite writes its journal beside the database): fix the permissions "
+        "or point `state` elsewhere"]
+
+
+def test_a_state_database_in_a_directory_that_cannot_be_made_is_refused(tmp_path):
+    (tmp_path / "plain").write_text("")
+    database = tmp_path / "plain" / "state.db"
+    assert _host_problems(_on_this_host(tmp_path, state=str(database)), tmp_path) == [
+        f"<config>: state: {database}: {tmp_path / 'plain'} is not a directory: fix the permissions or point "
+        "`state` elsewhere".replace(": fix", " (SQLite writes its journal beside the database): fix")]
+
+
+@pytest.mark.parametrize("state", ["postgresql://u@db1/h", "sqlite:///:memory:"])
+def test_a_state_database_that_is_no_file_here_is_not_looked_for(tmp_path, monkeypatch, state):
+    """Read as a path, either would be a file in the current directory: one this account may not write."""
+    data = _on_this_host(tmp_path, state=state)
+    monkeypatch.chdir(tmp_path)
+    _denied(monkeypatch, Path("."))
+    assert _host_problems(data, tmp_path) == []
+
+
+def test_state_database_files_others_can_read_are_all_named_in_one_chmod(tmp_path):
+    database = tmp_path / "state.db"
+    for path, mode in ((database, 0o644), (tmp_path / "state.db-wal", 0o600), (tmp_path / "state.db-shm", 0o604),
+                       (tmp_path / "state.db-journal", 0o660)):
+        path.write_bytes(b"")
+        path.chmod(mode)
+    assert _host_problems(_on_this_host(tmp_path), tmp_path) == [
+        f"<config>: state: {database} (mode 0644), {database}-shm (mode 0604), {database}-journal (mode 0660) "
+        "readable by others, and the state database holds job secrets: "
+        f"chmod 600 {database} {database}-shm {database}-journal"]
+
+
+def test_loose_journal_files_are_named_when_the_database_itself_is_gone(tmp_path):
+    folder = tmp_path / "state dir"
+    folder.mkdir()
+    database = folder / "state.db"
+    (folder / "state.db-wal").write_bytes(b"")
+    (folder / "state.db-wal").chmod(0o644)
+    assert _host_problems(_on_this_host(tmp_path, state=str(database)), tmp_path) == [
+        f"<config>: state: {database}-wal (mode 0644) readable by others, and the state database holds job secrets: "
+        f"chmod 600 {database}-wal"]
+
+
+def test_credential_lifetimes_are_checked_besides_the_rest(tmp_path):
+    data = _on_this_host(tmp_path)
+    data["panda"]["ca"] = str(tmp_path / "no-such-ca")
+    assert [p.split(": ")[1] for p in _host_problems(data, tmp_path, lifetimes=True)] == ["[panda] ca"]
+
+
+def test_sqlite_on_a_network_mount_is_found_in_the_mount_table_given(tmp_path):
+    from harvester_cli.config.environment import _sqlite_on_network
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path} nfs4 rw 0 0\n")
+    cfg = config.parse(_on_this_host(tmp_path), SOURCE, tmp_path)
+    assert [p.split(" is on ")[1][:4] for p in _sqlite_on_network(cfg, "<config>", str(mounts))] == ["nfs4"]
+
+
+def test_a_state_database_only_its_owner_can_read_is_no_problem(tmp_path):
+    database = tmp_path / "state.db"
+    database.write_bytes(b"")
+    database.chmod(0o700)
+    (tmp_path / "state.db-wal").write_bytes(b"")
+    (tmp_path / "state.db-wal").chmod(0o600)
+    assert _host_problems(_on_this_host(tmp_path), tmp_path) == []
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA98UPMys8ehM4S0UnlWesg3l77sgmot9PK5gAsAXeTt"
+
+
+def _login_node_queue(tmp_path: Path, nodes: list[str], host_keys: str | None, **options) -> dict:
+    key = tmp_path / "id_login"
+    key.write_text("key")
+    key.chmod(0o600)
+    known = tmp_path / "known_hosts"
+    if host_keys is not None:
+        known.write_text(host_keys)
+    return {"mode": "pull", "backend": "slurm", "pilot": "true", "backend_options": {
+        "login_nodes": nodes, "ssh_key": str(key), "known_hosts": str(known), "work_dir": "/shared/w", **options}}
+
+
+def test_a_login_node_without_a_key_in_known_hosts_is_named_with_its_port(tmp_path, capfd):
+    data = _on_this_host(tmp_path)
+    data["queues"] = {"Q": _login_node_queue(tmp_path, ["login1", "login2"], f"login1 {HOST_KEY}\n")}
+    data["queues"]["P"] = _login_node_queue(tmp_path, ["login1"], f"login1 {HOST_KEY}\n", ssh_port=2222)
+    known = tmp_path / "known_hosts"
+    assert _host_problems(data, tmp_path) == [
+        f"<config>: [queues.{name}.backend_options] known_hosts: {known} has no key for login node {entry}: add the "
+        "key the site publishes (ssh-keyscan only to compare with it: an unchecked key is what strict checking is "
+        "there to refuse)" for name, entry in (("Q", "login2"), ("P", "[login1]:2222"))]
+    assert capfd.readouterr().out == ""
+
+
+def test_a_login_node_on_another_port_is_found_by_its_bracketed_entry(tmp_path):
+    data = _on_this_host(tmp_path)
+    data["queues"] = {"Q": _login_node_queue(tmp_path, ["login1"], f"[login1]:2222 {HOST_KEY}\n", ssh_port=2222)}
+    assert _host_problems(data, tmp_path) == []
+
+
+def test_a_missing_known_hosts_file_is_reported_once_and_the_next_queue_still_checked(tmp_path):
+    data = _on_this_host(tmp_path)
+    data["queues"] = {"A": _login_node_queue(tmp_path, ["login1"], None),
+                      "B": _login_node_queue(tmp_path, ["login1"], None, known_hosts=str(tmp_path / "kh"))}
+    (tmp_path / "kh").write_text(f"other {HOST_KEY}\n")
+    problems = _host_problems(data, tmp_path)
+    assert len(problems) == 2, problems
+    assert problems[0] == (f"<config>: [queues.A.backend_options] known_hosts: {tmp_path / 'known_hosts'}: No such "
+                           "file or directory; create it or fix the path")
+    assert problems[1].startswith(f"<config>: [queues.B.backend_options] known_hosts: {tmp_path / 'kh'} has no key "
+                                  "for login node login1:")
+
+
+def test_a_login_node_whose_lookup_times_out_does_not_stop_the_check_of_the_next(tmp_path, monkeypatch):
+    import subprocess
+
+    run = subprocess.run
+
+    def slow_for_login1(command, **kwargs):
+        if "login1" in command:
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+        return run(command, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", slow_for_login1)
+    data = _on_this_host(tmp_path)
+    data["queues"] = {"Q": _login_node_queue(tmp_path, ["login1", "login2"], "")}
+    problems = _host_problems(data, tmp_path)
+    assert len(problems) == 1 and "has no key for login node login2:" in problems[0], problems
+
+
+def test_without_ssh_the_first_login_node_queue_says_what_to_install(tmp_path, monkeypatch):
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None if name in ("ssh", "ssh-keygen") else
+                        which(name, *a, **kw))
+    data = _on_this_host(tmp_path)
+    assert _host_problems(data, tmp_path) == []
+    data["queues"]["S"] = _login_node_queue(tmp_path, ["login1"], "")
+    assert _host_problems(data, tmp_path) == [
+        "<config>: [queues.S.backend_options] login_nodes: ssh is not installed (Debian: apt install "
+        "openssh-client; EL: dnf install openssh-clients)"]
+
+
+def test_sqlite_on_a_network_file_system_is_refused_with_what_to_use_instead(tmp_path, monkeypatch):
+    from harvester_cli.config import environment
+
+    here = environment.mount_of(tmp_path)
+    assert here is not None, "this host's /proc/mounts has no mount above tmp_path"
+    monkeypatch.setattr(environment, "NETWORK_FILE_SYSTEMS", frozenset({here[1]}))
+    database = tmp_path / "state.db"
+    expected = [f"<config>: state: {database} is on {here[1]} ({here[0]}): SQLite on a network file system loses its "
+                "locks between hosts and corrupts the database; keep SQLite on a local disk of one host, or give "
+                "several hosts one PostgreSQL or MariaDB server (state = \"postgresql://...\" or \"mariadb://...\")"]
+    assert _host_problems(_on_this_host(tmp_path), tmp_path) == expected
+    database.write_bytes(b"")
+    database.chmod(0o600)
+    assert _host_problems(_on_this_host(tmp_path), tmp_path) == expected
+    assert _host_problems(_on_this_host(tmp_path, state="sqlite:///:memory:"), tmp_path) == []
+
+
+def test_the_mount_holding_a_path_is_the_longest_mount_point_above_it(tmp_path):
+    from harvester_cli.config.environment import mount_of
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("\n".join([
+        "/dev/sda1 / ext4 rw 0 0",
+        "broken line",
+        "server:/export /srv/data nfs4 rw 0 0",
+        "server:/other /srv/data/sub nfs rw 0 0",
+        "server:/spaced /mnt/my\\040disk cifs rw 0 0",
+        "tmpfs /srv/data2 tmpfs rw 0 0",
+        "server:/x /srv/dataX nfs rw 0 0",
+        "server:/three /srv/three nfs",
+        "overlay / overlay rw 0 0",
+        "",
+    ]))
+    assert mount_of(Path("/srv/data/x.db"), str(mounts)) == ("/srv/data", "nfs4")
+    assert mount_of(Path("/srv/data"), str(mounts)) == ("/srv/data", "nfs4")
+    assert mount_of(Path("/srv/data/sub/x.db"), str(mounts)) == ("/srv/data/sub", "nfs")
+    assert mount_of(Path("/srv/data2/x.db"), str(mounts)) == ("/srv/data2", "tmpfs")
+    assert mount_of(Path("/srv/three/x.db"), str(mounts)) == ("/srv/three", "nfs")
+    assert mount_of(Path("/srv/dataX/x.db"), str(mounts)) == ("/srv/dataX", "nfs")
+    assert mount_of(Path("/mnt/my disk/x.db"), str(mounts)) == ("/mnt/my disk", "cifs")
+    assert mount_of(Path("/home/x.db"), str(mounts)) == ("/", "overlay")
+    assert mount_of(Path("/home/x.db"), str(tmp_path / "no-such-file")) is None
+    assert mount_of(Path("/")) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# What each table says of values that make no sense together
+
+
+def _token(**settings):
+    from harvester_cli.config.sections import TokenProfile
+
+    return TokenProfile(**{"name": "t", "endpoint": "https://iam.example.org/token", "client_id": "c",
+                           "client_secret_file": Path("/s"), **settings})
+
+
+def test_a_token_profile_is_told_to_set_file_or_directory_and_not_both():
+    assert list(_token().problems()) == [
+        ("", "set file (one token, e.g. for PanDA) or directory (a token per CE)")]
+    assert list(_token(file=Path("/t"), directory=Path("/d")).problems()) == [
+        ("", "set file (one token) or directory (a token per CE), not both")]
+    assert list(_token(file=Path("/t"), audience="https://panda.example.org").problems()) == []
+
+
+def test_a_per_ce_token_profile_asks_each_ces_own_audience():
+    assert list(_token(directory=Path("/d"), audience="x").problems()) == [
+        ("audience", "a per-CE profile (directory) asks each CE's own audience; remove audience")]
+    assert list(_token(directory=Path("/d")).problems()) == []
+
+
+def test_audience_formats_name_known_flavours_and_use_host_and_port_only():
+    formats = {"condor": "{host}", "htcondor-ce": "{host", "arc-ce": "https://{host}:{port}/{path}"}
+    assert list(_token(file=Path("/t"), audience_formats=formats).problems()) == [
+        ("audience_formats", "'condor' is not a CE flavour (htcondor-ce, arc-ce)"),
+        ("audience_formats", "htcondor-ce: bad template (expected '}' before end of string)"),
+        ("audience_formats", "arc-ce: use {host} and {port} only, e.g. \"https://{host}:{port}\""),
+    ]
+    assert list(_token(file=Path("/t"), audience_formats={"arc-ce": "{port}"}).problems()) == [
+        ("audience_formats", "arc-ce: use {host} and {port} only, e.g. \"https://{host}:{port}\"")]
+    assert list(_token(file=Path("/t"), audience_formats={"arc-ce": "https://{host}",
+                                                          "htcondor-ce": "{host}:{port}"}).problems()) == []
+
+
+def _proxy(**settings):
+    from harvester_cli.config.sections import CertificateConfig, ProxyProfile
+
+    return ProxyProfile(**{"name": "p", "file": Path("/p"),
+                           "certificates": [CertificateConfig(cert=Path("/c"), key=Path("/k"))], **settings})
+
+
+@pytest.mark.parametrize("bits", [1024, 2048, 3072, 4096])
+def test_a_proxy_takes_the_key_sizes_the_tools_make(bits):
+    assert list(_proxy(bits=bits).problems()) == []
+
+
+@pytest.mark.parametrize("bits", [1025, 3073, 4097, 512])
+def test_a_proxy_refuses_other_key_sizes(bits):
+    assert list(_proxy(bits=bits).problems()) == [("bits", f"expected 1024, 2048, 3072 or 4096, got {bits}")]
+
+
+@pytest.mark.parametrize("voms,ok", [("atlas", True), ("atlas:/atlas/Role=production", True),
+                                     ("atlas:/atlas:x", True), (":/atlas", False), ("atlas:atlas", False)])
+def test_a_voms_attribute_is_a_vo_or_a_vo_and_an_fqan(voms, ok):
+    expected = [] if ok else [("voms", f"expected 'vo' or 'vo:/vo/Role=...', got {voms!r}")]
+    assert list(_proxy(voms=voms).problems()) == expected
+
+
+def test_the_builtin_proxy_tool_makes_no_voms_attribute():
+    assert list(_proxy(voms="atlas", tool="builtin").problems()) == [
+        ("voms", "the builtin tool makes proxies without VOMS; use voms-proxy-init or arcproxy")]
+    assert list(_proxy(tool="builtin").problems()) == []
+
+
+def test_a_proxy_whose_min_lifetime_is_not_below_its_lifetime_would_be_renewed_every_run():
+    assert list(_proxy(lifetime=7200, min_lifetime=7199).problems()) == []
+    assert list(_proxy(lifetime=7200, min_lifetime=7200).problems()) == [
+        ("min_lifetime", "(7200) must be less than lifetime (7200), or every run renews")]
+
+
+def test_the_metrics_textfile_ends_in_prom_and_panda_takes_metrics_every_300_s_at_most():
+    from harvester_cli.config.sections import MetricsConfig
+
+    assert list(MetricsConfig(textfile=Path("/var/lib/node_exporter/harvester.txt")).problems()) == [
+        ("textfile", "/var/lib/node_exporter/harvester.txt: node_exporter reads only files ending in .prom; name it "
+                     "e.g. harvester.prom")]
+    assert list(MetricsConfig(textfile=Path("/var/lib/node_exporter/harvester.prom")).problems()) == []
+    assert list(MetricsConfig(panda_interval=299).problems()) == [
+        ("panda_interval", "PanDA takes service metrics at most every 300 s, got 299")]
+    assert list(MetricsConfig(panda_interval=1).problems()) != []
+    for interval in (0, 300, 301):
+        assert list(MetricsConfig(panda_interval=interval).problems()) == []
+
+
+@pytest.mark.parametrize("host,ok", [("harvester1.example.org", True), ("", False), ("  ", False),
+                                     ("host:1", False)])
+def test_an_instance_host_is_a_host_name(host, ok):
+    from harvester_cli.config.sections import InstanceConfig
+
+    expected = [] if ok else [("host", f"{host!r}: a host name, not empty and without ':'")]
+    assert list(InstanceConfig(host=host).problems()) == expected
+    assert list(InstanceConfig().problems()) == []
+
+
+def test_a_cap_names_its_queues_once_and_sets_a_limit():
+    from harvester_cli.config.sections import CapConfig
+
+    assert list(CapConfig(name="c").problems()) == [
+        ("queues", "list the queues that share this cap, e.g. [\"SITE_A\", \"SITE_B\"]"),
+        ("", "set max_queued, max_running or max_cores")]
+    assert list(CapConfig(name="c", queues=["A", "A"], max_cores=0).problems()) == [
+        ("queues", "a queue is listed twice")]
+    assert CapConfig(name="c", queues=["A"], max_running=0, max_cores=8).limits() == {"running": 0, "cores": 8}

@@ -233,3 +233,143 @@ def test_submit_count_stays_within_what_is_left_of_a_shared_cap_unless_forced(ha
     assert "shared cap SITE: max_running=3 with 2 used leaves room for 1 (--force lifts it)" in data["errors"][0]
     forced = harness.cli_json("submit", "--queue", "CNT_A", "--count", "2", "--force")
     assert len(forced["queues"][0]["submitted"]) == 2
+
+
+def test_a_downtime_is_shown_with_its_times_in_utc_and_whether_it_is_under_way():
+    down = Downtime(NOW, NOW + HOUR, AT_RISK, "kernel", queue="Q", ce="ce1.example.org", source="database", id="7")
+    assert down.as_dict(NOW) == {
+        "id": "7", "queue": "Q", "computing_element": "ce1.example.org", "severity": AT_RISK,
+        "start": rules.iso(NOW), "end": rules.iso(NOW + HOUR), "reason": "kernel", "source": "database",
+        "active": True, "blocks": False}
+    assert rules.iso(NOW) == "2027-01-15T08:00:00Z"
+    assert Downtime(NOW, NOW + HOUR).as_dict(NOW + HOUR)["active"] is False
+    assert Downtime(NOW, NOW + HOUR).as_dict(NOW - 1)["blocks"] is True
+
+
+def test_times_are_shown_in_utc_whatever_the_hosts_time_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert rules.iso(NOW) == "2027-01-15T08:00:00Z"
+        assert rules.utc(NOW) == "2027-01-15 08:00Z"
+        assert rules.utc(NOW, short=True) == "01-15 08:00Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_downtimes_shown_for_a_queue_are_its_own_and_its_ces_not_over_yet_soonest_first():
+    later = Downtime(NOW + 2 * HOUR, NOW + 3 * HOUR, queue="Q")
+    ce_now = Downtime(NOW - HOUR, NOW + HOUR, ce="ce1.example.org")
+    ce_now_longer = Downtime(NOW - HOUR, NOW + 2 * HOUR, ce="ce1.example.org", queue="Q")
+    ending_now = Downtime(NOW - HOUR, NOW, queue="Q")
+    other_queue = Downtime(NOW, NOW + HOUR, queue="OTHER")
+    other_ce = Downtime(NOW, NOW + HOUR, ce="ce9.example.org")
+    ce_of_other_queue = Downtime(NOW, NOW + HOUR, ce="ce1.example.org", queue="OTHER")
+    every = [later, ce_now_longer, ending_now, other_queue, other_ce, ce_of_other_queue, ce_now]
+    assert rules.relevant(every, "Q", ["ce1.example.org:9619", "ce2.example.org:9619"], NOW) == \
+        [ce_now, ce_now_longer, later]
+    assert rules.relevant(every, "Q", [], NOW) == [later]
+
+
+def test_an_active_downtime_covers_its_start_and_not_its_end():
+    down = Downtime(NOW, NOW + HOUR)
+    assert down.active(NOW) and down.active(NOW + HOUR - 1)
+    assert not down.active(NOW - 1) and not down.active(NOW + HOUR)
+
+
+def test_of_several_outages_the_one_ending_last_is_the_one_a_queue_waits_for():
+    short = Downtime(NOW - HOUR, NOW + HOUR, queue="Q", reason="short")
+    long = Downtime(NOW, NOW + 5 * HOUR, queue="Q", reason="long")
+    assert rules.blocking([long, short], "Q", None, NOW, HOUR) is long
+    assert rules.blocking([short, long], "Q", None, NOW, HOUR) is long
+
+
+@pytest.mark.parametrize("named,endpoint,same", [
+    ("ce1.example.org", "CE1.EXAMPLE.ORG:9619", True),
+    ("https://ce1.example.org:443/arex/rest/1.0", "ce1.example.org:443", True),
+    ("https://ce1.example.org:443/arex/rest", "https://ce1.example.org:8443/arex", False),
+    ("ce1.example.org:9619", "ce1.example.org", False),
+    ("ce1.example.org:port", "ce1.example.org:port", True),
+    ("[2001:db8::1]:9619", "[2001:db8::1]:9619", True),
+    ("2001:db8::1", "2001:db8::2", False),
+    ("ce1.example.org", "ce1.example.org:x", False),
+])
+def test_a_ce_is_matched_by_host_and_by_port_when_named_with_one(named, endpoint, same):
+    assert rules.ce_matches(named, endpoint) is same
+
+
+def test_the_ces_of_a_queue_are_those_its_fanout_picks_from():
+    from harvester_cli.config.backend_options import CE, ArcOptions, HTCondorOptions, SlurmOptions
+
+    assert rules.fanout_ces(queue(backend="slurm", backend_options=SlurmOptions(partitions=["grid", "gpu@hpc2"]))) \
+        == ["grid", "gpu@hpc2"]
+    assert rules.fanout_ces(queue(backend="slurm", backend_options=None)) == []
+    assert rules.fanout_ces(queue(backend="htcondor", backend_options=HTCondorOptions(
+        ces=[CE(endpoint="ce1.example.org:9619"), CE(endpoint="ce2.example.org:9619", state="OFFLINE")]))) == \
+        ["ce1.example.org:9619"]
+    assert rules.fanout_ces(queue(backend="arc", backend_options=ArcOptions(
+        endpoints=["https://arc1.example.org/arex"]))) == ["https://arc1.example.org/arex"]
+    assert rules.fanout_ces(queue()) == []
+
+
+GOCDB_EDGES = """<results>
+  <DOWNTIME ID="9"><HOSTNAME>ce9.example.org</HOSTNAME><SEVERITY>outage</SEVERITY>
+    <START_DATE>not a number</START_DATE><FORMATED_START_DATE>nonsense</FORMATED_START_DATE>
+    <END_DATE>{end}</END_DATE></DOWNTIME>
+  <DOWNTIME ID="10"><HOSTNAME>ce10.example.org</HOSTNAME><SEVERITY>OUTAGE</SEVERITY>
+    <START_DATE>{start}</START_DATE><END_DATE>{start}</END_DATE></DOWNTIME>
+  <DOWNTIME ID="11"><HOSTNAME>ce11.example.org</HOSTNAME><SEVERITY>OUTAGE</SEVERITY>
+    <START_DATE>{start}</START_DATE></DOWNTIME>
+  <DOWNTIME ID="12"><HOSTNAME>ce12.example.org</HOSTNAME><SEVERITY>OUTAGE</SEVERITY>
+    <END_DATE>{end}</END_DATE></DOWNTIME>
+  <DOWNTIME ID="13"><SEVERITY>OUTAGE</SEVERITY><START_DATE>{start}</START_DATE><END_DATE>{end}</END_DATE></DOWNTIME>
+  <DOWNTIME ID="14"><HOSTNAME>ce14.example.org</HOSTNAME><START_DATE>{start}</START_DATE><END_DATE>{end}</END_DATE>
+  </DOWNTIME>
+  <DOWNTIME ID="15"><PRIMARY_KEY>115G0</PRIMARY_KEY><HOSTNAME> ce15.example.org </HOSTNAME>
+    <SEVERITY>at_risk</SEVERITY><START_DATE>{start}</START_DATE><END_DATE>{end}</END_DATE></DOWNTIME>
+  <DOWNTIME ID="16"><HOSTNAME>ce16.example.org</HOSTNAME><SEVERITY>OUTAGE</SEVERITY>
+    <FORMATED_START_DATE>2026-03-01 08:00</FORMATED_START_DATE><END_DATE>{end}</END_DATE></DOWNTIME>
+</results>"""
+
+
+def test_a_gocdb_entry_without_a_readable_start_end_host_or_severity_is_left_out_and_the_rest_kept():
+    found = rules.from_gocdb(GOCDB_EDGES.format(start=int(NOW), end=int(NOW + HOUR)))
+    assert [(d.ce, d.severity, d.id, d.start, d.end, d.reason) for d in found] == [
+        ("ce15.example.org", AT_RISK, "115G0", NOW, NOW + HOUR, ""),
+        ("ce16.example.org", OUTAGE, "16", rules.parse_time("2026-03-01T08:00Z"), NOW + HOUR, "")]
+
+
+def test_a_ce_named_by_its_ipv6_address_matches_it_on_any_port():
+    assert rules.ce_matches("[2001:db8::1]", "[2001:db8::1]:9619")
+
+
+def test_an_outage_blocks_a_worker_that_would_run_into_it_and_not_one_that_ends_as_it_starts():
+    ends_now = Downtime(NOW - HOUR, NOW, queue="Q")
+    starts_after = Downtime(NOW + HOUR, NOW + 2 * HOUR, queue="Q")
+    assert rules.blocking([ends_now, starts_after], "Q", None, NOW, HOUR) is None
+    assert rules.blocking([starts_after], "Q", None, NOW, HOUR + 1) is starts_after
+
+
+def test_a_ce_outage_of_another_queue_and_a_ce_outage_for_the_queue_as_a_whole_block_nothing():
+    other = Downtime(NOW, NOW + HOUR, ce="ce1.example.org", queue="OTHER")
+    ces = ["ce1.example.org:9619"]
+    assert rules.blocked_ces([other], "Q", ces, NOW, HOUR) == {}
+    assert rules.queue_down([other], "Q", ces, NOW, HOUR) is None
+    assert rules.blocking([Downtime(NOW, NOW + HOUR, ce="ce1.example.org")], "Q", None, NOW, HOUR) is None
+
+
+def test_a_queue_whose_every_ce_is_down_says_why_for_each():
+    ces = ["ce1.example.org:9619", "ce2.example.org:9619"]
+    down = [Downtime(NOW, NOW + HOUR, ce="ce1.example.org", reason="kernel"),
+            Downtime(NOW, NOW + HOUR, ce="ce2.example.org")]
+    assert rules.queue_down(down, "Q", ces, NOW, HOUR) == (
+        "every CE in downtime: ce1.example.org:9619: OUTAGE until 2027-01-15 09:00Z (kernel); "
+        "ce2.example.org:9619: OUTAGE until 2027-01-15 09:00Z")
+
+
+def test_a_ce_outage_of_the_queue_itself_blocks_that_ce():
+    ces = ["ce1.example.org:9619"]
+    own = Downtime(NOW, NOW + HOUR, ce="ce1.example.org", queue="Q")
+    assert list(rules.blocked_ces([own], "Q", ces, NOW, HOUR)) == ces
+    assert rules.queue_down([own], "Q", ces, NOW, HOUR).startswith("every CE in downtime: ce1.example.org:9619: ")
