@@ -114,8 +114,8 @@ def utc(epoch: float, short: bool = False) -> str:
 def _host_port(name: str) -> tuple[str, str | None]:
     rest = name.strip().lower().split("://", 1)[-1].split("/", 1)[0]
     host, colon, port = rest.rpartition(":")
-    if colon and port.isdigit() and host and ":" not in host:
-        return host, port
+    if colon and port.isdigit() and host and (":" not in host or (host.startswith("[") and host.endswith("]"))):
+        return host, port   # host:port, or [IPv6]:port
     return rest, None
 
 

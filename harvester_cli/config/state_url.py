@@ -227,7 +227,8 @@ def servers(url: str) -> list[str]:
         return hosts
     if len(hosts) == 1:
         ports = [v for k, v in params if k == "port"]
-        pairs = _paired(hosts[0], ports[0] if ports else "", url) if "," in hosts[0] else [(hosts[0], "")]
+        port = ports[0] if ports else ""
+        pairs = _paired(hosts[0], port, url) if "," in hosts[0] else [(hosts[0], port)]
         return [f"[{h}]:{p}" if ":" in h and p else f"{h}:{p}" if p else h for h, p in pairs]
     host = netloc.rpartition("@")[2]
     return [host] if host else []
