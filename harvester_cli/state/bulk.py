@@ -107,9 +107,17 @@ class _Compiled:
         self.paramstyle = dialect.paramstyle
         self.mark = {"qmark": "?", "format": "%s", "pyformat": "%%(%s)s", "named": ":%s"}.get(self.paramstyle, "")
         self._texts: dict[int, str] = {}
+        # PostgreSQL takes the keys as one array parameter: one text whatever the count, which psycopg parses
+        # once and the server prepares once (a list of a hundred parameters it parsed afresh on every call)
+        token = f" IN (__[POSTCOMPILE_{IN_LIST}])"
+        self.array_text = (self.text.replace(token, f" = ANY ({self.mark % IN_LIST})")
+                           if dialect.name == "postgresql" and not self.positional and self.text.count(token) == 1
+                           else None)
 
     def with_keys(self, values: tuple, keys: Sequence) -> tuple[str, tuple | dict]:
         """The text and parameters of the statement with its IN list of these keys (one text per length)."""
+        if self.array_text is not None:
+            return self.array_text, self.parameters([(*values, list(keys))])[0]
         count = len(keys)
         text = self._texts.get(count)
         if text is None:

@@ -13,7 +13,7 @@ from harvester_cli.state import claims, meta, outbox
 from harvester_cli.state.schema import reports, workers
 from harvester_cli.state.store import Store, Tx
 from tests.support.harness import new_state
-from tests.support.outbox import assert_final_update_stays
+from tests.support.outbox import assert_acknowledged_exactly, assert_final_update_stays
 
 
 def worker_rows(n):
@@ -65,26 +65,7 @@ def test_a_newer_update_survives_the_acknowledgement_of_an_older_one(url):
 
 
 def test_acknowledging_more_updates_than_one_statement_holds_forgets_exactly_those_sent(url):
-    """1,201 keys (three IN lists of at most 500), two versions among them: the rows sent go; a newer version
-    stays, released; rows not sent stay claimed; rows another run claimed are not touched."""
-    store, other = Store(url), Store(url)
-    with store.transaction() as tx:
-        outbox.enqueue(tx, "job", [(k, "Q", {"job_status": "finished"}, True) for k in range(1, 1301)])
-        outbox.enqueue(tx, "job", [(k, "Q", {"job_status": "finished", "n": 2}, True) for k in range(1, 11)])
-    with other.transaction() as tx:
-        theirs = {r.key for r in claims.claim(tx, reports, reports.c.key > 1250, 100)}
-    with store.transaction() as tx:
-        mine = claims.claim(tx, reports, reports.c.kind == "job", 1300)
-        versions = {r.key: r.version for r in mine}
-        outbox.enqueue(tx, "job", [(5, "Q", {"job_status": "finished", "n": 3}, True)])   # 5 is newer meanwhile
-        outbox.sent(tx, "job", [(k, versions[k]) for k in range(1, 1202)])
-    with store.reading() as tx:
-        left = {r.key: r for r in tx.execute(select(reports))}
-    assert theirs == set(range(1251, 1301)) and set(versions) == set(range(1, 1251))
-    assert sorted(left) == [5, *range(1202, 1301)] and left[5].version == 3
-    assert left[5].lock_owner is None   # released for the next run
-    assert all(left[k].lock_owner == store.owner for k in range(1202, 1251))   # not sent: still this run's
-    assert all(left[k].lock_owner == other.owner for k in theirs)
+    assert_acknowledged_exactly(url)
 
 
 def test_a_final_update_is_never_replaced_by_one_that_is_not_final(url):

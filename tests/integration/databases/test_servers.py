@@ -19,7 +19,7 @@ from harvester_cli.state.schema import jobs, workers
 from harvester_cli.state.store import Store
 from tests.support.databases import assert_state_errors
 from tests.support.harness import cycle_until, new_state, rows, wait_until
-from tests.support.outbox import assert_final_update_stays
+from tests.support.outbox import assert_acknowledged_exactly, assert_final_update_stays
 
 
 def test_claims_are_exclusive_and_times_keep_their_precision(server_url):
@@ -176,6 +176,12 @@ def blocked(store: Store) -> bool:
              "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'")
     with store.engine.connect() as conn:
         return bool(conn.execute(text(query)).scalar())
+
+
+def test_acknowledging_more_updates_than_one_statement_holds_forgets_exactly_those_sent(server_url):
+    """The outbox's statements by key (IN lists on MariaDB, one array on PostgreSQL) on each server."""
+    new_state(server_url)
+    assert_acknowledged_exactly(server_url)
 
 
 def test_two_hosts_first_worker_ids_ever_are_reserved_once(server_url):
