@@ -383,29 +383,36 @@ class LogServer:
     # -- the loop ------------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        self._selector.register(self.sock, selectors.EVENT_READ, "listen")
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
-            while not self._stop.is_set():
-                now = time.monotonic()
-                with self._lock:
-                    soonest = min((c.deadline for c in self._open), default=now + 1.0)
-                for key, _ in self._selector.select(max(0.0, min(1.0, soonest - now))):
-                    try:
-                        if key.data == "listen":
-                            self._accept()
-                        elif key.data == "wake":
-                            self._take_back()
-                        else:
-                            self._read(key.data)
-                    except Exception:   # one connection's trouble must not stop the server for everyone
-                        log.exception("serve-logs: event of %s failed", key.data if isinstance(key.data, str)
-                                      else key.data.address[0])
-                        if isinstance(key.data, _Connection):
-                            self._drop(key.data)
-                self._expire(time.monotonic())
+            self._loop()
+        except (OSError, ValueError):
+            if not self._stop.is_set():
+                raise
+            # closed under the loop (close() without stop(), or before the loop began): the end, not a fault
         finally:
             self._stopped.set()
+
+    def _loop(self) -> None:
+        self._selector.register(self.sock, selectors.EVENT_READ, "listen")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                soonest = min((c.deadline for c in self._open), default=now + 1.0)
+            for key, _ in self._selector.select(max(0.0, min(1.0, soonest - now))):
+                try:
+                    if key.data == "listen":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._take_back()
+                    else:
+                        self._read(key.data)
+                except Exception:   # one connection's trouble must not stop the server for everyone
+                    log.exception("serve-logs: event of %s failed", key.data if isinstance(key.data, str)
+                                  else key.data.address[0])
+                    if isinstance(key.data, _Connection):
+                        self._drop(key.data)
+            self._expire(time.monotonic())
 
     def _accept(self) -> None:
         while True:

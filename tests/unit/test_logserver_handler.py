@@ -886,3 +886,13 @@ def test_an_idle_server_sleeps_in_select(tree, servers):
     cpu = time.process_time()
     threading.Event().wait(0.5)   # a window to measure, not a wait for a condition
     assert time.process_time() - cpu < 0.2
+
+
+def test_closing_under_a_running_loop_ends_it_quietly(tree, servers, monkeypatch):
+    """close() without stop(), as the loop starts or while it selects: the loop ends, no thread exception."""
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    server = servers(tree, start=True)
+    server.close()
+    server._thread.join(5)
+    assert not server._thread.is_alive() and not failures

@@ -565,14 +565,14 @@ def test_serve_logs_answers_the_root_with_the_status_page(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{server.address[1]}/", timeout=10) as followed:
             assert followed.read() == b"<html>status</html>"
     finally:
-        server.close()
+        server.stop()
     server = LogServer(tmp_path, port=0, prefix="/", pages=pages).start()   # the tree at the root: its listing
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.address[1]}/", timeout=10) as listing:
             body = listing.read().decode()
         assert 'href="workers/"' in body and 'href="/status"' in body and 'href="/metrics"' in body
     finally:
-        server.close()
+        server.stop()
 
 
 def test_renew_proxy_check_reports_a_plain_panda_proxy(tmp_path, pki):
