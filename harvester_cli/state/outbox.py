@@ -68,7 +68,7 @@ def _by_keys() -> SimpleNamespace:
         take=(update(reports).where(kind, reports.c.key.in_(keys),
                                     or_(reports.c.lock_owner.is_(None), reports.c.lock_expires < bindparam("at")))
               .values(lock_owner=bindparam("owner"), lock_expires=bindparam("expires"))),
-        taken=select(*reports.c).where(kind, reports.c.key.in_(keys), owner),
+        taken=select(*reports.c).where(kind, reports.c.key.in_(keys), owner).order_by(reports.c.key),
         # by primary key, one statement per version sent (almost always one): a row with a newer version stays
         delete_sent=delete(reports).where(kind, owner, reports.c.version == bindparam("version"),
                                           reports.c.key.in_(keys)),
