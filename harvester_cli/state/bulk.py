@@ -53,9 +53,10 @@ IN_CHUNK = 500     # keys per statement: within every database's limit of parame
 
 def query_in(conn: Connection, statement: ClauseElement, names: Sequence[str], values: tuple,
              keys: Sequence) -> list[tuple]:
-    """Rows of `statement` (a module-level constant whose IN list is `bindparam(IN_LIST, expanding=True)`) for
-    these keys, as plain tuples. The IN list is written into the compiled text here, once per length: SQLAlchemy
-    renders it afresh, a parameter name per key, on every execution (a fifth of a propagate's own time)."""
+    """Rows of `statement` (built once: it is compiled once per database, by identity) whose IN list is
+    `bindparam(IN_LIST, expanding=True)`, for these keys, as plain tuples. The IN list is written into the
+    compiled text here, once per length (PostgreSQL: one array parameter): SQLAlchemy renders it afresh, a
+    parameter name per key, on every execution (a fifth of a propagate's own time)."""
     compiled = _compiled_of(conn, statement, names, expanding=True)
     out: list[tuple] = []
     cursor = conn.connection.cursor()
