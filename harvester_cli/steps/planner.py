@@ -24,7 +24,9 @@ start, the queued limit does not hold back those N (they will not wait), every o
 Figures older than free_resources_max_age are not used. A backfill window (only a shorter walltime starts now, down to
 min_walltime) gives the new workers that walltime (Plan.walltime). A many_to_one queue's allocations are sized to
 the idle nodes when fewer than nodes_max (and at least nodes_min) stand idle in one place (Plan.nodes): an
-allocation that starts now on the nodes there are beats a full one that waits for nodes to free up.
+allocation that starts now on the nodes there are beats a full one that waits for nodes to free up. The figures
+count workers of the queue's first resource type; when its types differ in size (a unified queue's 1-core and
+8-core pilots), the split over types is fitted into the cores that start now, plus the workers that may wait.
 
 PanDA's activated-job counts lag by up to a minute (a materialized view refreshed on every full minute).
 A pilot that started since the last refresh has probably taken one of the jobs still counted, so those
@@ -35,6 +37,7 @@ counts per resource type (a unified queue), each type's demand is its own activa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harvester_cli.config import QueueConfig
@@ -69,6 +72,16 @@ class FreeResources:
     ces: tuple[FreeCE, ...] = ()
     problem: str | None = None
     unsupported: bool = False
+
+
+@dataclass(frozen=True)
+class FreeCores:
+    """A unified queue's free-resources rule in cores. The batch system weighed workers of the queue's first
+    resource type; a worker of a larger type takes that many more of the cores that start now."""
+
+    start: int      # cores that can start now, less what the pilots already waiting beyond the allowance take
+    wait: int       # workers that may wait for the next free slots, of any size (a waiting pilot holds no cores)
+    unit: int       # the first resource type's cores (the figures' workers are of its size)
 
 
 @dataclass(frozen=True)
@@ -248,19 +261,17 @@ def _cap_resources(queue: QueueConfig, state: QueueState, wanted: dict[str, int]
     cores_left = None if queue.max_queued_cores is None else queue.max_queued_cores - state.queued_cores
     memory_left = None if queue.max_queued_memory_mb is None else queue.max_queued_memory_mb - state.queued_memory_mb
     accepted = {rt: 0 for rt in wanted}
-    blocked: set[str] = set()
-    while True:
-        candidates = [rt for rt, n in wanted.items() if accepted[rt] < n and rt not in blocked]
-        if not candidates:
-            break
-        rt = min(candidates, key=lambda r: (accepted[r] / wanted[r], list(wanted).index(r)))
+
+    def fits(rt: str) -> bool:
+        nonlocal cores_left, memory_left
         cores, memory = state.sizes.get(rt, (queue.core_count, queue.core_count * queue.memory_mb_per_core))
         if (cores_left is not None and cores > cores_left) or (memory_left is not None and memory > memory_left):
-            blocked.add(rt)
-            continue
-        accepted[rt] += 1
+            return False
         cores_left = None if cores_left is None else cores_left - cores
         memory_left = None if memory_left is None else memory_left - memory
+        return True
+
+    _in_proportion(wanted, accepted, fits)
     inputs = []
     if queue.max_queued_cores is not None:
         inputs.append(f"max_queued_cores={queue.max_queued_cores}, queued cores={state.queued_cores}")
@@ -314,16 +325,30 @@ def _allocation_nodes(queue: QueueConfig, counted: list[FreeCE]) -> tuple[int | 
                            f"(nodes_max={shape.nodes_max})")
 
 
+def _cores(queue: QueueConfig, state: QueueState, rt: str) -> int:
+    return state.sizes.get(rt, (queue.core_count, 0))[0] or 1
+
+
+def _weighed_in_cores(queue: QueueConfig, state: QueueState) -> int | None:
+    """The first resource type's cores when the queue's types differ in size (one worker is not one slot
+    of the figures), else None."""
+    if queue.many_to_one is not None or len({_cores(queue, state, rt) for rt in queue.resource_types}) < 2:
+        return None
+    return _cores(queue, state, queue.resource_types[0])
+
+
 def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: int, queued: int, limit: int,
-                   trace: list[Step]) -> tuple[int, int | None, int | None]:
+                   trace: list[Step]) -> tuple[int, int | None, int | None, FreeCores | None]:
     """The free-resources rule (after the queued limit): the headroom, the walltime a backfill window gives
-    (None: the queue's), and with many_to_one the largest allocation's nodes when fewer than nodes_max stand
-    idle (None: nodes_max). `room` is what max_workers leaves, `limit` the queued limit."""
+    (None: the queue's), with many_to_one the largest allocation's nodes when fewer than nodes_max stand
+    idle (None: nodes_max), and for a queue whose resource types differ in size the rule in cores (applied
+    after the split over types; None: not needed). `room` is what max_workers leaves, `limit` the queued
+    limit."""
     free = state.free
     rule = "free resources"
     if free is None or free.unsupported:
         trace.append(Step(rule, f"the {queue.backend} backend cannot say what can start now: not used", headroom))
-        return headroom, None, None
+        return headroom, None, None, None
     max_age = queue.free_resources_max_age
     fresh = [c for c in free.ces if c.age <= max_age and c.workers is not None]
     asked = f"not asked now ({free.problem}); " if free.problem else ""
@@ -337,7 +362,7 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
         else:
             why = "no figures: not used"
         trace.append(Step(rule, asked + why, headroom))
-        return headroom, None, None
+        return headroom, None, None, None
     full = [c for c in fresh if c.workers and (c.window is None or c.window >= queue.walltime)]
     windows = [c for c in fresh if c.workers and c.window]
     counted, walltime = (full, None) if full else (windows, min((c.window for c in windows), default=None))
@@ -367,15 +392,68 @@ def free_resources(queue: QueueConfig, state: QueueState, headroom: int, room: i
             queued_text = f"queued={waiting_now} (asked now; {queued} in the state database)"
     elif state.queued_unasked:
         queued_text += f" ({state.queued_unasked})"
+    unit = _weighed_in_cores(queue, state)
+    in_cores = None
+    if unit is not None:
+        # pilots waiting beyond the allowance take the first cores that free up, at the queued ones' mean size
+        mean = state.queued_cores / queued if queued and state.queued_cores else unit
+        taken = round(max(0, waiting_now - waiting) * mean)
+        in_cores = FreeCores(max(0, startable * unit - taken), max(0, waiting - waiting_now), unit)
     if not startable:
         result = min(room, max(0, waiting - waiting_now))
         trace.append(Step(rule, f"nothing can start now ({figures}); {queued_text}, {why_waiting}", result))
-        return result, None, None
+        return result, None, None, in_cores
     result = min(room, max(0, startable + waiting - waiting_now))
     window = f", walltime {walltime} s (a backfill window)" if walltime is not None else ""
     trace.append(Step(rule, f"{startable} can start now{window}{sized} ({figures}) + {why_waiting}, {queued_text}",
                       result))
-    return result, walltime, nodes
+    return result, walltime, nodes, in_cores
+
+
+def _in_proportion(wanted: dict[str, int], accepted: dict[str, int], fits: Callable[[str], bool]) -> None:
+    """Accept workers one by one, the resource type furthest behind its share first, while `fits` says yes for
+    one of that type (and counts it); a type it refuses gets no more."""
+    order = list(wanted)
+    blocked: set[str] = set()
+    while True:
+        candidates = [rt for rt, n in wanted.items() if accepted[rt] < n and rt not in blocked]
+        if not candidates:
+            return
+        rt = min(candidates, key=lambda r: (accepted[r] / wanted[r], order.index(r)))
+        if fits(rt):
+            accepted[rt] += 1
+        else:
+            blocked.add(rt)
+
+
+def _fit_free_cores(queue: QueueConfig, state: QueueState, wanted: dict[str, int], free: FreeCores,
+                    trace: list[Step]) -> dict[str, int]:
+    """The split's workers within the cores that can start now, and the workers that may wait beyond them."""
+    sizes = {rt: _cores(queue, state, rt) for rt in wanted}
+    accepted = {rt: 0 for rt in wanted}
+    cores_left, may_wait = free.start, free.wait
+
+    def starts(rt: str) -> bool:
+        nonlocal cores_left
+        if sizes[rt] > cores_left:
+            return False
+        cores_left -= sizes[rt]
+        return True
+
+    def waits(rt: str) -> bool:
+        nonlocal may_wait
+        if not may_wait:
+            return False
+        may_wait -= 1
+        return True
+
+    _in_proportion(wanted, accepted, starts)
+    _in_proportion(wanted, accepted, waits)
+    shape = ", ".join(f"{rt} {n} core{'s' if n > 1 else ''}" for rt, n in sizes.items())
+    trace.append(Step("free cores", f"{free.start} cores can start now (workers of {free.unit} core"
+                                    f"{'s' if free.unit > 1 else ''}), {free.wait} more may wait; {shape}",
+                      sum(accepted.values())))
+    return accepted
 
 
 def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
@@ -387,6 +465,7 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     wanted = 0
     caps: list[dict] = []
     walltime = nodes = None
+    in_cores: FreeCores | None = None
 
     def done(result: dict[str, int]) -> Plan:
         return Plan(queue.name, {rt: result.get(rt, 0) for rt in rts}, trace, demand=demand_total, wanted=wanted,
@@ -409,7 +488,7 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
     headroom = min(headroom, max(0, limit - queued))
     trace.append(Step("n_queue_limit_worker", f"{described}, queued={queued}", headroom))
     if queue.free_resources:
-        headroom, walltime, nodes = free_resources(queue, state, headroom, room, queued, limit, trace)
+        headroom, walltime, nodes, in_cores = free_resources(queue, state, headroom, room, queued, limit, trace)
 
     if queue.mode == "pull" and queue.pilot_streaming:
         if state.streaming_targets is None:
@@ -506,7 +585,10 @@ def plan(queue: QueueConfig, state: QueueState, run_remaining: int) -> Plan:
                    else " (evenly: PanDA gave site totals only)")
         trace.append(Step("split over resource types" + how, ", ".join(f"{rt}={result.get(rt, 0)}" for rt in rts),
                           sum(result.values())))
-    result = _cap_resources(queue, state, {rt: result.get(rt, 0) for rt in rts}, trace)
+    result = {rt: result.get(rt, 0) for rt in rts}
+    if in_cores is not None and any(result.values()):
+        result = _fit_free_cores(queue, state, result, in_cores, trace)
+    result = _cap_resources(queue, state, result, trace)
     if state.registration is not None:
         trace.append(Step("PanDA registration", state.registration, 0))
         return done({})

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def gather(instance: Instance, queue: QueueConfig, sizes: dict[str, tuple[int, int]]) -> FreeResources | None:
     """None for a queue without free_resources. Workers are weighed at the size of the queue's first resource
-    type (the one empty pilots get)."""
+    type (the one empty pilots get); the planner counts a larger type's workers in its cores."""
     if not queue.free_resources:
         return None
     cores, memory = sizes.get(queue.resource_types[0]) or (queue.core_count, queue.core_count * queue.memory_mb_per_core)

@@ -168,6 +168,37 @@ def test_a_full_site_keeps_waiting_as_many_as_freed_up_within_one_cycle_lately()
     assert plan(queue(), QueueState(activated=50, free=full, ended_recently=0, ended_peak=0), 100).total == 2
 
 
+def test_a_unified_queue_counts_free_slots_in_cores_so_larger_pilots_do_not_overfill_them():
+    """The figures are workers of the first resource type (1 core): ten of them are ten cores, which start one
+    8-core pilot, not ten. The workers that may wait come on top, of any size: a waiting pilot holds no core."""
+    unified = queue(resource_types=["SCORE", "MCORE"], n_queue_limit_worker=20)
+    sizes = {"SCORE": (1, 2000), "MCORE": (8, 16000)}
+    mcore_only = QueueState(activated=50, activated_by_type={"MCORE": 50}, sizes=sizes,
+                            free=FreeResources((ce(workers=10),)))
+    result = plan(unified, mcore_only, 100)
+    assert result.per_resource_type == {"SCORE": 0, "MCORE": 3}     # 1 starts in the 10 cores, 2 wait
+    (step,) = [s for s in result.trace if s.rule == "free cores"]
+    assert "10 cores can start now (workers of 1 core), 2 more may wait; SCORE 1 core, MCORE 8 cores" in step.inputs
+    # both types in demand: the cores go in proportion, what is left of them to the type that still fits
+    both = QueueState(activated=60, activated_by_type={"SCORE": 30, "MCORE": 30}, sizes=sizes,
+                      free=FreeResources((ce(workers=10),)))
+    assert plan(queue(resource_types=["SCORE", "MCORE"], n_queue_limit_worker=20, queued_when_full=0), both,
+                100).per_resource_type == {"SCORE": 2, "MCORE": 1}
+    # nothing can start: only the ones that may wait, whatever their size
+    full = QueueState(activated=50, activated_by_type={"MCORE": 50}, sizes=sizes,
+                      free=FreeResources((ce(workers=0, window=0),)))
+    assert plan(unified, full, 100).per_resource_type == {"SCORE": 0, "MCORE": 2}
+    # pilots already waiting beyond the allowance take the first free cores
+    queued = QueueState(queued={"MCORE": 3}, queued_cores=24, activated=50, activated_by_type={"MCORE": 50}, sizes=sizes,
+                        free=FreeResources((ce(workers=10),)))
+    assert plan(unified, queued, 100).per_resource_type == {"SCORE": 0, "MCORE": 0}
+    # one size for every type: the workers are the slots, no rule in cores
+    same = QueueState(activated=50, activated_by_type={"MCORE": 50}, sizes={"SCORE": (8, 2000), "MCORE": (8, 16000)},
+                      free=FreeResources((ce(workers=10),)))
+    result = plan(unified, same, 100)
+    assert result.total == 12 and not [s for s in result.trace if s.rule == "free cores"]
+
+
 @pytest.mark.parametrize("times, span, expected", [
     ([], 60, 0), ([5.0], 60, 1), ([0, 59.9, 60, 119.9], 60, 2), ([0, 1, 2, 100, 101, 102, 103], 10, 4),
     ([103, 0, 101, 2, 100, 1, 102], 10, 4), ([0, 10, 20], 10, 1)])
