@@ -257,20 +257,6 @@ class Validator:
         return None if found else section
 
 
-def keys(cls: type, prefix: str = "") -> list[tuple[str, Rule]]:
-    """Every documented key of a section and its sub-sections, dotted: for the README check and `config`."""
-    out = []
-    hints = type_hints(cls)
-    for f in dataclasses.fields(cls):
-        rule = rule_of(f)
-        annotation = hints.get(f.name)
-        if dataclasses.is_dataclass(annotation):
-            out += keys(annotation, f"{prefix}{f.name}.")
-        elif rule is not None:
-            out.append((f"{prefix}{f.name}", rule))
-    return out
-
-
 def _close_matches(word: str, candidates, n: int = 1) -> list[str]:
     import difflib  # only a config with a mistake needs it
 
