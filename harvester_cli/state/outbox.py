@@ -10,6 +10,8 @@ rows carry none (the update is built from the worker's row when it is sent).
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from functools import cache
 from types import SimpleNamespace
@@ -21,6 +23,8 @@ from harvester_cli import model
 from harvester_cli.state import bulk, claims
 from harvester_cli.state.schema import reports
 from harvester_cli.state.store import Store, Tx, chunks
+
+log = logging.getLogger(__name__)
 
 JOB = "job"
 WORKER = "worker"
@@ -76,18 +80,44 @@ def _by_keys() -> SimpleNamespace:
     )
 
 
+# Pages claimed in one transaction. A claim is a commit, as is each page's acknowledgement, and on PostgreSQL
+# and MariaDB every commit waits for the log's flush: claiming ten pages at once makes eleven commits of twenty.
+CLAIM_PAGES = 10
+
+
 def pages(store: Store, kind: str, queues: list[str], size: int) -> Iterator[list[Report]]:
     """Claimed pages of pending reports of these queues, by key (keyset pagination: items refused in this
-    run are not taken again), `size` per page. A claim as claims.claim makes it, with the page's keys written
-    into the statements once per page size (bulk.execute_in): SQLAlchemy rendered them afresh for every page."""
-    after = -1
-    while True:
+    run are not taken again), `size` per page. A claim as claims.claim makes it, with the keys written into
+    the statements once per length (bulk.execute_in): SQLAlchemy rendered them afresh for every page.
+    CLAIM_PAGES pages are claimed at a time. Those claimed ahead are claimed again when a quarter of the lease
+    has gone by (slow answers from PanDA), so none is sent near its lease's end, when another host may take
+    it; a run that stops early gives them back at once."""
+    after, held, claimed = -1, [], 0.0
+    try:
+        while True:
+            if not held or time.monotonic() - claimed > store.lease_seconds / 4:
+                with store.transaction() as tx:
+                    if held:
+                        claims.release(tx, reports, [(kind, r.key) for r in held])
+                        after = held[0].key - 1
+                    held = _claim_page(tx, kind, queues, after, size * CLAIM_PAGES)
+                claimed = time.monotonic()
+                if not held:
+                    return
+                after = held[-1].key
+            page, held = held[:size], held[size:]
+            yield page
+    finally:
+        if held:
+            _give_back(store, kind, held)
+
+
+def _give_back(store: Store, kind: str, held: list[Report]) -> None:
+    try:
         with store.transaction() as tx:
-            rows = _claim_page(tx, kind, queues, after, size)
-        if not rows:
-            return
-        after = max(r.key for r in rows)
-        yield rows
+            claims.release(tx, reports, [(kind, r.key) for r in held])
+    except Exception as exc:   # the run is ending on its own error: their lease frees them, or release_dead
+        log.info("outbox: could not give back %d %s report(s) claimed ahead: %s", len(held), kind, exc)
 
 
 def _claim_page(tx: Tx, kind: str, queues: list[str], after: int, size: int) -> list[Report]:

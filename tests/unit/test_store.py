@@ -68,6 +68,42 @@ def test_acknowledging_more_updates_than_one_statement_holds_forgets_exactly_tho
     assert_acknowledged_exactly(url)
 
 
+def test_pages_claimed_ahead_are_given_back_when_a_run_stops_and_claimed_again_when_their_lease_ages(
+        url, monkeypatch):
+    store = Store(url)
+    with store.transaction() as tx:
+        outbox.enqueue(tx, "job", [(k, "Q", {"job_status": "finished"}, True) for k in range(1, 61)])
+
+    def owners() -> dict[int, str | None]:
+        with store.reading() as tx:
+            return dict(tx.execute(select(reports.c.key, reports.c.lock_owner)).all())
+
+    run = outbox.pages(store, "job", ["Q"], 10)
+    assert [r.key for r in next(run)] == list(range(1, 11))
+    assert {k for k, o in owners().items() if o == store.owner} == set(range(1, 61))   # five pages ahead
+    run.close()   # the run stops (PanDA down): the pages it holds go back for the next run or another host
+    assert {k for k, o in owners().items() if o is not None} == set(range(1, 11))   # the caller's page
+    with store.transaction() as tx:   # which the caller gives back as refused
+        claims.release(tx, reports, [("job", k) for k in range(1, 11)])
+
+    clock = [1000.0]
+    monkeypatch.setattr(outbox.time, "monotonic", lambda: clock[0])
+    run = outbox.pages(store, "job", ["Q"], 10)
+    assert [r.key for r in next(run)] == list(range(1, 11))
+    clock[0] += store.lease_seconds / 4 + 1   # PanDA answered slowly: the rest are claimed again, renewed
+    with store.transaction() as tx:   # one of them was given back meanwhile and another run has it now
+        claims.release(tx, reports, [("job", 15)])
+    other = Store(url)
+    with other.transaction() as tx:
+        assert [r.key for r in claims.claim(tx, reports, reports.c.key == 15, 1)] == [15]
+    assert [[r.key for r in page] for page in run] == [[*range(11, 15), *range(16, 22)], list(range(22, 32)),
+                                                        list(range(32, 42)), list(range(42, 52)),
+                                                        list(range(52, 61))]
+    assert owners()[15] == other.owner
+    store.close()
+    other.close()
+
+
 def test_a_final_update_is_never_replaced_by_one_that_is_not_final(url):
     """On PostgreSQL and MariaDB propagate's periodic 'running' for a job it read as running could be queued
     just after poll queued the job's final update, and replaced it: PanDA got 'running' last, for ever."""
