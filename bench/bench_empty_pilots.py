@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harvester_cli.config import QueueConfig  # noqa: E402
 from harvester_cli.steps.planner import QueueState, plan  # noqa: E402
-from harvester_cli.steps.submit import stats_age  # noqa: E402
+from harvester_cli.steps.submit import stats_made  # noqa: E402
 
 REFRESH = 60
 CYCLE_AT = 37
@@ -61,8 +61,9 @@ def simulate(compensate: bool, floor: int, rate_per_minute: float, seconds: int,
             else:
                 empty += 1
         if t % 60 == CYCLE_AT:
-            age = stats_age(REFRESH, t) if compensate else None
-            since = t - age if age is not None else t
+            made = stats_made(REFRESH, t) if compensate else None
+            age = None if made is None else int(t - made)
+            since = made if made is not None else t
             state = QueueState(queued={"SCORE": len(pilots)}, activated=view,
                                started_recently={"SCORE": sum(1 for s in started if s >= since)}, stats_age=age)
             n = plan(queue, state, 1000).total

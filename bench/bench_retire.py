@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harvester_cli.config import QueueConfig  # noqa: E402
 from harvester_cli.steps.planner import QueueState, plan  # noqa: E402
 from harvester_cli.steps.retire import Pilot, decide  # noqa: E402
-from harvester_cli.steps.submit import stats_age  # noqa: E402
+from harvester_cli.steps.submit import stats_made  # noqa: E402
 
 DAY = 24 * 3600
 TICK = 10                  # seconds between looks at the batch system
@@ -149,8 +149,9 @@ def simulate(retire: bool, *, plateau: float, slots: int, seed: int, min_age: in
                     heapq.heappush(running, t + EMPTY_RUN)
         # harvester-cli: one cycle a minute (submit: plan and retirement marks; sweep: the removals)
         if t % 60 == CYCLE_AT - CYCLE_AT % TICK:
-            age = stats_age(REFRESH, t)
-            while starts and starts[0] < t - age:
+            made = stats_made(REFRESH, t)
+            age = int(t - made)
+            while starts and starts[0] < made:
                 starts.popleft()
             state = QueueState(queued={"SCORE": len(queued)}, running={"SCORE": len(running)}, activated=view,
                                started_recently={"SCORE": len(starts)}, stats_age=age)

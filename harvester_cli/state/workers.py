@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, exists, func, literal_column, null, select, true, update
+from sqlalchemy import and_, bindparam, exists, func, literal_column, null, or_, select, true, update
 
 from harvester_cli import model
 from harvester_cli.state import bulk, claims
@@ -150,8 +150,12 @@ def made_since(tx: Tx, queue: str, since: float, until: float) -> int:
 
 
 def started_since(tx: Tx, queue: str, since: float) -> dict[str, int]:
+    """The queue's workers that started since `since`, per resource type. One that finished with no start
+    seen (it ran between two polls, on a CE that gives no start time: ARC) counts when it ended since."""
+    unseen_start = and_(workers.c.start_time.is_(None), workers.c.status == model.FINISHED,
+                        workers.c.end_time >= since)
     return dict(tx.execute(select(workers.c.resource_type, func.count())
-                           .where(workers.c.queue == queue, workers.c.start_time >= since)
+                           .where(workers.c.queue == queue, or_(workers.c.start_time >= since, unseen_start))
                            .group_by(workers.c.resource_type)).all())
 
 

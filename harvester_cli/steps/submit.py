@@ -194,7 +194,8 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
     down = downtime_rules.queue_down(announced, queue.name, ces, at, queue.walltime)
     ces_down = {} if down else downtime_rules.blocked_ces(announced, queue.name, ces, at, queue.walltime)
     interval = instance.config.instance.cycle_interval
-    age = stats_age(instance.config.panda.stats_refresh, at)
+    made_at = stats_made(instance.config.panda.stats_refresh, at)
+    age = None if made_at is None else int(at - made_at)
     with instance.store.reading() as tx:
         load = workers.queue_load(tx, queue.name)
         # a window either side of now: hosts' clocks differ a little; a stamp further ahead is a wrong clock
@@ -204,7 +205,7 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         ages = jobs.unbound_ages(tx, queue.name, at) if queue.many_to_one is not None else {}
         # every host's workers of this queue in the interval (the queue lease keeps this exact)
         made = workers.made_since(tx, queue.name, at - interval, at + interval) if interval else None
-        started = workers.started_since(tx, queue.name, at - age) if queue.mode == "pull" and age is not None else {}
+        started = workers.started_since(tx, queue.name, made_at) if queue.mode == "pull" and made_at is not None else {}
         turnover_cycle = interval or 60   # cron's minute when the hosts' rhythm is not set
         ends = (workers.end_times_since(tx, queue.name, at - planner.TURNOVER_CYCLES * turnover_cycle)
                 if queue.free_resources else None)
@@ -222,11 +223,12 @@ def queue_state(instance: Instance, queue: QueueConfig, activated: job_counts.Ac
         ended_peak=None if ends is None else planner.most_within(ends, turnover_cycle), turnover_cycle=turnover_cycle)
 
 
-def stats_age(refresh: int, now: float) -> int | None:
-    """Seconds since PanDA last refreshed its activated-job counts, or None if they are live. The view is
-    refreshed on multiples of `refresh` seconds (pg_cron's "* * * * *": every full minute); a pilot that
-    started since then may have taken a job the counts still show."""
-    return int(now % refresh) if refresh else None
+def stats_made(refresh: int, now: float) -> float | None:
+    """When PanDA last refreshed its activated-job counts, or None if they are live. The view is refreshed on
+    multiples of `refresh` seconds (pg_cron's "* * * * *": every full minute); a pilot that started since then
+    may have taken a job the counts still show. The moment itself, not now less whole seconds: a pilot that
+    started within the second after the refresh (a batch system's start times are whole seconds) counts."""
+    return now - now % refresh if refresh else None
 
 
 def activated_jobs(instance: Instance, queues: list[QueueConfig], errors: list[str] | None = None, *,

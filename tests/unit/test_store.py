@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from harvester_cli.errors import StateError
 from harvester_cli.state import claims, meta, outbox
+from harvester_cli.state import workers as worker_state
 from harvester_cli.state.schema import reports, workers
 from harvester_cli.state.store import Store, Tx
 from tests.support.harness import new_state
@@ -102,6 +103,26 @@ def test_pages_claimed_ahead_are_given_back_when_a_run_stops_and_claimed_again_w
     assert owners()[15] == other.owner
     store.close()
     other.close()
+
+
+def test_pilots_started_on_the_refresh_second_or_ended_unseen_count_as_started_since_the_counts(url):
+    """PanDA's counts were made on the full minute: a pilot whose whole-second start is that second started
+    after them, and so did one that ran between two polls on a CE that gives no start time (seen finished)."""
+    from harvester_cli.steps.submit import stats_made
+
+    minute = 1_800_000_000.0
+    assert stats_made(60, minute + 0.7) == minute and stats_made(0, minute) is None
+    store = Store(url)
+    rows = worker_rows(5)
+    for row, (status, start, end) in zip(rows, [("running", minute, None), ("running", minute - 1, None),
+                                                ("finished", None, minute + 5), ("finished", None, minute - 5),
+                                                ("failed", None, minute + 5)]):
+        row.update(status=status, start_time=start, end_time=end, resource_type="SCORE")
+    with store.transaction() as tx:
+        tx.execute(workers.insert(), rows)
+    with store.reading() as tx:
+        assert worker_state.started_since(tx, "Q", minute) == {"SCORE": 2}
+    store.close()
 
 
 def test_a_final_update_is_never_replaced_by_one_that_is_not_final(url):
