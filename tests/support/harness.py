@@ -146,6 +146,18 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2, what: st
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def hold_panda_counts(sim, monkeypatch) -> None:
+    """PanDA's activated-job counts stay as they were made when the jobs came, and the client is told so.
+    With the minute's refresh, a test that expects exactly one pilot per job fails when a refresh falls
+    between a pilot's start and its taking the job (it started before the refresh, so the client does not
+    take it off the counts, which still show its job: an empty pilot more, as on a real site). Call it
+    right after add_jobs."""
+    from harvester_cli.steps import submit
+
+    sim._stop_refresher.set()
+    monkeypatch.setattr(submit, "stats_made", lambda refresh, now: sim._stats_snapshot[0])
+
+
 def cycle_until(instance, predicate, timeout=40.0, what="cycle goal", context=None):
     """Run `cycle` on every queue of the instance until the predicate holds; on timeout the message also
     carries `context()` (the peer's view: its jobs, its logs) when given."""

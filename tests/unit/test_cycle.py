@@ -13,14 +13,15 @@ from harvester_cli.steps import poll as monitoring
 from harvester_cli.steps import propagate as propagation
 from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
-from tests.support.harness import cycle_until, rows, wait_until
+from tests.support.harness import cycle_until, hold_panda_counts, rows, wait_until
 
 PULL = {"PULL_Q": {"mode": "pull", "empty_pilot_floor": 0}}
 PUSH = {"PUSH_Q": {"mode": "push"}}
 
 
-def test_pull_pilots_take_jobs_to_finished_and_workers_reach_panda(harness, sim):
+def test_pull_pilots_take_jobs_to_finished_and_workers_reach_panda(harness, sim, monkeypatch):
     ids = sim.add_jobs("PULL_Q", 2, jobPars="echo hello")
+    hold_panda_counts(sim, monkeypatch)   # exactly one pilot per job, below
     instance = harness.instance(PULL)
     cycle_until(instance, lambda: all(sim.job_status(i) == "finished" for i in ids)
                 and all(w.status == "finished" for w in rows(instance, workers)), what="pull jobs finished")

@@ -366,12 +366,13 @@ def test_acquire_jobs_returns_full_job_dicts_once(sim):
 
 def test_final_update_is_held_then_finished(sim, monkeypatch):
     """A finished update is stored as holding; the server's daemons finish it later (finish_delay)."""
-    monkeypatch.setattr(sim, "finish_delay", 0.3)
+    monkeypatch.setattr(sim, "finish_delay", 2.0)   # long enough for a busy machine to ask in between
     (job_id,) = acquired(sim)
     assert update(sim, job_id, "finished") == {
         "success": True, "message": "", "data": {"StatusCode": 0, "command": "NULL"}}
+    held = time.monotonic()
     assert status_of(sim, job_id) == "holding"
-    time.sleep(0.4)
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - held)))
     assert status_of(sim, job_id) == "finished"
 
 

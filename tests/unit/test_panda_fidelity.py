@@ -13,7 +13,7 @@ from harvester_cli.panda.sim.server import PandaSimulator
 from harvester_cli.state.schema import jobs, workers
 from harvester_cli.steps import fetch_jobs, poll, propagate, submit
 from harvester_cli.steps.cycle import run_cycle
-from tests.support.harness import Harness, cycle_until, rows, wait_until
+from tests.support.harness import Harness, cycle_until, hold_panda_counts, rows, wait_until
 
 # -- 1. registration before pilots ---------------------------------------------------------------
 
@@ -134,13 +134,8 @@ def test_a_pilot_that_took_a_job_is_not_replaced_while_panda_still_counts_the_jo
     """The counts come from a view refreshed once a minute: jobs the first pilots took still show as
     activated in the next one-minute cycle. Sending pilots for them makes empty pilots."""
     assert sim.stats_refresh == 60   # the real server's behaviour, on by default
-    # The view refreshed as the jobs come, and not again during the test: on a busy machine a minute's refresh
-    # could fall between a pilot's start and its taking the job (started before the count, so not taken off).
-    sim._stop_refresher.set()
-    # The client reckons the view was made on the last full minute; with the refresher stopped it was made
-    # when the jobs came, so that is what it is told: a test that crossed a full minute failed on it here.
-    monkeypatch.setattr(submit, "stats_age", lambda refresh, now: int(now - sim._stats_snapshot[0]))
     ids = sim.add_jobs("PULL_Q", 3, jobPars="echo taken")
+    hold_panda_counts(sim, monkeypatch)
     instance = harness.instance({"PULL_Q": {"mode": "pull", "empty_pilot_floor": 0}})
     queues = list(instance.config.queues.values())
     first = submit.submit(instance, queues)

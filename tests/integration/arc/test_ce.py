@@ -36,7 +36,7 @@ from harvester_cli.steps import submit as submission
 from harvester_cli.steps import sweep as sweeping
 from harvester_cli.steps.cycle import run_cycle
 from tests.support.arc_ce import PILOT_ZIP, arc_queue, ce_state
-from tests.support.harness import cycle_until, free_port, rows, wait_until
+from tests.support.harness import cycle_until, free_port, hold_panda_counts, rows, wait_until
 
 pytestmark = pytest.mark.arc
 
@@ -320,8 +320,10 @@ def test_push_heartbeat_becomes_the_final_state_and_clean_removes_the_session(ha
     assert (log_dir / "heartbeat.json").exists()   # our copy stays
 
 
-def test_pull_pilots_fetch_their_jobs_from_panda_with_the_delegated_proxy(harness, sim, arc_ce, pilot_zip):
+def test_pull_pilots_fetch_their_jobs_from_panda_with_the_delegated_proxy(harness, sim, arc_ce, pilot_zip,
+                                                                         monkeypatch):
     ids = sim.add_jobs("ARC_PULL", 2, jobPars="echo pulled")
+    hold_panda_counts(sim, monkeypatch)   # exactly one pilot per job, below
     instance = harness.instance({"ARC_PULL": {**arc_queue(arc_ce, pilot_zip, "pull"), "empty_pilot_floor": 0}})
     clock = Turnaround(sim, instance)
     cycle_until(instance, lambda: clock.watch(ids) and all(w.status == "finished" for w in rows(instance, workers)),

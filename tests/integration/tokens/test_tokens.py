@@ -24,7 +24,7 @@ import pytest
 from harvester_cli.state.schema import workers
 from tests.support.arc_ce import SCRIPT, ArcCE, arc_queue
 from tests.support.condor_pool import CHROOT, COLLECTOR, HTC, JOBDIR, SCHEDD, give, pool_env
-from tests.support.harness import cycle_until, free_port, rows, wait_until
+from tests.support.harness import cycle_until, free_port, hold_panda_counts, rows, wait_until
 from tests.support.peers.token_issuer import COMPUTE_SCOPES, TokenIssuer, decode
 
 pytestmark = pytest.mark.tokens
@@ -115,10 +115,11 @@ pytest_arc = pytest.mark.arc
 
 @pytest_arc
 def test_arc_pull_pilots_run_with_the_ce_token_and_reach_panda_with_their_own(harness, sim, token_ce, pilot_zip, pki,
-                                                                                fresh_issuer):
+                                                                                fresh_issuer, monkeypatch):
     """ce_credentials = token: no proxy anywhere. The CE admits the job on its token alone (it maps no DN); the
     pilot finds PANDA_AUTH_TOKEN beside it and PanDA accepts that token."""
     ids = sim.add_jobs("ARC_TOKENS", 2, jobPars="echo pulled with a token")
+    hold_panda_counts(sim, monkeypatch)   # one pilot per job: every pilot ran one, below
     queue = {**arc_queue(token_ce, pilot_zip, "pull"), "empty_pilot_floor": 0, "ce_credentials": "token",
              "ce_token_profile": "ce", "pilot_token_profile": "pilot", "pilot_token_origin": "atlas"}
     tokens = token_profiles(harness, fresh_issuer, pki, ce_dir=harness.tmp_path / "ce-tokens")
