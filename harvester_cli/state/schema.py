@@ -24,7 +24,7 @@ from sqlalchemy import (
 # without importing Alembic (only `db upgrade` and friends pay for it).
 REVISIONS = ("0001_base", "0002_worker_targets", "0003_alembic", "0004_panda_registration", "0005_status_history",
              "0006_multihost", "0007_running_commands", "0008_login_nodes", "0009_downtimes",
-             "0010_free_resources", "0011_workers_end_index")
+             "0010_free_resources", "0011_workers_end_index", "0012_workers_status_shape_index")
 HEAD = REVISIONS[-1]
 # Databases from before migrations carry meta.schema_version instead: the revision each one equals
 # ("base": created but never versioned, so every migration runs and creates what is missing).
@@ -118,7 +118,8 @@ workers = Table(
     Column("lock_expires", Epoch),
     # The harvester host ([instance] host) that made the worker: with a host-bound backend only it works it.
     Column("harvester_host", String(255)),
-    Index("ix_workers_queue_status", "queue", "status"),
+    # by queue and state; with the CE and resource type, poll's history snapshot counts from the index alone
+    Index("ix_workers_queue_status_shape", "queue", "status", "computing_element", "resource_type"),
     # poll and sweep page through a queue's workers by id: without it every page rescans the queue
     Index("ix_workers_queue_id", "queue", "worker_id"),
     # the per-cycle cap over all hosts counts a queue's workers made within the last cycle interval
