@@ -187,7 +187,7 @@ class JobObservation:
     diag: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)   # a poll makes one per active worker: slotted, it is made in half the time
 class Observation:
     """What the backend saw of one worker. `status` is a worker state, or HELD / MISSING (model.py). A
     many-job worker's jobs are in `jobs`, by PandaID: each ends on its own, the worker when all have."""
